@@ -1,0 +1,42 @@
+// The catalogue of user-facing error messages (design.md §5), in one place.
+//
+// These sentences are a contract: backends match on them, as on OVHcloud's BYOI API. Change one
+// only together with design.md and the tests that pin it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace byoi::msg {
+
+inline constexpr std::string_view kBadFormat = "Bad format image, expected: qcow2, raw.";
+inline constexpr std::string_view kBadChecksumType =
+    "Bad checkSumType, expected: md5, sha1, sha256, sha512.";
+inline constexpr std::string_view kChecksumPair =
+    "Please provide checkSum AND checkSumType or none of them";
+inline constexpr std::string_view kCancelled = "Deployment cancelled.";
+inline constexpr std::string_view kInterrupted = "Deployment interrupted: the agent restarted.";
+inline constexpr std::string_view kGptMove =
+    "Can not move backup GPT data structures to the end of disk.";
+inline constexpr std::string_view kConfigDrive = "Could not create configdrive on disk.";
+inline constexpr std::string_view kBootEntry = "Could not set EFI boot entry.";
+
+std::string InvalidManifest(std::string_view field, std::string_view reason);
+// `url` is shown without its userinfo (credentials never reach a status).
+std::string DownloadFailed(std::string_view url);
+std::string TooBigForMemory(std::string_view type);
+std::string ChecksumMismatch(std::string_view type, std::string_view actual,
+                             std::string_view expected);
+std::string FormatMismatch(std::string_view detected, std::string_view expected);
+std::string NoPartitionTable(std::string_view contents);
+std::string ImageLargerThanDisk(uint64_t image_bytes, std::string_view device, uint64_t disk_bytes);
+std::string NoDiskInGroup(int group);
+std::string DiskInUse(std::string_view device, std::string_view reason);
+std::string CantWrite(std::string_view type);
+std::string BootloaderNotFound(std::string_view path);
+
+// "https://user:pw@host/x" -> "https://host/x"; anything unparsable is returned unchanged.
+std::string StripUserinfo(std::string_view url);
+
+}  // namespace byoi::msg

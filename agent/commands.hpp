@@ -1,0 +1,78 @@
+// The subcommands of `byoi-agent` (design.md §6). main.cpp parses the command line into these
+// option structs and calls one function; each returns the process exit code: 0 done, 1 job error,
+// 2 usage (including a subcommand that is not built yet).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace byoi {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitJobError = 1;
+inline constexpr int kExitUsage = 2;
+
+// Options shared by `deploy` and `daemon`: how a job runs on this machine.
+struct JobOptions {
+  std::string disk;  // --disk: a block device or a regular file; overrides diskGroupId
+  std::string efivars = "/sys/firmware/efi/efivars";  // --efivars; absent directory = legacy BIOS
+  std::string reboot = "none";                         // --reboot none|reboot|poweroff|kexec
+  std::optional<uint64_t> memory_limit;  // --memory-limit bytes; default MemTotal - 3 GiB
+  std::string efi_boot_order = "first";  // --efi-boot-order first|after-network|bootnext|none
+};
+
+struct DeployArgs {
+  std::string manifest;  // path, or "-" for standard input
+  bool dry_run = false;  // stop after verify; touch no disk
+  std::string status_file;  // keep the status JSON here while running
+  bool json = false;        // print the final status as JSON on stdout
+  JobOptions job;
+};
+
+struct DaemonArgs {
+  std::string config;  // --config FILE
+  // Every other daemon option, as given on the command line; unset ones come from the kernel
+  // command line (byoi.<name>=) and then the config file.
+  std::optional<std::string> listen, token, tls_cert, tls_key, backend_url, agent_id, disk, efivars,
+      state_file, reboot, memory_limit, efi_boot_order, log_level;
+};
+
+struct ConvertArgs {
+  std::string source;
+  std::string target;
+  std::string type;  // "", "qcow2" or "raw": when given, must match the detected format
+  std::optional<uint64_t> memory_limit;
+};
+
+struct InspectArgs {
+  std::string image;
+  bool json = false;
+};
+
+struct DisksArgs {
+  bool json = false;
+  std::string config;  // for an explicit disk group mapping
+};
+
+struct ValidateArgs {
+  std::string manifest;  // path, or "-"
+};
+
+struct StatusArgs {
+  std::string url = "http://127.0.0.1:9999";
+  std::string token;
+};
+
+int RunDeploy(const DeployArgs& args);
+int RunDaemon(const DaemonArgs& args);
+int RunConvert(const ConvertArgs& args);
+int RunInspect(const InspectArgs& args);
+int RunDisks(const DisksArgs& args);
+int RunValidate(const ValidateArgs& args);
+int RunStatus(const StatusArgs& args);
+
+// Prints "byoi-agent <command>: not available yet" on stderr and returns kExitUsage.
+int NotYetAvailable(const char* command);
+
+}  // namespace byoi

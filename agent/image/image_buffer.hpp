@@ -1,0 +1,55 @@
+// The image in RAM: one anonymous mapping that a download or a file read fills, and that the
+// image readers then borrow. Address space for the whole budget is reserved up front
+// (MAP_NORESERVE) and pages are committed only as bytes arrive, so memory use is the image's size,
+// never a second copy, and the budget rule (RAM − 3 GiB, design.md §1) is enforced at Append.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "agent/base/status.hpp"
+
+namespace byoi {
+
+class ImageBuffer {
+ public:
+  // Reserves `capacity` bytes (> 0). kIo when the mapping cannot be made.
+  static Result<ImageBuffer> Create(uint64_t capacity);
+
+  ImageBuffer() = default;
+  ImageBuffer(ImageBuffer&& other) noexcept;
+  ImageBuffer& operator=(ImageBuffer&& other) noexcept;
+  ImageBuffer(const ImageBuffer&) = delete;
+  ImageBuffer& operator=(const ImageBuffer&) = delete;
+  ~ImageBuffer();
+
+  // Copies `bytes` after the current end. kTooBig, with nothing appended, when the result would
+  // pass the capacity.
+  Status Append(std::span<const uint8_t> bytes);
+  // Space to write into directly (size() is not changed); at most capacity() - size() bytes.
+  std::span<uint8_t> Tail();
+  // Extends size() by `n` bytes just written into Tail(). REQUIRES: n <= Tail().size().
+  void Commit(uint64_t n);
+  // Drops bytes past `size` and gives their pages back to the kernel (a download restarted at 0).
+  void Truncate(uint64_t size);
+
+  const uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  uint64_t capacity() const { return capacity_; }
+  std::span<const uint8_t> bytes() const { return {data_, static_cast<size_t>(size_)}; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+  uint64_t capacity_ = 0;
+};
+
+// MemTotal (from /proc/meminfo) minus 3 GiB, the budget for an image in RAM; 0 when RAM is smaller.
+Result<uint64_t> DefaultMemoryBudget();
+
+// Reads a whole file (an image for `convert` or `inspect`) into a new buffer of at most `budget`
+// bytes. kTooBig when the file is larger, checked before reading.
+Result<ImageBuffer> LoadFile(const std::string& path, uint64_t budget);
+
+}  // namespace byoi

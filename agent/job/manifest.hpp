@@ -1,0 +1,81 @@
+// The job manifest: what to install and how (design.md §4).
+//
+// Two shapes arrive from outside — OVHcloud's BYOI v1 body (with nested `configdrive`, or the oldest
+// flat form) and the reinstall v3 body (`customizations` + `storage`) — and are normalised into one
+// `Manifest`. Parsing is defensive: the body is untrusted, bounded to 1 MiB and 32 levels of nesting,
+// every field is type-checked, and every failure carries the exact catalogue message of design.md §5.
+#pragma once
+
+#include <boost/json/fwd.hpp>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "agent/base/status.hpp"
+
+namespace byoi {
+
+inline constexpr size_t kMaxManifestBytes = 1 << 20;
+
+enum class ImageType { kQcow2, kRaw };
+enum class HashAlgo { kMd5, kSha1, kSha256, kSha512 };
+
+std::string_view ImageTypeName(ImageType type);  // "qcow2", "raw"
+std::string_view HashAlgoName(HashAlgo algo);    // "md5" … "sha512"
+size_t HashHexLength(HashAlgo algo);             // 32, 40, 64, 128
+
+struct Checksum {
+  HashAlgo algo;
+  std::string hex;  // lower case, HashHexLength(algo) digits
+};
+
+struct HttpHeader {
+  std::string name;   // an RFC 7230 token
+  std::string value;  // no CR, LF or NUL; a secret: never logged, shown as *** when printed
+};
+
+// Where user data came from, after the decoding rule of design.md §4.
+enum class UserDataSource { kText, kBase64Text, kBase64Gzip };
+
+struct ConfigDrive {
+  bool enabled = false;
+  std::string hostname;  // RFC 1123, may be empty
+  std::string ssh_key;   // may be empty
+  std::optional<std::string> user_data;  // raw bytes for the config drive's user_data file
+  UserDataSource user_data_source = UserDataSource::kText;
+  std::vector<std::pair<std::string, std::string>> metadata;  // `meta` of meta_data.json, in order
+};
+
+struct Manifest {
+  enum class Shape { kV1, kV3 };
+  Shape shape = Shape::kV1;
+  std::string url;  // http or https, as given (may carry userinfo: a secret)
+  ImageType type = ImageType::kRaw;
+  std::optional<Checksum> checksum;
+  std::string description;
+  int disk_group_id = 1;  // >= 1; 0 or absent in the body means 1
+  std::vector<HttpHeader> headers;
+  std::string efi_bootloader_path;  // as given (backslashes or slashes), empty when not given
+  ConfigDrive config_drive;
+};
+
+// Parses and validates a manifest body. On failure the Status has code kInvalid and `message` is
+// the catalogue sentence; nothing else is produced.
+Result<Manifest> ParseManifest(std::string_view body);
+
+// The normalised manifest as JSON, for `validate` and the logs: header values, URL credentials and
+// user data are never included (shown as "***" or by size only).
+boost::json::object ManifestToJson(const Manifest& manifest);
+
+// The user-data decoding rule, exposed for tests: returns the decoded bytes when `text` is strictly
+// valid base64 whose decoding is UTF-8 text or gzip data, nullopt when `text` is to be used as given.
+std::optional<std::pair<std::string, UserDataSource>> DecodeUserData(std::string_view text);
+
+// RFC 1123 host name: labels of letters, digits and hyphens (not at either end), 1-63 characters
+// each, 253 in all.
+bool IsValidHostname(std::string_view name);
+
+}  // namespace byoi

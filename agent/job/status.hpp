@@ -1,0 +1,97 @@
+// The status model (design.md §5): one JobStatus that every step reports into, and the StatusBoard
+// that holds it for the HTTP API, the backend poller, the console and the state file.
+#pragma once
+
+#include <boost/json/fwd.hpp>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/base/status.hpp"
+
+namespace byoi {
+
+enum class JobState { kDoing, kDone, kError };
+enum class Step { kDownload, kVerify, kWrite, kPartition, kConfigDrive, kBootloader, kReboot };
+enum class StepState { kTodo, kDoing, kDone, kError, kSkipped };
+
+inline constexpr Step kAllSteps[] = {Step::kDownload,  Step::kVerify,      Step::kWrite,
+                                     Step::kPartition, Step::kConfigDrive, Step::kBootloader,
+                                     Step::kReboot};
+
+std::string_view JobStateName(JobState state);    // "doing" "done" "error"
+std::string_view StepName(Step step);             // "download" … "reboot"
+std::string_view StepStateName(StepState state);  // "todo" "doing" "done" "error" "skipped"
+
+struct StepStatus {
+  Step step = Step::kDownload;
+  StepState state = StepState::kTodo;
+  std::string comment;       // "2.1 GiB in 19 s (113 MB/s)", or why it was skipped
+  uint64_t bytes_done = 0;   // for byte-counted steps (download, write)
+  uint64_t bytes_total = 0;  // 0 when unknown
+  double seconds = 0;        // time spent in the step so far
+};
+
+struct JobStatus {
+  JobState state = JobState::kDoing;
+  std::string message = "starting";  // a catalogue sentence on error
+  std::string detail;                // the technical cause on error
+  std::string checksum;              // the image's checksum, once known
+  std::string servername;            // the host name being installed
+  int64_t elapsed_seconds = 0;
+  int64_t started_at = 0;  // Unix time the job was accepted
+  std::vector<StepStatus> progress;
+  std::vector<std::string> warnings;  // non-fatal findings, e.g. "image has no ESP"
+};
+
+boost::json::object StatusToJson(const JobStatus& status);
+// Reads a status back (the state file). kInvalid when the text is not a status of ours.
+Result<JobStatus> StatusFromJson(std::string_view text);
+
+// Thread-safe holder of the current job's status. Stages never see it: the runner turns their
+// ProgressFn calls into StepProgress. Listeners run on the caller's thread, outside the lock, on
+// every state or step change, and at most once a second for byte progress.
+class StatusBoard {
+ public:
+  using Listener = std::function<void(const JobStatus& status, bool step_changed)>;
+
+  StatusBoard();
+
+  // Resets to a new job: doing/"starting", every step todo.
+  void Start(std::string servername);
+  // Replaces the whole status (a job restored from the state file).
+  void Restore(JobStatus status);
+  void BeginStep(Step step, std::string message);
+  void StepProgress(Step step, uint64_t done, uint64_t total);
+  // Marks the step done. An empty comment becomes "<bytes> in <time> (<rate>)" for byte steps.
+  void FinishStep(Step step, std::string comment = {});
+  void SkipStep(Step step, std::string why);
+  void SetChecksum(std::string checksum);
+  void Warn(std::string warning);
+  // The step that is `doing` becomes `error`; the job takes the status's message and detail.
+  void Fail(const Status& status);
+  void Done(std::string message = "done");
+
+  bool has_job() const;
+  JobStatus Snapshot() const;
+  void Subscribe(Listener listener);
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  StepStatus& StepLocked(Step step);
+  void Publish(bool step_changed);
+
+  mutable std::mutex mu_;
+  bool has_job_ = false;
+  JobStatus status_;
+  Clock::time_point job_start_;
+  Clock::time_point step_start_[std::size(kAllSteps)];
+  Clock::time_point last_progress_publish_;
+  std::vector<Listener> listeners_;
+};
+
+}  // namespace byoi
