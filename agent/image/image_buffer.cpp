@@ -96,7 +96,7 @@ Result<ImageBuffer> LoadFile(const std::string& path, uint64_t budget) {
                                             " bytes, more than the memory budget of " +
                                             std::to_string(budget));
   }
-  BYOI_ASSIGN_OR_RETURN(ImageBuffer buffer, Create(size > 0 ? size : 1));
+  BYOI_ASSIGN_OR_RETURN(ImageBuffer buffer, ImageBuffer::Create(size > 0 ? size : 1));
   auto tail = buffer.Tail();
   BYOI_RETURN_IF_ERROR(PreadAll(fd.get(), tail.first(size), 0).Context("reading " + path));
   buffer.Commit(size);
