@@ -163,6 +163,12 @@ Status ValidateUrl(const std::string& url, std::string_view field) {
   if (!lower.starts_with("http://") && !lower.starts_with("https://")) {
     return Invalid(field, "scheme must be http or https");
   }
+  // libcurl reads "https:///x" as the host "x"; RFC 3986 says the authority is empty.
+  size_t authority = url.find("://") + 3;
+  if (authority == url.size() ||
+      std::string_view("/?#").find(url[authority]) != std::string_view::npos) {
+    return Invalid(field, "no host");
+  }
   std::unique_ptr<CURLU, decltype(&curl_url_cleanup)> u(curl_url(), curl_url_cleanup);
   if (!u || curl_url_set(u.get(), CURLUPART_URL, url.c_str(), 0) != CURLUE_OK) {
     return Invalid(field, "not a valid URL");

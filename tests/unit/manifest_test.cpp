@@ -6,7 +6,10 @@
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <boost/json.hpp>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <string>
@@ -319,7 +322,11 @@ TEST(ManifestErrors, Url) {
        "Invalid manifest: URL: contains spaces or control characters"},
       {V1(R"({"URL": "https://example.net:99999/x.raw"})"),
        "Invalid manifest: URL: not a valid URL"},
-      {V1(R"({"URL": "https://"})"), "Invalid manifest: URL: not a valid URL"},
+      {V1(R"({"URL": "https://"})"), "Invalid manifest: URL: no host"},
+      {V1(R"({"URL": "https:///debian-12.raw"})"), "Invalid manifest: URL: no host"},
+      {V1(R"({"URL": "http://?x=1"})"), "Invalid manifest: URL: no host"},
+      {V1(R"({"URL": "http://#x"})"), "Invalid manifest: URL: no host"},
+      {V1(R"({"URL": "http://user:pw@/x.raw"})"), "Invalid manifest: URL: not a valid URL"},
       {V1(R"({"URL": ")" + long_url.substr(0, 8193) + "\"}"),
        "Invalid manifest: URL: longer than 8192 bytes"},
       {V3(R"({"imageURL": "<absent>"})"), "Invalid manifest: customizations.imageURL: missing"},
@@ -1093,6 +1100,49 @@ TEST(ManifestErrors, DetailsAreBounded) {
 TEST(ManifestNames, Enums) {
   EXPECT_EQ(ImageTypeName(ImageType::kQcow2), "qcow2");
   EXPECT_EQ(ImageTypeName(ImageType::kRaw), "raw");
+}
+
+// --- The examples in proto/examples, which tests/unit/test_proto.py also checks against the schema
+// and the binary: here they run through the parser itself (and so under the sanitizers).
+
+std::vector<std::filesystem::path> Files(const std::string& dir, std::string_view ext) {
+  std::vector<std::filesystem::path> out;
+  for (const auto& e :
+       std::filesystem::directory_iterator(std::string(BYOI_SOURCE_DIR) + "/" + dir)) {
+    if (e.path().extension() == ext) out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string Slurp(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST(ManifestExamples, ValidOnesGiveTheirNormalisedForm) {
+  auto files = Files("proto/examples/manifest/valid", ".json");
+  ASSERT_GE(files.size(), 20u);
+  for (const auto& path : files) {
+    SCOPED_TRACE(path.filename().string());
+    Manifest m = MustParse(Slurp(path));
+    auto out = path;
+    out.replace_extension(".out");
+    EXPECT_EQ(json::value(ManifestToJson(m)), json::parse(Slurp(out)));
+  }
+}
+
+TEST(ManifestExamples, InvalidOnesGiveTheirExactMessage) {
+  auto files = Files("proto/examples/manifest/invalid", ".json");
+  ASSERT_GE(files.size(), 50u);
+  for (const auto& path : files) {
+    auto expect = path;
+    expect.replace_extension(".expect");
+    std::string message = Slurp(expect);
+    ASSERT_TRUE(message.ends_with("\n")) << expect;
+    message.pop_back();
+    ExpectAll({{Slurp(path), message}});
+  }
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <boost/json.hpp>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <regex>
 #include <string>
@@ -332,6 +334,40 @@ TEST(StatusBoard, ListenersSeeChangesAndRateLimitedProgress) {
   EXPECT_EQ(seen[0], std::make_pair(std::string("starting"), true));
   EXPECT_EQ(seen[1], std::make_pair(std::string("downloading image"), true));
   EXPECT_EQ(seen.back(), std::make_pair(std::string("Deployment cancelled."), true));
+}
+
+// The status examples of proto/examples (which test_proto.py checks against the schema) are what
+// this code writes and reads back.
+TEST(StatusExamples, ValidOnesAreReadAndWrittenAsGiven) {
+  std::vector<std::filesystem::path> files;
+  for (const auto& e : std::filesystem::directory_iterator(std::string(BYOI_SOURCE_DIR) +
+                                                           "/proto/examples/status/valid")) {
+    files.push_back(e.path());
+  }
+  ASSERT_GE(files.size(), 5u);
+  for (const auto& path : files) {
+    SCOPED_TRACE(path.filename().string());
+    std::ifstream in(path);
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    auto status = StatusFromJson(text);
+    ASSERT_TRUE(status.ok()) << status.status().ToString();
+    json::value given = json::parse(text);
+    // Complete examples (every field this code writes) come back identical.
+    if (given.as_object().contains("startedAt")) {
+      EXPECT_EQ(json::value(StatusToJson(*status)), given);
+    }
+  }
+}
+
+TEST(StatusExamples, InvalidOnesAreRefused) {
+  for (const auto& e : std::filesystem::directory_iterator(std::string(BYOI_SOURCE_DIR) +
+                                                           "/proto/examples/status/invalid")) {
+    // Reading a state file does not police the catalogue; only the schema does.
+    if (e.path().stem() == "error-not-catalogue") continue;
+    std::ifstream in(e.path());
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    EXPECT_FALSE(StatusFromJson(text).ok()) << e.path();
+  }
 }
 
 }  // namespace
