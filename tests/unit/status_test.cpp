@@ -178,6 +178,14 @@ TEST(StatusJson, RefusesWhatIsNotOurStatus) {
       R"({"status": "doing", "message": "m", "checksum": null, "progress": []})",
       R"({"status": "doing", "message": "m", "warnings": "w", "progress": []})",
       R"({"status": "doing", "message": "m", "warnings": [1], "progress": []})",
+      // Found by tests/fuzz/manifest_fuzz.cpp: infinite or absurd step times were accepted, and
+      // written back as "Infinity", which is not JSON.
+      R"({"status": "doing", "message": "m", "progress": [{"step": "write", "status": "doing",
+          "seconds": 1e999}]})",
+      R"({"status": "doing", "message": "m", "progress": [{"step": "write", "status": "doing",
+          "seconds": 1e308}]})",
+      R"({"status": "doing", "message": "m", "progress": [{"step": "write", "status": "doing",
+          "seconds": -0.5}]})",
   };
   for (const char* text : bad) {
     auto r = StatusFromJson(text);
