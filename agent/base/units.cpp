@@ -39,7 +39,8 @@ std::string HumanDuration(double seconds) {
 std::optional<uint64_t> ParseSize(std::string_view text) {
   double number = 0;
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
-  if (ec != std::errc() || number < 0) return std::nullopt;
+  // `!(number >= 0)` also refuses NaN ("nan" parses), whose conversion below would be undefined.
+  if (ec != std::errc() || !(number >= 0)) return std::nullopt;
   std::string suffix(end, text.data() + text.size());
   for (char& c : suffix) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   if (suffix.ends_with("ib")) suffix.resize(suffix.size() - 2);

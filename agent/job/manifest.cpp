@@ -6,6 +6,7 @@
 #include <array>
 #include <boost/json.hpp>
 #include <cctype>
+#include <cmath>
 #include <memory>
 
 #include "agent/base/messages.hpp"
@@ -14,24 +15,34 @@ namespace byoi {
 
 namespace json = boost::json;
 
-std::string_view ImageTypeName(ImageType type) { return type == ImageType::kQcow2 ? "qcow2" : "raw"; }
+std::string_view ImageTypeName(ImageType type) {
+  return type == ImageType::kQcow2 ? "qcow2" : "raw";
+}
 
 std::string_view HashAlgoName(HashAlgo algo) {
   switch (algo) {
-    case HashAlgo::kMd5: return "md5";
-    case HashAlgo::kSha1: return "sha1";
-    case HashAlgo::kSha256: return "sha256";
-    case HashAlgo::kSha512: return "sha512";
+    case HashAlgo::kMd5:
+      return "md5";
+    case HashAlgo::kSha1:
+      return "sha1";
+    case HashAlgo::kSha256:
+      return "sha256";
+    case HashAlgo::kSha512:
+      return "sha512";
   }
   return "?";
 }
 
 size_t HashHexLength(HashAlgo algo) {
   switch (algo) {
-    case HashAlgo::kMd5: return 32;
-    case HashAlgo::kSha1: return 40;
-    case HashAlgo::kSha256: return 64;
-    case HashAlgo::kSha512: return 128;
+    case HashAlgo::kMd5:
+      return 32;
+    case HashAlgo::kSha1:
+      return 40;
+    case HashAlgo::kSha256:
+      return 64;
+    case HashAlgo::kSha512:
+      return 128;
   }
   return 0;
 }
@@ -42,6 +53,7 @@ constexpr size_t kMaxUrlBytes = 8192;
 constexpr size_t kMaxHeaders = 64;
 constexpr size_t kMaxSshKeyBytes = 16384;
 constexpr size_t kMaxEfiPathBytes = 512;
+constexpr double kMaxDiskGroupId = 1000000;
 
 Status Invalid(std::string_view field, std::string_view reason) {
   return Status::Error(Code::kInvalid, std::string(field) + ": " + std::string(reason),
@@ -52,6 +64,28 @@ std::string Lower(std::string_view s) {
   std::string out(s);
   for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;
+}
+
+// An untrusted value for a detail string: quoted, cut at 64 bytes, control characters as '?'.
+std::string Quote(std::string_view s) {
+  constexpr size_t kMax = 64;
+  std::string out = "'";
+  for (char c : s.substr(0, kMax)) {
+    auto u = static_cast<unsigned char>(c);
+    out += u < 0x20 || u == 0x7f ? '?' : c;
+  }
+  out += s.size() > kMax ? "'..." : "'";
+  return out;
+}
+
+// The field name of a member of a JSON object whose keys come from the manifest (v3 headers and
+// metadata): "prefix.key" when the key is short printable ASCII, else "prefix[i]" by position, so
+// that a hostile key never puts control characters or a megabyte into a message.
+std::string KeyField(std::string_view prefix, std::string_view key, size_t index) {
+  bool plain = !key.empty() && key.size() <= 64 &&
+               std::all_of(key.begin(), key.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+  if (plain) return std::string(prefix) + "." + std::string(key);
+  return std::string(prefix) + "[" + std::to_string(index) + "]";
 }
 
 bool HasControl(std::string_view s) {
@@ -103,16 +137,19 @@ Result<const json::array*> GetArray(const json::object& o, std::string_view key,
 Result<int> GetDiskGroup(const json::object& o, std::string_view key, std::string_view field) {
   BYOI_ASSIGN_OR_RETURN(const json::value* v, Field(o, key));
   if (v == nullptr) return 1;
-  int64_t id = 0;
+  // 1.0 is an integer too, as in JSON Schema: a backend's serialiser may write one.
+  double id = 0;
   if (v->is_int64()) {
-    id = v->get_int64();
+    id = static_cast<double>(v->get_int64());
   } else if (v->is_uint64()) {
     return Invalid(field, "too large");
+  } else if (v->is_double() && std::trunc(v->get_double()) == v->get_double()) {
+    id = v->get_double();  // may be infinite ("1e999"): too large below
   } else {
     return Invalid(field, "expected an integer");
   }
   if (id < 0) return Invalid(field, "must not be negative");
-  if (id > 1000000) return Invalid(field, "too large");
+  if (id > kMaxDiskGroupId) return Invalid(field, "too large");
   return id == 0 ? 1 : static_cast<int>(id);
 }
 
@@ -125,6 +162,12 @@ Status ValidateUrl(const std::string& url, std::string_view field) {
   std::string lower = Lower(url.substr(0, 8));
   if (!lower.starts_with("http://") && !lower.starts_with("https://")) {
     return Invalid(field, "scheme must be http or https");
+  }
+  // libcurl reads "https:///x" as the host "x"; RFC 3986 says the authority is empty.
+  size_t authority = url.find("://") + 3;
+  if (authority == url.size() ||
+      std::string_view("/?#").find(url[authority]) != std::string_view::npos) {
+    return Invalid(field, "no host");
   }
   std::unique_ptr<CURLU, decltype(&curl_url_cleanup)> u(curl_url(), curl_url_cleanup);
   if (!u || curl_url_set(u.get(), CURLUPART_URL, url.c_str(), 0) != CURLUE_OK) {
@@ -141,7 +184,7 @@ Result<ImageType> ParseImageType(const std::optional<std::string>& type) {
   std::string t = type ? Lower(*type) : "";
   if (t == "qcow2") return ImageType::kQcow2;
   if (t == "raw") return ImageType::kRaw;
-  return Status::Error(Code::kInvalid, "image type " + (type ? "'" + *type + "'" : "missing"),
+  return Status::Error(Code::kInvalid, "image type " + (type ? Quote(*type) : "missing"),
                        std::string(msg::kBadFormat));
 }
 
@@ -158,10 +201,10 @@ Result<std::optional<Checksum>> ParseChecksum(const std::optional<std::string>& 
   static constexpr std::array kAlgos = {HashAlgo::kMd5, HashAlgo::kSha1, HashAlgo::kSha256,
                                         HashAlgo::kSha512};
   std::string t = Lower(*type);
-  auto it = std::find_if(kAlgos.begin(), kAlgos.end(),
-                         [&](HashAlgo a) { return HashAlgoName(a) == t; });
+  auto it =
+      std::find_if(kAlgos.begin(), kAlgos.end(), [&](HashAlgo a) { return HashAlgoName(a) == t; });
   if (it == kAlgos.end()) {
-    return Status::Error(Code::kInvalid, "checksum type '" + *type + "'",
+    return Status::Error(Code::kInvalid, "checksum type " + Quote(*type),
                          std::string(msg::kBadChecksumType));
   }
   Checksum c{*it, Lower(*sum)};
@@ -192,21 +235,21 @@ Status AddHeader(Manifest& m, std::string name, std::string value, const std::st
   return Status::Ok();
 }
 
+// REQUIRES: !path.empty() (an empty path means "not given").
 Status ValidateEfiPath(const std::string& path, std::string_view field) {
-  if (path.empty()) return Invalid(field, "empty");
   if (path.size() > kMaxEfiPathBytes) return Invalid(field, "longer than 512 bytes");
   if (HasControl(path)) return Invalid(field, "contains control characters");
   size_t start = 0;
-  bool has_name = false;
+  std::string_view last;
   while (start <= path.size()) {
     size_t end = path.find_first_of("\\/", start);
     if (end == std::string::npos) end = path.size();
-    std::string_view part(path.data() + start, end - start);
-    if (part == "..") return Invalid(field, "must not contain '..'");
-    if (!part.empty() && part != ".") has_name = true;
+    last = std::string_view(path.data() + start, end - start);
+    if (last == "..") return Invalid(field, "must not contain '..'");
     start = end + 1;
   }
-  if (!has_name) return Invalid(field, "no file name");
+  // The path names the loader file itself, not its directory.
+  if (last.empty() || last == ".") return Invalid(field, "no file name");
   return Status::Ok();
 }
 
@@ -242,7 +285,7 @@ void SetUserData(ConfigDrive& cd, const std::optional<std::string>& data) {
 Status AddMetadata(ConfigDrive& cd, std::string key, std::string value, const std::string& field) {
   if (key.empty()) return Invalid(field, "empty key");
   for (const auto& [k, v] : cd.metadata) {
-    if (k == key) return Invalid(field, "duplicate key '" + key + "'");
+    if (k == key) return Invalid(field, "duplicate key");
   }
   cd.metadata.emplace_back(std::move(key), std::move(value));
   return Status::Ok();
@@ -257,7 +300,8 @@ Status ParseV1ConfigDrive(const json::object& o, std::string_view prefix, Config
   BYOI_RETURN_IF_ERROR(SetSshKey(cd, key, name("sshKey")));
   BYOI_ASSIGN_OR_RETURN(auto user_data, GetString(o, "userData", name("userData")));
   SetUserData(cd, user_data);
-  BYOI_ASSIGN_OR_RETURN(const json::array* metas, GetArray(o, "userMetadatas", name("userMetadatas")));
+  BYOI_ASSIGN_OR_RETURN(const json::array* metas,
+                        GetArray(o, "userMetadatas", name("userMetadatas")));
   if (metas != nullptr) {
     for (size_t i = 0; i < metas->size(); ++i) {
       std::string field = name("userMetadatas") + "[" + std::to_string(i) + "]";
@@ -299,7 +343,7 @@ Result<Manifest> ParseV1(const json::object& o) {
     }
   }
   BYOI_ASSIGN_OR_RETURN(auto efi, GetString(o, "efiBootloaderPath", "efiBootloaderPath"));
-  if (efi) {
+  if (efi && !efi->empty()) {
     BYOI_RETURN_IF_ERROR(ValidateEfiPath(*efi, "efiBootloaderPath"));
     m.efi_bootloader_path = *efi;
   }
@@ -337,8 +381,9 @@ Result<Manifest> ParseV3(const json::object& o) {
   BYOI_ASSIGN_OR_RETURN(const json::object* headers,
                         GetObject(*c, "httpHeaders", "customizations.httpHeaders"));
   if (headers != nullptr) {
+    size_t index = 0;
     for (const auto& kv : *headers) {
-      std::string field = "customizations.httpHeaders." + std::string(kv.key());
+      std::string field = KeyField("customizations.httpHeaders", kv.key(), index++);
       if (!kv.value().is_string()) return Invalid(field, "expected a string");
       BYOI_RETURN_IF_ERROR(
           AddHeader(m, std::string(kv.key()), std::string(kv.value().get_string()), field));
@@ -346,11 +391,12 @@ Result<Manifest> ParseV3(const json::object& o) {
   }
   BYOI_ASSIGN_OR_RETURN(auto efi,
                         GetString(*c, "efiBootloaderPath", "customizations.efiBootloaderPath"));
-  if (efi) {
+  if (efi && !efi->empty()) {
     BYOI_RETURN_IF_ERROR(ValidateEfiPath(*efi, "customizations.efiBootloaderPath"));
     m.efi_bootloader_path = *efi;
   }
-  BYOI_ASSIGN_OR_RETURN(auto description, GetString(*c, "description", "customizations.description"));
+  BYOI_ASSIGN_OR_RETURN(auto description,
+                        GetString(*c, "description", "customizations.description"));
   m.description = description.value_or("");
   ConfigDrive& cd = m.config_drive;
   BYOI_ASSIGN_OR_RETURN(auto hostname, GetString(*c, "hostname", "customizations.hostname"));
@@ -363,8 +409,9 @@ Result<Manifest> ParseV3(const json::object& o) {
   BYOI_ASSIGN_OR_RETURN(const json::object* meta,
                         GetObject(*c, "configDriveMetadata", "customizations.configDriveMetadata"));
   if (meta != nullptr) {
+    size_t index = 0;
     for (const auto& kv : *meta) {
-      std::string field = "customizations.configDriveMetadata." + std::string(kv.key());
+      std::string field = KeyField("customizations.configDriveMetadata", kv.key(), index++);
       if (!kv.value().is_string()) return Invalid(field, "expected a string");
       BYOI_RETURN_IF_ERROR(
           AddMetadata(cd, std::string(kv.key()), std::string(kv.value().get_string()), field));
@@ -375,9 +422,8 @@ Result<Manifest> ParseV3(const json::object& o) {
   if (storage != nullptr && !storage->empty()) {
     if (storage->size() > 1) return Invalid("storage", "only one disk group can be given");
     if (!(*storage)[0].is_object()) return Invalid("storage[0]", "expected an object");
-    BYOI_ASSIGN_OR_RETURN(m.disk_group_id,
-                          GetDiskGroup((*storage)[0].get_object(), "diskGroupId",
-                                       "storage[0].diskGroupId"));
+    BYOI_ASSIGN_OR_RETURN(m.disk_group_id, GetDiskGroup((*storage)[0].get_object(), "diskGroupId",
+                                                        "storage[0].diskGroupId"));
   }
   return m;
 }
@@ -420,21 +466,28 @@ std::optional<std::string> StrictBase64Decode(std::string_view in) {
   return out;
 }
 
+// Text: valid UTF-8 without control characters other than white space (HT LF VT FF CR). Random
+// bytes decoded from a word that merely looks like base64 ("BBBB" -> 04 10 41) are rarely text by
+// this definition, and user data that is meant as text never contains such controls.
 bool IsUtf8Text(std::string_view s) {
   size_t i = 0;
   while (i < s.size()) {
     auto c = static_cast<unsigned char>(s[i]);
-    if (c == 0) return false;
     if (c < 0x80) {
+      if ((c < 0x20 && (c < 0x09 || c > 0x0d)) || c == 0x7f) return false;
       ++i;
       continue;
     }
     int len = 0;
     uint32_t cp = 0;
-    if ((c & 0xe0) == 0xc0) len = 2, cp = c & 0x1f;
-    else if ((c & 0xf0) == 0xe0) len = 3, cp = c & 0x0f;
-    else if ((c & 0xf8) == 0xf0) len = 4, cp = c & 0x07;
-    else return false;
+    if ((c & 0xe0) == 0xc0)
+      len = 2, cp = c & 0x1f;
+    else if ((c & 0xf0) == 0xe0)
+      len = 3, cp = c & 0x0f;
+    else if ((c & 0xf8) == 0xf0)
+      len = 4, cp = c & 0x07;
+    else
+      return false;
     if (i + len > s.size()) return false;
     for (int j = 1; j < len; ++j) {
       auto cc = static_cast<unsigned char>(s[i + j]);
@@ -449,6 +502,15 @@ bool IsUtf8Text(std::string_view s) {
     i += len;
   }
   return true;
+}
+
+// "https://user:pw@host/x" -> "https://***@host/x": shows that credentials will be sent, not them.
+std::string MaskUserinfo(const std::string& url) {
+  std::string stripped = msg::StripUserinfo(url);
+  size_t authority = url.find("://");
+  if (stripped == url || authority == std::string::npos) return url;
+  stripped.insert(authority + 3, "***@");
+  return stripped;
 }
 
 }  // namespace
@@ -487,17 +549,27 @@ Result<Manifest> ParseManifest(std::string_view body) {
   options.max_depth = 32;
   std::error_code ec;
   json::value root = json::parse(body, ec, json::storage_ptr(), options);
-  if (ec) return Invalid("body", "not valid JSON (" + ec.message() + ")");
+  if (ec == json::error::too_deep) return Invalid("body", "nested deeper than 32 levels");
+  // The parser's own wording goes to the detail only: the message must not change with Boost.
+  if (ec) {
+    return Status::Error(Code::kInvalid, "body: not valid JSON: " + ec.message(),
+                         msg::InvalidManifest("body", "not valid JSON"));
+  }
   if (!root.is_object()) return Invalid("body", "expected a JSON object");
   const json::object& o = root.get_object();
-  bool v3 = o.contains("customizations") || o.contains("operatingSystem") || o.contains("storage");
+  // A null member is an absent one, here as everywhere.
+  auto given = [&](std::string_view key) {
+    const json::value* v = o.if_contains(key);
+    return v != nullptr && !v->is_null();
+  };
+  bool v3 = given("customizations") || given("operatingSystem") || given("storage");
   return v3 ? ParseV3(o) : ParseV1(o);
 }
 
 boost::json::object ManifestToJson(const Manifest& m) {
   json::object out;
   out["shape"] = m.shape == Manifest::Shape::kV1 ? "byoi-v1" : "reinstall-v3";
-  out["url"] = msg::StripUserinfo(m.url) == m.url ? m.url : msg::StripUserinfo(m.url) + " (credentials ***)";
+  out["url"] = MaskUserinfo(m.url);
   out["type"] = ImageTypeName(m.type);
   if (m.checksum) {
     out["checkSumType"] = HashAlgoName(m.checksum->algo);
@@ -509,7 +581,8 @@ boost::json::object ManifestToJson(const Manifest& m) {
   out["description"] = m.description;
   out["diskGroupId"] = m.disk_group_id;
   json::array headers;
-  for (const auto& h : m.headers) headers.push_back(json::object{{"name", h.name}, {"value", "***"}});
+  for (const auto& h : m.headers)
+    headers.push_back(json::object{{"name", h.name}, {"value", "***"}});
   out["httpHeaders"] = std::move(headers);
   out["efiBootloaderPath"] =
       m.efi_bootloader_path.empty() ? json::value(nullptr) : json::value(m.efi_bootloader_path);
@@ -520,8 +593,9 @@ boost::json::object ManifestToJson(const Manifest& m) {
   drive["sshKey"] = cd.ssh_key;
   if (cd.user_data) {
     static constexpr const char* kSources[] = {"text", "base64 text", "base64 gzip"};
-    drive["userData"] = json::object{{"bytes", cd.user_data->size()},
-                                     {"decodedFrom", kSources[static_cast<int>(cd.user_data_source)]}};
+    drive["userData"] =
+        json::object{{"bytes", cd.user_data->size()},
+                     {"decodedFrom", kSources[static_cast<int>(cd.user_data_source)]}};
   } else {
     drive["userData"] = nullptr;
   }

@@ -1,9 +1,10 @@
 // The job manifest: what to install and how (design.md §4).
 //
-// Two shapes arrive from outside — OVHcloud's BYOI v1 body (with nested `configdrive`, or the oldest
-// flat form) and the reinstall v3 body (`customizations` + `storage`) — and are normalised into one
-// `Manifest`. Parsing is defensive: the body is untrusted, bounded to 1 MiB and 32 levels of nesting,
-// every field is type-checked, and every failure carries the exact catalogue message of design.md §5.
+// Two shapes arrive from outside — OVHcloud's BYOI v1 body (with nested `configdrive`, or the
+// oldest flat form) and the reinstall v3 body (`customizations` + `storage`) — and are normalised
+// into one `Manifest`. Parsing is defensive: the body is untrusted, bounded to 1 MiB and 32 levels
+// of nesting, every field is type-checked, and every failure carries the exact catalogue message of
+// design.md §5.
 #pragma once
 
 #include <boost/json/fwd.hpp>
@@ -42,8 +43,8 @@ enum class UserDataSource { kText, kBase64Text, kBase64Gzip };
 
 struct ConfigDrive {
   bool enabled = false;
-  std::string hostname;  // RFC 1123, may be empty
-  std::string ssh_key;   // may be empty
+  std::string hostname;                  // RFC 1123, may be empty
+  std::string ssh_key;                   // may be empty
   std::optional<std::string> user_data;  // raw bytes for the config drive's user_data file
   UserDataSource user_data_source = UserDataSource::kText;
   std::vector<std::pair<std::string, std::string>> metadata;  // `meta` of meta_data.json, in order
@@ -58,20 +59,29 @@ struct Manifest {
   std::string description;
   int disk_group_id = 1;  // >= 1; 0 or absent in the body means 1
   std::vector<HttpHeader> headers;
-  std::string efi_bootloader_path;  // as given (backslashes or slashes), empty when not given
+  std::string
+      efi_bootloader_path;  // as given (backslashes or slashes, no ".."), empty if not given
   ConfigDrive config_drive;
 };
 
 // Parses and validates a manifest body. On failure the Status has code kInvalid and `message` is
-// the catalogue sentence; nothing else is produced.
+// the catalogue sentence (`Invalid manifest: <field>: <reason>` unless a more specific one
+// applies); `detail` repeats the field and reason, with the offending value quoted and cut short.
+// Normalisation: a null member is an absent one, and so is an empty string for the optional
+// strings (checksum and type, hostname, sshKey, user data, efiBootloaderPath); unknown members
+// are ignored; the body is v3 when it has a non-null `customizations`, `operatingSystem` or
+// `storage`, v1 otherwise; diskGroupId 0 or absent is 1; checksum and types are lower-cased.
 Result<Manifest> ParseManifest(std::string_view body);
 
 // The normalised manifest as JSON, for `validate` and the logs: header values, URL credentials and
-// user data are never included (shown as "***" or by size only).
+// user data are never included (header values and userinfo shown as "***", user data by size and
+// source only).
 boost::json::object ManifestToJson(const Manifest& manifest);
 
 // The user-data decoding rule, exposed for tests: returns the decoded bytes when `text` is strictly
-// valid base64 whose decoding is UTF-8 text or gzip data, nullopt when `text` is to be used as given.
+// valid base64 (RFC 4648 alphabet, no white space, canonical padding with zero pad bits) whose
+// decoding is gzip data (1f 8b 08) or UTF-8 text (no control characters but HT LF VT FF CR);
+// nullopt when `text` is to be used as given.
 std::optional<std::pair<std::string, UserDataSource>> DecodeUserData(std::string_view text);
 
 // RFC 1123 host name: labels of letters, digits and hyphens (not at either end), 1-63 characters

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <boost/json.hpp>
+#include <cmath>
 #include <ctime>
 
 #include "agent/base/units.hpp"
@@ -88,6 +89,8 @@ StepStatus MakeStep(Step step) {
   return s;
 }
 
+constexpr double kMaxStepSeconds = 1e9;
+
 constexpr JobState kJobStates[] = {JobState::kDoing, JobState::kDone, JobState::kError};
 constexpr StepState kStepStates[] = {StepState::kTodo, StepState::kDoing, StepState::kDone,
                                      StepState::kError, StepState::kSkipped};
@@ -123,6 +126,11 @@ Result<JobStatus> StatusFromJson(std::string_view text) {
       if (auto* v = p.if_contains("bytesDone")) step.bytes_done = v->to_number<uint64_t>();
       if (auto* v = p.if_contains("bytesTotal")) step.bytes_total = v->to_number<uint64_t>();
       if (auto* v = p.if_contains("seconds")) step.seconds = v->to_number<double>();
+      // "1e999" reads as infinity, which StatusToJson would write as non-JSON; a step lasting
+      // more than 30 years means a corrupt file too.
+      if (!(step.seconds >= 0 && step.seconds <= kMaxStepSeconds)) {
+        return bad("step seconds out of range");
+      }
       s.progress.push_back(std::move(step));
     }
     if (auto* v = o.if_contains("warnings")) {

@@ -12,8 +12,12 @@ namespace byoi {
 int RunValidate(const ValidateArgs& args) {
   auto text = ReadManifestText(args.manifest);
   if (!text.ok()) {
-    std::fprintf(stderr, "%s\n", text.status().ToString().c_str());
-    return text.status().code() == Code::kInvalid ? kExitJobError : kExitUsage;
+    // An oversized body is a bad manifest (its catalogue message, exit 1); a file that cannot be
+    // read is a usage error (exit 2).
+    const Status& s = text.status();
+    bool invalid = s.code() == Code::kInvalid;
+    std::fprintf(stderr, "%s\n", invalid ? s.message().c_str() : s.ToString().c_str());
+    return invalid ? kExitJobError : kExitUsage;
   }
   auto manifest = ParseManifest(*text);
   if (!manifest.ok()) {
