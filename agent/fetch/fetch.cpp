@@ -141,6 +141,8 @@ class Transfer {
     std::string reason;
     std::optional<uint64_t> content_length;
     std::optional<ContentRange> content_range;
+    std::string etag;
+    std::string last_modified;
     bool headers_done = false;
   } resp_;
 
@@ -153,8 +155,9 @@ class Transfer {
 
   // The whole download.
   std::optional<uint64_t> expected_total_;  // from the last accepted response
-  uint64_t high_water_ = 0;                 // most bytes ever held
-  bool ranges_unusable_ = false;            // a server whose 206 answers cannot be trusted
+  std::string validator_;         // the image's strong ETag or Last-Modified, sent as If-Range
+  uint64_t high_water_ = 0;       // most bytes ever held
+  bool ranges_unusable_ = false;  // a server whose 206 answers cannot be trusted
   int requests_ = 0;
   int restarts_ = 0;
   Clock::time_point last_report_;
@@ -246,6 +249,10 @@ size_t Transfer::OnHeader(std::string_view line) {
     resp_.content_length = ParseContentLength(*v);
   } else if (auto v = HeaderValue(line, "content-range")) {
     resp_.content_range = ParseContentRange(*v);
+  } else if (auto v = HeaderValue(line, "etag")) {
+    resp_.etag = *v;
+  } else if (auto v = HeaderValue(line, "last-modified")) {
+    resp_.last_modified = *v;
   } else if (line == "\r\n" || line == "\n") {
     resp_.headers_done = true;
     // Redirects and interim answers carry no body for us; errors are curl's (FAILONERROR).
@@ -273,11 +280,21 @@ bool Transfer::AcceptResponse() {
     }
     total = resp_.content_range->complete;
     if (!total && resp_.content_length) total = request_offset_ + *resp_.content_length;
+    if (total && expected_total_ && *total != *expected_total_) {
+      abort_ = Abort::kBadRange;
+      abort_detail_ =
+          fmt::format("the image changed size from {} to {} bytes", *expected_total_, *total);
+      return false;
+    }
   } else if (resp_.code == 200) {
     // A 200 to a Range request: the server sends the whole image again; keep this body and
     // start over from its first byte.
     if (request_offset_ > 0) StartOver();
     total = resp_.content_length;
+    // What a resume sends as If-Range: should the image change at the origin, the server answers
+    // 200 with the new one instead of stitching its tail to our head. Weak ETags cannot be used.
+    validator_ =
+        !resp_.etag.empty() && !resp_.etag.starts_with("W/") ? resp_.etag : resp_.last_modified;
   } else if (resp_.code == 206) {
     return unexpected("a partial answer to a request without Range");
   } else {
@@ -366,6 +383,10 @@ Outcome Transfer::RunAttempt() {
   if (request_offset_ > 0) {
     std::string range = fmt::format("Range: bytes={}-", request_offset_);
     if (curl_slist* next = curl_slist_append(list, range.c_str())) list = next;
+    if (!validator_.empty()) {
+      std::string if_range = "If-Range: " + validator_;
+      if (curl_slist* next = curl_slist_append(list, if_range.c_str())) list = next;
+    }
   }
   SlistPtr headers(list);
   CURL* c = curl_.get();

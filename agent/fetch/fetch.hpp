@@ -8,9 +8,11 @@
 //
 // Failure policy, per attempt:
 //   - a dropped connection, a stall, a 5xx, 408 or 429, a body shorter than its Content-Length:
-//     try again after an exponential back-off, with `Range: bytes=N-` from the last byte received.
-//     A 206 must carry a Content-Range starting at N; a 200 means the server ignored the Range, and
-//     the download restarts at byte 0 with fresh digests.
+//     try again after an exponential back-off, with `Range: bytes=N-` from the last byte received
+//     (and `If-Range` with the image's ETag or Last-Modified, so a changed image comes whole).
+//     A 206 must carry a Content-Range starting at N, of the same total length; a 200 means the
+//     server ignored the Range (or the image changed), and the download restarts at byte 0 with
+//     fresh digests.
 //   - any other 4xx, a refused certificate, a forbidden redirect, a malformed URL: final at once.
 //   - more than the memory budget: final; refused from the headers when Content-Length (or
 //     Content-Range) announces it, else the moment the budget is passed.

@@ -163,6 +163,8 @@ class Route:
     ranges        honour `Range: bytes=N-` with 206 (else answer 200 with everything)
     drops         offsets at which the connection is closed, each once
     reset         drop with a TCP reset instead of an orderly close
+    replace       after the first drop, serve these bytes instead (the image changed); the
+                  route has an ETag and honours If-Range
     stall_at      offset at which the server stops sending (once) for `stall_seconds`
     length_delta  Content-Length lies by this many bytes (+: promises more than it sends)
     no_length     no Content-Length: the body ends when the connection closes
@@ -174,8 +176,9 @@ class Route:
 
     def __init__(self, body=b"", ranges=True, drops=(), stall_at=None, stall_seconds=30,
                  length_delta=0, no_length=False, fail_first=(), status=None, redirect=None,
-                 require=None, reset=False):
+                 require=None, reset=False, replace=None):
         self.body = body
+        self.replace = replace
         self.reset = reset
         self.ranges = ranges
         self.drops = sorted(drops)
@@ -227,6 +230,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         size = len(route.body)
         start = 0
         rng = self.headers.get("Range")
+        etag = '"%s"' % hashlib.sha1(route.body).hexdigest()
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and if_range != etag:
+            rng = None  # RFC 9110 §13.1.5: the representation changed, send all of it
         if route.ranges and rng and rng.startswith("bytes=") and rng.endswith("-"):
             start = int(rng[len("bytes="):-1])
             if start >= size:
@@ -239,6 +246,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         else:
             self.send_response(200)
+        if route.replace is not None:
+            self.send_header("ETag", etag)
         if route.no_length:
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -273,6 +282,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self.server.owner.stop.wait(route.stall_seconds)
                 if pos == cut:
                     self.close_connection = True
+                    if route.replace is not None:
+                        route.body, route.replace = route.replace, None
                     if route.reset:
                         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                                    struct.pack("ii", 1, 0))

@@ -217,6 +217,17 @@ class FetchTest(unittest.TestCase):
         self.assertRegex(ranges[1], r"^bytes=\d+-$")
         self.assertLessEqual(int(ranges[1][6:-1]), 777777)
 
+    def test_image_changed_during_resume_comes_whole(self):
+        new = mbr_image(3 * MiB, seed=99)
+        url = self.fault.add("/changing.raw", Route(IMAGE, drops=[MiB], replace=new))
+        run = self.deploy(manifest(url, checksum=digest("sha256", new)))
+        self.assertDone(run)
+        self.assertIn("2 request(s), 1 restart(s) from byte 0", run.stderr)
+        etag = '"%s"' % hashlib.sha1(IMAGE).hexdigest()
+        resume = [e for e in self.fault.log if e["path"] == "/changing.raw"][1]
+        self.assertEqual(resume["range"], f"bytes={MiB}-")
+        self.assertEqual(resume["headers"].get("if-range"), etag)
+
     def test_drops_without_range_support_restart_from_zero(self):
         drops = [500000, 2 * MiB]
         url = self.fault.add("/norange.raw", Route(IMAGE, ranges=False, drops=drops))
