@@ -20,6 +20,12 @@ struct JobOptions {
   std::string reboot = "none";                         // --reboot none|reboot|poweroff|kexec
   std::optional<uint64_t> memory_limit;  // --memory-limit bytes; default MemTotal - 3 GiB
   std::string efi_boot_order = "first";  // --efi-boot-order first|after-network|bootnext|none
+  // Download (agent/fetch/fetch.hpp FetchOptions has the details).
+  std::string ca_bundle;       // --ca-bundle FILE: PEM CA certificates for https image servers
+  bool insecure = false;       // --insecure: skip TLS certificate verification (labs only)
+  double stall_timeout = 60;   // --stall-timeout SECONDS without a byte before an attempt is retried
+  double retry_delay = 1;      // --retry-delay SECONDS before the 2nd attempt, doubling up to 30 s
+  int download_attempts = 10;  // --download-attempts N in a row without progress before giving up
 };
 
 struct DeployArgs {

@@ -30,6 +30,22 @@ void AddJobOptions(CLI::App* cmd, byoi::JobOptions& job, std::string& memory_lim
   cmd->add_option("--efi-boot-order", job.efi_boot_order, "Where the new boot entry goes")
       ->check(CLI::IsMember({"first", "after-network", "bootnext", "none"}))
       ->capture_default_str();
+  cmd->add_option("--ca-bundle", job.ca_bundle, "PEM file of CA certificates for https image URLs")
+      ->check(CLI::ExistingFile);
+  cmd->add_flag("--insecure", job.insecure, "Do not verify TLS certificates (labs only)");
+  cmd->add_option("--stall-timeout", job.stall_timeout, "Seconds without data before a retry")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str()
+      ->group("Download tuning");
+  cmd->add_option("--retry-delay", job.retry_delay, "Seconds before the first retry (doubles)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group("Download tuning");
+  cmd->add_option("--download-attempts", job.download_attempts,
+                  "Attempts in a row without progress before giving up")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str()
+      ->group("Download tuning");
 }
 
 std::optional<uint64_t> OptionalSize(const std::string& s) {

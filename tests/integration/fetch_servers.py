@@ -1,0 +1,421 @@
+"""Servers and helpers for the fetch tests (test_fetch*.py): nginx with a config of its own, a
+fault-injecting HTTP(S) server, test images, and a runner for `byoi-agent deploy --dry-run`.
+
+Everything listens on 127.0.0.1 on ephemeral ports and lives in a temp dir; close() stops it.
+"""
+import hashlib
+import http.server
+import json
+import os
+import random
+import signal
+import socket
+import socketserver
+import ssl
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+
+AGENT = os.environ.get("BYOI_AGENT", "byoi-agent")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, proc=None, what="server"):
+    for _ in range(200):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.025)
+    raise RuntimeError(f"{what} does not listen on {port}")
+
+
+# --- images -------------------------------------------------------------------------------------
+
+def mbr_image(size, seed=1):
+    """`size` bytes of seeded random data behind an MBR with one partition: a valid raw image."""
+    data = bytearray(random.Random(seed).randbytes(size))
+    data[446:512] = bytes(66)
+    data[446:462] = bytes([0x80, 0, 0, 0, 0x83, 0, 0, 0]) + (2048).to_bytes(4, "little") + \
+        max(1, size // 512 - 2048).to_bytes(4, "little")
+    data[510:512] = b"\x55\xaa"
+    return bytes(data)
+
+
+def write_mbr_image_file(path, size, seed=1):
+    """Like mbr_image, for big images: written in 16 MiB pieces; returns its sha256."""
+    piece = bytearray(random.Random(seed).randbytes(16 << 20))
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        done = 0
+        while done < size:
+            chunk = piece[: min(len(piece), size - done)]
+            if done == 0:
+                chunk[:512] = mbr_image(512)[:512]
+            f.write(chunk)
+            h.update(chunk)
+            done += len(chunk)
+    return h.hexdigest()
+
+
+def qcow2_image(workdir, virtual_size=8 << 20):
+    """A qcow2 (made by qemu-img from a raw image with an MBR) as bytes."""
+    raw = os.path.join(workdir, "for-qcow2.raw")
+    out = os.path.join(workdir, "image.qcow2")
+    with open(raw, "wb") as f:
+        f.write(mbr_image(virtual_size, seed=7))
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, out], check=True)
+    with open(out, "rb") as f:
+        return f.read()
+
+
+def digest(algo, data):
+    return hashlib.new(algo, data).hexdigest()
+
+
+# --- nginx --------------------------------------------------------------------------------------
+
+class Nginx:
+    """nginx serving `root` on 127.0.0.1, access log with the Range header of every request.
+
+    `extra` is added inside the server block (e.g. `location = /forbidden { return 403; }`)."""
+
+    def __init__(self, workdir, root, extra=""):
+        self.dir = os.path.join(workdir, "nginx")
+        os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
+        os.chmod(root, 0o755)
+        self.access_log = os.path.join(self.dir, "access.log")
+        self.proc = None
+        for _ in range(5):  # the port may be taken between free_port() and nginx's bind
+            self.port = free_port()
+            conf = os.path.join(self.dir, "nginx.conf")
+            t = os.path.join(self.dir, "tmp")
+            with open(conf, "w") as f:
+                f.write(f"""daemon off;
+worker_processes 1;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  log_format byoi '$status "$request" range="$http_range"';
+  access_log {self.access_log} byoi;
+  sendfile on;
+  client_body_temp_path {t}; proxy_temp_path {t}; fastcgi_temp_path {t};
+  uwsgi_temp_path {t}; scgi_temp_path {t};
+  types {{ }}
+  default_type application/octet-stream;
+  server {{
+    listen 127.0.0.1:{self.port};
+    root {root};
+    {extra}
+  }}
+}}
+""")
+            self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", self.dir],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_listening(self.port, self.proc, "nginx")
+                return
+            except RuntimeError:
+                self.close()
+        raise RuntimeError("nginx did not start: " + open(os.path.join(self.dir, "error.log")).read())
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def requests(self):
+        """The access log as (status, request line, range header) tuples."""
+        if not os.path.exists(self.access_log):
+            return []
+        out = []
+        with open(self.access_log) as f:
+            for line in f:
+                status, rest = line.split(" ", 1)
+                request, rng = rest.rsplit(" range=", 1)
+                out.append((int(status), request.strip('"'), rng.strip().strip('"')))
+        return out
+
+    def close(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --- fault server -------------------------------------------------------------------------------
+
+class Route:
+    """What the fault server does for one path.
+
+    body          the image bytes
+    ranges        honour `Range: bytes=N-` with 206 (else answer 200 with everything)
+    drops         offsets at which the connection is closed, each once
+    reset         drop with a TCP reset instead of an orderly close
+    replace       after the first drop, serve these bytes instead (the image changed); the
+                  route has an ETag and honours If-Range
+    stall_at      offset at which the server stops sending (once) for `stall_seconds`
+    length_delta  Content-Length lies by this many bytes (+: promises more than it sends)
+    no_length     no Content-Length: the body ends when the connection closes
+    fail_first    statuses answered to the first requests, then normal service
+    status        a status answered to every request (404, 403, ...)
+    redirect      a Location answered with 302 to every request
+    require       (name, value) a header the request must carry, else 403
+    """
+
+    def __init__(self, body=b"", ranges=True, drops=(), stall_at=None, stall_seconds=30,
+                 length_delta=0, no_length=False, fail_first=(), status=None, redirect=None,
+                 require=None, reset=False, replace=None):
+        self.body = body
+        self.replace = replace
+        self.reset = reset
+        self.ranges = ranges
+        self.drops = sorted(drops)
+        self.stall_at = stall_at
+        self.stall_seconds = stall_seconds
+        self.length_delta = length_delta
+        self.no_length = no_length
+        self.fail_first = list(fail_first)
+        self.status = status
+        self.redirect = redirect
+        self.require = require
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        server = self.server.owner
+        route = server.routes.get(self.path.split("?")[0])
+        server.log.append({"path": self.path, "range": self.headers.get("Range"),
+                           "headers": {k.lower(): v for k, v in self.headers.items()}})
+        if route is None:
+            return self._simple(404)
+        if route.require and self.headers.get(route.require[0]) != route.require[1]:
+            return self._simple(403)
+        if route.fail_first:
+            return self._simple(route.fail_first.pop(0))
+        if route.status:
+            return self._simple(route.status)
+        if route.redirect:
+            self.send_response(302)
+            self.send_header("Location", route.redirect)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._body(route)
+
+    def _simple(self, status):
+        text = f"{status}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
+
+    def _body(self, route):
+        size = len(route.body)
+        start = 0
+        rng = self.headers.get("Range")
+        etag = '"%s"' % hashlib.sha1(route.body).hexdigest()
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and if_range != etag:
+            rng = None  # RFC 9110 §13.1.5: the representation changed, send all of it
+        if route.ranges and rng and rng.startswith("bytes=") and rng.endswith("-"):
+            start = int(rng[len("bytes="):-1])
+            if start >= size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        else:
+            self.send_response(200)
+        if route.replace is not None:
+            self.send_header("ETag", etag)
+        if route.no_length:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(size - start + route.length_delta))
+        self.end_headers()
+        end = size  # a short lie (length_delta < 0) still sends everything
+        cut = None
+        for d in route.drops:
+            if start < d < end:
+                cut = d
+                route.drops.remove(d)
+                break
+        stall = None
+        if route.stall_at is not None and start < route.stall_at < end:
+            stall = route.stall_at
+            route.stall_at = None
+        pos = start
+        try:
+            while pos < end:
+                limit = end
+                if cut is not None:
+                    limit = min(limit, cut)
+                if stall is not None:
+                    limit = min(limit, stall)
+                n = min(64 << 10, limit - pos)
+                if n > 0:
+                    self.wfile.write(route.body[pos:pos + n])
+                    pos += n
+                if pos == stall:
+                    stall = None
+                    self.server.owner.stop.wait(route.stall_seconds)
+                if pos == cut:
+                    self.close_connection = True
+                    if route.replace is not None:
+                        route.body, route.replace = route.replace, None
+                    if route.reset:
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                   struct.pack("ii", 1, 0))
+                        self.connection.close()
+                    else:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+            if route.length_delta > 0 or route.no_length:
+                # A promise longer than the body, or no length: the end is a closed connection.
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self.close_connection = True
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def handle_error(self, request, client_address):
+        pass  # clients that go away (a cancelled agent, a refused certificate) are expected
+
+
+class FaultServer:
+    """A thread-run HTTP (or, with `tls=(cert, key)`, HTTPS) server on 127.0.0.1:0. Routes are
+    registered with add(); every request is appended to `log` (path, range, lower-case headers)."""
+
+    def __init__(self, tls=None):
+        self.routes = {}
+        self.log = []
+        self.stop = threading.Event()
+        self.httpd = _Server(("127.0.0.1", 0), _Handler)
+        self.httpd.owner = self
+        self.scheme = "http"
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, path, route):
+        self.routes[path] = route
+        return self.url(path)
+
+    def url(self, path):
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+
+    def ranges(self, path):
+        return [e["range"] for e in self.log if e["path"] == path]
+
+    def close(self):
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def self_signed_cert(workdir):
+    """A self-signed certificate for 127.0.0.1: (cert path, key path)."""
+    cert = os.path.join(workdir, "cert.pem")
+    key = os.path.join(workdir, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
+                    "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+# --- the agent ----------------------------------------------------------------------------------
+
+class Run:
+    def __init__(self, returncode, status, stdout, stderr, maxrss_bytes, seconds):
+        self.returncode = returncode
+        self.status = status
+        self.stdout = stdout
+        self.stderr = stderr
+        self.maxrss_bytes = maxrss_bytes
+        self.seconds = seconds
+
+    def step(self, name):
+        return next(p for p in self.status["progress"] if p["step"] == name)
+
+
+def run_deploy(workdir, manifest, *extra, dry_run=True, timeout=120, signal_after=None):
+    """Runs `byoi-agent deploy --manifest M [--dry-run] --status-file S --retry-delay 0.05 EXTRA`.
+
+    Returns a Run with the final status file, outputs and peak RSS (from wait4). With
+    `signal_after`, SIGTERM is sent that many seconds after the start."""
+    mpath = os.path.join(workdir, "manifest.json")
+    spath = os.path.join(workdir, "status.json")
+    if os.path.exists(spath):
+        os.unlink(spath)
+    with open(mpath, "w") as f:
+        json.dump(manifest, f)
+    argv = [AGENT, "deploy", "--manifest", mpath, "--status-file", spath, "--retry-delay", "0.05"]
+    if dry_run:
+        argv.append("--dry-run")
+    argv += list(extra)
+    with tempfile.TemporaryFile(dir=workdir) as out, tempfile.TemporaryFile(dir=workdir) as err:
+        return _run(argv, spath, out, err, timeout, signal_after)
+
+
+def _run(argv, spath, out, err, timeout, signal_after):
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=out, stderr=err)
+    if signal_after is not None:
+        time.sleep(signal_after)
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()  # from now on we measure how long it takes to stop
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, wstatus, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            pid, wstatus, rusage = os.wait4(proc.pid, 0)
+            raise AssertionError(f"byoi-agent did not finish in {timeout} s")
+        time.sleep(0.01)
+    seconds = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(wstatus)
+    out.seek(0)
+    err.seek(0)
+    status = None
+    if os.path.exists(spath):
+        with open(spath) as f:
+            status = json.load(f)
+    return Run(proc.returncode, status, out.read().decode(), err.read().decode(),
+               rusage.ru_maxrss * 1024, seconds)
+
+
+__all__ = ["AGENT", "Nginx", "FaultServer", "Route", "Run", "run_deploy", "mbr_image",
+           "write_mbr_image_file", "qcow2_image", "digest", "self_signed_cert", "free_port"]

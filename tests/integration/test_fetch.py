@@ -1,0 +1,395 @@
+#!/usr/bin/python3
+"""Fetch + verify through `byoi-agent deploy --dry-run` against real servers on 127.0.0.1:
+nginx for the plain cases, the fault server of fetch_servers.py for everything that goes wrong.
+Every error case checks the exact catalogue message (design.md §5) in the status file and on
+stderr, and, where it matters, the Range headers the server saw."""
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fetch_servers import (FaultServer, Nginx, Route, digest, mbr_image,  # noqa: E402
+                           qcow2_image, run_deploy, self_signed_cert)
+
+MiB = 1 << 20
+IMAGE = mbr_image(3 * MiB)  # a raw image with an MBR
+SHA256 = digest("sha256", IMAGE)
+
+
+def manifest(url, type_="raw", algo="sha256", checksum=None, **extra):
+    m = {"URL": url, "type": type_}
+    if algo:
+        m["checkSumType"] = algo
+        m["checkSum"] = checksum or digest(algo, IMAGE)
+    m.update(extra)
+    return m
+
+
+def download_failed(url):
+    return f"Could not download image located: {url}."
+
+
+class FetchTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.workdir = tempfile.mkdtemp(prefix="byoi-fetch-test-")
+        os.chmod(cls.workdir, 0o755)  # nginx's worker runs as nobody
+        cls.root = os.path.join(cls.workdir, "www")
+        os.makedirs(cls.root)
+        with open(os.path.join(cls.root, "image.raw"), "wb") as f:
+            f.write(IMAGE)
+        cls.qcow2 = qcow2_image(cls.workdir)
+        with open(os.path.join(cls.root, "image.qcow2"), "wb") as f:
+            f.write(cls.qcow2)
+        cls.nginx = Nginx(cls.workdir, cls.root, extra="""
+    location = /forbidden.raw { return 403; }
+    location = /moved.raw { return 301 /image.raw; }
+""")
+        cls.fault = FaultServer()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.fault.close()
+        cls.nginx.close()
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+
+    def deploy(self, m, *extra, **kw):
+        return run_deploy(self.workdir, m, *extra, **kw)
+
+    def assertDone(self, run):
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertEqual(run.status["status"], "done", run.status)
+        self.assertEqual(run.step("download")["status"], "done")
+        self.assertEqual(run.step("verify")["status"], "done")
+        for step in ("write", "partition", "configdrive", "bootloader", "reboot"):
+            self.assertEqual(run.step(step)["status"], "skipped")
+
+    def assertFailed(self, run, message, detail_part=None):
+        self.assertEqual(run.returncode, 1, run.stderr)
+        self.assertEqual(run.status["status"], "error")
+        self.assertEqual(run.status["message"], message)
+        self.assertIn("error: " + message + "\n", run.stderr)
+        if detail_part is not None:
+            self.assertIn(detail_part, run.status["detail"])
+
+    # --- success ---------------------------------------------------------------------------
+
+    def test_raw_each_checksum_type(self):
+        url = self.nginx.url("/image.raw")
+        for algo in ("md5", "sha1", "sha256", "sha512"):
+            with self.subTest(algo=algo):
+                run = self.deploy(manifest(url, algo=algo))
+                self.assertDone(run)
+                self.assertEqual(run.status["checksum"], digest(algo, IMAGE))
+                self.assertEqual(run.step("download")["bytesDone"], len(IMAGE))
+                self.assertEqual(run.step("download")["bytesTotal"], len(IMAGE))
+                self.assertEqual(run.step("verify")["comment"],
+                                 f"raw (MBR), virtual size 3.0 MiB ({len(IMAGE)} bytes); "
+                                 f"{algo} matches")
+
+    def test_qcow2_reports_virtual_size(self):
+        url = self.nginx.url("/image.qcow2")
+        for algo in ("md5", "sha512"):
+            with self.subTest(algo=algo):
+                run = self.deploy(manifest(url, "qcow2", algo, digest(algo, self.qcow2)))
+                self.assertDone(run)
+                self.assertEqual(run.status["checksum"], digest(algo, self.qcow2))
+                self.assertEqual(run.step("verify")["comment"],
+                                 f"qcow2, virtual size 8.0 MiB ({8 * MiB} bytes); {algo} matches")
+
+    def test_without_checksum_reports_sha256(self):
+        run = self.deploy(manifest(self.nginx.url("/image.raw"), algo=None))
+        self.assertDone(run)
+        self.assertEqual(run.status["checksum"], SHA256)
+        self.assertIn("no checksum given, sha256 computed", run.step("verify")["comment"])
+
+    def test_json_output(self):
+        run = self.deploy(manifest(self.nginx.url("/image.raw")), "--json")
+        self.assertDone(run)
+        import json
+        self.assertEqual(json.loads(run.stdout)["checksum"], SHA256)
+
+    def test_body_without_content_length(self):
+        url = self.fault.add("/nolength.raw", Route(IMAGE, no_length=True))
+        run = self.deploy(manifest(url))
+        self.assertDone(run)
+
+    # --- verify ----------------------------------------------------------------------------
+
+    def test_checksum_mismatch(self):
+        for algo in ("md5", "sha1", "sha256", "sha512"):
+            with self.subTest(algo=algo):
+                wrong = "0" * len(digest(algo, b""))
+                run = self.deploy(manifest(self.nginx.url("/image.raw"), algo=algo,
+                                           checksum=wrong))
+                self.assertFailed(run, f"Bad {algo} for downloaded file, got: "
+                                       f"{digest(algo, IMAGE)} while expecting {wrong}.")
+                self.assertEqual(run.step("verify")["status"], "error")
+
+    def test_declared_qcow2_but_raw(self):
+        run = self.deploy(manifest(self.nginx.url("/image.raw"), "qcow2"))
+        self.assertFailed(run, "image provided format is raw which does not match expected "
+                               "qcow2 format")
+
+    def test_declared_raw_but_qcow2(self):
+        run = self.deploy(manifest(self.nginx.url("/image.qcow2"), "raw", "sha256",
+                                   digest("sha256", self.qcow2)))
+        self.assertFailed(run, "image provided format is qcow2 which does not match expected "
+                               "raw format")
+
+    def test_declared_raw_without_partition_table(self):
+        ext4 = os.path.join(self.root, "fs.ext4")
+        with open(ext4, "wb") as f:
+            f.truncate(4 * MiB)
+        subprocess.run(["mkfs.ext4", "-q", "-F", ext4], check=True)
+        gz = os.path.join(self.root, "image.raw.gz")
+        with open(gz, "wb") as f:
+            f.write(gzip.compress(IMAGE, compresslevel=1))
+        cases = {"/fs.ext4": "an ext4 filesystem", "/image.raw.gz": "gzip compressed data"}
+        for path, what in cases.items():
+            with self.subTest(path=path):
+                run = self.deploy(manifest(self.nginx.url(path), algo=None))
+                self.assertFailed(run, "image provided format is not of type raw because no "
+                                       f"partition table was found. It seems to contain: {what}")
+
+    # --- HTTP errors -----------------------------------------------------------------------
+
+    def test_404_is_final(self):
+        url = self.nginx.url("/missing.raw")
+        before = len(self.nginx.requests())
+        run = self.deploy(manifest(url))
+        self.assertFailed(run, download_failed(url), "HTTP 404")
+        self.assertEqual(run.step("download")["status"], "error")
+        self.assertEqual(len(self.nginx.requests()) - before, 1)
+
+    def test_403_is_final(self):
+        url = self.nginx.url("/forbidden.raw")
+        before = len(self.nginx.requests())
+        run = self.deploy(manifest(url))
+        self.assertFailed(run, download_failed(url), "HTTP 403 Forbidden")
+        self.assertEqual(len(self.nginx.requests()) - before, 1)
+
+    def test_500_then_success(self):
+        url = self.fault.add("/flaky.raw", Route(IMAGE, fail_first=[500, 503, 429, 408]))
+        run = self.deploy(manifest(url))
+        self.assertDone(run)
+        self.assertEqual(self.fault.ranges("/flaky.raw"), [None] * 5)
+        self.assertIn("HTTP 500", run.stderr)  # the retry notice in the log
+
+    def test_500_until_attempts_run_out(self):
+        url = self.fault.add("/broken.raw", Route(IMAGE, status=500))
+        run = self.deploy(manifest(url), "--download-attempts", "3")
+        self.assertFailed(run, download_failed(url), "HTTP 500 Internal Server Error")
+        self.assertIn("3 attempts", run.status["detail"])
+        self.assertEqual(len(self.fault.ranges("/broken.raw")), 3)
+
+    def test_userinfo_never_shown(self):
+        url = self.nginx.url("/missing.raw").replace("http://", "http://user:s3cret@")
+        run = self.deploy(manifest(url))
+        self.assertFailed(run, download_failed(self.nginx.url("/missing.raw")))
+        self.assertNotIn("s3cret", run.stderr + run.stdout + str(run.status))
+
+    # --- resume ----------------------------------------------------------------------------
+
+    def test_drops_resume_with_range(self):
+        drops = [100000, MiB, 2 * MiB + 12345]
+        url = self.fault.add("/drops.raw", Route(IMAGE, drops=drops))
+        run = self.deploy(manifest(url))
+        self.assertDone(run)
+        self.assertEqual(run.status["checksum"], SHA256)
+        self.assertEqual(self.fault.ranges("/drops.raw"),
+                         [None] + [f"bytes={d}-" for d in drops])
+
+    def test_connection_reset_resumes_with_range(self):
+        url = self.fault.add("/reset.raw", Route(IMAGE, drops=[777777], reset=True))
+        run = self.deploy(manifest(url, algo="sha512"))
+        self.assertDone(run)
+        self.assertEqual(run.status["checksum"], digest("sha512", IMAGE))
+        # A reset throws away what the client had not read yet: it resumes at or before the cut.
+        ranges = self.fault.ranges("/reset.raw")
+        self.assertEqual(len(ranges), 2, ranges)
+        self.assertIsNone(ranges[0])
+        self.assertRegex(ranges[1], r"^bytes=\d+-$")
+        self.assertLessEqual(int(ranges[1][6:-1]), 777777)
+
+    def test_image_changed_during_resume_comes_whole(self):
+        new = mbr_image(3 * MiB, seed=99)
+        url = self.fault.add("/changing.raw", Route(IMAGE, drops=[MiB], replace=new))
+        run = self.deploy(manifest(url, checksum=digest("sha256", new)))
+        self.assertDone(run)
+        self.assertIn("2 request(s), 1 restart(s) from byte 0", run.stderr)
+        etag = '"%s"' % hashlib.sha1(IMAGE).hexdigest()
+        resume = [e for e in self.fault.log if e["path"] == "/changing.raw"][1]
+        self.assertEqual(resume["range"], f"bytes={MiB}-")
+        self.assertEqual(resume["headers"].get("if-range"), etag)
+
+    def test_drops_without_range_support_restart_from_zero(self):
+        drops = [500000, 2 * MiB]
+        url = self.fault.add("/norange.raw", Route(IMAGE, ranges=False, drops=drops))
+        run = self.deploy(manifest(url, algo="sha1"))
+        self.assertDone(run)
+        self.assertEqual(run.status["checksum"], digest("sha1", IMAGE))
+        # We keep asking from the last byte; the server answers 200 and we start over.
+        self.assertEqual(self.fault.ranges("/norange.raw"),
+                         [None, "bytes=500000-", "bytes=2097152-"])
+        self.assertIn("3 request(s), 2 restart(s) from byte 0", run.stderr)
+
+    def test_stall_is_retried_with_range(self):
+        url = self.fault.add("/stall.raw", Route(IMAGE, stall_at=MiB, stall_seconds=30))
+        run = self.deploy(manifest(url), "--stall-timeout", "1")
+        self.assertDone(run)
+        self.assertLess(run.seconds, 10)
+        self.assertEqual(self.fault.ranges("/stall.raw"), [None, f"bytes={MiB}-"])
+        self.assertIn("no data received for 1 s", run.stderr)
+
+    def test_cancel_during_stall_stops_within_2s(self):
+        url = self.fault.add("/stall-cancel.raw", Route(IMAGE, stall_at=MiB, stall_seconds=30))
+        run = self.deploy(manifest(url), signal_after=1.5)
+        self.assertFailed(run, "Deployment cancelled.")
+        self.assertLess(run.seconds, 2.0)
+
+    def test_content_length_longer_than_body_with_range(self):
+        url = self.fault.add("/long.raw", Route(IMAGE, length_delta=1000))
+        run = self.deploy(manifest(url))
+        # The short body is never complete; the resume asks past the real end: 416, final.
+        self.assertFailed(run, download_failed(url), "HTTP 416")
+        self.assertEqual(self.fault.ranges("/long.raw"), [None, f"bytes={len(IMAGE)}-"])
+
+    def test_content_length_longer_than_body_without_range(self):
+        url = self.fault.add("/long-norange.raw", Route(IMAGE, length_delta=1000, ranges=False))
+        run = self.deploy(manifest(url), "--download-attempts", "2")
+        self.assertFailed(run, download_failed(url), "1000 bytes remaining")
+        self.assertEqual(len(self.fault.ranges("/long-norange.raw")), 3)
+
+    def test_content_length_shorter_than_body(self):
+        url = self.fault.add("/short.raw", Route(IMAGE, length_delta=-1000))
+        run = self.deploy(manifest(url))
+        short = IMAGE[:-1000]
+        self.assertFailed(run, f"Bad sha256 for downloaded file, got: {digest('sha256', short)} "
+                               f"while expecting {SHA256}.")
+        self.assertEqual(run.step("download")["bytesDone"], len(short))
+
+    # --- redirects -------------------------------------------------------------------------
+
+    def test_redirects_followed(self):
+        self.fault.add("/r/image.raw", Route(IMAGE))
+        self.fault.add("/r/2", Route(redirect="/r/image.raw"))
+        url = self.fault.add("/r/1", Route(redirect=self.fault.url("/r/2")))
+        run = self.deploy(manifest(url))
+        self.assertDone(run)
+        run = self.deploy(manifest(self.nginx.url("/moved.raw")))
+        self.assertDone(run)
+
+    def test_too_many_redirects(self):
+        self.fault.add("/loop/7", Route(IMAGE))
+        for i in range(7):
+            self.fault.add(f"/loop/{i}", Route(redirect=f"/loop/{i + 1}"))
+        url = self.fault.url("/loop/0")
+        run = self.deploy(manifest(url))
+        self.assertFailed(run, download_failed(url), "Maximum (5) redirects followed")
+        self.assertEqual(len([e for e in self.fault.log if e["path"].startswith("/loop/")]), 6)
+
+    def test_redirect_to_file_refused(self):
+        url = self.fault.add("/to-file", Route(redirect="file:///etc/passwd"))
+        run = self.deploy(manifest(url))
+        self.assertFailed(run, download_failed(url), "file")
+        self.assertEqual(len(self.fault.ranges("/to-file")), 1)
+
+    def test_file_url_refused_by_manifest(self):
+        run = self.deploy(manifest("file:///etc/passwd"))
+        self.assertEqual(run.returncode, 1)
+        self.assertTrue(run.status["message"].startswith("Invalid manifest: "), run.status)
+
+    # --- headers ---------------------------------------------------------------------------
+
+    def test_manifest_headers_on_every_request(self):
+        url = self.fault.add("/hdr.raw", Route(IMAGE, drops=[MiB]))
+        m = manifest(url, httpHeader=[{"key": "X-Byoi-Test", "value": "42"},
+                                      {"key": "Authorization", "value": "Bearer t0ken"}])
+        run = self.deploy(m)
+        self.assertDone(run)
+        seen = [e["headers"] for e in self.fault.log if e["path"] == "/hdr.raw"]
+        self.assertEqual(len(seen), 2)
+        for h in seen:
+            self.assertEqual(h.get("x-byoi-test"), "42")
+            self.assertEqual(h.get("authorization"), "Bearer t0ken")
+        self.assertNotIn("t0ken", run.stderr + str(run.status))
+
+    def test_required_header(self):
+        url = self.fault.add("/private.raw", Route(IMAGE, require=("X-Token", "sesame")))
+        run = self.deploy(manifest(url))
+        self.assertFailed(run, download_failed(url), "HTTP 403")
+        self.assertEqual(len(self.fault.ranges("/private.raw")), 1)
+        run = self.deploy(manifest(url, httpHeader=[{"key": "X-Token", "value": "sesame"}]))
+        self.assertDone(run)
+
+    # --- memory budget ---------------------------------------------------------------------
+
+    def test_too_big_with_content_length_refused_before_first_byte(self):
+        for type_, path in (("raw", "/image.raw"), ("qcow2", "/image.qcow2")):
+            with self.subTest(type=type_):
+                run = self.deploy(manifest(self.nginx.url(path), type_, algo=None),
+                                  "--memory-limit", "100K")
+                self.assertFailed(run, f"Could not download, {type_} image is too big to "
+                                       "download in memory.", "announces")
+                self.assertEqual(run.step("download")["bytesDone"], 0)
+
+    def test_too_big_without_content_length_stops_at_budget(self):
+        url = self.fault.add("/big-nolength.raw", Route(IMAGE, no_length=True))
+        run = self.deploy(manifest(url), "--memory-limit", "1M")
+        self.assertFailed(run, "Could not download, raw image is too big to download in memory.",
+                          "passed the memory budget")
+        self.assertLessEqual(run.step("download")["bytesDone"], MiB)
+        self.assertEqual(len(self.fault.ranges("/big-nolength.raw")), 1)
+
+    # --- the command itself ----------------------------------------------------------------
+
+    def test_without_dry_run_nothing_is_downloaded(self):
+        before = len(self.nginx.requests())
+        run = self.deploy(manifest(self.nginx.url("/image.raw")), dry_run=False)
+        self.assertEqual(run.returncode, 1)
+        self.assertEqual(run.status["message"], "writing is not built yet")
+        self.assertEqual(len(self.nginx.requests()), before)
+
+    def test_invalid_manifest(self):
+        run = self.deploy({"URL": self.nginx.url("/image.raw"), "type": "vmdk"})
+        self.assertFailed(run, "Bad format image, expected: qcow2, raw.")
+
+
+class HttpsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.workdir = tempfile.mkdtemp(prefix="byoi-fetch-tls-")
+        cls.cert, key = self_signed_cert(cls.workdir)
+        cls.server = FaultServer(tls=(cls.cert, key))
+        cls.url = cls.server.add("/image.raw", Route(IMAGE, drops=[MiB]))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.close()
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+
+    def test_self_signed_refused_by_default(self):
+        run = run_deploy(self.workdir, manifest(self.url))
+        self.assertEqual(run.returncode, 1)
+        self.assertEqual(run.status["message"], download_failed(self.url))
+        self.assertIn("certificate", run.status["detail"])
+
+    def test_self_signed_accepted_with_ca_bundle(self):
+        run = run_deploy(self.workdir, manifest(self.url), "--ca-bundle", self.cert)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertEqual(run.status["checksum"], SHA256)
+
+    def test_insecure_skips_verification(self):
+        run = run_deploy(self.workdir, manifest(self.url, algo="md5"), "--insecure")
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertIn("verification is off", run.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
