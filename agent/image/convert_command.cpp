@@ -3,6 +3,7 @@
 // under the same budget as a download, writes its virtual disk to a block device or a file
 // (created or resized to the virtual size); inspect describes an image and its partitions.
 #include <blkid/blkid.h>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -100,6 +101,14 @@ Result<FsInfo> ProbeFilesystem(VirtualReader& reader, uint64_t offset, uint64_t 
   return fs;
 }
 
+// "qcow2" or "raw" from the first bytes of a file too big to load, for the message.
+std::string SniffType(const std::string& path) {
+  uint8_t magic[4] = {};
+  auto fd = OpenFile(path, O_RDONLY);
+  if (fd.ok() && PreadAll(fd->get(), magic, 0).ok() && HasQcow2Magic(magic)) return "qcow2";
+  return "raw";
+}
+
 void PrintProgress(uint64_t done, uint64_t total) {
   static uint64_t last_percent = 101;
   uint64_t percent = total == 0 ? 100 : done * 100 / total;
@@ -116,8 +125,7 @@ int RunConvert(const ConvertArgs& args) {
   auto buffer = Load(args.source, args.memory_limit);
   if (!buffer.ok()) {
     Status s = buffer.status();
-    if (s.code() == Code::kTooBig)
-      s.DefaultMessage(msg::TooBigForMemory(args.type.empty() ? "image" : args.type));
+    if (s.code() == Code::kTooBig) s.DefaultMessage(msg::TooBigForMemory(SniffType(args.source)));
     return Fail(s);
   }
   std::string type = HasQcow2Magic(buffer->bytes()) ? "qcow2" : "raw";

@@ -182,6 +182,15 @@ class Conformance(unittest.TestCase):
                          f"compression_type={compression}", raw, out)
                 self.check(out)
 
+    def test_virtual_size_not_sector_multiple(self):
+        # qemu sees whole 512-byte sectors only: a size of 1 MiB + 1000 reads as 1 MiB + 512.
+        image = self.image(2 * MIB, "write -P 4 0 2M")
+        q = Qcow2(image)
+        q.set_u64(24, MIB + 1000)
+        q.save()
+        self.check(image)
+        self.assertEqual(os.path.getsize(self.path("ref.raw")), MIB + 512)
+
     def test_empty_image(self):
         self.check(self.image(0))
 
