@@ -127,10 +127,10 @@ Status Writer::RunOp(const Op& op, Worker& w) {
   // One run of image bytes, suitably aligned: write it from the image buffer itself.
   const uint8_t* src = nullptr;
   size_t i = FindExtent(layout_, op.offset);
-  if (i < layout_.extents.size()) {
+  if (i < layout_.extents.size() && layout_.extents[i].kind == Extent::Kind::kData) {
     const Extent& e = layout_.extents[i];
     const uint8_t* p = e.data + (op.offset - e.offset);
-    if (e.kind == Extent::Kind::kData && e.offset + e.length >= op.offset + op.length &&
+    if (e.offset + e.length >= op.offset + op.length &&
         reinterpret_cast<uintptr_t>(p) % kSourceAlignment == 0) {
       src = p;
     }
