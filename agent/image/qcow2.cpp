@@ -262,7 +262,7 @@ class Walker {
   void DataRange(uint64_t offset, uint64_t length, uint64_t host) {
     info_.data_bytes += length;
     uint64_t in_file = host >= image_.size() ? 0 : std::min(length, image_.size() - host);
-    out_.Data(offset, in_file, image_.data() + host);
+    if (in_file > 0) out_.Data(offset, in_file, image_.data() + host);
     out_.Zero(offset + in_file, length - in_file);
   }
 
