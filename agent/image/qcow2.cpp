@@ -214,7 +214,7 @@ class LayoutBuilder {
 class Walker {
  public:
   Walker(std::span<const uint8_t> image, const Header& h, Qcow2Info& info, ImageLayout& layout)
-      : image_(image), h_(h), info_(info), out_(layout) {
+      : image_(image), h_(h), info_(info), extents_(layout), out_(layout) {
     cluster_size_ = 1ull << h.cluster_bits;
     entry_size_ = info.extended_l2 ? 16 : 8;
     l2_entries_ = cluster_size_ / entry_size_;
@@ -244,6 +244,13 @@ class Walker {
       if (!seen.insert(l2_offset).second) return Invalid(where + " is referenced twice");
       ++info_.l2_tables;
       BYOI_RETURN_IF_ERROR(WalkL2(image_.data() + l2_offset, start, end).Context("in " + where));
+      // A sound image cannot describe more runs than it has bytes to hold them (the densest is
+      // one tiny compressed stream per 512-byte cluster); a crafted one could, through extended
+      // L2 bitmaps or entries sharing a host cluster, and exhaust memory.
+      if (extents_.extents.size() > image_.size() / 4 + (1u << 20)) {
+        return Invalid(fmt::format("more than {} extents in an image of {} bytes",
+                                   extents_.extents.size(), image_.size()));
+      }
     }
     return Status::Ok();
   }
@@ -343,6 +350,7 @@ class Walker {
   std::span<const uint8_t> image_;
   const Header& h_;
   Qcow2Info& info_;
+  const ImageLayout& extents_;
   LayoutBuilder out_;
   uint64_t cluster_size_ = 0;
   uint64_t entry_size_ = 8;

@@ -402,6 +402,18 @@ TEST(Qcow2Reader, ExtendedL2InvalidBitmaps) {
   }
 }
 
+TEST(Qcow2Reader, ExtentExplosionIsBounded) {
+  // Every entry shares one host cluster and alternates data and zero subclusters: 32 extents per
+  // 16-byte entry unless the reader stops it.
+  Builder b(3, 14, 640ull << 20, /*extended=*/true);
+  uint64_t host = b.AddCluster(1);
+  for (uint64_t c = 0; c < 40 * 1024; ++c)
+    b.SetL2(c, host | kCopied, 0x55555555ull | (0xaaaaaaaaull << 32));
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_FALSE(img.ok());
+  EXPECT_NE(img.status().detail().find("extents in an image of"), std::string::npos);
+}
+
 TEST(OpenImage, DetectsQcow2AndRaw) {
   Builder b(3, 16, 1 << 20);
   auto q = OpenImage(b.bytes);
