@@ -1,17 +1,19 @@
 // `byoi-agent convert SOURCE TARGET [--type qcow2|raw]` and `byoi-agent inspect IMAGE [--json]`
-// (design.md §6): the image engine and the writer, outside a job. convert reads SOURCE into RAM
+// (design.md §6): the image engine and the writer, outside a job. convert holds SOURCE in memory
 // under the same budget as a download, writes its virtual disk to a block device or a file
 // (created or resized to the virtual size); inspect describes an image and its partitions.
 #include <blkid/blkid.h>
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
 #include <csignal>
 #include <cstdio>
 #include <memory>
+#include <utility>
 
 #include "agent/base/cancel.hpp"
 #include "agent/base/fd.hpp"
@@ -20,7 +22,7 @@
 #include "agent/commands.hpp"
 #include "agent/disk/target.hpp"
 #include "agent/disk/writer.hpp"
-#include "agent/image/image_buffer.hpp"
+#include "agent/image/image_buffer.hpp"  // DefaultMemoryBudget
 #include "agent/image/open_image.hpp"
 #include "agent/image/partition_table.hpp"
 #include "agent/image/virtual_reader.hpp"
@@ -37,14 +39,57 @@ int Fail(const Status& s) {
   return kExitJobError;
 }
 
-Result<ImageBuffer> Load(const std::string& path, std::optional<uint64_t> limit) {
+// The source image held in memory for the commands: the file mapped read-only (its page-cache
+// pages, no copy), under the same budget rule as a download. A copy into an ImageBuffer (what
+// LoadFile does) costs more than the whole write for a large image, and the commands gain
+// nothing from it: the runner's image is already in RAM when it is written.
+class MappedFile {
+ public:
+  MappedFile() = default;
+  MappedFile(MappedFile&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  MappedFile& operator=(MappedFile&&) = delete;
+  ~MappedFile() {
+    if (data_ != nullptr) ::munmap(data_, size_);
+  }
+
+  static Result<MappedFile> Open(const std::string& path, uint64_t budget) {
+    BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) return Status::FromErrno("examining " + path, errno);
+    if (!S_ISREG(st.st_mode)) return Status::Error(Code::kInvalid, path + " is not a file");
+    uint64_t size = static_cast<uint64_t>(st.st_size);
+    if (size > budget) {
+      return Status::Error(Code::kTooBig, fmt::format("{} has {} bytes, more than the memory "
+                                                      "budget of {}",
+                                                      path, size, budget));
+    }
+    MappedFile m;
+    if (size == 0) return m;
+    // Not MAP_POPULATE: the writer's threads fault pages in as they write them, in parallel.
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+    if (p == MAP_FAILED) return Status::FromErrno("mapping " + path, errno);
+    m.data_ = static_cast<uint8_t*>(p);
+    m.size_ = size;
+    return m;
+  }
+
+  std::span<const uint8_t> bytes() const { return {data_, static_cast<size_t>(size_)}; }
+  uint64_t size() const { return size_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+Result<MappedFile> Load(const std::string& path, std::optional<uint64_t> limit) {
   uint64_t budget = 0;
   if (limit) {
     budget = *limit;
   } else {
     BYOI_ASSIGN_OR_RETURN(budget, DefaultMemoryBudget());
   }
-  return LoadFile(path, budget);
+  return MappedFile::Open(path, budget);
 }
 
 struct ProbeDeleter {
