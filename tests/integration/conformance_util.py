@@ -42,9 +42,9 @@ def convert(source, target, *extra):
     return run(AGENT, "convert", *extra, source, target, check=False)
 
 
-def reference(image, out):
+def reference(image, out, fmt="qcow2"):
     """qemu-img's raw conversion: the oracle."""
-    qemu_img("convert", "-f", "qcow2", "-O", "raw", image, out)
+    qemu_img("convert", "-f", fmt, "-O", "raw", image, out)
     return out
 
 

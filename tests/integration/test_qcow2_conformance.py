@@ -41,9 +41,9 @@ class Conformance(unittest.TestCase):
     def path(self, name):
         return os.path.join(self.dir, name)
 
-    def check(self, image, targets=TARGETS):
+    def check(self, image, targets=TARGETS, fmt="qcow2"):
         """Converts `image` onto every target and compares with qemu-img's raw output."""
-        ref = reference(image, self.path("ref.raw"))
+        ref = reference(image, self.path("ref.raw"), fmt)
         expected = read(ref)
         vsize = len(expected)
         for target in targets:
@@ -190,6 +190,15 @@ class Conformance(unittest.TestCase):
         q.save()
         self.check(image)
         self.assertEqual(os.path.getsize(self.path("ref.raw")), MIB + 512)
+
+    def test_raw_images(self):
+        # A raw image is its own virtual disk, whatever its size (here not a sector multiple).
+        for size in (1000, 3 * MIB + 1000, 2 * MIB):
+            with self.subTest(size=size):
+                raw = self.path("src.raw")
+                random_file(raw, size, f"raw{size}")
+                self.check(raw, fmt="raw")
+                self.assertEqual(os.path.getsize(self.path("ref.raw")), (size + 511) // 512 * 512)
 
     def test_empty_image(self):
         self.check(self.image(0))

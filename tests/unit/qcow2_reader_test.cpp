@@ -424,9 +424,11 @@ TEST(OpenImage, DetectsQcow2AndRaw) {
   auto r = OpenImage(raw);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->format, ImageFormat::kRaw);
-  EXPECT_EQ(r->layout.virtual_size, 5000u);
-  ASSERT_EQ(r->layout.extents.size(), 1u);
+  EXPECT_EQ(r->layout.virtual_size, 5120u);  // padded to whole sectors, as qemu-img does
+  ASSERT_EQ(r->layout.extents.size(), 2u);
   EXPECT_EQ(r->layout.extents[0].data, raw.data());
+  EXPECT_EQ(r->layout.extents[0].length, 5000u);
+  EXPECT_EQ(r->layout.extents[1].kind, Extent::Kind::kZero);
 }
 
 TEST(VirtualReader, RefusesReadsPastTheEnd) {
