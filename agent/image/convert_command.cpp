@@ -1,8 +1,339 @@
+// `byoi-agent convert SOURCE TARGET [--type qcow2|raw]` and `byoi-agent inspect IMAGE [--json]`
+// (design.md §6): the image engine and the writer, outside a job. convert holds SOURCE in memory
+// under the same budget as a download, writes its virtual disk to a block device or a file
+// (created or resized to the virtual size); inspect describes an image and its partitions.
+#include <blkid/blkid.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <csignal>
+#include <cstdio>
+#include <memory>
+#include <utility>
+
+#include "agent/base/cancel.hpp"
+#include "agent/base/fd.hpp"
+#include "agent/base/messages.hpp"
+#include "agent/base/units.hpp"
 #include "agent/commands.hpp"
+#include "agent/disk/target.hpp"
+#include "agent/disk/writer.hpp"
+#include "agent/image/image_buffer.hpp"  // DefaultMemoryBudget
+#include "agent/image/open_image.hpp"
+#include "agent/image/partition_table.hpp"
+#include "agent/image/virtual_reader.hpp"
 
 namespace byoi {
+namespace {
 
-int RunConvert(const ConvertArgs&) { return NotYetAvailable("convert"); }
-int RunInspect(const InspectArgs&) { return NotYetAvailable("inspect"); }
+CancelToken g_cancel;
+
+extern "C" void OnSignal(int) { g_cancel.Cancel(); }
+
+int Fail(const Status& s) {
+  std::fprintf(stderr, "%s\n", s.ToString().c_str());
+  return kExitJobError;
+}
+
+// The source image held in memory for the commands: the file mapped read-only (its page-cache
+// pages, no copy), under the same budget rule as a download. A copy into an ImageBuffer (what
+// LoadFile does) costs more than the whole write for a large image, and the commands gain
+// nothing from it: the runner's image is already in RAM when it is written.
+class MappedFile {
+ public:
+  MappedFile() = default;
+  MappedFile(MappedFile&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  MappedFile& operator=(MappedFile&&) = delete;
+  ~MappedFile() {
+    if (data_ != nullptr) ::munmap(data_, size_);
+  }
+
+  static Result<MappedFile> Open(const std::string& path, uint64_t budget) {
+    BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) return Status::FromErrno("examining " + path, errno);
+    if (!S_ISREG(st.st_mode)) return Status::Error(Code::kInvalid, path + " is not a file");
+    uint64_t size = static_cast<uint64_t>(st.st_size);
+    if (size > budget) {
+      return Status::Error(Code::kTooBig, fmt::format("{} has {} bytes, more than the memory "
+                                                      "budget of {}",
+                                                      path, size, budget));
+    }
+    MappedFile m;
+    if (size == 0) return m;
+    // Not MAP_POPULATE: the writer's threads fault pages in as they write them, in parallel.
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+    if (p == MAP_FAILED) return Status::FromErrno("mapping " + path, errno);
+    m.data_ = static_cast<uint8_t*>(p);
+    m.size_ = size;
+    return m;
+  }
+
+  std::span<const uint8_t> bytes() const { return {data_, static_cast<size_t>(size_)}; }
+  uint64_t size() const { return size_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+Result<MappedFile> Load(const std::string& path, std::optional<uint64_t> limit) {
+  uint64_t budget = 0;
+  if (limit) {
+    budget = *limit;
+  } else {
+    BYOI_ASSIGN_OR_RETURN(budget, DefaultMemoryBudget());
+  }
+  return MappedFile::Open(path, budget);
+}
+
+struct ProbeDeleter {
+  void operator()(blkid_probe p) const { blkid_free_probe(p); }
+};
+using ProbePtr = std::unique_ptr<std::remove_pointer_t<blkid_probe>, ProbeDeleter>;
+
+struct FsInfo {
+  std::string type, label, uuid;
+};
+
+// What libblkid finds in [offset, offset + size) of the virtual disk: the first and last MiB are
+// copied into a sparse memfd of the region's size (every superblock libblkid knows lies there).
+Result<FsInfo> ProbeFilesystem(VirtualReader& reader, uint64_t offset, uint64_t size) {
+  FsInfo fs;
+  if (size == 0 || offset > reader.layout().virtual_size) return fs;
+  size = std::min(size, reader.layout().virtual_size - offset);
+  int raw = ::memfd_create("byoi-probe", MFD_CLOEXEC);
+  if (raw < 0) return Status::FromErrno("creating a memfd", errno);
+  UniqueFd fd(raw);
+  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+    return Status::FromErrno("sizing the memfd", errno);
+  }
+  constexpr uint64_t kWindow = 1 << 20;
+  std::vector<uint8_t> buf(std::min(size, kWindow));
+  BYOI_RETURN_IF_ERROR(reader.Read(offset, buf));
+  BYOI_RETURN_IF_ERROR(PwriteAll(fd.get(), buf, 0));
+  if (size > kWindow) {
+    uint64_t tail = std::max(kWindow, size - kWindow);
+    buf.resize(size - tail);
+    BYOI_RETURN_IF_ERROR(reader.Read(offset + tail, buf));
+    BYOI_RETURN_IF_ERROR(PwriteAll(fd.get(), buf, tail));
+  }
+  ProbePtr probe(blkid_new_probe());
+  if (!probe) return Status::Error(Code::kInternal, "blkid_new_probe failed");
+  if (blkid_probe_set_device(probe.get(), fd.get(), 0, static_cast<blkid_loff_t>(size)) != 0) {
+    return Status::Error(Code::kIo, "blkid_probe_set_device failed");
+  }
+  blkid_probe_enable_superblocks(probe.get(), 1);
+  blkid_probe_set_superblocks_flags(probe.get(),
+                                    BLKID_SUBLKS_TYPE | BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID);
+  blkid_probe_enable_partitions(probe.get(), 0);
+  if (blkid_do_safeprobe(probe.get()) != 0) return fs;  // nothing, or ambiguous
+  auto value = [&](const char* name) {
+    const char* data = nullptr;
+    if (blkid_probe_lookup_value(probe.get(), name, &data, nullptr) == 0 && data != nullptr) {
+      return std::string(data);
+    }
+    return std::string();
+  };
+  fs.type = value("TYPE");
+  fs.label = value("LABEL");
+  fs.uuid = value("UUID");
+  return fs;
+}
+
+// "qcow2" or "raw" from the first bytes of a file too big to load, for the message.
+std::string SniffType(const std::string& path) {
+  uint8_t magic[4] = {};
+  auto fd = OpenFile(path, O_RDONLY);
+  if (fd.ok() && PreadAll(fd->get(), magic, 0).ok() && HasQcow2Magic(magic)) return "qcow2";
+  return "raw";
+}
+
+void PrintProgress(uint64_t done, uint64_t total) {
+  static uint64_t last_percent = 101;
+  uint64_t percent = total == 0 ? 100 : done * 100 / total;
+  if (percent == last_percent) return;
+  last_percent = percent;
+  std::fprintf(stderr, "\rwriting: %3u%% (%s of %s)", static_cast<unsigned>(percent),
+               HumanBytes(done).c_str(), HumanBytes(total).c_str());
+  if (done == total) std::fprintf(stderr, "\n");
+}
+
+}  // namespace
+
+int RunConvert(const ConvertArgs& args) {
+  auto buffer = Load(args.source, args.memory_limit);
+  if (!buffer.ok()) {
+    Status s = buffer.status();
+    if (s.code() == Code::kTooBig) s.DefaultMessage(msg::TooBigForMemory(SniffType(args.source)));
+    return Fail(s);
+  }
+  std::string type = HasQcow2Magic(buffer->bytes()) ? "qcow2" : "raw";
+  if (!args.type.empty() && args.type != type) {
+    return Fail(Status::Error(Code::kInvalid, args.source + " is " + type,
+                              msg::FormatMismatch(type, args.type)));
+  }
+  auto image = OpenImage(buffer->bytes());
+  if (!image.ok()) {
+    return Fail(Status(image.status())
+                    .Context("reading " + args.source)
+                    .DefaultMessage(msg::CantWrite(type)));
+  }
+  Target::Options topts;
+  topts.file_size = image->layout.virtual_size;
+  auto target = Target::Open(args.target, topts);
+  if (!target.ok()) return Fail(Status(target.status()).DefaultMessage(msg::CantWrite(type)));
+
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  WriteOptions wopts;
+  wopts.image_type = type;
+  ProgressFn progress;
+  if (::isatty(STDERR_FILENO)) progress = PrintProgress;
+  auto stats = WriteImage(image->layout, *target, wopts, progress, g_cancel);
+  if (!stats.ok()) return Fail(stats.status());
+  double rate = stats->seconds > 0 ? image->layout.virtual_size / stats->seconds : 0;
+  std::fprintf(stderr, "wrote %s to %s in %.2f s (%s): %s of data, %s zeroed\n",
+               HumanBytes(image->layout.virtual_size).c_str(), args.target.c_str(), stats->seconds,
+               HumanRate(rate).c_str(), HumanBytes(stats->bytes_written).c_str(),
+               HumanBytes(stats->bytes_zeroed).c_str());
+  return kExitOk;
+}
+
+int RunInspect(const InspectArgs& args) {
+  auto buffer = Load(args.image, std::nullopt);
+  if (!buffer.ok()) return Fail(buffer.status());
+  auto image = OpenImage(buffer->bytes());
+  if (!image.ok()) return Fail(Status(image.status()).Context("reading " + args.image));
+  auto table = ReadPartitionTable(image->layout);
+  VirtualReader reader(image->layout);
+
+  boost::json::object out;
+  out["format"] = FormatName(image->format);
+  out["virtualSize"] = image->layout.virtual_size;
+  out["fileSize"] = buffer->size();
+  if (image->qcow2) {
+    const Qcow2Info& q = *image->qcow2;
+    out["version"] = q.version;
+    out["clusterSize"] = q.cluster_size;
+    out["compressionType"] = CompressionName(q.compression);
+    out["extendedL2"] = q.extended_l2;
+    out["refcountBits"] = q.refcount_bits;
+    out["snapshots"] = q.snapshots;
+    out["dirty"] = q.dirty;
+    out["lazyRefcounts"] = q.lazy_refcounts;
+    out["allocatedBytes"] = q.data_bytes;
+    out["compressedBytes"] = q.compressed_bytes;
+    out["zeroBytes"] = q.zero_bytes;
+    out["unallocatedBytes"] = q.unallocated_bytes;
+  }
+  boost::json::object pt;
+  if (!table.ok()) {
+    pt["type"] = "invalid";
+    pt["error"] = table.status().detail();
+  } else {
+    pt["type"] = PartitionTableTypeName(table->type);
+    if (table->type == PartitionTableType::kGpt) {
+      pt["sectorSize"] = table->sector_size;
+      pt["diskGuid"] = table->disk_guid;
+      pt["fromBackup"] = table->gpt_from_backup;
+    } else if (table->type == PartitionTableType::kMbr) {
+      pt["diskId"] = fmt::format("{:#010x}", table->mbr_signature);
+    }
+    boost::json::array parts;
+    for (const auto& p : table->partitions) {
+      boost::json::object j;
+      j["number"] = p.number;
+      j["start"] = p.start;
+      j["size"] = p.size;
+      j["type"] = table->type == PartitionTableType::kGpt ? p.type_guid
+                                                          : fmt::format("{:#04x}", p.mbr_type);
+      j["typeName"] = PartitionTypeName(p, table->type);
+      if (table->type == PartitionTableType::kGpt) {
+        j["guid"] = p.guid;
+        j["name"] = p.name;
+      } else {
+        j["bootable"] = p.bootable;
+      }
+      j["esp"] = p.esp;
+      auto fs = ProbeFilesystem(reader, p.start, p.size);
+      j["filesystem"] = fs.ok() ? fs->type : "";
+      j["label"] = fs.ok() ? fs->label : "";
+      parts.push_back(std::move(j));
+    }
+    pt["partitions"] = std::move(parts);
+    if (const PartitionInfo* esp = table->Esp()) {
+      out["esp"] = esp->number;
+    } else {
+      out["esp"] = nullptr;
+    }
+    if (table->type == PartitionTableType::kNone) {
+      auto fs = ProbeFilesystem(reader, 0, image->layout.virtual_size);
+      out["contents"] = fs.ok() ? fs->type : "";
+    }
+  }
+  out["partitionTable"] = std::move(pt);
+  const boost::json::object& table_json = out["partitionTable"].as_object();
+
+  if (args.json) {
+    std::printf("%s\n", boost::json::serialize(out).c_str());
+    return kExitOk;
+  }
+  auto str = [](const boost::json::value& v) {
+    return v.is_string() ? std::string(v.as_string()) : boost::json::serialize(v);
+  };
+  std::printf("format:          %s\n", str(out["format"]).c_str());
+  if (image->qcow2) {
+    const Qcow2Info& q = *image->qcow2;
+    std::printf("version:         %u\n", q.version);
+    std::printf("cluster size:    %s\n", HumanBytes(q.cluster_size).c_str());
+    std::printf("compression:     %s%s\n", std::string(CompressionName(q.compression)).c_str(),
+                q.extended_l2 ? ", extended L2" : "");
+  }
+  std::printf("virtual size:    %s (%llu bytes)\n", HumanBytes(image->layout.virtual_size).c_str(),
+              static_cast<unsigned long long>(image->layout.virtual_size));
+  if (image->qcow2) {
+    const Qcow2Info& q = *image->qcow2;
+    std::printf("allocated:       %s data, %s compressed, %s zero, %s unallocated\n",
+                HumanBytes(q.data_bytes).c_str(), HumanBytes(q.compressed_bytes).c_str(),
+                HumanBytes(q.zero_bytes).c_str(), HumanBytes(q.unallocated_bytes).c_str());
+  }
+  if (!table.ok()) {
+    std::printf("partition table: invalid (%s)\n", table.status().detail().c_str());
+    return kExitOk;
+  }
+  std::printf("partition table: %s", str(table_json.at("type")).c_str());
+  if (table->type == PartitionTableType::kGpt) {
+    std::printf(" (%u-byte sectors, disk GUID %s%s)", table->sector_size, table->disk_guid.c_str(),
+                table->gpt_from_backup ? ", read from the backup header" : "");
+  }
+  std::printf("\n");
+  if (table->type == PartitionTableType::kNone) {
+    std::string contents = str(out["contents"]);
+    std::printf("contents:        %s\n", contents.empty() ? "unknown" : contents.c_str());
+  }
+  for (const auto& v : table_json.at("partitions").as_array()) {
+    const auto& j = v.as_object();
+    std::printf(
+        "  %2s  start %-10s size %-10s %-22s %s%s%s%s\n", str(j.at("number")).c_str(),
+        HumanBytes(j.at("start").to_number<uint64_t>()).c_str(),
+        HumanBytes(j.at("size").to_number<uint64_t>()).c_str(), str(j.at("typeName")).c_str(),
+        j.contains("name") ? ("\"" + str(j.at("name")) + "\" ").c_str() : "",
+        str(j.at("filesystem")).c_str(),
+        j.at("label").as_string().empty() ? "" : (" \"" + str(j.at("label")) + "\"").c_str(),
+        j.contains("guid") ? (" " + str(j.at("guid"))).c_str() : "");
+  }
+  if (const PartitionInfo* esp = table->Esp()) {
+    std::printf("EFI system partition: %u\n", esp->number);
+  } else {
+    std::printf("EFI system partition: none\n");
+  }
+  return kExitOk;
+}
 
 }  // namespace byoi

@@ -1,0 +1,276 @@
+#include "agent/disk/writer.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "agent/base/fd.hpp"
+#include "agent/base/messages.hpp"
+#include "agent/image/virtual_reader.hpp"
+
+namespace byoi {
+namespace {
+
+constexpr uint64_t kMiB = 1ull << 20;
+// Zeroing requests are capped so a cancellation is seen within a fraction of a second even on a
+// device that zeroes by writing.
+constexpr uint64_t kMaxZeroOp = 256 * kMiB;
+constexpr uint64_t kSourceAlignment = 4096;
+
+struct Op {
+  bool zero = false;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+
+// True when every byte of [begin, end) is in zero extents.
+bool AllZero(const ImageLayout& layout, uint64_t begin, uint64_t end, uint64_t* zero_end) {
+  size_t i = FindExtent(layout, begin);
+  uint64_t pos = begin;
+  while (pos < end && i < layout.extents.size()) {
+    const Extent& e = layout.extents[i];
+    if (e.kind != Extent::Kind::kZero) return false;
+    pos = e.offset + e.length;
+    ++i;
+  }
+  *zero_end = pos;
+  return pos >= end;
+}
+
+// Cuts [begin, end) (aligned to 1 MiB at begin; end aligned to the target) into write and zero
+// operations: chunk-sized writes, and runs of all-zero chunks merged up to kMaxZeroOp.
+std::vector<Op> Plan(const ImageLayout& layout, uint64_t begin, uint64_t end, uint64_t chunk) {
+  std::vector<Op> ops;
+  uint64_t pos = begin;
+  while (pos < end) {
+    uint64_t next = std::min(end, pos + chunk);
+    uint64_t zero_end = 0;
+    if (AllZero(layout, pos, next, &zero_end)) {
+      // Take the whole zero run at once (on the chunk grid, capped for cancellation).
+      uint64_t run_end = std::min(end, zero_end);
+      uint64_t stop = run_end == end ? end : begin + (run_end - begin) / chunk * chunk;
+      stop = std::min(std::max(stop, next), pos + std::max(chunk, kMaxZeroOp / chunk * chunk));
+      ops.push_back({true, pos, stop - pos});
+      pos = stop;
+      continue;
+    }
+    ops.push_back({false, pos, next - pos});
+    pos = next;
+  }
+  return ops;
+}
+
+class Writer {
+ public:
+  Writer(const ImageLayout& layout, Target& target, const WriteOptions& options,
+         const CancelToken& cancel)
+      : layout_(layout), target_(target), options_(options), cancel_(cancel) {}
+
+  Result<WriteStats> Run(const ProgressFn& progress);
+
+ private:
+  struct Worker {
+    explicit Worker(const ImageLayout& layout, size_t buffer)
+        : reader(layout), buffer(buffer, kSourceAlignment) {}
+    VirtualReader reader;
+    AlignedBuffer buffer;
+  };
+
+  Status RunOp(const Op& op, Worker& w);
+  void WorkerLoop(Worker& w);
+  Status WriteTail(uint64_t offset);
+  void SetError(Status s);
+  Status Fail(Status cause);
+
+  const ImageLayout& layout_;
+  Target& target_;
+  const WriteOptions& options_;
+  const CancelToken& cancel_;
+
+  std::vector<Op> ops_;
+  std::atomic<size_t> next_{0};
+  std::atomic<uint64_t> done_{0};
+  std::atomic<uint64_t> issued_{0};
+  std::atomic<uint64_t> written_{0};
+  std::atomic<uint64_t> zeroed_{0};
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  Status error_;
+  unsigned running_ = 0;
+};
+
+void Writer::SetError(Status s) {
+  std::lock_guard lock(mu_);
+  if (error_.ok()) error_ = std::move(s);
+  stop_ = true;
+  cv_.notify_all();
+}
+
+Status Writer::RunOp(const Op& op, Worker& w) {
+  if (options_.fail_after_bytes &&
+      issued_.fetch_add(op.length) + op.length > *options_.fail_after_bytes) {
+    return Status::Error(Code::kIo, fmt::format("injected failure at offset {:#x}", op.offset));
+  }
+  if (op.zero) {
+    BYOI_RETURN_IF_ERROR(target_.ZeroRange(op.offset, op.length)
+                             .Context(fmt::format("zeroing {:#x}+{:#x}", op.offset, op.length)));
+    zeroed_ += op.length;
+    return Status::Ok();
+  }
+  // One run of image bytes, suitably aligned: write it from the image buffer itself.
+  const uint8_t* src = nullptr;
+  size_t i = FindExtent(layout_, op.offset);
+  if (i < layout_.extents.size() && layout_.extents[i].kind == Extent::Kind::kData) {
+    const Extent& e = layout_.extents[i];
+    const uint8_t* p = e.data + (op.offset - e.offset);
+    if (e.offset + e.length >= op.offset + op.length &&
+        reinterpret_cast<uintptr_t>(p) % kSourceAlignment == 0) {
+      src = p;
+    }
+  }
+  if (src == nullptr) {
+    BYOI_RETURN_IF_ERROR(w.reader.Read(op.offset, {w.buffer.data(), op.length}));
+    src = w.buffer.data();
+  }
+  BYOI_RETURN_IF_ERROR(PwriteAll(target_.fd(), {src, op.length}, op.offset));
+  written_ += op.length;
+  return Status::Ok();
+}
+
+void Writer::WorkerLoop(Worker& w) {
+  while (!stop_.load(std::memory_order_relaxed)) {
+    size_t i = next_.fetch_add(1);
+    if (i >= ops_.size()) break;
+    if (cancel_.cancelled()) {
+      SetError(cancel_.Check());
+      break;
+    }
+    Status s = RunOp(ops_[i], w);
+    if (!s.ok()) {
+      SetError(std::move(s));
+      break;
+    }
+    done_ += ops_[i].length;
+  }
+  std::lock_guard lock(mu_);
+  --running_;
+  cv_.notify_all();
+}
+
+// The bytes past the last aligned offset, written through the page cache (the kernel does the
+// read-modify-write of the partial sector).
+Status Writer::WriteTail(uint64_t offset) {
+  uint64_t n = layout_.virtual_size - offset;
+  if (n == 0) return Status::Ok();
+  std::vector<uint8_t> bytes(n);
+  VirtualReader reader(layout_);
+  BYOI_RETURN_IF_ERROR(reader.Read(offset, bytes));
+  BYOI_RETURN_IF_ERROR(PwriteAll(target_.buffered_fd(), bytes, offset)
+                           .Context(fmt::format("writing the last {} bytes", n)));
+  written_ += n;
+  done_ += n;
+  return Status::Ok();
+}
+
+Status Writer::Fail(Status cause) {
+  // Once writing has begun the disk holds a mix of old and new data: make it unbootable rather
+  // than leave something that looks like a valid disk.
+  uint64_t wipe = std::min(kMiB, target_.size());
+  Status s = target_.WriteZeros(0, wipe);
+  if (s.ok()) s = target_.WriteZeros(target_.size() - wipe, wipe);
+  if (s.ok()) s = target_.Sync();
+  if (!s.ok()) {
+    cause = Status::Error(
+        cause.code(), cause.detail() + "; wiping the first and last MiB also failed: " + s.detail(),
+        cause.message());
+  }
+  return std::move(cause).DefaultMessage(msg::CantWrite(options_.image_type));
+}
+
+Result<WriteStats> Writer::Run(const ProgressFn& progress) {
+  auto t0 = std::chrono::steady_clock::now();
+  const uint64_t vsize = layout_.virtual_size;
+  if (target_.size() < vsize) {
+    return Status::Error(
+        Code::kTooBig,
+        fmt::format("{} has {} bytes, the image {}", target_.path(), target_.size(), vsize),
+        msg::ImageLargerThanDisk(vsize, target_.path(), target_.size()));
+  }
+  const uint64_t chunk = std::max(kMiB, options_.chunk_size / kMiB * kMiB);
+  const uint64_t align = target_.alignment();
+  const uint64_t aligned_end = vsize / align * align;
+  const uint64_t head_end = std::min(kMiB, aligned_end);
+  ops_ = Plan(layout_, head_end, aligned_end, chunk);
+  std::vector<Op> head = Plan(layout_, 0, head_end, chunk);
+  if (progress) progress(0, vsize);
+
+  // Writing begins here: from now on a failure wipes the first and last MiB.
+  unsigned threads =
+      options_.threads != 0 ? options_.threads : std::max(4u, std::thread::hardware_concurrency());
+  threads = static_cast<unsigned>(std::min<size_t>(threads, std::max<size_t>(ops_.size(), 1)));
+  std::vector<std::unique_ptr<Worker>> workers;
+  std::vector<std::thread> pool;
+  running_ = threads;
+  for (unsigned t = 0; t < threads; ++t) {
+    workers.push_back(std::make_unique<Worker>(layout_, chunk));
+  }
+  for (unsigned t = 0; t < threads; ++t) {
+    pool.emplace_back([this, w = workers[t].get()] { WorkerLoop(*w); });
+  }
+  {
+    std::unique_lock lock(mu_);
+    while (running_ > 0) {
+      cv_.wait_for(lock, std::chrono::milliseconds(100));
+      if (cancel_.cancelled() && error_.ok()) {
+        error_ = cancel_.Check();
+        stop_ = true;
+      }
+      if (progress) {
+        lock.unlock();
+        progress(done_.load(), vsize);
+        lock.lock();
+      }
+    }
+  }
+  for (auto& t : pool) t.join();
+  if (!error_.ok()) return Fail(std::move(error_));
+
+  // Everything but the first MiB is written; make it durable before the first MiB goes down.
+  Status s = Status::Ok();
+  if (aligned_end >= kMiB) s = WriteTail(aligned_end);
+  if (s.ok()) s = target_.Sync();
+  for (const Op& op : head) {
+    if (!s.ok()) break;
+    s = cancel_.Check();
+    if (s.ok()) s = RunOp(op, *workers.front());
+    if (s.ok()) done_ += op.length;
+  }
+  if (s.ok() && aligned_end < kMiB) s = WriteTail(aligned_end);
+  if (s.ok()) s = target_.Sync();
+  if (!s.ok()) return Fail(std::move(s));
+  if (progress) progress(vsize, vsize);
+
+  WriteStats stats;
+  stats.bytes_written = written_.load();
+  stats.bytes_zeroed = zeroed_.load();
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return stats;
+}
+
+}  // namespace
+
+Result<WriteStats> WriteImage(const ImageLayout& layout, Target& target,
+                              const WriteOptions& options, const ProgressFn& progress,
+                              const CancelToken& cancel) {
+  Writer writer(layout, target, options, cancel);
+  return writer.Run(progress);
+}
+
+}  // namespace byoi

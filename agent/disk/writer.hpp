@@ -1,0 +1,60 @@
+// The block writer: puts an image's virtual disk (an ImageLayout) onto a Target as fast as the
+// hardware allows, and never leaves a half-written disk that looks bootable. design.md §1 step 4.
+//
+// How: the disk is cut into chunks (4 MiB by default) that several worker threads take in turn,
+// so several O_DIRECT writes are in flight and compressed clusters are inflated on all cores.
+// Chunks of pure zeros are merged and zeroed by the device (BLKZEROOUT) or file system
+// (fallocate), falling back to writing zeros: stale bytes never survive. A chunk that is one run
+// of image bytes, page-aligned in the buffer, is written straight from the image (no copy).
+//
+// Safety order: the first MiB of the image (partition table, boot code) is written last, after
+// everything else has been written and synced; if anything fails once writing has begun, the
+// first and the last MiB of the target (the whole device's last MiB, where a backup GPT lives) are
+// overwritten with zeros so the disk does not look bootable.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "agent/base/cancel.hpp"
+#include "agent/base/status.hpp"
+#include "agent/disk/target.hpp"
+#include "agent/image/extent.hpp"
+
+namespace byoi {
+
+struct WriteOptions {
+  // The image's format name for the catalogue message "Can't write <type> on disk.".
+  std::string image_type = "qcow2";
+  // Bytes per write; a multiple of 1 MiB. Default 4 MiB.
+  uint64_t chunk_size = 4ull << 20;
+  // Worker threads, each with one write in flight and its own chunk buffer; 0 means
+  // max(4, number of cores).
+  unsigned threads = 0;
+  // TEST ONLY: fail with an injected I/O error once this many bytes of writes or zeroing have
+  // been issued, to prove the wipe on failure.
+  std::optional<uint64_t> fail_after_bytes;
+};
+
+struct WriteStats {
+  uint64_t bytes_written = 0;  // written from image bytes or inflated clusters
+  uint64_t bytes_zeroed = 0;   // zeroed by BLKZEROOUT/fallocate (or their fallback)
+  double seconds = 0;
+};
+
+// Writes [0, layout.virtual_size) of the virtual disk to `target` and fdatasyncs it; nothing at or
+// past virtual_size is touched (an unaligned tail goes through the page cache). `progress` is
+// called from the calling thread about every 100 ms with (bytes done, virtual size); `cancel` is
+// checked before every chunk.
+// Errors: kTooBig (msg::ImageLargerThanDisk) when the target is smaller than the virtual size,
+// before anything is written; otherwise the cause (kIo, kInvalid for a corrupt compressed
+// cluster, kCancelled with its own message) with msg::CantWrite(image_type) as message, after
+// the first and last MiB of the target have been zeroed (a failure to wipe is added to detail).
+// REQUIRES: the layout's extents cover [0, virtual_size) in order; its image bytes outlive the
+// call.
+Result<WriteStats> WriteImage(const ImageLayout& layout, Target& target,
+                              const WriteOptions& options, const ProgressFn& progress,
+                              const CancelToken& cancel);
+
+}  // namespace byoi

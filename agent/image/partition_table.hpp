@@ -1,0 +1,78 @@
+// The partition table of a virtual disk (an image's raw content, or a disk): MBR (with logical
+// partitions) or GPT, for `inspect`, the raw-image check of the verify step, and finding the EFI
+// system partition. Parsing is bounded and defensive: the bytes come from the customer.
+//
+// Format notes (UEFI 2.x §5): the GPT header sits at LBA 1 — byte 512 or 4096 depending on the
+// logical sector size the image was made for — with "EFI PART", a CRC32 over header_size bytes,
+// and an array of entries (type GUID, unique GUID, first/last LBA inclusive, attributes,
+// UTF-16LE name) with its own CRC32; the backup header at the disk's last LBA is used when the
+// primary is damaged. The MBR has four 16-byte entries at byte 446 and 0x55AA at 510; types
+// 0x05/0x0F/0x85 chain extended boot records for logical partitions (numbered from 5); 0xEE is
+// GPT's protective entry. The ESP has type C12A7328-F81F-11D2-BA4B-00A0C93EC93B (GPT) or 0xEF.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/base/status.hpp"
+#include "agent/image/extent.hpp"
+
+namespace byoi {
+
+enum class PartitionTableType { kNone, kMbr, kGpt };
+
+std::string_view PartitionTableTypeName(PartitionTableType t);  // "none", "mbr", "gpt"
+
+struct PartitionInfo {
+  uint32_t number = 0;      // GPT: entry index + 1; MBR: 1-4 primary, 5+ logical
+  uint64_t start = 0;       // bytes from the start of the disk
+  uint64_t size = 0;        // bytes
+  std::string type_guid;    // GPT, upper case ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
+  uint8_t mbr_type = 0;     // MBR partition type byte
+  std::string guid;         // GPT unique partition GUID, upper case
+  std::string name;         // GPT partition name, UTF-8
+  uint64_t attributes = 0;  // GPT attribute bits
+  bool bootable = false;    // MBR active flag (0x80)
+  bool esp = false;         // an EFI system partition
+};
+
+struct PartitionTable {
+  PartitionTableType type = PartitionTableType::kNone;
+  // GPT: the logical sector size the table was made for (512 or 4096); MBR/none: 512.
+  uint32_t sector_size = 512;
+  std::string disk_guid;         // GPT
+  uint32_t mbr_signature = 0;    // MBR disk identifier (bytes 440-443)
+  bool gpt_from_backup = false;  // the primary GPT header or its entries were damaged
+  uint64_t first_usable_lba = 0, last_usable_lba = 0, alternate_lba = 0;  // GPT
+  std::vector<PartitionInfo> partitions;                                  // in table order
+
+  // The first EFI system partition, or nullptr.
+  const PartitionInfo* Esp() const;
+};
+
+// Reads `out.size()` bytes of the disk at `offset`.
+using ReadAtFn = std::function<Status(uint64_t offset, std::span<uint8_t> out)>;
+
+// Parses the partition table of a disk of `disk_size` bytes. A disk without MBR or GPT gives
+// type kNone (not an error). kInvalid when a table is present but unusable: a protective MBR
+// without a valid GPT (primary and backup both damaged), a GPT whose entry array is out of
+// bounds. Errors of `read` are returned with context.
+Result<PartitionTable> ReadPartitionTable(const ReadAtFn& read, uint64_t disk_size);
+
+// The same over an image's virtual disk (decompressing what it needs). `layout` and its bytes are
+// only borrowed for the call.
+Result<PartitionTable> ReadPartitionTable(const ImageLayout& layout);
+
+// A short human name for a partition type ("EFI System", "Linux filesystem", "0x83 Linux"), or
+// the GUID/hex value when unknown.
+std::string PartitionTypeName(const PartitionInfo& p, PartitionTableType table);
+
+// Formats 16 on-disk GUID bytes (mixed-endian, as GPT stores them) in upper case.
+std::string FormatGuid(std::span<const uint8_t, 16> bytes);
+
+}  // namespace byoi

@@ -1,0 +1,74 @@
+// The native qcow2 reader: turns a qcow2 image held in RAM into the extent list of its virtual
+// disk (extent.hpp), after a full, validated walk of its metadata. Serves design.md §1 step 4: the
+// writer never sees a byte of an image whose header, L1 table or L2 tables are not sound.
+//
+// Format notes (QEMU docs/interop/qcow2.rst; all numbers big-endian):
+// - Header: magic "QFI\xfb", version 2 or 3, cluster_bits 9..21, size, crypt_method, l1_size,
+//   l1_table_offset, v3 feature bitmasks, refcount_order, header_length, compression_type (byte
+//   104 when header_length > 104). Header extensions follow the header, 8-byte aligned, until type
+//   0.
+// - Two-level map: L1 entries (bits 9-55 = L2 table offset) point to one-cluster L2 tables of
+//   8-byte entries, or 16-byte entries with Extended L2 (a second word: bits 0-31 "subcluster
+//   allocated", bits 32-63 "subcluster reads as zeros", 32 subclusters per cluster).
+// - L2 entry: bit 62 = compressed, bit 0 = zero cluster (v3, no extended L2), bits 9-55 = host
+//   cluster offset. A compressed descriptor with x = 62 - (cluster_bits - 8) holds the host byte
+//   offset in bits 0..x-1 and (number of 512-byte sectors - 1) in bits x..61; the stream is raw
+//   deflate or a zstd frame and must inflate to exactly one cluster.
+// - Like qemu-img: the virtual size is rounded down to 512 bytes, clusters (or parts) past the end
+//   of the file read as zeros, unallocated clusters read as zeros (no backing file is accepted).
+// What is refused, with kUnsupported: backing files, external data files, encryption, unknown
+// incompatible feature bits, versions other than 2 and 3, cluster sizes outside 512 B..2 MiB,
+// compression types other than deflate and zstd. With kInvalid: anything malformed (unaligned or
+// out-of-file offsets, an L1 table over 32 MiB or too small for the disk, invalid entries).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "agent/base/status.hpp"
+#include "agent/image/extent.hpp"
+
+namespace byoi {
+
+// What `inspect` shows of a qcow2 image, and what the reader learnt while walking it.
+struct Qcow2Info {
+  uint32_t version = 0;
+  uint32_t cluster_bits = 0;
+  uint32_t cluster_size = 0;
+  uint64_t virtual_size = 0;  // header size rounded down to 512 bytes, as qemu-img uses it
+  Compression compression = Compression::kDeflate;  // the type compressed clusters would use
+  bool extended_l2 = false;
+  bool dirty = false;           // incompatible bit 0 (refcounts may be stale; harmless to a reader)
+  bool corrupt = false;         // incompatible bit 1 (qemu-img convert still reads such images)
+  bool lazy_refcounts = false;  // compatible bit 0
+  uint32_t refcount_bits = 16;
+  uint32_t snapshots = 0;  // internal snapshots; only the active L1 table is read
+  uint64_t l1_entries = 0;
+  uint64_t l2_tables = 0;  // distinct L2 tables referenced by the active L1 table
+  // Bytes of the virtual disk by kind (they add up to virtual_size):
+  uint64_t data_bytes = 0;         // allocated, uncompressed clusters/subclusters
+  uint64_t compressed_bytes = 0;   // compressed clusters
+  uint64_t zero_bytes = 0;         // explicit zero clusters/subclusters
+  uint64_t unallocated_bytes = 0;  // nothing stored: reads as zeros
+};
+
+struct Qcow2Image {
+  Qcow2Info info;
+  ImageLayout layout;  // borrows the image bytes passed to ReadQcow2
+};
+
+// True when `bytes` starts with the qcow2 magic "QFI\xfb".
+bool HasQcow2Magic(std::span<const uint8_t> bytes);
+
+// Parses and validates the header, header extensions, the active L1 table and every L2 table it
+// references, and returns the virtual disk as extents. Compressed clusters are checked for a
+// well-formed descriptor inside the file here; whether they inflate to exactly one cluster is
+// checked when they are decompressed (VirtualReader, the writer). The returned layout points into
+// `image`, which must outlive it. Errors: kUnsupported or kInvalid, with the reason in detail
+// ("L2 table at 0x50000 is not aligned to the cluster size").
+Result<Qcow2Image> ReadQcow2(std::span<const uint8_t> image);
+
+std::string_view CompressionName(Compression c);  // "none", "zlib", "zstd" (qemu-img's names)
+
+}  // namespace byoi

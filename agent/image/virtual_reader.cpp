@@ -1,0 +1,122 @@
+#include "agent/image/virtual_reader.hpp"
+
+#include <fmt/format.h>
+#include <libdeflate.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace byoi {
+
+ClusterDecompressor::ClusterDecompressor()
+    : deflate_(libdeflate_alloc_decompressor()), zstd_(ZSTD_createDCtx()) {}
+
+ClusterDecompressor::~ClusterDecompressor() {
+  libdeflate_free_decompressor(deflate_);
+  ZSTD_freeDCtx(zstd_);
+}
+
+Status ClusterDecompressor::Decompress(const Extent& e, std::span<uint8_t> out) {
+  auto fail = [&](std::string_view why) {
+    return Status::Error(
+        Code::kInvalid,
+        fmt::format("compressed cluster at virtual offset {:#x}: {}", e.offset, why));
+  };
+  if (out.size() != e.cluster_size) return fail("output is not one cluster");
+  if (deflate_ == nullptr || zstd_ == nullptr) {
+    return Status::Error(Code::kInternal, "out of memory for a decompressor");
+  }
+  if (e.compression == Compression::kDeflate) {
+    // The stream is followed by the rest of its last sector (garbage or the next cluster's data):
+    // the _ex variant accepts trailing input, and a NULL actual_out demands exactly one cluster.
+    size_t consumed = 0;
+    auto r = libdeflate_deflate_decompress_ex(deflate_, e.data, e.compressed_length, out.data(),
+                                              out.size(), &consumed, nullptr);
+    if (r == LIBDEFLATE_SUCCESS) return Status::Ok();
+    if (r == LIBDEFLATE_SHORT_OUTPUT) return fail("deflate stream inflates to less than a cluster");
+    if (r == LIBDEFLATE_INSUFFICIENT_SPACE) {
+      return fail("deflate stream inflates to more than a cluster");
+    }
+    return fail("corrupt deflate stream");
+  }
+  if (e.compression == Compression::kZstd) {
+    // Like QEMU: stream until the cluster is full, then the frame must be complete; trailing
+    // bytes after the frame are ignored.
+    ZSTD_DCtx_reset(zstd_, ZSTD_reset_session_only);
+    ZSTD_inBuffer in{e.data, static_cast<size_t>(e.compressed_length), 0};
+    ZSTD_outBuffer o{out.data(), out.size(), 0};
+    size_t ret = 1;
+    while (o.pos < o.size) {
+      size_t in_before = in.pos, out_before = o.pos;
+      ret = ZSTD_decompressStream(zstd_, &o, &in);
+      if (ZSTD_isError(ret))
+        return fail(std::string("corrupt zstd data: ") + ZSTD_getErrorName(ret));
+      if (in.pos == in_before && o.pos == out_before) {
+        return fail("zstd data inflates to less than a cluster");
+      }
+    }
+    if (ret != 0) return fail("zstd frame inflates to more than a cluster");
+    return Status::Ok();
+  }
+  return fail("unknown compression");
+}
+
+size_t FindExtent(const ImageLayout& layout, uint64_t offset) {
+  const auto& v = layout.extents;
+  auto it = std::upper_bound(v.begin(), v.end(), offset,
+                             [](uint64_t off, const Extent& e) { return off < e.offset; });
+  if (it == v.begin()) return v.size();
+  --it;
+  if (offset - it->offset >= it->length) return v.size();
+  return static_cast<size_t>(it - v.begin());
+}
+
+VirtualReader::VirtualReader(const ImageLayout& layout) : layout_(layout) {}
+
+Status VirtualReader::Read(uint64_t offset, std::span<uint8_t> out) {
+  if (offset > layout_.virtual_size || out.size() > layout_.virtual_size - offset) {
+    return Status::Error(Code::kInvalid,
+                         fmt::format("reading {} bytes at {:#x}: past the virtual size of {}",
+                                     out.size(), offset, layout_.virtual_size));
+  }
+  size_t i = out.empty() ? 0 : FindExtent(layout_, offset);
+  size_t done = 0;
+  while (done < out.size()) {
+    if (i >= layout_.extents.size()) {
+      return Status::Error(Code::kInternal, "layout does not cover the virtual disk");
+    }
+    const Extent& e = layout_.extents[i];
+    uint64_t pos = offset + done;
+    uint64_t skip = pos - e.offset;
+    size_t n = static_cast<size_t>(std::min<uint64_t>(e.length - skip, out.size() - done));
+    uint8_t* dst = out.data() + done;
+    switch (e.kind) {
+      case Extent::Kind::kZero:
+        std::memset(dst, 0, n);
+        break;
+      case Extent::Kind::kData:
+        std::memcpy(dst, e.data + skip, n);
+        break;
+      case Extent::Kind::kCompressed:
+        if (skip == 0 && n == e.cluster_size) {
+          // A whole cluster wanted: inflate straight into place.
+          BYOI_RETURN_IF_ERROR(decompressor_.Decompress(e, {dst, n}));
+          break;
+        }
+        if (cached_ != &e) {
+          cluster_.resize(e.cluster_size);
+          cached_ = nullptr;
+          BYOI_RETURN_IF_ERROR(decompressor_.Decompress(e, cluster_));
+          cached_ = &e;
+        }
+        std::memcpy(dst, cluster_.data() + skip, n);
+        break;
+    }
+    done += n;
+    ++i;
+  }
+  return Status::Ok();
+}
+
+}  // namespace byoi

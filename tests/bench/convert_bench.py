@@ -1,0 +1,134 @@
+#!/usr/bin/python3
+"""Benchmark (not a test): `byoi-agent convert` against qemu-img writing a qcow2 image to a loop
+device over a file, with O_DIRECT on every side.
+
+The image: 4 GiB virtual, ~1.5 GiB of data (half random, half compressible text), in three forms:
+uncompressed, zlib and zstd. Each tool writes it onto the same loop device, several repetitions in
+rotating order, in the same run:
+  byoi      byoi-agent convert IMAGE DEV                 (O_DIRECT, fdatasync before it returns)
+  qemu      qemu-img convert -f qcow2 -O raw -n -W -t none IMAGE DEV; sync
+  ipa       qemu-img convert -f qcow2 -O host_device -t directsync -S 0 -W IMAGE DEV
+            (the flags ironic-python-agent uses)
+The source image is read from the page cache by every tool (it is read once before timing).
+Prints medians and the ratio of the best qemu-img time to byoi's (> 1 means byoi is faster).
+
+Usage: sudo tests/bench/convert_bench.py [--agent build/byoi-agent] [--reps 3] [--dir /var/tmp]
+Needs about 10 GiB free in --dir. Run it on an otherwise idle machine, e.g. with `nice`.
+"""
+
+import argparse
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+def run(*argv):
+    subprocess.run([str(a) for a in argv], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE)
+
+
+def make_raw(path):
+    """4 GiB: 24 blocks of 64 MiB data (12 random, 12 text) spread among zeros."""
+    if os.path.exists(path) and os.path.getsize(path) == 4 * GIB:
+        return
+    words = [hashlib.sha1(str(i).encode()).hexdigest()[: 3 + i % 9].encode() for i in range(5000)]
+    with open(path, "wb") as f:
+        f.truncate(4 * GIB)
+        for i in range(24):
+            f.seek(i * 160 * MIB + (i % 5) * MIB)
+            if i % 2 == 0:
+                for _ in range(64):
+                    f.write(os.urandom(MIB))
+            else:
+                state = i
+                out = bytearray()
+                while len(out) < 64 * MIB:
+                    state = (state * 1103515245 + 12345) & 0x7FFFFFFF
+                    out += words[state % len(words)] + (b"\n" if state % 11 == 0 else b" ")
+                f.write(out[: 64 * MIB])
+
+
+def time_it(argv, then_sync=False):
+    start = time.monotonic()
+    run(*argv)
+    if then_sync:
+        run("sync")
+    return time.monotonic() - start
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agent", default=os.environ.get("BYOI_AGENT", "build/byoi-agent"))
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--dir", default="/var/tmp")
+    ap.add_argument("--forms", default="none,zlib,zstd")
+    args = ap.parse_args()
+    work = os.path.join(args.dir, "byoi-bench")
+    os.makedirs(work, exist_ok=True)
+    raw = os.path.join(work, "source.raw")
+    print("making the source image...", file=sys.stderr)
+    make_raw(raw)
+    images = {}
+    for form in args.forms.split(","):
+        path = os.path.join(work, f"image-{form}.qcow2")
+        if not os.path.exists(path):
+            print(f"making the {form} qcow2...", file=sys.stderr)
+            opts = ["-c", "-o", f"compression_type={form}"] if form != "none" else []
+            run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", *opts, raw, path + ".tmp")
+            os.rename(path + ".tmp", path)
+        images[form] = path
+    disk = os.path.join(work, "disk.img")
+    with open(disk, "wb") as f:
+        f.truncate(4 * GIB + 64 * MIB)
+    dev = subprocess.run(["losetup", "-f", "--show", disk], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    tools = {
+        "byoi": lambda img: time_it([args.agent, "convert", img, dev]),
+        "qemu": lambda img: time_it(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-n",
+                                     "-W", "-t", "none", img, dev], then_sync=True),
+        "ipa": lambda img: time_it(["qemu-img", "convert", "-f", "qcow2", "-O", "host_device",
+                                    "-t", "directsync", "-S", "0", "-W", img, dev]),
+    }
+    results = {}
+    try:
+        for form, img in images.items():
+            with open(img, "rb") as f:  # into the page cache for everyone
+                while f.read(64 * MIB):
+                    pass
+            size = os.path.getsize(img)
+            order = list(tools)
+            for rep in range(args.reps):
+                for name in order[rep % 3:] + order[:rep % 3]:
+                    t = tools[name](img)
+                    results.setdefault((form, name), []).append(t)
+                    print(f"{form:5} {name:5} rep {rep + 1}: {t:6.2f} s", file=sys.stderr)
+            print(f"{form}: image file {size / GIB:.2f} GiB", file=sys.stderr)
+        # byoi's output is checked once against qemu-img's reference.
+        ref = os.path.join(work, "ref.raw")
+        form, img = next(iter(images.items()))
+        run("qemu-img", "convert", "-f", "qcow2", "-O", "raw", img, ref)
+        run(args.agent, "convert", img, dev)
+        run("cmp", "-n", str(4 * GIB), ref, dev)
+        os.unlink(ref)
+    finally:
+        subprocess.run(["losetup", "-d", dev])
+        os.unlink(disk)
+
+    print(f"\n{'image':6} {'byoi':>8} {'qemu -t none':>13} {'ipa flags':>10} {'best qemu/byoi':>15}")
+    for form in images:
+        med = {name: statistics.median(results[(form, name)]) for name in tools}
+        best = min(med["qemu"], med["ipa"])
+        print(f"{form:6} {med['byoi']:7.2f}s {med['qemu']:12.2f}s {med['ipa']:9.2f}s "
+              f"{best / med['byoi']:14.2f}x")
+    print(f"(medians of {args.reps} runs; 4 GiB virtual, loop device over a file on "
+          f"{os.path.realpath(args.dir)}, O_DIRECT writes)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Shared helpers of the qcow2 conformance tests: images made with qemu-img/qemu-io at test time,
+targets (files and loop devices pre-filled with random bytes), and a small qcow2 header/L1/L2
+reader for patching crafted images with struct. Never checks in a binary image."""
+
+import contextlib
+import hashlib
+import os
+import struct
+import subprocess
+import tempfile
+
+AGENT = os.environ.get("BYOI_AGENT", "byoi-agent")
+MIB = 1 << 20
+
+
+def run(*args, check=True, **kw):
+    """Runs argv (never a shell); returns the CompletedProcess with text output."""
+    return subprocess.run([str(a) for a in args], check=check, capture_output=True, text=True, **kw)
+
+
+def qemu_img(*args):
+    return run("qemu-img", *args)
+
+
+def qemu_io(image, *commands, fmt="qcow2"):
+    argv = ["qemu-io", "-f", fmt]
+    for c in commands:
+        argv += ["-c", c]
+    argv.append(image)
+    return run(*argv)
+
+
+def create(path, size, **opts):
+    """qemu-img create -f qcow2 with -o key=value options."""
+    argv = ["create", "-f", "qcow2"]
+    if opts:
+        argv += ["-o", ",".join(f"{k}={v}" for k, v in opts.items())]
+    qemu_img(*argv, path, str(size))
+
+
+def convert(source, target, *extra):
+    return run(AGENT, "convert", *extra, source, target, check=False)
+
+
+def reference(image, out, fmt="qcow2"):
+    """qemu-img's raw conversion: the oracle."""
+    qemu_img("convert", "-f", fmt, "-O", "raw", image, out)
+    return out
+
+
+def random_file(path, size, seed):
+    """A file of `size` pseudo-random bytes (fast: a hash-expanded block repeated with a counter)."""
+    block = hashlib.sha512(seed.encode()).digest() * 2048  # 128 KiB
+    with open(path, "wb") as f:
+        done = 0
+        n = 0
+        while done < size:
+            chunk = (struct.pack("<Q", n) + block)[: min(len(block) + 8, size - done)]
+            f.write(chunk)
+            done += len(chunk)
+            n += 1
+
+
+def read(path, offset=0, length=None):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read() if length is None else f.read(length)
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(MIB), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def loop_device(backing, sector_size):
+    dev = run("losetup", "-f", "--show", "-b", str(sector_size), backing).stdout.strip()
+    try:
+        yield dev
+    finally:
+        run("losetup", "-d", dev, check=False)
+
+
+class Qcow2:
+    """Just enough of the format to find and patch metadata in images qemu-img made."""
+
+    def __init__(self, path):
+        self.path = path
+        self.data = bytearray(read(path))
+        h = self.data
+        (self.magic, self.version, self.backing_offset, self.backing_size, self.cluster_bits,
+         self.size, self.crypt, self.l1_size, self.l1_offset, self.refcount_offset,
+         self.refcount_clusters, self.nb_snapshots, self.snapshots_offset) = struct.unpack_from(
+             ">IIQIIQIIQQIIQ", h, 0)
+        self.cluster_size = 1 << self.cluster_bits
+        if self.version >= 3:
+            (self.incompatible, self.compatible, self.autoclear, self.refcount_order,
+             self.header_length) = struct.unpack_from(">QQQII", h, 72)
+        else:
+            self.incompatible = self.compatible = self.autoclear = 0
+            self.header_length = 72
+        self.extended_l2 = bool(self.incompatible & 16)
+
+    def u64(self, offset):
+        return struct.unpack_from(">Q", self.data, offset)[0]
+
+    def set_u64(self, offset, value):
+        struct.pack_into(">Q", self.data, offset, value)
+
+    def set_u32(self, offset, value):
+        struct.pack_into(">I", self.data, offset, value)
+
+    def l1_entry_offset(self, index):
+        return self.l1_offset + 8 * index
+
+    def l2_offset(self, l1_index=0):
+        return self.u64(self.l1_entry_offset(l1_index)) & 0x00FFFFFFFFFFFE00
+
+    def l2_entry_offset(self, l1_index, l2_index):
+        size = 16 if self.extended_l2 else 8
+        return self.l2_offset(l1_index) + size * l2_index
+
+    def extensions_end(self):
+        """Offset of the end-of-extensions marker (type 0)."""
+        pos = self.header_length
+        while True:
+            ext_type, length = struct.unpack_from(">II", self.data, pos)
+            if ext_type == 0:
+                return pos
+            pos += 8 + ((length + 7) & ~7)
+
+    def save(self, path=None):
+        with open(path or self.path, "wb") as f:
+            f.write(self.data)
+
+
+def tempdir():
+    # Not /dev/shm: the writer's O_DIRECT and fallocate paths need a real file system.
+    return tempfile.TemporaryDirectory(prefix="byoi-conformance-", dir="/var/tmp")

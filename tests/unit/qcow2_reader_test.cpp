@@ -1,0 +1,445 @@
+// The qcow2 reader and the virtual reader on images built byte by byte: every refusal, every kind
+// of L2 entry, extents, and the exact-one-cluster rule of compressed clusters.
+#include <gtest/gtest.h>
+#include <libdeflate.h>
+#include <zstd.h>
+
+#include <cstring>
+#include <vector>
+
+#include "agent/image/open_image.hpp"
+#include "agent/image/qcow2.hpp"
+#include "agent/image/virtual_reader.hpp"
+
+namespace byoi {
+namespace {
+
+void Put32(std::vector<uint8_t>& b, size_t at, uint32_t v) {
+  for (int i = 0; i < 4; ++i) b[at + i] = static_cast<uint8_t>(v >> (24 - 8 * i));
+}
+void Put64(std::vector<uint8_t>& b, size_t at, uint64_t v) {
+  Put32(b, at, static_cast<uint32_t>(v >> 32));
+  Put32(b, at + 4, static_cast<uint32_t>(v));
+}
+
+constexpr uint64_t kCopied = 1ull << 63;
+
+// Cluster 0: header; cluster 1: L1; clusters 2..: L2 tables; then data clusters.
+class Builder {
+ public:
+  Builder(uint32_t version, uint32_t cluster_bits, uint64_t size, bool extended = false)
+      : cs_(1ull << cluster_bits), extended_(extended) {
+    uint64_t entry = extended ? 16 : 8;
+    coverage_ = cs_ * (cs_ / entry);
+    l1_entries_ = (size + coverage_ - 1) / coverage_;
+    bytes.assign(cs_ * (2 + l1_entries_), 0);
+    Put32(bytes, 0, 0x514649fb);
+    Put32(bytes, 4, version);
+    Put32(bytes, 20, cluster_bits);
+    Put64(bytes, 24, size);
+    Put32(bytes, 36, static_cast<uint32_t>(l1_entries_));
+    Put64(bytes, 40, cs_);
+    Put64(bytes, 48, 0);
+    if (version == 3) {
+      Put64(bytes, 72, extended ? 16 : 0);
+      Put32(bytes, 96, 4);
+      Put32(bytes, 100, 104);
+    }
+    for (uint64_t i = 0; i < l1_entries_; ++i) Put64(bytes, cs_ + 8 * i, (cs_ * (2 + i)) | kCopied);
+  }
+
+  // Appends one cluster of `fill` bytes; returns its host offset.
+  uint64_t AddCluster(uint8_t fill) {
+    uint64_t at = bytes.size();
+    bytes.resize(at + cs_, fill);
+    return at;
+  }
+  // Appends raw bytes (compressed streams); returns their offset.
+  uint64_t AddBytes(const std::vector<uint8_t>& b) {
+    uint64_t at = bytes.size();
+    bytes.insert(bytes.end(), b.begin(), b.end());
+    return at;
+  }
+  void SetL2(uint64_t vcluster, uint64_t entry, uint64_t bitmap = 0) {
+    uint64_t per = coverage_ / cs_;
+    uint64_t table = cs_ * (2 + vcluster / per);
+    uint64_t size = extended_ ? 16 : 8;
+    Put64(bytes, table + size * (vcluster % per), entry);
+    if (extended_) Put64(bytes, table + size * (vcluster % per) + 8, bitmap);
+  }
+  uint64_t l1_offset() const { return cs_; }
+  uint64_t cs() const { return cs_; }
+
+  std::vector<uint8_t> bytes;
+
+ private:
+  uint64_t cs_;
+  bool extended_;
+  uint64_t coverage_ = 0;
+  uint64_t l1_entries_ = 0;
+};
+
+std::vector<uint8_t> ReadVirtual(const ImageLayout& layout) {
+  std::vector<uint8_t> out(layout.virtual_size);
+  VirtualReader r(layout);
+  EXPECT_TRUE(r.Read(0, out).ok());
+  return out;
+}
+
+void ExpectCovers(const ImageLayout& layout) {
+  uint64_t pos = 0;
+  for (const auto& e : layout.extents) {
+    EXPECT_EQ(e.offset, pos);
+    EXPECT_GT(e.length, 0u);
+    pos += e.length;
+  }
+  EXPECT_EQ(pos, layout.virtual_size);
+}
+
+TEST(Qcow2Reader, DataZeroAndUnallocatedClusters) {
+  Builder b(3, 16, 4 << 20);
+  uint64_t a = b.AddCluster(0xaa);
+  uint64_t c = b.AddCluster(0xcc);
+  b.SetL2(0, a | kCopied);
+  b.SetL2(1, c | kCopied);             // contiguous with cluster 0 in the file: one merged extent
+  b.SetL2(3, b.AddCluster(0x77) | 1);  // zero cluster with an allocation: reads as zeros
+  b.SetL2(4, 1);                       // zero cluster without allocation
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_TRUE(img.ok()) << img.status().ToString();
+  ExpectCovers(img->layout);
+  EXPECT_EQ(img->layout.extents.size(), 2u);
+  EXPECT_EQ(img->info.data_bytes, 2u * 65536);
+  EXPECT_EQ(img->info.zero_bytes, 2u * 65536);
+  EXPECT_EQ(img->info.unallocated_bytes, (4u << 20) - 4 * 65536);
+  auto v = ReadVirtual(img->layout);
+  EXPECT_EQ(v[0], 0xaa);
+  EXPECT_EQ(v[65536], 0xcc);
+  EXPECT_EQ(v[3 * 65536], 0);
+  EXPECT_EQ(v[4 * 65536 + 5], 0);
+}
+
+TEST(Qcow2Reader, ClusterPastEndOfFileReadsAsZeros) {
+  Builder b(3, 16, 1 << 20);
+  uint64_t a = b.AddCluster(0x11);
+  b.bytes.resize(a + 1000);  // the file ends inside the cluster
+  b.SetL2(0, a | kCopied);
+  b.SetL2(1, (a + (64 << 20)) | kCopied);  // entirely past the end
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_TRUE(img.ok()) << img.status().ToString();
+  auto v = ReadVirtual(img->layout);
+  EXPECT_EQ(v[999], 0x11);
+  EXPECT_EQ(v[1000], 0);
+  EXPECT_EQ(v[65536], 0);
+}
+
+TEST(Qcow2Reader, VirtualSizeRoundedDownToSectors) {
+  Builder b(3, 16, (1 << 20) + 700);
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_TRUE(img.ok());
+  EXPECT_EQ(img->layout.virtual_size, (1u << 20) + 512);
+  ExpectCovers(img->layout);
+}
+
+TEST(Qcow2Reader, EmptyImage) {
+  Builder b(3, 16, 0);
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_TRUE(img.ok());
+  EXPECT_EQ(img->layout.virtual_size, 0u);
+  EXPECT_TRUE(img->layout.extents.empty());
+}
+
+TEST(Qcow2Reader, ExtendedL2Subclusters) {
+  Builder b(3, 16, 1 << 20, /*extended=*/true);
+  uint64_t a = b.AddCluster(0x5a);
+  // Subcluster 0 allocated, 1 zero, 2 unallocated, 3 allocated (2 KiB each).
+  b.SetL2(0, a | kCopied, 0b1001 | (0b0010ull << 32));
+  b.SetL2(1, 0, 0xffffffffull << 32);  // all zero, no allocation
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_TRUE(img.ok()) << img.status().ToString();
+  ExpectCovers(img->layout);
+  auto v = ReadVirtual(img->layout);
+  EXPECT_EQ(v[0], 0x5a);
+  EXPECT_EQ(v[2048], 0);
+  EXPECT_EQ(v[4096], 0);
+  EXPECT_EQ(v[6144], 0x5a);
+  EXPECT_EQ(v[8192], 0);
+  EXPECT_EQ(img->info.data_bytes, 4096u);
+  EXPECT_EQ(img->info.zero_bytes, 2048u + 65536);
+}
+
+std::vector<uint8_t> Deflate(const std::vector<uint8_t>& plain) {
+  auto* c = libdeflate_alloc_compressor(6);
+  std::vector<uint8_t> out(plain.size() + 1024);
+  out.resize(libdeflate_deflate_compress(c, plain.data(), plain.size(), out.data(), out.size()));
+  libdeflate_free_compressor(c);
+  return out;
+}
+
+std::vector<uint8_t> Zstd(const std::vector<uint8_t>& plain) {
+  std::vector<uint8_t> out(ZSTD_compressBound(plain.size()));
+  out.resize(ZSTD_compress(out.data(), out.size(), plain.data(), plain.size(), 3));
+  return out;
+}
+
+// A descriptor for `length` compressed bytes at `host` in an image with `cluster_bits`.
+uint64_t Descriptor(uint32_t cluster_bits, uint64_t host, uint64_t length) {
+  uint32_t shift = 62 - (cluster_bits - 8);
+  uint64_t sectors = (host + length + 511) / 512 - host / 512;
+  return (1ull << 62) | ((sectors - 1) << shift) | host;
+}
+
+std::vector<uint8_t> Pattern(size_t n) {
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(i * 7 / 1000);
+  return v;
+}
+
+struct CompressedCase {
+  const char* name;
+  bool zstd;
+  size_t plain;  // bytes actually compressed (one cluster = 65536)
+  bool ok;
+};
+
+class Qcow2Compressed : public ::testing::TestWithParam<CompressedCase> {};
+
+TEST_P(Qcow2Compressed, MustInflateToExactlyOneCluster) {
+  const auto& p = GetParam();
+  Builder b(3, 16, 1 << 20);
+  if (p.zstd) {
+    Put64(b.bytes, 72, 8);  // compression type bit
+    Put32(b.bytes, 100, 112);
+    b.bytes[104] = 1;
+  }
+  auto plain = Pattern(p.plain);
+  auto stream = p.zstd ? Zstd(plain) : Deflate(plain);
+  // An odd offset, and garbage after the stream up to its last sector, as qemu writes them.
+  b.AddBytes(std::vector<uint8_t>(123, 0));
+  uint64_t host = b.AddBytes(stream);
+  b.AddBytes(std::vector<uint8_t>(600, 0xee));
+  b.SetL2(2, Descriptor(16, host, stream.size()));
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_TRUE(img.ok()) << img.status().ToString();
+  EXPECT_EQ(img->info.compressed_bytes, 65536u);
+  std::vector<uint8_t> out(65536);
+  VirtualReader r(img->layout);
+  Status s = r.Read(2 * 65536, out);
+  EXPECT_EQ(s.ok(), p.ok) << s.ToString();
+  if (p.ok) {
+    EXPECT_TRUE(out == plain);
+  } else {
+    EXPECT_EQ(s.code(), Code::kInvalid);
+    EXPECT_NE(s.detail().find("compressed cluster at virtual offset 0x20000"), std::string::npos);
+  }
+  // A partial read through the cluster cache gives the same bytes.
+  if (p.ok) {
+    std::vector<uint8_t> part(100);
+    ASSERT_TRUE(r.Read(2 * 65536 + 5000, part).ok());
+    EXPECT_TRUE(std::equal(part.begin(), part.end(), plain.begin() + 5000));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Streams, Qcow2Compressed,
+                         ::testing::Values(CompressedCase{"DeflateExact", false, 65536, true},
+                                           CompressedCase{"DeflateShort", false, 65000, false},
+                                           CompressedCase{"DeflateLong", false, 70000, false},
+                                           CompressedCase{"ZstdExact", true, 65536, true},
+                                           CompressedCase{"ZstdShort", true, 65000, false},
+                                           CompressedCase{"ZstdLong", true, 70000, false}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(Qcow2Reader, CorruptDeflateStream) {
+  Builder b(2, 16, 1 << 20);
+  std::vector<uint8_t> junk(300, 0xff);
+  uint64_t host = b.AddBytes(junk);
+  b.SetL2(0, Descriptor(16, host, junk.size()));
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_TRUE(img.ok());
+  std::vector<uint8_t> out(4096);
+  VirtualReader r(img->layout);
+  EXPECT_EQ(r.Read(0, out).code(), Code::kInvalid);
+}
+
+// Refusals: a header or table patched, the expected code and a phrase of the detail.
+struct Refusal {
+  const char* name;
+  void (*patch)(Builder&);
+  Code code;
+  const char* detail;
+};
+
+class Qcow2Refusal : public ::testing::TestWithParam<Refusal> {};
+
+TEST_P(Qcow2Refusal, IsRefusedWithReason) {
+  Builder b(3, 16, 4 << 20);
+  b.SetL2(0, b.AddCluster(1) | kCopied);
+  GetParam().patch(b);
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_FALSE(img.ok());
+  EXPECT_EQ(img.status().code(), GetParam().code) << img.status().ToString();
+  EXPECT_NE(img.status().detail().find(GetParam().detail), std::string::npos)
+      << img.status().detail();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Crafted, Qcow2Refusal,
+    ::testing::Values(
+        Refusal{"BadMagic", [](Builder& b) { b.bytes[0] = 'X'; }, Code::kInvalid, "no qcow2 magic"},
+        Refusal{"Truncated", [](Builder& b) { b.bytes.resize(50); }, Code::kInvalid, "too small"},
+        Refusal{"Version1", [](Builder& b) { Put32(b.bytes, 4, 1); }, Code::kUnsupported,
+                "qcow2 version 1"},
+        Refusal{"Version4", [](Builder& b) { Put32(b.bytes, 4, 4); }, Code::kUnsupported,
+                "qcow2 version 4"},
+        Refusal{"ClusterBits8", [](Builder& b) { Put32(b.bytes, 20, 8); }, Code::kUnsupported,
+                "cluster_bits 8"},
+        Refusal{"ClusterBits22", [](Builder& b) { Put32(b.bytes, 20, 22); }, Code::kUnsupported,
+                "cluster_bits 22"},
+        Refusal{"BackingFile", [](Builder& b) { Put64(b.bytes, 8, 512); }, Code::kUnsupported,
+                "backing file"},
+        Refusal{"DataFile", [](Builder& b) { Put64(b.bytes, 72, 4); }, Code::kUnsupported,
+                "external data file"},
+        Refusal{"Aes", [](Builder& b) { Put32(b.bytes, 32, 1); }, Code::kUnsupported,
+                "encrypted (AES)"},
+        Refusal{"Luks", [](Builder& b) { Put32(b.bytes, 32, 2); }, Code::kUnsupported,
+                "encrypted (LUKS)"},
+        Refusal{"UnknownIncompatible", [](Builder& b) { Put64(b.bytes, 72, 1ull << 40); },
+                Code::kUnsupported, "unknown incompatible features 0x10000000000"},
+        Refusal{"RefcountOrder7", [](Builder& b) { Put32(b.bytes, 96, 7); }, Code::kInvalid,
+                "refcount_order 7"},
+        Refusal{"HeaderLengthShort", [](Builder& b) { Put32(b.bytes, 100, 96); }, Code::kInvalid,
+                "header_length 96"},
+        Refusal{"L1Over32MiB", [](Builder& b) { Put32(b.bytes, 36, (4 << 20) + 1); },
+                Code::kInvalid, "larger than 32 MiB"},
+        Refusal{"L1TooSmall", [](Builder& b) { Put64(b.bytes, 24, 1ull << 40); }, Code::kInvalid,
+                "too small"},
+        Refusal{"L1Unaligned", [](Builder& b) { Put64(b.bytes, 40, b.l1_offset() + 8); },
+                Code::kInvalid, "not aligned"},
+        Refusal{"L1Outside", [](Builder& b) { Put64(b.bytes, 40, 1ull << 40); }, Code::kInvalid,
+                "outside the image"},
+        Refusal{"L2Unaligned", [](Builder& b) { Put64(b.bytes, b.l1_offset(), 2 * b.cs() + 512); },
+                Code::kInvalid, "L2 table at 0x20200 (L1 index 0) is not aligned"},
+        Refusal{"L2Outside", [](Builder& b) { Put64(b.bytes, b.l1_offset(), 1ull << 40); },
+                Code::kInvalid, "outside the image"},
+        Refusal{"DataUnaligned", [](Builder& b) { b.SetL2(1, 3 * b.cs() + 4096); }, Code::kInvalid,
+                "cluster offset not aligned"},
+        Refusal{"ZeroAllocUnaligned", [](Builder& b) { b.SetL2(1, 3 * b.cs() + 4096 + 1); },
+                Code::kInvalid, "zero cluster offset not aligned"},
+        Refusal{"CompressedOutside",
+                [](Builder& b) { b.SetL2(1, Descriptor(16, 1ull << 40, 100)); }, Code::kInvalid,
+                "outside the image"},
+        Refusal{"CompressionTypeUnknown",
+                [](Builder& b) {
+                  Put64(b.bytes, 72, 8);
+                  Put32(b.bytes, 100, 112);
+                  b.bytes[104] = 9;
+                },
+                Code::kUnsupported, "compression type 9"},
+        Refusal{"CompressionTypeWithoutBit",
+                [](Builder& b) {
+                  Put32(b.bytes, 100, 112);
+                  b.bytes[104] = 1;
+                },
+                Code::kInvalid, "without the compression type bit"},
+        Refusal{"ExtensionTooLong",
+                [](Builder& b) {
+                  Put32(b.bytes, 104, 0x12345678);
+                  Put32(b.bytes, 108, 1 << 20);
+                },
+                Code::kInvalid, "passes the first cluster"},
+        Refusal{"ExtendedL2SmallClusters",
+                [](Builder& b) {
+                  Put64(b.bytes, 72, 16);
+                  Put32(b.bytes, 20, 13);
+                },
+                Code::kInvalid, "extended L2"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST(Qcow2Reader, ZeroClusterInVersion2) {
+  Builder b(2, 16, 1 << 20);
+  b.SetL2(0, 1);
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_FALSE(img.ok());
+  EXPECT_NE(img.status().detail().find("zero cluster in a version 2 image"), std::string::npos);
+}
+
+TEST(Qcow2Reader, UnknownIncompatibleBitNamedFromFeatureTable) {
+  Builder b(3, 16, 1 << 20);
+  Put64(b.bytes, 72, 1ull << 9);
+  Put32(b.bytes, 104, 0x6803f857);
+  Put32(b.bytes, 108, 48);
+  b.bytes[112] = 0;
+  b.bytes[113] = 9;
+  std::memcpy(&b.bytes[114], "time travel", 11);
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_FALSE(img.ok());
+  EXPECT_NE(img.status().detail().find("0x200 (time travel)"), std::string::npos)
+      << img.status().detail();
+}
+
+TEST(Qcow2Reader, L2TableReferencedTwiceIsRefused) {
+  Builder b(3, 9, 64 << 10);  // 512-byte clusters: one L2 table covers 32 KiB
+  Put64(b.bytes, b.l1_offset() + 8, 2 * b.cs() | kCopied);
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_FALSE(img.ok());
+  EXPECT_NE(img.status().detail().find("referenced twice"), std::string::npos);
+}
+
+TEST(Qcow2Reader, ExtendedL2InvalidBitmaps) {
+  {
+    Builder b(3, 16, 1 << 20, true);
+    b.SetL2(0, b.AddCluster(1) | kCopied, 1 | (1ull << 32));
+    EXPECT_EQ(ReadQcow2(b.bytes).status().code(), Code::kInvalid);
+  }
+  {
+    Builder b(3, 16, 1 << 20, true);
+    b.SetL2(0, 0, 1);
+    EXPECT_EQ(ReadQcow2(b.bytes).status().code(), Code::kInvalid);
+  }
+  {
+    Builder b(3, 16, 1 << 20, true);
+    b.SetL2(0, Descriptor(16, 4096, 100), 1);
+    EXPECT_EQ(ReadQcow2(b.bytes).status().code(), Code::kInvalid);
+  }
+}
+
+TEST(Qcow2Reader, ExtentExplosionIsBounded) {
+  // Every entry shares one host cluster and alternates data and zero subclusters: 32 extents per
+  // 16-byte entry unless the reader stops it.
+  Builder b(3, 14, 640ull << 20, /*extended=*/true);
+  uint64_t host = b.AddCluster(1);
+  for (uint64_t c = 0; c < 40 * 1024; ++c)
+    b.SetL2(c, host | kCopied, 0x55555555ull | (0xaaaaaaaaull << 32));
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_FALSE(img.ok());
+  EXPECT_NE(img.status().detail().find("extents in an image of"), std::string::npos);
+}
+
+TEST(OpenImage, DetectsQcow2AndRaw) {
+  Builder b(3, 16, 1 << 20);
+  auto q = OpenImage(b.bytes);
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(q->format, ImageFormat::kQcow2);
+  ASSERT_TRUE(q->qcow2.has_value());
+  std::vector<uint8_t> raw(5000, 3);
+  auto r = OpenImage(raw);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->format, ImageFormat::kRaw);
+  EXPECT_EQ(r->layout.virtual_size, 5120u);  // padded to whole sectors, as qemu-img does
+  ASSERT_EQ(r->layout.extents.size(), 2u);
+  EXPECT_EQ(r->layout.extents[0].data, raw.data());
+  EXPECT_EQ(r->layout.extents[0].length, 5000u);
+  EXPECT_EQ(r->layout.extents[1].kind, Extent::Kind::kZero);
+}
+
+TEST(VirtualReader, RefusesReadsPastTheEnd) {
+  std::vector<uint8_t> raw(4096, 1);
+  auto r = OpenImage(raw);
+  ASSERT_TRUE(r.ok());
+  VirtualReader reader(r->layout);
+  std::vector<uint8_t> out(10);
+  EXPECT_TRUE(reader.Read(4086, out).ok());
+  EXPECT_EQ(reader.Read(4087, out).code(), Code::kInvalid);
+}
+
+}  // namespace
+}  // namespace byoi
