@@ -33,7 +33,16 @@ Result<GptRelocation> Relocate(const Disk& disk, const std::string& sysfs_root) 
   std::vector<Partition> before;
   {
     BYOI_ASSIGN_OR_RETURN(auto table, PartitionTable::Open(fd.get(), disk.path, /*writable=*/true));
-    if (table->kind() != TableKind::kGpt) return out;
+    if (table->kind() != TableKind::kGpt) {
+      // MBR images stay as written; the kernel still has to forget the old disk's partitions.
+      if (table->kind() == TableKind::kOther) return out;
+      if (table->kind() == TableKind::kMbr) {
+        BYOI_ASSIGN_OR_RETURN(out.partitions, table->Partitions());
+      }
+      table.reset();
+      BYOI_RETURN_IF_ERROR(SyncKernelPartitions(disk, fd.get(), out.partitions, sysfs_root));
+      return out;
+    }
     out.gpt = true;
     BYOI_ASSIGN_OR_RETURN(before, table->Partitions());
     uint64_t last = table->total_sectors() - 1;

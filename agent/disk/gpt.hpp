@@ -27,7 +27,7 @@ struct GptRelocation {
 // then the protective MBR, as UEFI orders it), syncs, makes the kernel see the partitions
 // (SyncKernelPartitions; skipped for a regular file), and re-reads the table to check that the
 // backup is at the last LBA and the partitions are unchanged. MBR or unpartitioned disks are left
-// as they are (Ok, gpt = false).
+// as they are (Ok, gpt = false), but the kernel's view is still synced to their table.
 // REQUIRES: no other fd of ours on `disk` is open with O_EXCL (this opens it with O_EXCL).
 // On failure: kIo with message msg::kGptMove; the primary table may already be rewritten but the
 // partitions it describes are the image's.

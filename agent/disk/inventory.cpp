@@ -83,7 +83,7 @@ std::vector<std::string> ListDir(const fs::path& dir) {
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     out.push_back(it->path().filename().string());
   }
-  std::sort(out.begin(), out.end(), NaturalLess);
+  std::sort(out.begin(), out.end());
   return out;
 }
 
@@ -225,8 +225,9 @@ std::string ExclusionReason(const Disk& disk) {
   if (StartsWith(n, "sr")) return "optical drive";
   if (StartsWith(n, "fd")) return "floppy drive";
   if (StartsWith(n, "nbd")) return "network block device";
-  if (disk.size_bytes == 0) return "zero size";
+  // Before "zero size": an empty virtual CD drive has no medium, but what it is matters more.
   if (IsBmcVirtualMedia(disk.vendor, disk.model, disk.transport)) return "BMC virtual media";
+  if (disk.size_bytes == 0) return "zero size";
   if (disk.removable) return "removable";
   if (disk.read_only) return "read-only";
   return {};

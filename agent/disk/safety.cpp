@@ -69,6 +69,7 @@ std::string DevOfPath(const std::string& path, bool* is_block) {
 // The disk and its partitions the kernel knows, by "MAJ:MIN", with the device path to show.
 struct DeviceSet {
   std::map<std::string, std::string> by_dev;
+  std::map<std::string, std::string> by_path;  // "/dev/sda2" -> itself, for /proc/swaps names
   std::vector<std::pair<std::string, fs::path>> sysfs_dirs;  // shown path, sysfs dir
 };
 
@@ -77,6 +78,7 @@ DeviceSet CollectDevices(const Disk& disk, const SystemPaths& paths) {
   fs::path dir = fs::path(paths.sysfs_root) / "block" / disk.name;
   std::string dev = disk.dev.empty() ? Attr(dir / "dev") : disk.dev;
   if (!dev.empty()) set.by_dev[dev] = disk.path;
+  set.by_path[disk.path] = disk.path;
   set.sysfs_dirs.emplace_back(disk.path, dir);
   fs::path dev_dir = fs::path(disk.path).parent_path();
   for (const std::string& entry : ListDir(dir)) {
@@ -85,6 +87,7 @@ DeviceSet CollectDevices(const Disk& disk, const SystemPaths& paths) {
     std::string shown = (dev_dir / entry).string();
     std::string pdev = Attr(dir / entry / "dev");
     if (!pdev.empty()) set.by_dev[pdev] = shown;
+    set.by_path[shown] = shown;
     set.sysfs_dirs.emplace_back(shown, dir / entry);
   }
   return set;
@@ -121,11 +124,18 @@ Status CheckMounts(const Disk& disk, const DeviceSet& set, const SystemPaths& pa
       std::string sdev = DevOfPath(source, &is_block);
       if (is_block) it = set.by_dev.find(sdev);
     }
-    if (it == set.by_dev.end()) continue;
-    if (mountpoint == "/") {
-      return InUse(disk, fmt::format("{} holds the running system (mounted on /)", it->second));
+    std::string shown;
+    if (it != set.by_dev.end()) {
+      shown = it->second;
+    } else if (auto p = set.by_path.find(source); p != set.by_path.end()) {
+      shown = p->second;
+    } else {
+      continue;
     }
-    return InUse(disk, fmt::format("{} is mounted on {}", it->second, mountpoint));
+    if (mountpoint == "/") {
+      return InUse(disk, fmt::format("{} holds the running system (mounted on /)", shown));
+    }
+    return InUse(disk, fmt::format("{} is mounted on {}", shown, mountpoint));
   }
   return Status::Ok();
 }
@@ -146,6 +156,9 @@ Status CheckSwaps(const Disk& disk, const DeviceSet& set, const SystemPaths& pat
     f >> name;
     if (name.empty()) continue;
     name = Unescape(name);
+    if (auto by_name = set.by_path.find(name); by_name != set.by_path.end()) {
+      return InUse(disk, fmt::format("{} is an active swap", by_name->second));
+    }
     bool is_block = false;
     std::string dev = DevOfPath(name, &is_block);
     if (!is_block) continue;  // a swap file lives on a mounted file system: CheckMounts sees it
