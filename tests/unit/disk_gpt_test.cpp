@@ -1,10 +1,9 @@
 // GPT relocation and the config-2 partition on regular files (no root): images made with sgdisk
 // and sfdisk, grown as if written to a larger disk, checked with sgdisk -v and by reading bytes.
-#include "agent/disk/gpt.hpp"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "agent/disk/gpt.hpp"
 #include "agent/disk/inventory.hpp"
 #include "agent/disk/partition_add.hpp"
 #include "tests/unit/disk_test_util.hpp"
@@ -30,10 +29,11 @@ uint64_t Le64(const std::string& b, size_t off) {
 // A 40 MiB GPT image with an ESP, a BIOS boot and a root partition with fixed GUIDs and names.
 void MakeGptImage(const std::string& path, uint64_t size = 40 * kMiB) {
   MakeFile(path, size);
-  MustRun({"sgdisk", "-n1:2048:+8M", "-t1:ef00", "-c1:EFI System", "-u1:11111111-2222-3333-4444-555555555555",
-           "-n2:0:+1M", "-t2:ef02", "-c2:bios", "-u2:21111111-2222-3333-4444-555555555555",
-           "-n3:0:0", "-t3:8300", "-c3:root fs", "-u3:31111111-2222-3333-4444-555555555555",
-           "-U", "41111111-2222-3333-4444-555555555555", path});
+  MustRun({"sgdisk", "-n1:2048:+8M", "-t1:ef00", "-c1:EFI System",
+           "-u1:11111111-2222-3333-4444-555555555555", "-n2:0:+1M", "-t2:ef02", "-c2:bios",
+           "-u2:21111111-2222-3333-4444-555555555555", "-n3:0:0", "-t3:8300", "-c3:root fs",
+           "-u3:31111111-2222-3333-4444-555555555555", "-U", "41111111-2222-3333-4444-555555555555",
+           path});
 }
 
 Disk FileDisk(const std::string& path) {
@@ -155,7 +155,8 @@ TEST(DiskConfigPartition, GptGetsA64MiBLinuxPartitionNamedConfig2AtTheEnd) {
   uint64_t last_usable = 200 * kMiB / 512 - 34;
   EXPECT_LE(p.start_sector + p.size_sectors - 1, last_usable);
   EXPECT_GT(p.start_sector + p.size_sectors - 1 + 2048, last_usable);  // at the end
-  EXPECT_THAT(p.uuid, ::testing::MatchesRegex("[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}"));
+  EXPECT_THAT(p.uuid, ::testing::MatchesRegex(
+                          "[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}"));
   EXPECT_THAT(MustRun({"sgdisk", "-v", img}), ::testing::HasSubstr("No problems found."));
   std::string info = MustRun({"sgdisk", "-i", "4", img});
   EXPECT_THAT(info, ::testing::HasSubstr("Partition name: 'config-2'"));
@@ -215,25 +216,24 @@ TEST(DiskConfigPartition, MbrGetsType0cInAFreePrimarySlot) {
   EXPECT_EQ(r->partition.start_sector + r->partition.size_sectors, 200 * kMiB / 512);
   std::string dump = MustRun({"sfdisk", "-d", img});
   EXPECT_THAT(dump, ::testing::HasSubstr("start=      278528, size=      131072, type=c"));
-  EXPECT_THAT(dump, ::testing::HasSubstr("start=        2048, size=       20480, type=83, bootable"));
+  EXPECT_THAT(dump,
+              ::testing::HasSubstr("start=        2048, size=       20480, type=83, bootable"));
 }
 
 TEST(DiskConfigPartition, MbrWithAllFourSlotsUsedIsRefusedAndUntouched) {
   TempDir dir;
   std::string img = dir / "mbr4.img";
   MakeFile(img, 200 * kMiB);
-  testing::WriteMbr(img, {{0x83, 2048, 20480},
-                          {0x83, 22528, 20480},
-                          {0x83, 43008, 20480},
-                          {0x83, 63488, 20480}});
+  testing::WriteMbr(
+      img, {{0x83, 2048, 20480}, {0x83, 22528, 20480}, {0x83, 43008, 20480}, {0x83, 63488, 20480}});
   std::string hash = HashFile(img);
   auto r = EnsureConfigDrivePartition(FileDisk(img));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().message(), "Could not create configdrive on disk.");
   EXPECT_EQ(r.status().code(), Code::kUnsupported);
-  EXPECT_THAT(r.status().detail(),
-              ::testing::HasSubstr("all four primary partition slots of the MBR of " + img +
-                                   " are used"));
+  EXPECT_THAT(
+      r.status().detail(),
+      ::testing::HasSubstr("all four primary partition slots of the MBR of " + img + " are used"));
   EXPECT_EQ(HashFile(img), hash);
 }
 
