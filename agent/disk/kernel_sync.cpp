@@ -40,9 +40,7 @@ std::pair<uint64_t, uint64_t> Expected(const Partition& p) {
 std::string Diff(const std::vector<Partition>& want, const std::vector<Partition>& have) {
   std::map<int, std::pair<uint64_t, uint64_t>> w, h;
   for (const Partition& p : want) w[p.number] = Expected(p);
-  for (const Partition& p : have) {
-    h[p.number] = {p.start_sector * p.sector_size / 512, p.size_sectors * p.sector_size / 512};
-  }
+  for (const Partition& p : have) h[p.number] = {p.start_sector, p.size_sectors};
   std::string out;
   auto add = [&](const std::string& s) { out += (out.empty() ? "" : ", ") + s; };
   for (auto& [n, v] : w) {
@@ -81,8 +79,8 @@ int Blkpg(int fd, int op, int number, uint64_t start_bytes, uint64_t length_byte
 
 }  // namespace
 
-std::vector<Partition> KernelPartitions(const std::string& sysfs_root, const std::string& disk_name,
-                                        uint32_t sector_size) {
+std::vector<Partition> KernelPartitions(const std::string& sysfs_root,
+                                        const std::string& disk_name) {
   std::vector<Partition> out;
   fs::path dir = fs::path(sysfs_root) / "block" / disk_name;
   std::error_code ec;
@@ -91,9 +89,11 @@ std::vector<Partition> KernelPartitions(const std::string& sysfs_root, const std
     if (!fs::exists(p / "partition", ec)) continue;
     Partition part;
     part.number = static_cast<int>(AttrNumber(p / "partition"));
-    part.sector_size = sector_size;
-    part.start_sector = AttrNumber(p / "start") * 512 / sector_size;
-    part.size_sectors = AttrNumber(p / "size") * 512 / sector_size;
+    // sysfs counts in 512-byte units whatever the logical sector size; keep them exact (a
+    // partition that is not a whole number of logical sectors must compare as different).
+    part.sector_size = 512;
+    part.start_sector = AttrNumber(p / "start");
+    part.size_sectors = AttrNumber(p / "size");
     out.push_back(part);
   }
   return out;
@@ -102,11 +102,10 @@ std::vector<Partition> KernelPartitions(const std::string& sysfs_root, const std
 Status SyncKernelPartitions(const Disk& disk, int fd, std::vector<Partition>& table,
                             const std::string& sysfs_root) {
   if (disk.is_file) return Status::Ok();
-  uint32_t ss = disk.logical_sector_size ? disk.logical_sector_size : 512;
   // BLKRRPART fails with EINVAL where partitions are disabled (loop without partscan) and EBUSY
   // when a partition is open; both leave BLKPG as the way, so its result is only a first try.
   int rr = ::ioctl(fd, BLKRRPART) == 0 ? 0 : errno;
-  std::vector<Partition> have = KernelPartitions(sysfs_root, disk.name, ss);
+  std::vector<Partition> have = KernelPartitions(sysfs_root, disk.name);
   std::string diff = Diff(table, have);
   if (!diff.empty()) {
     std::map<int, Partition> want;
@@ -114,8 +113,7 @@ Status SyncKernelPartitions(const Disk& disk, int fd, std::vector<Partition>& ta
     for (const Partition& h : have) {
       auto it = want.find(h.number);
       bool same = it != want.end() &&
-                  Expected(it->second) ==
-                      std::make_pair(h.start_sector * ss / 512, h.size_sectors * ss / 512);
+                  Expected(it->second) == std::make_pair(h.start_sector, h.size_sectors);
       if (same) {
         want.erase(it);
         continue;
@@ -133,7 +131,7 @@ Status SyncKernelPartitions(const Disk& disk, int fd, std::vector<Partition>& ta
             fmt::format("adding partition {} of {} to the kernel", n, disk.path), err);
       }
     }
-    have = KernelPartitions(sysfs_root, disk.name, ss);
+    have = KernelPartitions(sysfs_root, disk.name);
     diff = Diff(table, have);
     if (!diff.empty()) {
       return Status::Error(Code::kIo,

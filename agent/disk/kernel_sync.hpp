@@ -16,10 +16,10 @@
 namespace byoi {
 
 // The partitions the kernel has for `disk_name`, from `<sysfs_root>/block/<disk_name>/*/`, as
-// number, start and size (in the disk's logical sectors, given `sector_size`); the other fields
-// empty.
-std::vector<Partition> KernelPartitions(const std::string& sysfs_root, const std::string& disk_name,
-                                        uint32_t sector_size);
+// number, start and size in 512-byte units (sector_size 512, as sysfs counts, whatever the disk's
+// logical sector size); the other fields empty.
+std::vector<Partition> KernelPartitions(const std::string& sysfs_root,
+                                        const std::string& disk_name);
 
 // Makes the kernel's partitions of `disk` equal to `table` (number, start, size), using `fd` (open
 // on disk.path; O_EXCL is fine). MBR extended containers are added as the kernel does (a 1 KiB
