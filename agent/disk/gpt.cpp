@@ -27,6 +27,16 @@ std::string Compare(const std::vector<Partition>& a, const std::vector<Partition
   return {};
 }
 
+// True when one of the four MBR entries has type 0xEE (GPT protective).
+bool HasProtectiveMbr(int fd) {
+  uint8_t mbr[512];
+  if (!PreadAll(fd, mbr, 0).ok() || mbr[510] != 0x55 || mbr[511] != 0xaa) return false;
+  for (int i = 0; i < 4; ++i) {
+    if (mbr[446 + 16 * i + 4] == 0xee) return true;
+  }
+  return false;
+}
+
 Result<GptRelocation> Relocate(const Disk& disk, const std::string& sysfs_root) {
   BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenDiskExclusive(disk, O_RDWR));
   GptRelocation out;
@@ -34,6 +44,13 @@ Result<GptRelocation> Relocate(const Disk& disk, const std::string& sysfs_root) 
   {
     BYOI_ASSIGN_OR_RETURN(auto table, PartitionTable::Open(fd.get(), disk.path, /*writable=*/true));
     if (table->kind() != TableKind::kGpt) {
+      if (HasProtectiveMbr(fd.get())) {
+        // The MBR announces a GPT but libfdisk found no valid header: a damaged image. Adding
+        // partitions to the protective MBR would make it worse.
+        return Status::Error(Code::kInvalid, disk.path +
+                                                 " has a protective MBR but neither GPT "
+                                                 "header is valid");
+      }
       // MBR images stay as written; the kernel still has to forget the old disk's partitions.
       if (table->kind() == TableKind::kOther) return out;
       if (table->kind() == TableKind::kMbr) {

@@ -106,25 +106,39 @@ TEST(DiskGpt, MbrImagesAreLeftAlone) {
   EXPECT_EQ(HashFile(img), hash);
 }
 
-TEST(DiskGpt, AGptTooDamagedToReadFailsWithTheCatalogueMessage) {
+void Scribble(const std::string& path, uint64_t offset) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  uint8_t junk[8] = {'X', 'X', 'X', 'X', 'X', 'X', 'X', 'X'};
+  ASSERT_TRUE(PwriteAll(fd.get(), junk, offset).ok());
+}
+
+TEST(DiskGpt, AMissingBackupIsRebuiltFromThePrimary) {
+  TempDir dir;
+  std::string img = dir / "nobackup.img";
+  MakeGptImage(img);
+  Scribble(img, 40 * kMiB - 512);  // the backup header's signature
+  ::truncate(img.c_str(), 100 * kMiB);
+  auto r = RelocateBackupGpt(FileDisk(img));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->moved);
+  EXPECT_EQ(r->partitions.size(), 3u);
+  EXPECT_THAT(MustRun({"sgdisk", "-v", img}), ::testing::HasSubstr("No problems found."));
+}
+
+TEST(DiskGpt, NoValidGptHeaderBehindAProtectiveMbrFailsWithTheCatalogueMessage) {
   TempDir dir;
   std::string img = dir / "bad.img";
   MakeGptImage(img);
-  // A protective MBR with neither header readable: libfdisk finds no GPT, the MBR code sees the
-  // 0xEE partition; corrupting both headers' CRC leaves a table nobody can fix.
-  {
-    UniqueFd fd(::open(img.c_str(), O_RDWR | O_CLOEXEC));
-    uint8_t junk[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    ASSERT_TRUE(PwriteAll(fd.get(), junk, 512 + 16).ok());  // primary header CRC
-  }
-  ::truncate(img.c_str(), 100 * kMiB);  // and the backup is no longer where the primary says
+  Scribble(img, 512);              // primary header signature
+  Scribble(img, 40 * kMiB - 512);  // backup header signature
+  ::truncate(img.c_str(), 100 * kMiB);
+  std::string hash = HashFile(img);
   auto r = RelocateBackupGpt(FileDisk(img));
-  if (r.ok()) {
-    // libfdisk recovered from the backup copy: then the result must be a valid table.
-    EXPECT_THAT(MustRun({"sgdisk", "-v", img}), ::testing::HasSubstr("No problems found."));
-  } else {
-    EXPECT_EQ(r.status().message(), "Can not move backup GPT data structures to the end of disk.");
-  }
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), "Can not move backup GPT data structures to the end of disk.");
+  EXPECT_THAT(r.status().detail(),
+              ::testing::HasSubstr("has a protective MBR but neither GPT header is valid"));
+  EXPECT_EQ(HashFile(img), hash);
 }
 
 TEST(DiskGpt, RelocationOfAMissingFileFailsWithTheCatalogueMessage) {
