@@ -372,6 +372,16 @@ const DiskGroup* FindGroupOf(const Inventory& inventory, const Disk& disk) {
   return nullptr;
 }
 
+std::vector<Disk> OtherDisksOfGroup(const Inventory& inventory, const Disk& target) {
+  std::vector<Disk> out;
+  if (const DiskGroup* g = FindGroupOf(inventory, target)) {
+    for (const Disk& d : g->disks) {
+      if (d.name != target.name) out.push_back(d);
+    }
+  }
+  return out;
+}
+
 Result<Disk> DescribeTarget(const std::string& path, const std::string& sysfs_root) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {

@@ -69,6 +69,10 @@ Result<Disk> SelectDisk(const Inventory& inventory, int group);
 // The group `disk` belongs to, or nullptr.
 const DiskGroup* FindGroupOf(const Inventory& inventory, const Disk& disk);
 
+// The disks of `target`'s group other than `target` (empty when it is in no group): where a stale
+// config-2 file system must not survive (RemoveStaleConfigDrives).
+std::vector<Disk> OtherDisksOfGroup(const Inventory& inventory, const Disk& target);
+
 // Describes the target given with --disk: a block device (its whole-disk sysfs entry is read from
 // `sysfs_root`; a partition is refused) or a regular file (size from stat, 512-byte sectors).
 // kNotFound when the path does not exist, kInvalid for anything else (directory, partition, char

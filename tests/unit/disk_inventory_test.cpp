@@ -148,6 +148,12 @@ TEST(DiskInventory, FindGroupOfReturnsTheWholeGroup) {
   Disk other;
   other.name = "sdx";
   EXPECT_EQ(FindGroupOf(inv, other), nullptr);
+  std::vector<Disk> rest = OtherDisksOfGroup(inv, *SelectDisk(inv, 1));
+  ASSERT_EQ(rest.size(), 2u);
+  EXPECT_EQ(rest[0].name, "nvme2n1");
+  EXPECT_EQ(rest[1].name, "nvme10n1");
+  EXPECT_TRUE(OtherDisksOfGroup(inv, other).empty());
+  EXPECT_TRUE(OtherDisksOfGroup(inv, *SelectDisk(inv, 2)).empty());
 }
 
 TEST(DiskInventory, ExplicitMappingDefinesTheGroups) {
