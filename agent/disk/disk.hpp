@@ -31,6 +31,9 @@ struct Disk {
   DiskKind kind = DiskKind::kHdd;
   bool is_file = false;  // a regular file standing in for a disk (deploy --disk FILE, tests)
   std::string dev;       // "MAJ:MIN" of a block device, empty for a file
+  // What is on it now, from libblkid (only when the inventory was asked to probe contents):
+  std::string partition_table;  // "gpt", "dos", … or ""
+  std::string signature;        // whole-disk signature: "linux_raid_member", "LVM2_member", …
 };
 
 // One entry of the partition table of a Disk, as written on disk (not necessarily known to the

@@ -2,6 +2,7 @@
 // each other disk is excluded (design.md §6, §9).
 #include <boost/json.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <string_view>
 
@@ -58,8 +59,10 @@ int RunDisks(const DisksArgs& args) {
     }
     options.mapping = std::move(*mapping);
   }
+  options.probe_contents = true;
   if (const char* root = std::getenv("BYOI_SYSFS_ROOT"); root && *root) {
     options.sysfs_root = root;  // tests: a fixture tree instead of /sys
+    options.probe_contents = false;
   }
   auto inventory = ScanDisks(options);
   if (!inventory.ok()) {

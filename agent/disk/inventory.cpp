@@ -17,6 +17,7 @@
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
 #include "agent/base/units.hpp"
+#include "agent/disk/probe.hpp"
 
 namespace byoi {
 namespace {
@@ -264,6 +265,8 @@ Result<Disk> ReadSysfsDisk(const std::string& sysfs_root, const std::string& nam
   d.wwn = Attr(dir / "wwid");                                // NVMe namespaces
   if (d.wwn.empty()) d.wwn = Attr(dir / "device" / "wwid");  // SCSI
   d.transport = Transport(dir, name);
+  // A virtio disk's device/ is the virtio device, whose vendor is a PCI id ("0x1af4"), not a name.
+  if (d.transport == "virtio" && StartsWith(d.vendor, "0x")) d.vendor.clear();
   if (d.transport == "nvme") {
     d.kind = DiskKind::kNvme;
   } else {
@@ -297,6 +300,11 @@ Result<Inventory> ScanDisks(const InventoryOptions& options) {
     if (!reason.empty()) {
       inv.excluded.push_back({std::move(*disk), std::move(reason)});
     } else {
+      if (options.probe_contents) {
+        DeviceContents c = ProbeDeviceContents(disk->path);
+        disk->partition_table = c.partition_table;
+        disk->signature = c.signature;
+      }
       usable.push_back(std::move(*disk));
     }
   }
@@ -434,6 +442,8 @@ boost::json::object DiskToJson(const Disk& d) {
   o["rotational"] = d.rotational;
   o["removable"] = d.removable;
   o["readOnly"] = d.read_only;
+  o["partitionTable"] = d.partition_table;
+  o["signature"] = d.signature;
   return o;
 }
 
@@ -471,9 +481,12 @@ std::string InventoryToText(const Inventory& inv) {
                        HumanBytes(g.size_bytes), g.model.empty() ? "(no model)" : g.model);
     bool first = true;
     for (const Disk& d : g.disks) {
-      out += fmt::format("  {:<16} {:>10}  {:<7} {}{}\n", d.path, HumanBytes(d.size_bytes),
+      std::string contents = d.partition_table;
+      if (!d.signature.empty()) contents += (contents.empty() ? "" : ", ") + d.signature;
+      out += fmt::format("  {:<16} {:>10}  {:<7} {}{}{}\n", d.path, HumanBytes(d.size_bytes),
                          d.transport.empty() ? "-" : d.transport,
-                         d.serial.empty() ? "" : "serial " + d.serial, first ? "  (target)" : "");
+                         d.serial.empty() ? "" : "serial " + d.serial,
+                         contents.empty() ? "" : "  [" + contents + "]", first ? "  (target)" : "");
       first = false;
     }
   }

@@ -38,6 +38,9 @@ struct InventoryOptions {
   // Empty: automatic groups. Otherwise exactly these groups exist; usable disks that no group
   // names are listed as excluded ("not in any configured disk group").
   std::vector<GroupMapping> mapping;
+  // Read each usable disk's partition table type and whole-disk signature with libblkid (opens
+  // /dev/<name> read-only). Off for fixture trees, whose device paths are not theirs.
+  bool probe_contents = false;
 };
 
 struct ExcludedDisk {

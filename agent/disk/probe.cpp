@@ -1,11 +1,14 @@
 #include "agent/disk/probe.hpp"
 
 #include <blkid/blkid.h>
+#include <fcntl.h>
 #include <fmt/format.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+
+#include "agent/base/fd.hpp"
 
 namespace byoi {
 namespace {
@@ -34,6 +37,23 @@ std::string Value(blkid_probe pr, const char* name) {
 }
 
 }  // namespace
+
+DeviceContents ProbeDeviceContents(const std::string& path) {
+  DeviceContents out;
+  auto fd = OpenFile(path, O_RDONLY | O_NONBLOCK);
+  if (!fd.ok()) return out;
+  auto pr = NewProbe(fd->get(), 0, 0);
+  if (!pr.ok()) return out;
+  blkid_probe_enable_superblocks(pr->get(), 1);
+  blkid_probe_set_superblocks_flags(pr->get(), BLKID_SUBLKS_TYPE);
+  blkid_probe_enable_partitions(pr->get(), 1);
+  blkid_probe_set_partitions_flags(pr->get(), BLKID_PARTS_MAGIC);
+  if (blkid_do_safeprobe(pr->get()) == 0) {
+    out.partition_table = Value(pr->get(), "PTTYPE");
+    out.signature = Value(pr->get(), "TYPE");
+  }
+  return out;
+}
 
 bool IsConfigDriveLabel(const std::string& label) {
   return label == "config-2" || label == "CONFIG-2";

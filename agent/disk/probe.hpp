@@ -26,6 +26,15 @@ Result<Signature> ProbeFilesystem(int fd, uint64_t offset, uint64_t size);
 // Only the magic bytes are overwritten; the rest of the data stays. At most 64 signatures.
 Result<std::vector<Signature>> WipeRange(int fd, uint64_t offset, uint64_t size);
 
+// What libblkid sees on the whole device at `path` (opened read-only, never exclusively): the
+// partition table type ("gpt", "dos") and a whole-device superblock type. Empty strings when there
+// is nothing or the device cannot be read: this is information, not a gate.
+struct DeviceContents {
+  std::string partition_table;
+  std::string signature;
+};
+DeviceContents ProbeDeviceContents(const std::string& path);
+
 // True for the labels cloud-init's ConfigDrive data source looks for ("config-2", "CONFIG-2").
 bool IsConfigDriveLabel(const std::string& label);
 

@@ -15,6 +15,7 @@
 #include "agent/disk/inventory.hpp"
 #include "agent/disk/kernel_sync.hpp"
 #include "agent/disk/partition_add.hpp"
+#include "agent/disk/probe.hpp"
 #include "agent/disk/safety.hpp"
 #include "agent/disk/wipe.hpp"
 #include "tests/unit/disk_test_util.hpp"
@@ -491,6 +492,7 @@ TEST_P(DiskLoopTest, DescribeTargetReadsTheLoopDevice) {
   EXPECT_EQ(disk.logical_sector_size, ss_);
   EXPECT_FALSE(disk.is_file);
   EXPECT_EQ(ExclusionReason(disk), "loop device");  // the inventory never offers it
+  EXPECT_EQ(ProbeDeviceContents(loop->path()).partition_table, "gpt");
   ASSERT_TRUE(RelocateBackupGpt(disk).ok());
   auto part = DescribeTarget(loop->part(1));
   ASSERT_FALSE(part.ok());

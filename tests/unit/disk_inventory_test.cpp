@@ -117,6 +117,7 @@ TEST(DiskInventory, MultipathPathsAreExcludedButMdMembersStay) {
   EXPECT_THAT(Names(inv.groups[0]), ElementsAre("vda"));  // 20 GB before 600 GB
   EXPECT_EQ(inv.groups[0].disks[0].transport, "virtio");
   EXPECT_EQ(inv.groups[0].disks[0].serial, "virt-serial-1");
+  EXPECT_EQ(inv.groups[0].disks[0].vendor, "");  // not the virtio PCI vendor id
   // sdd1 is held by md0: still a disk of the group; the safety gate refuses it when chosen.
   EXPECT_THAT(Names(inv.groups[1]), ElementsAre("sdc", "sdd"));
   std::map<std::string, std::string> expected = {{"dm-0", "device-mapper device"},
