@@ -293,6 +293,10 @@ Result<Inventory> ScanDisks(const InventoryOptions& options) {
       continue;
     }
     std::string reason = ExclusionReason(*disk);
+    if (reason.empty() && AttrNumber(block / name / "hidden", 0) == 1) {
+      // Native NVMe multipath: each controller path (nvme0c0n1) is hidden behind the nvme0n1 head.
+      reason = "hidden NVMe multipath path";
+    }
     if (reason.empty()) {
       std::string mpath = MultipathHolder(block, block / name);
       if (!mpath.empty()) reason = "multipath path of " + mpath;

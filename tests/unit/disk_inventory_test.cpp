@@ -113,15 +113,17 @@ TEST(DiskInventory, BmcVirtualMediaReadOnlyAndZeroSizeAreExcluded) {
 
 TEST(DiskInventory, MultipathPathsAreExcludedButMdMembersStay) {
   Inventory inv = Scan("multipath");
-  ASSERT_EQ(inv.groups.size(), 2u);
-  EXPECT_THAT(Names(inv.groups[0]), ElementsAre("vda"));  // 20 GB before 600 GB
-  EXPECT_EQ(inv.groups[0].disks[0].transport, "virtio");
-  EXPECT_EQ(inv.groups[0].disks[0].serial, "virt-serial-1");
-  EXPECT_EQ(inv.groups[0].disks[0].vendor, "");  // not the virtio PCI vendor id
+  ASSERT_EQ(inv.groups.size(), 3u);
+  EXPECT_THAT(Names(inv.groups[0]), ElementsAre("nvme4n1"));  // the NVMe multipath head
+  EXPECT_THAT(Names(inv.groups[1]), ElementsAre("vda"));      // 20 GB before 600 GB
+  EXPECT_EQ(inv.groups[1].disks[0].transport, "virtio");
+  EXPECT_EQ(inv.groups[1].disks[0].serial, "virt-serial-1");
+  EXPECT_EQ(inv.groups[1].disks[0].vendor, "");  // not the virtio PCI vendor id
   // sdd1 is held by md0: still a disk of the group; the safety gate refuses it when chosen.
-  EXPECT_THAT(Names(inv.groups[1]), ElementsAre("sdc", "sdd"));
+  EXPECT_THAT(Names(inv.groups[2]), ElementsAre("sdc", "sdd"));
   std::map<std::string, std::string> expected = {{"dm-0", "device-mapper device"},
                                                  {"md0", "software RAID (md) device"},
+                                                 {"nvme4c4n1", "hidden NVMe multipath path"},
                                                  {"sda", "multipath path of dm-0"},
                                                  {"sdb", "multipath path of dm-0"}};
   EXPECT_EQ(Reasons(inv), expected);
