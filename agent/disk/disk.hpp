@@ -1,6 +1,14 @@
 // The value types the disk stage hands to the rest of the pipeline: a `Disk` (a whole block device,
 // or a regular file used as a disk image) and a `Partition` on it. Both are plain copies of what
 // sysfs and the partition table said when they were read; nothing here keeps a device open.
+//
+// The stage in pipeline order (each call opens and closes the disk itself; none may run while
+// another fd of ours holds the disk with O_EXCL):
+//   plan       ScanDisks + SelectDisk (or DescribeTarget for --disk), CheckNotInUse
+//   verify     CheckImageFits, CheckImageSectorSize
+//   write      OpenDiskExclusive + WipeSignatures, RemoveStaleConfigDrives(OtherDisksOfGroup)
+//   partition  RelocateBackupGpt
+//   configdrive EnsureConfigDrivePartition + WriteConfigDrive (agent/boot/configdrive.hpp)
 #pragma once
 
 #include <cstdint>
