@@ -242,21 +242,21 @@ std::string_view BootOrderPolicyName(BootOrderPolicy policy) {
 
 std::string ChooseBootLabel(const BootLoader& loader, std::string_view manifest_description) {
   auto clean = [](std::string_view text) {
+    // Printable ASCII only: firmware menus rarely draw more, and libefivar encodes little more.
+    // Each other character (one UTF-8 sequence) becomes '?'.
     std::string out;
     for (char c : text) {
-      if (static_cast<unsigned char>(c) >= 0x20 && c != 0x7F) out += c;
+      auto b = static_cast<unsigned char>(c);
+      if (b >= 0x20 && b < 0x7F) {
+        out += c;
+      } else if (b >= 0xC0) {
+        out += '?';
+      }
     }
     size_t b = out.find_first_not_of(' ');
     size_t e = out.find_last_not_of(' ');
     out = b == std::string::npos ? std::string() : out.substr(b, e - b + 1);
-    // Cut at kMaxLabelChars code points, never inside a UTF-8 sequence.
-    size_t chars = 0;
-    for (size_t i = 0; i < out.size(); ++i) {
-      if ((static_cast<unsigned char>(out[i]) & 0xC0) != 0x80 && ++chars > kMaxLabelChars) {
-        out.resize(i);
-        break;
-      }
-    }
+    if (out.size() > kMaxLabelChars) out.resize(kMaxLabelChars);
     return out;
   };
   for (std::string_view candidate : {std::string_view(loader.csv_label), manifest_description,

@@ -44,8 +44,8 @@ Result<BootOrderPolicy> ParseBootOrderPolicy(std::string_view text);
 std::string_view BootOrderPolicyName(BootOrderPolicy policy);
 
 // The label of the entry: the shim CSV's label, else the manifest's description, else the OS
-// directory name ("debian"), else "BYOI". Trimmed, control characters dropped, at most 100
-// characters.
+// directory name ("debian"), else "BYOI". Printable ASCII (another character becomes '?', control
+// characters are dropped), trimmed, at most 100 characters.
 std::string ChooseBootLabel(const BootLoader& loader, std::string_view manifest_description);
 
 // The HD() node for `esp`; kInvalid when the GPT partition GUID is malformed.

@@ -116,7 +116,13 @@ Result<FatReader> FatReader::Open(int fd, uint64_t offset, uint64_t size) {
     return Corrupt("cluster count " + std::to_string(clusters));
 
   r.cluster_count_ = static_cast<uint32_t>(clusters);
-  r.type_ = clusters < 4085 ? Type::kFat12 : clusters < 65525 ? Type::kFat16 : Type::kFat32;
+  // FAT32 is what the BPB says (no 16-bit FAT size), as Linux decides: mkfs.fat makes small FAT32
+  // file systems below the spec's 65525 clusters on request. FAT12 vs FAT16 by cluster count.
+  if (fat_size16 == 0) {
+    r.type_ = Type::kFat32;
+  } else {
+    r.type_ = clusters < 4085 ? Type::kFat12 : Type::kFat16;
+  }
   r.cluster_bytes_ = bps * sectors_per_cluster;
   r.fat_offset_ = uint64_t{reserved} * bps;
   r.fat_bytes_ = fat_sectors * bps;

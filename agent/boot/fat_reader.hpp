@@ -4,9 +4,11 @@
 //
 // Format (Microsoft "FAT: General Overview of On-Disk Format", 1.03): a boot sector with the BIOS
 // parameter block, `reserved` sectors, `fats` copies of the allocation table, the fixed root
-// directory (FAT12/16 only), then the data clusters numbered from 2. The FAT type follows from the
-// cluster count alone (< 4085 FAT12, < 65525 FAT16, else FAT32). Directory entries are 32 bytes;
-// long names (VFAT) precede their 8.3 entry in reverse order and carry a checksum of it.
+// directory (FAT12/16 only), then the data clusters numbered from 2. FAT32 is marked by a zero
+// 16-bit FAT size (Linux's rule; the spec's cluster-count rule disagrees only for small FAT32 made
+// on purpose); FAT12 and FAT16 are told apart by the cluster count (< 4085 is FAT12). Directory
+// entries are 32 bytes; long names (VFAT) precede their 8.3 entry in reverse order and carry a
+// checksum of it.
 //
 // The partition is untrusted input: every sector and cluster is checked against the partition
 // bounds, cluster chains are bounded by the cluster count (no loops), and directory and file reads

@@ -1,7 +1,10 @@
 #include "agent/boot/load_option.hpp"
 
+// libefivar's headers have no C++ linkage guards of their own.
+extern "C" {
 #include <efivar/efiboot.h>
 #include <efivar/efivar.h>
+}
 
 #include <cerrno>
 #include <cstring>
@@ -42,6 +45,20 @@ int HexValue(char c) {
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
+}
+
+// libefivar 37 converts UTF-8 correctly only for 1- and 2-byte sequences, and reads past the end
+// of a truncated one: anything else never reaches it.
+bool LibefivarCanEncode(std::string_view text) {
+  for (size_t i = 0; i < text.size(); ++i) {
+    auto b = static_cast<unsigned char>(text[i]);
+    if (b == 0) return false;
+    if (b < 0x80) continue;
+    if ((b & 0xE0) != 0xC0 || b < 0xC2 || i + 1 >= text.size()) return false;
+    if ((static_cast<unsigned char>(text[i + 1]) & 0xC0) != 0x80) return false;
+    ++i;
+  }
+  return true;
 }
 
 // Walks the device path nodes and fills the summary fields of `out`. The walk is bounded by the
@@ -110,8 +127,10 @@ Result<std::vector<uint8_t>> EncodeLoadOption(const HardDriveNode& hd, std::stri
     return Status::Error(Code::kInvalid, "boot entry description is empty or too long");
   }
   std::string desc(description);
-  if (desc.find('\0') != std::string::npos || path.find('\0') != std::string::npos) {
-    return Status::Error(Code::kInvalid, "NUL in boot entry description or loader path");
+  if (!LibefivarCanEncode(desc) || !LibefivarCanEncode(path)) {
+    return Status::Error(Code::kInvalid,
+                         "boot entry description or loader path has characters libefivar cannot "
+                         "encode (NUL, invalid UTF-8 or beyond U+07FF)");
   }
 
   // HD + File (2 bytes per UTF-16 unit, surrogate pairs included) + End, with room to spare.
@@ -138,6 +157,14 @@ Result<std::vector<uint8_t>> EncodeLoadOption(const HardDriveNode& hd, std::stri
   ssize_t made =
       efi_loadopt_create(out.data(), need, attributes, dp_ptr, off, desc_ptr, nullptr, 0);
   if (made != need) return LibefivarError("building the load option");
+  // libefivar 37 encodes only ASCII and 2-byte UTF-8 correctly (3-byte sequences come out wrong,
+  // 4-byte ones are not UCS-2 at all): an option that does not decode to what was asked is
+  // refused rather than written mangled.
+  auto check = DecodeLoadOption(out);
+  if (!check.ok() || check->description != desc || check->file_path != path) {
+    return Status::Error(Code::kInvalid, "libefivar cannot encode the description \"" + desc +
+                                             "\" or the path \"" + path + "\" faithfully");
+  }
   return out;
 }
 

@@ -64,7 +64,8 @@ std::string NormalizeLoaderPath(std::string_view path);
 
 // Builds the load option for `loader_path` (slashes or backslashes) on the partition `hd`.
 // kInvalid when the path or description is empty or too long (1024 characters), or libefivar
-// refuses the input.
+// refuses or cannot encode it faithfully: libefivar 37 handles only UTF-8 of 1 and 2 bytes
+// (U+0000-U+07FF); ChooseBootLabel keeps labels ASCII.
 Result<std::vector<uint8_t>> EncodeLoadOption(const HardDriveNode& hd, std::string_view loader_path,
                                               std::string_view description,
                                               uint32_t attributes = kLoadOptionActive);

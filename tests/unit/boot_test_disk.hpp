@@ -1,0 +1,199 @@
+// Test helpers for the boot stage: run tools without a shell, temporary directories, and disk
+// images with a real EFI system partition (sgdisk/sfdisk, mkfs.fat --offset, mtools -i
+// FILE@@OFFSET). Used by tests/unit/boot_*_test.cpp and tests/integration/efi_*_test.cpp.
+#pragma once
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+extern char** environ;
+
+namespace byoi::testing {
+
+// Runs `argv` (searched in PATH, never through a shell) with stdin from `stdin_path`; stdout into
+// *out when given, else discarded, stderr into *err when given, else discarded. Returns the exit
+// status (-1 if it did not run or died by a signal).
+inline int Run(const std::vector<std::string>& argv, std::string* out = nullptr,
+               std::string* err = nullptr, const std::vector<std::string>& extra_env = {},
+               const std::string& stdin_path = "/dev/null") {
+  char out_tmpl[] = "/tmp/byoi-run-outXXXXXX";
+  char err_tmpl[] = "/tmp/byoi-run-errXXXXXX";
+  int out_fd = mkstemp(out_tmpl);
+  int err_fd = mkstemp(err_tmpl);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, stdin_path.c_str(), O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
+  posix_spawn_file_actions_adddup2(&fa, err_fd, 2);
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  std::vector<std::string> env_strings = extra_env;
+  for (char** e = environ; *e; ++e) env_strings.emplace_back(*e);
+  env_strings.emplace_back("MTOOLS_SKIP_CHECK=1");
+  std::vector<char*> env;
+  for (std::string& e : env_strings) env.push_back(e.data());
+  env.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), env.data());
+  posix_spawn_file_actions_destroy(&fa);
+  int status = -1;
+  if (rc == 0) waitpid(pid, &status, 0);
+  auto slurp = [](const char* path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  if (out) *out = slurp(out_tmpl);
+  if (err) *err = slurp(err_tmpl);
+  close(out_fd);
+  close(err_fd);
+  unlink(out_tmpl);
+  unlink(err_tmpl);
+  if (rc != 0 || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
+// Runs and fails the current test when the exit status is not 0.
+inline void MustRun(const std::vector<std::string>& argv, std::string* out = nullptr) {
+  std::string err;
+  int rc = Run(argv, out, &err);
+  std::string cmd;
+  for (const auto& a : argv) cmd += a + " ";
+  ASSERT_EQ(rc, 0) << cmd << "\n" << err;
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/byoi-test-XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+inline std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline void WriteAll(const std::string& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << data;
+}
+
+// "BOOTX64.CSV" as shim ships it: UTF-16LE with a byte order mark.
+inline std::string Utf16LeWithBom(std::string_view ascii) {
+  std::string out = "\xFF\xFE";
+  for (char c : ascii) {
+    out += c;
+    out += '\0';
+  }
+  return out;
+}
+
+struct EspFile {
+  std::string path;  // "EFI/debian/shimx64.efi"
+  std::string content;
+};
+
+// Creates the directories and files on the FAT file system at byte `offset` of `target`.
+inline void FillFat(const std::string& target, uint64_t offset, const std::vector<EspFile>& files) {
+  std::string image = target + "@@" + std::to_string(offset);
+  std::set<std::string> made;
+  TempDir scratch;
+  int n = 0;
+  for (const EspFile& f : files) {
+    size_t pos = 0;
+    while ((pos = f.path.find('/', pos)) != std::string::npos) {
+      std::string dir = f.path.substr(0, pos);
+      if (made.insert(dir).second) MustRun({"mmd", "-i", image, "::/" + dir});
+      ++pos;
+    }
+    std::string local = scratch / ("f" + std::to_string(n++));
+    WriteAll(local, f.content);
+    MustRun({"mcopy", "-o", "-i", image, local, "::/" + f.path});
+  }
+}
+
+struct DiskSpec {
+  bool mbr = false;
+  uint64_t disk_mib = 64;
+  uint64_t esp_mib = 40;  // starts at 1 MiB
+  int fat_bits = 32;      // 12, 16, 32, or 0 for mkfs.fat's choice
+  bool esp_type = true;   // false: the first partition is a Linux one
+  bool format = true;     // mkfs.fat the first partition
+  std::vector<EspFile> files;
+};
+
+// A disk image file with 512-byte sectors: partition 1 (the ESP) at 1 MiB, partition 2 (Linux)
+// after it up to the end.
+inline void BuildDisk(const std::string& path, const DiskSpec& spec) {
+  { std::ofstream(path, std::ios::binary | std::ios::trunc); }
+  std::filesystem::resize_file(path, spec.disk_mib << 20);
+  std::string esp_end = std::to_string(1 + spec.esp_mib);
+  if (spec.mbr) {
+    TempDir scratch;
+    std::string script = "label: dos\nlabel-id: 0x1234abcd\nstart=2048, size=" +
+                         std::to_string(spec.esp_mib * 2048) +
+                         ", type=" + (spec.esp_type ? "ef" : "83") + "\ntype=83\n";
+    WriteAll(scratch / "script", script);
+    std::string out, err;
+    int rc = Run({"sfdisk", "-q", path}, &out, &err, {}, scratch / "script");
+    ASSERT_EQ(rc, 0) << err;
+  } else {
+    MustRun({"sgdisk", "-n1:1M:+" + std::to_string(spec.esp_mib) + "M",
+             "-t1:" + std::string(spec.esp_type ? "ef00" : "8300"), "-n2:0:0", "-t2:8300", path});
+  }
+  if (!spec.format) return;
+  std::vector<std::string> mkfs = {"mkfs.fat"};
+  if (spec.fat_bits != 0) {
+    mkfs.push_back("-F");
+    mkfs.push_back(std::to_string(spec.fat_bits));
+  }
+  if (spec.fat_bits == 32) {
+    mkfs.push_back("-s");
+    mkfs.push_back("1");
+  }
+  for (const std::string& a :
+       {std::string("--offset"), std::string("2048"), path, std::to_string(spec.esp_mib * 1024)}) {
+    mkfs.push_back(a);
+  }
+  MustRun(mkfs);
+  FillFat(path, 1 << 20, spec.files);
+}
+
+// `sfdisk --json` of a disk, parsed.
+inline boost::json::object SfdiskJson(const std::string& disk) {
+  std::string out;
+  EXPECT_EQ(Run({"sfdisk", "--json", disk}, &out), 0);
+  return boost::json::parse(out).as_object().at("partitiontable").as_object();
+}
+
+}  // namespace byoi::testing
