@@ -79,9 +79,12 @@ inline void MustRun(const std::vector<std::string>& argv, std::string* out = nul
 
 class TempDir {
  public:
+  // In RAM (/dev/shm) when there is one: disk images are sparse and tools fsync them.
   TempDir() {
-    char tmpl[] = "/tmp/byoi-test-XXXXXX";
-    path_ = mkdtemp(tmpl);
+    std::string tmpl = std::filesystem::is_directory("/dev/shm") ? "/dev/shm/byoi-test-XXXXXX"
+                                                                 : "/tmp/byoi-test-XXXXXX";
+    char* made = mkdtemp(tmpl.data());
+    if (made != nullptr) path_ = made;
   }
   ~TempDir() {
     std::error_code ec;
@@ -157,20 +160,19 @@ struct DiskSpec {
 inline void BuildDisk(const std::string& path, const DiskSpec& spec) {
   { std::ofstream(path, std::ios::binary | std::ios::trunc); }
   std::filesystem::resize_file(path, spec.disk_mib << 20);
-  std::string esp_end = std::to_string(1 + spec.esp_mib);
-  if (spec.mbr) {
-    TempDir scratch;
-    std::string script = "label: dos\nlabel-id: 0x1234abcd\nstart=2048, size=" +
-                         std::to_string(spec.esp_mib * 2048) +
-                         ", type=" + (spec.esp_type ? "ef" : "83") + "\ntype=83\n";
-    WriteAll(scratch / "script", script);
-    std::string out, err;
-    int rc = Run({"sfdisk", "-q", path}, &out, &err, {}, scratch / "script");
-    ASSERT_EQ(rc, 0) << err;
-  } else {
-    MustRun({"sgdisk", "-n1:1M:+" + std::to_string(spec.esp_mib) + "M",
-             "-t1:" + std::string(spec.esp_type ? "ef00" : "8300"), "-n2:0:0", "-t2:8300", path});
-  }
+  // sfdisk, not sgdisk: sgdisk sleeps a second after every write, even to a file.
+  TempDir scratch;
+  std::string esp_sectors = std::to_string(spec.esp_mib * 2048);
+  std::string script = spec.mbr
+                           ? "label: dos\nlabel-id: 0x1234abcd\nstart=2048, size=" + esp_sectors +
+                                 ", type=" + (spec.esp_type ? "ef" : "83") + "\ntype=83\n"
+                           : "label: gpt\nstart=2048, size=" + esp_sectors + ", type=" +
+                                 (spec.esp_type ? "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+                                                : "0FC63DAF-8483-4772-8E79-3D69D8477DE4") +
+                                 "\ntype=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n";
+  WriteAll(scratch / "script", script);
+  std::string err;
+  ASSERT_EQ(Run({"sfdisk", "-q", path}, nullptr, &err, {}, scratch / "script"), 0) << err;
   if (!spec.format) return;
   std::vector<std::string> mkfs = {"mkfs.fat"};
   if (spec.fat_bits != 0) {
@@ -187,6 +189,30 @@ inline void BuildDisk(const std::string& path, const DiskSpec& spec) {
   }
   MustRun(mkfs);
   FillFat(path, 1 << 20, spec.files);
+}
+
+// A load option as firmware makes them for network boot (OVMF: PciRoot/Pci/MAC/IPv4 or IPv6,
+// "UEFI PXEv4 (MAC:525400123456)"), written out by hand.
+inline std::vector<uint8_t> PxeLoadOption(std::string_view description, bool ipv6 = false) {
+  std::vector<uint8_t> dp = {0x02, 0x01, 0x0c, 0x00, 0xd0, 0x41, 0x03, 0x0a, 0,
+                             0,    0,    0,    0x01, 0x01, 0x06, 0x00, 0x00, 0x03,  // Pci(3,0)
+                             0x03, 0x0b, 0x25, 0x00};                               // MAC(…)
+  dp.resize(dp.size() + 33, 0);
+  uint16_t ip_len = ipv6 ? 60 : 27;
+  dp.insert(dp.end(),
+            {0x03, static_cast<uint8_t>(ipv6 ? 0x0d : 0x0c), static_cast<uint8_t>(ip_len), 0x00});
+  dp.resize(dp.size() + ip_len - 4, 0);
+  dp.insert(dp.end(), {0x7f, 0xff, 0x04, 0x00});
+  std::vector<uint8_t> out = {0x01,
+                              0x00,
+                              0x00,
+                              0x00,
+                              static_cast<uint8_t>(dp.size() & 0xff),
+                              static_cast<uint8_t>(dp.size() >> 8)};
+  for (char c : description) out.insert(out.end(), {static_cast<uint8_t>(c), 0});
+  out.insert(out.end(), {0, 0});
+  out.insert(out.end(), dp.begin(), dp.end());
+  return out;
 }
 
 // `sfdisk --json` of a disk, parsed.
