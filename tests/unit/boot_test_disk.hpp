@@ -155,40 +155,54 @@ struct DiskSpec {
   std::vector<EspFile> files;
 };
 
-// A disk image file with 512-byte sectors: partition 1 (the ESP) at 1 MiB, partition 2 (Linux)
-// after it up to the end.
-inline void BuildDisk(const std::string& path, const DiskSpec& spec) {
-  { std::ofstream(path, std::ios::binary | std::ios::trunc); }
-  std::filesystem::resize_file(path, spec.disk_mib << 20);
+// Partitions and fills `target` (a file or a block device of `sector_size`-byte sectors):
+// partition 1 (the ESP, or a Linux one) at 1 MiB, partition 2 (Linux) after it up to the end.
+inline void PartitionAndFormat(const std::string& target, const DiskSpec& spec,
+                               uint32_t sector_size = 512) {
   // sfdisk, not sgdisk: sgdisk sleeps a second after every write, even to a file.
   TempDir scratch;
-  std::string esp_sectors = std::to_string(spec.esp_mib * 2048);
-  std::string script = spec.mbr
-                           ? "label: dos\nlabel-id: 0x1234abcd\nstart=2048, size=" + esp_sectors +
-                                 ", type=" + (spec.esp_type ? "ef" : "83") + "\ntype=83\n"
-                           : "label: gpt\nstart=2048, size=" + esp_sectors + ", type=" +
-                                 (spec.esp_type ? "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-                                                : "0FC63DAF-8483-4772-8E79-3D69D8477DE4") +
-                                 "\ntype=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n";
+  uint64_t per_mib = (1u << 20) / sector_size;
+  std::string start = std::to_string(per_mib);
+  std::string esp_sectors = std::to_string(spec.esp_mib * per_mib);
+  std::string script =
+      spec.mbr ? "label: dos\nlabel-id: 0x1234abcd\nstart=" + start + ", size=" + esp_sectors +
+                     ", type=" + (spec.esp_type ? "ef" : "83") + "\ntype=83\n"
+               : "label: gpt\nstart=" + start + ", size=" + esp_sectors + ", type=" +
+                     (spec.esp_type ? "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+                                    : "0FC63DAF-8483-4772-8E79-3D69D8477DE4") +
+                     "\ntype=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n";
   WriteAll(scratch / "script", script);
   std::string err;
-  ASSERT_EQ(Run({"sfdisk", "-q", path}, nullptr, &err, {}, scratch / "script"), 0) << err;
+  ASSERT_EQ(Run({"sfdisk", "-q", "--no-reread", "--no-tell-kernel", target}, nullptr, &err, {},
+                scratch / "script"),
+            0)
+      << err;
   if (!spec.format) return;
-  std::vector<std::string> mkfs = {"mkfs.fat"};
+  // -I: a whole device with a partition table is what we mean to format at an offset.
+  std::vector<std::string> mkfs = {"mkfs.fat", "-I", "-S", std::to_string(sector_size)};
   if (spec.fat_bits != 0) {
     mkfs.push_back("-F");
     mkfs.push_back(std::to_string(spec.fat_bits));
   }
-  if (spec.fat_bits == 32) {
+  if (spec.fat_bits == 16 || spec.fat_bits == 32) {
+    // One sector per cluster: enough clusters for the type even in small 4Kn partitions.
     mkfs.push_back("-s");
     mkfs.push_back("1");
   }
+  // --offset counts sectors of -S bytes; the size is in KiB.
   for (const std::string& a :
-       {std::string("--offset"), std::string("2048"), path, std::to_string(spec.esp_mib * 1024)}) {
+       {std::string("--offset"), start, target, std::to_string(spec.esp_mib * 1024)}) {
     mkfs.push_back(a);
   }
   MustRun(mkfs);
-  FillFat(path, 1 << 20, spec.files);
+  FillFat(target, 1 << 20, spec.files);
+}
+
+// A disk image file with 512-byte sectors (see PartitionAndFormat).
+inline void BuildDisk(const std::string& path, const DiskSpec& spec) {
+  { std::ofstream(path, std::ios::binary | std::ios::trunc); }
+  std::filesystem::resize_file(path, spec.disk_mib << 20);
+  PartitionAndFormat(path, spec);
 }
 
 // A load option as firmware makes them for network boot (OVMF: PciRoot/Pci/MAC/IPv4 or IPv6,
