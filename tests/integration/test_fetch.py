@@ -255,7 +255,7 @@ class FetchTest(unittest.TestCase):
             with open(status_path) as f:
                 seen.update(json.load(f))
 
-        run = self.deploy(manifest(url), signal_after=1.5, before_signal=look)
+        run = self.deploy(manifest(url), signal_after=2.5, before_signal=look)
         self.assertFailed(run, "Deployment cancelled.")
         self.assertLess(run.seconds, 2.0)
         # While it waited, the status file showed the download in progress.
