@@ -39,6 +39,8 @@ void InstallSignalHandlers(CancelToken& cancel) {
   sigemptyset(&sa.sa_mask);
   ::sigaction(SIGINT, &sa, nullptr);
   ::sigaction(SIGTERM, &sa, nullptr);
+  // A server that closes its end while we write must be an error code, not the end of us.
+  ::signal(SIGPIPE, SIG_IGN);
 }
 
 // Keeps --status-file current and prints progress lines: one per step change, and one about

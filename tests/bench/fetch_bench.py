@@ -100,7 +100,11 @@ def main():
     ap.add_argument("--agent", default=default_agent)
     ap.add_argument("--size-mib", type=int, default=2048)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--nice", type=int, default=0,
+                    help="niceness for nginx and every variant (e.g. -10 on a shared, busy host)")
     args = ap.parse_args()
+    if args.nice:
+        os.nice(args.nice)
 
     workdir = tempfile.mkdtemp(prefix="byoi-bench-")
     root = tempfile.mkdtemp(prefix="byoi-bench-root-", dir="/dev/shm")
@@ -146,7 +150,7 @@ def main():
         med = {name: statistics.median(t) for name, t in times.items()}
         base = med["curl -o /dev/shm/x"]
         print(f"\n{args.size_mib} MiB from nginx on 127.0.0.1, median of {args.runs} runs "
-              f"(nproc {os.cpu_count()}, load {os.getloadavg()[0]:.2f}):")
+              f"(nproc {os.cpu_count()}, load {os.getloadavg()[0]:.2f}, nice {os.nice(0)}):")
         for name, m in med.items():
             cpu = statistics.median(cpus[name])
             print(f"  {name:36s} {m:7.2f} s  {size / m / 1e6:7.0f} MB/s  {m / base:5.2f}x curl"

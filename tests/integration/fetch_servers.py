@@ -369,11 +369,13 @@ class Run:
         return next(p for p in self.status["progress"] if p["step"] == name)
 
 
-def run_deploy(workdir, manifest, *extra, dry_run=True, timeout=120, signal_after=None):
+def run_deploy(workdir, manifest, *extra, dry_run=True, timeout=120, signal_after=None,
+               before_signal=None):
     """Runs `byoi-agent deploy --manifest M [--dry-run] --status-file S --retry-delay 0.05 EXTRA`.
 
     Returns a Run with the final status file, outputs and peak RSS (from wait4). With
-    `signal_after`, SIGTERM is sent that many seconds after the start."""
+    `signal_after`, SIGTERM is sent that many seconds after the start, after calling
+    `before_signal(status_path)`."""
     mpath = os.path.join(workdir, "manifest.json")
     spath = os.path.join(workdir, "status.json")
     if os.path.exists(spath):
@@ -385,14 +387,16 @@ def run_deploy(workdir, manifest, *extra, dry_run=True, timeout=120, signal_afte
         argv.append("--dry-run")
     argv += list(extra)
     with tempfile.TemporaryFile(dir=workdir) as out, tempfile.TemporaryFile(dir=workdir) as err:
-        return _run(argv, spath, out, err, timeout, signal_after)
+        return _run(argv, spath, out, err, timeout, signal_after, before_signal)
 
 
-def _run(argv, spath, out, err, timeout, signal_after):
+def _run(argv, spath, out, err, timeout, signal_after, before_signal):
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=out, stderr=err)
     if signal_after is not None:
         time.sleep(signal_after)
+        if before_signal:
+            before_signal(spath)
         proc.send_signal(signal.SIGTERM)
         start = time.monotonic()  # from now on we measure how long it takes to stop
     deadline = time.monotonic() + timeout

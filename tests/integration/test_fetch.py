@@ -5,6 +5,7 @@ Every error case checks the exact catalogue message (design.md §5) in the statu
 stderr, and, where it matters, the Range headers the server saw."""
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -111,7 +112,6 @@ class FetchTest(unittest.TestCase):
     def test_json_output(self):
         run = self.deploy(manifest(self.nginx.url("/image.raw")), "--json")
         self.assertDone(run)
-        import json
         self.assertEqual(json.loads(run.stdout)["checksum"], SHA256)
 
     def test_body_without_content_length(self):
@@ -249,9 +249,24 @@ class FetchTest(unittest.TestCase):
 
     def test_cancel_during_stall_stops_within_2s(self):
         url = self.fault.add("/stall-cancel.raw", Route(IMAGE, stall_at=MiB, stall_seconds=30))
-        run = self.deploy(manifest(url), signal_after=1.5)
+        seen = {}
+
+        def look(status_path):
+            with open(status_path) as f:
+                seen.update(json.load(f))
+
+        run = self.deploy(manifest(url), signal_after=2.5, before_signal=look)
         self.assertFailed(run, "Deployment cancelled.")
         self.assertLess(run.seconds, 2.0)
+        # While it waited, the status file showed the download in progress.
+        self.assertEqual(seen["status"], "doing")
+        self.assertEqual(seen["message"], "downloading image")
+        download = seen["progress"][0]
+        self.assertEqual((download["step"], download["status"]), ("download", "doing"))
+        self.assertEqual((download["bytesDone"], download["bytesTotal"]), (MiB, len(IMAGE)))
+        self.assertTrue(download["comment"].startswith("1.0 MiB of 3.0 MiB"), download)
+        self.assertIn("download: 1.0 MiB of 3.0 MiB", run.stderr)
+        self.assertEqual(run.step("download")["status"], "error")
 
     def test_content_length_longer_than_body_with_range(self):
         url = self.fault.add("/long.raw", Route(IMAGE, length_delta=1000))
