@@ -112,6 +112,14 @@ Status Target::ZeroRange(uint64_t offset, uint64_t length) {
   if (!no_offload_->load(std::memory_order_relaxed)) {
     int err = 0;
     if (block_device_) {
+      // On a block device PUNCH_HOLE is a write-zeroes that may deallocate (NVMe Write Zeroes
+      // with DEAC, a hole in a loop device's file) and never falls back to writing; reads return
+      // zeros either way. BLKZEROOUT keeps the blocks allocated and falls back to writing zeros
+      // in the kernel when the device has no write-zeroes command.
+      if (::fallocate(fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                      static_cast<off_t>(length)) == 0) {
+        return Status::Ok();
+      }
       uint64_t range[2] = {offset, length};
       if (::ioctl(fd(), BLKZEROOUT, range) == 0) return Status::Ok();
       err = errno;

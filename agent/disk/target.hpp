@@ -48,8 +48,9 @@ class Target {
   // Without O_DIRECT: for the unaligned tail and anything not a multiple of alignment().
   int buffered_fd() const { return buffered_fd_.get(); }
 
-  // Makes [offset, offset + length) read as zeros: BLKZEROOUT on devices, fallocate(PUNCH_HOLE,
-  // then ZERO_RANGE) on files, and writing zeros when neither is supported. REQUIRES: offset and
+  // Makes [offset, offset + length) read as zeros: fallocate(PUNCH_HOLE) then BLKZEROOUT on
+  // devices, fallocate(PUNCH_HOLE, then ZERO_RANGE) on files, and writing zeros when neither is
+  // supported. REQUIRES: offset and
   // length multiples of alignment(), range inside size(). Thread-safe.
   Status ZeroRange(uint64_t offset, uint64_t length);
   // Writes zero bytes over [offset, offset + length) (any alignment), through fd() where aligned

@@ -10,7 +10,9 @@ rotating order, in the same run:
   ipa       qemu-img convert -f qcow2 -O host_device -t directsync -S 0 -W IMAGE DEV
             (the flags ironic-python-agent uses)
 The source image is read from the page cache by every tool (it is read once before timing).
-Prints medians and the ratio of the best qemu-img time to byoi's (> 1 means byoi is faster).
+Prints medians of wall time, the ratio of the best qemu-img time to byoi's (> 1 means byoi is
+faster), and the CPU seconds each tool used (user + system; on a machine shared with other work
+the wall times mostly measure how much CPU each tool was given).
 
 Usage: sudo tests/bench/convert_bench.py [--agent build/byoi-agent] [--reps 3] [--dir /var/tmp]
 Needs about 10 GiB free in --dir. Run it on an otherwise idle machine, e.g. with `nice`.
@@ -19,6 +21,7 @@ Needs about 10 GiB free in --dir. Run it on an otherwise idle machine, e.g. with
 import argparse
 import hashlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -54,12 +57,19 @@ def make_raw(path):
                 f.write(out[: 64 * MIB])
 
 
+def cpu_children():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def time_it(argv, then_sync=False):
+    """(wall seconds, CPU seconds of the tool: user + system, kernel worker threads excluded)."""
+    cpu = cpu_children()
     start = time.monotonic()
     run(*argv)
     if then_sync:
         run("sync")
-    return time.monotonic() - start
+    return time.monotonic() - start, cpu_children() - cpu
 
 
 def main():
@@ -96,6 +106,7 @@ def main():
                                     "-t", "directsync", "-S", "0", "-W", img, dev]),
     }
     results = {}
+    cpus = {}
     try:
         for form, img in images.items():
             with open(img, "rb") as f:  # into the page cache for everyone
@@ -105,9 +116,11 @@ def main():
             order = list(tools)
             for rep in range(args.reps):
                 for name in order[rep % 3:] + order[:rep % 3]:
-                    t = tools[name](img)
+                    t, cpu = tools[name](img)
                     results.setdefault((form, name), []).append(t)
-                    print(f"{form:5} {name:5} rep {rep + 1}: {t:6.2f} s", file=sys.stderr)
+                    cpus.setdefault((form, name), []).append(cpu)
+                    print(f"{form:5} {name:5} rep {rep + 1}: {t:6.2f} s  (cpu {cpu:5.2f} s)",
+                          file=sys.stderr)
             print(f"{form}: image file {size / GIB:.2f} GiB", file=sys.stderr)
         # byoi's output is checked once against qemu-img's reference.
         ref = os.path.join(work, "ref.raw")
@@ -120,12 +133,15 @@ def main():
         subprocess.run(["losetup", "-d", dev])
         os.unlink(disk)
 
-    print(f"\n{'image':6} {'byoi':>8} {'qemu -t none':>13} {'ipa flags':>10} {'best qemu/byoi':>15}")
+    print(f"\n{'image':6} {'byoi':>8} {'qemu -t none':>13} {'ipa flags':>10} {'best qemu/byoi':>15}"
+          f"   cpu: {'byoi':>6} {'qemu':>6} {'ipa':>6}")
     for form in images:
         med = {name: statistics.median(results[(form, name)]) for name in tools}
+        cpu = {name: statistics.median(cpus[(form, name)]) for name in tools}
         best = min(med["qemu"], med["ipa"])
         print(f"{form:6} {med['byoi']:7.2f}s {med['qemu']:12.2f}s {med['ipa']:9.2f}s "
-              f"{best / med['byoi']:14.2f}x")
+              f"{best / med['byoi']:14.2f}x        {cpu['byoi']:5.2f}s {cpu['qemu']:5.2f}s "
+              f"{cpu['ipa']:5.2f}s")
     print(f"(medians of {args.reps} runs; 4 GiB virtual, loop device over a file on "
           f"{os.path.realpath(args.dir)}, O_DIRECT writes)")
 

@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import tempfile
+import time
 
 AGENT = os.environ.get("BYOI_AGENT", "byoi-agent")
 MIB = 1 << 20
@@ -77,7 +78,13 @@ def sha256(path):
 
 @contextlib.contextmanager
 def loop_device(backing, sector_size):
-    dev = run("losetup", "-f", "--show", "-b", str(sector_size), backing).stdout.strip()
+    # Other tests may grab the free device between losetup's lookup and its attach: retry.
+    for attempt in range(5):
+        r = run("losetup", "-f", "--show", "-b", str(sector_size), backing, check=attempt == 4)
+        if r.returncode == 0:
+            break
+        time.sleep(0.2)
+    dev = r.stdout.strip()
     try:
         yield dev
     finally:
