@@ -6,6 +6,8 @@ extern "C" {
 #include <efivar/efivar.h>
 }
 
+#include <fmt/format.h>
+
 #include <cerrno>
 #include <cstring>
 
@@ -75,7 +77,12 @@ Status SummarizeDevicePath(std::span<const uint8_t> dp, LoadOption& out) {
                                                " at offset " + std::to_string(pos));
     }
     const uint8_t* node = dp.data() + pos;
-    if (type == kTypeEnd && subtype == kSubtypeEndEntire) return Status::Ok();
+    if (type == kTypeEnd && subtype == kSubtypeEndEntire) {
+      if (pos + length != dp.size()) {
+        return Status::Error(Code::kInvalid, "bytes after the end of the device path");
+      }
+      return Status::Ok();
+    }
     if (type == kTypeMedia && subtype == kSubtypeHardDrive && length >= kHardDriveNodeBytes &&
         !out.hard_drive) {
       HardDriveNode hd;
@@ -169,64 +176,103 @@ Result<std::vector<uint8_t>> EncodeLoadOption(const HardDriveNode& hd, std::stri
 }
 
 Result<LoadOption> DecodeLoadOption(std::span<const uint8_t> bytes) {
-  // libefiboot's accessors take a mutable pointer and, on malformed input, may look a character
-  // past a description that is not NUL-terminated; a private copy with zero padding keeps every
-  // such read inside our buffer.
-  constexpr size_t kPadding = 8;
   constexpr size_t kHeaderBytes = 6;  // attributes + FilePathListLength
   if (bytes.size() < kHeaderBytes + 2 || bytes.size() > 65536) {
     return Status::Error(Code::kInvalid,
                          "load option of " + std::to_string(bytes.size()) + " bytes");
   }
-  std::vector<uint8_t> copy(bytes.begin(), bytes.end());
-  copy.resize(bytes.size() + kPadding, 0);
-  auto* opt = reinterpret_cast<efi_load_option*>(copy.data());
-  const ssize_t size = static_cast<ssize_t>(bytes.size());
-
-  if (!efi_loadopt_is_valid(opt, bytes.size())) {
-    return Status::Error(Code::kInvalid, "malformed load option (libefiboot validation failed)");
+  // The structure is checked here, bounded, before libefiboot sees the bytes: its own validation
+  // (efi_loadopt_is_valid) walks device paths past the end of malformed options.
+  uint32_t attributes = Le32(bytes.data());
+  size_t path_len = bytes[4] | (bytes[5] << 8);
+  size_t desc_end = 0;
+  for (size_t at = kHeaderBytes; at + 2 <= bytes.size(); at += 2) {
+    if (bytes[at] == 0 && bytes[at + 1] == 0) {
+      desc_end = at + 2;
+      break;
+    }
+  }
+  if (desc_end == 0) return Status::Error(Code::kInvalid, "description without its NUL");
+  if (path_len < 4 || path_len > bytes.size() - desc_end) {
+    return Status::Error(Code::kInvalid, "FilePathListLength " + std::to_string(path_len) +
+                                             " does not fit the load option");
   }
   LoadOption out;
-  out.attributes = efi_loadopt_attrs(opt);
-  uint16_t path_len = efi_loadopt_pathlen(opt, size);
+  out.device_path.assign(bytes.begin() + desc_end, bytes.begin() + desc_end + path_len);
+  BYOI_RETURN_IF_ERROR(SummarizeDevicePath(out.device_path, out).Context("reading device path"));
+
+  // Now that the layout is sound, read the fields through libefiboot's accessors (which take a
+  // mutable pointer: a private copy, padded so a stray read stays inside it).
+  std::vector<uint8_t> copy(bytes.begin(), bytes.end());
+  copy.resize(bytes.size() + 8, 0);
+  auto* opt = reinterpret_cast<efi_load_option*>(copy.data());
+  const auto size = static_cast<ssize_t>(bytes.size());
   efidp dp = efi_loadopt_path(opt, size);
-  if (dp == nullptr || path_len == 0) {
-    return Status::Error(Code::kInvalid, "load option without a device path");
+  if (efi_loadopt_attrs(opt) != attributes || efi_loadopt_pathlen(opt, size) != path_len ||
+      reinterpret_cast<uint8_t*>(dp) != copy.data() + desc_end) {
+    return Status::Error(Code::kInvalid, "libefiboot reads the load option differently");
   }
-  auto* dp_bytes = reinterpret_cast<const uint8_t*>(dp);
-  size_t dp_offset = static_cast<size_t>(dp_bytes - copy.data());
-  if (dp_offset < kHeaderBytes || dp_offset + path_len > bytes.size()) {
-    return Status::Error(Code::kInvalid, "device path outside the load option");
-  }
-  out.device_path.assign(dp_bytes, dp_bytes + path_len);
-  // The description lies between the header and the device path. efi_loadopt_desc() converts it
-  // into one process-wide buffer (not thread-safe), so it is decoded here from the same bounds.
-  out.description = Utf16LeToUtf8({copy.data() + kHeaderBytes, dp_offset - kHeaderBytes},
+  out.attributes = attributes;
+  // efi_loadopt_desc() converts into one process-wide buffer (not thread-safe): decoded here.
+  out.description = Utf16LeToUtf8({bytes.data() + kHeaderBytes, desc_end - kHeaderBytes},
                                   /*stop_at_nul=*/true);
   unsigned char* data = nullptr;
   size_t data_len = 0;
   if (efi_loadopt_optional_data(opt, bytes.size(), &data, &data_len) == 0 && data != nullptr &&
-      data >= copy.data() + dp_offset + path_len && data + data_len <= copy.data() + bytes.size()) {
+      data == copy.data() + desc_end + path_len && data_len == bytes.size() - desc_end - path_len) {
     out.optional_data.assign(data, data + data_len);
   }
-  BYOI_RETURN_IF_ERROR(SummarizeDevicePath(out.device_path, out).Context("reading device path"));
   return out;
 }
 
 std::string FormatDevicePath(std::span<const uint8_t> device_path) {
-  constexpr std::string_view kUnprintable = "(unprintable device path)";
-  if (device_path.empty()) return std::string(kUnprintable);
-  std::vector<uint8_t> copy(device_path.begin(), device_path.end());
-  auto dp = reinterpret_cast<const_efidp>(copy.data());
-  auto limit = static_cast<ssize_t>(copy.size());
-  if (!efidp_is_valid(dp, limit)) return std::string(kUnprintable);
-  ssize_t need = efidp_format_device_path(nullptr, 0, dp, limit);
-  if (need <= 0 || need > 65536) return std::string(kUnprintable);
-  std::string text(static_cast<size_t>(need), '\0');
-  ssize_t made = efidp_format_device_path(text.data(), text.size(), dp, limit);
-  if (made < 0) return std::string(kUnprintable);
-  text.resize(std::strlen(text.c_str()));
-  return text;
+  // Our own printer, in efibootmgr's notation for the nodes we write: libefivar's formatter
+  // (efidp_format_device_path) trusts per-type node sizes and crashes on malformed paths.
+  LoadOption checked;
+  if (device_path.empty() || !SummarizeDevicePath(device_path, checked).ok()) {
+    return "(unprintable device path)";
+  }
+  std::string out;
+  for (size_t pos = 0; pos + 4 <= device_path.size();) {
+    const uint8_t* node = device_path.data() + pos;
+    uint8_t type = node[0];
+    uint8_t subtype = node[1];
+    size_t length = node[2] | (node[3] << 8);
+    if (type == kTypeEnd && subtype == kSubtypeEndEntire) break;
+    if (!out.empty()) out += type == kTypeEnd ? "," : "/";
+    if (type == kTypeEnd) {
+      // End of one instance: the comma above separates instances.
+    } else if (type == kTypeMedia && subtype == kSubtypeHardDrive &&
+               length >= kHardDriveNodeBytes) {
+      std::array<uint8_t, 16> sig{};
+      std::memcpy(sig.data(), node + 24, 16);
+      std::string signature;
+      if (node[41] == kSignatureTypeGuid) {
+        signature = EfiBytesToGuid(sig);
+      } else {
+        signature = fmt::format("{:08x}", Le32(sig.data()));
+      }
+      out += fmt::format("HD({},{},{},{:#x},{:#x})", Le32(node + 4),
+                         node[40] == 2   ? "GPT"
+                         : node[40] == 1 ? "MBR"
+                                         : "?",
+                         signature, Le64(node + 8), Le64(node + 16));
+    } else if (type == kTypeMedia && subtype == kSubtypeFilePath) {
+      out += "File(" + Utf16LeToUtf8({node + 4, length - 4}, /*stop_at_nul=*/true) + ")";
+    } else if (type == kTypeMessaging && subtype == kSubtypeMac) {
+      out += "MAC()";
+    } else if (type == kTypeMessaging && subtype == kSubtypeIpv4) {
+      out += "IPv4()";
+    } else if (type == kTypeMessaging && subtype == kSubtypeIpv6) {
+      out += "IPv6()";
+    } else if (type == kTypeMessaging && subtype == kSubtypeUri) {
+      out += "Uri()";
+    } else {
+      out += fmt::format("Path({},{})", type, subtype);
+    }
+    pos += length;
+  }
+  return out;
 }
 
 Result<std::array<uint8_t, 16>> GuidToEfiBytes(std::string_view text) {

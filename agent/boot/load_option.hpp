@@ -74,8 +74,9 @@ Result<std::vector<uint8_t>> EncodeLoadOption(const HardDriveNode& hd, std::stri
 // load option; never reads outside `bytes`.
 Result<LoadOption> DecodeLoadOption(std::span<const uint8_t> bytes);
 
-// libefivar's text form, as `efibootmgr -v` prints it: "HD(1,GPT,…,0x800,0x10000)/File(\EFI\…)".
-// For logs and status comments; "(unprintable device path)" when libefivar cannot format it.
+// Text for logs and status comments, in `efibootmgr -v` notation for the nodes we write:
+// "HD(1,GPT,…,0x800,0x10000)/File(\EFI\…)"; other nodes as "MAC()", "IPv4()", "Path(1,1)".
+// "(unprintable device path)" for a malformed path. Safe on any input.
 std::string FormatDevicePath(std::span<const uint8_t> device_path);
 
 // "d7928937-db77-4ce7-912c-205c05ddd690" (either case) -> the 16 bytes in EFI order (the first

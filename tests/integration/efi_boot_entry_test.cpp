@@ -363,7 +363,8 @@ TEST_P(EfiBootEntry, WritesWhatFirmwareExpects) {
   ASSERT_FALSE(loop.path().empty()) << "losetup failed";
   DiskSpec spec;
   spec.files = sc.files;
-  spec.fat_bits = sector_size == 512 ? 32 : 16;  // FAT32 needs more clusters than 40 MiB of 4 KiB
+  spec.fat_bits = sector_size == 512 ? 32 : 16;
+  spec.sectors_per_cluster = 1;  // FAT32 needs more clusters than 40 MiB of 4 KiB
   testing::PartitionAndFormat(loop.path(), spec, sector_size);
   if (HasFatalFailure()) return;
 
@@ -431,6 +432,7 @@ TEST_P(EfibootmgrOracle, OurEntryIsByteForByteWhatEfibootmgrWrites) {
   DiskSpec spec;
   spec.files = kGrubLayout;
   spec.fat_bits = sector_size == 512 ? 32 : 16;
+  spec.sectors_per_cluster = 1;
   testing::PartitionAndFormat(loop.path(), spec, sector_size);
   if (HasFatalFailure()) return;
 

@@ -148,10 +148,11 @@ inline void FillFat(const std::string& target, uint64_t offset, const std::vecto
 struct DiskSpec {
   bool mbr = false;
   uint64_t disk_mib = 64;
-  uint64_t esp_mib = 40;  // starts at 1 MiB
-  int fat_bits = 32;      // 12, 16, 32, or 0 for mkfs.fat's choice
-  bool esp_type = true;   // false: the first partition is a Linux one
-  bool format = true;     // mkfs.fat the first partition
+  uint64_t esp_mib = 40;        // starts at 1 MiB
+  int fat_bits = 32;            // 12, 16, 32, or 0 for mkfs.fat's choice
+  int sectors_per_cluster = 0;  // 0: 1 for FAT32, mkfs.fat's choice otherwise
+  bool esp_type = true;         // false: the first partition is a Linux one
+  bool format = true;           // mkfs.fat the first partition
   std::vector<EspFile> files;
 };
 
@@ -184,10 +185,12 @@ inline void PartitionAndFormat(const std::string& target, const DiskSpec& spec,
     mkfs.push_back("-F");
     mkfs.push_back(std::to_string(spec.fat_bits));
   }
-  if (spec.fat_bits == 16 || spec.fat_bits == 32) {
-    // One sector per cluster: enough clusters for the type even in small 4Kn partitions.
+  int per_cluster = spec.sectors_per_cluster != 0 ? spec.sectors_per_cluster
+                    : spec.fat_bits == 32         ? 1  // enough clusters for FAT32 in 40 MiB
+                                                  : 0;
+  if (per_cluster != 0) {
     mkfs.push_back("-s");
-    mkfs.push_back("1");
+    mkfs.push_back(std::to_string(per_cluster));
   }
   // --offset counts sectors of -S bytes; the size is in KiB.
   for (const std::string& a :
