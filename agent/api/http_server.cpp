@@ -43,8 +43,8 @@ bool IsDisconnect(const beast::error_code& ec) {
 
 class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
  public:
-  Impl(asio::io_context& ioc, const ApiHandler& handler, HttpServerOptions options)
-      : handler_(handler),
+  Impl(asio::io_context& ioc, RequestHandler handler, HttpServerOptions options)
+      : handler_(std::move(handler)),
         options_(std::move(options)),
         acceptor_(asio::make_strand(ioc)),
         pool_(options_.handler_threads),
@@ -218,7 +218,7 @@ class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
       HttpRequest request = parser.release();
       HttpResponse response = co_await asio::co_spawn(
           pool_.get_executor(),
-          [this, &request]() -> asio::awaitable<HttpResponse> { co_return handler_.Handle(request); },
+          [this, &request]() -> asio::awaitable<HttpResponse> { co_return handler_(request); },
           asio::use_awaitable);
       if (stopping_) co_return;
 
@@ -240,7 +240,7 @@ class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
     }
   }
 
-  const ApiHandler& handler_;
+  const RequestHandler handler_;
   const HttpServerOptions options_;
   tcp::acceptor acceptor_;
   asio::thread_pool pool_;
@@ -252,9 +252,9 @@ class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
 };
 
 Result<std::unique_ptr<HttpServer>> HttpServer::Start(asio::io_context& ioc,
-                                                      const ApiHandler& handler,
+                                                      RequestHandler handler,
                                                       HttpServerOptions options) {
-  auto impl = std::make_shared<Impl>(ioc, handler, std::move(options));
+  auto impl = std::make_shared<Impl>(ioc, std::move(handler), std::move(options));
   BYOI_RETURN_IF_ERROR(impl->LoadTls());
   BYOI_RETURN_IF_ERROR(impl->Listen());
   impl->StartAccepting();

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -24,6 +25,9 @@
 #include "agent/job/manifest.hpp"
 
 namespace byoi {
+
+// Answers one request; called on the server's handler threads, so it must be thread-safe.
+using RequestHandler = std::function<HttpResponse(const HttpRequest& request)>;
 
 struct HttpServerOptions {
   ListenAddress listen;
@@ -38,10 +42,10 @@ struct HttpServerOptions {
 
 class HttpServer {
  public:
-  // Binds and listens on `ioc` (which the caller runs). `handler` must outlive the server. kIo when
-  // the address cannot be bound; kInvalid when the TLS files cannot be loaded.
+  // Binds and listens on `ioc` (which the caller runs). kIo when the address cannot be bound;
+  // kInvalid when the TLS files cannot be loaded.
   static Result<std::unique_ptr<HttpServer>> Start(boost::asio::io_context& ioc,
-                                                   const ApiHandler& handler,
+                                                   RequestHandler handler,
                                                    HttpServerOptions options);
   // REQUIRES: Stop() was called and the io_context has run until the sessions ended (or stopped).
   ~HttpServer();

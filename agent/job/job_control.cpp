@@ -87,6 +87,15 @@ void JobControl::Work(std::shared_ptr<StatusBoard> board, std::shared_ptr<Cancel
     }
   }
 
+  // The one report of the job's end (stages return errors, they do not log them).
+  JobStatus final = board->Snapshot();
+  if (final.state == JobState::kDone) {
+    spdlog::info("deployment done in {} s", final.elapsed_seconds);
+  } else {
+    spdlog::error("deployment failed: {}{}", final.message,
+                  final.detail.empty() || final.detail == final.message ? "" : " (" + final.detail + ")");
+  }
+
   {
     std::lock_guard lock(mu_);
     running_ = false;

@@ -65,8 +65,12 @@ Result<std::optional<JobRecord>> StateFile::Load() const {
 Status StateFile::Save(const JobRecord& record) {
   std::lock_guard lock(mu_);
   std::filesystem::path dir = std::filesystem::path(path_).parent_path();
-  if (!dir.empty() && ::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
-    return Status::FromErrno("creating " + dir.string(), errno);
+  if (!dir.empty() && !std::filesystem::is_directory(dir)) {
+    std::error_code ec;
+    if (dir.has_parent_path()) std::filesystem::create_directories(dir.parent_path(), ec);
+    if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      return Status::FromErrno("creating " + dir.string(), errno);
+    }
   }
   last_save_ = std::chrono::steady_clock::now();
   return WriteFileAtomic(path_, StateToJson(record));
