@@ -36,6 +36,8 @@ set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION admin)
 set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
+# Debug info stays in the build tree; the package carries a stripped binary.
+set(CPACK_STRIP_FILES ON)
 # mkfs.fat and mcopy build the config drive; kexec is only for reboot = kexec.
 set(CPACK_DEBIAN_PACKAGE_DEPENDS "dosfstools, mtools")
 set(CPACK_DEBIAN_PACKAGE_SUGGESTS "kexec-tools")

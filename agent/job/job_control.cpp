@@ -120,9 +120,13 @@ void JobControl::Restore(JobRecord record) {
 JobControl::CancelOutcome JobControl::Cancel(std::chrono::milliseconds wait) {
   std::unique_lock lock(mu_);
   if (!running_) return CancelOutcome::kNotRunning;
-  cancel_->Cancel();
+  // A job whose status already ended is only finishing its thread (or holding the final status
+  // for the backend): nothing to cancel, it is as good as not running once the thread is done.
+  bool ended = board_->Snapshot().state != JobState::kDoing;
+  if (!ended) cancel_->Cancel();
   bool stopped = finished_cv_.wait_for(lock, wait, [this] { return !running_; });
-  return stopped ? CancelOutcome::kStopped : CancelOutcome::kStopping;
+  if (!stopped) return CancelOutcome::kStopping;
+  return ended ? CancelOutcome::kNotRunning : CancelOutcome::kStopped;
 }
 
 Status JobControl::Clear() {

@@ -80,7 +80,8 @@ class JobControl {
     kStopped,     // the job stopped within `wait`; its status says why (normally Deployment cancelled.)
     kStopping,    // the token is set but the runner has not returned yet; it will at its next safe point
   };
-  // Sets the job's CancelToken and waits up to `wait` for the runner to return.
+  // Sets the job's CancelToken and waits up to `wait` for the runner to return. A job whose status
+  // already ended (its thread is finishing) is not cancelled: kNotRunning once its thread is done.
   CancelOutcome Cancel(std::chrono::milliseconds wait = std::chrono::seconds(2));
 
   // Forgets a finished job (listeners get a null status). kBusy while a job is doing.
