@@ -2,13 +2,13 @@
 // with no socket in sight, so every route, status code and body is unit-tested without a network.
 // The session (http_server.hpp) owns the I/O, the size limits and the time-outs.
 //
-//   POST   /v1/bringYourOwnImage   202 + status | 400 {"message"} | 409 {"message"} (a job is doing)
-//   GET    /v1/bringYourOwnImage   200 + status | 404 {"message"} (no job)
-//   DELETE /v1/bringYourOwnImage   a doing job: cancel it, 204 once it stopped (within 2 s), or 202 +
-//                                  status when it is still stopping; otherwise: forget the job, 204
-//   GET    /v1/disks               200 + inventory
-//   GET    /healthz                200 "ok" (the only route without a token)
-//   GET    /metrics                200 Prometheus text
+//   POST /v1/bringYourOwnImage    202 + status | 400 {"message"} | 409 {"message"} (job doing)
+//   GET /v1/bringYourOwnImage     200 + status | 404 {"message"} (no job)
+//   DELETE /v1/bringYourOwnImage  a doing job: cancel it, 204 once it stopped (within 2 s), or
+//                                 202 + status while it is still stopping; else forget it, 204
+//   GET /v1/disks                 200 + inventory
+//   GET /healthz                  200 "ok" (the only route without a token)
+//   GET /metrics                  200 Prometheus text
 // Every other route needs `Authorization: Bearer <token>`: 401 with an empty body otherwise (before
 // any routing, so an unauthenticated client learns nothing). Unknown paths 404, wrong methods 405
 // with an Allow header; both with a JSON {"message"} body.
@@ -51,8 +51,8 @@ class ApiHandler {
   std::string token_;
 };
 
-// True when `authorization` is "Bearer <token>" (scheme case-insensitive). Compares in constant time
-// with respect to the token's content and length (SHA-256 of both, then CRYPTO_memcmp).
+// True when `authorization` is "Bearer <token>" (scheme case-insensitive). Compares in constant
+// time with respect to the token's content and length (SHA-256 of both, then CRYPTO_memcmp).
 bool BearerTokenMatches(std::string_view authorization, std::string_view token);
 
 // A response with a JSON body {"message": message}.

@@ -126,7 +126,8 @@ std::map<std::string, std::string> ParseKernelCmdline(std::string_view text,
     if (w == "--") break;  // the rest is init's
     if (w.rfind("byoi.", 0) != 0) continue;
     size_t eq = w.find('=');
-    std::string key = NormaliseKey(std::string_view(w).substr(5, eq == std::string::npos ? w.npos : eq - 5));
+    std::string key =
+        NormaliseKey(std::string_view(w).substr(5, eq == std::string::npos ? w.npos : eq - 5));
     if (!IsKnownKey(key)) {
       if (unknown) unknown->push_back("byoi." + key);
       continue;

@@ -8,10 +8,11 @@
 //   listen = 0.0.0.0:9999
 //   token = "s3cret"            # double quotes around a value are optional
 //
-// Keys are the flags' names with underscores (`--backend-url` is `backend_url`); dashes are accepted
-// too, as the kernel itself treats `-` and `_` alike in parameter names. An unknown key in the config
-// file is an error (a typo must not silently drop a setting); an unknown `byoi.` word on the kernel
-// command line is reported as a warning, since the command line is shared with other tools.
+// Keys are the flags' names with underscores (`--backend-url` is `backend_url`); dashes are
+// accepted too, as the kernel itself treats `-` and `_` alike in parameter names. An unknown key in
+// the config file is an error (a typo must not silently drop a setting); an unknown `byoi.` word on
+// the kernel command line is reported as a warning, since the command line is shared with other
+// tools.
 #pragma once
 
 #include <cstdint>
@@ -46,7 +47,8 @@ struct DaemonConfig {
 };
 
 struct ConfigSources {
-  // The config file; "" means kDefaultConfigFile when it exists. A file named explicitly must exist.
+  // The config file; "" means kDefaultConfigFile when it exists. A file named explicitly must
+  // exist.
   std::string config_file;
   std::string kernel_cmdline = "/proc/cmdline";  // "" to ignore the kernel command line
 };

@@ -30,8 +30,9 @@ std::string ProgressBar(uint64_t done, uint64_t total, int width) {
 std::string ProgressText(const StepStatus& step) {
   std::string out;
   if (step.bytes_total > 0) {
-    int percent = static_cast<int>(static_cast<double>(std::min(step.bytes_done, step.bytes_total)) *
-                                   100 / static_cast<double>(step.bytes_total));
+    int percent =
+        static_cast<int>(static_cast<double>(std::min(step.bytes_done, step.bytes_total)) * 100 /
+                         static_cast<double>(step.bytes_total));
     out = fmt::format("{} {:>3}%  {} of {}", ProgressBar(step.bytes_done, step.bytes_total),
                       percent, HumanBytes(step.bytes_done), HumanBytes(step.bytes_total));
   } else {
@@ -41,7 +42,8 @@ std::string ProgressText(const StepStatus& step) {
     double rate = static_cast<double>(step.bytes_done) / step.seconds;
     out += "  " + HumanRate(rate);
     if (step.bytes_total > step.bytes_done) {
-      out += "  ETA " + HumanDuration(static_cast<double>(step.bytes_total - step.bytes_done) / rate);
+      out +=
+          "  ETA " + HumanDuration(static_cast<double>(step.bytes_total - step.bytes_done) / rate);
     }
   }
   return out;
@@ -50,8 +52,8 @@ std::string ProgressText(const StepStatus& step) {
 Result<std::unique_ptr<ConsoleDisplay>> ConsoleDisplay::Open(const std::string& path) {
   // O_NOCTTY: a daemon must not acquire /dev/console as its controlling terminal. O_NONBLOCK: a
   // stuck serial line must not stall the deployment whose listener writes here.
-  BYOI_ASSIGN_OR_RETURN(UniqueFd fd,
-                        OpenFile(path, O_WRONLY | O_NOCTTY | O_NONBLOCK | O_APPEND | O_CREAT, 0644));
+  BYOI_ASSIGN_OR_RETURN(
+      UniqueFd fd, OpenFile(path, O_WRONLY | O_NOCTTY | O_NONBLOCK | O_APPEND | O_CREAT, 0644));
   bool tty = ::isatty(fd.get()) == 1;
   return std::make_unique<ConsoleDisplay>(std::move(fd), tty);
 }

@@ -2,8 +2,8 @@
 //
 // The daemon, top to bottom: load the configuration, set up logging, restore the last job from the
 // state file, wire the job's listeners (state file, metrics, console, backend poller), serve the
-// HTTP API on one io_context until SIGTERM/SIGINT, then shut down in order: stop accepting, cancel a
-// running job, flush status reports to the backend (bounded), stop.
+// HTTP API on one io_context until SIGTERM/SIGINT, then shut down in order: stop accepting, cancel
+// a running job, flush status reports to the backend (bounded), stop.
 #include <curl/curl.h>
 #include <spdlog/spdlog.h>
 
@@ -102,7 +102,8 @@ int RunDaemon(const DaemonArgs& args) {
     options.backend_url = config.backend_url;
     options.agent_id = *agent_id;
     options.token = config.token;
-    options.poll_interval = std::chrono::milliseconds(static_cast<int64_t>(config.poll_interval * 1000));
+    options.poll_interval =
+        std::chrono::milliseconds(static_cast<int64_t>(config.poll_interval * 1000));
     options.final_wait = config.job.reboot == "none" ? std::chrono::milliseconds(0)
                                                      : std::chrono::milliseconds(kFinalStatusWait);
     poller = std::make_unique<Poller>(*jobs, std::move(options));
@@ -119,8 +120,8 @@ int RunDaemon(const DaemonArgs& args) {
   boost::asio::io_context ioc;
   // The disk inventory seam: replace ListDisksBasic with the inventory of agent/disk/ (groups).
   std::string forced_disk = config.job.disk;
-  ApiHandler handler(*jobs, metrics, [forced_disk] { return ListDisksBasic(forced_disk); },
-                     config.token);
+  ApiHandler handler(
+      *jobs, metrics, [forced_disk] { return ListDisksBasic(forced_disk); }, config.token);
   std::unique_ptr<HttpServer> server;
   if (config.listen != "off") {
     HttpServerOptions options;

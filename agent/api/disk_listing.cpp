@@ -65,9 +65,8 @@ Result<json::value> ListDisksBasic(const std::string& forced_disk, const std::st
                                    {"readOnly", Attribute(dir + "/ro") == "1"}});
     }
   }
-  return json::value(json::object{{"disks", std::move(disks)},
-                                  {"forcedDisk", forced_disk},
-                                  {"groups", nullptr}});
+  return json::value(
+      json::object{{"disks", std::move(disks)}, {"forcedDisk", forced_disk}, {"groups", nullptr}});
 }
 
 }  // namespace byoi

@@ -12,8 +12,8 @@
 namespace byoi {
 
 // {"disks": [{"name", "path", "sizeBytes", "kind" ("nvme"|"ssd"|"hdd"), "model", "removable",
-// "readOnly"}], "forcedDisk": "<--disk or empty>", "groups": null}. Skips loop, ram, zram, dm-*, md*
-// and sr* devices. `sys_block` is /sys/block (a fake tree in tests).
+// "readOnly"}], "forcedDisk": "<--disk or empty>", "groups": null}. Skips loop, ram, zram, dm-*,
+// md* and sr* devices. `sys_block` is /sys/block (a fake tree in tests).
 Result<boost::json::value> ListDisksBasic(const std::string& forced_disk,
                                           const std::string& sys_block = "/sys/block");
 

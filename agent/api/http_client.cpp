@@ -74,7 +74,8 @@ Result<HttpResult> HttpClient::Send(std::string_view method, const std::string& 
   }
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers.get());
   curl_easy_setopt(curl, CURLOPT_USERAGENT, "byoi-agent/" BYOI_VERSION);
-  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(std::min<int64_t>(timeout.count(), 10000)));
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS,
+                   static_cast<long>(std::min<int64_t>(timeout.count(), 10000)));
   curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout.count()));
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, OnData);
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &transfer);
@@ -84,10 +85,12 @@ Result<HttpResult> HttpClient::Send(std::string_view method, const std::string& 
 
   CURLcode rc = curl_easy_perform(curl);
   if (transfer.too_big) {
-    return Status::Error(Code::kTooBig, fmt::format("{}: answer larger than {} bytes", what, max_body));
+    return Status::Error(Code::kTooBig,
+                         fmt::format("{}: answer larger than {} bytes", what, max_body));
   }
   if (rc == CURLE_ABORTED_BY_CALLBACK) return Status::Error(Code::kCancelled, what + ": stopped");
-  if (rc != CURLE_OK) return Status::Error(Code::kIo, fmt::format("{}: {}", what, curl_easy_strerror(rc)));
+  if (rc != CURLE_OK)
+    return Status::Error(Code::kIo, fmt::format("{}: {}", what, curl_easy_strerror(rc)));
   HttpResult result;
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &result.status);
   result.body = std::move(transfer.body);

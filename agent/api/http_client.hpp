@@ -27,9 +27,9 @@ class HttpClient {
   HttpClient& operator=(const HttpClient&) = delete;
 
   // Sends `method` to `url` with `body` (sent as application/json when not empty) and, when
-  // `bearer_token` is not empty, `Authorization: Bearer <token>`. Any HTTP status is a success here;
-  // kIo when the transfer fails, kTooBig when the answer exceeds `max_body` bytes. Error details name
-  // the URL without its userinfo and never the token.
+  // `bearer_token` is not empty, `Authorization: Bearer <token>`. Any HTTP status is a success
+  // here; kIo when the transfer fails, kTooBig when the answer exceeds `max_body` bytes. Error
+  // details name the URL without its userinfo and never the token.
   Result<HttpResult> Send(std::string_view method, const std::string& url, std::string_view body,
                           std::string_view bearer_token,
                           std::chrono::milliseconds timeout = std::chrono::seconds(30),

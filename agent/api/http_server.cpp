@@ -58,7 +58,9 @@ class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
     if (ec) return Status::Error(Code::kInvalid, "listen address: " + ec.message());
     tcp::endpoint endpoint(address, options_.listen.port);
     std::string where = options_.listen.address + ":" + std::to_string(options_.listen.port);
-    auto failed = [&] { return Status::Error(Code::kIo, "listening on " + where + ": " + ec.message()); };
+    auto failed = [&] {
+      return Status::Error(Code::kIo, "listening on " + where + ": " + ec.message());
+    };
     acceptor_.open(endpoint.protocol(), ec);
     if (ec) return failed();
     acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
@@ -141,8 +143,10 @@ class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
         continue;
       }
       // The session runs on the acceptor's strand too: one strand for the whole server keeps the
-      // session registry single-threaded while the io_context itself may have any number of threads.
-      asio::co_spawn(self->acceptor_.get_executor(), Session(self, std::move(socket)), asio::detached);
+      // session registry single-threaded while the io_context itself may have any number of
+      // threads.
+      asio::co_spawn(self->acceptor_.get_executor(), Session(self, std::move(socket)),
+                     asio::detached);
     }
   }
 
@@ -247,12 +251,11 @@ class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
   ssl::context tls_;
   bool use_tls_ = false;
   uint16_t port_ = 0;
-  bool stopping_ = false;                 // on the strand
+  bool stopping_ = false;                  // on the strand
   std::set<beast::tcp_stream*> sessions_;  // on the strand
 };
 
-Result<std::unique_ptr<HttpServer>> HttpServer::Start(asio::io_context& ioc,
-                                                      RequestHandler handler,
+Result<std::unique_ptr<HttpServer>> HttpServer::Start(asio::io_context& ioc, RequestHandler handler,
                                                       HttpServerOptions options) {
   auto impl = std::make_shared<Impl>(ioc, std::move(handler), std::move(options));
   BYOI_RETURN_IF_ERROR(impl->LoadTls());

@@ -1,14 +1,14 @@
 // The HTTP(S) listener and its sessions (design.md §7), on Boost.Beast with C++20 coroutines on one
-// io_context. Beast's three roles: the listener accepts (at most `max_connections` at once; more are
-// closed at once), a session per connection owns only I/O state, and ApiHandler answers. Handlers
-// run on a small thread pool, so a slow one (DELETE waits up to 2 s for the job to stop) never stalls
-// the io_context.
+// io_context. Beast's three roles: the listener accepts (at most `max_connections` at once; more
+// are closed at once), a session per connection owns only I/O state, and ApiHandler answers.
+// Handlers run on a small thread pool, so a slow one (DELETE waits up to 2 s for the job to stop)
+// never stalls the io_context.
 //
 // Limits, so that no client can hold the agent: headers ≤ 16 KiB (431), body ≤ 1 MiB (413, sent as
-// soon as the header announces more), a deadline for each whole request — headers and body — and for
-// each response write, an idle deadline between keep-alive requests, and a TLS handshake deadline.
-// After an error answer (400, 413, 431) the connection is closed after a short lingering drain, so a
-// client still sending its body reads the answer instead of a reset.
+// soon as the header announces more), a deadline for each whole request — headers and body — and
+// for each response write, an idle deadline between keep-alive requests, and a TLS handshake
+// deadline. After an error answer (400, 413, 431) the connection is closed after a short lingering
+// drain, so a client still sending its body reads the answer instead of a reset.
 #pragma once
 
 #include <boost/asio/io_context.hpp>

@@ -56,7 +56,8 @@ std::string Metrics::Render() const {
   };
   header("byoi_job_running", "gauge", "1 while a deployment is running.");
   out += fmt::format("byoi_job_running {}\n", running_ ? 1 : 0);
-  header("byoi_downloaded_bytes_total", "counter", "Image bytes downloaded since the agent started.");
+  header("byoi_downloaded_bytes_total", "counter",
+         "Image bytes downloaded since the agent started.");
   out += fmt::format("byoi_downloaded_bytes_total {}\n", downloaded_before_ + downloaded_now_);
   header("byoi_written_bytes_total", "counter", "Bytes written to disk since the agent started.");
   out += fmt::format("byoi_written_bytes_total {}\n", written_before_ + written_now_);

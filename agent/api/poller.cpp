@@ -96,16 +96,16 @@ void Poller::OnEvent(const JobEvent& event) {
   if (delivered) {
     spdlog::info("poller: final status of job {} delivered to the backend", id);
   } else {
-    spdlog::error("poller: could not deliver the final status of job {} within {} s; going on "
-                  "(rebooting) without telling the backend",
-                  id, options_.final_wait.count() / 1000);
+    spdlog::error(
+        "poller: could not deliver the final status of job {} within {} s; going on "
+        "(rebooting) without telling the backend",
+        id, options_.final_wait.count() / 1000);
   }
 }
 
 bool Poller::PollOnce() {
-  Result<HttpResult> answer =
-      client_.Send("GET", JobUrl(), "", options_.token, options_.request_timeout,
-                   kMaxManifestBytes + 4096);
+  Result<HttpResult> answer = client_.Send("GET", JobUrl(), "", options_.token,
+                                           options_.request_timeout, kMaxManifestBytes + 4096);
   if (!answer.ok()) {
     spdlog::warn("poller: {}", answer.status().ToString());
     return false;
@@ -260,7 +260,8 @@ void Poller::Loop() {
     wake_.wait_until(lock, until);
   }
   if (!queue_.empty()) {
-    spdlog::warn("poller: stopping with {} status report(s) the backend did not get", queue_.size());
+    spdlog::warn("poller: stopping with {} status report(s) the backend did not get",
+                 queue_.size());
   }
 }
 

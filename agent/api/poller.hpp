@@ -1,12 +1,15 @@
 // The backend poller (design.md §8): takes jobs from a provisioning backend and reports their
 // status back.
 //
-//   GET {backend_url}/v1/agents/{agentId}/job                 204: no job; 200: {"jobId", "manifest"}
-//   PUT {backend_url}/v1/agents/{agentId}/jobs/{jobId}/status the status JSON of design.md §5
+//   GET {backend_url}/v1/agents/{agentId}/job
+//       204: no job; 200: {"jobId": "...", "manifest": {...}}
+//   PUT {backend_url}/v1/agents/{agentId}/jobs/{jobId}/status
+//       the status JSON of design.md §5
 //
 // Both carry the bearer token. Polling happens only while no job is running, every poll_interval
 // with ±20 % jitter; after a failed poll the delay doubles (up to 5 min) with full jitter. A job
-// whose manifest is invalid is answered at once with an error status carrying the catalogue message.
+// whose manifest is invalid is answered at once with an error status carrying the catalogue
+// message.
 //
 // Status reports: every state or step change of a backend job is queued in order (byte progress
 // replaces a queued progress report instead of piling up), and while the job is doing a report goes
@@ -36,8 +39,8 @@ struct PollerOptions {
   std::string agent_id;
   std::string token;  // a secret: sent, never logged
   std::chrono::milliseconds poll_interval{5000};
-  std::chrono::milliseconds heartbeat{5000};      // a status report at least this often while doing
-  std::chrono::milliseconds final_wait{60000};    // how long a `done` job waits for its final report
+  std::chrono::milliseconds heartbeat{5000};    // a status report at least this often while doing
+  std::chrono::milliseconds final_wait{60000};  // how long a `done` job waits for its final report
   std::chrono::milliseconds max_poll_backoff{300000};
   std::chrono::milliseconds max_report_backoff{30000};
   std::chrono::milliseconds request_timeout{30000};

@@ -92,8 +92,9 @@ void JobControl::Work(std::shared_ptr<StatusBoard> board, std::shared_ptr<Cancel
   if (final.state == JobState::kDone) {
     spdlog::info("deployment done in {} s", final.elapsed_seconds);
   } else {
-    spdlog::error("deployment failed: {}{}", final.message,
-                  final.detail.empty() || final.detail == final.message ? "" : " (" + final.detail + ")");
+    spdlog::error(
+        "deployment failed: {}{}", final.message,
+        final.detail.empty() || final.detail == final.message ? "" : " (" + final.detail + ")");
   }
 
   {

@@ -1,19 +1,20 @@
 // JobControl: the one deployment a daemon runs at a time (design.md §7, §8).
 //
-// The HTTP handlers and the backend poller reach the job only through this thread-safe object. A job
-// runs on its own thread (never on the API's io_context), reporting into a StatusBoard of its own;
-// JobControl forwards every status change, tagged with the job's backend id, to its listeners (state
-// file, metrics, console, poller).
+// The HTTP handlers and the backend poller reach the job only through this thread-safe object. A
+// job runs on its own thread (never on the API's io_context), reporting into a StatusBoard of its
+// own; JobControl forwards every status change, tagged with the job's backend id, to its listeners
+// (state file, metrics, console, poller).
 //
 // The runner is injected with RunJob's signature, so tests drive JobControl with a fake runner.
 // What JobControl expects of the runner:
 //   - it reports into the board it is given, which JobControl has already Start()ed;
 //   - it polls the CancelToken at safe points (at least every 100 ms of work) and, once cancelled,
 //     returns a kCancelled Status (CancelToken::Check() makes one) after its failure cleanup;
-//   - it publishes the final status (board.Done()) BEFORE any reboot: listeners run synchronously in
-//     that call, and the poller blocks there (bounded) until the backend has the final status.
-// If the runner returns with the board still `doing` JobControl finishes the status itself (done, or
-// the returned error), so a job never stays `doing` after its thread ended.
+//   - it publishes the final status (board.Done()) BEFORE any reboot: listeners run
+//     synchronously in that call, and the poller blocks there (bounded) until the backend has the
+//     final status.
+// If the runner returns with the board still `doing` JobControl finishes the status itself (done,
+// or the returned error), so a job never stays `doing` after its thread ended.
 #pragma once
 
 #include <chrono>
@@ -77,8 +78,8 @@ class JobControl {
 
   enum class CancelOutcome {
     kNotRunning,  // no job was doing: nothing to cancel
-    kStopped,     // the job stopped within `wait`; its status says why (normally Deployment cancelled.)
-    kStopping,    // the token is set but the runner has not returned yet; it will at its next safe point
+    kStopped,     // stopped within `wait`; its status says why (normally "Deployment cancelled.")
+    kStopping,    // the token is set, the runner has not returned yet (it will at a safe point)
   };
   // Sets the job's CancelToken and waits up to `wait` for the runner to return. A job whose status
   // already ended (its thread is finishing) is not cancelled: kNotRunning once its thread is done.

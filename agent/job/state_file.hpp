@@ -2,9 +2,9 @@
 //
 // The file is the status JSON of design.md §5 plus a "jobId" field (the backend's id, "" for jobs
 // posted to the API). It is rewritten atomically (temp file, fsync, rename, fsync of the directory)
-// on every state or step change and at most every 5 s for byte progress, and removed when the job is
-// cleared. Default path: /run/byoi-agent/state.json (tmpfs: it survives a crash or a restart of the
-// service, not a reboot, which is what a rescue system wants).
+// on every state or step change and at most every 5 s for byte progress, and removed when the job
+// is cleared. Default path: /run/byoi-agent/state.json (tmpfs: it survives a crash or a restart of
+// the service, not a reboot, which is what a rescue system wants).
 //
 // On start, a job found `doing` cannot be running any more: it becomes `error` with the catalogue
 // message "Deployment interrupted: the agent restarted.".

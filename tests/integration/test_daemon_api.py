@@ -184,6 +184,17 @@ class ApiTest(unittest.TestCase):
             t.join()
             slow.close()
 
+    def test_status_command_asks_the_daemon(self):
+        url = "http://127.0.0.1:%d" % self.daemon.port
+        r = subprocess.run([h.AGENT, "status", "--url", url, "--token", h.TOKEN],
+                           capture_output=True, text=True, timeout=15)
+        self.assertEqual((r.returncode, r.stdout), (0, "no deployment\n"))
+        r = subprocess.run([h.AGENT, "status", "--url", url, "--token", "wrong"],
+                           capture_output=True, text=True, timeout=15)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("the agent answered HTTP 401", r.stderr)
+        self.assertNotIn("wrong", r.stderr)
+
     def test_daemon_reads_config_file_and_kernel_cmdline(self):
         # The console key came from the config file: a plain-lines console file exists.
         self.assertTrue(os.path.exists(self.daemon.console))

@@ -1,11 +1,10 @@
 // The agent id: configured, else DMI product UUID, else the first permanent MAC (design.md §8).
-#include "agent/api/agent_id.hpp"
-
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
 
+#include "agent/api/agent_id.hpp"
 #include "agent/base/fd.hpp"
 
 namespace byoi {
@@ -27,8 +26,8 @@ class AgentIdTest : public ::testing::Test {
     fs::create_directories((root_ / rel).parent_path());
     ASSERT_TRUE(WriteFileAtomic((root_ / rel).string(), text).ok());
   }
-  void Nic(const std::string& name, const std::string& mac, const std::string& assign,
-           bool device, const std::string& type = "1") {
+  void Nic(const std::string& name, const std::string& mac, const std::string& assign, bool device,
+           const std::string& type = "1") {
     Put("class/net/" + name + "/address", mac + "\n");
     Put("class/net/" + name + "/addr_assign_type", assign + "\n");
     Put("class/net/" + name + "/type", type + "\n");
@@ -53,9 +52,9 @@ TEST_F(AgentIdTest, DmiUuidInLowerCase) {
 
 TEST_F(AgentIdTest, PlaceholderUuidsFallBackToThePermanentMac) {
   Nic("lo", "00:00:00:00:00:00", "0", false, "772");
-  Nic("bond0", "aa:bb:cc:dd:ee:99", "3", false);    // no device: virtual
+  Nic("bond0", "aa:bb:cc:dd:ee:99", "3", false);  // no device: virtual
   Nic("eno2", "AA:BB:CC:DD:EE:02", "0", true);
-  Nic("eno1", "aa:bb:cc:dd:ee:03", "1", true);      // random address: not permanent
+  Nic("eno1", "aa:bb:cc:dd:ee:03", "1", true);  // random address: not permanent
   Nic("eno3", "aa:bb:cc:dd:ee:04", "0", true);
   for (const char* uuid : {"00000000-0000-0000-0000-000000000000",
                            "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "Not Settable", ""}) {

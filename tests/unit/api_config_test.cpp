@@ -1,12 +1,11 @@
 // Daemon configuration: the config file format, kernel command line words, precedence and
 // validation (design.md §6).
-#include "agent/api/config.hpp"
-
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
 
+#include "agent/api/config.hpp"
 #include "agent/base/fd.hpp"
 
 namespace byoi {
@@ -74,11 +73,16 @@ TEST(ListenAddressTest, Table) {
     const char* address;
     uint16_t port;
   } cases[] = {
-      {"0.0.0.0:9999", true, "0.0.0.0", 9999}, {"127.0.0.1:0", true, "127.0.0.1", 0},
-      {"[::]:9999", true, "::", 9999},         {"[::1]:80", true, "::1", 80},
-      {"9999", false, "", 0},                  {"localhost:80", false, "", 0},
-      {"1.2.3.4:65536", false, "", 0},         {"1.2.3.4:", false, "", 0},
-      {"[::1]80", false, "", 0},               {"::1:80", false, "", 0},
+      {"0.0.0.0:9999", true, "0.0.0.0", 9999},
+      {"127.0.0.1:0", true, "127.0.0.1", 0},
+      {"[::]:9999", true, "::", 9999},
+      {"[::1]:80", true, "::1", 80},
+      {"9999", false, "", 0},
+      {"localhost:80", false, "", 0},
+      {"1.2.3.4:65536", false, "", 0},
+      {"1.2.3.4:", false, "", 0},
+      {"[::1]80", false, "", 0},
+      {"::1:80", false, "", 0},
       {"1.2.3.4:8x", false, "", 0},
   };
   for (const Case& c : cases) {
@@ -134,10 +138,10 @@ TEST_F(DaemonConfigTest, FlagBeatsKernelCmdlineBeatsConfigFile) {
   flags_.listen = "127.0.0.1:3";
   Result<DaemonConfig> c = Load();
   ASSERT_TRUE(c.ok()) << c.status().ToString();
-  EXPECT_EQ(c->listen, "127.0.0.1:3");      // flag
-  EXPECT_EQ(c->token, "cmdline-token");     // kernel command line over file
-  EXPECT_EQ(c->job.disk, "/dev/sdc");       // kernel command line over file
-  EXPECT_EQ(c->job.reboot, "poweroff");     // file only
+  EXPECT_EQ(c->listen, "127.0.0.1:3");   // flag
+  EXPECT_EQ(c->token, "cmdline-token");  // kernel command line over file
+  EXPECT_EQ(c->job.disk, "/dev/sdc");    // kernel command line over file
+  EXPECT_EQ(c->job.reboot, "poweroff");  // file only
   EXPECT_EQ(c->job.memory_limit, 2ull << 30);
   EXPECT_EQ(c->poll_interval, 0.5);
   EXPECT_EQ(c->console, "/dev/ttyS0");
@@ -153,8 +157,8 @@ TEST_F(DaemonConfigTest, UnknownKernelWordsAreWarningsNotErrors) {
   Write("cmdline", "byoi.tokn=x\n");
   Result<DaemonConfig> c = Load();
   ASSERT_TRUE(c.ok());
-  EXPECT_EQ(c->warnings, std::vector<std::string>{
-                             "ignoring unknown kernel command line option byoi.tokn"});
+  EXPECT_EQ(c->warnings,
+            std::vector<std::string>{"ignoring unknown kernel command line option byoi.tokn"});
 }
 
 TEST_F(DaemonConfigTest, BackendUrlLosesItsTrailingSlash) {

@@ -1,9 +1,8 @@
 // Console progress: what a person watching IPMI/KVM or a serial console sees.
-#include "agent/api/console.hpp"
-
 #include <fcntl.h>
 #include <gtest/gtest.h>
 
+#include "agent/api/console.hpp"
 #include "agent/base/messages.hpp"
 
 namespace byoi {
@@ -23,7 +22,8 @@ TEST(ConsoleTest, ProgressTextShowsBytesRateAndEta) {
   s.bytes_done = 1000000000;
   s.bytes_total = 2000000000;
   s.seconds = 10;
-  EXPECT_EQ(ProgressText(s), ProgressBar(1, 2) + "  50%  " + "954 MiB of 1.9 GiB  100 MB/s  ETA 10 s");
+  EXPECT_EQ(ProgressText(s),
+            ProgressBar(1, 2) + "  50%  " + "954 MiB of 1.9 GiB  100 MB/s  ETA 10 s");
   s.bytes_total = 0;  // size unknown: no bar, no ETA
   EXPECT_EQ(ProgressText(s), "954 MiB  100 MB/s");
 }
@@ -72,10 +72,12 @@ TEST_F(ConsoleRenderTest, TerminalRedrawsTheProgressLineInPlace) {
   s.progress[0].state = StepState::kDoing;
   s.progress[0].bytes_done = 50;
   s.progress[0].bytes_total = 100;
-  EXPECT_EQ(console.Render(s, true), "byoi-agent: download    started\n\r\033[Kbyoi-agent: download    " +
-                                         ProgressText(s.progress[0]));
+  EXPECT_EQ(console.Render(s, true),
+            "byoi-agent: download    started\n\r\033[Kbyoi-agent: download    " +
+                ProgressText(s.progress[0]));
   s.progress[0].bytes_done = 60;
-  EXPECT_EQ(console.Render(s, false), "\r\033[Kbyoi-agent: download    " + ProgressText(s.progress[0]));
+  EXPECT_EQ(console.Render(s, false),
+            "\r\033[Kbyoi-agent: download    " + ProgressText(s.progress[0]));
   s.progress[0].state = StepState::kDone;
   s.state = JobState::kDone;
   s.message = "done";

@@ -24,7 +24,8 @@ class ApiHandlerTest : public ::testing::Test {
  protected:
   ApiHandlerTest()
       : jobs_(
-            [this](const Manifest&, const RunOptions&, StatusBoard& board, const CancelToken& cancel) {
+            [this](const Manifest&, const RunOptions&, StatusBoard& board,
+                   const CancelToken& cancel) {
               board.BeginStep(Step::kDownload, "downloading image");
               while (!release_) {
                 if (Status s = cancel.Check(); !s.ok()) return s;
@@ -34,7 +35,8 @@ class ApiHandlerTest : public ::testing::Test {
               return Status::Ok();
             },
             {}),
-        handler_(jobs_, metrics_, [this] { return disks_(); }, kToken) {
+        handler_(
+            jobs_, metrics_, [this] { return disks_(); }, kToken) {
     jobs_.Subscribe([this](const JobEvent& e) { metrics_.OnEvent(e); });
   }
   ~ApiHandlerTest() override { release_ = true; }
@@ -58,7 +60,9 @@ class ApiHandlerTest : public ::testing::Test {
   std::atomic<bool> release_{false};
   Metrics metrics_;
   JobControl jobs_;
-  std::function<Result<json::value>()> disks_ = [] { return json::value(json::object{{"disks", json::array{}}}); };
+  std::function<Result<json::value>()> disks_ = [] {
+    return json::value(json::object{{"disks", json::array{}}});
+  };
   ApiHandler handler_;
 };
 
@@ -71,9 +75,9 @@ TEST_F(ApiHandlerTest, HealthzNeedsNoToken) {
 
 TEST_F(ApiHandlerTest, EverythingElseNeedsTheTokenAnd401SaysNothing) {
   for (const char* target : {"/v1/bringYourOwnImage", "/v1/disks", "/metrics", "/nope"}) {
-    for (std::string auth : {std::string(), std::string("Bearer wrong"), std::string("Basic ") + kToken,
-                             std::string("Bearer ") + kToken + "x", std::string("Bearer "),
-                             std::string("Bearer")}) {
+    for (std::string auth :
+         {std::string(), std::string("Bearer wrong"), std::string("Basic ") + kToken,
+          std::string("Bearer ") + kToken + "x", std::string("Bearer "), std::string("Bearer")}) {
       HttpResponse res = Send(http::verb::get, target, "", auth);
       EXPECT_EQ(res.result_int(), 401) << target << " " << auth;
       EXPECT_EQ(res.body(), "");
@@ -119,7 +123,8 @@ TEST_F(ApiHandlerTest, BadManifestsGet400WithTheExactCatalogueMessage) {
       {R"({"URL": "http://h/x", "type": "vmdk"})", std::string(msg::kBadFormat)},
       {R"({"URL": "http://h/x", "type": "raw", "checkSum": "ab", "checkSumType": "crc32"})",
        std::string(msg::kBadChecksumType)},
-      {R"({"URL": "http://h/x", "type": "raw", "checkSum": "ab"})", std::string(msg::kChecksumPair)},
+      {R"({"URL": "http://h/x", "type": "raw", "checkSum": "ab"})",
+       std::string(msg::kChecksumPair)},
   };
   for (const Case& c : cases) {
     HttpResponse res = Send(http::verb::post, "/v1/bringYourOwnImage", c.body);
@@ -200,7 +205,8 @@ TEST_F(ApiHandlerTest, MetricsArePrometheusText) {
         "# TYPE byoi_downloaded_bytes_total counter\n",
         "byoi_step_duration_seconds{step=\"download\"} ",
         "byoi_jobs_total{outcome=\"cancelled\"} 1\n", "byoi_jobs_total{outcome=\"done\"} 0\n",
-        "byoi_http_requests_total{code=\"202\"} 1\n", "byoi_http_requests_total{code=\"401\"} 1\n"}) {
+        "byoi_http_requests_total{code=\"202\"} 1\n",
+        "byoi_http_requests_total{code=\"401\"} 1\n"}) {
     EXPECT_NE(text.find(line), std::string::npos) << line << "\n---\n" << text;
   }
   // Every sample line is `name{labels} value` or `name value`, each family announced first.

@@ -1,8 +1,6 @@
 // The backend poller against a fake backend (our own HttpServer on 127.0.0.1): it takes one job,
 // reports every step, retries refused reports, sends heartbeats, and holds a `done` job until the
 // backend has the final status (design.md §8).
-#include "agent/api/poller.hpp"
-
 #include <curl/curl.h>
 #include <gtest/gtest.h>
 
@@ -11,6 +9,7 @@
 #include <thread>
 
 #include "agent/api/http_server.hpp"
+#include "agent/api/poller.hpp"
 #include "agent/base/messages.hpp"
 
 namespace byoi {
@@ -23,19 +22,21 @@ using Clock = std::chrono::steady_clock;
 
 struct Put {
   std::string path;
-  std::string status;   // doing/done/error
+  std::string status;  // doing/done/error
   std::string message;
-  std::string steps;    // "download:doing,verify:todo,..."
+  std::string steps;  // "download:doing,verify:todo,..."
   Clock::time_point at;
 };
 
 // Hands out `job_body` once, then 204; refuses the first `fail_puts` status reports with 503.
 class FakeBackend {
  public:
-  FakeBackend(std::string job_body, int fail_puts) : job_body_(std::move(job_body)), fail_puts_(fail_puts) {
+  FakeBackend(std::string job_body, int fail_puts)
+      : job_body_(std::move(job_body)), fail_puts_(fail_puts) {
     HttpServerOptions options;
     options.listen = {"127.0.0.1", 0};
-    auto started = HttpServer::Start(ioc_, [this](const HttpRequest& r) { return Handle(r); }, options);
+    auto started = HttpServer::Start(
+        ioc_, [this](const HttpRequest& r) { return Handle(r); }, options);
     EXPECT_TRUE(started.ok());
     server_ = std::move(*started);
     thread_ = std::thread([this] { ioc_.run(); });
@@ -79,7 +80,8 @@ class FakeBackend {
         json::object s = json::parse(req.body()).as_object();
         std::string steps;
         for (const auto& p : s.at("progress").as_array()) {
-          steps += std::string(p.at("step").as_string()) + ":" + std::string(p.at("status").as_string()) + ",";
+          steps += std::string(p.at("step").as_string()) + ":" +
+                   std::string(p.at("status").as_string()) + ",";
         }
         puts_.push_back({std::string(req.target()), std::string(s.at("status").as_string()),
                          std::string(s.at("message").as_string()), steps, Clock::now()});
@@ -175,9 +177,11 @@ TEST_F(PollerTest, TakesAJobReportsEveryStepRetriesAndDeliversTheFinalStatusBefo
   for (const Put& p : puts) {
     if (messages.empty() || messages.back() != p.message) messages.push_back(p.message);
   }
-  std::vector<std::string> expected{"starting", "downloading image", "writing image", "rebooting", "done"};
+  std::vector<std::string> expected{"starting", "downloading image", "writing image", "rebooting",
+                                    "done"};
   EXPECT_EQ(messages, expected);
-  EXPECT_EQ(puts.back().steps.find("download:done,verify:todo,write:done"), 0u) << puts.back().steps;
+  EXPECT_EQ(puts.back().steps.find("download:done,verify:todo,write:done"), 0u)
+      << puts.back().steps;
   // The runner could not reboot before the backend had the final status.
   EXPECT_LE(puts.back().at, done_returned);
   // Only one job was taken; no poll while it ran... but polling resumed after it.
@@ -213,7 +217,12 @@ TEST_F(PollerTest, HeartbeatsWhileAStepMakesNoVisibleProgress) {
 TEST_F(PollerTest, AnInvalidManifestIsAnsweredWithTheCatalogueMessage) {
   FakeBackend backend(R"({"jobId": "j2", "manifest": {"URL": "http://h/x", "type": "iso"}})", 1);
   bool ran = false;
-  JobControl jobs([&](auto&&...) { ran = true; return Status::Ok(); }, {});
+  JobControl jobs(
+      [&](auto&&...) {
+        ran = true;
+        return Status::Ok();
+      },
+      {});
   Poller poller(jobs, Options(backend));
   jobs.Subscribe([&](const JobEvent& e) { poller.OnEvent(e); });
   poller.Start();

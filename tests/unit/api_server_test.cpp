@@ -1,7 +1,5 @@
 // The HTTP listener and sessions on a real socket (127.0.0.1, ephemeral port): limits, time-outs,
 // keep-alive, 100-continue, the connection cap, handlers off the io_context, and shutdown.
-#include "agent/api/http_server.hpp"
-
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -13,6 +11,8 @@
 #include <boost/asio/io_context.hpp>
 #include <thread>
 
+#include "agent/api/api_handler.hpp"
+#include "agent/api/http_server.hpp"
 #include "agent/base/fd.hpp"
 
 namespace byoi {
@@ -27,7 +27,8 @@ class TestServer {
  public:
   TestServer(RequestHandler handler, HttpServerOptions options = {}) {
     options.listen = {"127.0.0.1", 0};
-    Result<std::unique_ptr<HttpServer>> started = HttpServer::Start(ioc_, std::move(handler), options);
+    Result<std::unique_ptr<HttpServer>> started =
+        HttpServer::Start(ioc_, std::move(handler), options);
     EXPECT_TRUE(started.ok()) << started.status().ToString();
     server_ = std::move(*started);
     thread_ = std::thread([this] { ioc_.run(); });
@@ -146,8 +147,8 @@ TEST(HttpServerTest, ExactlyOneMiBIsAccepted) {
   UniqueFd fd = Connect(server.port());
   std::string body(1 << 20, 'x');
   std::thread sender([&] {
-    SendAll(fd.get(), "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) +
-                          "\r\n\r\n" + body);
+    SendAll(fd.get(), "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                          std::to_string(body.size()) + "\r\n\r\n" + body);
   });
   std::string res = ReadResponse(fd.get());
   sender.join();
@@ -158,7 +159,8 @@ TEST(HttpServerTest, ChunkedBodyOver1MiBIs413) {
   TestServer server(Echo);
   UniqueFd fd = Connect(server.port());
   std::thread sender([&] {
-    if (!SendAll(fd.get(), "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")) return;
+    if (!SendAll(fd.get(), "POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"))
+      return;
     std::string chunk = "10000\r\n" + std::string(0x10000, 'y') + "\r\n";
     for (int i = 0; i < 20; ++i) {
       if (!SendAll(fd.get(), chunk)) return;
@@ -191,7 +193,8 @@ TEST(HttpServerTest, HugeHeadersAre431AndGarbageIs400) {
 TEST(HttpServerTest, ExpectContinueGetsA100BeforeTheBody) {
   TestServer server(Echo);
   UniqueFd fd = Connect(server.port());
-  SendAll(fd.get(), "POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
+  SendAll(fd.get(),
+          "POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
   std::string cont = ReadResponse(fd.get(), 2000ms);
   EXPECT_EQ(cont, "HTTP/1.1 100 Continue\r\n\r\n");
   SendAll(fd.get(), "abc");
@@ -298,6 +301,55 @@ TEST(HttpServerTest, MissingTlsFilesAreInvalid) {
   Result<std::unique_ptr<HttpServer>> server = HttpServer::Start(ioc, Echo, options);
   ASSERT_FALSE(server.ok());
   EXPECT_EQ(server.status().code(), Code::kInvalid);
+}
+
+}  // namespace
+}  // namespace byoi
+
+namespace byoi {
+namespace {
+
+// The API's one-job rule and cancellation over a real connection, with a runner that downloads
+// until cancelled (the real pipeline's download loop behaves the same way).
+TEST(ApiOverHttpTest, SecondPostIs409AndDeleteCancelsWithin2Seconds) {
+  JobControl jobs(
+      [](const Manifest&, const RunOptions&, StatusBoard& board, const CancelToken& cancel) {
+        board.BeginStep(Step::kDownload, "downloading image");
+        for (uint64_t done = 0;; done += 1024) {
+          if (Status s = cancel.Check(); !s.ok()) return s;
+          board.StepProgress(Step::kDownload, done, 1 << 30);
+          std::this_thread::sleep_for(20ms);
+        }
+      },
+      {});
+  Metrics metrics;
+  ApiHandler api(
+      jobs, metrics, [] { return Result<boost::json::value>(boost::json::value()); }, "tok");
+  TestServer server([&api](const HttpRequest& r) { return api.Handle(r); });
+
+  auto exchange = [&](const std::string& request) {
+    UniqueFd fd = Connect(server.port());
+    SendAll(fd.get(), request);
+    return ReadResponse(fd.get());
+  };
+  std::string body = R"({"URL": "http://127.0.0.1:1/x.raw", "type": "raw"})";
+  std::string post =
+      "POST /v1/bringYourOwnImage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n"
+      "Content-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  EXPECT_EQ(exchange(post).rfind("HTTP/1.1 202 ", 0), 0u);
+  std::string second = exchange(post);
+  EXPECT_EQ(second.rfind("HTTP/1.1 409 ", 0), 0u) << second;
+  EXPECT_NE(second.find("A deployment is already in progress."), std::string::npos);
+
+  auto start = Clock::now();
+  std::string del = exchange(
+      "DELETE /v1/bringYourOwnImage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n\r\n");
+  EXPECT_EQ(del.rfind("HTTP/1.1 204 ", 0), 0u) << del;
+  EXPECT_LT(Clock::now() - start, 2s);
+  std::string get = exchange(Get("/v1/bringYourOwnImage", "Authorization: Bearer tok\r\n"));
+  EXPECT_NE(get.find(R"("status":"error","message":"Deployment cancelled.")"), std::string::npos)
+      << get;
 }
 
 }  // namespace

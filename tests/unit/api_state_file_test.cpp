@@ -1,6 +1,4 @@
 // The state file: atomic saves, the interrupted conversion on load, removal on clear.
-#include "agent/job/state_file.hpp"
-
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -9,6 +7,7 @@
 
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
+#include "agent/job/state_file.hpp"
 
 namespace byoi {
 namespace {
@@ -85,8 +84,9 @@ TEST_F(StateFileTest, ADoingJobComesBackAsInterrupted) {
 
 TEST_F(StateFileTest, GarbageIsInvalidNotACrash) {
   std::string path = (dir_ / "state.json").string();
-  for (std::string text : {"", "{", "[]", "{\"status\": \"maybe\", \"message\": \"\", \"progress\": []}",
-                           "{\"status\": \"doing\"}"}) {
+  for (std::string text :
+       {"", "{", "[]", "{\"status\": \"maybe\", \"message\": \"\", \"progress\": []}",
+        "{\"status\": \"doing\"}"}) {
     ASSERT_TRUE(WriteFileAtomic(path, text).ok());
     Result<std::optional<JobRecord>> loaded = StateFile(path).Load();
     ASSERT_FALSE(loaded.ok()) << text;

@@ -144,8 +144,7 @@ TEST(JobControlTest, RunnerThatLeavesTheBoardDoingIsFinishedForIt) {
 }
 
 TEST(JobControlTest, RunnerExceptionBecomesAnErrorNotACrash) {
-  JobControl jobs(
-      [](auto&&...) -> Status { throw std::runtime_error("boom"); }, {});
+  JobControl jobs([](auto&&...) -> Status { throw std::runtime_error("boom"); }, {});
   ASSERT_TRUE(jobs.Submit(TestManifest()).ok());
   JobStatus s = WaitUntilEnded(jobs);
   EXPECT_EQ(s.state, JobState::kError);
@@ -199,7 +198,12 @@ TEST(JobControlTest, ListenersSeeEveryStepChangeWithTheJobId) {
 
 TEST(JobControlTest, RestoreInstallsAFinishedJobWithoutRunningIt) {
   bool ran = false;
-  JobControl jobs([&](auto&&...) { ran = true; return Status::Ok(); }, {});
+  JobControl jobs(
+      [&](auto&&...) {
+        ran = true;
+        return Status::Ok();
+      },
+      {});
   int events = 0;
   jobs.Subscribe([&](const JobEvent& e) {
     EXPECT_EQ(e.job_id, "job-9");
