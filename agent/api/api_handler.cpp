@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <strings.h>
 
+#include <algorithm>
 #include <boost/beast/http/field.hpp>
 #include <boost/json.hpp>
 
@@ -67,9 +68,11 @@ HttpResponse ApiHandler::Handle(const HttpRequest& request) const {
   res.keep_alive(request.keep_alive());
   res.prepare_payload();
   metrics_.CountRequest(res.result_int());
-  // Method, path and code only: headers (the token, image credentials) and bodies are never logged.
+  // Method, path and code only: headers (the token, image credentials), query strings and bodies
+  // are never logged.
+  std::string_view target = request.target();
   spdlog::debug("http: {} {} -> {}", std::string_view(request.method_string()),
-                std::string_view(request.target()).substr(0, 200), res.result_int());
+                target.substr(0, std::min<size_t>(target.find('?'), 200)), res.result_int());
   return res;
 }
 
