@@ -1,8 +1,185 @@
+// `byoi-agent daemon` and `byoi-agent status` (design.md §6-§8).
+//
+// The daemon, top to bottom: load the configuration, set up logging, restore the last job from the
+// state file, wire the job's listeners (state file, metrics, console, backend poller), serve the
+// HTTP API on one io_context until SIGTERM/SIGINT, then shut down in order: stop accepting, cancel
+// a running job, flush status reports to the backend (bounded), stop.
+#include <curl/curl.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/json.hpp>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+
+#include "agent/api/agent_id.hpp"
+#include "agent/api/api_handler.hpp"
+#include "agent/api/config.hpp"
+#include "agent/api/console.hpp"
+#include "agent/api/disk_listing.hpp"
+#include "agent/api/http_client.hpp"
+#include "agent/api/http_server.hpp"
+#include "agent/api/metrics.hpp"
+#include "agent/api/poller.hpp"
+#include "agent/base/log.hpp"
 #include "agent/commands.hpp"
+#include "agent/job/job_control.hpp"
+#include "agent/job/runner.hpp"
+#include "agent/job/state_file.hpp"
 
 namespace byoi {
 
-int RunDaemon(const DaemonArgs&) { return NotYetAvailable("daemon"); }
-int RunStatus(const StatusArgs&) { return NotYetAvailable("status"); }
+namespace {
+
+// How long a `done` job (a reboot follows) waits for the backend to take its final status.
+constexpr auto kFinalStatusWait = std::chrono::seconds(60);
+// How long shutdown keeps trying to deliver queued status reports.
+constexpr auto kShutdownFlush = std::chrono::seconds(5);
+
+// The kernel command line the daemon reads; BYOI_KERNEL_CMDLINE replaces /proc/cmdline (tests, and
+// operators trying a command line before booting with it).
+std::string KernelCmdlinePath() {
+  const char* path = std::getenv("BYOI_KERNEL_CMDLINE");
+  return path ? path : "/proc/cmdline";
+}
+
+void RestoreLastJob(StateFile& state, JobControl& jobs) {
+  Result<std::optional<JobRecord>> last = state.Load();
+  if (!last.ok()) {
+    spdlog::warn("state file: {}; starting without a job", last.status().ToString());
+    return;
+  }
+  if (!*last) return;
+  const JobRecord& record = **last;
+  spdlog::info("state file: last job {}: {}", JobStateName(record.status.state),
+               record.status.message);
+  jobs.Restore(std::move(**last));
+}
+
+}  // namespace
+
+int RunDaemon(const DaemonArgs& args) {
+  Result<DaemonConfig> loaded = LoadDaemonConfig(args, {args.config, KernelCmdlinePath()});
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "byoi-agent daemon: %s\n", loaded.status().ToString().c_str());
+    return kExitUsage;
+  }
+  const DaemonConfig& config = *loaded;
+  if (Status s = SetupLogging(config.log_level); !s.ok()) {
+    std::fprintf(stderr, "byoi-agent daemon: %s\n", s.ToString().c_str());
+    return kExitUsage;
+  }
+  spdlog::info("byoi-agent {} starting", BYOI_VERSION);
+  for (const std::string& w : config.warnings) spdlog::warn("config: {}", w);
+  for (const std::string& s : config.sources) spdlog::debug("config: {}", s);  // names, no values
+
+  std::signal(SIGPIPE, SIG_IGN);
+  curl_global_init(CURL_GLOBAL_DEFAULT);  // before any thread starts
+
+  StateFile state(config.state_file);
+  Metrics metrics;
+  std::unique_ptr<ConsoleDisplay> console;
+  if (config.console != "none") {
+    Result<std::unique_ptr<ConsoleDisplay>> opened = ConsoleDisplay::Open(config.console);
+    if (opened.ok()) {
+      console = std::move(*opened);
+    } else {
+      spdlog::warn("console: {}; no progress display", opened.status().ToString());
+    }
+  }
+
+  auto jobs = std::make_unique<JobControl>(RunJob, RunOptions{config.job, false});
+  std::unique_ptr<Poller> poller;
+  if (!config.backend_url.empty()) {
+    Result<std::string> agent_id = ResolveAgentId(config.agent_id);
+    if (!agent_id.ok()) {
+      spdlog::error("{}", agent_id.status().ToString());
+      return kExitUsage;
+    }
+    PollerOptions options;
+    options.backend_url = config.backend_url;
+    options.agent_id = *agent_id;
+    options.token = config.token;
+    options.poll_interval =
+        std::chrono::milliseconds(static_cast<int64_t>(config.poll_interval * 1000));
+    options.final_wait = config.job.reboot == "none" ? std::chrono::milliseconds(0)
+                                                     : std::chrono::milliseconds(kFinalStatusWait);
+    poller = std::make_unique<Poller>(*jobs, std::move(options));
+  }
+
+  // Listener order matters: the state file first (restart safety), the poller last (it may hold
+  // the runner's thread until the backend has the final status).
+  jobs->Subscribe([&state](const JobEvent& e) { state.OnEvent(e); });
+  jobs->Subscribe([&metrics](const JobEvent& e) { metrics.OnEvent(e); });
+  if (console) jobs->Subscribe([c = console.get()](const JobEvent& e) { c->OnEvent(e); });
+  if (poller) jobs->Subscribe([p = poller.get()](const JobEvent& e) { p->OnEvent(e); });
+  RestoreLastJob(state, *jobs);
+
+  boost::asio::io_context ioc;
+  // The disk inventory seam: replace ListDisksBasic with the inventory of agent/disk/ (groups).
+  std::string forced_disk = config.job.disk;
+  ApiHandler handler(
+      *jobs, metrics, [forced_disk] { return ListDisksBasic(forced_disk); }, config.token);
+  std::unique_ptr<HttpServer> server;
+  if (config.listen != "off") {
+    HttpServerOptions options;
+    options.listen = *ParseListenAddress(config.listen);  // validated by LoadDaemonConfig
+    options.tls_cert = config.tls_cert;
+    options.tls_key = config.tls_key;
+    Result<std::unique_ptr<HttpServer>> started = HttpServer::Start(
+        ioc, [&handler](const HttpRequest& request) { return handler.Handle(request); }, options);
+    if (!started.ok()) {
+      spdlog::error("http: {}", started.status().ToString());
+      if (poller) poller->Stop(std::chrono::milliseconds(0));
+      return started.status().code() == Code::kInvalid ? kExitUsage : kExitJobError;
+    }
+    server = std::move(*started);
+    spdlog::info("http: listening on {}:{}{}", options.listen.address, server->port(),
+                 options.tls_cert.empty() ? "" : " (TLS)");
+  }
+  if (poller) poller->Start();
+
+  boost::asio::signal_set signals(ioc, SIGINT, SIGTERM);
+  signals.async_wait([&](const boost::system::error_code& ec, int signal) {
+    if (ec) return;
+    spdlog::info("signal {}: shutting down", signal);
+    if (server) server->Stop();
+  });
+  ioc.run();
+
+  // Shutdown: the API is closed; stop the job (its status says so), tell the backend, stop.
+  if (jobs->Cancel() == JobControl::CancelOutcome::kStopping) {
+    spdlog::warn("the job has not stopped within 2 s; waiting for it");
+  }
+  jobs.reset();  // joins the job's thread: no listener runs after this
+  if (poller) poller->Stop(kShutdownFlush);
+  spdlog::info("stopped");
+  return kExitOk;
+}
+
+int RunStatus(const StatusArgs& args) {
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  HttpClient client;
+  std::string url = args.url;
+  while (!url.empty() && url.back() == '/') url.pop_back();
+  Result<HttpResult> answer =
+      client.Send("GET", url + "/v1/bringYourOwnImage", "", args.token, std::chrono::seconds(10));
+  if (!answer.ok()) {
+    std::fprintf(stderr, "byoi-agent status: %s\n", answer.status().ToString().c_str());
+    return kExitJobError;
+  }
+  if (answer->status == 404) {
+    std::printf("no deployment\n");
+    return kExitOk;
+  }
+  if (answer->status != 200) {
+    std::fprintf(stderr, "byoi-agent status: the agent answered HTTP %ld\n", answer->status);
+    return kExitJobError;
+  }
+  std::fwrite(answer->body.data(), 1, answer->body.size(), stdout);
+  return kExitOk;
+}
 
 }  // namespace byoi

@@ -1,0 +1,159 @@
+#include "agent/api/api_handler.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <spdlog/spdlog.h>
+#include <strings.h>
+
+#include <algorithm>
+#include <boost/beast/http/field.hpp>
+#include <boost/json.hpp>
+
+#include "agent/job/manifest.hpp"
+
+namespace byoi {
+
+namespace http = boost::beast::http;
+namespace json = boost::json;
+
+namespace {
+
+constexpr std::string_view kDeploymentPath = "/v1/bringYourOwnImage";
+
+HttpResponse Respond(unsigned status, std::string body, std::string_view content_type,
+                     unsigned version) {
+  HttpResponse res{static_cast<http::status>(status), version};
+  res.set(http::field::server, "byoi-agent");
+  if (!body.empty() || status != 204) res.set(http::field::content_type, content_type);
+  res.body() = std::move(body);
+  return res;
+}
+
+HttpResponse JsonResponse(unsigned status, const json::value& body, unsigned version) {
+  return Respond(status, json::serialize(body) + "\n", "application/json", version);
+}
+
+HttpResponse MethodNotAllowed(std::string_view allow, unsigned version) {
+  HttpResponse res = JsonError(405, "Method not allowed.", version);
+  res.set(http::field::allow, allow);
+  return res;
+}
+
+}  // namespace
+
+bool BearerTokenMatches(std::string_view authorization, std::string_view token) {
+  constexpr std::string_view kScheme = "bearer ";
+  if (authorization.size() < kScheme.size() ||
+      strncasecmp(authorization.data(), kScheme.data(), kScheme.size()) != 0) {
+    return false;
+  }
+  std::string_view given = authorization.substr(kScheme.size());
+  // Hashing first makes the comparison independent of where the strings differ and of their
+  // lengths; CRYPTO_memcmp does not stop at the first difference.
+  unsigned char a[SHA256_DIGEST_LENGTH], b[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(given.data()), given.size(), a);
+  SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), b);
+  return !token.empty() && CRYPTO_memcmp(a, b, sizeof a) == 0;
+}
+
+HttpResponse JsonError(unsigned status, std::string_view message, unsigned version) {
+  return JsonResponse(status, json::object{{"message", message}}, version);
+}
+
+ApiHandler::ApiHandler(JobControl& jobs, Metrics& metrics, DisksFn disks, std::string token)
+    : jobs_(jobs), metrics_(metrics), disks_(std::move(disks)), token_(std::move(token)) {}
+
+HttpResponse ApiHandler::Handle(const HttpRequest& request) const {
+  HttpResponse res = Route(request);
+  res.keep_alive(request.keep_alive());
+  res.prepare_payload();
+  metrics_.CountRequest(res.result_int());
+  // Method, path and code only: headers (the token, image credentials), query strings and bodies
+  // are never logged.
+  std::string_view target = request.target();
+  spdlog::debug("http: {} {} -> {}", std::string_view(request.method_string()),
+                target.substr(0, std::min<size_t>(target.find('?'), 200)), res.result_int());
+  return res;
+}
+
+HttpResponse ApiHandler::Route(const HttpRequest& request) const {
+  const unsigned v = request.version();
+  std::string_view target = request.target();
+  std::string_view path = target.substr(0, target.find('?'));
+
+  if (path == "/healthz") {
+    if (request.method() != http::verb::get) return MethodNotAllowed("GET", v);
+    return Respond(200, "ok\n", "text/plain", v);
+  }
+
+  auto auth = request.find(http::field::authorization);
+  if (auth == request.end() || !BearerTokenMatches(auth->value(), token_)) {
+    HttpResponse res = Respond(401, "", "text/plain", v);
+    res.set(http::field::www_authenticate, "Bearer");
+    return res;
+  }
+
+  if (path == kDeploymentPath) return Deployment(request);
+  if (path == "/v1/disks") {
+    if (request.method() != http::verb::get) return MethodNotAllowed("GET", v);
+    Result<json::value> disks = disks_();
+    if (!disks.ok()) {
+      spdlog::error("disk inventory: {}", disks.status().ToString());
+      return JsonError(500, "Could not list disks.", v);
+    }
+    return JsonResponse(200, *disks, v);
+  }
+  if (path == "/metrics") {
+    if (request.method() != http::verb::get) return MethodNotAllowed("GET", v);
+    return Respond(200, metrics_.Render(), "text/plain; version=0.0.4; charset=utf-8", v);
+  }
+  return JsonError(404, "Not found.", v);
+}
+
+HttpResponse ApiHandler::Deployment(const HttpRequest& request) const {
+  const unsigned v = request.version();
+  switch (request.method()) {
+    case http::verb::post: {
+      Result<Manifest> manifest = ParseManifest(request.body());
+      if (!manifest.ok()) {
+        const Status& s = manifest.status();
+        spdlog::info("deployment refused: {}", s.ToString());
+        return JsonError(400, s.message().empty() ? s.detail() : s.message(), v);
+      }
+      std::string summary = json::serialize(ManifestToJson(*manifest));  // secrets redacted
+      Result<JobStatus> started = jobs_.Submit(std::move(*manifest));
+      if (!started.ok()) return JsonError(409, started.status().message(), v);
+      spdlog::info("deployment accepted over the API: {}", summary);
+      return JsonResponse(202, StatusToJson(*started), v);
+    }
+    case http::verb::get: {
+      std::optional<JobRecord> job = jobs_.Snapshot();
+      if (!job) return JsonError(404, "No deployment.", v);
+      return JsonResponse(200, StatusToJson(job->status), v);
+    }
+    case http::verb::delete_: {
+      switch (jobs_.Cancel()) {
+        case JobControl::CancelOutcome::kStopped:
+          spdlog::info("deployment cancelled over the API");
+          return Respond(204, "", "", v);
+        case JobControl::CancelOutcome::kStopping: {
+          spdlog::warn("deployment cancelled over the API; it has not stopped yet");
+          std::optional<JobRecord> job = jobs_.Snapshot();
+          return JsonResponse(202, job ? json::value(StatusToJson(job->status)) : json::value(), v);
+        }
+        case JobControl::CancelOutcome::kNotRunning:
+          // A job that is not running (done, error, cancelled) is forgotten. Clear can only fail
+          // if a new job started in between; that job is left alone.
+          if (Status s = jobs_.Clear(); !s.ok()) {
+            return JsonError(409, "A deployment is already in progress.", v);
+          }
+          return Respond(204, "", "", v);
+      }
+      return JsonError(500, "Internal error.", v);
+    }
+    default:
+      return MethodNotAllowed("GET, POST, DELETE", v);
+  }
+}
+
+}  // namespace byoi

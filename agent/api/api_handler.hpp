@@ -1,0 +1,61 @@
+// The HTTP API's request handler (design.md §7), Beast style: a pure request -> response function
+// with no socket in sight, so every route, status code and body is unit-tested without a network.
+// The session (http_server.hpp) owns the I/O, the size limits and the time-outs.
+//
+//   POST /v1/bringYourOwnImage    202 + status | 400 {"message"} | 409 {"message"} (job doing)
+//   GET /v1/bringYourOwnImage     200 + status | 404 {"message"} (no job)
+//   DELETE /v1/bringYourOwnImage  a doing job: cancel it, 204 once it stopped (within 2 s), or
+//                                 202 + status while it is still stopping; else forget it, 204
+//   GET /v1/disks                 200 + inventory
+//   GET /healthz                  200 "ok" (the only route without a token)
+//   GET /metrics                  200 Prometheus text
+// Every other route needs `Authorization: Bearer <token>`: 401 with an empty body otherwise (before
+// any routing, so an unauthenticated client learns nothing). Unknown paths 404, wrong methods 405
+// with an Allow header; both with a JSON {"message"} body.
+#pragma once
+
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/json/value.hpp>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "agent/api/metrics.hpp"
+#include "agent/base/status.hpp"
+#include "agent/job/job_control.hpp"
+
+namespace byoi {
+
+using HttpRequest = boost::beast::http::request<boost::beast::http::string_body>;
+using HttpResponse = boost::beast::http::response<boost::beast::http::string_body>;
+
+// Produces the disk inventory for GET /v1/disks (the seam to agent/disk/).
+using DisksFn = std::function<Result<boost::json::value>()>;
+
+class ApiHandler {
+ public:
+  // Borrows `jobs` and `metrics`, which must outlive the handler. `token` must not be empty.
+  ApiHandler(JobControl& jobs, Metrics& metrics, DisksFn disks, std::string token);
+
+  // Answers one request. Thread-safe. The response's keep-alive follows the request's.
+  HttpResponse Handle(const HttpRequest& request) const;
+
+ private:
+  HttpResponse Route(const HttpRequest& request) const;
+  HttpResponse Deployment(const HttpRequest& request) const;
+
+  JobControl& jobs_;
+  Metrics& metrics_;
+  DisksFn disks_;
+  std::string token_;
+};
+
+// True when `authorization` is "Bearer <token>" (scheme case-insensitive). Compares in constant
+// time with respect to the token's content and length (SHA-256 of both, then CRYPTO_memcmp).
+bool BearerTokenMatches(std::string_view authorization, std::string_view token);
+
+// A response with a JSON body {"message": message}.
+HttpResponse JsonError(unsigned status, std::string_view message, unsigned version = 11);
+
+}  // namespace byoi

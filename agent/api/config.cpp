@@ -1,0 +1,306 @@
+#include "agent/api/config.hpp"
+
+#include <arpa/inet.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <filesystem>
+#include <optional>
+
+#include "agent/base/fd.hpp"
+#include "agent/base/units.hpp"
+
+namespace byoi {
+
+namespace {
+
+// Every key, with the DaemonArgs field of its command line flag.
+struct Key {
+  const char* name;
+  std::optional<std::string> DaemonArgs::*flag;  // null for config-only keys
+};
+
+constexpr Key kKeys[] = {
+    {"listen", &DaemonArgs::listen},
+    {"token", &DaemonArgs::token},
+    {"tls_cert", &DaemonArgs::tls_cert},
+    {"tls_key", &DaemonArgs::tls_key},
+    {"backend_url", &DaemonArgs::backend_url},
+    {"agent_id", &DaemonArgs::agent_id},
+    {"disk", &DaemonArgs::disk},
+    {"efivars", &DaemonArgs::efivars},
+    {"state_file", &DaemonArgs::state_file},
+    {"reboot", &DaemonArgs::reboot},
+    {"memory_limit", &DaemonArgs::memory_limit},
+    {"efi_boot_order", &DaemonArgs::efi_boot_order},
+    {"log_level", &DaemonArgs::log_level},
+    // Not flags: set rarely, in the config file or on the kernel command line.
+    {"poll_interval", nullptr},
+    {"console", nullptr},
+};
+
+bool IsKnownKey(std::string_view key) {
+  return std::any_of(std::begin(kKeys), std::end(kKeys),
+                     [&](const Key& k) { return key == k.name; });
+}
+
+std::string NormaliseKey(std::string_view key) {
+  std::string out(key);
+  std::replace(out.begin(), out.end(), '-', '_');
+  return out;
+}
+
+std::string_view Trim(std::string_view s) {
+  const char* ws = " \t\r\n";
+  size_t b = s.find_first_not_of(ws);
+  if (b == std::string_view::npos) return {};
+  return s.substr(b, s.find_last_not_of(ws) - b + 1);
+}
+
+bool OneOf(const std::string& value, std::initializer_list<std::string_view> allowed) {
+  return std::find(allowed.begin(), allowed.end(), value) != allowed.end();
+}
+
+}  // namespace
+
+Result<std::map<std::string, std::string>> ParseConfigText(std::string_view text) {
+  std::map<std::string, std::string> out;
+  int line_no = 0;
+  while (!text.empty()) {
+    size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text = nl == std::string_view::npos ? std::string_view() : text.substr(nl + 1);
+    ++line_no;
+    auto bad = [&](std::string why) {
+      return Status::Error(Code::kInvalid, fmt::format("config file line {}: {}", line_no, why));
+    };
+
+    line = Trim(line);
+    if (line.empty() || line[0] == '#') continue;
+    size_t eq = line.find('=');
+    if (eq == std::string_view::npos) return bad("expected `key = value`");
+    std::string key = NormaliseKey(Trim(line.substr(0, eq)));
+    std::string_view value = Trim(line.substr(eq + 1));
+    if (value.size() >= 2 && value.front() == '"') {
+      size_t close = value.find('"', 1);
+      if (close == std::string_view::npos) return bad("unterminated quote");
+      std::string_view rest = Trim(value.substr(close + 1));
+      if (!rest.empty() && rest[0] != '#') return bad("text after the closing quote");
+      value = value.substr(1, close - 1);
+    } else if (size_t hash = value.find(" #"); hash != std::string_view::npos) {
+      value = Trim(value.substr(0, hash));
+    }
+    if (!IsKnownKey(key)) return bad("unknown key " + key);
+    if (out.count(key)) return bad(key + " given twice");
+    out[key] = std::string(value);
+  }
+  return out;
+}
+
+std::map<std::string, std::string> ParseKernelCmdline(std::string_view text,
+                                                      std::vector<std::string>* unknown) {
+  // Split like the kernel's next_arg(): whitespace separates words except inside double quotes;
+  // the quotes themselves are dropped.
+  std::vector<std::string> words;
+  std::string word;
+  bool in_quotes = false, have_word = false;
+  for (char c : text) {
+    if (c == '"') {
+      in_quotes = !in_quotes;
+      have_word = true;
+    } else if (!in_quotes && (c == ' ' || c == '\t' || c == '\n')) {
+      if (have_word) words.push_back(std::move(word));
+      word.clear();
+      have_word = false;
+    } else {
+      word += c;
+      have_word = true;
+    }
+  }
+  if (have_word) words.push_back(std::move(word));
+
+  std::map<std::string, std::string> out;
+  for (const std::string& w : words) {
+    if (w == "--") break;  // the rest is init's
+    if (w.rfind("byoi.", 0) != 0) continue;
+    size_t eq = w.find('=');
+    std::string key =
+        NormaliseKey(std::string_view(w).substr(5, eq == std::string::npos ? w.npos : eq - 5));
+    if (!IsKnownKey(key)) {
+      if (unknown) unknown->push_back("byoi." + key);
+      continue;
+    }
+    out[key] = eq == std::string::npos ? std::string() : w.substr(eq + 1);  // the last one wins
+  }
+  return out;
+}
+
+Result<ListenAddress> ParseListenAddress(std::string_view text) {
+  auto bad = [&] {
+    return Status::Error(Code::kInvalid,
+                         "listen: expected ADDR:PORT such as 0.0.0.0:9999 or [::]:9999, or off");
+  };
+  ListenAddress out;
+  std::string_view port;
+  if (!text.empty() && text.front() == '[') {
+    size_t close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      return bad();
+    }
+    out.address = std::string(text.substr(1, close - 1));
+    port = text.substr(close + 2);
+    in6_addr a6;
+    if (inet_pton(AF_INET6, out.address.c_str(), &a6) != 1) return bad();
+  } else {
+    size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) return bad();
+    out.address = std::string(text.substr(0, colon));
+    port = text.substr(colon + 1);
+    in_addr a4;
+    if (inet_pton(AF_INET, out.address.c_str(), &a4) != 1) return bad();
+  }
+  unsigned value = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (ec != std::errc() || end != port.data() + port.size() || port.empty() || value > 65535) {
+    return bad();
+  }
+  out.port = static_cast<uint16_t>(value);
+  return out;
+}
+
+Result<DaemonConfig> LoadDaemonConfig(const DaemonArgs& flags, const ConfigSources& sources) {
+  // 1. The config file.
+  std::map<std::string, std::string> file;
+  std::string file_path = sources.config_file;
+  bool file_explicit = !file_path.empty();
+  if (!file_explicit && std::filesystem::exists(kDefaultConfigFile)) file_path = kDefaultConfigFile;
+  if (!file_path.empty()) {
+    BYOI_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(file_path, 1 << 20));
+    Result<std::map<std::string, std::string>> parsed = ParseConfigText(text);
+    if (!parsed.ok()) return std::move(parsed).status().Context(file_path);
+    file = std::move(*parsed);
+  }
+
+  // 2. The kernel command line.
+  DaemonConfig config;
+  std::map<std::string, std::string> cmdline;
+  if (!sources.kernel_cmdline.empty()) {
+    Result<std::string> text = ReadSmallFile(sources.kernel_cmdline, 1 << 16);
+    if (text.ok()) {
+      std::vector<std::string> unknown;
+      cmdline = ParseKernelCmdline(*text, &unknown);
+      for (const std::string& u : unknown) {
+        config.warnings.push_back("ignoring unknown kernel command line option " + u);
+      }
+    } else {
+      config.warnings.push_back(text.status().ToString());
+    }
+  }
+
+  // 3. Merge: flag > kernel command line > config file. `Take` returns the winning value.
+  std::map<std::string, std::string> where;
+  auto Take = [&](const Key& key) -> std::optional<std::string> {
+    if (key.flag && (flags.*key.flag)) {
+      where[key.name] = "command line";
+      return *(flags.*key.flag);
+    }
+    if (auto it = cmdline.find(key.name); it != cmdline.end()) {
+      where[key.name] = "kernel command line";
+      return it->second;
+    }
+    if (auto it = file.find(key.name); it != file.end()) {
+      where[key.name] = file_path;
+      return it->second;
+    }
+    return std::nullopt;
+  };
+  auto bad = [&](const char* key, std::string why) {
+    return Status::Error(Code::kInvalid, fmt::format("{} (from {}): {}", key, where[key], why));
+  };
+
+  config.job.reboot = "reboot";  // the daemon's default; `deploy` defaults to none
+  for (const Key& key : kKeys) {
+    std::optional<std::string> v = Take(key);
+    if (!v) continue;
+    config.sources.push_back(fmt::format("{} ({})", key.name, where[key.name]));
+    std::string_view name = key.name;
+    if (name == "listen") {
+      if (Result<ListenAddress> a = ParseListenAddress(*v); *v != "off" && !a.ok()) {
+        return bad("listen", "expected ADDR:PORT such as 0.0.0.0:9999 or [::]:9999, or off");
+      }
+      config.listen = *v;
+    } else if (name == "token") {
+      for (unsigned char c : *v) {
+        if (c <= 0x20 || c >= 0x7f) return bad("token", "must be printable ASCII without spaces");
+      }
+      config.token = *v;
+    } else if (name == "tls_cert") {
+      config.tls_cert = *v;
+    } else if (name == "tls_key") {
+      config.tls_key = *v;
+    } else if (name == "backend_url") {
+      std::string url = *v;
+      while (!url.empty() && url.back() == '/') url.pop_back();
+      if (!url.empty() && url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0) {
+        return bad("backend_url", "must start with http:// or https://");
+      }
+      config.backend_url = url;
+    } else if (name == "agent_id") {
+      config.agent_id = *v;
+    } else if (name == "disk") {
+      config.job.disk = *v;
+    } else if (name == "efivars") {
+      config.job.efivars = *v;
+    } else if (name == "state_file") {
+      if (v->empty()) return bad("state_file", "must not be empty");
+      config.state_file = *v;
+    } else if (name == "reboot") {
+      if (!OneOf(*v, {"none", "reboot", "poweroff", "kexec"})) {
+        return bad("reboot", "must be none, reboot, poweroff or kexec");
+      }
+      config.job.reboot = *v;
+    } else if (name == "memory_limit") {
+      std::optional<uint64_t> size = ParseSize(*v);
+      if (!size) return bad("memory_limit", "not a size (e.g. 20G, 512M)");
+      config.job.memory_limit = size;
+    } else if (name == "efi_boot_order") {
+      if (!OneOf(*v, {"first", "after-network", "bootnext", "none"})) {
+        return bad("efi_boot_order", "must be first, after-network, bootnext or none");
+      }
+      config.job.efi_boot_order = *v;
+    } else if (name == "log_level") {
+      if (!OneOf(*v, {"trace", "debug", "info", "warn", "error", "off"})) {
+        return bad("log_level", "must be trace, debug, info, warn, error or off");
+      }
+      config.log_level = *v;
+    } else if (name == "poll_interval") {
+      double seconds = 0;
+      auto [end, ec] = std::from_chars(v->data(), v->data() + v->size(), seconds);
+      if (ec != std::errc() || end != v->data() + v->size() || !(seconds >= 0.05) ||
+          seconds > 3600) {
+        return bad("poll_interval", "must be a number of seconds between 0.05 and 3600");
+      }
+      config.poll_interval = seconds;
+    } else if (name == "console") {
+      config.console = v->empty() ? "none" : *v;
+    }
+  }
+
+  if (config.tls_cert.empty() != config.tls_key.empty()) {
+    return Status::Error(Code::kInvalid, "tls_cert and tls_key must be given together");
+  }
+  if (config.listen != "off" && config.token.empty()) {
+    return Status::Error(Code::kInvalid,
+                         "no API token: set token in the config file, byoi.token= on the kernel "
+                         "command line or --token (or listen = off)");
+  }
+  if (config.listen == "off" && config.backend_url.empty()) {
+    return Status::Error(Code::kInvalid,
+                         "nothing to do: the HTTP API is off and no backend_url is set");
+  }
+  return config;
+}
+
+}  // namespace byoi

@@ -1,0 +1,78 @@
+// The daemon's configuration (design.md §6): every `daemon` option from three sources, in order of
+// precedence: the command line flag, the kernel command line word `byoi.<key>=`, the config file.
+//
+// A netbooted rescue system is configured through its kernel command line, so every key can be
+// given there (`byoi.token=… byoi.backend_url=https://…`). The config file is `key = value` lines:
+//
+//   # comments and blank lines are ignored
+//   listen = 0.0.0.0:9999
+//   token = "s3cret"            # double quotes around a value are optional
+//
+// Keys are the flags' names with underscores (`--backend-url` is `backend_url`); dashes are
+// accepted too, as the kernel itself treats `-` and `_` alike in parameter names. An unknown key in
+// the config file is an error (a typo must not silently drop a setting); an unknown `byoi.` word on
+// the kernel command line is reported as a warning, since the command line is shared with other
+// tools.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/base/status.hpp"
+#include "agent/commands.hpp"
+
+namespace byoi {
+
+inline constexpr const char* kDefaultConfigFile = "/etc/byoi-agent/byoi-agent.conf";
+
+struct DaemonConfig {
+  std::string listen = "0.0.0.0:9999";  // ADDR:PORT ([v6]:PORT), port 0 = any; "off": no HTTP API
+  std::string token;                    // bearer token; required unless listen is off. A secret.
+  std::string tls_cert, tls_key;        // PEM files; TLS when both are set
+  std::string backend_url;              // poll this backend (design.md §8) when set; no trailing /
+  std::string agent_id;                 // default: DMI product UUID, else first permanent MAC
+  std::string state_file = "/run/byoi-agent/state.json";
+  std::string console = "/dev/console";  // where progress is drawn; "none" to disable
+  std::string log_level = "info";        // trace debug info warn error off
+  double poll_interval = 5;              // seconds between backend polls (before jitter)
+  JobOptions job;                        // disk, efivars, reboot (default "reboot"), ...
+
+  // What was read from where, for the start-up log: "listen (kernel command line)". Never values.
+  std::vector<std::string> sources;
+  // Non-fatal findings while loading (unknown byoi.* words); the caller logs them.
+  std::vector<std::string> warnings;
+};
+
+struct ConfigSources {
+  // The config file; "" means kDefaultConfigFile when it exists. A file named explicitly must
+  // exist.
+  std::string config_file;
+  std::string kernel_cmdline = "/proc/cmdline";  // "" to ignore the kernel command line
+};
+
+// Merges the three sources and validates the result. kInvalid with a sentence naming the key and
+// its source for any bad value ("reboot (config file line 4): must be none, reboot, poweroff or
+// kexec"); kIo when an explicitly named config file cannot be read. Values are never echoed for
+// `token`.
+Result<DaemonConfig> LoadDaemonConfig(const DaemonArgs& flags, const ConfigSources& sources);
+
+// Exposed for tests. `key = value` lines → key → value; kInvalid naming the line for a line without
+// `=`, an unknown key or a key given twice.
+Result<std::map<std::string, std::string>> ParseConfigText(std::string_view text);
+
+// The `byoi.<key>=<value>` words of a kernel command line (quotes handled as the kernel does; words
+// after a lone `--` belong to init and are ignored). Unknown keys go to `unknown`.
+std::map<std::string, std::string> ParseKernelCmdline(std::string_view text,
+                                                      std::vector<std::string>* unknown = nullptr);
+
+// "0.0.0.0:9999", "127.0.0.1:0", "[::1]:9999" → address and port. kInvalid otherwise.
+struct ListenAddress {
+  std::string address;
+  uint16_t port = 0;
+};
+Result<ListenAddress> ParseListenAddress(std::string_view text);
+
+}  // namespace byoi

@@ -1,0 +1,147 @@
+#include "agent/api/console.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "agent/base/units.hpp"
+
+namespace byoi {
+
+namespace {
+
+constexpr auto kPlainProgressEvery = std::chrono::seconds(10);
+constexpr const char* kPrefix = "byoi-agent: ";
+constexpr const char* kEraseLine = "\r\033[K";
+
+}  // namespace
+
+std::string ProgressBar(uint64_t done, uint64_t total, int width) {
+  int filled = total == 0 ? 0
+                          : static_cast<int>(static_cast<double>(std::min(done, total)) /
+                                             static_cast<double>(total) * width);
+  return "[" + std::string(static_cast<size_t>(filled), '#') +
+         std::string(static_cast<size_t>(width - filled), '-') + "]";
+}
+
+std::string ProgressText(const StepStatus& step) {
+  std::string out;
+  if (step.bytes_total > 0) {
+    int percent =
+        static_cast<int>(static_cast<double>(std::min(step.bytes_done, step.bytes_total)) * 100 /
+                         static_cast<double>(step.bytes_total));
+    out = fmt::format("{} {:>3}%  {} of {}", ProgressBar(step.bytes_done, step.bytes_total),
+                      percent, HumanBytes(step.bytes_done), HumanBytes(step.bytes_total));
+  } else {
+    out = HumanBytes(step.bytes_done);
+  }
+  if (step.seconds >= 0.5 && step.bytes_done > 0) {
+    double rate = static_cast<double>(step.bytes_done) / step.seconds;
+    out += "  " + HumanRate(rate);
+    if (step.bytes_total > step.bytes_done) {
+      out +=
+          "  ETA " + HumanDuration(static_cast<double>(step.bytes_total - step.bytes_done) / rate);
+    }
+  }
+  return out;
+}
+
+Result<std::unique_ptr<ConsoleDisplay>> ConsoleDisplay::Open(const std::string& path) {
+  // O_NOCTTY: a daemon must not acquire /dev/console as its controlling terminal. O_NONBLOCK: a
+  // stuck serial line must not stall the deployment whose listener writes here.
+  BYOI_ASSIGN_OR_RETURN(
+      UniqueFd fd, OpenFile(path, O_WRONLY | O_NOCTTY | O_NONBLOCK | O_APPEND | O_CREAT, 0644));
+  bool tty = ::isatty(fd.get()) == 1;
+  return std::make_unique<ConsoleDisplay>(std::move(fd), tty);
+}
+
+ConsoleDisplay::ConsoleDisplay(UniqueFd fd, bool tty) : fd_(std::move(fd)), tty_(tty) {}
+
+std::string ConsoleDisplay::Render(const JobStatus& status, bool step_changed) {
+  std::string out;
+  auto line = [&](const std::string& text) {
+    if (tty_ && progress_line_open_) out += kEraseLine;
+    progress_line_open_ = false;
+    out += kPrefix + text + "\n";
+  };
+
+  if (status.started_at != job_started_at_) {
+    job_started_at_ = status.started_at;
+    std::fill(std::begin(shown_), std::end(shown_), StepState::kTodo);
+    shown_state_ = JobState::kDoing;
+    last_plain_progress_ = {};
+    if (status.state == JobState::kDoing) {
+      line(status.servername.empty() ? "deployment started"
+                                     : fmt::format("deployment started ({})", status.servername));
+    }
+  }
+
+  const StepStatus* active = nullptr;
+  for (const StepStatus& p : status.progress) {
+    StepState& shown = shown_[static_cast<size_t>(p.step)];
+    if (p.state == StepState::kDoing) active = &p;
+    if (p.state == shown) continue;
+    shown = p.state;
+    std::string name = fmt::format("{:<11}", StepName(p.step));
+    switch (p.state) {
+      case StepState::kDoing:
+        line(name + " started");
+        last_plain_progress_ = std::chrono::steady_clock::now();
+        break;
+      case StepState::kDone:
+        line(p.comment.empty() ? name + " done" : name + " done: " + p.comment);
+        break;
+      case StepState::kSkipped:
+        line(p.comment.empty() ? name + " skipped" : name + " skipped: " + p.comment);
+        break;
+      case StepState::kError:
+        line(name + " failed");
+        break;
+      case StepState::kTodo:
+        break;
+    }
+  }
+
+  if (status.state != shown_state_) {
+    shown_state_ = status.state;
+    if (status.state == JobState::kDone) {
+      line(fmt::format("DONE in {}: {}", HumanDuration(static_cast<double>(status.elapsed_seconds)),
+                       status.message));
+    } else if (status.state == JobState::kError) {
+      line("ERROR: " + status.message);
+      if (!status.detail.empty() && status.detail != status.message) {
+        line("  detail: " + status.detail);
+      }
+    }
+  } else if (status.state == JobState::kDoing && active &&
+             (active->bytes_done > 0 || active->bytes_total > 0)) {
+    std::string text = fmt::format("{:<11} {}", StepName(active->step), ProgressText(*active));
+    auto now = std::chrono::steady_clock::now();
+    if (tty_) {
+      out += kEraseLine;
+      out += kPrefix + text;
+      progress_line_open_ = true;
+    } else if (!step_changed && now - last_plain_progress_ >= kPlainProgressEvery) {
+      last_plain_progress_ = now;
+      line(text);
+    }
+  }
+  return out;
+}
+
+void ConsoleDisplay::OnEvent(const JobEvent& event) {
+  if (event.status == nullptr) return;
+  std::lock_guard lock(mu_);
+  std::string text = Render(*event.status, event.step_changed);
+  // One write: lines from concurrent writers (the kernel's console messages) stay whole. A console
+  // that cannot take it now (EAGAIN) loses this update; the next one redraws.
+  if (!text.empty()) {
+    ssize_t n = ::write(fd_.get(), text.data(), text.size());
+    (void)n;
+  }
+}
+
+}  // namespace byoi

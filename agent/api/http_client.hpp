@@ -1,0 +1,46 @@
+// A small blocking HTTP(S) client on libcurl, for the backend poller (design.md §8) and
+// `byoi-agent status`. One HttpClient per thread; it reuses its connection between requests.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "agent/base/status.hpp"
+
+namespace byoi {
+
+struct HttpResult {
+  long status = 0;  // the HTTP status code
+  std::string body;
+};
+
+class HttpClient {
+ public:
+  // `abort`, when given, is polled during transfers: once true, a transfer in progress fails at
+  // once with kCancelled. It must outlive the client.
+  explicit HttpClient(const std::atomic<bool>* abort = nullptr);
+  ~HttpClient();
+  HttpClient(const HttpClient&) = delete;
+  HttpClient& operator=(const HttpClient&) = delete;
+
+  // Sends `method` to `url` with `body` (sent as application/json when not empty) and, when
+  // `bearer_token` is not empty, `Authorization: Bearer <token>`. Any HTTP status is a success
+  // here; kIo when the transfer fails, kTooBig when the answer exceeds `max_body` bytes. Error
+  // details name the URL without its userinfo and never the token.
+  Result<HttpResult> Send(std::string_view method, const std::string& url, std::string_view body,
+                          std::string_view bearer_token,
+                          std::chrono::milliseconds timeout = std::chrono::seconds(30),
+                          size_t max_body = 1 << 20);
+
+ private:
+  void* curl_;  // CURL*
+  const std::atomic<bool>* abort_;
+};
+
+// Percent-encodes `text` for use as one URL path segment (RFC 3986 unreserved characters kept).
+std::string EscapePathSegment(std::string_view text);
+
+}  // namespace byoi

@@ -1,0 +1,225 @@
+// Daemon configuration: the config file format, kernel command line words, precedence and
+// validation (design.md §6).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "agent/api/config.hpp"
+#include "agent/base/fd.hpp"
+
+namespace byoi {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(ConfigTextTest, ParsesKeyValueLinesCommentsAndQuotes) {
+  Result<std::map<std::string, std::string>> parsed = ParseConfigText(
+      "# byoi-agent\n"
+      "\n"
+      "listen = 127.0.0.1:9999\n"
+      "  token=\"a b#c\"   # quoted: spaces and # kept\n"
+      "backend-url = https://backend.example/api  # dash accepted\n"
+      "console =\n"
+      "reboot = none\r\n");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  std::map<std::string, std::string> expected{{"listen", "127.0.0.1:9999"},
+                                              {"token", "a b#c"},
+                                              {"backend_url", "https://backend.example/api"},
+                                              {"console", ""},
+                                              {"reboot", "none"}};
+  EXPECT_EQ(*parsed, expected);
+}
+
+TEST(ConfigTextTest, RejectsBadLinesNamingTheLine) {
+  struct Case {
+    const char* text;
+    const char* detail;
+  } cases[] = {
+      {"listen 0.0.0.0:1\n", "config file line 1: expected `key = value`"},
+      {"# x\nlisen = 0.0.0.0:1\n", "config file line 2: unknown key lisen"},
+      {"reboot = none\nreboot = reboot\n", "config file line 2: reboot given twice"},
+      {"token = \"abc\n", "config file line 1: unterminated quote"},
+      {"token = \"abc\" def\n", "config file line 1: text after the closing quote"},
+  };
+  for (const Case& c : cases) {
+    Result<std::map<std::string, std::string>> parsed = ParseConfigText(c.text);
+    ASSERT_FALSE(parsed.ok()) << c.text;
+    EXPECT_EQ(parsed.status().code(), Code::kInvalid);
+    EXPECT_EQ(parsed.status().detail(), c.detail);
+  }
+}
+
+TEST(KernelCmdlineTest, TakesByoiWordsOnly) {
+  std::vector<std::string> unknown;
+  auto words = ParseKernelCmdline(
+      "BOOT_IMAGE=/vmlinuz root=/dev/ram0 quiet byoi.token=s3cret byoi.backend-url=https://b/x "
+      "\"byoi.agent_id=rack 1\" byoi.listen=\"0.0.0.0:80\" byoi.frobnicate=1 byoi.reboot=none "
+      "byoi.reboot=poweroff -- byoi.disk=/dev/sda\n",
+      &unknown);
+  std::map<std::string, std::string> expected{{"token", "s3cret"},
+                                              {"backend_url", "https://b/x"},
+                                              {"agent_id", "rack 1"},
+                                              {"listen", "0.0.0.0:80"},
+                                              {"reboot", "poweroff"}};
+  EXPECT_EQ(words, expected);
+  EXPECT_EQ(unknown, std::vector<std::string>{"byoi.frobnicate"});
+}
+
+TEST(ListenAddressTest, Table) {
+  struct Case {
+    const char* text;
+    bool ok;
+    const char* address;
+    uint16_t port;
+  } cases[] = {
+      {"0.0.0.0:9999", true, "0.0.0.0", 9999},
+      {"127.0.0.1:0", true, "127.0.0.1", 0},
+      {"[::]:9999", true, "::", 9999},
+      {"[::1]:80", true, "::1", 80},
+      {"9999", false, "", 0},
+      {"localhost:80", false, "", 0},
+      {"1.2.3.4:65536", false, "", 0},
+      {"1.2.3.4:", false, "", 0},
+      {"[::1]80", false, "", 0},
+      {"::1:80", false, "", 0},
+      {"1.2.3.4:8x", false, "", 0},
+  };
+  for (const Case& c : cases) {
+    Result<ListenAddress> a = ParseListenAddress(c.text);
+    ASSERT_EQ(a.ok(), c.ok) << c.text;
+    if (!c.ok) continue;
+    EXPECT_EQ(a->address, c.address);
+    EXPECT_EQ(a->port, c.port);
+  }
+}
+
+class DaemonConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("byoi-config-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+    sources_.config_file = (dir_ / "byoi-agent.conf").string();
+    sources_.kernel_cmdline = (dir_ / "cmdline").string();
+    Write("cmdline", "quiet\n");
+    Write("byoi-agent.conf", "token = file-token\n");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  void Write(const std::string& name, const std::string& text) {
+    ASSERT_TRUE(WriteFileAtomic((dir_ / name).string(), text).ok());
+  }
+  Result<DaemonConfig> Load() { return LoadDaemonConfig(flags_, sources_); }
+
+  fs::path dir_;
+  ConfigSources sources_;
+  DaemonArgs flags_;
+};
+
+TEST_F(DaemonConfigTest, DefaultsForTheDaemon) {
+  Result<DaemonConfig> c = Load();
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->listen, "0.0.0.0:9999");
+  EXPECT_EQ(c->state_file, "/run/byoi-agent/state.json");
+  EXPECT_EQ(c->console, "/dev/console");
+  EXPECT_EQ(c->job.reboot, "reboot");
+  EXPECT_EQ(c->job.efivars, "/sys/firmware/efi/efivars");
+  EXPECT_EQ(c->job.efi_boot_order, "first");
+  EXPECT_EQ(c->poll_interval, 5);
+  EXPECT_TRUE(c->backend_url.empty());
+}
+
+TEST_F(DaemonConfigTest, FlagBeatsKernelCmdlineBeatsConfigFile) {
+  Write("byoi-agent.conf",
+        "token = file-token\nlisten = 127.0.0.1:1\nreboot = poweroff\ndisk = /dev/sdb\n"
+        "memory_limit = 2G\npoll_interval = 0.5\nconsole = /dev/ttyS0\n");
+  Write("cmdline", "quiet byoi.token=cmdline-token byoi.listen=127.0.0.1:2 byoi.disk=/dev/sdc\n");
+  flags_.listen = "127.0.0.1:3";
+  Result<DaemonConfig> c = Load();
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->listen, "127.0.0.1:3");   // flag
+  EXPECT_EQ(c->token, "cmdline-token");  // kernel command line over file
+  EXPECT_EQ(c->job.disk, "/dev/sdc");    // kernel command line over file
+  EXPECT_EQ(c->job.reboot, "poweroff");  // file only
+  EXPECT_EQ(c->job.memory_limit, 2ull << 30);
+  EXPECT_EQ(c->poll_interval, 0.5);
+  EXPECT_EQ(c->console, "/dev/ttyS0");
+  // The sources name keys and where they came from, never values.
+  std::string all;
+  for (const auto& s : c->sources) all += s + ";";
+  EXPECT_NE(all.find("token (kernel command line)"), std::string::npos);
+  EXPECT_NE(all.find("listen (command line)"), std::string::npos);
+  EXPECT_EQ(all.find("cmdline-token"), std::string::npos);
+}
+
+TEST_F(DaemonConfigTest, UnknownKernelWordsAreWarningsNotErrors) {
+  Write("cmdline", "byoi.tokn=x\n");
+  Result<DaemonConfig> c = Load();
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->warnings,
+            std::vector<std::string>{"ignoring unknown kernel command line option byoi.tokn"});
+}
+
+TEST_F(DaemonConfigTest, BackendUrlLosesItsTrailingSlash) {
+  flags_.backend_url = "https://backend.example/api//";
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->backend_url, "https://backend.example/api");
+}
+
+TEST_F(DaemonConfigTest, BadValuesNameTheKeyAndItsSource) {
+  struct Case {
+    const char* file;
+    const char* detail;
+  } cases[] = {
+      {"token = t\nreboot = halt\n", "must be none, reboot, poweroff or kexec"},
+      {"token = t\nefi_boot_order = last\n", "must be first, after-network, bootnext or none"},
+      {"token = t\nmemory_limit = lots\n", "not a size"},
+      {"token = t\nlisten = 9999\n", "expected ADDR:PORT"},
+      {"token = t\npoll_interval = 0\n", "must be a number of seconds"},
+      {"token = t\nlog_level = chatty\n", "must be trace"},
+      {"token = t\nbackend_url = ftp://x\n", "must start with http:// or https://"},
+      {"token = t s\n", "must be printable ASCII"},
+      {"token = t\ntls_cert = /c.pem\n", "tls_cert and tls_key must be given together"},
+      {"listen = 0.0.0.0:1\n", "no API token"},
+      {"listen = off\ntoken = t\n", "nothing to do"},
+  };
+  for (const Case& c : cases) {
+    Write("byoi-agent.conf", c.file);
+    Result<DaemonConfig> loaded = Load();
+    ASSERT_FALSE(loaded.ok()) << c.file;
+    EXPECT_EQ(loaded.status().code(), Code::kInvalid);
+    EXPECT_NE(loaded.status().detail().find(c.detail), std::string::npos)
+        << c.file << " -> " << loaded.status().detail();
+  }
+  Write("byoi-agent.conf", "token = t\nreboot = halt\n");
+  EXPECT_NE(Load().status().detail().find("reboot (from " + sources_.config_file + ")"),
+            std::string::npos);
+}
+
+TEST_F(DaemonConfigTest, TokenErrorsNeverEchoTheToken) {
+  Write("byoi-agent.conf", "token = sec ret\n");
+  Result<DaemonConfig> c = Load();
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().ToString().find("sec"), std::string::npos);
+}
+
+TEST_F(DaemonConfigTest, PollingOnlyNeedsNoToken) {
+  Write("byoi-agent.conf", "listen = off\nbackend_url = http://127.0.0.1:1\n");
+  Result<DaemonConfig> c = Load();
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->listen, "off");
+}
+
+TEST_F(DaemonConfigTest, MissingExplicitConfigFileIsAnErrorMissingCmdlineIsNot) {
+  sources_.kernel_cmdline = (dir_ / "no-cmdline").string();
+  flags_.token = "t";
+  EXPECT_TRUE(Load().ok());
+  sources_.config_file = (dir_ / "absent.conf").string();
+  Result<DaemonConfig> c = Load();
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), Code::kIo);
+}
+
+}  // namespace
+}  // namespace byoi

@@ -1,0 +1,123 @@
+// Console progress: what a person watching IPMI/KVM or a serial console sees.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+
+#include "agent/api/console.hpp"
+#include "agent/base/messages.hpp"
+
+namespace byoi {
+namespace {
+
+TEST(ConsoleTest, ProgressBar) {
+  EXPECT_EQ(ProgressBar(0, 100, 10), "[----------]");
+  EXPECT_EQ(ProgressBar(45, 100, 10), "[####------]");
+  EXPECT_EQ(ProgressBar(100, 100, 10), "[##########]");
+  EXPECT_EQ(ProgressBar(200, 100, 10), "[##########]");
+  EXPECT_EQ(ProgressBar(5, 0, 4), "[----]");  // unknown total
+}
+
+TEST(ConsoleTest, ProgressTextShowsBytesRateAndEta) {
+  StepStatus s;
+  s.step = Step::kDownload;
+  s.bytes_done = 1000000000;
+  s.bytes_total = 2000000000;
+  s.seconds = 10;
+  EXPECT_EQ(ProgressText(s),
+            ProgressBar(1, 2) + "  50%  " + "954 MiB of 1.9 GiB  100 MB/s  ETA 10 s");
+  s.bytes_total = 0;  // size unknown: no bar, no ETA
+  EXPECT_EQ(ProgressText(s), "954 MiB  100 MB/s");
+}
+
+class ConsoleRenderTest : public ::testing::Test {
+ protected:
+  static JobStatus Started() {
+    StatusBoard board;
+    board.Start("web-1");
+    return board.Snapshot();
+  }
+};
+
+TEST_F(ConsoleRenderTest, PlainLinesOnANonTerminal) {
+  ConsoleDisplay console(UniqueFd(), /*tty=*/false);
+  JobStatus s = Started();
+  EXPECT_EQ(console.Render(s, true), "byoi-agent: deployment started (web-1)\n");
+  s.progress[0].state = StepState::kDoing;
+  EXPECT_EQ(console.Render(s, true), "byoi-agent: download    started\n");
+  // Byte progress right after the step began is not repeated on a serial console.
+  s.progress[0].bytes_done = 10;
+  s.progress[0].bytes_total = 100;
+  EXPECT_EQ(console.Render(s, false), "");
+  s.progress[0].state = StepState::kDone;
+  s.progress[0].comment = "100 B in 1 s (100 B/s)";
+  s.progress[1].state = StepState::kSkipped;
+  s.progress[1].comment = "no checksum given";
+  EXPECT_EQ(console.Render(s, true),
+            "byoi-agent: download    done: 100 B in 1 s (100 B/s)\n"
+            "byoi-agent: verify      skipped: no checksum given\n");
+  s.progress[2].state = StepState::kError;
+  s.state = JobState::kError;
+  s.message = "Can't write raw on disk.";
+  s.detail = "writing extent at 0x100000: Input/output error";
+  EXPECT_EQ(console.Render(s, true),
+            "byoi-agent: write       failed\n"
+            "byoi-agent: ERROR: Can't write raw on disk.\n"
+            "byoi-agent:   detail: writing extent at 0x100000: Input/output error\n");
+  EXPECT_EQ(console.Render(s, true), "");  // nothing new
+}
+
+TEST_F(ConsoleRenderTest, TerminalRedrawsTheProgressLineInPlace) {
+  ConsoleDisplay console(UniqueFd(), /*tty=*/true);
+  JobStatus s = Started();
+  console.Render(s, true);
+  s.progress[0].state = StepState::kDoing;
+  s.progress[0].bytes_done = 50;
+  s.progress[0].bytes_total = 100;
+  EXPECT_EQ(console.Render(s, true),
+            "byoi-agent: download    started\n\r\033[Kbyoi-agent: download    " +
+                ProgressText(s.progress[0]));
+  s.progress[0].bytes_done = 60;
+  EXPECT_EQ(console.Render(s, false),
+            "\r\033[Kbyoi-agent: download    " + ProgressText(s.progress[0]));
+  s.progress[0].state = StepState::kDone;
+  s.state = JobState::kDone;
+  s.message = "done";
+  s.elapsed_seconds = 65;
+  EXPECT_EQ(console.Render(s, true),
+            "\r\033[Kbyoi-agent: download    done\nbyoi-agent: DONE in 1 min 05 s: done\n");
+}
+
+TEST_F(ConsoleRenderTest, ARestoredInterruptedJobIsShownInFull) {
+  ConsoleDisplay console(UniqueFd(), false);
+  JobStatus s = Started();
+  s.state = JobState::kError;
+  s.message = std::string(msg::kInterrupted);
+  s.detail = "the agent stopped during step write";
+  s.progress[0].state = StepState::kDone;
+  s.progress[2].state = StepState::kError;
+  EXPECT_EQ(console.Render(s, true),
+            "byoi-agent: download    done\n"
+            "byoi-agent: write       failed\n"
+            "byoi-agent: ERROR: Deployment interrupted: the agent restarted.\n"
+            "byoi-agent:   detail: the agent stopped during step write\n");
+}
+
+TEST(ConsoleOpenTest, WritesToAFile) {
+  std::string path = ::testing::TempDir() + "/byoi-console-" + std::to_string(::getpid());
+  ::unlink(path.c_str());
+  Result<std::unique_ptr<ConsoleDisplay>> console = ConsoleDisplay::Open(path);
+  ASSERT_TRUE(console.ok()) << console.status().ToString();
+  StatusBoard board;
+  board.Start("");
+  JobStatus s = board.Snapshot();
+  std::string id;
+  (*console)->OnEvent(JobEvent{&s, id, true});
+  (*console)->OnEvent(JobEvent{nullptr, id, true});
+  Result<std::string> text = ReadSmallFile(path);
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text, "byoi-agent: deployment started\n");
+  ::unlink(path.c_str());
+  EXPECT_FALSE(ConsoleDisplay::Open("/nonexistent-dir/console").ok());
+}
+
+}  // namespace
+}  // namespace byoi
