@@ -101,9 +101,10 @@ def make_uefi_image(path, marker, *, size_mib=64, fallback=False, startup_nsh=No
     with open(path, "wb") as f:
         f.truncate(size)
     _run(["sgdisk", "--clear", "-U", DISK_GUID,
-          "-n", "1:%d:+%d" % (esp_start // SECTOR, esp_size // SECTOR - 1), "-t", "1:" + ESP_TYPE,
+          "-n", "1:%d:+%d" % (esp_start // SECTOR, esp_size // SECTOR), "-t", "1:" + ESP_TYPE,
           "-u", "1:" + ESP_GUID, "-c", "1:EFI system partition",
-          "-n", "2:%d:0" % ((esp_start + esp_size) // SECTOR), "-t", "2:" + LINUX_TYPE,
+          "-n", "2:%d:+%d" % ((esp_start + esp_size) // SECTOR, (size - esp_start - esp_size - MIB) // SECTOR),
+          "-t", "2:" + LINUX_TYPE,
           "-u", "2:" + ROOT_GUID, "-c", "2:byoitest root", path])
     _run(["mkfs.fat", "-F", "32", "-s", "1", "-n", "ESP", "-i", "B0B1E5F1", "--offset",
           str(esp_start // SECTOR), path, str(esp_size // 1024)])
