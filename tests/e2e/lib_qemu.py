@@ -65,7 +65,7 @@ class Vm:
 
     def __init__(self, workdir, *, name="vm", firmware="uefi", nvram=None, memory_mib=1024, cpus=1,
                  disks=(), kernel=None, initrd=None, append=None, network=False, host_forwards=(),
-                 extra_args=()):
+                 reboot=False, extra_args=()):
         """
         workdir: where the serial log (NAME.serial.log), QEMU's stderr and a fresh NVRAM copy go.
         firmware: "uefi" (OVMF, read-only code + writable variable store) or "bios" (QEMU's SeaBIOS).
@@ -74,6 +74,9 @@ class Vm:
         network: False gives the VM no NIC at all (OVMF would otherwise spend time on PXE); True gives
             one virtio-net NIC on user-mode networking.
         host_forwards: (host_port, guest_port) pairs forwarded from 127.0.0.1 on the host (needs network).
+        reboot: False (default) makes a guest reboot end QEMU (-no-reboot), so a test sees it as an exit
+            and can boot the same disk and NVRAM again in a new VM (e.g. without -kernel); True lets
+            the guest reboot in place.
         """
         self.workdir = workdir
         self.name = name
@@ -87,6 +90,7 @@ class Vm:
         self.append = append
         self.network = network
         self.host_forwards = list(host_forwards)
+        self.reboot = reboot
         self.extra_args = list(extra_args)
         self.serial_log = os.path.join(workdir, name + ".serial.log")
         self.stderr_log = os.path.join(workdir, name + ".qemu.log")
@@ -97,6 +101,8 @@ class Vm:
         args = ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-m", str(self.memory_mib),
                 "-smp", str(self.cpus), "-nographic", "-monitor", "none",
                 "-serial", "file:" + self.serial_log, "-no-user-config"]
+        if not self.reboot:
+            args.append("-no-reboot")
         if self.firmware == "uefi":
             if self.nvram is None:
                 self.nvram = new_nvram(os.path.join(self.workdir, self.name + ".OVMF_VARS.fd"))

@@ -12,6 +12,7 @@ Label e2e. Needs qemu-system-x86, ovmf, seabios, grub-efi-amd64-bin, gdisk, dosf
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,11 +34,12 @@ BCFG_SCRIPT = ("fs0:\n"
                  qemu_missing() or "missing: %s" % lib_images.tools_missing())
 class BootMarkerTest(unittest.TestCase):
     def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory(prefix="byoi-marker-")
-        self.work = self.tmp.name
+        self.tmp = tempfile.mkdtemp(prefix="byoi-marker-")
+        self.work = self.tmp
 
     def tearDown(self):
-        self.tmp.cleanup()
+        if not os.environ.get("BYOI_E2E_KEEP"):  # keep the VMs' logs for a post-mortem
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def uefi_image(self, **kwargs):
         marker = lib_images.new_marker("uefi")
@@ -70,7 +72,7 @@ class BootMarkerTest(unittest.TestCase):
         nvram = None
         # First VM: nothing boots, the shell runs startup.nsh, which adds the entry and resets; the same
         # VM then boots through the entry.
-        with Vm(self.work, name="bcfg", disks=[Disk(image.qcow2)]) as vm:
+        with Vm(self.work, name="bcfg", disks=[Disk(image.qcow2)], reboot=True) as vm:
             vm.wait_for(re.escape(image.marker), TIMEOUT * 2)
             vm.wait_exit(60)
             nvram = vm.nvram

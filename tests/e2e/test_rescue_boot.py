@@ -7,6 +7,7 @@ Label e2e. Needs root only for nothing; needs qemu-system-x86, ovmf, linux-image
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,8 +36,8 @@ def init_test_lines(log):
 class RescueBootTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="byoi-rescue-")
-        cls.kernel, cls.initrd = build_rescue(os.path.join(cls.tmp.name, "rescue"))
+        cls.tmp = tempfile.mkdtemp(prefix="byoi-rescue-")
+        cls.kernel, cls.initrd = build_rescue(os.path.join(cls.tmp, "rescue"))
         print("rescue build: %.1f s, initrd %d bytes, kernel %d bytes" % (
             build_rescue.seconds, os.path.getsize(cls.initrd), os.path.getsize(cls.kernel)),
             file=sys.stderr)
@@ -45,10 +46,11 @@ class RescueBootTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.tmp.cleanup()
+        if not os.environ.get("BYOI_E2E_KEEP"):  # keep the VMs' logs for a post-mortem
+            shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def workdir(self):
-        d = tempfile.mkdtemp(prefix=self._testMethodName + ".", dir=self.tmp.name)
+        d = tempfile.mkdtemp(prefix=self._testMethodName + ".", dir=self.tmp)
         return d
 
     def empty_disk(self, workdir, size_mib=64):
