@@ -10,16 +10,19 @@
 Label e2e. Needs qemu-system-x86, ovmf, seabios, grub-efi-amd64-bin, gdisk, dosfstools, mtools, qemu-utils.
 """
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lib_images  # noqa: E402
+from lib_flow import boot_installed, check_gpt, partitions, read_config_drive  # noqa: E402
 from lib_qemu import Disk, Vm, ovmf_failed_entries, ovmf_loaded_entries, qemu_missing  # noqa: E402
 
 TIMEOUT = 150  # seconds for one firmware boot; about 10 s (BIOS: 1 s) on an idle 2-core machine
@@ -87,13 +90,12 @@ class BootMarkerTest(unittest.TestCase):
         # alone boots the loader.
         subprocess.run(["mdel", "-i", "%s@@%d" % (image.path, image.esp_start), "::/startup.nsh"],
                        check=True, env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
-        with Vm(self.work, name="entry", nvram=nvram, disks=[Disk(image.path, format="raw")]) as vm:
-            vm.wait_for(re.escape(image.marker), TIMEOUT)
-            self.assertEqual(vm.wait_exit(60), 0)
-            seconds = vm.elapsed()
-            log = vm.log()
-        print("OVMF boot through a Boot#### entry to marker and power-off: %.1f s" % seconds, file=sys.stderr)
-        self.assertEqual([label for _, label in ovmf_loaded_entries(log)], [BCFG_LABEL], log)
+        started = time.monotonic()
+        log, loaded = boot_installed(self.work, image.path, nvram, image.marker, label=BCFG_LABEL,
+                                     timeout=TIMEOUT, name="entry")
+        print("OVMF boot through a Boot#### entry to the marker: %.1f s" % (time.monotonic() - started),
+              file=sys.stderr)
+        self.assertEqual([label for _, label in loaded], [BCFG_LABEL], log)
         self.assertNotIn("Shell>", log)
 
     def test_bios_mbr_prints_marker(self):
@@ -108,6 +110,46 @@ class BootMarkerTest(unittest.TestCase):
         self.assertIn("Booting from Hard Disk", log)
         self.assertEqual(log.count(marker), 1, log)
 
+
+
+@unittest.skipIf(lib_images.tools_missing(), "missing: %s" % lib_images.tools_missing())
+class FlowHelpersTest(unittest.TestCase):
+    """The disk checks of lib_flow on a disk made by hand (no VM): what the install flow relies on."""
+
+    def test_gpt_check_and_config_drive_reader(self):
+        with tempfile.TemporaryDirectory() as work:
+            image = lib_images.make_uefi_image(os.path.join(work, "disk.raw"), "unused", size_mib=128)
+            # Grown like a real disk bigger than the image, the backup GPT is not at the end: not clean.
+            subprocess.run(["truncate", "-s", "192M", image.path], check=True)
+            with self.assertRaisesRegex(AssertionError, "Problem"):
+                check_gpt(image.path)
+            # Fixed and given a config-2 partition at the end, as the agent does.
+            subprocess.run(["sgdisk", "-e", "-n", "3:-64M:0", "-t", "3:0700", "-c", "3:config-2", image.path],
+                           check=True, stdout=subprocess.DEVNULL)
+            check_gpt(image.path)
+            _, start, size, _, name = partitions(image.path)[2]
+            self.assertEqual(name, "config-2")
+            subprocess.run(["mkfs.fat", "-n", "config-2", "--offset", str(start // 512), image.path,
+                            str(size // 1024)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            tree = os.path.join(work, "cd")
+            os.makedirs(os.path.join(tree, "openstack", "latest"))
+            with open(os.path.join(tree, "openstack", "latest", "meta_data.json"), "w") as f:
+                json.dump({"uuid": "byoi-test", "hostname": "web-1", "meta": {"role": "web"}}, f)
+            with open(os.path.join(tree, "openstack", "latest", "user_data"), "w") as f:
+                f.write("#cloud-config\n")
+            subprocess.run(["mcopy", "-s", "-i", "%s@@%d" % (image.path, start),
+                            os.path.join(tree, "openstack"), "::/"], check=True,
+                           env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+            number, drive = read_config_drive(image.path)
+            self.assertEqual(number, 3)
+            self.assertEqual(drive["metadata"]["hostname"], "web-1")
+            self.assertEqual(drive["metadata"]["meta"], {"role": "web"})
+            self.assertEqual(drive["userdata"], b"#cloud-config\n")
+            with open(image.path, "r+b") as f:  # a damaged primary header is reported too
+                f.seek(512 + 16)  # header CRC32
+                f.write(b"\0\0\0\0")
+            with self.assertRaisesRegex(AssertionError, "CRC"):
+                check_gpt(image.path)
 
 if __name__ == "__main__":
     unittest.main()
