@@ -60,6 +60,29 @@ class RescueBootTest(unittest.TestCase):
             f.truncate(size_mib << 20)
         return path
 
+    def test_image_contents(self):
+        """The archive holds what the boot needs, owned by root, and the kernel is the Debian one."""
+        listing = subprocess.run("zstd -dc %s | cpio -tv --quiet" % self.initrd, shell=True, check=True,
+                                 stdout=subprocess.PIPE, text=True).stdout
+        names = {line.split()[-1] if " -> " not in line else line.split(" -> ")[0].split()[-1]
+                 for line in listing.splitlines()}
+        for name in ("init", "dev/console", "usr/bin/busybox", "usr/bin/byoi-agent", "usr/sbin/mkfs.fat",
+                     "usr/bin/mtools", "usr/bin/mcopy", "usr/bin/sh", "usr/sbin/udhcpc",
+                     "usr/lib/byoi-rescue/run-agent", "usr/lib/byoi-rescue/udhcpc.script",
+                     "etc/ssl/certs/ca-certificates.crt", "etc/ld.so.cache",
+                     "usr/lib/x86_64-linux-gnu/gconv/IBM850.so", "usr/lib64/ld-linux-x86-64.so.2"):
+            self.assertIn(name, names)
+        modules = {os.path.basename(n) for n in names if n.endswith(".ko")}
+        for module in ("virtio_pci.ko", "virtio_blk.ko", "virtio_net.ko", "virtio_scsi.ko", "nvme.ko",
+                       "ahci.ko", "sd_mod.ko", "efivarfs.ko", "vfat.ko", "fat.ko", "loop.ko",
+                       "nls_cp437.ko", "nls_utf8.ko", "nls_iso8859-1.ko",
+                       "nvme-core.ko", "libata.ko", "scsi_mod.ko", "virtio.ko", "virtio_ring.ko"):  # deps
+            self.assertIn(module, modules)
+        not_root = [line for line in listing.splitlines() if line.split()[2:4] != ["root", "root"]]
+        self.assertEqual(not_root, [])
+        self.assertTrue(any(line.startswith("crw") and line.split()[-1] == "dev/console"
+                            for line in listing.splitlines()))
+
     def test_uefi_self_test_with_disk_and_network(self):
         """OVMF + -kernel: the agent runs, tools work, vda is seen, DHCP, nginx fetch via 10.0.2.2."""
         work = self.workdir()
