@@ -55,7 +55,7 @@ def wait_healthy(vm, api, timeout):
     deadline = time.monotonic() + timeout
     while True:
         if vm.process.poll() is not None:
-            vm._fail("QEMU exited before the agent's API answered")
+            vm.fail("QEMU exited before the agent's API answered")
         try:
             status, _ = http_json("GET", api + "/healthz", timeout=5)
             if status == 200:
@@ -63,7 +63,7 @@ def wait_healthy(vm, api, timeout):
         except OSError:
             pass  # not listening yet (the forwarded port refuses or resets until the guest listens)
         if time.monotonic() > deadline:
-            vm._fail("the agent's API did not answer %s/healthz within %d s" % (api, timeout))
+            vm.fail("the agent's API did not answer %s/healthz within %d s" % (api, timeout))
         time.sleep(1)
 
 
@@ -101,9 +101,9 @@ def wait_done(vm, api, token, timeout, on_status=None):
                 if last and any(s.get("step") == "reboot" and s.get("status") in ("doing", "done")
                                 for s in last.get("progress", [])):
                     return last
-                vm._fail("the VM stopped while the job was not done (last status: %r)" % (last,))
+                vm.fail("the VM stopped while the job was not done (last status: %r)" % (last,))
         if time.monotonic() > deadline:
-            vm._fail("the job was not done within %d s (last status: %r)" % (timeout, last))
+            vm.fail("the job was not done within %d s (last status: %r)" % (timeout, last))
         time.sleep(2)
 
 

@@ -189,7 +189,8 @@ class Vm:
             return ""
         return data.decode("utf-8", "replace").replace("\r", "")
 
-    def _fail(self, what):
+    def fail(self, what):
+        """Raises VmError: `what`, then the tails of the serial log and of QEMU's own output."""
         tail = self.log()[-4000:]
         try:
             with open(self.stderr_log, errors="replace") as f:
@@ -214,10 +215,10 @@ class Vm:
                 m = regex.search(self.log())  # output written just before the exit
                 if m:
                     return m
-                self._fail("QEMU exited with status %d before /%s/ appeared" % (
+                self.fail("QEMU exited with status %d before /%s/ appeared" % (
                     self.process.returncode, pattern))
             if time.monotonic() > deadline:
-                self._fail("/%s/ did not appear within %d s" % (pattern, timeout))
+                self.fail("/%s/ did not appear within %d s" % (pattern, timeout))
             time.sleep(0.2)
 
     def wait_exit(self, timeout):
@@ -225,11 +226,11 @@ class Vm:
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self._fail("still running %d s later" % timeout)
+            self.fail("still running %d s later" % timeout)
 
     def assert_absent(self, pattern):
         if re.search(pattern, self.log(), re.MULTILINE):
-            self._fail("/%s/ appeared but must not" % pattern)
+            self.fail("/%s/ appeared but must not" % pattern)
 
 
 def ovmf_loaded_entries(log):

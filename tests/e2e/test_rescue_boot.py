@@ -156,9 +156,9 @@ class RescueBootTest(unittest.TestCase):
                 except OSError:
                     pass
                 if time.monotonic() > deadline:
-                    vm._fail("neither the API nor the stub's message within 120 s")
+                    vm.fail("neither the API nor the stub's message within 120 s")
                 if vm.process.poll() is not None:
-                    vm._fail("the VM stopped")
+                    vm.fail("the VM stopped")
                 time.sleep(1)
             if healthy:
                 print("UEFI rescue boot to a healthy API: %.1f s" % vm.elapsed(), file=sys.stderr)
