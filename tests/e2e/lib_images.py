@@ -18,6 +18,7 @@ import struct
 import subprocess
 import tempfile
 import uuid
+import zlib
 
 MIB = 1024 * 1024
 SECTOR = 512
@@ -49,6 +50,7 @@ class UefiImage:
     esp_size: int         # bytes
     esp_guid: str         # unique partition GUID of the ESP (lower case)
     loader_path: str      # \EFI\byoitest\grubx64.efi
+    sector_size: int = 512  # logical sector size the image is made for (512 or 4096)
 
 
 @dataclasses.dataclass
@@ -87,12 +89,15 @@ def _mtools_path(path):
     return "::" + path.replace("\\", "/")
 
 
-def make_uefi_image(path, marker, *, size_mib=64, fallback=False, startup_nsh=None, qcow2=None):
+def make_uefi_image(path, marker, *, size_mib=64, fallback=False, startup_nsh=None, qcow2=None,
+                    sector_size=512):
     """Builds the UEFI test disk at `path` (raw) and, when `qcow2` is given, its qcow2 conversion.
 
     fallback=True also copies the loader to \\EFI\\BOOT\\BOOTX64.EFI (then any UEFI firmware boots it with no
     boot entry: used to prove the loader itself works). startup_nsh, if given, is written as \\startup.nsh
     on the ESP (the UEFI shell runs it when no boot option works).
+    sector_size=4096 makes an image for a 4Kn disk (GPT and FAT in 4096-byte sectors; the ESP is then
+    FAT16, as 40 MiB of 4 KiB clusters are too few for FAT32).
     """
     esp_start, esp_size = 1 * MIB, 40 * MIB
     if size_mib < 48:
@@ -100,14 +105,30 @@ def make_uefi_image(path, marker, *, size_mib=64, fallback=False, startup_nsh=No
     size = size_mib * MIB
     with open(path, "wb") as f:
         f.truncate(size)
-    _run(["sgdisk", "--clear", "-U", DISK_GUID,
-          "-n", "1:%d:+%d" % (esp_start // SECTOR, esp_size // SECTOR), "-t", "1:" + ESP_TYPE,
-          "-u", "1:" + ESP_GUID, "-c", "1:EFI system partition",
-          "-n", "2:%d:+%d" % ((esp_start + esp_size) // SECTOR, (size - esp_start - esp_size - MIB) // SECTOR),
-          "-t", "2:" + LINUX_TYPE,
-          "-u", "2:" + ROOT_GUID, "-c", "2:byoitest root", path])
-    _run(["mkfs.fat", "-F", "32", "-s", "1", "-n", "ESP", "-i", "B0B1E5F1", "--offset",
-          str(esp_start // SECTOR), path, str(esp_size // 1024)])
+    root_size = size - esp_start - esp_size - MIB
+    if sector_size == 512:
+        _run(["sgdisk", "--clear", "-U", DISK_GUID,
+              "-n", "1:%d:+%d" % (esp_start // SECTOR, esp_size // SECTOR), "-t", "1:" + ESP_TYPE,
+              "-u", "1:" + ESP_GUID, "-c", "1:EFI system partition",
+              "-n", "2:%d:+%d" % ((esp_start + esp_size) // SECTOR, root_size // SECTOR),
+              "-t", "2:" + LINUX_TYPE, "-u", "2:" + ROOT_GUID, "-c", "2:byoitest root", path])
+        _run(["mkfs.fat", "-F", "32", "-s", "1", "-n", "ESP", "-i", "B0B1E5F1", "--offset",
+              str(esp_start // SECTOR), path, str(esp_size // 1024)])
+    elif sector_size == 4096:
+        ss = sector_size
+        write_gpt(path, size, ss, [
+            (esp_start // ss, (esp_start + esp_size) // ss - 1, ESP_TYPE, ESP_GUID, "EFI system partition"),
+            ((esp_start + esp_size) // ss, (esp_start + esp_size + root_size) // ss - 1, LINUX_TYPE,
+             ROOT_GUID, "byoitest root")], DISK_GUID)
+        with tempfile.TemporaryDirectory() as tmp:
+            fat = os.path.join(tmp, "esp.img")
+            _run(["mkfs.fat", "-C", "-S", "4096", "-s", "1", "-F", "16", "-n", "ESP", "-i", "B0B1E5F1", fat,
+                  str(esp_size // 1024)])
+            with open(fat, "rb") as src, open(path, "r+b") as dst:
+                dst.seek(esp_start)
+                shutil.copyfileobj(src, dst)
+    else:
+        raise ValueError("sector_size must be 512 or 4096")
     image = "%s@@%d" % (path, esp_start)
     with tempfile.TemporaryDirectory() as tmp:
         loader = os.path.join(tmp, "grubx64.efi")
@@ -128,7 +149,45 @@ def make_uefi_image(path, marker, *, size_mib=64, fallback=False, startup_nsh=No
         to_qcow2(path, qcow2)
         out_qcow2 = qcow2
     return UefiImage(path=path, qcow2=out_qcow2, marker=marker, size=size, esp_number=1,
-                     esp_start=esp_start, esp_size=esp_size, esp_guid=ESP_GUID, loader_path=LOADER_PATH)
+                     esp_start=esp_start, esp_size=esp_size, esp_guid=ESP_GUID, loader_path=LOADER_PATH,
+                     sector_size=sector_size)
+
+
+def write_gpt(path, size, sector_size, partitions, disk_guid):
+    """Writes a protective MBR and primary + backup GPT for `partitions` into the file `path` of `size`
+    bytes, for any logical sector size (sgdisk assumes 512-byte sectors on a regular file).
+
+    partitions: [(first LBA, last LBA, type GUID, unique GUID, name)], in units of sector_size.
+    """
+    lbas = size // sector_size
+    entry_count, entry_size = 128, 128
+    entries_lbas = entry_count * entry_size // sector_size
+    entries = bytearray(entry_count * entry_size)
+    for i, (first, last, type_guid, part_guid, name) in enumerate(partitions):
+        struct.pack_into("<16s16sQQQ72s", entries, i * entry_size, uuid.UUID(type_guid).bytes_le,
+                         uuid.UUID(part_guid).bytes_le, first, last, 0, name.encode("utf-16-le"))
+    entries_crc = zlib.crc32(entries)
+
+    def header(my_lba, alternate_lba, entries_lba):
+        fields = [b"EFI PART", 0x00010000, 92, 0, 0, my_lba, alternate_lba, 2 + entries_lbas,
+                  lbas - 2 - entries_lbas, uuid.UUID(disk_guid).bytes_le, entries_lba, entry_count,
+                  entry_size, entries_crc]
+        raw = struct.pack("<8sIIIIQQQQ16sQIII", *fields)
+        fields[3] = zlib.crc32(raw)
+        return struct.pack("<8sIIIIQQQQ16sQIII", *fields).ljust(sector_size, b"\0")
+
+    mbr = bytearray(sector_size)
+    struct.pack_into("<B3sB3sII", mbr, 446, 0, b"\x00\x02\x00", 0xEE, b"\xff\xff\xff", 1,
+                     min(lbas - 1, 0xFFFFFFFF))
+    mbr[510:512] = b"\x55\xaa"
+    with open(path, "r+b") as f:
+        f.seek(0)
+        f.write(mbr)
+        f.write(header(1, lbas - 1, 2))
+        f.write(entries)
+        f.seek((lbas - 1 - entries_lbas) * sector_size)
+        f.write(entries)
+        f.write(header(lbas - 1, 1, lbas - 1 - entries_lbas))
 
 
 def mbr_boot_code(marker):

@@ -70,6 +70,22 @@ class BootMarkerTest(unittest.TestCase):
         self.assertIn("UEFI Misc Device", [label for _, label in ovmf_loaded_entries(log)], log)
         self.assertEqual(log.count(image.marker), 1, log)
 
+    def test_uefi_4k_image_on_4k_disk_prints_marker(self):
+        """The 4Kn variant (GPT and FAT in 4096-byte sectors) boots from a 4096-byte-sector disk."""
+        image = self.uefi_image(fallback=True, sector_size=4096)
+        with Vm(self.work, name="fallback-4k", disks=[Disk(image.qcow2, logical_block_size=4096)]) as vm:
+            vm.wait_for(re.escape(image.marker), TIMEOUT)
+            self.assertEqual(vm.wait_exit(60), 0)
+        if os.geteuid() == 0:  # sgdisk reads the GPT in 4096-byte sectors only through a 4Kn device
+            loop = subprocess.run(["losetup", "-f", "--show", "-r", "-b", "4096", image.path], check=True,
+                                  stdout=subprocess.PIPE, text=True).stdout.strip()
+            try:
+                out = check_gpt(loop)
+                self.assertIn("EF00", subprocess.run(["sgdisk", "-p", loop], check=True, text=True,
+                                                     stdout=subprocess.PIPE).stdout, out)
+            finally:
+                subprocess.run(["losetup", "-d", loop], check=True)
+
     def test_uefi_boot_entry_prints_marker(self):
         image = self.uefi_image(startup_nsh=BCFG_SCRIPT)
         nvram = None
