@@ -222,6 +222,10 @@ class CommandLine(unittest.TestCase):
                     self.assertEqual(r.returncode, 2)
                     self.assertEqual(r.stderr.decode(), "byoi-agent %s: not available yet\n" % cmd)
                     self.assertEqual(r.stdout, b"")
+                elif cmd == "disks":
+                    # Read-only: once built it lists this machine's disks and succeeds.
+                    self.assertIn(r.returncode, (0, 1), r.stderr)
+                    self.assertNotIn(b"not available yet", r.stderr)
                 else:
                     self.assertIn(r.returncode, (1, 2), r.stderr)
 
