@@ -17,20 +17,20 @@ inline constexpr int kExitUsage = 2;
 struct JobOptions {
   std::string disk;  // --disk: a block device or a regular file; overrides diskGroupId
   std::string efivars = "/sys/firmware/efi/efivars";  // --efivars; absent directory = legacy BIOS
-  std::string reboot = "none";                         // --reboot none|reboot|poweroff|kexec
+  std::string reboot = "none";                        // --reboot none|reboot|poweroff|kexec
   std::optional<uint64_t> memory_limit;  // --memory-limit bytes; default MemTotal - 3 GiB
   std::string efi_boot_order = "first";  // --efi-boot-order first|after-network|bootnext|none
   // Download (agent/fetch/fetch.hpp FetchOptions has the details).
-  std::string ca_bundle;       // --ca-bundle FILE: PEM CA certificates for https image servers
-  bool insecure = false;       // --insecure: skip TLS certificate verification (labs only)
-  double stall_timeout = 60;   // --stall-timeout SECONDS without a byte before an attempt is retried
-  double retry_delay = 1;      // --retry-delay SECONDS before the 2nd attempt, doubling up to 30 s
+  std::string ca_bundle;      // --ca-bundle FILE: PEM CA certificates for https image servers
+  bool insecure = false;      // --insecure: skip TLS certificate verification (labs only)
+  double stall_timeout = 60;  // --stall-timeout SECONDS without a byte before an attempt is retried
+  double retry_delay = 1;     // --retry-delay SECONDS before the 2nd attempt, doubling up to 30 s
   int download_attempts = 10;  // --download-attempts N in a row without progress before giving up
 };
 
 struct DeployArgs {
-  std::string manifest;  // path, or "-" for standard input
-  bool dry_run = false;  // stop after verify; touch no disk
+  std::string manifest;     // path, or "-" for standard input
+  bool dry_run = false;     // stop after verify; touch no disk
   std::string status_file;  // keep the status JSON here while running
   bool json = false;        // print the final status as JSON on stdout
   JobOptions job;

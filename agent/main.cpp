@@ -19,7 +19,8 @@ struct SizeValidator : public CLI::Validator {
 };
 
 void AddJobOptions(CLI::App* cmd, byoi::JobOptions& job, std::string& memory_limit) {
-  cmd->add_option("--disk", job.disk, "Target block device or disk image file (overrides diskGroupId)");
+  cmd->add_option("--disk", job.disk,
+                  "Target block device or disk image file (overrides diskGroupId)");
   cmd->add_option("--efivars", job.efivars, "efivarfs directory; absent means legacy BIOS")
       ->capture_default_str();
   cmd->add_option("--reboot", job.reboot, "What to do when done")
@@ -63,8 +64,10 @@ int main(int argc, char** argv) {
   byoi::DeployArgs deploy;
   std::string deploy_memory;
   auto* deploy_cmd = app.add_subcommand("deploy", "Run a whole job in the foreground");
-  deploy_cmd->add_option("--manifest", deploy.manifest, "Manifest file, or - for stdin")->required();
-  deploy_cmd->add_flag("--dry-run", deploy.dry_run, "Stop after download and verify; touch no disk");
+  deploy_cmd->add_option("--manifest", deploy.manifest, "Manifest file, or - for stdin")
+      ->required();
+  deploy_cmd->add_flag("--dry-run", deploy.dry_run,
+                       "Stop after download and verify; touch no disk");
   deploy_cmd->add_option("--status-file", deploy.status_file, "Keep the status JSON in this file");
   deploy_cmd->add_flag("--json", deploy.json, "Print the final status as JSON");
   AddJobOptions(deploy_cmd, deploy.job, deploy_memory);
@@ -72,7 +75,8 @@ int main(int argc, char** argv) {
   byoi::DaemonArgs daemon;
   auto* daemon_cmd = app.add_subcommand("daemon", "Run the agent: HTTP API and/or backend polling");
   daemon_cmd->add_option("--config", daemon.config, "Config file");
-  daemon_cmd->add_option("--listen", daemon.listen, "ADDR:PORT of the HTTP API (default 0.0.0.0:9999)");
+  daemon_cmd->add_option("--listen", daemon.listen,
+                         "ADDR:PORT of the HTTP API (default 0.0.0.0:9999)");
   daemon_cmd->add_option("--token", daemon.token, "Bearer token the API requires");
   daemon_cmd->add_option("--tls-cert", daemon.tls_cert, "TLS certificate (PEM)");
   daemon_cmd->add_option("--tls-key", daemon.tls_key, "TLS private key (PEM)");
@@ -80,18 +84,21 @@ int main(int argc, char** argv) {
   daemon_cmd->add_option("--agent-id", daemon.agent_id, "Agent id (default: DMI UUID, else MAC)");
   daemon_cmd->add_option("--disk", daemon.disk, "Target block device (overrides diskGroupId)");
   daemon_cmd->add_option("--efivars", daemon.efivars, "efivarfs directory");
-  daemon_cmd->add_option("--state-file", daemon.state_file, "State file (default /run/byoi-agent/state.json)");
+  daemon_cmd->add_option("--state-file", daemon.state_file,
+                         "State file (default /run/byoi-agent/state.json)");
   daemon_cmd->add_option("--reboot", daemon.reboot, "none|reboot|poweroff|kexec (default reboot)")
       ->check(CLI::IsMember({"none", "reboot", "poweroff", "kexec"}));
   daemon_cmd->add_option("--memory-limit", daemon.memory_limit, "RAM budget for the image")
       ->check(SizeValidator());
-  daemon_cmd->add_option("--efi-boot-order", daemon.efi_boot_order, "first|after-network|bootnext|none")
+  daemon_cmd
+      ->add_option("--efi-boot-order", daemon.efi_boot_order, "first|after-network|bootnext|none")
       ->check(CLI::IsMember({"first", "after-network", "bootnext", "none"}));
   daemon_cmd->add_option("--log-level", daemon.log_level, "trace|debug|info|warn|error");
 
   byoi::ConvertArgs convert;
   std::string convert_memory;
-  auto* convert_cmd = app.add_subcommand("convert", "Write an image's raw content to a file or device");
+  auto* convert_cmd =
+      app.add_subcommand("convert", "Write an image's raw content to a file or device");
   convert_cmd->add_option("SOURCE", convert.source, "qcow2 or raw image file")->required();
   convert_cmd->add_option("TARGET", convert.target, "Block device or file")->required();
   convert_cmd->add_option("--type", convert.type, "Expected format")
@@ -111,8 +118,10 @@ int main(int argc, char** argv) {
   disks_cmd->add_option("--config", disks.config, "Config file with a disk group mapping");
 
   byoi::ValidateArgs validate;
-  auto* validate_cmd = app.add_subcommand("validate", "Check a manifest, print the normalised form");
-  validate_cmd->add_option("MANIFEST", validate.manifest, "Manifest file, or - for stdin")->required();
+  auto* validate_cmd =
+      app.add_subcommand("validate", "Check a manifest, print the normalised form");
+  validate_cmd->add_option("MANIFEST", validate.manifest, "Manifest file, or - for stdin")
+      ->required();
 
   byoi::StatusArgs status;
   auto* status_cmd = app.add_subcommand("status", "Ask a running daemon for its status");

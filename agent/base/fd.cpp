@@ -18,7 +18,8 @@ Status PreadAll(int fd, std::span<uint8_t> data, uint64_t offset) {
   while (done < data.size()) {
     ssize_t n = ::pread(fd, data.data() + done, data.size() - done, offset + done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Status::FromErrno("reading at offset " + std::to_string(offset + done), errno);
+    if (n < 0)
+      return Status::FromErrno("reading at offset " + std::to_string(offset + done), errno);
     if (n == 0) {
       return Status::Error(Code::kIo, "reading at offset " + std::to_string(offset + done) +
                                           ": unexpected end of file");
@@ -33,8 +34,11 @@ Status PwriteAll(int fd, std::span<const uint8_t> data, uint64_t offset) {
   while (done < data.size()) {
     ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done, offset + done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Status::FromErrno("writing at offset " + std::to_string(offset + done), errno);
-    if (n == 0) return Status::Error(Code::kIo, "writing at offset " + std::to_string(offset + done) + ": no progress");
+    if (n < 0)
+      return Status::FromErrno("writing at offset " + std::to_string(offset + done), errno);
+    if (n == 0)
+      return Status::Error(Code::kIo,
+                           "writing at offset " + std::to_string(offset + done) + ": no progress");
     done += static_cast<size_t>(n);
   }
   return Status::Ok();
@@ -50,7 +54,8 @@ Result<std::string> ReadSmallFile(const std::string& path, size_t limit) {
     if (n < 0) return Status::FromErrno("reading " + path, errno);
     if (n == 0) break;
     if (out.size() + static_cast<size_t>(n) > limit) {
-      return Status::Error(Code::kTooBig, "reading " + path + ": larger than " + std::to_string(limit) + " bytes");
+      return Status::Error(Code::kTooBig,
+                           "reading " + path + ": larger than " + std::to_string(limit) + " bytes");
     }
     out.append(buf, static_cast<size_t>(n));
   }
@@ -63,9 +68,9 @@ Status WriteFileAtomic(const std::string& path, std::string_view contents) {
   std::string tmp = (dir / ("." + target.filename().string() + ".tmp")).string();
   {
     BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600));
-    BYOI_RETURN_IF_ERROR(PwriteAll(fd.get(),
-                                   {reinterpret_cast<const uint8_t*>(contents.data()), contents.size()}, 0)
-                             .Context("writing " + tmp));
+    BYOI_RETURN_IF_ERROR(
+        PwriteAll(fd.get(), {reinterpret_cast<const uint8_t*>(contents.data()), contents.size()}, 0)
+            .Context("writing " + tmp));
     if (::fsync(fd.get()) != 0) return Status::FromErrno("syncing " + tmp, errno);
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) return Status::FromErrno("renaming " + tmp, errno);

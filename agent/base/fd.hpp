@@ -47,7 +47,8 @@ Status PwriteAll(int fd, std::span<const uint8_t> data, uint64_t offset);
 // Whole small file (sysfs attributes, /proc files, config); refuses more than `limit` bytes.
 Result<std::string> ReadSmallFile(const std::string& path, size_t limit = 1 << 20);
 
-// Writes `contents` to `path` atomically: temp file in the same directory, fsync, rename, fsync dir.
+// Writes `contents` to `path` atomically: temp file in the same directory, fsync, rename, fsync
+// dir.
 Status WriteFileAtomic(const std::string& path, std::string_view contents);
 
 }  // namespace byoi

@@ -40,13 +40,17 @@ std::string ImageLargerThanDisk(uint64_t image_bytes, std::string_view device,
                      image_bytes, device, disk_bytes);
 }
 
-std::string NoDiskInGroup(int group) { return fmt::format("No disk found in disk group {}.", group); }
+std::string NoDiskInGroup(int group) {
+  return fmt::format("No disk found in disk group {}.", group);
+}
 
 std::string DiskInUse(std::string_view device, std::string_view reason) {
   return fmt::format("Disk {} is in use: {}.", device, reason);
 }
 
-std::string CantWrite(std::string_view type) { return fmt::format("Can't write {} on disk.", type); }
+std::string CantWrite(std::string_view type) {
+  return fmt::format("Can't write {} on disk.", type);
+}
 
 std::string BootloaderNotFound(std::string_view path) {
   return fmt::format("EFI bootloader {} not found on the EFI system partition.", path);
@@ -57,9 +61,9 @@ std::string StripUserinfo(std::string_view url) {
   if (scheme_end == std::string_view::npos) return std::string(url);
   size_t authority = scheme_end + 3;
   size_t authority_end = url.find_first_of("/?#", authority);
-  std::string_view auth = url.substr(authority, authority_end == std::string_view::npos
-                                                    ? std::string_view::npos
-                                                    : authority_end - authority);
+  std::string_view auth =
+      url.substr(authority, authority_end == std::string_view::npos ? std::string_view::npos
+                                                                    : authority_end - authority);
   size_t at = auth.rfind('@');
   if (at == std::string_view::npos) return std::string(url);
   std::string out(url.substr(0, authority));

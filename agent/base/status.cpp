@@ -6,15 +6,24 @@ namespace byoi {
 
 std::string_view CodeName(Code code) {
   switch (code) {
-    case Code::kOk: return "ok";
-    case Code::kInvalid: return "invalid";
-    case Code::kNotFound: return "not found";
-    case Code::kIo: return "i/o error";
-    case Code::kUnsupported: return "unsupported";
-    case Code::kBusy: return "busy";
-    case Code::kTooBig: return "too big";
-    case Code::kCancelled: return "cancelled";
-    case Code::kInternal: return "internal error";
+    case Code::kOk:
+      return "ok";
+    case Code::kInvalid:
+      return "invalid";
+    case Code::kNotFound:
+      return "not found";
+    case Code::kIo:
+      return "i/o error";
+    case Code::kUnsupported:
+      return "unsupported";
+    case Code::kBusy:
+      return "busy";
+    case Code::kTooBig:
+      return "too big";
+    case Code::kCancelled:
+      return "cancelled";
+    case Code::kInternal:
+      return "internal error";
   }
   return "unknown";
 }

@@ -1,9 +1,10 @@
 // The one error type of byoi-agent.
 //
-// A Status carries a code, the user-facing `message` (one sentence of the catalogue in design.md §5,
-// or empty when the level that failed cannot know it) and a technical `detail` chain (errno text,
-// HTTP status, libfdisk error) that grows with context on the way up: "reading L2 table at 0x30000:
-// offset past end of image". Lower levels return errors and never log them; the runner reports once.
+// A Status carries a code, the user-facing `message` (one sentence of the catalogue in design.md
+// §5, or empty when the level that failed cannot know it) and a technical `detail` chain (errno
+// text, HTTP status, libfdisk error) that grows with context on the way up: "reading L2 table at
+// 0x30000: offset past end of image". Lower levels return errors and never log them; the runner
+// reports once.
 #pragma once
 
 #include <cassert>
@@ -103,9 +104,9 @@ class [[nodiscard]] Result {
 }  // namespace byoi
 
 // Early return of a failed Status or Result from a function returning Status or Result<U>.
-#define BYOI_RETURN_IF_ERROR(expr)                        \
-  do {                                                    \
-    auto byoi_s_ = (expr);                                \
+#define BYOI_RETURN_IF_ERROR(expr)                         \
+  do {                                                     \
+    auto byoi_s_ = (expr);                                 \
     if (!byoi_s_.ok()) return std::move(byoi_s_).status(); \
   } while (0)
 
@@ -114,7 +115,7 @@ class [[nodiscard]] Result {
 // `BYOI_ASSIGN_OR_RETURN(auto x, Foo());` declares x from a Result, or returns its Status.
 #define BYOI_ASSIGN_OR_RETURN(decl, expr) \
   BYOI_ASSIGN_OR_RETURN_(BYOI_CONCAT_(byoi_r_, __LINE__), decl, expr)
-#define BYOI_ASSIGN_OR_RETURN_(tmp, decl, expr)               \
-  auto tmp = (expr);                                        \
-  if (!tmp.ok()) return std::move(tmp).status();            \
+#define BYOI_ASSIGN_OR_RETURN_(tmp, decl, expr)  \
+  auto tmp = (expr);                             \
+  if (!tmp.ok()) return std::move(tmp).status(); \
   decl = std::move(tmp).value()

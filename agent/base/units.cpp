@@ -17,7 +17,8 @@ std::string HumanBytes(uint64_t bytes) {
     v /= 1024;
     ++unit;
   }
-  return v < 10 ? fmt::format("{:.1f} {}", v, kUnits[unit]) : fmt::format("{:.0f} {}", v, kUnits[unit]);
+  return v < 10 ? fmt::format("{:.1f} {}", v, kUnits[unit])
+                : fmt::format("{:.0f} {}", v, kUnits[unit]);
 }
 
 std::string HumanRate(double bytes_per_second) {
@@ -43,15 +44,23 @@ std::optional<uint64_t> ParseSize(std::string_view text) {
   if (ec != std::errc() || !(number >= 0)) return std::nullopt;
   std::string suffix(end, text.data() + text.size());
   for (char& c : suffix) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (suffix.ends_with("ib")) suffix.resize(suffix.size() - 2);
-  else if (suffix.size() == 2 && suffix[1] == 'b') suffix.resize(1);
+  if (suffix.ends_with("ib"))
+    suffix.resize(suffix.size() - 2);
+  else if (suffix.size() == 2 && suffix[1] == 'b')
+    suffix.resize(1);
   uint64_t mult = 1;
-  if (suffix.empty() || suffix == "b") mult = 1;
-  else if (suffix == "k") mult = kKiB;
-  else if (suffix == "m") mult = kMiB;
-  else if (suffix == "g") mult = kGiB;
-  else if (suffix == "t") mult = 1024 * kGiB;
-  else return std::nullopt;
+  if (suffix.empty() || suffix == "b")
+    mult = 1;
+  else if (suffix == "k")
+    mult = kKiB;
+  else if (suffix == "m")
+    mult = kMiB;
+  else if (suffix == "g")
+    mult = kGiB;
+  else if (suffix == "t")
+    mult = 1024 * kGiB;
+  else
+    return std::nullopt;
   double bytes = number * static_cast<double>(mult);
   if (bytes > 1.8e19) return std::nullopt;
   return static_cast<uint64_t>(bytes);

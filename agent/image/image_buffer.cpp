@@ -48,8 +48,8 @@ ImageBuffer::~ImageBuffer() {
 
 Status ImageBuffer::Append(std::span<const uint8_t> bytes) {
   if (bytes.size() > capacity_ - size_) {
-    return Status::Error(Code::kTooBig, "image passes the memory budget of " +
-                                            std::to_string(capacity_) + " bytes");
+    return Status::Error(
+        Code::kTooBig, "image passes the memory budget of " + std::to_string(capacity_) + " bytes");
   }
   std::memcpy(data_ + size_, bytes.data(), bytes.size());
   size_ += bytes.size();

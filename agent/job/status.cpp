@@ -14,33 +14,48 @@ namespace json = boost::json;
 
 std::string_view JobStateName(JobState state) {
   switch (state) {
-    case JobState::kDoing: return "doing";
-    case JobState::kDone: return "done";
-    case JobState::kError: return "error";
+    case JobState::kDoing:
+      return "doing";
+    case JobState::kDone:
+      return "done";
+    case JobState::kError:
+      return "error";
   }
   return "?";
 }
 
 std::string_view StepName(Step step) {
   switch (step) {
-    case Step::kDownload: return "download";
-    case Step::kVerify: return "verify";
-    case Step::kWrite: return "write";
-    case Step::kPartition: return "partition";
-    case Step::kConfigDrive: return "configdrive";
-    case Step::kBootloader: return "bootloader";
-    case Step::kReboot: return "reboot";
+    case Step::kDownload:
+      return "download";
+    case Step::kVerify:
+      return "verify";
+    case Step::kWrite:
+      return "write";
+    case Step::kPartition:
+      return "partition";
+    case Step::kConfigDrive:
+      return "configdrive";
+    case Step::kBootloader:
+      return "bootloader";
+    case Step::kReboot:
+      return "reboot";
   }
   return "?";
 }
 
 std::string_view StepStateName(StepState state) {
   switch (state) {
-    case StepState::kTodo: return "todo";
-    case StepState::kDoing: return "doing";
-    case StepState::kDone: return "done";
-    case StepState::kError: return "error";
-    case StepState::kSkipped: return "skipped";
+    case StepState::kTodo:
+      return "todo";
+    case StepState::kDoing:
+      return "doing";
+    case StepState::kDone:
+      return "done";
+    case StepState::kError:
+      return "error";
+    case StepState::kSkipped:
+      return "skipped";
   }
   return "?";
 }
@@ -105,7 +120,8 @@ Result<JobStatus> StatusFromJson(std::string_view text) {
   const json::object& o = root.get_object();
   JobStatus s;
   try {
-    if (!FromName(std::string_view(o.at("status").as_string()), kJobStates, JobStateName, s.state)) {
+    if (!FromName(std::string_view(o.at("status").as_string()), kJobStates, JobStateName,
+                  s.state)) {
       return bad("unknown status");
     }
     s.message = o.at("message").as_string();
@@ -142,7 +158,10 @@ Result<JobStatus> StatusFromJson(std::string_view text) {
   return s;
 }
 
-StatusBoard::StatusBoard() { Start(""); has_job_ = false; }
+StatusBoard::StatusBoard() {
+  Start("");
+  has_job_ = false;
+}
 
 void StatusBoard::Start(std::string servername) {
   {
@@ -198,8 +217,8 @@ void StatusBoard::StepProgress(Step step, uint64_t done, uint64_t total) {
     double secs = std::chrono::duration<double>(now - step_start_[static_cast<int>(step)]).count();
     s.seconds = secs;
     double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
-    s.comment = total > 0 ? fmt::format("{} of {}", HumanBytes(done), HumanBytes(total))
-                          : HumanBytes(done);
+    s.comment =
+        total > 0 ? fmt::format("{} of {}", HumanBytes(done), HumanBytes(total)) : HumanBytes(done);
     if (rate > 0) s.comment += ", " + HumanRate(rate);
     if (rate > 0 && total > done) {
       s.comment += ", ETA " + HumanDuration(static_cast<double>(total - done) / rate);
@@ -221,7 +240,8 @@ void StatusBoard::FinishStep(Step step, std::string comment) {
         std::chrono::duration<double>(Clock::now() - step_start_[static_cast<int>(step)]).count();
     if (comment.empty() && s.bytes_done > 0) {
       comment = fmt::format("{} in {}", HumanBytes(s.bytes_done), HumanDuration(s.seconds));
-      if (s.seconds > 0) comment += " (" + HumanRate(static_cast<double>(s.bytes_done) / s.seconds) + ")";
+      if (s.seconds > 0)
+        comment += " (" + HumanRate(static_cast<double>(s.bytes_done) / s.seconds) + ")";
     }
     s.comment = std::move(comment);
   }

@@ -63,9 +63,10 @@ TEST(BootMode, UefiServerWarnsAboutAnImageWithoutEsp) {
   BuildDisk(without, spec);
   warning = BootModeWarning(BootMode::kUefi, without);
   ASSERT_TRUE(warning.ok());
-  EXPECT_EQ(*warning, "this server boots in UEFI mode but the image has no usable EFI system "
-                      "partition (no EFI system partition on " +
-                          without + "): it will probably not boot");
+  EXPECT_EQ(*warning,
+            "this server boots in UEFI mode but the image has no usable EFI system "
+            "partition (no EFI system partition on " +
+                without + "): it will probably not boot");
 }
 
 TEST(BootMode, AnUnreadableDiskIsAnError) {

@@ -1,7 +1,6 @@
-#include "agent/boot/reboot.hpp"
-
 #include <gtest/gtest.h>
 
+#include "agent/boot/reboot.hpp"
 #include "tests/unit/boot_test_disk.hpp"
 
 namespace byoi {
@@ -13,7 +12,8 @@ using testing::TempDir;
 using Calls = std::vector<std::string>;
 
 TEST(RebootMode, ParseAndPrint) {
-  for (auto m : {RebootMode::kNone, RebootMode::kReboot, RebootMode::kPowerOff, RebootMode::kKexec}) {
+  for (auto m :
+       {RebootMode::kNone, RebootMode::kReboot, RebootMode::kPowerOff, RebootMode::kKexec}) {
     auto parsed = ParseRebootMode(RebootModeName(m));
     ASSERT_TRUE(parsed.ok());
     EXPECT_EQ(*parsed, m);
