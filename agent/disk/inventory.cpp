@@ -17,6 +17,7 @@
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
 #include "agent/base/units.hpp"
+#include "agent/disk/dir_list.hpp"
 #include "agent/disk/probe.hpp"
 
 namespace byoi {
@@ -76,16 +77,6 @@ std::string Transport(const fs::path& dir, const std::string& name) {
   if (real.find("/ata") != std::string::npos) return "sata";
   if (fs::exists(dir / "device" / "vendor", ec)) return "scsi";
   return {};
-}
-
-std::vector<std::string> ListDir(const fs::path& dir) {
-  std::vector<std::string> out;
-  std::error_code ec;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    out.push_back(it->path().filename().string());
-  }
-  std::sort(out.begin(), out.end());
-  return out;
 }
 
 // The dm device holding `disk_dir` (or one of its partitions) as a multipath path, or "".

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "agent/base/messages.hpp"
+#include "agent/disk/dir_list.hpp"
 
 namespace byoi {
 namespace {
@@ -27,16 +28,6 @@ std::string Trim(std::string s) {
 std::string Attr(const fs::path& p) {
   auto t = ReadSmallFile(p.string(), 4096);
   return t.ok() ? Trim(*t) : std::string();
-}
-
-std::vector<std::string> ListDir(const fs::path& dir) {
-  std::vector<std::string> out;
-  std::error_code ec;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    out.push_back(it->path().filename().string());
-  }
-  std::sort(out.begin(), out.end());
-  return out;
 }
 
 // /proc/self/mountinfo and /proc/swaps escape blanks and backslashes as \ooo.
