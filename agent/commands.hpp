@@ -16,6 +16,9 @@ inline constexpr int kExitUsage = 2;
 // Options shared by `deploy` and `daemon`: how a job runs on this machine.
 struct JobOptions {
   std::string disk;  // --disk: a block device or a regular file; overrides diskGroupId
+  // disk_groups (config only): explicit groups, "1=sda,sdb 2=nvme0n1" (agent/disk/inventory.hpp
+  // ParseGroupMapping); empty means the automatic grouping of design.md §9.
+  std::string disk_groups;
   std::string efivars = "/sys/firmware/efi/efivars";  // --efivars; absent directory = legacy BIOS
   std::string reboot = "none";                        // --reboot none|reboot|poweroff|kexec
   std::optional<uint64_t> memory_limit;  // --memory-limit bytes; default MemTotal - 3 GiB

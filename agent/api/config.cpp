@@ -11,6 +11,7 @@
 
 #include "agent/base/fd.hpp"
 #include "agent/base/units.hpp"
+#include "agent/disk/inventory.hpp"
 
 namespace byoi {
 
@@ -39,6 +40,7 @@ constexpr Key kKeys[] = {
     // Not flags: set rarely, in the config file or on the kernel command line.
     {"poll_interval", nullptr},
     {"console", nullptr},
+    {"disk_groups", nullptr},
 };
 
 bool IsKnownKey(std::string_view key) {
@@ -285,6 +287,11 @@ Result<DaemonConfig> LoadDaemonConfig(const DaemonArgs& flags, const ConfigSourc
       config.poll_interval = seconds;
     } else if (name == "console") {
       config.console = v->empty() ? "none" : *v;
+    } else if (name == "disk_groups") {
+      if (Result<std::vector<GroupMapping>> m = ParseGroupMapping(*v); !m.ok()) {
+        return bad("disk_groups", m.status().detail() + " (expected e.g. 1=sda,sdb 2=nvme0n1)");
+      }
+      config.job.disk_groups = *v;
     }
   }
 

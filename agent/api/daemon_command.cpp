@@ -118,10 +118,9 @@ int RunDaemon(const DaemonArgs& args) {
   RestoreLastJob(state, *jobs);
 
   boost::asio::io_context ioc;
-  // The disk inventory seam: replace ListDisksBasic with the inventory of agent/disk/ (groups).
-  std::string forced_disk = config.job.disk;
   ApiHandler handler(
-      *jobs, metrics, [forced_disk] { return ListDisksBasic(forced_disk); }, config.token);
+      *jobs, metrics, [job = config.job] { return ListDisks(job.disk, job.disk_groups); },
+      config.token);
   std::unique_ptr<HttpServer> server;
   if (config.listen != "off") {
     HttpServerOptions options;

@@ -1,7 +1,5 @@
-// GET /v1/disks before the disk inventory exists (agent/disk/ is built in another issue): the whole
-// block devices of sysfs with their size, kind and model, and the disk the configuration forces.
-// The daemon reaches the inventory only through the DisksFn seam of api_handler.hpp, so the real
-// inventory (with disk groups, design.md §9) replaces this in one line of daemon_command.cpp.
+// GET /v1/disks: the disk inventory of agent/disk/ (design.md §9) as the API shows it, so an
+// operator or a backend can see which disk a diskGroupId will pick before sending a job.
 #pragma once
 
 #include <boost/json/value.hpp>
@@ -11,10 +9,12 @@
 
 namespace byoi {
 
-// {"disks": [{"name", "path", "sizeBytes", "kind" ("nvme"|"ssd"|"hdd"), "model", "removable",
-// "readOnly"}], "forcedDisk": "<--disk or empty>", "groups": null}. Skips loop, ram, zram, dm-*,
-// md* and sr* devices. `sys_block` is /sys/block (a fake tree in tests).
-Result<boost::json::value> ListDisksBasic(const std::string& forced_disk,
-                                          const std::string& sys_block = "/sys/block");
+// {"groups": [...], "excluded": [...]} of InventoryToJson, plus "disks": every usable disk (with
+// its "group" id) in group order, and "forcedDisk": the disk the configuration forces ("" when
+// none). `disk_groups` is the configured explicit mapping ("" for automatic groups). Contents
+// (partition table, signatures) are probed with libblkid only on the real /sys.
+// kIo when sysfs cannot be read, kInvalid for a bad mapping.
+Result<boost::json::value> ListDisks(const std::string& forced_disk, const std::string& disk_groups,
+                                     const std::string& sysfs_root = "/sys");
 
 }  // namespace byoi

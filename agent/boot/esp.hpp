@@ -20,10 +20,9 @@
 #include <string_view>
 
 #include "agent/base/status.hpp"
+#include "agent/image/format.hpp"  // PartitionTableType
 
 namespace byoi {
-
-enum class PartitionTableType { kGpt, kMbr };
 
 struct EspLocation {
   PartitionTableType table = PartitionTableType::kGpt;

@@ -42,7 +42,7 @@ Result<GptRelocation> Relocate(const Disk& disk, const std::string& sysfs_root) 
   GptRelocation out;
   std::vector<Partition> before;
   {
-    BYOI_ASSIGN_OR_RETURN(auto table, PartitionTable::Open(fd.get(), disk.path, /*writable=*/true));
+    BYOI_ASSIGN_OR_RETURN(auto table, FdiskTable::Open(fd.get(), disk.path, /*writable=*/true));
     if (table->kind() != TableKind::kGpt) {
       if (HasProtectiveMbr(fd.get())) {
         // The MBR announces a GPT but libfdisk found no valid header: a damaged image. Adding
@@ -78,7 +78,7 @@ Result<GptRelocation> Relocate(const Disk& disk, const std::string& sysfs_root) 
     }
   }
   // Read it back from the disk, in a fresh context, to check what was written.
-  BYOI_ASSIGN_OR_RETURN(auto check, PartitionTable::Open(fd.get(), disk.path, /*writable=*/false));
+  BYOI_ASSIGN_OR_RETURN(auto check, FdiskTable::Open(fd.get(), disk.path, /*writable=*/false));
   uint64_t last = check->total_sectors() - 1;
   if (check->kind() != TableKind::kGpt || check->GptAlternativeLba() != last) {
     return Status::Error(Code::kIo, fmt::format("after writing, the backup header is not at LBA {} "
@@ -108,7 +108,7 @@ Result<GptRelocation> RelocateBackupGpt(const Disk& disk, const std::string& sys
 
 Result<std::vector<Partition>> ReadPartitions(const Disk& disk) {
   BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(disk.path, O_RDONLY));
-  BYOI_ASSIGN_OR_RETURN(auto table, PartitionTable::Open(fd.get(), disk.path, false));
+  BYOI_ASSIGN_OR_RETURN(auto table, FdiskTable::Open(fd.get(), disk.path, false));
   if (table->kind() == TableKind::kNone) return std::vector<Partition>{};
   return table->Partitions();
 }

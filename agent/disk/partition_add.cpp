@@ -44,7 +44,7 @@ Status Refuse(Code code, std::string detail) {
   return Status::Error(code, std::move(detail), std::string(msg::kConfigDrive));
 }
 
-Result<Partition> AddPartition(PartitionTable& table, const Disk& disk,
+Result<Partition> AddPartition(FdiskTable& table, const Disk& disk,
                                const std::vector<Partition>& parts) {
   TableKind kind = table.kind();
   uint64_t ss = table.sector_size();
@@ -124,7 +124,7 @@ Result<Partition> AddPartition(PartitionTable& table, const Disk& disk,
 
 Result<ConfigDrivePartition> Ensure(const Disk& disk, const std::string& sysfs_root) {
   BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenDiskExclusive(disk, O_RDWR));
-  BYOI_ASSIGN_OR_RETURN(auto table, PartitionTable::Open(fd.get(), disk.path, /*writable=*/true));
+  BYOI_ASSIGN_OR_RETURN(auto table, FdiskTable::Open(fd.get(), disk.path, /*writable=*/true));
   TableKind kind = table->kind();
   if (kind != TableKind::kGpt && kind != TableKind::kMbr) {
     return Refuse(Code::kUnsupported,

@@ -29,8 +29,8 @@ std::string Upper(const char* s) {
 
 }  // namespace
 
-int PartitionTable::AskCallback(fdisk_context*, fdisk_ask* ask, void* data) {
-  auto* self = static_cast<PartitionTable*>(data);
+int FdiskTable::AskCallback(fdisk_context*, fdisk_ask* ask, void* data) {
+  auto* self = static_cast<FdiskTable*>(data);
   switch (fdisk_ask_get_type(ask)) {
     case FDISK_ASKTYPE_WARN:
     case FDISK_ASKTYPE_WARNX:
@@ -45,14 +45,14 @@ int PartitionTable::AskCallback(fdisk_context*, fdisk_ask* ask, void* data) {
   }
 }
 
-Result<std::unique_ptr<PartitionTable>> PartitionTable::Open(int fd, const std::string& path,
+Result<std::unique_ptr<FdiskTable>> FdiskTable::Open(int fd, const std::string& path,
                                                              bool writable) {
-  std::unique_ptr<PartitionTable> t(new PartitionTable());
+  std::unique_ptr<FdiskTable> t(new FdiskTable());
   t->path_ = path;
   t->fd_ = fd;
   t->cxt_ = fdisk_new_context();
   if (!t->cxt_) return Status::Error(Code::kInternal, "fdisk_new_context failed");
-  fdisk_set_ask(t->cxt_, &PartitionTable::AskCallback, t.get());
+  fdisk_set_ask(t->cxt_, &FdiskTable::AskCallback, t.get());
   fdisk_disable_dialogs(t->cxt_, 1);
   int rc = fdisk_assign_device_by_fd(t->cxt_, fd, path.c_str(), writable ? 0 : 1);
   if (rc != 0) {
@@ -63,7 +63,7 @@ Result<std::unique_ptr<PartitionTable>> PartitionTable::Open(int fd, const std::
   return t;
 }
 
-PartitionTable::~PartitionTable() {
+FdiskTable::~FdiskTable() {
   if (cxt_) {
     // nosync: WriteChanges already synced; and the fd is ours, libfdisk does not close it.
     fdisk_deassign_device(cxt_, 1);
@@ -71,23 +71,23 @@ PartitionTable::~PartitionTable() {
   }
 }
 
-TableKind PartitionTable::kind() const {
+TableKind FdiskTable::kind() const {
   if (!fdisk_has_label(cxt_)) return TableKind::kNone;
   if (fdisk_is_labeltype(cxt_, FDISK_DISKLABEL_GPT)) return TableKind::kGpt;
   if (fdisk_is_labeltype(cxt_, FDISK_DISKLABEL_DOS)) return TableKind::kMbr;
   return TableKind::kOther;
 }
 
-uint32_t PartitionTable::sector_size() const {
+uint32_t FdiskTable::sector_size() const {
   return static_cast<uint32_t>(fdisk_get_sector_size(cxt_));
 }
-uint64_t PartitionTable::total_sectors() const { return fdisk_get_nsectors(cxt_); }
-uint64_t PartitionTable::grain_sectors() const {
+uint64_t FdiskTable::total_sectors() const { return fdisk_get_nsectors(cxt_); }
+uint64_t FdiskTable::grain_sectors() const {
   uint64_t g = fdisk_get_grain_size(cxt_) / std::max<uint32_t>(sector_size(), 1);
   return g ? g : 1;
 }
 
-Result<std::vector<Partition>> PartitionTable::Partitions() const {
+Result<std::vector<Partition>> FdiskTable::Partitions() const {
   fdisk_table* raw = nullptr;
   if (int rc = fdisk_get_partitions(cxt_, &raw); rc != 0) {
     return Status::Error(Code::kIo,
@@ -123,7 +123,7 @@ Result<std::vector<Partition>> PartitionTable::Partitions() const {
   return out;
 }
 
-uint64_t PartitionTable::GptAlternativeLba() const {
+uint64_t FdiskTable::GptAlternativeLba() const {
   if (kind() != TableKind::kGpt) return 0;
   std::unique_ptr<fdisk_labelitem, ItemDeleter> item(fdisk_new_labelitem());
   uint64_t v = 0;
@@ -133,7 +133,7 @@ uint64_t PartitionTable::GptAlternativeLba() const {
   return v;
 }
 
-uint64_t PartitionTable::GptLastUsableLba() const {
+uint64_t FdiskTable::GptLastUsableLba() const {
   if (kind() != TableKind::kGpt) return 0;
   std::unique_ptr<fdisk_labelitem, ItemDeleter> item(fdisk_new_labelitem());
   uint64_t v = 0;
@@ -143,12 +143,12 @@ uint64_t PartitionTable::GptLastUsableLba() const {
   return v;
 }
 
-bool PartitionTable::Changed() const {
+bool FdiskTable::Changed() const {
   fdisk_label* lb = fdisk_get_label(cxt_, nullptr);
   return lb && fdisk_label_is_changed(lb);
 }
 
-Status PartitionTable::WriteChanges() {
+Status FdiskTable::WriteChanges() {
   if (int rc = fdisk_write_disklabel(cxt_); rc != 0) {
     return Status::Error(
         Code::kIo, fmt::format("writing the partition table of {}: {}{}", path_, std::strerror(-rc),
@@ -158,7 +158,7 @@ Status PartitionTable::WriteChanges() {
   return Status::Ok();
 }
 
-std::string PartitionTable::Messages() const {
+std::string FdiskTable::Messages() const {
   std::string out;
   for (const std::string& m : messages_) {
     if (!out.empty()) out += "; ";

@@ -20,15 +20,14 @@ namespace byoi {
 
 enum class TableKind { kNone, kGpt, kMbr, kOther };
 
-class PartitionTable {
+class FdiskTable {
  public:
   // Binds libfdisk to `fd` (not taken over: it must outlive the table) for `path` (shown in
   // messages). `writable` allows WriteChanges. Fails with kIo when libfdisk cannot read the device.
-  static Result<std::unique_ptr<PartitionTable>> Open(int fd, const std::string& path,
-                                                      bool writable);
-  ~PartitionTable();
-  PartitionTable(const PartitionTable&) = delete;
-  PartitionTable& operator=(const PartitionTable&) = delete;
+  static Result<std::unique_ptr<FdiskTable>> Open(int fd, const std::string& path, bool writable);
+  ~FdiskTable();
+  FdiskTable(const FdiskTable&) = delete;
+  FdiskTable& operator=(const FdiskTable&) = delete;
 
   TableKind kind() const;
   uint32_t sector_size() const;
@@ -54,7 +53,7 @@ class PartitionTable {
   std::string Messages() const;
 
  private:
-  PartitionTable() = default;
+  FdiskTable() = default;
   static int AskCallback(fdisk_context* cxt, fdisk_ask* ask, void* data);
 
   fdisk_context* cxt_ = nullptr;

@@ -16,7 +16,7 @@ namespace {
 // The partitions of the table on `fd`, or none when there is no table or it cannot be read (a
 // damaged table is exactly what is being wiped).
 std::vector<Partition> OldPartitions(int fd, const std::string& path) {
-  auto table = PartitionTable::Open(fd, path, /*writable=*/false);
+  auto table = FdiskTable::Open(fd, path, /*writable=*/false);
   if (!table.ok()) return {};
   TableKind kind = (*table)->kind();
   if (kind != TableKind::kGpt && kind != TableKind::kMbr) return {};

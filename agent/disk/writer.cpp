@@ -182,10 +182,7 @@ Status Writer::WriteTail(uint64_t offset) {
 Status Writer::Fail(Status cause) {
   // Once writing has begun the disk holds a mix of old and new data: make it unbootable rather
   // than leave something that looks like a valid disk.
-  uint64_t wipe = std::min(kMiB, target_.size());
-  Status s = target_.WriteZeros(0, wipe);
-  if (s.ok()) s = target_.WriteZeros(target_.size() - wipe, wipe);
-  if (s.ok()) s = target_.Sync();
+  Status s = ZeroDiskEnds(target_);
   if (!s.ok()) {
     cause = Status::Error(
         cause.code(), cause.detail() + "; wiping the first and last MiB also failed: " + s.detail(),
@@ -265,6 +262,14 @@ Result<WriteStats> Writer::Run(const ProgressFn& progress) {
 }
 
 }  // namespace
+
+Status ZeroDiskEnds(Target& target) {
+  uint64_t wipe = std::min(kMiB, target.size());
+  Status s = target.WriteZeros(0, wipe);
+  if (s.ok()) s = target.WriteZeros(target.size() - wipe, wipe);
+  if (s.ok()) s = target.Sync();
+  return s;
+}
 
 Result<WriteStats> WriteImage(const ImageLayout& layout, Target& target,
                               const WriteOptions& options, const ProgressFn& progress,

@@ -57,4 +57,10 @@ Result<WriteStats> WriteImage(const ImageLayout& layout, Target& target,
                               const WriteOptions& options, const ProgressFn& progress,
                               const CancelToken& cancel);
 
+// Overwrites the first and the last MiB of `target` (all of it when smaller) with zeros and syncs:
+// what is left of a primary and a backup partition table, boot code and file system superblocks,
+// so that a half-written disk does not look bootable. Writes zeros (no offload is trusted after a
+// failure). kIo on failure.
+Status ZeroDiskEnds(Target& target);
+
 }  // namespace byoi

@@ -58,10 +58,10 @@ bool HasMbr(std::span<const uint8_t> b) {
   return used > 0;
 }
 
-PartitionTable FindPartitionTable(std::span<const uint8_t> b) {
-  if (HasAt(b, 512, "EFI PART") || HasAt(b, 4096, "EFI PART")) return PartitionTable::kGpt;
-  if (HasMbr(b)) return PartitionTable::kMbr;
-  return PartitionTable::kNone;
+PartitionTableType FindPartitionTable(std::span<const uint8_t> b) {
+  if (HasAt(b, 512, "EFI PART") || HasAt(b, 4096, "EFI PART")) return PartitionTableType::kGpt;
+  if (HasMbr(b)) return PartitionTableType::kMbr;
+  return PartitionTableType::kNone;
 }
 
 // ext2/3/4 superblock at 1024: magic 0xEF53 at +56; feature flags at +92 (compat) and +96
@@ -142,9 +142,9 @@ FormatInfo DetectFormat(std::span<const uint8_t> b) {
   // hybrid ISO or a disk image whose first partition holds a filesystem is raw.
   FormatInfo info = DetectOther(b);
   if (info.format == ImageFormat::kContainer) return info;
-  if (PartitionTable table = FindPartitionTable(b); table != PartitionTable::kNone) {
+  if (PartitionTableType table = FindPartitionTable(b); table != PartitionTableType::kNone) {
     info = Named(ImageFormat::kRaw, "raw",
-                 table == PartitionTable::kGpt ? "a raw disk image with a GPT"
+                 table == PartitionTableType::kGpt ? "a raw disk image with a GPT"
                                                : "a raw disk image with an MBR partition table");
     info.table = table;
     info.virtual_size = b.size();

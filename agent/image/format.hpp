@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "agent/base/status.hpp"
 #include "agent/job/manifest.hpp"
@@ -28,11 +29,14 @@ enum class ImageFormat {
   kOther,      // anything else: a filesystem, compressed data, empty, unknown
 };
 
-enum class PartitionTable { kNone, kMbr, kGpt };
+// The kind of partition table at the start of a disk or an image.
+enum class PartitionTableType { kNone, kMbr, kGpt };
+
+std::string_view PartitionTableTypeName(PartitionTableType t);  // "none", "mbr", "gpt"
 
 struct FormatInfo {
   ImageFormat format = ImageFormat::kOther;
-  PartitionTable table = PartitionTable::kNone;  // for kRaw
+  PartitionTableType table = PartitionTableType::kNone;  // for kRaw
   // Short name for "image provided format is <name> ...": "qcow2", "raw", "vmdk", "vhd", "vhdx",
   // "vdi", "qcow", "gzip", "xz", "zstd", "bzip2", "tar", "iso9660", "ext4", "xfs", "btrfs",
   // "vfat", "ntfs", "swap", "luks", "squashfs", "empty", "zeros", "unknown".

@@ -9,13 +9,13 @@
 
 #include "agent/base/status.hpp"
 #include "agent/image/extent.hpp"
+#include "agent/image/format.hpp"
 #include "agent/image/qcow2.hpp"
 
 namespace byoi {
 
-enum class ImageFormat { kRaw, kQcow2 };
-
-std::string_view FormatName(ImageFormat f);  // "raw", "qcow2" (the manifest's type names)
+// "qcow2" for kQcow2, "raw" for the rest (OpenImage yields only these two; the manifest's names).
+std::string_view FormatName(ImageFormat f);
 
 struct OpenedImage {
   ImageFormat format = ImageFormat::kRaw;

@@ -21,12 +21,9 @@
 
 #include "agent/base/status.hpp"
 #include "agent/image/extent.hpp"
+#include "agent/image/format.hpp"  // PartitionTableType
 
 namespace byoi {
-
-enum class PartitionTableType { kNone, kMbr, kGpt };
-
-std::string_view PartitionTableTypeName(PartitionTableType t);  // "none", "mbr", "gpt"
 
 struct PartitionInfo {
   uint32_t number = 0;      // GPT: entry index + 1; MBR: 1-4 primary, 5+ logical

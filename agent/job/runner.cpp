@@ -1,13 +1,33 @@
 #include "agent/job/runner.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <optional>
+#include <vector>
+
 #include "agent/base/messages.hpp"
 #include "agent/base/units.hpp"
+#include "agent/boot/boot_entry.hpp"
+#include "agent/boot/boot_mode.hpp"
+#include "agent/boot/configdrive.hpp"
+#include "agent/boot/efi_vars.hpp"
+#include "agent/boot/esp.hpp"
+#include "agent/boot/reboot.hpp"
+#include "agent/disk/gpt.hpp"
+#include "agent/disk/inventory.hpp"
+#include "agent/disk/partition_add.hpp"
+#include "agent/disk/safety.hpp"
+#include "agent/disk/target.hpp"
+#include "agent/disk/wipe.hpp"
+#include "agent/disk/writer.hpp"
 #include "agent/fetch/fetch.hpp"
 #include "agent/image/format.hpp"
 #include "agent/image/image_buffer.hpp"
+#include "agent/image/open_image.hpp"
+#include "agent/image/virtual_reader.hpp"
 
 namespace byoi {
 
@@ -17,9 +37,21 @@ namespace {
 // was installed.
 constexpr HashAlgo kDefaultReportedHash = HashAlgo::kSha256;
 
+// Enough of the virtual disk to see a GPT made for 4096-byte sectors (header at LBA 1).
+constexpr uint64_t kHeadBytes = 8192 + 512;
+
 HashAlgo ReportedHash(const Manifest& manifest) {
   return manifest.checksum ? manifest.checksum->algo : kDefaultReportedHash;
 }
+
+std::string TypeName(const Manifest& manifest) { return std::string(ImageTypeName(manifest.type)); }
+
+// The disk the job writes to, and the other disks of its group (where a stale config drive must
+// not survive).
+struct TargetDisk {
+  Disk disk;
+  std::vector<Disk> group_peers;
+};
 
 Result<FetchOptions> MakeFetchOptions(const JobOptions& job) {
   FetchOptions opts;
@@ -35,6 +67,30 @@ Result<FetchOptions> MakeFetchOptions(const JobOptions& job) {
   opts.insecure = job.insecure;
   opts.on_retry = [](std::string_view notice) { spdlog::warn("download: {}", notice); };
   return opts;
+}
+
+// Step 1: the target, before a byte is downloaded, so that a wrong disk group or a busy disk is
+// refused in a second rather than after a 10 GiB download. Reads sysfs and /proc only.
+Result<TargetDisk> Plan(const Manifest& manifest, const JobOptions& job) {
+  InventoryOptions inventory_options;
+  BYOI_ASSIGN_OR_RETURN(inventory_options.mapping, ParseGroupMapping(job.disk_groups));
+  Result<Inventory> inventory = ScanDisks(inventory_options);
+  TargetDisk target;
+  if (!job.disk.empty()) {
+    // --disk is the operator's explicit choice and wins over diskGroupId.
+    BYOI_ASSIGN_OR_RETURN(target.disk, DescribeTarget(job.disk));
+  } else {
+    BYOI_RETURN_IF_ERROR(inventory.status());
+    BYOI_ASSIGN_OR_RETURN(target.disk, SelectDisk(*inventory, manifest.disk_group_id));
+  }
+  if (inventory.ok()) target.group_peers = OtherDisksOfGroup(*inventory, target.disk);
+  BYOI_RETURN_IF_ERROR(CheckNotInUse(target.disk));
+  spdlog::info("plan: {} ({}, {} bytes, {}-byte sectors){}", target.disk.path,
+               target.disk.is_file ? "file" : DiskKindName(target.disk.kind),
+               target.disk.size_bytes, target.disk.logical_sector_size,
+               job.disk.empty() ? fmt::format(", first disk of group {}", manifest.disk_group_id)
+                                : std::string(", given with --disk"));
+  return target;
 }
 
 // Step 2: the image into RAM, hashed on the way.
@@ -59,10 +115,11 @@ Result<FetchResult> Download(const Manifest& manifest, const RunOptions& options
   return fetched;
 }
 
-// Step 3: the checksum, then the format against the declared type. (The disk-size check joins
-// here once a disk is chosen.)
-Result<FormatInfo> Verify(const Manifest& manifest, const FetchResult& fetched,
-                          StatusBoard& board) {
+// Step 3: the checksum, the format against the declared type, every qcow2 metadata table (a
+// corrupt image is refused here, before the disk is touched), and the virtual disk against the
+// target: its size and the sector size its GPT was made for.
+Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched, const Disk* disk,
+                           StatusBoard& board) {
   board.BeginStep(Step::kVerify, "verifying image");
   const HashAlgo algo = ReportedHash(manifest);
   const std::string actual = fetched.DigestOf(algo);
@@ -75,32 +132,218 @@ Result<FormatInfo> Verify(const Manifest& manifest, const FetchResult& fetched,
   }
   FormatInfo info = DetectFormat(fetched.image.bytes());
   BYOI_RETURN_IF_ERROR(CheckDeclaredType(info, manifest.type));
-  std::string table = info.table == PartitionTable::kGpt   ? " (GPT)"
-                      : info.table == PartitionTable::kMbr ? " (MBR)"
-                                                           : "";
+  Result<OpenedImage> opened = OpenImage(fetched.image.bytes());
+  if (!opened.ok()) {
+    return std::move(opened)
+        .status()
+        .Context("reading the qcow2 metadata")
+        .DefaultMessage(msg::CantWrite(TypeName(manifest)));
+  }
+  const uint64_t vsize = opened->layout.virtual_size;
+  // The partition table of the virtual disk (a qcow2's first clusters may be compressed).
+  std::vector<uint8_t> head(std::min(vsize, kHeadBytes));
+  VirtualReader reader(opened->layout);
+  BYOI_RETURN_IF_ERROR(reader.Read(0, head)
+                           .Context("reading the image's first sectors")
+                           .DefaultMessage(msg::CantWrite(TypeName(manifest))));
+  if (disk != nullptr) {
+    BYOI_RETURN_IF_ERROR(CheckImageFits(vsize, *disk));
+    BYOI_RETURN_IF_ERROR(CheckImageSectorSize(head, *disk, TypeName(manifest)));
+  }
+  std::string table = info.table == PartitionTableType::kGpt   ? " (GPT)"
+                      : info.table == PartitionTableType::kMbr ? " (MBR)"
+                                                               : "";
   std::string checksum = manifest.checksum
                              ? fmt::format("{} matches", HashAlgoName(algo))
                              : fmt::format("no checksum given, {} computed", HashAlgoName(algo));
-  board.FinishStep(Step::kVerify,
-                   fmt::format("{}{}, virtual size {} ({} bytes); {}", info.name, table,
-                               HumanBytes(info.virtual_size), info.virtual_size, checksum));
-  return info;
+  board.FinishStep(Step::kVerify, fmt::format("{}{}, virtual size {} ({} bytes); {}", info.name,
+                                              table, HumanBytes(vsize), vsize, checksum));
+  return opened;
+}
+
+// Step 4: old signatures off the disk (and stale config drives off its group), then the image's
+// virtual disk, first MiB last (the writer's order).
+Status Write(const Manifest& manifest, const OpenedImage& image, const TargetDisk& target,
+             StatusBoard& board, const CancelToken& cancel) {
+  board.BeginStep(Step::kWrite, "writing image");
+  const Disk& disk = target.disk;
+  {
+    BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenDiskExclusive(disk, O_RDWR | O_CLOEXEC));
+    BYOI_ASSIGN_OR_RETURN(std::vector<Signature> wiped, WipeSignatures(disk, fd.get()));
+    for (const Signature& s : wiped) spdlog::info("write: erased old {} at {}", s.type, s.offset);
+  }
+  BYOI_ASSIGN_OR_RETURN(std::vector<std::string> stale,
+                        RemoveStaleConfigDrives(target.group_peers));
+  for (const std::string& line : stale) spdlog::info("write: {}", line);
+
+  Target::Options target_options;  // a regular file keeps its size: it stands for a whole disk
+  BYOI_ASSIGN_OR_RETURN(Target out, Target::Open(disk.path, target_options));
+  WriteOptions write_options;
+  write_options.image_type = TypeName(manifest);
+  auto progress = [&board, vsize = image.layout.virtual_size](uint64_t done, uint64_t) {
+    board.StepProgress(Step::kWrite, done, vsize);
+  };
+  BYOI_ASSIGN_OR_RETURN(WriteStats stats,
+                        WriteImage(image.layout, out, write_options, progress, cancel));
+  spdlog::info("write: {} written, {} zeroed in {:.1f} s{}", HumanBytes(stats.bytes_written),
+               HumanBytes(stats.bytes_zeroed), stats.seconds, out.direct() ? " (O_DIRECT)" : "");
+  board.FinishStep(Step::kWrite);
+  return Status::Ok();
+}
+
+// Step 5a: the backup GPT to the disk's real end (MBR disks are left as they are).
+Status Repartition(const Disk& disk, StatusBoard& board) {
+  board.BeginStep(Step::kPartition, "moving the backup GPT to the end of the disk");
+  BYOI_ASSIGN_OR_RETURN(GptRelocation gpt, RelocateBackupGpt(disk));
+  std::string comment = !gpt.gpt    ? "MBR or no partition table: nothing to move"
+                        : gpt.moved ? "backup GPT moved to the last LBA"
+                                    : "backup GPT already at the last LBA";
+  board.FinishStep(Step::kPartition,
+                   fmt::format("{}; {} partition(s)", comment, gpt.partitions.size()));
+  return Status::Ok();
+}
+
+// Step 5b: the config-2 partition cloud-init reads at first boot, when the manifest asks for it.
+Status AddConfigDrive(const Manifest& manifest, const Disk& disk, StatusBoard& board) {
+  if (!manifest.config_drive.enabled) {
+    board.SkipStep(Step::kConfigDrive, "the manifest asks for no config drive");
+    return Status::Ok();
+  }
+  board.BeginStep(Step::kConfigDrive, "writing the config drive");
+  BYOI_ASSIGN_OR_RETURN(ConfigDrivePartition part, EnsureConfigDrivePartition(disk));
+  ConfigDriveContent content = MakeConfigDriveContent(manifest.config_drive);
+  BYOI_RETURN_IF_ERROR(WriteConfigDrive(disk, part.partition, content));
+  board.FinishStep(Step::kConfigDrive,
+                   fmt::format("partition {} ({}{}), instance id {}", part.partition.number,
+                               HumanBytes(part.partition.size_bytes()),
+                               part.reused ? ", the image's own" : "", content.uuid));
+  return Status::Ok();
+}
+
+// Step 6: on UEFI, a Boot#### entry for the loader on the image's ESP; on legacy BIOS the image's
+// own MBR boot code starts it and there is nothing to do.
+Status SetBootEntry(const Manifest& manifest, const JobOptions& job, const Disk& disk,
+                    StatusBoard& board) {
+  const BootMode mode = DetectBootMode(job.efivars);
+  BYOI_ASSIGN_OR_RETURN(std::string warning, BootModeWarning(mode, disk.path));
+  if (!warning.empty()) {
+    spdlog::warn("bootloader: {}", warning);
+    board.Warn(warning);
+  }
+  if (mode == BootMode::kLegacy) {
+    board.SkipStep(Step::kBootloader, LegacySkipReason(job.efivars));
+    return Status::Ok();
+  }
+  BYOI_ASSIGN_OR_RETURN(BootOrderPolicy policy, ParseBootOrderPolicy(job.efi_boot_order));
+  if (policy == BootOrderPolicy::kNone) {
+    board.SkipStep(Step::kBootloader, "--efi-boot-order none: the boot entries are left alone");
+    return Status::Ok();
+  }
+  board.BeginStep(Step::kBootloader, "setting the UEFI boot entry");
+  Result<EspLocation> esp = FindEsp(disk.path);
+  if (!esp.ok() && esp.status().code() == Code::kNotFound && manifest.efi_bootloader_path.empty()) {
+    // Already a warning above; an image without an ESP may still boot (a network loader, say).
+    board.SkipStep(Step::kBootloader, "the image has no EFI system partition");
+    return Status::Ok();
+  }
+  if (!esp.ok()) {
+    const std::string shown = manifest.efi_bootloader_path.empty() ? "\\EFI\\BOOT\\BOOTX64.EFI"
+                                                                   : manifest.efi_bootloader_path;
+    return std::move(esp).status().DefaultMessage(msg::BootloaderNotFound(shown));
+  }
+  BYOI_ASSIGN_OR_RETURN(BootLoader loader,
+                        FindBootLoader(disk.path, *esp, manifest.efi_bootloader_path));
+  BootEntryRequest request;
+  request.esp = *esp;
+  request.loader_path = loader.path;
+  request.label = ChooseBootLabel(loader, manifest.description);
+  EfivarfsVars vars(job.efivars);
+  BYOI_ASSIGN_OR_RETURN(BootEntryResult entry, InstallBootEntry(vars, request, policy));
+  spdlog::info("bootloader: {} (found by {})", entry.Summary(), loader.found_by);
+  board.FinishStep(Step::kBootloader, entry.Summary());
+  return Status::Ok();
+}
+
+// Step 7: report done, then leave the rescue system. The final status reaches every listener
+// (status file, API, backend: the poller holds this thread until the backend has it) inside
+// board.Done(), before anything is flushed or rebooted.
+Status Finish(const JobOptions& job, const Disk& disk, PowerControl& power, StatusBoard& board) {
+  BYOI_ASSIGN_OR_RETURN(RebootMode mode, ParseRebootMode(job.reboot));
+  if (mode == RebootMode::kNone) {
+    board.SkipStep(Step::kReboot, "--reboot none: the machine stays in the rescue system");
+    board.Done();
+    return Status::Ok();
+  }
+  board.BeginStep(Step::kReboot, "preparing the reboot");
+  RebootPlan plan = PrepareReboot(power, mode, disk.path);
+  board.FinishStep(Step::kReboot, plan.note);
+  board.Done();
+  spdlog::info("reboot: {}", plan.note);
+  Status s = Reboot(power, plan, disk.path);
+  // The job is done and reported: a reboot that fails leaves a working disk behind, so it is
+  // logged for the operator rather than turned into a job error.
+  if (!s.ok()) spdlog::error("reboot failed: {}", s.ToString());
+  return Status::Ok();
+}
+
+// The failure policy once writing has begun (design.md §5): the disk holds a mix of old and new
+// bytes, or a new system without its configuration; make it unbootable rather than let the next
+// boot find something half-made. The writer already does this for its own failures; later steps
+// rely on this.
+void MakeUnbootable(const Disk& disk) {
+  Target::Options options;
+  Result<Target> target = Target::Open(disk.path, options);
+  Status s = target.ok() ? ZeroDiskEnds(*target) : target.status();
+  if (s.ok()) {
+    spdlog::warn("{}: first and last MiB zeroed after the failure", disk.path);
+  } else {
+    spdlog::error("{}: could not zero the first and last MiB: {}", disk.path, s.ToString());
+  }
 }
 
 Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard& board,
                 const CancelToken& cancel) {
-  // Until the write stage exists, only a dry run can succeed; refuse before downloading anything.
-  if (!options.dry_run) return Status::Error(Code::kUnsupported, "writing is not built yet");
+  const JobOptions& job = options.job;
+  // A dry run opens no disk at all: it stops after verify.
+  std::optional<TargetDisk> target;
+  if (!options.dry_run) {
+    BYOI_ASSIGN_OR_RETURN(target, Plan(manifest, job));
+  }
+
   BYOI_ASSIGN_OR_RETURN(FetchResult fetched, Download(manifest, options, board, cancel));
   BYOI_RETURN_IF_ERROR(cancel.Check());
-  BYOI_ASSIGN_OR_RETURN(FormatInfo info, Verify(manifest, fetched, board));
-  // A dry run stops here: no disk was opened.
-  for (Step step :
-       {Step::kWrite, Step::kPartition, Step::kConfigDrive, Step::kBootloader, Step::kReboot}) {
-    board.SkipStep(step, "dry run");
+  BYOI_ASSIGN_OR_RETURN(OpenedImage image,
+                        Verify(manifest, fetched, target ? &target->disk : nullptr, board));
+  if (options.dry_run) {
+    for (Step step :
+         {Step::kWrite, Step::kPartition, Step::kConfigDrive, Step::kBootloader, Step::kReboot}) {
+      board.SkipStep(step, "dry run");
+    }
+    board.Done();
+    return Status::Ok();
   }
-  board.Done();
-  return Status::Ok();
+  BYOI_RETURN_IF_ERROR(cancel.Check());
+
+  // The disk may have changed while the image downloaded (an operator mounted it).
+  const Disk& disk = target->disk;
+  BYOI_RETURN_IF_ERROR(CheckNotInUse(disk));
+
+  // Until here the disk is untouched, byte for byte. From the first write on, any failure
+  // (cancellation included) leaves its first and last MiB zeroed.
+  Status s = Write(manifest, image, *target, board, cancel);
+  if (s.ok()) s = cancel.Check();
+  if (s.ok()) s = Repartition(disk, board);
+  if (s.ok()) s = cancel.Check();
+  if (s.ok()) s = AddConfigDrive(manifest, disk, board);
+  if (s.ok()) s = cancel.Check();
+  if (s.ok()) s = SetBootEntry(manifest, job, disk, board);
+  if (s.ok()) s = cancel.Check();
+  if (!s.ok()) {
+    MakeUnbootable(disk);
+    return s;
+  }
+  RealPowerControl real_power;
+  return Finish(job, disk, options.power ? *options.power : real_power, board);
 }
 
 }  // namespace

@@ -77,7 +77,7 @@ TEST(DetectFormat, QcowVersion1IsAnotherFormat) {
 TEST(DetectFormat, RawWithMbrOrGpt) {
   FormatInfo mbr = DetectFormat(Mbr());
   EXPECT_EQ(mbr.format, ImageFormat::kRaw);
-  EXPECT_EQ(mbr.table, PartitionTable::kMbr);
+  EXPECT_EQ(mbr.table, PartitionTableType::kMbr);
   EXPECT_EQ(mbr.virtual_size, 1u << 20);
 
   Bytes gpt(1 << 20, 0);
@@ -87,11 +87,11 @@ TEST(DetectFormat, RawWithMbrOrGpt) {
   gpt[510] = 0x55;
   gpt[511] = 0xAA;
   Put(gpt, 512, "EFI PART");
-  EXPECT_EQ(DetectFormat(gpt).table, PartitionTable::kGpt);
+  EXPECT_EQ(DetectFormat(gpt).table, PartitionTableType::kGpt);
 
   Bytes gpt4k = With(1 << 20, 4096, "EFI PART");  // 4096-byte sectors, no MBR at all
   EXPECT_EQ(DetectFormat(gpt4k).format, ImageFormat::kRaw);
-  EXPECT_EQ(DetectFormat(gpt4k).table, PartitionTable::kGpt);
+  EXPECT_EQ(DetectFormat(gpt4k).table, PartitionTableType::kGpt);
 }
 
 TEST(DetectFormat, BootSignatureWithoutSaneEntriesIsNoMbr) {
