@@ -78,9 +78,12 @@ Result<TargetDisk> Plan(const Manifest& manifest, const JobOptions& job) {
   TargetDisk target;
   if (!job.disk.empty()) {
     // --disk is the operator's explicit choice and wins over diskGroupId.
-    BYOI_ASSIGN_OR_RETURN(target.disk, DescribeTarget(job.disk));
+    Result<Disk> given = DescribeTarget(job.disk);
+    if (!given.ok())
+      return std::move(given).status().DefaultMessage(msg::CantWrite(TypeName(manifest)));
+    target.disk = *given;
   } else {
-    BYOI_RETURN_IF_ERROR(inventory.status());
+    if (!inventory.ok()) return inventory.status();
     BYOI_ASSIGN_OR_RETURN(target.disk, SelectDisk(*inventory, manifest.disk_group_id));
   }
   if (inventory.ok()) target.group_peers = OtherDisksOfGroup(*inventory, target.disk);

@@ -15,8 +15,13 @@ MIB = 1 << 20
 
 
 def run(*args, check=True, **kw):
-    """Runs argv (never a shell); returns the CompletedProcess with text output."""
-    return subprocess.run([str(a) for a in args], check=check, capture_output=True, text=True, **kw)
+    """Runs argv (never a shell); returns the CompletedProcess with text output. With `check`, a
+    failure raises AssertionError carrying the program's stderr (CalledProcessError hides it)."""
+    r = subprocess.run([str(a) for a in args], check=False, capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError("%s exited %d: %s%s" % (" ".join(str(a) for a in args), r.returncode,
+                                                     r.stderr, r.stdout))
+    return r
 
 
 def qemu_img(*args):

@@ -25,10 +25,6 @@ BUILD_DIR = os.environ.get("BYOI_BUILD_DIR", "")
 SOURCE_DIR = os.environ.get("BYOI_SOURCE_DIR", "")
 
 TOKEN = "integration-token-0123456789"
-# The message of the runner stub (agent/job/runner.cpp) until the pipeline is merged: tests that
-# need a real pipeline skip themselves when they see it.
-STUB_MESSAGE = "the pipeline is not built yet"
-
 
 class Daemon:
     """One `byoi-agent daemon` process. `workdir` holds its state file, efivars, console and log."""
@@ -147,16 +143,6 @@ def step(status, name):
     return next(p for p in status["progress"] if p["step"] == name)
 
 
-def skip_if_stub(test, status):
-    """Skips `test` when the status is the runner stub's failure (the pipeline is not merged)."""
-    # The runner only does dry runs until the write steps are wired: it refuses a real job with
-    # "writing is not built yet" before downloading.
-    if status and status.get("status") == "error" and status.get("message") in (
-            STUB_MESSAGE, "writing is not built yet"):
-        test.skipTest("the pipeline runner is still the stub (%r); this test runs once the "
-                      "pipeline is merged" % STUB_MESSAGE)
-
-
 def wait_download_or_end(daemon, timeout=20):
     """Waits until the job downloads (step download doing) or has ended; returns the status."""
     return daemon.wait_status(
@@ -257,6 +243,37 @@ def attach_loop(path):
 
 def detach_loop(dev):
     subprocess.run(["losetup", "-d", dev], check=False, capture_output=True)
+
+
+class WriteThrottle:
+    """Slows writes of one process to one block device with the cgroup v1 blkio throttle, so a test
+    can act while a job is writing (a real slow disk, not a fake). Remove() undoes it."""
+
+    ROOT = "/sys/fs/cgroup/blkio"
+
+    @staticmethod
+    def available():
+        return os.path.exists(os.path.join(WriteThrottle.ROOT, "blkio.throttle.write_bps_device"))
+
+    def __init__(self, device, pid, bytes_per_second):
+        rdev = os.stat(device).st_rdev
+        self.dir = os.path.join(self.ROOT, "byoi-test-%d" % os.getpid())
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, "blkio.throttle.write_bps_device"), "w") as f:
+            f.write("%d:%d %d\n" % (os.major(rdev), os.minor(rdev), bytes_per_second))
+        with open(os.path.join(self.dir, "cgroup.procs"), "w") as f:
+            f.write("%d\n" % pid)  # every thread of the process moves
+
+    def remove(self):
+        with open(os.path.join(self.dir, "cgroup.procs")) as f:
+            pids = f.read().split()
+        for pid in pids:  # back to the root group, so the directory can go
+            try:
+                with open(os.path.join(self.ROOT, "cgroup.procs"), "w") as f:
+                    f.write(pid + "\n")
+            except OSError:
+                pass  # exited meanwhile
+        os.rmdir(self.dir)
 
 
 def make_gpt_image(path, size=8 << 20):

@@ -364,11 +364,13 @@ class FetchTest(unittest.TestCase):
 
     # --- the command itself ----------------------------------------------------------------
 
-    def test_without_dry_run_nothing_is_downloaded(self):
+    def test_a_refused_disk_is_refused_before_anything_is_downloaded(self):
+        # The plan step runs first: a job whose disk cannot be used costs no download.
         before = len(self.nginx.requests())
-        run = self.deploy(manifest(self.nginx.url("/image.raw")), dry_run=False)
-        self.assertEqual(run.returncode, 1)
-        self.assertEqual(run.status["message"], "writing is not built yet")
+        missing = os.path.join(self.workdir, "no-such-disk")
+        run = self.deploy(manifest(self.nginx.url("/image.raw")), "--disk", missing, dry_run=False)
+        self.assertFailed(run, "Can't write raw on disk.", missing)
+        self.assertEqual(run.step("download")["status"], "todo")
         self.assertEqual(len(self.nginx.requests()), before)
 
     def test_invalid_manifest(self):

@@ -82,9 +82,11 @@ class Refusals(unittest.TestCase):
         self.refused(self.patched(lambda q: q.set_u32(32, 1)), "encrypted (AES)")
 
     def test_encryption_luks(self):
+        # A real LUKS image. qemu-img times PBKDF2 on this CPU to choose the iteration count; a
+        # short iter-time once failed on a loaded CI machine, so it gets 200 ms.
         image = self.path("luks.qcow2")
         qemu_img("create", "--object", "secret,id=s0,data=secret", "-f", "qcow2", "-o",
-                 "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", image, "4M")
+                 "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=200", image, "4M")
         self.refused(image, "encrypted (LUKS)")
 
     def test_unknown_incompatible_bit(self):
