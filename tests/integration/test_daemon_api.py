@@ -138,12 +138,21 @@ class ApiTest(unittest.TestCase):
         self.assertIn('byoi_step_duration_seconds{step="configdrive"} ', text)
         self.assertIn('byoi_jobs_total{outcome="cancelled"} ', text)
 
-    def test_disks_answers_json(self):
+    def test_disks_answers_the_inventory_as_the_openapi_document_says(self):
         code, headers, body = self.daemon.request("GET", "/v1/disks")
         self.assertEqual(code, 200)
         inventory = json.loads(body)
-        self.assertIsInstance(inventory["disks"], list)
+        with open(os.path.join(h.SOURCE_DIR, "proto", "openapi.json")) as f:
+            api = json.load(f)
+        import jsonschema
+        jsonschema.Draft202012Validator(api["components"]["schemas"]["Disks"],
+                                        resolver=jsonschema.RefResolver.from_schema(api)).validate(inventory)
         self.assertEqual(inventory["forcedDisk"], self.daemon.disk)
+        # The flat list and the groups agree: each group's target is its first disk.
+        for group in inventory["groups"]:
+            self.assertEqual(group["target"], group["disks"][0]["path"])
+            self.assertEqual([d["path"] for d in inventory["disks"] if d["group"] == group["id"]],
+                             [d["path"] for d in group["disks"]])
 
     def test_a_slow_client_does_not_block_other_requests(self):
         slow = socket.create_connection(("127.0.0.1", self.daemon.port), timeout=30)
