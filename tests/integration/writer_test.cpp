@@ -205,6 +205,32 @@ TEST_P(WriterOnLoop, WritesExactBytesAndNothingPastTheImage) {
   EXPECT_TRUE(disk.Read(vsize, 16 * kMiB - vsize) == rest);
 }
 
+TEST_P(WriterOnLoop, DataChunksOfZerosAreZeroedByTheDeviceAndReadBackAsZeros) {
+  Disk disk(16 * kMiB, GetParam());  // pre-filled with random bytes
+  // A raw image as it arrives: one data extent, most of it zeros (as in a real disk image).
+  std::vector<uint8_t> raw(12 * kMiB, 0);
+  std::vector<uint8_t> head = RandomBytes(kMiB, 3), tail = RandomBytes(kMiB + 512, 4);
+  std::copy(head.begin(), head.end(), raw.begin());
+  std::copy(tail.begin(), tail.end(), raw.end() - static_cast<ptrdiff_t>(tail.size()));
+  raw[6 * kMiB + 4095] = 1;  // one byte keeps its chunk a data chunk
+  ImageLayout layout;
+  layout.virtual_size = raw.size();
+  Extent e;
+  e.kind = Extent::Kind::kData;
+  e.length = raw.size();
+  e.data = raw.data();
+  layout.extents.push_back(e);
+  auto target = OpenTarget(disk.path());
+  ASSERT_TRUE(target.ok()) << target.status().ToString();
+  CancelToken cancel;
+  auto stats = WriteImage(layout, *target, WriteOptions{}, {}, cancel);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  // Chunks of 4 MiB from 1 MiB: [1,5) zeros, [5,9) has the byte, [9,12) ends with data.
+  EXPECT_EQ(stats->bytes_zeroed, 4 * kMiB);
+  EXPECT_EQ(stats->bytes_written, 8 * kMiB);
+  EXPECT_TRUE(disk.Read(0, raw.size()) == raw);
+}
+
 TEST_P(WriterOnLoop, FailureAfterWritingBeganZeroesFirstAndLastMiB) {
   Disk disk(16 * kMiB, GetParam());
   TestImage img = MixedImage(0);
