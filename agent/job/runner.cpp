@@ -304,6 +304,28 @@ void MakeUnbootable(const Disk& disk) {
   }
 }
 
+// The catalogue sentence for a failure whose stage could not name one (an unreadable sysfs, a
+// failed system call): the sentence of the step that was running, so that `message` is always
+// from design.md §5 and the cause stays in `detail`.
+std::string StepMessage(const Manifest& manifest, const JobStatus& status) {
+  for (const StepStatus& step : status.progress) {
+    if (step.state != StepState::kDoing) continue;
+    switch (step.step) {
+      case Step::kDownload:
+        return msg::DownloadFailed(manifest.url);
+      case Step::kPartition:
+        return std::string(msg::kGptMove);
+      case Step::kConfigDrive:
+        return std::string(msg::kConfigDrive);
+      case Step::kBootloader:
+        return std::string(msg::kBootEntry);
+      default:
+        break;
+    }
+  }
+  return msg::CantWrite(TypeName(manifest));
+}
+
 Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard& board,
                 const CancelToken& cancel) {
   const JobOptions& job = options.job;
@@ -354,6 +376,7 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
 Status RunJob(const Manifest& manifest, const RunOptions& options, StatusBoard& board,
               const CancelToken& cancel) {
   Status s = RunSteps(manifest, options, board, cancel);
+  if (!s.ok() && s.message().empty()) s.DefaultMessage(StepMessage(manifest, board.Snapshot()));
   if (!s.ok()) {
     spdlog::error("job failed: {}", s.ToString());
     board.Fail(s);

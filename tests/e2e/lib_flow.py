@@ -107,6 +107,61 @@ def wait_done(vm, api, token, timeout, on_status=None):
         time.sleep(2)
 
 
+STEPS = ("download", "verify", "write", "partition", "configdrive", "bootloader", "reboot")
+_ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]")
+
+
+def follow_job(vm, api, token, timeout, poll_interval=0.25, on_status=None):
+    """Polls GET /v1/bringYourOwnImage until the job ends, for a job that reboots the VM when done.
+
+    With `reboot` the rescue system is gone milliseconds after the job turns `done`, so an API poll
+    rarely sees `done` itself: polling ends when the job is `done` or `error`, or when QEMU exited
+    (-no-reboot). Returns every distinct status seen, in order (the caller checks the console for the
+    end: console_report()). Raises VmError on time-out.
+    """
+    deadline = time.monotonic() + timeout
+    seen = []
+    while True:
+        try:
+            status, body = http_json("GET", api + "/v1/bringYourOwnImage", token, timeout=10)
+            if status == 200 and isinstance(body, dict):
+                if not seen or body != seen[-1]:
+                    seen.append(body)
+                    if on_status:
+                        on_status(body)
+                if body.get("status") in ("done", "error"):
+                    return seen
+        except OSError:
+            pass  # the guest is rebooting, or the forwarded port reset
+        if vm.process.poll() is not None:
+            return seen
+        if time.monotonic() > deadline:
+            vm.fail("the job did not end within %d s (last status: %r)" % (timeout, seen[-1:]))
+        time.sleep(poll_interval)
+
+
+def console_report(log):
+    """What the agent's console display (design.md §5 status, drawn for IPMI/serial watchers) showed:
+    ({step: (state, comment)} of the last `byoi-agent: STEP STATE: comment` line of each step,
+    the final line `byoi-agent: DONE in N s: message` or `byoi-agent: ERROR: message`, or None)."""
+    steps = {}
+    final = None
+    for line in _ANSI.sub("", log).splitlines():
+        m = re.match(r"^byoi-agent: (%s)\s+(started|done|skipped|error)(?:: (.*))?$" % "|".join(STEPS), line)
+        if m:
+            steps[m.group(1)] = (m.group(2), m.group(3) or "")
+            continue
+        m = re.match(r"^byoi-agent: (DONE in \d+ s: .*|ERROR: .*)$", line)
+        if m:
+            final = m.group(1)
+    return steps, final
+
+
+def step_states(status):
+    """{step: state} of a status JSON."""
+    return {s["step"]: s["status"] for s in status.get("progress", [])}
+
+
 def boot_installed(workdir, disk, nvram, marker, *, label=None, firmware="uefi", timeout=150,
                    name="installed", disk_format="raw", logical_block_size=512):
     """Boots `disk` again without the rescue kernel (same NVRAM file for UEFI) until `marker` shows.
