@@ -1,6 +1,6 @@
 // The subcommands of `byoi-agent` (design.md §6). main.cpp parses the command line into these
 // option structs and calls one function; each returns the process exit code: 0 done, 1 job error,
-// 2 usage (including a subcommand that is not built yet).
+// 2 usage.
 #pragma once
 
 #include <cstdint>
@@ -80,8 +80,5 @@ int RunInspect(const InspectArgs& args);
 int RunDisks(const DisksArgs& args);
 int RunValidate(const ValidateArgs& args);
 int RunStatus(const StatusArgs& args);
-
-// Prints "byoi-agent <command>: not available yet" on stderr and returns kExitUsage.
-int NotYetAvailable(const char* command);
 
 }  // namespace byoi

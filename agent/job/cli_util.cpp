@@ -36,9 +36,4 @@ Result<std::string> ReadManifestText(const std::string& path) {
   return text;
 }
 
-int NotYetAvailable(const char* command) {
-  std::fprintf(stderr, "byoi-agent %s: not available yet\n", command);
-  return kExitUsage;
-}
-
 }  // namespace byoi
