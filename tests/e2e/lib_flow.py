@@ -7,10 +7,16 @@ checks together. The flow:
         api = "http://127.0.0.1:%d" % port
         wait_healthy(vm, api, timeout=180)
         submit(api, token, manifest)                # manifest["URL"] = web.guest_url("image.qcow2")
-        final = wait_done(vm, api, token, timeout=600)
+        seen = follow_job(vm, api, token, timeout=300)
         vm.wait_exit(120)                           # the agent reboots; -no-reboot ends QEMU
+    steps, final = console_report(vm.log())         # the agent's console display: every step, DONE
     log = boot_installed(work, disk_raw, vm.nvram, image.marker, label=...)
     check_gpt(disk_raw); read_config_drive(disk_raw)
+
+The agent reboots milliseconds after `done`, so an API poll rarely sees `done` itself: follow_job() collects
+what the API showed and console_report() reads the end from the serial console. A job taken by polling a
+backend (tests/integration/daemon_backend.py) reports its final status before the reboot. tests/e2e/
+test_install.py is this flow.
 
 The HTTP helpers follow design.md §7 (bearer token, JSON bodies) and use only the standard library.
 """
@@ -224,7 +230,11 @@ def read_config_drive(disk):
         if fields.get("LABEL", "").lower() != "config-2":  # cloud-init accepts both cases
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run(["mcopy", "-s", "-n", "-i", "%s@@%d" % (disk, start), "::/", tmp], check=True,
-                           env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+            # (on a block device mtools says "Could not get geometry of device" and goes on: shown on failure)
+            copy = subprocess.run(["mcopy", "-s", "-n", "-i", "%s@@%d" % (disk, start), "::/", tmp],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
+            if copy.returncode != 0:
+                raise AssertionError("mcopy from partition %d of %s: %s" % (number, disk, copy.stdout))
             return number, openstack.ConfigDriveReader(tmp).read_v2()
     raise AssertionError("no config-2 file system on " + disk)
