@@ -129,7 +129,9 @@ HttpResponse ApiHandler::Deployment(const HttpRequest& request) const {
     case http::verb::get: {
       std::optional<JobRecord> job = jobs_.Snapshot();
       if (!job) return JsonError(404, "No deployment.", v);
-      return JsonResponse(200, StatusToJson(job->status), v);
+      HttpResponse res = JsonResponse(200, StatusToJson(job->status), v);
+      if (job->status.state != JobState::kDoing && final_served_) final_served_();
+      return res;
     }
     case http::verb::delete_: {
       switch (jobs_.Cancel()) {

@@ -41,6 +41,10 @@ class ApiHandler {
   // Answers one request. Thread-safe. The response's keep-alive follows the request's.
   HttpResponse Handle(const HttpRequest& request) const;
 
+  // Called on a handler thread whenever GET /v1/bringYourOwnImage answers with a status that is
+  // no longer doing (FinalStatusGate). REQUIRES: set before the server starts.
+  void OnFinalStatusServed(std::function<void()> callback) { final_served_ = std::move(callback); }
+
  private:
   HttpResponse Route(const HttpRequest& request) const;
   HttpResponse Deployment(const HttpRequest& request) const;
@@ -49,6 +53,7 @@ class ApiHandler {
   Metrics& metrics_;
   DisksFn disks_;
   std::string token_;
+  std::function<void()> final_served_;
 };
 
 // True when `authorization` is "Bearer <token>" (scheme case-insensitive). Compares in constant

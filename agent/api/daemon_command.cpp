@@ -19,6 +19,7 @@
 #include "agent/api/config.hpp"
 #include "agent/api/console.hpp"
 #include "agent/api/disk_listing.hpp"
+#include "agent/api/final_status_gate.hpp"
 #include "agent/api/http_client.hpp"
 #include "agent/api/http_server.hpp"
 #include "agent/api/metrics.hpp"
@@ -33,7 +34,8 @@ namespace byoi {
 
 namespace {
 
-// How long a `done` job (a reboot follows) waits for the backend to take its final status.
+// How long a `done` job (a reboot follows) waits for the backend to take its final status, or,
+// without a backend, for an API client to read it.
 constexpr auto kFinalStatusWait = std::chrono::seconds(60);
 // How long shutdown keeps trying to deliver queued status reports.
 constexpr auto kShutdownFlush = std::chrono::seconds(5);
@@ -115,12 +117,19 @@ int RunDaemon(const DaemonArgs& args) {
   jobs->Subscribe([&metrics](const JobEvent& e) { metrics.OnEvent(e); });
   if (console) jobs->Subscribe([c = console.get()](const JobEvent& e) { c->OnEvent(e); });
   if (poller) jobs->Subscribe([p = poller.get()](const JobEvent& e) { p->OnEvent(e); });
+  // Without a backend, the client of the API must get to read `done` before the reboot.
+  std::unique_ptr<FinalStatusGate> gate;
+  if (!poller && config.listen != "off" && config.job.reboot != "none") {
+    gate = std::make_unique<FinalStatusGate>(kFinalStatusWait);
+    jobs->Subscribe([g = gate.get()](const JobEvent& e) { g->OnEvent(e); });
+  }
   RestoreLastJob(state, *jobs);
 
   boost::asio::io_context ioc;
   ApiHandler handler(
       *jobs, metrics, [job = config.job] { return ListDisks(job.disk, job.disk_groups); },
       config.token);
+  if (gate) handler.OnFinalStatusServed([g = gate.get()] { g->Served(); });
   std::unique_ptr<HttpServer> server;
   if (config.listen != "off") {
     HttpServerOptions options;
@@ -148,7 +157,9 @@ int RunDaemon(const DaemonArgs& args) {
   });
   ioc.run();
 
-  // Shutdown: the API is closed; stop the job (its status says so), tell the backend, stop.
+  // Shutdown: the API is closed (nobody can read a final status any more: let the job go on);
+  // stop the job (its status says so), tell the backend, stop.
+  if (gate) gate->Served();
   if (jobs->Cancel() == JobControl::CancelOutcome::kStopping) {
     spdlog::warn("the job has not stopped within 2 s; waiting for it");
   }
