@@ -9,7 +9,8 @@ rotating order, in the same run:
   qemu      qemu-img convert -f qcow2 -O raw -n -W -t none IMAGE DEV; sync
   ipa       qemu-img convert -f qcow2 -O host_device -t directsync -S 0 -W IMAGE DEV
             (the flags ironic-python-agent uses)
-The source image is read from the page cache by every tool (it is read once before timing).
+The source image is read from the page cache by every tool (it is read once before timing), and
+every run starts from an empty disk (blkdiscard, untimed).
 Prints medians of wall time, the ratio of the best qemu-img time to byoi's (> 1 means byoi is
 faster), and the CPU seconds each tool used (user + system; on a machine shared with other work
 the wall times mostly measure how much CPU each tool was given).
@@ -116,6 +117,10 @@ def main():
             order = list(tools)
             for rep in range(args.reps):
                 for name in order[rep % 3:] + order[:rep % 3]:
+                    # Every tool starts from the same empty disk: what the previous one left
+                    # (allocated blocks or holes in the backing file) would otherwise decide
+                    # much of the next one's time.
+                    run("blkdiscard", dev)
                     t, cpu = tools[name](img)
                     results.setdefault((form, name), []).append(t)
                     cpus.setdefault((form, name), []).append(cpu)
