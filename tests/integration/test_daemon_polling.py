@@ -73,6 +73,7 @@ class PollingTest(unittest.TestCase):
         b = self.backend([{"jobId": "job-3", "manifest": manifest}])
         d = self.start(b)
         status = h.wait_download_or_end(d)
+        self.assertEqual(status["status"], "doing")
         self.assertTrue(b.wait(lambda b: any(s["message"] != "starting" for s in b.statuses("job-3"))))
         d.kill9()
         d2 = self.start(b)
@@ -85,6 +86,7 @@ class PollingTest(unittest.TestCase):
         b = self.backend([{"jobId": "job-4", "manifest": manifest}])
         d = self.start(b)
         status = h.wait_download_or_end(d)
+        self.assertEqual(status["status"], "doing")
         time.sleep(11)
         times = [t for (j, s, t) in b.puts if j == "job-4"]
         gaps = [b2 - a for a, b2 in zip(times, times[1:])]
