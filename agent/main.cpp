@@ -94,6 +94,17 @@ int main(int argc, char** argv) {
       ->add_option("--efi-boot-order", daemon.efi_boot_order, "first|after-network|bootnext|none")
       ->check(CLI::IsMember({"first", "after-network", "bootnext", "none"}));
   daemon_cmd->add_option("--log-level", daemon.log_level, "trace|debug|info|warn|error");
+  daemon_cmd->add_option("--ca-bundle", daemon.ca_bundle, "PEM CA certificates for https images");
+  bool daemon_insecure = false;
+  daemon_cmd->add_flag("--insecure", daemon_insecure, "Do not verify TLS certificates (labs only)");
+  daemon_cmd->add_option("--stall-timeout", daemon.stall_timeout, "Seconds without data")
+      ->group("Download tuning");
+  daemon_cmd->add_option("--retry-delay", daemon.retry_delay, "Seconds before the first retry")
+      ->group("Download tuning");
+  daemon_cmd
+      ->add_option("--download-attempts", daemon.download_attempts,
+                   "Attempts in a row without progress")
+      ->group("Download tuning");
 
   byoi::ConvertArgs convert;
   std::string convert_memory;
@@ -139,7 +150,10 @@ int main(int argc, char** argv) {
     deploy.job.memory_limit = OptionalSize(deploy_memory);
     return byoi::RunDeploy(deploy);
   }
-  if (*daemon_cmd) return byoi::RunDaemon(daemon);
+  if (*daemon_cmd) {
+    if (daemon_insecure) daemon.insecure = "true";
+    return byoi::RunDaemon(daemon);
+  }
   if (*convert_cmd) {
     convert.memory_limit = OptionalSize(convert_memory);
     return byoi::RunConvert(convert);

@@ -76,6 +76,16 @@ HttpResponse ApiHandler::Handle(const HttpRequest& request) const {
   return res;
 }
 
+std::optional<HttpResponse> ApiHandler::Unauthorized(const HttpRequest& request) const {
+  std::string_view target = request.target();
+  if (target.substr(0, target.find('?')) == "/healthz") return std::nullopt;
+  auto auth = request.find(http::field::authorization);
+  if (auth != request.end() && BearerTokenMatches(auth->value(), token_)) return std::nullopt;
+  HttpResponse res = Respond(401, "", "text/plain", request.version());
+  res.set(http::field::www_authenticate, "Bearer");
+  return res;
+}
+
 HttpResponse ApiHandler::Route(const HttpRequest& request) const {
   const unsigned v = request.version();
   std::string_view target = request.target();
@@ -86,12 +96,7 @@ HttpResponse ApiHandler::Route(const HttpRequest& request) const {
     return Respond(200, "ok\n", "text/plain", v);
   }
 
-  auto auth = request.find(http::field::authorization);
-  if (auth == request.end() || !BearerTokenMatches(auth->value(), token_)) {
-    HttpResponse res = Respond(401, "", "text/plain", v);
-    res.set(http::field::www_authenticate, "Bearer");
-    return res;
-  }
+  if (std::optional<HttpResponse> refused = Unauthorized(request)) return std::move(*refused);
 
   if (path == kDeploymentPath) return Deployment(request);
   if (path == "/v1/disks") {

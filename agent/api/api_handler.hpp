@@ -18,6 +18,7 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/json/value.hpp>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -40,6 +41,11 @@ class ApiHandler {
 
   // Answers one request. Thread-safe. The response's keep-alive follows the request's.
   HttpResponse Handle(const HttpRequest& request) const;
+
+  // The 401 for a request (its header is enough) that needs a token and lacks the right one;
+  // nullopt when the request may go on. Thread-safe; the HTTP server calls it before reading a
+  // body (HeaderCheck).
+  std::optional<HttpResponse> Unauthorized(const HttpRequest& request) const;
 
   // Called on a handler thread whenever GET /v1/bringYourOwnImage answers with a status that is
   // no longer doing (FinalStatusGate). REQUIRES: set before the server starts.

@@ -37,6 +37,11 @@ constexpr Key kKeys[] = {
     {"memory_limit", &DaemonArgs::memory_limit},
     {"efi_boot_order", &DaemonArgs::efi_boot_order},
     {"log_level", &DaemonArgs::log_level},
+    {"ca_bundle", &DaemonArgs::ca_bundle},
+    {"insecure", &DaemonArgs::insecure},
+    {"stall_timeout", &DaemonArgs::stall_timeout},
+    {"retry_delay", &DaemonArgs::retry_delay},
+    {"download_attempts", &DaemonArgs::download_attempts},
     // Not flags: set rarely, in the config file or on the kernel command line.
     {"poll_interval", nullptr},
     {"console", nullptr},
@@ -59,6 +64,16 @@ std::string_view Trim(std::string_view s) {
   size_t b = s.find_first_not_of(ws);
   if (b == std::string_view::npos) return {};
   return s.substr(b, s.find_last_not_of(ws) - b + 1);
+}
+
+// A decimal number of seconds within [min, max].
+std::optional<double> ParseSeconds(const std::string& v, double min, double max) {
+  double seconds = 0;
+  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), seconds);
+  if (ec != std::errc() || end != v.data() + v.size() || !(seconds >= min) || seconds > max) {
+    return std::nullopt;
+  }
+  return seconds;
 }
 
 bool OneOf(const std::string& value, std::initializer_list<std::string_view> allowed) {
@@ -277,14 +292,38 @@ Result<DaemonConfig> LoadDaemonConfig(const DaemonArgs& flags, const ConfigSourc
         return bad("log_level", "must be trace, debug, info, warn, error or off");
       }
       config.log_level = *v;
-    } else if (name == "poll_interval") {
-      double seconds = 0;
-      auto [end, ec] = std::from_chars(v->data(), v->data() + v->size(), seconds);
-      if (ec != std::errc() || end != v->data() + v->size() || !(seconds >= 0.05) ||
-          seconds > 3600) {
-        return bad("poll_interval", "must be a number of seconds between 0.05 and 3600");
+    } else if (name == "ca_bundle") {
+      std::error_code ec;
+      if (!v->empty() && !std::filesystem::is_regular_file(*v, ec)) {
+        return bad("ca_bundle", "no such file: " + *v);
       }
-      config.poll_interval = seconds;
+      config.job.ca_bundle = *v;
+    } else if (name == "insecure") {
+      // A bare `byoi.insecure` word on the kernel command line means true.
+      if (!OneOf(*v, {"", "true", "1", "yes", "false", "0", "no"})) {
+        return bad("insecure", "must be true or false");
+      }
+      config.job.insecure = OneOf(*v, {"", "true", "1", "yes"});
+    } else if (name == "stall_timeout") {
+      std::optional<double> seconds = ParseSeconds(*v, 0.1, 3600);
+      if (!seconds) return bad("stall_timeout", "must be a number of seconds between 0.1 and 3600");
+      config.job.stall_timeout = *seconds;
+    } else if (name == "retry_delay") {
+      std::optional<double> seconds = ParseSeconds(*v, 0, 300);
+      if (!seconds) return bad("retry_delay", "must be a number of seconds between 0 and 300");
+      config.job.retry_delay = *seconds;
+    } else if (name == "download_attempts") {
+      int attempts = 0;
+      auto [end, ec] = std::from_chars(v->data(), v->data() + v->size(), attempts);
+      if (ec != std::errc() || end != v->data() + v->size() || attempts < 1 || attempts > 1000) {
+        return bad("download_attempts", "must be a whole number between 1 and 1000");
+      }
+      config.job.download_attempts = attempts;
+    } else if (name == "poll_interval") {
+      std::optional<double> seconds = ParseSeconds(*v, 0.05, 3600);
+      if (!seconds)
+        return bad("poll_interval", "must be a number of seconds between 0.05 and 3600");
+      config.poll_interval = *seconds;
     } else if (name == "console") {
       config.console = v->empty() ? "none" : *v;
     } else if (name == "disk_groups") {

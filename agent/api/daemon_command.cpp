@@ -136,6 +136,11 @@ int RunDaemon(const DaemonArgs& args) {
     options.listen = *ParseListenAddress(config.listen);  // validated by LoadDaemonConfig
     options.tls_cert = config.tls_cert;
     options.tls_key = config.tls_key;
+    options.header_check = [&handler, &metrics](const HttpRequest& header) {
+      std::optional<HttpResponse> refused = handler.Unauthorized(header);
+      if (refused) metrics.CountRequest(401);
+      return refused;
+    };
     Result<std::unique_ptr<HttpServer>> started = HttpServer::Start(
         ioc, [&handler](const HttpRequest& request) { return handler.Handle(request); }, options);
     if (!started.ok()) {

@@ -180,13 +180,32 @@ class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
     for (;;) {
       http::request_parser<http::string_body> parser;
       parser.header_limit(static_cast<uint32_t>(options_.header_limit));
-      parser.body_limit(options_.body_limit);
+      // The body limit is applied after the header check, so that a client without a token gets
+      // 401 whatever length it announces.
+      parser.body_limit(boost::none);
 
       // The idle deadline covers waiting for a kept-alive connection's next request; the request
       // deadline then covers the whole request, so a client trickling bytes is cut off.
       lowest.expires_after(first ? options_.request_timeout : options_.idle_timeout);
       first = false;
       auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, kTuple);
+      if (!ec && options_.header_check) {
+        if (std::optional<HttpResponse> early = options_.header_check(parser.get())) {
+          early->keep_alive(false);
+          early->prepare_payload();
+          lowest.expires_after(options_.request_timeout);
+          auto [wec, wn] = co_await http::async_write(stream, *early, kTuple);
+          if (!wec) co_await Linger(lowest);
+          co_return;
+        }
+      }
+      if (!ec) {
+        if (parser.content_length().value_or(0) > options_.body_limit) {
+          ec = http::error::body_limit;
+        } else {
+          parser.body_limit(options_.body_limit);  // chunked bodies are counted as they arrive
+        }
+      }
       if (!ec) {
         lowest.expires_after(options_.request_timeout);
         auto expect = parser.get().find(http::field::expect);

@@ -4,8 +4,9 @@
 // Handlers run on a small thread pool, so a slow one (DELETE waits up to 2 s for the job to stop)
 // never stalls the io_context.
 //
-// Limits, so that no client can hold the agent: headers ≤ 16 KiB (431), body ≤ 1 MiB (413, sent as
-// soon as the header announces more), a deadline for each whole request — headers and body — and
+// Limits, so that no client can hold the agent: headers ≤ 16 KiB (431), then the header check (an
+// unauthenticated client gets its 401 before any body is read), body ≤ 1 MiB (413, sent as soon
+// as the header announces more), a deadline for each whole request — headers and body — and
 // for each response write, an idle deadline between keep-alive requests, and a TLS handshake
 // deadline. After an error answer (400, 413, 431) the connection is closed after a short lingering
 // drain, so a client still sending its body reads the answer instead of a reset.
@@ -17,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "agent/api/api_handler.hpp"
@@ -29,6 +31,12 @@ namespace byoi {
 // Answers one request; called on the server's handler threads, so it must be thread-safe.
 using RequestHandler = std::function<HttpResponse(const HttpRequest& request)>;
 
+// Looks at a request's header before its body is read (the request's body is still empty); a
+// response it returns is sent at once and the connection closed. Lets the API turn away a client
+// without a valid token before it can send (or announce) a body. Called on the io_context: it must
+// be quick and thread-safe.
+using HeaderCheck = std::function<std::optional<HttpResponse>(const HttpRequest& header)>;
+
 struct HttpServerOptions {
   ListenAddress listen;
   std::string tls_cert, tls_key;  // PEM files; TLS (1.2 or later) when both are set
@@ -38,6 +46,7 @@ struct HttpServerOptions {
   std::chrono::milliseconds request_timeout{20000};  // a whole request, or a response write
   std::chrono::milliseconds idle_timeout{30000};     // between requests on a kept-alive connection
   size_t handler_threads = 4;
+  HeaderCheck header_check;  // optional
 };
 
 class HttpServer {

@@ -46,7 +46,7 @@ int FdiskTable::AskCallback(fdisk_context*, fdisk_ask* ask, void* data) {
 }
 
 Result<std::unique_ptr<FdiskTable>> FdiskTable::Open(int fd, const std::string& path,
-                                                             bool writable) {
+                                                     bool writable) {
   std::unique_ptr<FdiskTable> t(new FdiskTable());
   t->path_ = path;
   t->fd_ = fd;

@@ -5,8 +5,9 @@
 // so several O_DIRECT writes are in flight and compressed clusters are inflated on all cores.
 // Chunks of pure zeros are merged and zeroed by the device (BLKZEROOUT) or file system
 // (fallocate), falling back to writing zeros: stale bytes never survive. So is a data chunk whose
-// bytes are all zero (raw images, preallocated qcow2 clusters), found with one memcmp pass. A chunk that is one run
-// of image bytes, page-aligned in the buffer, is written straight from the image (no copy).
+// bytes are all zero (raw images, preallocated qcow2 clusters), found with one memcmp pass. A chunk
+// that is one run of image bytes, page-aligned in the buffer, is written straight from the image
+// (no copy).
 //
 // Safety order: the first MiB of the image (partition table, boot code) is written last, after
 // everything else has been written and synced; if anything fails once writing has begun, the

@@ -143,9 +143,10 @@ FormatInfo DetectFormat(std::span<const uint8_t> b) {
   FormatInfo info = DetectOther(b);
   if (info.format == ImageFormat::kContainer) return info;
   if (PartitionTableType table = FindPartitionTable(b); table != PartitionTableType::kNone) {
-    info = Named(ImageFormat::kRaw, "raw",
-                 table == PartitionTableType::kGpt ? "a raw disk image with a GPT"
-                                               : "a raw disk image with an MBR partition table");
+    info =
+        Named(ImageFormat::kRaw, "raw",
+              table == PartitionTableType::kGpt ? "a raw disk image with a GPT"
+                                                : "a raw disk image with an MBR partition table");
     info.table = table;
     info.virtual_size = b.size();
   }

@@ -225,8 +225,20 @@ bool IsToken(std::string_view name) {
   });
 }
 
+// Headers the download itself must control: a manifest's Range or If-Range would break resuming,
+// Accept-Encoding would let the server send compressed bytes that are not the image, and the
+// framing headers are curl's.
+bool IsReservedHeader(std::string_view name) {
+  static constexpr std::array<std::string_view, 7> kReserved = {
+      "range",          "if-range",          "accept-encoding", "host",
+      "content-length", "transfer-encoding", "connection"};
+  std::string lower = Lower(std::string(name));
+  return std::find(kReserved.begin(), kReserved.end(), lower) != kReserved.end();
+}
+
 Status AddHeader(Manifest& m, std::string name, std::string value, const std::string& field) {
   if (!IsToken(name)) return Invalid(field, "not a valid header name");
+  if (IsReservedHeader(name)) return Invalid(field, name + " is set by the agent itself");
   if (value.find_first_of(std::string_view("\r\n\0", 3)) != std::string::npos) {
     return Invalid(field, "header value contains CR, LF or NUL");
   }

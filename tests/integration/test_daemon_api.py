@@ -81,6 +81,16 @@ class ApiTest(unittest.TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:100])
         self.assertIn(b'{"message":"Request body larger than 1 MiB."}', answer)
 
+    def test_401_before_the_body_whatever_length_is_announced(self):
+        # Without the token a client learns nothing, not even the body limit, and can make the
+        # agent read no body at all.
+        with socket.create_connection(("127.0.0.1", self.daemon.port), timeout=10) as s:
+            s.sendall(b"POST /v1/bringYourOwnImage HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Length: 10737418240\r\n\r\n{")
+            answer = self._read_all(s)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 401 "), answer[:100])
+        self.assertTrue(answer.endswith(b"\r\n\r\n"), answer)  # empty body
+
     @staticmethod
     def _send_quietly(s, data):
         try:

@@ -295,8 +295,11 @@ class FetchTest(unittest.TestCase):
         self.fault.add("/r/image.raw", Route(IMAGE))
         self.fault.add("/r/2", Route(redirect="/r/image.raw"))
         url = self.fault.add("/r/1", Route(redirect=self.fault.url("/r/2")))
-        run = self.deploy(manifest(url))
+        run = self.deploy(manifest(url, httpHeader=[{"key": "X-Byoi-Test", "value": "42"}]))
         self.assertDone(run)
+        # The manifest's headers reach the server the redirects lead to, too.
+        seen = [e["headers"] for e in self.fault.log if e["path"] == "/r/image.raw"]
+        self.assertEqual([h.get("x-byoi-test") for h in seen], ["42"])
         run = self.deploy(manifest(self.nginx.url("/moved.raw")))
         self.assertDone(run)
 
@@ -385,9 +388,11 @@ class HttpsTest(unittest.TestCase):
         cls.cert, key = self_signed_cert(cls.workdir)
         cls.server = FaultServer(tls=(cls.cert, key))
         cls.url = cls.server.add("/image.raw", Route(IMAGE, drops=[MiB]))
+        cls.plain = FaultServer()
 
     @classmethod
     def tearDownClass(cls):
+        cls.plain.close()
         cls.server.close()
         shutil.rmtree(cls.workdir, ignore_errors=True)
 
@@ -401,6 +406,18 @@ class HttpsTest(unittest.TestCase):
         run = run_deploy(self.workdir, manifest(self.url), "--ca-bundle", self.cert)
         self.assertEqual(run.returncode, 0, run.stderr)
         self.assertEqual(run.status["checksum"], SHA256)
+
+    def test_redirect_from_https_to_http_refused(self):
+        # The manifest's headers (credentials, often) must not travel in clear after a redirect.
+        target = self.plain.add("/clear.raw", Route(IMAGE))
+        url = self.server.add("/downgrade", Route(redirect=target))
+        run = run_deploy(self.workdir, manifest(url, httpHeader=[
+            {"key": "Authorization", "value": "Basic c2VjcmV0"}]), "--ca-bundle", self.cert)
+        self.assertEqual(run.returncode, 1, run.stderr)
+        self.assertEqual(run.status["message"], download_failed(url))
+        self.assertIn("http", run.status["detail"])
+        self.assertEqual(self.plain.ranges("/clear.raw"), [])
+        self.assertEqual(len(self.server.ranges("/downgrade")), 1)  # final: not retried
 
     def test_insecure_skips_verification(self):
         run = run_deploy(self.workdir, manifest(self.url, algo="md5"), "--insecure")

@@ -153,6 +153,34 @@ TEST_F(DaemonConfigTest, FlagBeatsKernelCmdlineBeatsConfigFile) {
   EXPECT_EQ(all.find("cmdline-token"), std::string::npos);
 }
 
+TEST_F(DaemonConfigTest, DownloadOptionsComeFromEverySource) {
+  Result<DaemonConfig> defaults = Load();
+  ASSERT_TRUE(defaults.ok()) << defaults.status().ToString();
+  EXPECT_EQ(defaults->job.ca_bundle, "");
+  EXPECT_FALSE(defaults->job.insecure);
+  EXPECT_EQ(defaults->job.stall_timeout, 60);
+  EXPECT_EQ(defaults->job.retry_delay, 1);
+  EXPECT_EQ(defaults->job.download_attempts, 10);
+
+  Write("ca.pem", "-----BEGIN CERTIFICATE-----\n");
+  Write("byoi-agent.conf", "token = t\nca_bundle = " + (dir_ / "ca.pem").string() +
+                               "\nstall_timeout = 2.5\nretry_delay = 0\ndownload_attempts = 4\n");
+  // A bare word on the kernel command line switches verification off.
+  Write("cmdline", "quiet byoi.insecure byoi.download_attempts=7\n");
+  flags_.stall_timeout = "9";
+  Result<DaemonConfig> c = Load();
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->job.ca_bundle, (dir_ / "ca.pem").string());
+  EXPECT_TRUE(c->job.insecure);
+  EXPECT_EQ(c->job.stall_timeout, 9);      // flag over file
+  EXPECT_EQ(c->job.retry_delay, 0);        // file
+  EXPECT_EQ(c->job.download_attempts, 7);  // kernel command line over file
+
+  Write("cmdline", "byoi.insecure=false\n");
+  ASSERT_TRUE(Load().ok());
+  EXPECT_FALSE(Load()->job.insecure);
+}
+
 TEST_F(DaemonConfigTest, UnknownKernelWordsAreWarningsNotErrors) {
   Write("cmdline", "byoi.tokn=x\n");
   Result<DaemonConfig> c = Load();
@@ -178,6 +206,12 @@ TEST_F(DaemonConfigTest, BadValuesNameTheKeyAndItsSource) {
       {"token = t\nlisten = 9999\n", "expected ADDR:PORT"},
       {"token = t\npoll_interval = 0\n", "must be a number of seconds"},
       {"token = t\nlog_level = chatty\n", "must be trace"},
+      {"token = t\nca_bundle = /no/such/ca.pem\n", "no such file: /no/such/ca.pem"},
+      {"token = t\ninsecure = maybe\n", "must be true or false"},
+      {"token = t\nstall_timeout = 0\n", "between 0.1 and 3600"},
+      {"token = t\nretry_delay = -1\n", "between 0 and 300"},
+      {"token = t\ndownload_attempts = 2.5\n", "whole number between 1 and 1000"},
+      {"token = t\ndownload_attempts = 0\n", "whole number between 1 and 1000"},
       {"token = t\nbackend_url = ftp://x\n", "must start with http:// or https://"},
       {"token = t s\n", "must be printable ASCII"},
       {"token = t\ntls_cert = /c.pem\n", "tls_cert and tls_key must be given together"},

@@ -142,6 +142,49 @@ TEST(HttpServerTest, BodyOver1MiBIs413EvenWhileTheClientKeepsSending) {
   EXPECT_TRUE(ClosedWithin(fd.get(), 3000ms));
 }
 
+// A header check standing in for the API's token check: requests without `X-Ok` are refused.
+std::optional<HttpResponse> NeedsXOk(const HttpRequest& header) {
+  if (header.find("X-Ok") != header.end()) return std::nullopt;
+  HttpResponse res{http::status::unauthorized, header.version()};
+  return res;
+}
+
+TEST(HttpServerTest, HeaderCheckAnswersBeforeAnyBodyIsReadOrLimited) {
+  std::atomic<int> handled{0};
+  HttpServerOptions options;
+  options.header_check = NeedsXOk;
+  TestServer server(
+      [&](const HttpRequest& req) {
+        ++handled;
+        return Echo(req);
+      },
+      options);
+  // A client without the header announces 10 GiB: 401 at once, never 413, nothing buffered, and
+  // the connection is closed.
+  UniqueFd fd = Connect(server.port());
+  ASSERT_TRUE(SendAll(fd.get(),
+                      "POST /v1/bringYourOwnImage HTTP/1.1\r\nHost: x\r\n"
+                      "Content-Length: 10737418240\r\n\r\n{"));
+  std::string res = ReadResponse(fd.get());
+  EXPECT_EQ(res.rfind("HTTP/1.1 401 ", 0), 0u) << res;
+  EXPECT_TRUE(ClosedWithin(fd.get(), 3000ms));
+  EXPECT_EQ(handled, 0);
+  // With the header, the body limit applies as before...
+  fd = Connect(server.port());
+  ASSERT_TRUE(SendAll(fd.get(),
+                      "POST /x HTTP/1.1\r\nHost: x\r\nX-Ok: 1\r\n"
+                      "Content-Length: 10737418240\r\n\r\n{"));
+  res = ReadResponse(fd.get());
+  EXPECT_EQ(res.rfind("HTTP/1.1 413 ", 0), 0u) << res;
+  // ...and a request within it reaches the handler.
+  fd = Connect(server.port());
+  ASSERT_TRUE(SendAll(fd.get(),
+                      "POST /x HTTP/1.1\r\nHost: x\r\nX-Ok: 1\r\n"
+                      "Content-Length: 2\r\n\r\n{}"));
+  EXPECT_NE(ReadResponse(fd.get()).find("/x 2"), std::string::npos);
+  EXPECT_EQ(handled, 1);
+}
+
 TEST(HttpServerTest, ExactlyOneMiBIsAccepted) {
   TestServer server(Echo);
   UniqueFd fd = Connect(server.port());

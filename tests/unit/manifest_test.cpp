@@ -503,6 +503,21 @@ TEST(ManifestErrors, HeadersV1) {
        "Invalid manifest: httpHeader[0]: header value contains CR, LF or NUL"},
       {V1(R"({"httpHeader": )" + many + "}"),
        "Invalid manifest: httpHeader[64]: more than 64 headers"},
+      // Headers the download controls itself (resume, encoding, framing).
+      {V1(R"({"httpHeader": [{"key": "X-A", "value": "b"}, {"key": "Range", "value": "bytes=9-"}]})"),
+       "Invalid manifest: httpHeader[1]: Range is set by the agent itself"},
+      {V1(R"({"httpHeader": [{"key": "if-range", "value": "x"}]})"),
+       "Invalid manifest: httpHeader[0]: if-range is set by the agent itself"},
+      {V1(R"({"httpHeader": [{"key": "Accept-Encoding", "value": "gzip"}]})"),
+       "Invalid manifest: httpHeader[0]: Accept-Encoding is set by the agent itself"},
+      {V1(R"({"httpHeader": [{"key": "HOST", "value": "evil"}]})"),
+       "Invalid manifest: httpHeader[0]: HOST is set by the agent itself"},
+      {V1(R"({"httpHeader": [{"key": "Content-Length", "value": "0"}]})"),
+       "Invalid manifest: httpHeader[0]: Content-Length is set by the agent itself"},
+      {V1(R"({"httpHeader": [{"key": "Transfer-Encoding", "value": "chunked"}]})"),
+       "Invalid manifest: httpHeader[0]: Transfer-Encoding is set by the agent itself"},
+      {V1(R"({"httpHeader": [{"key": "Connection", "value": "close"}]})"),
+       "Invalid manifest: httpHeader[0]: Connection is set by the agent itself"},
   });
 }
 
@@ -518,6 +533,8 @@ TEST(ManifestErrors, HeadersV3) {
        "Invalid manifest: customizations.httpHeaders.X-A: expected a string"},
       {V3(R"({"httpHeaders": {"X-A": "b", "X-B": "c\nd"}})"),
        "Invalid manifest: customizations.httpHeaders.X-B: header value contains CR, LF or NUL"},
+      {V3(R"({"httpHeaders": {"X-A": "b", "Range": "bytes=0-"}})"),
+       "Invalid manifest: customizations.httpHeaders.Range: Range is set by the agent itself"},
       {V3(R"({"httpHeaders": {"X:A": "b"}})"),
        "Invalid manifest: customizations.httpHeaders.X:A: not a valid header name"},
       // A name that is not short printable ASCII is named by its position, never quoted.
