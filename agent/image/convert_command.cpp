@@ -1,7 +1,8 @@
 // `byoi-agent convert SOURCE TARGET [--type qcow2|raw]` and `byoi-agent inspect IMAGE [--json]`
 // (design.md §6): the image engine and the writer, outside a job. convert holds SOURCE in memory
 // under the same budget as a download, writes its virtual disk to a block device or a file
-// (created or resized to the virtual size); inspect describes an image and its partitions.
+// (created or resized to the virtual size); inspect describes an image, its partitions and the
+// boot loader UEFI firmware would start from its ESP.
 #include <blkid/blkid.h>
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -9,16 +10,20 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/json.hpp>
 #include <csignal>
 #include <cstdio>
 #include <memory>
+#include <span>
 #include <utility>
+#include <vector>
 
 #include "agent/base/cancel.hpp"
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
 #include "agent/base/units.hpp"
+#include "agent/boot/esp.hpp"
 #include "agent/commands.hpp"
 #include "agent/disk/target.hpp"
 #include "agent/disk/writer.hpp"
@@ -164,6 +169,41 @@ void PrintProgress(uint64_t done, uint64_t total) {
   if (done == total) std::fprintf(stderr, "\n");
 }
 
+// ESPs are 100-600 MiB; anything larger is not looked into by inspect.
+constexpr uint64_t kMaxInspectedEsp = 1ull << 30;
+
+// The loader the agent would pick on the image's ESP (design.md §10 order), found by the same code
+// as a job: the ESP's bytes go into a memfd (FatReader reads a file descriptor), holes for zeros.
+Result<BootLoader> FindImageBootLoader(VirtualReader& reader, const PartitionTable& table,
+                                       const PartitionInfo& esp) {
+  if (esp.size > kMaxInspectedEsp) {
+    return Status::Error(Code::kTooBig, "the EFI system partition is larger than 1 GiB");
+  }
+  UniqueFd fd(::memfd_create("byoi-inspect-esp", MFD_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno("memfd_create", errno);
+  if (::ftruncate(fd.get(), static_cast<off_t>(esp.size)) != 0) {
+    return Status::FromErrno("sizing the ESP copy", errno);
+  }
+  std::vector<uint8_t> chunk(4 << 20);
+  for (uint64_t done = 0; done < esp.size;) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(chunk.size(), esp.size - done));
+    std::span<uint8_t> part(chunk.data(), n);
+    BYOI_RETURN_IF_ERROR(reader.Read(esp.start + done, part).Context("reading the ESP"));
+    bool zero = std::all_of(part.begin(), part.end(), [](uint8_t b) { return b == 0; });
+    if (!zero &&
+        ::pwrite(fd.get(), part.data(), n, static_cast<off_t>(done)) != static_cast<ssize_t>(n)) {
+      return Status::FromErrno("copying the ESP", errno);
+    }
+    done += n;
+  }
+  EspLocation location;
+  location.table = table.type;
+  location.sector_size = table.sector_size;
+  location.partition_number = esp.number;
+  location.size_lba = esp.size / table.sector_size;
+  return FindBootLoader("/proc/self/fd/" + std::to_string(fd.get()), location, "");
+}
+
 }  // namespace
 
 int RunConvert(const ConvertArgs& args) {
@@ -267,10 +307,17 @@ int RunInspect(const InspectArgs& args) {
       parts.push_back(std::move(j));
     }
     pt["partitions"] = std::move(parts);
+    out["esp"] = nullptr;
+    out["bootLoader"] = nullptr;
     if (const PartitionInfo* esp = table->Esp()) {
       out["esp"] = esp->number;
-    } else {
-      out["esp"] = nullptr;
+      Result<BootLoader> loader = FindImageBootLoader(reader, *table, *esp);
+      if (loader.ok()) {
+        out["bootLoader"] = {
+            {"path", loader->path}, {"foundBy", loader->found_by}, {"label", loader->csv_label}};
+      } else if (loader.status().code() != Code::kNotFound) {
+        out["bootLoaderError"] = loader.status().detail();
+      }
     }
     if (table->type == PartitionTableType::kNone) {
       auto fs = ProbeFilesystem(reader, 0, image->layout.virtual_size);
@@ -330,6 +377,14 @@ int RunInspect(const InspectArgs& args) {
   }
   if (const PartitionInfo* esp = table->Esp()) {
     std::printf("EFI system partition: %u\n", esp->number);
+    if (const boost::json::value& loader = out["bootLoader"]; loader.is_object()) {
+      std::printf("boot loader:     %s (%s)\n", str(loader.at("path")).c_str(),
+                  str(loader.at("foundBy")).c_str());
+    } else if (out.contains("bootLoaderError")) {
+      std::printf("boot loader:     unreadable (%s)\n", str(out["bootLoaderError"]).c_str());
+    } else {
+      std::printf("boot loader:     none found\n");
+    }
   } else {
     std::printf("EFI system partition: none\n");
   }
