@@ -135,6 +135,29 @@ class Qcow2:
         size = 16 if self.extended_l2 else 8
         return self.l2_offset(l1_index) + size * l2_index
 
+    def l2_entries(self):
+        """(virtual cluster index, L2 entry) for every entry of every allocated L2 table (the
+        first 64-bit word of an extended entry)."""
+        size = 16 if self.extended_l2 else 8
+        per_table = self.cluster_size // size
+        for l1 in range(self.l1_size):
+            table = self.l2_offset(l1)
+            if table == 0:
+                continue
+            for i in range(per_table):
+                yield l1 * per_table + i, self.u64(table + size * i)
+
+    def compressed_streams(self):
+        """(host offset, end) of every compressed cluster's stream, as its descriptor gives it
+        (qcow2.rst: the offset, then the count of 512-byte sectors it occupies less one)."""
+        x = 62 - (self.cluster_bits - 8)
+        for _, entry in self.l2_entries():
+            if not entry & (1 << 62):
+                continue
+            offset = entry & ((1 << x) - 1)
+            sectors = ((entry >> x) & ((1 << (self.cluster_bits - 8)) - 1)) + 1
+            yield offset, (offset & ~511) + sectors * 512
+
     def extensions_end(self):
         """Offset of the end-of-extensions marker (type 0)."""
         pos = self.header_length

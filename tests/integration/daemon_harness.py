@@ -164,6 +164,7 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
     def _serve(self, head):
         srv = self.server
         path = self.path.split("?")[0]
+        srv.requests.append(path)
         if path == "/slow.raw":
             size = srv.slow_size
             self.send_response(200)
@@ -207,11 +208,15 @@ class ImageServer:
         self.httpd.files = dict(files or {})
         self.httpd.slow_size = slow_size
         self.httpd.stopping = False
+        self.httpd.requests = []  # the path of every request, in order
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, path):
         return "http://127.0.0.1:%d%s" % (self.httpd.server_address[1], path)
+
+    def requests(self):
+        return list(self.httpd.requests)
 
     def stop(self):
         self.httpd.stopping = True

@@ -415,8 +415,8 @@ class DeployTestCase(unittest.TestCase):
         with open(manifest_path, "w") as f:
             f.write(manifest if isinstance(manifest, str) else json.dumps(manifest))
         status_path = self.path("status-%d.json" % self.runs)
-        argv = [AGENT, "deploy", "--manifest", manifest_path, "--disk", disk,
-                "--efivars", efivars or self.path("no-efivars"), "--status-file", status_path,
+        argv = [AGENT, "deploy", "--manifest", manifest_path] + (["--disk", disk] if disk else [])
+        argv += ["--efivars", efivars or self.path("no-efivars"), "--status-file", status_path,
                 "--json", "--reboot", "none", "--memory-limit", "1G", "--retry-delay", "0"]
         r = subprocess.run(argv + list(extra), capture_output=True, text=True, timeout=300)
         with open(status_path) as f:
@@ -837,6 +837,25 @@ class Refusals(DeployTestCase):
             out = self.assertRefusedUntouched(v1_manifest(secret, "qcow2"), disk,
                                               "Could not download image located: %s." % url)
             self.assertNotIn("s3cret", out.stderr + json.dumps(out.status))
+
+    def test_disk_group_that_does_not_exist(self):
+        # No --disk: the manifest's diskGroupId chooses among this machine's disks (design.md §9),
+        # and no machine has 99 groups. Refused in the plan step, before any download.
+        disk = self.loop_disk(64 * MIB)  # stands for the machine's disks: must stay untouched
+        before = sha256_all(disk)
+        requests = len(IMAGES.server.requests())
+        for shape, manifest in (
+                ("v1", v1_manifest(IMAGES.url(IMAGES.gpt[512].path), "raw", diskGroupId=99)),
+                ("v3", {"operatingSystem": "byoi_64", "storage": [{"diskGroupId": 99}],
+                        "customizations": {"imageURL": IMAGES.url(IMAGES.gpt[512].path),
+                                           "imageType": "raw"}})):
+            with self.subTest(shape):
+                out = self.deploy(manifest, None)
+                self.assertFailed(out, "No disk found in disk group 99.")
+                for name in ("download", "write", "partition", "configdrive", "bootloader"):
+                    self.assertEqual(step(out.status, name)["status"], "todo", name)
+        self.assertEqual(len(IMAGES.server.requests()), requests)
+        self.assertEqual(sha256_all(disk), before)
 
     def test_manifest_errors(self):
         disk = self.loop_disk(64 * MIB)
