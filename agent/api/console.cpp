@@ -2,6 +2,10 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/kd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,7 +21,22 @@ constexpr auto kPlainProgressEvery = std::chrono::seconds(10);
 constexpr const char* kPrefix = "byoi-agent: ";
 constexpr const char* kEraseLine = "\r\033[K";
 
+// Unix98 pseudo-terminals (devices.txt: majors 136-143).
+bool IsPtyMajor(unsigned major) { return major >= 136 && major <= 143; }
+
 }  // namespace
+
+bool RedrawsInPlace(int fd) {
+  if (::isatty(fd) != 1) return false;
+  // A virtual console (the screen a BMC's KVM shows) answers KDGKBTYPE; serial ports do not.
+  char keyboard = 0;
+  if (::ioctl(fd, KDGKBTYPE, &keyboard) == 0) return true;
+  // /dev/console itself is 5:1 whatever it points at: TIOCGDEV names the terminal behind it.
+  unsigned int dev = 0;
+  if (::ioctl(fd, TIOCGDEV, &dev) == 0) return IsPtyMajor(major(dev));
+  struct stat st;
+  return ::fstat(fd, &st) == 0 && IsPtyMajor(major(st.st_rdev));
+}
 
 std::string ProgressBar(uint64_t done, uint64_t total, int width) {
   int filled = total == 0 ? 0
@@ -54,8 +73,8 @@ Result<std::unique_ptr<ConsoleDisplay>> ConsoleDisplay::Open(const std::string& 
   // stuck serial line must not stall the deployment whose listener writes here.
   BYOI_ASSIGN_OR_RETURN(
       UniqueFd fd, OpenFile(path, O_WRONLY | O_NOCTTY | O_NONBLOCK | O_APPEND | O_CREAT, 0644));
-  bool tty = ::isatty(fd.get()) == 1;
-  return std::make_unique<ConsoleDisplay>(std::move(fd), tty);
+  bool redraw = RedrawsInPlace(fd.get());
+  return std::make_unique<ConsoleDisplay>(std::move(fd), redraw);
 }
 
 ConsoleDisplay::ConsoleDisplay(UniqueFd fd, bool tty) : fd_(std::move(fd)), tty_(tty) {}

@@ -2,9 +2,10 @@
 // one line per step change, a progress line with a bar, rate and ETA during byte-counted steps, and
 // on error the catalogue message and its detail in full.
 //
-// On a terminal the progress line is redrawn in place (carriage return + erase line); elsewhere (a
-// serial console that is not a tty, a file) progress is printed as plain lines at most every 10 s
-// per step, so logs stay readable. Example:
+// On a screen (a virtual console, as a BMC's KVM shows it, or a pseudo-terminal) the progress line
+// is redrawn in place (carriage return + erase line); elsewhere (a serial console, as IPMI
+// serial-over-LAN records it, a file) progress is printed as plain lines at most every 10 s per
+// step, so logs stay readable. Example:
 //
 //   byoi-agent: deployment started (web-1)
 //   byoi-agent: download    [#########-----------]  45%  1.0 GiB of 2.1 GiB  113 MB/s  ETA 10 s
@@ -30,7 +31,7 @@ class ConsoleDisplay {
   // Opens `path` for writing (without becoming its controlling terminal; a regular file is created
   // or appended to). kIo when it cannot be opened.
   static Result<std::unique_ptr<ConsoleDisplay>> Open(const std::string& path);
-  // Draws on `fd`; `tty` chooses in-place redraws.
+  // Draws on `fd`; `tty` chooses in-place redraws (RedrawsInPlace).
   ConsoleDisplay(UniqueFd fd, bool tty);
 
   // A JobControl listener. Never blocks on a stuck console: writes are non-blocking and dropped
@@ -51,6 +52,10 @@ class ConsoleDisplay {
   bool progress_line_open_ = false;  // tty: a progress line waits to be overwritten
   std::chrono::steady_clock::time_point last_plain_progress_;
 };
+
+// True when `fd` is a virtual console or a pseudo-terminal, also behind /dev/console; false for
+// serial ports, other terminals and anything that is not a terminal.
+bool RedrawsInPlace(int fd);
 
 // "[#########-----------]" for done/total with `width` cells inside the brackets.
 std::string ProgressBar(uint64_t done, uint64_t total, int width = 20);

@@ -6,6 +6,7 @@
 #include <boost/json.hpp>
 #include <ctime>
 
+#include "agent/base/messages.hpp"
 #include "agent/job/manifest.hpp"
 
 namespace byoi {
@@ -193,7 +194,7 @@ bool Poller::SendFront() {
 }
 
 void Poller::Loop() {
-  spdlog::info("poller: polling {} as agent {}", JobUrl(), options_.agent_id);
+  spdlog::info("poller: polling {} as agent {}", msg::StripUserinfo(JobUrl()), options_.agent_id);
   Clock::time_point next_poll = Clock::now();
   Clock::time_point retry_at = Clock::now();
   int poll_failures = 0, report_failures = 0;

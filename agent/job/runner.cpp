@@ -249,7 +249,11 @@ Status SetBootEntry(const Manifest& manifest, const JobOptions& job, const Disk&
     board.SkipStep(Step::kBootloader, "the image has no EFI system partition");
     return Status::Ok();
   }
+  if (!esp.ok() && esp.status().code() == Code::kIo) {
+    return std::move(esp).status().DefaultMessage(std::string(msg::kBootEntry));
+  }
   if (!esp.ok()) {
+    // No ESP, or one without a FAT file system: the loader cannot be on it.
     const std::string shown = manifest.efi_bootloader_path.empty() ? "\\EFI\\BOOT\\BOOTX64.EFI"
                                                                    : manifest.efi_bootloader_path;
     return std::move(esp).status().DefaultMessage(msg::BootloaderNotFound(shown));

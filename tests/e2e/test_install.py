@@ -182,7 +182,7 @@ class InstallTest(unittest.TestCase):
 
     def check_console_done(self, log, expected):
         """The agent's console display (on the serial port) shows the job done and every step in the
-        `expected` state; returns {step: comment}. Also: the agent logged its reboot and the kernel
+        `expected` state, in plain lines; returns {step: comment}. Also: the agent logged its reboot and the kernel
         restarted."""
         steps, final = console_report(log)
         self.assertIsNotNone(final, log[-3000:])
@@ -191,6 +191,8 @@ class InstallTest(unittest.TestCase):
         self.assertRegex(log, r"info reboot: rebooting", log[-3000:])
         self.assertRegex(log, r"reboot: Restarting system", log[-3000:])
         self.assertNotIn("Kernel panic", log)
+        # A serial console (what IPMI serial-over-LAN records) gets plain lines, never redraws.
+        self.assertNotIn("\x1b[Kbyoi-agent:", log)
         return {s: c for s, (_, c) in steps.items()}
 
     def check_config_drive(self, device, hostname, instance_id, partition_number):

@@ -1,6 +1,10 @@
 // Console progress: what a person watching IPMI/KVM or a serial console sees.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <utility>
 
 #include "agent/api/console.hpp"
 #include "agent/base/messages.hpp"
@@ -99,6 +103,30 @@ TEST_F(ConsoleRenderTest, ARestoredInterruptedJobIsShownInFull) {
             "byoi-agent: write       failed\n"
             "byoi-agent: ERROR: Deployment interrupted: the agent restarted.\n"
             "byoi-agent:   detail: the agent stopped during step write\n");
+}
+
+TEST(ConsoleOpenTest, RedrawsInPlaceOnlyOnScreensNotOnSerialPortsOrFiles) {
+  // A pseudo-terminal: an operator's terminal.
+  UniqueFd master(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+  ASSERT_TRUE(master.valid());
+  ASSERT_EQ(::grantpt(master.get()), 0);
+  ASSERT_EQ(::unlockpt(master.get()), 0);
+  UniqueFd pty(::open(::ptsname(master.get()), O_RDWR | O_NOCTTY | O_CLOEXEC));
+  ASSERT_TRUE(pty.valid());
+  EXPECT_TRUE(RedrawsInPlace(pty.get()));
+  // Not terminals.
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  UniqueFd read_end(pipe_fds[0]), write_end(pipe_fds[1]);
+  EXPECT_FALSE(RedrawsInPlace(write_end.get()));
+  UniqueFd null(::open("/dev/null", O_WRONLY | O_CLOEXEC));
+  EXPECT_FALSE(RedrawsInPlace(null.get()));
+  // The machine's own consoles, where it has them (this one does: serial ttyS0 and the VT tty0).
+  for (auto [path, expected] : {std::pair{"/dev/ttyS0", false}, std::pair{"/dev/tty0", true}}) {
+    UniqueFd fd(::open(path, O_WRONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC));
+    if (!fd.valid() || ::isatty(fd.get()) != 1) continue;  // no such hardware here
+    EXPECT_EQ(RedrawsInPlace(fd.get()), expected) << path;
+  }
 }
 
 TEST(ConsoleOpenTest, WritesToAFile) {
