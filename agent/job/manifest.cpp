@@ -247,6 +247,17 @@ Status AddHeader(Manifest& m, std::string name, std::string value, const std::st
   return Status::Ok();
 }
 
+Status SetBootOrder(Manifest& m, const std::optional<std::string>& policy, std::string_view field) {
+  if (!policy || policy->empty()) return Status::Ok();
+  static constexpr std::array<std::string_view, 4> kPolicies = {"first", "after-network",
+                                                                "bootnext", "none"};
+  if (std::find(kPolicies.begin(), kPolicies.end(), *policy) == kPolicies.end()) {
+    return Invalid(field, "must be first, after-network, bootnext or none");
+  }
+  m.efi_boot_order = *policy;
+  return Status::Ok();
+}
+
 // REQUIRES: !path.empty() (an empty path means "not given").
 Status ValidateEfiPath(const std::string& path, std::string_view field) {
   if (path.size() > kMaxEfiPathBytes) return Invalid(field, "longer than 512 bytes");
@@ -359,6 +370,8 @@ Result<Manifest> ParseV1(const json::object& o) {
     BYOI_RETURN_IF_ERROR(ValidateEfiPath(*efi, "efiBootloaderPath"));
     m.efi_bootloader_path = *efi;
   }
+  BYOI_ASSIGN_OR_RETURN(auto order, GetString(o, "efiBootOrder", "efiBootOrder"));
+  BYOI_RETURN_IF_ERROR(SetBootOrder(m, order, "efiBootOrder"));
   BYOI_ASSIGN_OR_RETURN(const json::object* cd, GetObject(o, "configdrive", "configdrive"));
   if (cd != nullptr) {
     BYOI_ASSIGN_OR_RETURN(auto enable, GetBool(*cd, "enable", "configdrive.enable"));
@@ -407,6 +420,8 @@ Result<Manifest> ParseV3(const json::object& o) {
     BYOI_RETURN_IF_ERROR(ValidateEfiPath(*efi, "customizations.efiBootloaderPath"));
     m.efi_bootloader_path = *efi;
   }
+  BYOI_ASSIGN_OR_RETURN(auto order, GetString(*c, "efiBootOrder", "customizations.efiBootOrder"));
+  BYOI_RETURN_IF_ERROR(SetBootOrder(m, order, "customizations.efiBootOrder"));
   BYOI_ASSIGN_OR_RETURN(auto description,
                         GetString(*c, "description", "customizations.description"));
   m.description = description.value_or("");
@@ -598,6 +613,8 @@ boost::json::object ManifestToJson(const Manifest& m) {
   out["httpHeaders"] = std::move(headers);
   out["efiBootloaderPath"] =
       m.efi_bootloader_path.empty() ? json::value(nullptr) : json::value(m.efi_bootloader_path);
+  out["efiBootOrder"] =
+      m.efi_boot_order.empty() ? json::value(nullptr) : json::value(m.efi_boot_order);
   const ConfigDrive& cd = m.config_drive;
   json::object drive;
   drive["enabled"] = cd.enabled;

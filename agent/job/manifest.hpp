@@ -61,6 +61,9 @@ struct Manifest {
   std::vector<HttpHeader> headers;
   std::string
       efi_bootloader_path;  // as given (backslashes or slashes, no ".."), empty if not given
+  // efiBootOrder: first, after-network, bootnext or none (design.md §10); overrides the agent's
+  // --efi-boot-order for this job. Empty if not given.
+  std::string efi_boot_order;
   ConfigDrive config_drive;
 };
 
@@ -68,7 +71,8 @@ struct Manifest {
 // the catalogue sentence (`Invalid manifest: <field>: <reason>` unless a more specific one
 // applies); `detail` repeats the field and reason, with the offending value quoted and cut short.
 // Normalisation: a null member is an absent one, and so is an empty string for the optional
-// strings (checksum and type, hostname, sshKey, user data, efiBootloaderPath); unknown members
+// strings (checksum and type, hostname, sshKey, user data, efiBootloaderPath, efiBootOrder);
+// unknown members
 // are ignored; the body is v3 when it has a non-null `customizations`, `operatingSystem` or
 // `storage`, v1 otherwise; diskGroupId 0 or absent is 1; checksum and types are lower-cased.
 Result<Manifest> ParseManifest(std::string_view body);

@@ -237,9 +237,14 @@ Status SetBootEntry(const Manifest& manifest, const JobOptions& job, const Disk&
     board.SkipStep(Step::kBootloader, LegacySkipReason(job.efivars));
     return Status::Ok();
   }
-  BYOI_ASSIGN_OR_RETURN(BootOrderPolicy policy, ParseBootOrderPolicy(job.efi_boot_order));
+  // The manifest's efiBootOrder, when given, wins over the agent's --efi-boot-order.
+  const std::string& order =
+      manifest.efi_boot_order.empty() ? job.efi_boot_order : manifest.efi_boot_order;
+  BYOI_ASSIGN_OR_RETURN(BootOrderPolicy policy, ParseBootOrderPolicy(order));
   if (policy == BootOrderPolicy::kNone) {
-    board.SkipStep(Step::kBootloader, "--efi-boot-order none: the boot entries are left alone");
+    board.SkipStep(Step::kBootloader, manifest.efi_boot_order.empty()
+                                          ? "--efi-boot-order none: the boot entries are left alone"
+                                          : "efiBootOrder none: the boot entries are left alone");
     return Status::Ok();
   }
   board.BeginStep(Step::kBootloader, "setting the UEFI boot entry");

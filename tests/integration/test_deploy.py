@@ -116,6 +116,11 @@ def read_dir(path):
     return files
 
 
+def boot_order(variable):
+    """The entry numbers of a BootOrder variable's bytes (4 attribute bytes, then UINT16s)."""
+    return list(struct.unpack("<%dH" % ((len(variable) - 4) // 2), variable[4:]))
+
+
 def device_size(path):
     with open(path, "rb") as f:
         return f.seek(0, os.SEEK_END)
@@ -710,6 +715,38 @@ class BootStep(DeployTestCase):
         self.assertEqual(bootloader["status"], "skipped")
         self.assertIn("legacy BIOS", bootloader["comment"])
         self.assertFalse(os.path.exists(missing), "the agent created the efivars directory")
+
+    def test_manifest_efi_boot_order_wins_over_the_agents_setting(self):
+        # --efi-boot-order first (the default) for the agent, efiBootOrder in the manifest.
+        image = IMAGES.gpt[512]
+        for policy in ("bootnext", "none", "after-network"):
+            with self.subTest(policy):
+                disk = self.loop_disk(128 * MIB)
+                efivars = self.efivars_dir()
+                os.rename(efivars, efivars + "-" + policy)
+                efivars += "-" + policy
+                before = read_dir(efivars)
+                out = self.deploy(v1_manifest(IMAGES.url(image.path), "raw", efiBootOrder=policy),
+                                  disk, efivars, extra=["--efi-boot-order", "first"])
+                self.assertDone(out)
+                after = read_dir(efivars)
+                new = sorted(set(after) - set(before))
+                if policy == "none":
+                    self.assertEqual(after, before)
+                    self.assertIn("efiBootOrder none", step(out.status, "bootloader")["comment"])
+                    continue
+                self.assertEqual(step(out.status, "bootloader")["status"], "done")
+                entry = [n for n in new if n.startswith("Boot0")]
+                self.assertEqual(len(entry), 1, new)
+                number = int(entry[0][4:8], 16)
+                order = boot_order(after["BootOrder-" + EFI_GLOBAL])
+                if policy == "bootnext":
+                    # BootOrder as it was; BootNext names the new entry.
+                    self.assertEqual(order, boot_order(before["BootOrder-" + EFI_GLOBAL]))
+                    self.assertEqual(after["BootNext-" + EFI_GLOBAL][4:], struct.pack("<H", number))
+                else:
+                    self.assertEqual(order, [0, number])  # after the PXE entry
+                    self.assertNotIn("BootNext-" + EFI_GLOBAL, after)
 
     def test_missing_efi_bootloader_fails_and_zeroes_the_disk_ends(self):
         image = IMAGES.gpt[512]

@@ -677,6 +677,28 @@ TEST(ManifestEfiPath, Rules) {
   MustParse(v1("\\EFI\\" + std::string(507, 'x')));  // 512 bytes
 }
 
+TEST(ManifestEfiBootOrder, EveryPolicyInBothShapesElseTheAgentsSetting) {
+  for (const char* policy : {"first", "after-network", "bootnext", "none"}) {
+    EXPECT_EQ(MustParse(V1(json::serialize(json::object{{"efiBootOrder", policy}}))).efi_boot_order,
+              policy);
+    EXPECT_EQ(MustParse(V3(json::serialize(json::object{{"efiBootOrder", policy}}))).efi_boot_order,
+              policy);
+  }
+  EXPECT_EQ(MustParse(V1()).efi_boot_order, "");
+  EXPECT_EQ(MustParse(V1(R"({"efiBootOrder": null})")).efi_boot_order, "");
+  EXPECT_EQ(MustParse(V3(R"({"efiBootOrder": ""})")).efi_boot_order, "");
+  ExpectAll({
+      {V1(R"({"efiBootOrder": "last"})"),
+       "Invalid manifest: efiBootOrder: must be first, after-network, bootnext or none"},
+      {V1(R"({"efiBootOrder": "FIRST"})"),
+       "Invalid manifest: efiBootOrder: must be first, after-network, bootnext or none"},
+      {V1(R"({"efiBootOrder": 1})"), "Invalid manifest: efiBootOrder: expected a string"},
+      {V3(R"({"efiBootOrder": "next"})"),
+       "Invalid manifest: customizations.efiBootOrder: must be first, after-network, bootnext or "
+       "none"},
+  });
+}
+
 TEST(ManifestErrors, SshKey) {
   Manifest m =
       MustParse(V1(R"({"configdrive": {"sshKey": "ssh-ed25519 A a@b\nssh-rsa B c@d\n"}})"));
@@ -1063,6 +1085,7 @@ TEST(ManifestJson, DesignV1) {
     "checkSum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
     "description": "debian 12", "diskGroupId": 1,
     "httpHeaders": [{"name": "Authorization", "value": "***"}], "efiBootloaderPath": null,
+    "efiBootOrder": null,
     "configDrive": {"enabled": true, "hostname": "web-1", "sshKey": "ssh-ed25519 AAAAC3 me@host",
       "userData": {"bytes": 32, "decodedFrom": "text"}, "metadata": {"role": "web", "env": "prod"}}})");
   json::object got = ManifestToJson(MustParse(kDesignV1));
@@ -1076,7 +1099,7 @@ TEST(ManifestJson, DesignV3) {
     "checkSum": "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e",
     "description": "", "diskGroupId": 2,
     "httpHeaders": [{"name": "Authorization", "value": "***"}, {"name": "X-Trace", "value": "***"}],
-    "efiBootloaderPath": "\\efi\\debian\\grubx64.efi",
+    "efiBootloaderPath": "\\efi\\debian\\grubx64.efi", "efiBootOrder": null,
     "configDrive": {"enabled": true, "hostname": "web-1", "sshKey": "ssh-ed25519 AAAAC3 me@host",
       "userData": {"bytes": 14, "decodedFrom": "base64 text"}, "metadata": {"role": "web"}}})");
   json::object got = ManifestToJson(MustParse(kDesignV3));
@@ -1087,7 +1110,8 @@ TEST(ManifestJson, Minimal) {
   json::value expected = json::parse(R"({"shape": "byoi-v1",
     "url": "https://example.net/debian-12.raw", "type": "raw", "checkSumType": null,
     "checkSum": null, "description": "", "diskGroupId": 1, "httpHeaders": [],
-    "efiBootloaderPath": null, "configDrive": {"enabled": false, "hostname": "", "sshKey": "",
+    "efiBootloaderPath": null, "efiBootOrder": null,
+    "configDrive": {"enabled": false, "hostname": "", "sshKey": "",
       "userData": null, "metadata": {}}})");
   EXPECT_EQ(json::value(ManifestToJson(MustParse(V1()))), expected);
   json::object gz = ManifestToJson(MustParse(
