@@ -78,7 +78,11 @@ void ImageBuffer::Truncate(uint64_t size) {
 
 Result<uint64_t> DefaultMemoryBudget() {
   BYOI_ASSIGN_OR_RETURN(std::string meminfo, ReadSmallFile("/proc/meminfo"));
-  std::istringstream in(meminfo);
+  return MemoryBudgetFromMeminfo(meminfo);
+}
+
+Result<uint64_t> MemoryBudgetFromMeminfo(std::string_view meminfo) {
+  std::istringstream in{std::string(meminfo)};
   std::string key;
   uint64_t kib = 0;
   std::string unit;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "agent/base/status.hpp"
 
@@ -47,6 +48,8 @@ class ImageBuffer {
 
 // MemTotal (from /proc/meminfo) minus 3 GiB, the budget for an image in RAM; 0 when RAM is smaller.
 Result<uint64_t> DefaultMemoryBudget();
+// The same from the text of /proc/meminfo; kIo when it has no MemTotal line.
+Result<uint64_t> MemoryBudgetFromMeminfo(std::string_view meminfo);
 
 // Reads a whole file (an image for `convert` or `inspect`) into a new buffer of at most `budget`
 // bytes. kTooBig when the file is larger, checked before reading.

@@ -671,6 +671,23 @@ class DeployWritesImages(DeployTestCase):
         # cloud-init's reader hands back the file's bytes; cloud-init gunzips them itself.
         self.check_config_drive(disk, config.number, config.first * 512, out, user_data=packed)
 
+    def test_old_raid_superblock_at_the_disks_end_is_erased(self):
+        # An md 0.90 superblock lives in the last 64 KiB-aligned block of a member disk, inside
+        # what becomes the config-2 partition: left there, the installed system could assemble a
+        # stale array. libblkid must see it before, and it must be gone after.
+        disk = self.loop_disk(128 * MIB)
+        at = ((device_size(disk) >> 16) - 1) << 16
+        superblock = struct.pack("<IIII", 0xA92B4EFC, 0, 90, 0) + bytes(4080)
+        with open(disk, "r+b") as f:
+            f.seek(at)
+            f.write(superblock)
+        raid = ["blkid", "-p", "-u", "raid", "-o", "export", disk]
+        self.assertIn("TYPE=linux_raid_member", run(*raid, check=False).stdout)
+        out = self.deploy(v1_manifest(IMAGES.url(IMAGES.gpt[512].path), "raw"), disk)
+        self.assertDone(out)
+        self.assertEqual(read(disk, at, 4), bytes(4), "the md superblock's magic survived")
+        self.assertNotIn("linux_raid_member", run(*raid, check=False).stdout)
+
     def test_regular_file_as_disk(self):
         image = IMAGES.gpt[512]
         disk = self.disk_file(160 * MIB, "disk-file.img")

@@ -6,6 +6,7 @@
 
 #include "agent/base/messages.hpp"
 #include "agent/fetch/fetch.hpp"
+#include "agent/image/image_buffer.hpp"
 
 namespace byoi {
 namespace {
@@ -83,6 +84,36 @@ TEST(FetchImage, CancelDuringBackOffStopsQuickly) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kCancelled);
   EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(2000));
+}
+
+TEST(FetchImage, DeadlineEndsRetriesEarly) {
+  // Retries would go on for 1000 attempts; the overall deadline ends them.
+  FetchRequest req{"http://127.0.0.1:1/image.raw", {}, ImageType::kRaw, {}};
+  FetchOptions opts = FastOptions();
+  opts.attempts = 1000;
+  opts.retry_delay = milliseconds(100);
+  opts.deadline = milliseconds(300);
+  auto start = std::chrono::steady_clock::now();
+  auto r = FetchImage(req, opts, {}, CancelToken());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(),
+            "Could not download image located: http://127.0.0.1:1/image.raw.");
+  EXPECT_NE(r.status().detail().find("deadline"), std::string::npos) << r.status().detail();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(1500));
+}
+
+TEST(MemoryBudget, MemTotalLessThreeGiB) {
+  EXPECT_EQ(*MemoryBudgetFromMeminfo("MemTotal:       24582856 kB\nMemFree:  1 kB\n"),
+            24582856ull * 1024 - (3ull << 30));
+  EXPECT_EQ(*MemoryBudgetFromMeminfo("MemFree: 1 kB\nMemTotal: 4194304 kB\n"), 1ull << 30);
+  // A machine with 3 GiB or less has no room for an image.
+  EXPECT_EQ(*MemoryBudgetFromMeminfo("MemTotal: 3145728 kB\n"), 0u);
+  EXPECT_EQ(*MemoryBudgetFromMeminfo("MemTotal: 2097152 kB\n"), 0u);
+  EXPECT_EQ(MemoryBudgetFromMeminfo("MemFree: 1 kB\n").status().code(), Code::kIo);
+  EXPECT_EQ(MemoryBudgetFromMeminfo("").status().code(), Code::kIo);
+  // This machine's own.
+  Result<uint64_t> here = DefaultMemoryBudget();
+  ASSERT_TRUE(here.ok()) << here.status().ToString();
 }
 
 }  // namespace
