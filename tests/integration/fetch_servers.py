@@ -172,12 +172,15 @@ class Route:
     status        a status answered to every request (404, 403, ...)
     redirect      a Location answered with 302 to every request
     require       (name, value) a header the request must carry, else 403
+    bad_range     how a 206 lies in its Content-Range: "missing", "start" (one byte after the
+                  asked start) or "total" (another image size)
     """
 
     def __init__(self, body=b"", ranges=True, drops=(), stall_at=None, stall_seconds=30,
                  length_delta=0, no_length=False, fail_first=(), status=None, redirect=None,
-                 require=None, reset=False, replace=None):
+                 require=None, reset=False, replace=None, bad_range=None):
         self.body = body
+        self.bad_range = bad_range
         self.replace = replace
         self.reset = reset
         self.ranges = ranges
@@ -243,7 +246,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+            first, total = start, size
+            if route.bad_range == "start":
+                first += 1
+            elif route.bad_range == "total":
+                total += 4096
+            if route.bad_range != "missing":
+                self.send_header("Content-Range", f"bytes {first}-{size - 1}/{total}")
         else:
             self.send_response(200)
         if route.replace is not None:

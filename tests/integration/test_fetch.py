@@ -228,6 +228,22 @@ class FetchTest(unittest.TestCase):
         self.assertEqual(resume["range"], f"bytes={MiB}-")
         self.assertEqual(resume["headers"].get("if-range"), etag)
 
+    def test_206_with_a_wrong_content_range_restarts_from_zero(self):
+        # A resumed answer must start where we asked and describe the same image; otherwise its
+        # bytes cannot be stitched on, and the download starts over without Range.
+        for lie, detail in (("missing", "without a matching Content-Range"),
+                            ("start", "without a matching Content-Range"),
+                            ("total", "the image changed size")):
+            with self.subTest(lie):
+                path = f"/bad-range-{lie}.raw"
+                url = self.fault.add(path, Route(IMAGE, drops=[MiB], bad_range=lie))
+                run = self.deploy(manifest(url))
+                self.assertDone(run)
+                self.assertEqual(run.status["checksum"], SHA256)
+                self.assertEqual(self.fault.ranges(path), [None, f"bytes={MiB}-", None])
+                self.assertIn(detail, run.stderr)
+                self.assertIn("3 request(s), 1 restart(s) from byte 0", run.stderr)
+
     def test_drops_without_range_support_restart_from_zero(self):
         drops = [500000, 2 * MiB]
         url = self.fault.add("/norange.raw", Route(IMAGE, ranges=False, drops=drops))
