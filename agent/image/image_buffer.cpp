@@ -84,6 +84,29 @@ Status ImageBuffer::Append(std::span<const uint8_t> bytes) {
   return Status::Ok();
 }
 
+Status ImageBuffer::AppendFrom(int fd, uint64_t offset, uint64_t length) {
+  if (length > capacity_ - size_) {
+    return Status::Error(
+        Code::kTooBig, "image passes the memory budget of " + std::to_string(capacity_) + " bytes");
+  }
+  // Page cache to memfd in the kernel: no copy through user space, and whole pages are not
+  // zeroed before they are filled (see Append). sendfile writes at the memfd's file position.
+  off_t in = static_cast<off_t>(offset);
+  const off_t end = static_cast<off_t>(offset + length);
+  if (::lseek(fd_, static_cast<off_t>(size_), SEEK_SET) == static_cast<off_t>(size_)) {
+    while (in < end) {
+      ssize_t n = ::sendfile(fd_, fd, &in, std::min<uint64_t>(end - in, 1 << 30));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // unsupported here, or the file shrank: read the rest below
+    }
+  }
+  size_ += static_cast<uint64_t>(in) - offset;
+  const uint64_t rest = static_cast<uint64_t>(end - in);
+  BYOI_RETURN_IF_ERROR(PreadAll(fd, Tail().first(rest), static_cast<uint64_t>(in)));
+  size_ += rest;
+  return Status::Ok();
+}
+
 std::span<uint8_t> ImageBuffer::Tail() {
   return {data_ + size_, static_cast<size_t>(capacity_ - size_)};
 }
@@ -132,21 +155,7 @@ Result<ImageBuffer> LoadFile(const std::string& path, uint64_t budget) {
                                             std::to_string(budget));
   }
   BYOI_ASSIGN_OR_RETURN(ImageBuffer buffer, ImageBuffer::Create(size > 0 ? size : 1));
-  // Page cache to memfd in the kernel: no copy through user space, and whole pages are not
-  // zeroed before they are filled (see Append).
-  off_t in = 0;
-  if (::lseek(buffer.fd_, 0, SEEK_SET) == 0) {
-    while (static_cast<uint64_t>(in) < size) {
-      ssize_t n = ::sendfile(buffer.fd_, fd.get(), &in, std::min<uint64_t>(size - in, 1 << 30));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;  // unsupported here, or the file shrank: read the rest below
-    }
-  }
-  buffer.size_ = static_cast<uint64_t>(in);
-  auto tail = buffer.Tail();
-  BYOI_RETURN_IF_ERROR(
-      PreadAll(fd.get(), tail.first(size - buffer.size_), in).Context("reading " + path));
-  buffer.Commit(size - buffer.size_);
+  BYOI_RETURN_IF_ERROR(buffer.AppendFrom(fd.get(), 0, size).Context("reading " + path));
   return buffer;
 }
 

@@ -33,6 +33,10 @@ class ImageBuffer {
   // Copies `bytes` after the current end. kTooBig, with nothing appended, when the result would
   // pass the capacity.
   Status Append(std::span<const uint8_t> bytes);
+  // Copies `length` bytes of the file `fd` from `offset` after the current end, in the kernel
+  // (sendfile; pread where that cannot be used). kTooBig as Append; kIo when the file cannot be
+  // read (the buffer may then hold part of it).
+  Status AppendFrom(int fd, uint64_t offset, uint64_t length);
   // Space to write into directly (size() is not changed); at most capacity() - size() bytes.
   // Slower than Append for large amounts (the pages are zeroed on first touch).
   std::span<uint8_t> Tail();
@@ -47,8 +51,6 @@ class ImageBuffer {
   std::span<const uint8_t> bytes() const { return {data_, static_cast<size_t>(size_)}; }
 
  private:
-  friend Result<ImageBuffer> LoadFile(const std::string& path, uint64_t budget);
-
   int fd_ = -1;  // the memfd, owned
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;

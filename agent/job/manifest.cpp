@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "agent/base/messages.hpp"
+#include "agent/boot/boot_entry.hpp"  // ParseBootOrderPolicy
 
 namespace byoi {
 
@@ -249,9 +250,7 @@ Status AddHeader(Manifest& m, std::string name, std::string value, const std::st
 
 Status SetBootOrder(Manifest& m, const std::optional<std::string>& policy, std::string_view field) {
   if (!policy || policy->empty()) return Status::Ok();
-  static constexpr std::array<std::string_view, 4> kPolicies = {"first", "after-network",
-                                                                "bootnext", "none"};
-  if (std::find(kPolicies.begin(), kPolicies.end(), *policy) == kPolicies.end()) {
+  if (!ParseBootOrderPolicy(*policy).ok()) {
     return Invalid(field, "must be first, after-network, bootnext or none");
   }
   m.efi_boot_order = *policy;

@@ -72,9 +72,9 @@ struct Manifest {
 // applies); `detail` repeats the field and reason, with the offending value quoted and cut short.
 // Normalisation: a null member is an absent one, and so is an empty string for the optional
 // strings (checksum and type, hostname, sshKey, user data, efiBootloaderPath, efiBootOrder);
-// unknown members
-// are ignored; the body is v3 when it has a non-null `customizations`, `operatingSystem` or
-// `storage`, v1 otherwise; diskGroupId 0 or absent is 1; checksum and types are lower-cased.
+// unknown members are ignored; the body is v3 when it has a non-null `customizations`,
+// `operatingSystem` or `storage`, v1 otherwise; diskGroupId 0 or absent is 1; checksum and types
+// are lower-cased.
 Result<Manifest> ParseManifest(std::string_view body);
 
 // The normalised manifest as JSON, for `validate` and the logs: header values, URL credentials and

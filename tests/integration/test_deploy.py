@@ -553,8 +553,7 @@ class DeployTestCase(unittest.TestCase):
         self.assertEqual(files[0][2].decode("utf-16-le").rstrip("\0"), loader_path)
         self.assertEqual(nodes[-1][:2], (0x7F, 0xFF), "the device path has no end node")
         with open(os.path.join(efivars, "BootOrder-" + EFI_GLOBAL), "rb") as f:
-            order = f.read()
-        entries = list(struct.unpack("<%dH" % ((len(order) - 4) // 2), order[4:]))
+            entries = boot_order(f.read())
         self.assertEqual(entries, [int(new[0][4:], 16), 0], "BootOrder")
 
     def check_disk_ends_zeroed(self, disk, middle_source=None, middle=None):
