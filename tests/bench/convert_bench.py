@@ -16,7 +16,10 @@ faster), and the CPU seconds each tool used (user + system; on a machine shared 
 the wall times mostly measure how much CPU each tool was given).
 
 Usage: sudo tests/bench/convert_bench.py [--agent build/byoi-agent] [--reps 3] [--dir /var/tmp]
-Needs about 10 GiB free in --dir. Run it on an otherwise idle machine, e.g. with `nice`.
+                                         [--disk-dir /dev/shm]
+Needs about 10 GiB free in --dir (4 GiB of it in --disk-dir when given). With the disk on the
+host's disk, every tool may be bound by that disk's write speed; on a tmpfs the tools' own speed
+shows. Run it on an otherwise idle machine, e.g. with `nice`.
 """
 
 import argparse
@@ -79,6 +82,9 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--forms", default="none,zlib,zstd")
+    ap.add_argument("--disk-dir", default=None,
+                    help="where the loop device's backing file lives (default: --dir); a tmpfs "
+                         "such as /dev/shm takes the host's disk out of the measurement")
     args = ap.parse_args()
     work = os.path.join(args.dir, "byoi-bench")
     os.makedirs(work, exist_ok=True)
@@ -94,7 +100,8 @@ def main():
             run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", *opts, raw, path + ".tmp")
             os.rename(path + ".tmp", path)
         images[form] = path
-    disk = os.path.join(work, "disk.img")
+    disk_dir = args.disk_dir or work
+    disk = os.path.join(disk_dir, "byoi-bench-disk.img")
     with open(disk, "wb") as f:
         f.truncate(4 * GIB + 64 * MIB)
     dev = subprocess.run(["losetup", "-f", "--show", disk], check=True, capture_output=True,
@@ -148,7 +155,7 @@ def main():
               f"{best / med['byoi']:14.2f}x        {cpu['byoi']:5.2f}s {cpu['qemu']:5.2f}s "
               f"{cpu['ipa']:5.2f}s")
     print(f"(medians of {args.reps} runs; 4 GiB virtual, loop device over a file on "
-          f"{os.path.realpath(args.dir)}, O_DIRECT writes)")
+          f"{os.path.realpath(disk_dir)}, O_DIRECT writes)")
 
 
 if __name__ == "__main__":

@@ -80,17 +80,29 @@ http {{
     raise RuntimeError("nginx did not start: " + open(os.path.join(workdir, "error.log")).read())
 
 
+def machine_busy():
+    """CPU seconds the whole machine has spent busy (all cores, /proc/stat): nginx, softirqs
+    and kernel threads included."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(argv_list):
     """Runs the commands one after the other (like `a && b`): (wall seconds, CPU seconds of the
-    commands, user + system). CPU time suffers less than wall time from a busy machine."""
+    commands (user + system), CPU seconds of the whole machine). CPU time suffers less than
+    wall time from a busy machine."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy = machine_busy()
     start = time.monotonic()
     for argv in argv_list:
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.monotonic() - start
+    busy = machine_busy() - busy
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
+    return wall, cpu, busy
 
 
 def main():
@@ -131,14 +143,16 @@ def main():
         }
         times = {name: [] for name in variants}
         cpus = {name: [] for name in variants}
+        busies = {name: [] for name in variants}
         timed(variants["curl -o /dev/shm/x"])  # warm-up: page cache, nginx
         for run in range(args.runs):
             for name, argv_list in variants.items():
                 if os.path.exists(out):
                     os.unlink(out)
-                wall, cpu = timed(argv_list)
+                wall, cpu, busy = timed(argv_list)
                 times[name].append(wall)
                 cpus[name].append(cpu)
+                busies[name].append(busy)
             print(f"run {run + 1}: " + ", ".join(f"{n}: {t[-1]:.2f} s" for n, t in times.items()),
                   flush=True)
         with open(status) as f:
@@ -153,8 +167,10 @@ def main():
               f"(nproc {os.cpu_count()}, load {os.getloadavg()[0]:.2f}, nice {os.nice(0)}):")
         for name, m in med.items():
             cpu = statistics.median(cpus[name])
+            busy = statistics.median(busies[name])
             print(f"  {name:36s} {m:7.2f} s  {size / m / 1e6:7.0f} MB/s  {m / base:5.2f}x curl"
-                  f"   (CPU {cpu:5.2f} s, min wall {min(times[name]):6.2f} s)")
+                  f"   (CPU {cpu:5.2f} s, machine busy {busy:5.2f} s of "
+                  f"{m * os.cpu_count():5.2f}, min wall {min(times[name]):6.2f} s)")
         agent = med["byoi-agent deploy --dry-run"]
         both = med["curl -o /dev/shm/x && sha256sum"]
         print(f"agent / curl = {agent / base:.2f} (target <= 1.15); "
