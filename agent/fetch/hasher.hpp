@@ -82,6 +82,8 @@ class StreamHasher {
  private:
   StreamHasher() = default;
   void Loop();
+  // The thread has enough to do. REQUIRES: mu_ held.
+  bool WorkReady() const;
   void HashRange(const uint8_t* data, uint64_t length);
 
   std::vector<Hasher> hashers_;
@@ -96,6 +98,8 @@ class StreamHasher {
   uint64_t generation_ = 0;          // guarded by mu_: bumped by Rewind
   bool busy_ = false;                // guarded by mu_: the thread is reading bytes outside the lock
   bool stop_ = false;                // guarded by mu_
+  bool waiting_ = false;             // guarded by mu_: the thread sleeps on work_cv_
+  bool draining_ = false;            // guarded by mu_: Finish waits for every published byte
   std::thread thread_;
 };
 
