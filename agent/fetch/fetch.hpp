@@ -62,8 +62,9 @@ struct FetchOptions {
   // Skip TLS certificate and host name verification (labs only). Off by default.
   bool insecure = false;
   // libcurl's receive buffer (CURLOPT_BUFFERSIZE, at most 10 MiB): large buffers mean fewer
-  // callbacks and system calls per byte.
-  size_t receive_buffer = 2 << 20;
+  // callbacks and system calls per byte (2 GiB over loopback, 6 runs each: median 3.15 s with
+  // 2 MiB, 2.6 s with 8 MiB).
+  size_t receive_buffer = 8 << 20;
   // Hash on a thread of our own, in parallel with the receive, rather than inline.
   bool hash_thread = true;
   // Told about each failed attempt that will be retried ("attempt 2 of 10 failed: ..."), for the
