@@ -91,6 +91,67 @@ struct Outcome {
   Status error;  // for kRetry and kFinal
 };
 
+// Where the body goes. libcurl hands it over 16 KiB at a time; the sink gathers that into 1 MiB
+// blocks, then stores a block in the image buffer while the hasher's thread hashes the same block,
+// both reading it hot in cache. Two blocks: one is filled while the other is hashed.
+class BodySink {
+ public:
+  BodySink(ImageBuffer& image, StreamHasher& hasher)
+      : image_(image),
+        hasher_(hasher),
+        blocks_{std::vector<uint8_t>(kBlock), std::vector<uint8_t>(kBlock)} {}
+  BodySink(const BodySink&) = delete;
+  BodySink& operator=(const BodySink&) = delete;
+  ~BodySink() { hasher_.Wait(); }  // the hasher may still be reading a block
+
+  // Bytes received: stored in the image buffer, or waiting in a block.
+  uint64_t size() const { return image_.size() + fill_; }
+  uint64_t room() const { return image_.capacity() - size(); }
+
+  // Takes `bytes` after the others. REQUIRES: bytes.size() <= room().
+  Status Add(std::span<const uint8_t> bytes) {
+    while (!bytes.empty()) {
+      size_t n = std::min(bytes.size(), kBlock - fill_);
+      std::memcpy(blocks_[current_].data() + fill_, bytes.data(), n);
+      fill_ += n;
+      bytes = bytes.subspan(n);
+      if (fill_ == kBlock) BYOI_RETURN_IF_ERROR(Store());
+    }
+    return Status::Ok();
+  }
+  // Stores and hashes everything received: afterwards size() == the image buffer's size.
+  Status Flush() {
+    Status s = fill_ > 0 ? Store() : Status::Ok();
+    hasher_.Wait();
+    return s;
+  }
+  // Forgets every byte received (a download that starts over at byte 0).
+  void Discard() {
+    hasher_.Reset();
+    fill_ = 0;
+    image_.Truncate(0);
+  }
+
+ private:
+  static constexpr size_t kBlock = 1 << 20;
+
+  Status Store() {
+    hasher_.Wait();  // done with the other block, which is filled next
+    std::span<const uint8_t> block(blocks_[current_].data(), fill_);
+    hasher_.Update(block);
+    Status s = image_.Append(block);
+    current_ ^= 1;
+    fill_ = 0;
+    return s;
+  }
+
+  ImageBuffer& image_;
+  StreamHasher& hasher_;
+  std::vector<uint8_t> blocks_[2];
+  int current_ = 0;
+  size_t fill_ = 0;  // bytes in blocks_[current_]
+};
+
 // The state of one download across its attempts, and the libcurl callbacks that fill the buffer.
 class Transfer {
  public:
@@ -101,7 +162,7 @@ class Transfer {
         progress_(progress),
         cancel_(cancel),
         image_(image),
-        hasher_(hasher) {}
+        sink_(image, hasher) {}
 
   Status Setup(std::optional<Clock::time_point> deadline);
   // One request for the bytes from image_.size() on (or from 0 when ranges proved unusable).
@@ -135,7 +196,7 @@ class Transfer {
   const ProgressFn& progress_;
   const CancelToken& cancel_;
   ImageBuffer& image_;
-  StreamHasher& hasher_;
+  BodySink sink_;
   CurlPtr curl_;
   char errbuf_[CURL_ERROR_SIZE] = {};
   std::optional<Clock::time_point> deadline_;
@@ -232,13 +293,11 @@ void Transfer::ReportProgress(bool force) {
   auto now = Clock::now();
   if (!force && now - last_report_ < std::chrono::milliseconds(200)) return;
   last_report_ = now;
-  progress_(image_.size(), expected_total_.value_or(0));
+  progress_(sink_.size(), expected_total_.value_or(0));
 }
 
 void Transfer::StartOver() {
-  // The hasher must stop reading before the pages go back to the kernel.
-  hasher_.Rewind();
-  image_.Truncate(0);
+  sink_.Discard();
   ++restarts_;
 }
 
@@ -328,19 +387,18 @@ size_t Transfer::OnBody(const uint8_t* data, size_t n) {
     abort_detail_ = fmt::format("HTTP {}: a body that is not the image", resp_.code);
     return 0;
   }
-  if (n > image_.capacity() - image_.size()) {
+  if (n > sink_.room()) {
     abort_ = Abort::kTooBig;
     abort_detail_ =
         fmt::format("the image passed the memory budget of {} bytes", image_.capacity());
     return 0;
   }
-  if (Status s = image_.Append({data, n}); !s.ok()) {
+  if (Status s = sink_.Add({data, n}); !s.ok()) {
     abort_ = Abort::kUnexpected;
     abort_detail_ = s.detail();
     return 0;
   }
-  hasher_.Publish(image_.data(), image_.size());
-  high_water_ = std::max(high_water_, image_.size());
+  high_water_ = std::max(high_water_, sink_.size());
   last_activity_ = Clock::now();
   ReportProgress(false);
   return n;
@@ -410,6 +468,10 @@ Outcome Transfer::RunAttempt() {
   CURLcode rc = curl_easy_perform(c);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, nullptr);
   ++requests_;
+  // Everything received goes into the image buffer, which tells where a retry resumes.
+  if (Status s = sink_.Flush(); !s.ok()) {
+    return {Outcome::kFinal, Failure(Code::kIo, "storing the image: " + s.detail())};
+  }
 
   auto retry = [](std::string detail) {
     return Outcome{Outcome::kRetry, Status::Error(Code::kIo, std::move(detail))};

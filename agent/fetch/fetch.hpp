@@ -4,7 +4,7 @@
 // The transfer runs on libcurl: http and https only, redirects included (at most 5, never to
 // another scheme), TLS verification on, the manifest's headers on every request. Bytes go straight
 // from libcurl's receive buffer into the ImageBuffer's tail (one copy, the unavoidable one out of
-// libcurl) and from there into the digests, on a second thread; nothing reads the image twice.
+// libcurl) while a second thread hashes the same receive buffer; nothing reads the image twice.
 //
 // Failure policy, per attempt:
 //   - a dropped connection, a stall, a 5xx, 408 or 429, a body shorter than its Content-Length:

@@ -23,12 +23,9 @@ const EVP_MD* MdFor(HashAlgo algo) {
   return nullptr;
 }
 
-// The thread hashes at most this much between two looks at the lock, so Rewind waits little.
-constexpr uint64_t kHashChunk = 4 << 20;
-// The thread sleeps until this many bytes wait (or Finish asks for the rest): hashing is faster
-// than a receive, and waking it for every few KiB libcurl hands over cost a tenth of the
-// receiving thread's time in futex wake-ups.
-constexpr uint64_t kWakeBytes = 2 << 20;
+// Spans smaller than this are hashed by the caller: waking the thread and waiting for it would
+// cost more. libcurl hands over up to its receive buffer at a time.
+constexpr size_t kHandOverBytes = 64 << 10;
 
 }  // namespace
 
@@ -112,83 +109,58 @@ StreamHasher::~StreamHasher() {
   }
 }
 
-void StreamHasher::HashRange(const uint8_t* data, uint64_t length) {
-  for (Hasher& h : hashers_) h.Update({data, static_cast<size_t>(length)});
+void StreamHasher::HashSpan(std::span<const uint8_t> bytes) {
+  for (Hasher& h : hashers_) h.Update(bytes);
 }
 
-void StreamHasher::Publish(const uint8_t* base, uint64_t end) {
-  if (hashers_.empty()) return;
-  if (!threaded_) {
-    if (end > hashed_) HashRange(base + hashed_, end - hashed_);
-    base_ = base;
-    hashed_ = published_ = end;
+void StreamHasher::Update(std::span<const uint8_t> bytes) {
+  if (hashers_.empty() || bytes.empty()) return;
+  if (!threaded_ || bytes.size() < kHandOverBytes) {
+    HashSpan(bytes);
     return;
   }
-  bool wake = false;
   {
     std::lock_guard lock(mu_);
-    base_ = base;
-    published_ = end;
-    wake = waiting_ && WorkReady();
+    pending_ = bytes;
   }
-  if (wake) work_cv_.notify_one();
+  work_cv_.notify_one();
 }
 
-bool StreamHasher::WorkReady() const {
-  // published_ drops below hashed_ for a moment during a Rewind.
-  return published_ > hashed_ && (draining_ || published_ - hashed_ >= kWakeBytes);
+void StreamHasher::Wait() {
+  if (!threaded_) return;
+  std::unique_lock lock(mu_);
+  done_cv_.wait(lock, [this] { return pending_.empty(); });
 }
 
 void StreamHasher::Loop() {
   std::unique_lock lock(mu_);
   for (;;) {
-    while (!stop_ && !WorkReady()) {
-      waiting_ = true;
-      work_cv_.wait(lock);
-      waiting_ = false;
+    work_cv_.wait(lock, [this] { return stop_ || !pending_.empty(); });
+    // A span handed over is hashed even when stopping: the destructor waits for it.
+    if (!pending_.empty()) {
+      std::span<const uint8_t> bytes = pending_;
+      lock.unlock();
+      HashSpan(bytes);
+      lock.lock();
+      pending_ = {};
+      done_cv_.notify_all();
     }
     if (stop_) return;
-    const uint8_t* data = base_ + hashed_;
-    uint64_t length = std::min(published_ - hashed_, kHashChunk);
-    uint64_t generation = generation_;
-    busy_ = true;
-    lock.unlock();
-    HashRange(data, length);
-    lock.lock();
-    busy_ = false;
-    // A Rewind while we were reading throws this chunk away (it waited for busy_ to clear, and
-    // reset the hashers only after).
-    if (generation == generation_) hashed_ += length;
-    idle_cv_.notify_all();
   }
 }
 
-void StreamHasher::Rewind() {
-  std::unique_lock lock(mu_);
-  ++generation_;
-  published_ = 0;
-  idle_cv_.wait(lock, [this] { return !busy_; });
+void StreamHasher::Reset() {
+  Wait();
   for (Hasher& h : hashers_) h.Reset();
-  hashed_ = 0;
-  base_ = nullptr;
 }
 
 Result<std::vector<Digest>> StreamHasher::Finish() {
-  {
-    std::unique_lock lock(mu_);
-    draining_ = true;
-    work_cv_.notify_one();
-    idle_cv_.wait(lock, [this] { return !busy_ && hashed_ >= published_; });
-  }
+  Wait();
   std::vector<Digest> out;
   for (Hasher& h : hashers_) {
     BYOI_ASSIGN_OR_RETURN(std::string hex, h.FinalHex());
     out.push_back({h.algo(), std::move(hex)});
   }
-  std::lock_guard lock(mu_);
-  hashed_ = published_ = 0;
-  base_ = nullptr;
-  draining_ = false;
   return out;
 }
 

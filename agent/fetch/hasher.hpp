@@ -1,10 +1,10 @@
 // Streaming message digests for the fetch step (design.md §1 step 2): the image is hashed while its
 // bytes arrive, never in a second pass over the buffer.
 //
-// Hasher wraps one OpenSSL EVP digest context. StreamHasher feeds one or more Hashers from a buffer
-// that grows at its end, either inline or on a thread of its own so that hashing overlaps the
-// network receive: SHA-256 runs at ~1.5-2 GB/s per core with SHA-NI, which is one core's work on a
-// 10 Gb/s link.
+// Hasher wraps one OpenSSL EVP digest context. StreamHasher feeds one or more Hashers with the
+// spans a download receives, either inline or on a thread of its own so that hashing a span
+// overlaps storing it: SHA-256 runs at ~1.5-2 GB/s per core with SHA-NI, which is one core's work
+// on a 10 Gb/s link.
 #pragma once
 
 #include <condition_variable>
@@ -56,9 +56,10 @@ class Hasher {
   bool failed_ = false;
 };
 
-// Hashes a buffer that grows at its end. The caller publishes how many bytes at `base` are final;
-// StreamHasher hashes them in order, inline in Publish or on its own thread. The published bytes
-// must stay valid and unchanged until Rewind() or Finish() returns (or the StreamHasher is gone).
+// Hashes a stream of byte spans, in order, with one or more Hashers: inline, or on a thread of
+// its own that hashes a span while the caller does something else with it (the download stores
+// it in the image buffer). The thread reads the span where the caller has it, hot in cache,
+// instead of reading the image buffer again later.
 class StreamHasher {
  public:
   // `algos` may be empty (nothing is hashed). `threaded`: hash on a thread of its own.
@@ -66,40 +67,34 @@ class StreamHasher {
                                                       bool threaded);
   StreamHasher(const StreamHasher&) = delete;
   StreamHasher& operator=(const StreamHasher&) = delete;
-  // Stops the thread without finishing.
+  // Waits for the span being hashed, then stops the thread.
   ~StreamHasher();
 
-  // Bytes [0, end) at `base` are final. REQUIRES: `base` is the same on every call since the last
-  // Rewind, and `end` never decreases.
-  void Publish(const uint8_t* base, uint64_t end);
-  // Waits until no published byte is being read, then starts over at byte 0 (a download that
-  // restarts from the beginning). The caller may then drop the buffer's bytes.
-  void Rewind();
-  // Waits until every published byte is hashed and returns one digest per algorithm, in the order
-  // given to Create. The StreamHasher is finished afterwards (Rewind starts it again).
+  // Hashes `bytes` after every byte given before. Threaded, large spans are handed to the thread
+  // and Update returns at once: the bytes must stay valid and unchanged until Wait returns.
+  // Small spans are hashed here (a hand-over costs more than hashing them).
+  // REQUIRES: Wait was called after the previous Update.
+  void Update(std::span<const uint8_t> bytes);
+  // Returns once every byte given to Update is hashed.
+  void Wait();
+  // Forgets every byte given so far (a download that restarts from byte 0).
+  void Reset();
+  // Waits, then returns one digest per algorithm, in the order given to Create, and starts over.
   Result<std::vector<Digest>> Finish();
 
  private:
   StreamHasher() = default;
   void Loop();
-  // The thread has enough to do. REQUIRES: mu_ held.
-  bool WorkReady() const;
-  void HashRange(const uint8_t* data, uint64_t length);
+  void HashSpan(std::span<const uint8_t> bytes);
 
   std::vector<Hasher> hashers_;
   bool threaded_ = false;
 
   std::mutex mu_;
-  std::condition_variable work_cv_;  // the thread waits for bytes or stop
-  std::condition_variable idle_cv_;  // callers wait for the thread to catch up or go idle
-  const uint8_t* base_ = nullptr;    // guarded by mu_
-  uint64_t published_ = 0;           // guarded by mu_
-  uint64_t hashed_ = 0;              // guarded by mu_
-  uint64_t generation_ = 0;          // guarded by mu_: bumped by Rewind
-  bool busy_ = false;                // guarded by mu_: the thread is reading bytes outside the lock
-  bool stop_ = false;                // guarded by mu_
-  bool waiting_ = false;             // guarded by mu_: the thread sleeps on work_cv_
-  bool draining_ = false;            // guarded by mu_: Finish waits for every published byte
+  std::condition_variable work_cv_;   // the thread waits for a span or stop
+  std::condition_variable done_cv_;   // Wait waits for the span to be hashed
+  std::span<const uint8_t> pending_;  // guarded by mu_: handed over, not yet hashed
+  bool stop_ = false;                 // guarded by mu_
   std::thread thread_;
 };
 

@@ -379,12 +379,13 @@ class Run:
 
 
 def run_deploy(workdir, manifest, *extra, dry_run=True, timeout=120, signal_after=None,
-               before_signal=None):
+               before_signal=None, cgroup=None):
     """Runs `byoi-agent deploy --manifest M [--dry-run] --status-file S --retry-delay 0.05 EXTRA`.
 
     Returns a Run with the final status file, outputs and peak RSS (from wait4). With
     `signal_after`, SIGTERM is sent that many seconds after the start, after calling
-    `before_signal(status_path)`."""
+    `before_signal(status_path)`. With `cgroup` (a MemoryCgroup), the agent runs in it from its
+    first instruction."""
     mpath = os.path.join(workdir, "manifest.json")
     spath = os.path.join(workdir, "status.json")
     if os.path.exists(spath):
@@ -396,12 +397,56 @@ def run_deploy(workdir, manifest, *extra, dry_run=True, timeout=120, signal_afte
         argv.append("--dry-run")
     argv += list(extra)
     with tempfile.TemporaryFile(dir=workdir) as out, tempfile.TemporaryFile(dir=workdir) as err:
-        return _run(argv, spath, out, err, timeout, signal_after, before_signal)
+        return _run(argv, spath, out, err, timeout, signal_after, before_signal, cgroup)
 
 
-def _run(argv, spath, out, err, timeout, signal_after, before_signal):
+class MemoryCgroup:
+    """A memory cgroup of its own below the caller's (cgroup v1 or v2), to measure a process's
+    peak memory with what RSS leaves out: a memfd's pages that are not mapped. `peak` is None
+    when this machine offers neither."""
+
+    def __init__(self):
+        self.path = None
+        self._peak_file = None
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+        for _, controllers, rel in lines:
+            if "memory" in controllers.split(","):  # v1
+                base, peak = "/sys/fs/cgroup/memory", "memory.max_usage_in_bytes"
+            elif controllers == "":  # v2, if the memory controller reaches us
+                base, peak = "/sys/fs/cgroup", "memory.peak"
+            else:
+                continue
+            path = os.path.join(base + rel, f"byoi-test-{os.getpid()}-{time.monotonic_ns()}")
+            try:
+                os.mkdir(path)
+            except OSError:
+                continue
+            if os.path.exists(os.path.join(path, peak)):
+                self.path, self._peak_file = path, os.path.join(path, peak)
+                return
+            os.rmdir(path)
+
+    def enter(self):
+        """Moves the calling process in (for preexec_fn)."""
+        with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+
+    def peak(self):
+        if self._peak_file is None:
+            return None
+        with open(self._peak_file) as f:
+            return int(f.read())
+
+    def close(self):
+        if self.path:
+            os.rmdir(self.path)
+
+
+def _run(argv, spath, out, err, timeout, signal_after, before_signal, cgroup=None):
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=out, stderr=err)
+    proc = subprocess.Popen(argv, stdout=out, stderr=err,
+                            preexec_fn=cgroup.enter if cgroup else None)
     if signal_after is not None:
         time.sleep(signal_after)
         if before_signal:
@@ -430,5 +475,6 @@ def _run(argv, spath, out, err, timeout, signal_after, before_signal):
                rusage.ru_maxrss * 1024, seconds)
 
 
-__all__ = ["AGENT", "Nginx", "FaultServer", "Route", "Run", "run_deploy", "mbr_image",
+__all__ = ["AGENT", "Nginx", "FaultServer", "Route", "Run", "MemoryCgroup", "run_deploy",
+           "mbr_image",
            "write_mbr_image_file", "qcow2_image", "digest", "self_signed_cert", "free_port"]

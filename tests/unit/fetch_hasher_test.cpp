@@ -69,14 +69,22 @@ std::string OneShot(HashAlgo algo, std::span<const uint8_t> data) {
 
 class StreamHasherTest : public ::testing::TestWithParam<bool> {};
 
-TEST_P(StreamHasherTest, PublishedInPiecesEqualsOneShot) {
+TEST_P(StreamHasherTest, SpansInPiecesEqualOneShot) {
   const bool threaded = GetParam();
-  std::vector<uint8_t> data = Pattern(9 << 20);  // more than one 4 MiB chunk of the thread
+  // Pieces both smaller and larger than what is handed to the thread, in odd sizes.
+  std::vector<uint8_t> data = Pattern(9 << 20);
   const HashAlgo algos[] = {HashAlgo::kSha256, HashAlgo::kMd5};
   auto s = StreamHasher::Create(algos, threaded);
   ASSERT_TRUE(s.ok());
-  for (size_t end = 0; end < data.size(); end += 777777) (*s)->Publish(data.data(), end);
-  (*s)->Publish(data.data(), data.size());
+  size_t pos = 0;
+  for (size_t piece : {size_t{1}, size_t{4095}, size_t{70000}, size_t{1} << 20, size_t{777777}}) {
+    for (int i = 0; i < 3; ++i) {
+      (*s)->Update(std::span(data).subspan(pos, piece));
+      (*s)->Wait();
+      pos += piece;
+    }
+  }
+  (*s)->Update(std::span(data).subspan(pos));
   auto digests = (*s)->Finish();
   ASSERT_TRUE(digests.ok());
   ASSERT_EQ(digests->size(), 2u);
@@ -85,53 +93,52 @@ TEST_P(StreamHasherTest, PublishedInPiecesEqualsOneShot) {
   EXPECT_EQ((*digests)[1].hex, OneShot(HashAlgo::kMd5, data));
 }
 
-TEST_P(StreamHasherTest, RewindStartsOverWithoutOldBytes) {
+TEST_P(StreamHasherTest, ResetStartsOverWithoutOldBytes) {
   const bool threaded = GetParam();
   std::vector<uint8_t> first = Pattern(6 << 20);
   std::vector<uint8_t> second(first.rbegin(), first.rend());
   const HashAlgo algos[] = {HashAlgo::kSha512};
   auto s = StreamHasher::Create(algos, threaded);
   ASSERT_TRUE(s.ok());
-  (*s)->Publish(first.data(), first.size());
-  (*s)->Rewind();  // the thread may be in the middle of `first`
-  (*s)->Publish(second.data(), second.size() / 2);
-  (*s)->Publish(second.data(), second.size());
+  (*s)->Update(first);
+  (*s)->Reset();  // the thread may be in the middle of `first`
+  (*s)->Update(std::span(second).first(second.size() / 2));
+  (*s)->Wait();
+  (*s)->Update(std::span(second).subspan(second.size() / 2));
   auto digests = (*s)->Finish();
   ASSERT_TRUE(digests.ok());
   EXPECT_EQ((*digests)[0].hex, OneShot(HashAlgo::kSha512, second));
 }
 
-TEST_P(StreamHasherTest, NothingPublishedIsTheEmptyDigest) {
+TEST_P(StreamHasherTest, NothingGivenIsTheEmptyDigest) {
   const HashAlgo algos[] = {HashAlgo::kSha1};
   auto s = StreamHasher::Create(algos, GetParam());
   ASSERT_TRUE(s.ok());
   EXPECT_EQ((*s)->Finish()->at(0).hex, "da39a3ee5e6b4b0d3255bfef95601890afd80709");
 }
 
-TEST_P(StreamHasherTest, FewBytesAreHashedByFinishAgainAfterRewind) {
-  // Far fewer bytes than wake the thread: Finish must still hash them, in both rounds.
-  std::vector<uint8_t> data = Pattern(1000);
+TEST_P(StreamHasherTest, FinishStartsOver) {
+  std::vector<uint8_t> data = Pattern(3 << 20);
   const HashAlgo algos[] = {HashAlgo::kSha1};
   auto s = StreamHasher::Create(algos, GetParam());
   ASSERT_TRUE(s.ok());
-  for (size_t end = 10; end <= 500; end += 10) (*s)->Publish(data.data(), end);
+  (*s)->Update(data);
   auto first = (*s)->Finish();
   ASSERT_TRUE(first.ok());
-  EXPECT_EQ(first->at(0).hex, OneShot(HashAlgo::kSha1, std::span(data).first(500)));
-  (*s)->Rewind();
-  (*s)->Publish(data.data(), 999);
+  EXPECT_EQ(first->at(0).hex, OneShot(HashAlgo::kSha1, data));
+  (*s)->Update(std::span(data).first(999));
   auto second = (*s)->Finish();
   ASSERT_TRUE(second.ok());
   EXPECT_EQ(second->at(0).hex, OneShot(HashAlgo::kSha1, std::span(data).first(999)));
 }
 
-TEST_P(StreamHasherTest, DestroyedWhileBytesArePendingDoesNotHang) {
+TEST_P(StreamHasherTest, DestroyedWhileASpanIsPendingDoesNotHang) {
   std::vector<uint8_t> data = Pattern(32 << 20);
   const HashAlgo algos[] = {HashAlgo::kSha256};
   auto s = StreamHasher::Create(algos, GetParam());
   ASSERT_TRUE(s.ok());
-  (*s)->Publish(data.data(), data.size());
-  s->reset();  // joins the thread; `data` outlives it
+  (*s)->Update(data);
+  s->reset();  // waits for the span and joins the thread; `data` outlives it
 }
 
 INSTANTIATE_TEST_SUITE_P(InlineAndThreaded, StreamHasherTest, ::testing::Bool());
