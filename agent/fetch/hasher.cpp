@@ -113,39 +113,54 @@ void StreamHasher::HashSpan(std::span<const uint8_t> bytes) {
   for (Hasher& h : hashers_) h.Update(bytes);
 }
 
-void StreamHasher::Update(std::span<const uint8_t> bytes) {
-  if (hashers_.empty() || bytes.empty()) return;
+uint64_t StreamHasher::Update(std::span<const uint8_t> bytes) {
+  if (hashers_.empty() || bytes.empty()) return 0;
   if (!threaded_ || bytes.size() < kHandOverBytes) {
+    Wait();
     HashSpan(bytes);
-    return;
+    return 0;
   }
+  bool wake = false;
+  uint64_t ticket = 0;
   {
     std::lock_guard lock(mu_);
-    pending_ = bytes;
+    queue_.push_back(bytes);
+    ticket = ++given_;
+    wake = idle_;
   }
-  work_cv_.notify_one();
+  if (wake) work_cv_.notify_one();
+  return ticket;
+}
+
+void StreamHasher::WaitFor(uint64_t ticket) {
+  if (!threaded_ || ticket == 0) return;
+  std::unique_lock lock(mu_);
+  done_cv_.wait(lock, [this, ticket] { return hashed_ >= ticket; });
 }
 
 void StreamHasher::Wait() {
   if (!threaded_) return;
   std::unique_lock lock(mu_);
-  done_cv_.wait(lock, [this] { return pending_.empty(); });
+  done_cv_.wait(lock, [this] { return hashed_ == given_; });
 }
 
 void StreamHasher::Loop() {
   std::unique_lock lock(mu_);
   for (;;) {
-    work_cv_.wait(lock, [this] { return stop_ || !pending_.empty(); });
-    // A span handed over is hashed even when stopping: the destructor waits for it.
-    if (!pending_.empty()) {
-      std::span<const uint8_t> bytes = pending_;
+    // Spans handed over are hashed even when stopping: the destructor waits for them.
+    while (!queue_.empty()) {
+      std::span<const uint8_t> bytes = queue_.front();
       lock.unlock();
       HashSpan(bytes);
       lock.lock();
-      pending_ = {};
+      queue_.pop_front();
+      ++hashed_;
       done_cv_.notify_all();
     }
     if (stop_) return;
+    idle_ = true;
+    work_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+    idle_ = false;
   }
 }
 

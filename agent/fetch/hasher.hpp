@@ -9,6 +9,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -67,14 +68,16 @@ class StreamHasher {
                                                       bool threaded);
   StreamHasher(const StreamHasher&) = delete;
   StreamHasher& operator=(const StreamHasher&) = delete;
-  // Waits for the span being hashed, then stops the thread.
+  // Waits for every span handed over, then stops the thread.
   ~StreamHasher();
 
-  // Hashes `bytes` after every byte given before. Threaded, large spans are handed to the thread
-  // and Update returns at once: the bytes must stay valid and unchanged until Wait returns.
-  // Small spans are hashed here (a hand-over costs more than hashing them).
-  // REQUIRES: Wait was called after the previous Update.
-  void Update(std::span<const uint8_t> bytes);
+  // Hashes `bytes` after every byte given before and returns a ticket for WaitFor. Threaded,
+  // large spans are queued for the thread and Update returns at once: the bytes must stay valid
+  // and unchanged until WaitFor(ticket) or Wait returns. Small spans are hashed here, once the
+  // queue is empty (a hand-over costs more than hashing them).
+  uint64_t Update(std::span<const uint8_t> bytes);
+  // Returns once the span of `ticket`, and every one before it, is hashed. 0 returns at once.
+  void WaitFor(uint64_t ticket);
   // Returns once every byte given to Update is hashed.
   void Wait();
   // Forgets every byte given so far (a download that restarts from byte 0).
@@ -91,10 +94,13 @@ class StreamHasher {
   bool threaded_ = false;
 
   std::mutex mu_;
-  std::condition_variable work_cv_;   // the thread waits for a span or stop
-  std::condition_variable done_cv_;   // Wait waits for the span to be hashed
-  std::span<const uint8_t> pending_;  // guarded by mu_: handed over, not yet hashed
-  bool stop_ = false;                 // guarded by mu_
+  std::condition_variable work_cv_;             // the thread waits for a span or stop
+  std::condition_variable done_cv_;             // WaitFor waits for spans to be hashed
+  std::deque<std::span<const uint8_t>> queue_;  // guarded by mu_: handed over, not yet hashed
+  uint64_t given_ = 0;                          // guarded by mu_: tickets handed out
+  uint64_t hashed_ = 0;                         // guarded by mu_: tickets done
+  bool idle_ = false;                           // guarded by mu_: the thread sleeps on work_cv_
+  bool stop_ = false;                           // guarded by mu_
   std::thread thread_;
 };
 

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -91,6 +92,26 @@ TEST_P(StreamHasherTest, SpansInPiecesEqualOneShot) {
   EXPECT_EQ((*digests)[0].algo, HashAlgo::kSha256);
   EXPECT_EQ((*digests)[0].hex, OneShot(HashAlgo::kSha256, data));
   EXPECT_EQ((*digests)[1].hex, OneShot(HashAlgo::kMd5, data));
+}
+
+TEST_P(StreamHasherTest, QueuedSpansMayBeReusedOnceTheirTicketIsDone) {
+  // What the download does: a ring of blocks, each refilled once its ticket is done.
+  std::vector<uint8_t> data = Pattern(6 << 20);
+  const size_t block = 1 << 20;
+  std::vector<std::vector<uint8_t>> blocks;
+  for (size_t pos = 0; pos < data.size(); pos += block) {
+    blocks.emplace_back(data.begin() + pos, data.begin() + pos + block);
+  }
+  const HashAlgo algos[] = {HashAlgo::kSha256};
+  auto s = StreamHasher::Create(algos, GetParam());
+  ASSERT_TRUE(s.ok());
+  std::vector<uint64_t> tickets;
+  for (const auto& b : blocks) tickets.push_back((*s)->Update(b));
+  (*s)->WaitFor(tickets[2]);
+  for (size_t i = 0; i <= 2; ++i) std::fill(blocks[i].begin(), blocks[i].end(), 0xee);
+  auto digests = (*s)->Finish();
+  ASSERT_TRUE(digests.ok());
+  EXPECT_EQ((*digests)[0].hex, OneShot(HashAlgo::kSha256, data));
 }
 
 TEST_P(StreamHasherTest, ResetStartsOverWithoutOldBytes) {
