@@ -24,7 +24,7 @@ const EVP_MD* MdFor(HashAlgo algo) {
 }
 
 // Spans smaller than this are hashed by the caller: waking the thread and waiting for it would
-// cost more. libcurl hands over up to its receive buffer at a time.
+// cost more. A download hands over 1 MiB blocks; only its last one may be smaller.
 constexpr size_t kHandOverBytes = 64 << 10;
 
 }  // namespace
