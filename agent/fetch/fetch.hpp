@@ -2,9 +2,9 @@
 // it arrives, resuming after network faults.
 //
 // The transfer runs on libcurl: http and https only, redirects included (at most 5, never to
-// another scheme), TLS verification on, the manifest's headers on every request. Bytes go straight
-// from libcurl's receive buffer into the ImageBuffer's tail (one copy, the unavoidable one out of
-// libcurl) while a second thread hashes the same receive buffer; nothing reads the image twice.
+// another scheme), TLS verification on, the manifest's headers on every request. The 16 KiB pieces
+// libcurl hands over are gathered into 1 MiB blocks; each block is written into the ImageBuffer
+// while a second thread hashes the same block, hot in cache; nothing reads the image twice.
 //
 // Failure policy, per attempt:
 //   - a dropped connection, a stall, a 5xx, 408 or 429, a body shorter than its Content-Length:
@@ -65,7 +65,7 @@ struct FetchOptions {
   // callbacks and system calls per byte (2 GiB over loopback, 6 runs each: median 3.15 s with
   // 2 MiB, 2.6 s with 8 MiB).
   size_t receive_buffer = 8 << 20;
-  // Hash on a thread of our own, in parallel with the receive, rather than inline.
+  // Hash on a thread of our own, in parallel with storing the bytes, rather than inline.
   bool hash_thread = true;
   // Told about each failed attempt that will be retried ("attempt 2 of 10 failed: ..."), for the
   // log; never holds a secret. May be empty.
