@@ -40,6 +40,10 @@ def run(*argv):
                    stderr=subprocess.PIPE)
 
 
+BLOCKS = 24      # data blocks in the 4 GiB source
+BLOCK_MIB = 64   # MiB per data block
+
+
 def block_offset(i):
     return i * 160 * MIB + (i % 5) * MIB
 
@@ -51,30 +55,37 @@ def make_raw(path):
     words = [hashlib.sha1(str(i).encode()).hexdigest()[: 3 + i % 9].encode() for i in range(5000)]
     with open(path, "wb") as f:
         f.truncate(4 * GIB)
-        for i in range(24):
+        for i in range(BLOCKS):
             f.seek(block_offset(i))
             if i % 2 == 0:
-                for _ in range(64):
+                for _ in range(BLOCK_MIB):
                     f.write(os.urandom(MIB))
             else:
                 state = i
                 out = bytearray()
-                while len(out) < 64 * MIB:
+                while len(out) < BLOCK_MIB * MIB:
                     state = (state * 1103515245 + 12345) & 0x7FFFFFFF
                     out += words[state % len(words)] + (b"\n" if state % 11 == 0 else b" ")
-                f.write(out[: 64 * MIB])
+                f.write(out[: BLOCK_MIB * MIB])
 
 
 def make_data_only(raw, path):
     """The 1.5 GiB of data blocks of the source, back to back: what dd writes as the floor."""
-    if os.path.exists(path) and os.path.getsize(path) == 24 * 64 * MIB:
+    if os.path.exists(path) and os.path.getsize(path) == BLOCKS * BLOCK_MIB * MIB:
         return
     with open(raw, "rb") as src, open(path + ".tmp", "wb") as out:
-        for i in range(24):
+        for i in range(BLOCKS):
             src.seek(block_offset(i))
-            for _ in range(64):
+            for _ in range(BLOCK_MIB):
                 out.write(src.read(MIB))
     os.rename(path + ".tmp", path)
+
+
+def into_page_cache(path):
+    """Reads the file once, so that every tool then reads it from memory."""
+    with open(path, "rb") as f:
+        while f.read(64 * MIB):
+            pass
 
 
 def cpu_children():
@@ -138,10 +149,8 @@ def main():
         # The device's own speed for the image's 1.5 GiB of data: four dd writing a quarter
         # each at once (O_DIRECT, 4 MiB writes; a single dd keeps only one write in flight),
         # then sync. A tool that has to write those bytes cannot beat it by much.
-        with open(data_only, "rb") as f:
-            while f.read(64 * MIB):
-                pass
-        quarter = 24 * 64 // 4 // 4  # 4 MiB blocks per dd
+        into_page_cache(data_only)
+        quarter = BLOCKS * BLOCK_MIB // 4 // 4  # 4 MiB blocks per dd
         for rep in range(args.reps):
             run("blkdiscard", dev)
             start = time.monotonic()
@@ -150,15 +159,13 @@ def main():
                                      f"seek={k * quarter}", "oflag=direct", "conv=notrunc"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                    for k in range(4)]
-            if any(p.wait() != 0 for p in dds):
+            if any([p.wait() != 0 for p in dds]):  # a list: every dd is waited for
                 raise RuntimeError("dd failed")
             run("sync")
             floor.append(time.monotonic() - start)
             print(f"dd floor    rep {rep + 1}: {floor[-1]:6.2f} s", file=sys.stderr)
         for form, img in images.items():
-            with open(img, "rb") as f:  # into the page cache for everyone
-                while f.read(64 * MIB):
-                    pass
+            into_page_cache(img)
             size = os.path.getsize(img)
             order = list(tools)
             for rep in range(args.reps):
