@@ -1,7 +1,7 @@
-// The catalogue of user-facing error messages (design.md §5), in one place.
+// The catalogue of user-facing error messages (docs/status.md), in one place.
 //
 // These sentences are a contract: backends match on them, as on OVHcloud's BYOI API. Change one
-// only together with design.md and the tests that pin it.
+// only together with docs/status.md and the tests that pin it.
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// The boot entry policy of design.md §10: make the firmware boot the written disk next time.
+// The boot entry policy of docs/boot.md: make the firmware boot the written disk next time.
 //
 // One Boot#### variable points at the loader on the ESP (HD()/File() device path, load_option.hpp):
 //   - an existing entry on the same partition (GPT partition GUID; MBR disk signature + partition

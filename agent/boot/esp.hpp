@@ -1,4 +1,4 @@
-// The EFI system partition of the written disk and the boot loader on it (design.md §10).
+// The EFI system partition of the written disk and the boot loader on it (docs/boot.md).
 //
 // The ESP is found in the disk's own partition table (libblkid), never through /dev/sdXN nodes: the
 // kernel may not have re-read the table yet (and in the test VM it never parses one). Its FAT file

@@ -1,5 +1,5 @@
-// Step 2 of a job (design.md §1): stream the image over HTTP(S) into one RAM buffer, hashing it as
-// it arrives, resuming after network faults.
+// Step 2 of a job (docs/pipeline.md): stream the image over HTTP(S) into one RAM buffer, hashing it
+// as it arrives, resuming after network faults.
 //
 // The transfer runs on libcurl: http and https only, redirects included (at most 5, never to
 // another scheme), TLS verification on, the manifest's headers on every request. The 16 KiB pieces
@@ -28,8 +28,9 @@
 #include "agent/base/cancel.hpp"
 #include "agent/base/status.hpp"
 #include "agent/fetch/hasher.hpp"
+#include "agent/fetch/http_headers.hpp"
+#include "agent/image/format.hpp"  // ImageType
 #include "agent/image/image_buffer.hpp"
-#include "agent/job/manifest.hpp"
 
 namespace byoi {
 

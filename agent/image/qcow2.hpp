@@ -1,6 +1,6 @@
 // The native qcow2 reader: turns a qcow2 image held in RAM into the extent list of its virtual
-// disk (extent.hpp), after a full, validated walk of its metadata. Serves design.md §1 step 4: the
-// writer never sees a byte of an image whose header, L1 table or L2 tables are not sound.
+// disk (extent.hpp), after a full, validated walk of its metadata. Serves docs/pipeline.md step 4:
+// the writer never sees a byte of an image whose header, L1 table or L2 tables are not sound.
 //
 // Format notes (QEMU docs/interop/qcow2.rst; all numbers big-endian):
 // - Header: magic "QFI\xfb", version 2 or 3, cluster_bits 9..21, size, crypt_method, l1_size,

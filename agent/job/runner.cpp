@@ -298,7 +298,7 @@ Status Finish(const JobOptions& job, const Disk& disk, PowerControl& power, Stat
   return Status::Ok();
 }
 
-// The failure policy once writing has begun (design.md §5): the disk holds a mix of old and new
+// The failure policy once writing has begun (docs/status.md): the disk holds a mix of old and new
 // bytes, or a new system without its configuration; make it unbootable rather than let the next
 // boot find something half-made. The writer already does this for its own failures; later steps
 // rely on this.
@@ -315,7 +315,7 @@ void MakeUnbootable(const Disk& disk) {
 
 // The catalogue sentence for a failure whose stage could not name one (an unreadable sysfs, a
 // failed system call): the sentence of the step that was running, so that `message` is always
-// from design.md §5 and the cause stays in `detail`.
+// from docs/status.md and the cause stays in `detail`.
 std::string StepMessage(const Manifest& manifest, const JobStatus& status) {
   for (const StepStatus& step : status.progress) {
     if (step.state != StepState::kDoing) continue;

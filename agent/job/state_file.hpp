@@ -1,6 +1,6 @@
-// The state file: the daemon's job status kept across restarts (design.md §5, issue 7).
+// The state file: the daemon's job status kept across restarts (docs/status.md, issue 7).
 //
-// The file is the status JSON of design.md §5 plus a "jobId" field (the backend's id, "" for jobs
+// The file is the status JSON of docs/status.md plus a "jobId" field (the backend's id, "" for jobs
 // posted to the API). It is rewritten atomically (temp file, fsync, rename, fsync of the directory)
 // on every state or step change and at most every 5 s for byte progress, and removed when the job
 // is cleared. Default path: /run/byoi-agent/state.json (tmpfs: it survives a crash or a restart of

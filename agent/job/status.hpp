@@ -1,5 +1,5 @@
-// The status model (design.md §5): one JobStatus that every step reports into, and the StatusBoard
-// that holds it for the HTTP API, the backend poller, the console and the state file.
+// The status model (docs/status.md): one JobStatus that every step reports into, and the
+// StatusBoard that holds it for the HTTP API, the backend poller, the console and the state file.
 #pragma once
 
 #include <boost/json/fwd.hpp>

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""`byoi-agent deploy` end to end on real loop devices (design.md §4-§6, §9, §10).
+"""`byoi-agent deploy` end to end on real loop devices (docs/manifest.md to docs/cli.md, docs/disks.md, docs/boot.md).
 
 What this file proves, each with assertions on content:
 
@@ -632,7 +632,7 @@ class DeployWritesImages(DeployTestCase):
                 "imageURL": IMAGES.url(image.path), "imageType": "raw",
                 "imageCheckSum": sha512, "imageCheckSumType": "SHA512",
                 "httpHeaders": {"X-Byoi-Test": "v3"},
-                # The slash form (design.md §4): the entry must carry UEFI's backslashes.
+                # The slash form (docs/manifest.md): the entry must carry UEFI's backslashes.
                 "efiBootloaderPath": image.loader_path.replace("\\", "/"),
                 "hostname": HOSTNAME, "sshKey": SSH_KEY,
                 "configDriveUserData": base64.b64encode(user_data).decode(),
@@ -892,7 +892,7 @@ class Refusals(DeployTestCase):
             self.assertNotIn("s3cret", out.stderr + json.dumps(out.status))
 
     def test_disk_group_that_does_not_exist(self):
-        # No --disk: the manifest's diskGroupId chooses among this machine's disks (design.md §9),
+        # No --disk: the manifest's diskGroupId chooses among this machine's disks (docs/disks.md),
         # and no machine has 99 groups. Refused in the plan step, before any download.
         disk = self.loop_disk(64 * MIB)  # stands for the machine's disks: must stay untouched
         before = sha256_all(disk)

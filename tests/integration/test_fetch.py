@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Fetch + verify through `byoi-agent deploy --dry-run` against real servers on 127.0.0.1:
 nginx for the plain cases, the fault server of fetch_servers.py for everything that goes wrong.
-Every error case checks the exact catalogue message (design.md §5) in the status file and on
+Every error case checks the exact catalogue message (docs/status.md) in the status file and on
 stderr, and, where it matters, the Range headers the server saw."""
 import gzip
 import hashlib

@@ -1,4 +1,4 @@
-// The catalogue of design.md §5, pinned word for word: backends match on these sentences.
+// The catalogue of docs/status.md, pinned word for word: backends match on these sentences.
 #include <gtest/gtest.h>
 
 #include "agent/base/cancel.hpp"

@@ -1,4 +1,4 @@
-// The status model of design.md §5: names, JSON field names, the round trip through the state
+// The status model of docs/status.md: names, JSON field names, the round trip through the state
 // file form, and how the board moves a job through its steps.
 #include "agent/job/status.hpp"
 
@@ -242,7 +242,7 @@ TEST(StatusBoard, StepsMoveThroughTheirStates) {
   board.FinishStep(Step::kDownload);
   p = board.Snapshot().progress[0];
   EXPECT_EQ(p.state, StepState::kDone);
-  // "<bytes> in <time> (<rate>)", as in design.md §5.
+  // "<bytes> in <time> (<rate>)", as in docs/status.md.
   EXPECT_TRUE(
       std::regex_match(p.comment, std::regex(R"(1\.0 MiB in [0-9]+ s \([0-9.]+ (B|kB|MB|GB)/s\))")))
       << p.comment;
