@@ -194,7 +194,7 @@ bool Poller::SendFront() {
 }
 
 void Poller::Loop() {
-  spdlog::info("poller: polling {} as agent {}", msg::StripUserinfo(JobUrl()), options_.agent_id);
+  spdlog::info("poller: polling {} as agent {}", msg::ShownUrl(JobUrl()), options_.agent_id);
   Clock::time_point next_poll = Clock::now();
   Clock::time_point retry_at = Clock::now();
   int poll_failures = 0, report_failures = 0;

@@ -500,15 +500,6 @@ bool IsUtf8Text(std::string_view s) {
   return true;
 }
 
-// "https://user:pw@host/x" -> "https://***@host/x": shows that credentials will be sent, not them.
-std::string MaskUserinfo(const std::string& url) {
-  std::string stripped = msg::StripUserinfo(url);
-  size_t authority = url.find("://");
-  if (stripped == url || authority == std::string::npos) return url;
-  stripped.insert(authority + 3, "***@");
-  return stripped;
-}
-
 }  // namespace
 
 bool IsValidHostname(std::string_view name) {
@@ -565,7 +556,7 @@ Result<Manifest> ParseManifest(std::string_view body) {
 boost::json::object ManifestToJson(const Manifest& m) {
   json::object out;
   out["shape"] = m.shape == Manifest::Shape::kV1 ? "byoi-v1" : "reinstall-v3";
-  out["url"] = MaskUserinfo(m.url);
+  out["url"] = msg::ShownUrl(m.url, msg::UrlSecrets::kMasked);
   out["type"] = ImageTypeName(m.type);
   if (m.checksum) {
     out["checkSumType"] = HashAlgoName(m.checksum->algo);

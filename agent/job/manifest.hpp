@@ -57,9 +57,9 @@ struct Manifest {
 // are lower-cased.
 Result<Manifest> ParseManifest(std::string_view body);
 
-// The normalised manifest as JSON, for `validate` and the logs: header values, URL credentials and
-// user data are never included (header values and userinfo shown as "***", user data by size and
-// source only).
+// The normalised manifest as JSON, for `validate` and the logs: header values, URL credentials, the
+// URL's query and user data are never included (header values, userinfo and query shown as "***",
+// see msg::ShownUrl; user data by size and source only).
 boost::json::object ManifestToJson(const Manifest& manifest);
 
 // The user-data decoding rule, exposed for tests: returns the decoded bytes when `text` is strictly
