@@ -344,17 +344,17 @@ TEST(BootLabel, ComesFromCsvThenDescriptionThenDirectory) {
     const char* description;
     const char* label;
   } cases[] = {
-      {{"\\EFI\\debian\\shimx64.efi", "Debian GNU/Linux", "debian", "BOOTX64.CSV"},
+      {{"\\EFI\\debian\\shimx64.efi", "Debian GNU/Linux", "debian", "BOOTX64.CSV", {}},
        "my image",
        "Debian GNU/Linux"},
-      {{"\\EFI\\debian\\grubx64.efi", "", "debian", "grub"}, "  debian 12  ", "debian 12"},
-      {{"\\EFI\\debian\\grubx64.efi", "", "debian", "grub"}, "", "debian"},
-      {{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback"}, "", "BYOI"},
-      {{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback"}, "Débian\t✓", "D?bian?"},
-      {{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback"}, "\n\t", "BYOI"},
+      {{"\\EFI\\debian\\grubx64.efi", "", "debian", "grub", {}}, "  debian 12  ", "debian 12"},
+      {{"\\EFI\\debian\\grubx64.efi", "", "debian", "grub", {}}, "", "debian"},
+      {{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback", {}}, "", "BYOI"},
+      {{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback", {}}, "Débian\t✓", "D?bian?"},
+      {{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback", {}}, "\n\t", "BYOI"},
   };
   for (const Case& c : cases) EXPECT_EQ(ChooseBootLabel(c.loader, c.description), c.label);
-  BootLoader fallback{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback"};
+  BootLoader fallback{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback", {}};
   EXPECT_EQ(ChooseBootLabel(fallback, std::string(300, 'x')).size(), 100u);
 }
 
