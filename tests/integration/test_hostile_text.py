@@ -28,6 +28,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import daemon_backend  # noqa: E402
 import daemon_harness as h  # noqa: E402
 
 AGENT = os.environ.get("BYOI_AGENT") or os.path.join(os.path.dirname(os.path.dirname(HERE)),
@@ -200,6 +201,35 @@ class Daemon(CleanOutputs):
         self.assertEqual([p["step"] for p in status["progress"]],
                          ["download", "verify", "write", "partition", "configdrive", "bootloader",
                           "reboot"])
+
+
+class Polling(CleanOutputs):
+    """What the backend receives (design.md §8) is valid UTF-8 JSON too: the status of a job the
+    origin failed with the hostile reason phrase, and of a job refused for its manifest, whose
+    detail quotes a value cut inside a UTF-8 sequence (built by the poller, not on the board)."""
+
+    def test_every_status_the_backend_receives_is_clean(self):
+        cut_type = "a" + "\u00e9" * 40  # quoted in the detail up to byte 64: inside the 32nd é
+        backend = daemon_backend.Backend("agent-7", h.TOKEN, [
+            {"jobId": "refused", "manifest": {"URL": self.origin.url, "type": cut_type}},
+            {"jobId": "failed", "manifest": {"URL": self.origin.url, "type": "raw"}}])
+        self.addCleanup(backend.stop)
+        d = h.Daemon(self.workdir, extra_args=["--backend-url", backend.url, "--agent-id", "agent-7",
+                                               "--retry-delay", "0", "--download-attempts", "2"])
+        self.addCleanup(d.stop)
+        # The backend's handler decodes every body as UTF-8 JSON; a body that is not is never
+        # recorded (the agent would retry it forever).
+        def ended(b):
+            return all(any(s["status"] == "error" for s in b.statuses(job))
+                       for job in ("refused", "failed"))
+
+        self.assertTrue(backend.wait(ended, timeout=60), "log:\n" + d.read_log())
+        refused = backend.statuses("refused")[-1]
+        self.assertEqual(refused["message"], "Bad format image, expected: qcow2, raw.")
+        self.assertEqual(refused["detail"], "image type '" + cut_type[:32] + "\\xc3'...")
+        self.assertCleanStatus(backend.statuses("failed")[-1], self.origin.url)
+        for status in backend.statuses():
+            self.assertClean(json.dumps(status, ensure_ascii=False).encode(), "a status sent")
 
 
 def make_raw_image(path):
