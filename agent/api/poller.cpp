@@ -152,7 +152,9 @@ bool Poller::PollOnce() {
     }
     std::lock_guard lock(mu_);
     finished_job_ = job_id;
-    Enqueue(Report{job_id, std::move(refused), true});
+    // Built here, not on a StatusBoard: made printable as the board would (a detail quoting the
+    // manifest may end inside a UTF-8 sequence).
+    Enqueue(Report{job_id, PrintableStatus(std::move(refused)), true});
     return true;
   }
 

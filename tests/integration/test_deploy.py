@@ -593,7 +593,9 @@ class DeployWritesImages(DeployTestCase):
     def deploy_mbr(self, sector_size):
         source = IMAGES.mbr[sector_size]
         disk = self.loop_disk(128 * MIB, sector_size)
-        out = self.deploy(v1_manifest(IMAGES.url(source), "raw"), disk)
+        # With a checksum: no "no checksum given" warning either.
+        out = self.deploy(v1_manifest(IMAGES.url(source), "raw", checkSum=IMAGES.sha256(source),
+                                      checkSumType="sha256"), disk)
         self.assertDone(out)
         self.assertEqual(out.status["warnings"], [], "the image has MBR boot code")
         bootloader = step(out.status, "bootloader")
@@ -715,7 +717,9 @@ class BootStep(DeployTestCase):
 
     def test_mbr_without_boot_code_warns_on_legacy_bios(self):
         disk = self.loop_disk(128 * MIB)
-        out = self.deploy(v1_manifest(IMAGES.url(IMAGES.mbr_no_boot_code), "raw"), disk)
+        out = self.deploy(v1_manifest(IMAGES.url(IMAGES.mbr_no_boot_code), "raw",
+                                      checkSum=IMAGES.sha256(IMAGES.mbr_no_boot_code),
+                                      checkSumType="sha256"), disk)
         self.assertDone(out)
         self.assertEqual(out.status["warnings"], [LEGACY_NO_BOOT_CODE])
         self.assertEqual(step(out.status, "bootloader")["status"], "skipped")

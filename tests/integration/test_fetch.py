@@ -36,7 +36,7 @@ def download_failed(url):
     return f"Could not download image located: {url}."
 
 
-# Credentials a manifest may carry in its headers (design.md §4); they belong to the origin of its
+# Credentials a manifest may carry in its headers (docs/manifest.md); they belong to the origin of its
 # URL (scheme, host and port) and to nowhere else.
 CREDENTIALS = [{"key": "X-Api-Key", "value": "k3y-of-the-api"},
                {"key": "PRIVATE-TOKEN", "value": "glpat-pr1vate"},
