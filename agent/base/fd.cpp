@@ -1,6 +1,9 @@
 #include "agent/base/fd.hpp"
 
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <filesystem>
@@ -77,6 +80,19 @@ Status WriteFileAtomic(const std::string& path, std::string_view contents) {
   BYOI_ASSIGN_OR_RETURN(UniqueFd dfd, OpenFile(dir.string(), O_RDONLY | O_DIRECTORY));
   ::fsync(dfd.get());  // best effort: the rename is already visible
   return Status::Ok();
+}
+
+ReadAtFn ReadFromFd(int fd) {
+  return [fd](uint64_t offset, std::span<uint8_t> out) { return PreadAll(fd, out, offset); };
+}
+
+Result<uint64_t> FileSize(int fd, const std::string& what) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return Status::FromErrno("examining " + what, errno);
+  if (!S_ISBLK(st.st_mode)) return static_cast<uint64_t>(st.st_size);
+  uint64_t bytes = 0;
+  if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0) return Status::FromErrno("sizing " + what, errno);
+  return bytes;
 }
 
 }  // namespace byoi

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <utility>
@@ -43,6 +44,17 @@ Result<UniqueFd> OpenFile(const std::string& path, int flags, mode_t mode = 0);
 // Reads or writes all of `data` at `offset`, retrying short transfers and EINTR.
 Status PreadAll(int fd, std::span<uint8_t> data, uint64_t offset);
 Status PwriteAll(int fd, std::span<const uint8_t> data, uint64_t offset);
+
+// The one way the agent's parsers read bytes of an image or a disk (partition tables, the FAT
+// reader, the ESP finder): `out.size()` bytes at `offset`, all of them or an error.
+using ReadAtFn = std::function<Status(uint64_t offset, std::span<uint8_t> out)>;
+
+// A ReadAtFn over `fd` (PreadAll); `fd` is borrowed and must outlive it.
+ReadAtFn ReadFromFd(int fd);
+
+// The size of the open file or block device `fd` (BLKGETSIZE64 for a device), for `what` in
+// messages. kIo on failure.
+Result<uint64_t> FileSize(int fd, const std::string& what);
 
 // Whole small file (sysfs attributes, /proc files, config); refuses more than `limit` bytes.
 Result<std::string> ReadSmallFile(const std::string& path, size_t limit = 1 << 20);

@@ -1,8 +1,6 @@
 #include "agent/boot/esp.hpp"
 
-#include <blkid/blkid.h>
 #include <fcntl.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <array>
@@ -15,110 +13,12 @@
 #include "agent/base/text.hpp"
 #include "agent/boot/fat_reader.hpp"
 #include "agent/boot/utf16.hpp"
+#include "agent/image/partition_table.hpp"
 
 namespace byoi {
 namespace {
 
-constexpr std::string_view kEspTypeGuid = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
-constexpr int kEspMbrType = 0xEF;
 constexpr size_t kMaxCsvBytes = 64 * 1024;
-
-struct ProbeDeleter {
-  void operator()(blkid_probe pr) const { blkid_free_probe(pr); }
-};
-using Probe = std::unique_ptr<std::remove_pointer_t<blkid_probe>, ProbeDeleter>;
-
-Result<Probe> NewProbe(int fd, uint64_t offset, uint64_t size, const std::string& what) {
-  Probe pr(blkid_new_probe());
-  if (!pr) return Status::Error(Code::kIo, what + ": cannot allocate a libblkid probe");
-  if (blkid_probe_set_device(pr.get(), fd, static_cast<blkid_loff_t>(offset),
-                             static_cast<blkid_loff_t>(size)) != 0) {
-    return Status::Error(Code::kIo, what + ": libblkid cannot use the device");
-  }
-  return pr;
-}
-
-struct PartitionInfo {
-  int number = 0;
-  uint64_t start_bytes = 0;
-  uint64_t size_bytes = 0;
-  std::string uuid;
-};
-
-struct TableInfo {
-  bool found = false;  // libblkid found a GPT or MBR
-  PartitionTableType type = PartitionTableType::kGpt;
-  uint32_t sector_size = 512;
-  std::vector<PartitionInfo> esps;
-};
-
-// Probes the partition table with `sector_size` (0 = libblkid's choice).
-Result<TableInfo> ProbeTable(int fd, const std::string& disk, unsigned sector_size) {
-  BYOI_ASSIGN_OR_RETURN(Probe pr, NewProbe(fd, 0, 0, disk));
-  if (sector_size != 0) blkid_probe_set_sectorsize(pr.get(), sector_size);
-  blkid_probe_enable_superblocks(pr.get(), 0);
-  blkid_probe_enable_partitions(pr.get(), 1);
-  blkid_probe_set_partitions_flags(pr.get(), BLKID_PARTS_ENTRY_DETAILS);
-  blkid_partlist list = blkid_probe_get_partitions(pr.get());
-  TableInfo info;
-  if (list == nullptr) return info;
-  blkid_parttable table = blkid_partlist_get_table(list);
-  const char* type = table ? blkid_parttable_get_type(table) : nullptr;
-  if (type == nullptr) return info;
-  std::string_view type_name = type;
-  if (type_name == "gpt") {
-    info.type = PartitionTableType::kGpt;
-  } else if (type_name == "dos") {
-    info.type = PartitionTableType::kMbr;
-  } else {
-    return info;  // BSD labels and the like: no ESP there
-  }
-  info.found = true;
-  info.sector_size = blkid_probe_get_sectorsize(pr.get());
-  int n = blkid_partlist_numof_partitions(list);
-  for (int i = 0; i < n; ++i) {
-    blkid_partition part = blkid_partlist_get_partition(list, i);
-    if (part == nullptr || blkid_partition_is_extended(part)) continue;
-    // Only partitions of the top-level table: a nested table (a BSD label inside an MBR slot)
-    // is not something firmware looks into.
-    if (blkid_partition_get_table(part) != table) continue;
-    bool esp = false;
-    if (info.type == PartitionTableType::kGpt) {
-      const char* t = blkid_partition_get_type_string(part);
-      esp = t != nullptr && EqualsIgnoreCaseAscii(t, kEspTypeGuid);
-    } else {
-      esp = blkid_partition_get_type(part) == kEspMbrType;
-    }
-    if (!esp) continue;
-    PartitionInfo p;
-    p.number = blkid_partition_get_partno(part);
-    // libblkid counts in 512-byte sectors whatever the disk's block size.
-    p.start_bytes = static_cast<uint64_t>(blkid_partition_get_start(part)) * 512;
-    p.size_bytes = static_cast<uint64_t>(blkid_partition_get_size(part)) * 512;
-    const char* uuid = blkid_partition_get_uuid(part);
-    if (uuid != nullptr) p.uuid = ToLowerAscii(uuid);
-    info.esps.push_back(std::move(p));
-  }
-  std::sort(info.esps.begin(), info.esps.end(),
-            [](const PartitionInfo& a, const PartitionInfo& b) { return a.number < b.number; });
-  return info;
-}
-
-Result<std::string> ProbeFilesystem(int fd, uint64_t offset, uint64_t size,
-                                    const std::string& what) {
-  BYOI_ASSIGN_OR_RETURN(Probe pr, NewProbe(fd, offset, size, what));
-  blkid_probe_enable_partitions(pr.get(), 0);
-  blkid_probe_enable_superblocks(pr.get(), 1);
-  blkid_probe_set_superblocks_flags(pr.get(), BLKID_SUBLKS_TYPE);
-  int rc = blkid_do_safeprobe(pr.get());
-  if (rc == -2) return std::string("(ambiguous)");
-  if (rc != 0) return std::string();
-  const char* type = nullptr;
-  if (blkid_probe_lookup_value(pr.get(), "TYPE", &type, nullptr) != 0 || type == nullptr) {
-    return std::string();
-  }
-  return std::string(type);
-}
 
 // True when every byte of `path` is printable ASCII (0x20-0x7E): what may go into a File() node
 // and the status (see the header).
@@ -234,79 +134,70 @@ Result<std::optional<BootLoader>> SearchLoader(const FatReader& fat,
 
 Result<EspLocation> FindEsp(const std::string& disk_path) {
   BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(disk_path, O_RDONLY));
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno("examining " + disk_path, errno);
+  BYOI_ASSIGN_OR_RETURN(uint64_t size, FileSize(fd.get(), disk_path));
+  const ReadAtFn read = ReadFromFd(fd.get());
+  Result<PartitionTable> table = ReadPartitionTable(read, size);
+  if (!table.ok()) {
+    return std::move(table).status().Context("reading the partition table of " + disk_path);
+  }
+  return LocateEsp(read, *table, disk_path);
+}
 
-  BYOI_ASSIGN_OR_RETURN(TableInfo table, ProbeTable(fd.get(), disk_path, 0));
-  // An image made for a 4Kn disk keeps its GPT header at byte 4096; a file has no block size to
-  // tell, so look there too before giving up.
-  if (S_ISREG(st.st_mode) && table.esps.empty()) {
-    BYOI_ASSIGN_OR_RETURN(TableInfo table4k, ProbeTable(fd.get(), disk_path, 4096));
-    if (table4k.found && table4k.type == PartitionTableType::kGpt && !table4k.esps.empty()) {
-      table = std::move(table4k);
-    }
+Result<EspLocation> LocateEsp(const ReadAtFn& read, const PartitionTable& table,
+                              std::string_view where) {
+  const std::string disk(where);
+  if (table.type != PartitionTableType::kGpt && table.type != PartitionTableType::kMbr) {
+    return Status::Error(Code::kNotFound, disk + " has no partition table");
   }
-  if (!table.found) {
-    return Status::Error(Code::kNotFound, disk_path + " has no partition table");
-  }
-  if (table.esps.empty()) {
-    return Status::Error(Code::kNotFound, "no EFI system partition on " + disk_path);
-  }
-  const PartitionInfo& p = table.esps.front();
+  const Partition* p = table.Esp();
+  if (p == nullptr) return Status::Error(Code::kNotFound, "no EFI system partition on " + disk);
   EspLocation esp;
   esp.table = table.type;
-  esp.sector_size = table.sector_size;
-  esp.partition_number = static_cast<uint32_t>(p.number);
-  if (esp.sector_size == 0 || p.start_bytes % esp.sector_size != 0 ||
-      p.size_bytes % esp.sector_size != 0) {
-    return Status::Error(Code::kInvalid, "EFI system partition " + std::to_string(p.number) +
-                                             " of " + disk_path + " is not aligned to " +
-                                             std::to_string(esp.sector_size) + "-byte sectors");
-  }
-  esp.start_lba = p.start_bytes / esp.sector_size;
-  esp.size_lba = p.size_bytes / esp.sector_size;
-  std::string what = "EFI system partition " + std::to_string(p.number) + " of " + disk_path;
+  esp.sector_size = p->sector_size;
+  esp.partition_number = static_cast<uint32_t>(p->number);
+  esp.start_lba = p->start_sector;
+  esp.size_lba = p->size_sectors;
+  std::string what = "EFI system partition " + std::to_string(p->number) + " of " + disk;
   if (esp.table == PartitionTableType::kGpt) {
-    esp.partition_guid = p.uuid;
-    if (esp.partition_guid.size() != 36) {
-      return Status::Error(Code::kInvalid, what + " has no partition GUID");
-    }
+    esp.partition_guid = ToLowerAscii(p->uuid);
   } else {
-    std::array<uint8_t, 4> sig{};
-    BYOI_RETURN_IF_ERROR(PreadAll(fd.get(), sig, 440).Context("reading the MBR of " + disk_path));
-    esp.mbr_signature = static_cast<uint32_t>(sig[0]) | static_cast<uint32_t>(sig[1]) << 8 |
-                        static_cast<uint32_t>(sig[2]) << 16 | static_cast<uint32_t>(sig[3]) << 24;
+    esp.mbr_signature = table.mbr_signature;
   }
-  BYOI_ASSIGN_OR_RETURN(std::string fs,
-                        ProbeFilesystem(fd.get(), esp.offset_bytes(), esp.size_bytes(), what));
-  if (fs != "vfat") {
-    return Status::Error(
-        Code::kInvalid,
-        what + " holds " + (fs.empty() ? "no known file system" : fs) + ", not a FAT file system");
+  if (Result<FatReader> fat = FatReader::Open(read, esp.offset_bytes(), esp.size_bytes());
+      !fat.ok()) {
+    if (fat.status().code() == Code::kIo) return std::move(fat).status().Context("reading " + what);
+    return Status::Error(Code::kInvalid,
+                         what + " is not a FAT file system (" + fat.status().detail() + ")");
   }
   return esp;
 }
 
 Result<BootLoader> FindBootLoader(const std::string& disk_path, const EspLocation& esp,
                                   const std::string& wanted_path) {
+  BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(disk_path, O_RDONLY));
+  return FindBootLoader(ReadFromFd(fd.get()), esp, wanted_path, disk_path);
+}
+
+Result<BootLoader> FindBootLoader(const ReadAtFn& read, const EspLocation& esp,
+                                  const std::string& wanted_path, std::string_view where) {
+  const std::string disk(where);
   std::string shown = wanted_path.empty() ? "\\EFI\\BOOT\\BOOTX64.EFI" : wanted_path;
   auto fail = [&](Status s) {
-    return std::move(s).Context("reading the EFI system partition of " + disk_path);
+    return std::move(s).Context("reading the EFI system partition of " + disk);
   };
-  BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(disk_path, O_RDONLY));
-  auto fat = FatReader::Open(fd.get(), esp.offset_bytes(), esp.size_bytes());
+  auto fat = FatReader::Open(read, esp.offset_bytes(), esp.size_bytes());
   if (!fat.ok()) return fail(std::move(fat).status());
 
   if (!wanted_path.empty()) {
     auto found = FindFile(*fat, wanted_path);
     if (!found.ok()) return fail(std::move(found).status());
     if (!*found) {
-      return Status::Error(Code::kNotFound, "no file " + wanted_path + " on " + disk_path,
+      return Status::Error(Code::kNotFound, "no file " + wanted_path + " on " + disk,
                            msg::BootloaderNotFound(wanted_path));
     }
     const std::string& path = (*found)->path;
     if (!IsPlainPath(path)) {
-      return Status::Error(Code::kInvalid, SkippedNote(path) + " of " + disk_path,
+      return Status::Error(Code::kInvalid, SkippedNote(path) + " of " + disk,
                            msg::BootloaderNotFound(wanted_path));
     }
     return BootLoader{path, "", OsDirOf(path), "efiBootloaderPath", {}};
@@ -318,7 +209,7 @@ Result<BootLoader> FindBootLoader(const std::string& disk_path, const EspLocatio
     std::string detail =
         "searched \\EFI\\*\\BOOTX64.CSV, \\EFI\\*\\shimx64.efi, \\EFI\\*\\grubx64.efi, "
         "\\EFI\\systemd\\systemd-bootx64.efi and " +
-        shown + " on " + disk_path;
+        shown + " on " + disk;
     for (const std::string& note : skipped) detail += "; " + note;
     return Status::Error(Code::kNotFound, detail, msg::BootloaderNotFound(shown));
   }

@@ -28,8 +28,9 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/base/fd.hpp"  // ReadAtFn
 #include "agent/base/status.hpp"
-#include "agent/image/format.hpp"  // PartitionTableType
+#include "agent/image/partition_table.hpp"
 
 namespace byoi {
 
@@ -46,14 +47,19 @@ struct EspLocation {
   uint64_t size_bytes() const { return size_lba * sector_size; }
 };
 
-// Finds the ESP on `disk_path` (a block device or a disk image file): the GPT partition of type
-// C12A7328-F81F-11D2-BA4B-00A0C93EC93B, or the MBR partition of type 0xEF, lowest number first,
-// holding a vfat file system. A regular file whose GPT is not found with 512-byte sectors is tried
-// again with 4096-byte sectors (an image made for a 4Kn disk).
+// Finds the ESP on `disk_path` (a block device or a disk image file) in its partition table, read
+// by the native parser (agent/image/partition_table.hpp: a GPT made for 512- or 4096-byte sectors,
+// an MBR): the first partition of type C12A7328-F81F-11D2-BA4B-00A0C93EC93B (GPT) or 0xEF (MBR),
+// which must hold a FAT file system.
 // Errors: kNotFound when there is no partition table or no ESP in it (no catalogue message: the
-// caller decides whether that is a warning or a failure); kInvalid when the ESP holds no FAT file
-// system; kIo when the disk cannot be read. Reads only.
+// caller decides whether that is a warning or a failure); kInvalid when the table is damaged or
+// the ESP holds no FAT file system; kIo when the disk cannot be read. Reads only.
 Result<EspLocation> FindEsp(const std::string& disk_path);
+
+// The same on a table already read, whose disk `read` reads (an image's virtual disk for
+// `inspect`); `where` names the disk in messages.
+Result<EspLocation> LocateEsp(const ReadAtFn& read, const PartitionTable& table,
+                              std::string_view where);
 
 struct BootLoader {
   std::string path;       // as stored on the ESP: "\EFI\debian\shimx64.efi"
@@ -75,6 +81,9 @@ struct BootLoader {
 // kInvalid for a corrupt FAT file system; kIo. Reads only.
 Result<BootLoader> FindBootLoader(const std::string& disk_path, const EspLocation& esp,
                                   const std::string& wanted_path);
+// The same on the disk `read` reads; `where` names it in messages.
+Result<BootLoader> FindBootLoader(const ReadAtFn& read, const EspLocation& esp,
+                                  const std::string& wanted_path, std::string_view where);
 
 // Parses shim's BOOTX64.CSV (UTF-16LE with or without a BOM; UTF-8 accepted too): the first line
 // with a loader gives {loader file name, label}. nullopt-like empty loader when there is none.

@@ -73,14 +73,14 @@ std::vector<std::string_view> SplitPath(std::string_view path) {
 
 }  // namespace
 
-Result<FatReader> FatReader::Open(int fd, uint64_t offset, uint64_t size) {
+Result<FatReader> FatReader::Open(ReadAtFn read, uint64_t offset, uint64_t size) {
   if (size < 512) return Corrupt("partition of " + std::to_string(size) + " bytes");
   std::array<uint8_t, 512> bs{};
-  BYOI_RETURN_IF_ERROR(PreadAll(fd, bs, offset).Context("reading the FAT boot sector"));
+  BYOI_RETURN_IF_ERROR(read(offset, bs).Context("reading the FAT boot sector"));
   if (bs[510] != 0x55 || bs[511] != 0xAA) return Corrupt("no boot sector signature");
 
   FatReader r;
-  r.fd_ = fd;
+  r.read_ = std::move(read);
   r.offset_ = offset;
   r.size_ = size;
   r.bytes_per_sector_ = Le16(&bs[11]);
@@ -149,7 +149,7 @@ Status FatReader::ReadAt(uint64_t relative_offset, void* buf, size_t len) const 
     return Corrupt("read of " + std::to_string(len) + " bytes at " +
                    std::to_string(relative_offset) + " outside the partition");
   }
-  return PreadAll(fd_, {static_cast<uint8_t*>(buf), len}, offset_ + relative_offset);
+  return read_(offset_ + relative_offset, {static_cast<uint8_t*>(buf), len});
 }
 
 uint64_t FatReader::ClusterOffset(uint32_t cluster) const {

@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/base/fd.hpp"  // ReadAtFn
 #include "agent/base/status.hpp"
 
 namespace byoi {
@@ -42,10 +43,10 @@ class FatReader {
     std::string path;  // with the names as stored: "\EFI\debian\shimx64.efi"
   };
 
-  // Reads the boot sector of the file system occupying [offset, offset + size) of `fd`. `fd` is
-  // borrowed and must stay open as long as the reader is used. kInvalid when there is no FAT file
-  // system there or its geometry does not fit the range.
-  static Result<FatReader> Open(int fd, uint64_t offset, uint64_t size);
+  // Reads the boot sector of the file system occupying [offset, offset + size) of what `read`
+  // reads (a disk, an image's virtual disk). What `read` reads from must outlive the reader.
+  // kInvalid when there is no FAT file system there or its geometry does not fit the range.
+  static Result<FatReader> Open(ReadAtFn read, uint64_t offset, uint64_t size);
 
   // The entries of the root directory (`dir` == nullptr) or of the directory `dir`, in on-disk
   // order, without ".", "..", volume labels and deleted entries.
@@ -74,7 +75,7 @@ class FatReader {
   Result<std::vector<uint8_t>> ReadChain(uint32_t first, size_t limit, bool stop_at_limit) const;
   uint64_t ClusterOffset(uint32_t cluster) const;
 
-  int fd_ = -1;
+  ReadAtFn read_;
   uint64_t offset_ = 0;
   uint64_t size_ = 0;
   Type type_ = Type::kFat32;

@@ -145,7 +145,7 @@ Result<std::optional<KexecImage>> FindKexecImage(const std::string& disk_path, s
     return none("no EFI system partition to look for a kernel in (" + esp.status().detail() + ")");
   }
   BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(disk_path, O_RDONLY));
-  auto fat = FatReader::Open(fd.get(), esp->offset_bytes(), esp->size_bytes());
+  auto fat = FatReader::Open(ReadFromFd(fd.get()), esp->offset_bytes(), esp->size_bytes());
   if (!fat.ok())
     return none("the EFI system partition is unreadable (" + fat.status().detail() + ")");
   auto dir = fat->Lookup("\\loader\\entries");

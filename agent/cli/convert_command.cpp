@@ -3,7 +3,6 @@
 // under the same budget as a download, writes its virtual disk to a block device or a file
 // (created or resized to the virtual size); inspect describes an image, its partitions and the
 // boot loader UEFI firmware would start from its ESP.
-#include <blkid/blkid.h>
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/mman.h>
@@ -22,9 +21,11 @@
 #include "agent/base/cancel.hpp"
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
+#include "agent/base/text.hpp"
 #include "agent/base/units.hpp"
 #include "agent/boot/esp.hpp"
 #include "agent/cli/commands.hpp"
+#include "agent/disk/probe.hpp"
 #include "agent/disk/target.hpp"
 #include "agent/disk/writer.hpp"
 #include "agent/image/image_buffer.hpp"  // DefaultMemoryBudget
@@ -97,58 +98,14 @@ Result<MappedFile> Load(const std::string& path, std::optional<uint64_t> limit) 
   return MappedFile::Open(path, budget);
 }
 
-struct ProbeDeleter {
-  void operator()(blkid_probe p) const { blkid_free_probe(p); }
-};
-using ProbePtr = std::unique_ptr<std::remove_pointer_t<blkid_probe>, ProbeDeleter>;
-
-struct FsInfo {
-  std::string type, label, uuid;
-};
-
-// What libblkid finds in [offset, offset + size) of the virtual disk: the first and last MiB are
-// copied into a sparse memfd of the region's size (every superblock libblkid knows lies there).
-Result<FsInfo> ProbeFilesystem(VirtualReader& reader, uint64_t offset, uint64_t size) {
-  FsInfo fs;
-  if (size == 0 || offset > reader.layout().virtual_size) return fs;
-  size = std::min(size, reader.layout().virtual_size - offset);
-  int raw = ::memfd_create("byoi-probe", MFD_CLOEXEC);
-  if (raw < 0) return Status::FromErrno("creating a memfd", errno);
-  UniqueFd fd(raw);
-  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
-    return Status::FromErrno("sizing the memfd", errno);
-  }
-  constexpr uint64_t kWindow = 1 << 20;
-  std::vector<uint8_t> buf(std::min(size, kWindow));
-  BYOI_RETURN_IF_ERROR(reader.Read(offset, buf));
-  BYOI_RETURN_IF_ERROR(PwriteAll(fd.get(), buf, 0));
-  if (size > kWindow) {
-    uint64_t tail = std::max(kWindow, size - kWindow);
-    buf.resize(size - tail);
-    BYOI_RETURN_IF_ERROR(reader.Read(offset + tail, buf));
-    BYOI_RETURN_IF_ERROR(PwriteAll(fd.get(), buf, tail));
-  }
-  ProbePtr probe(blkid_new_probe());
-  if (!probe) return Status::Error(Code::kInternal, "blkid_new_probe failed");
-  if (blkid_probe_set_device(probe.get(), fd.get(), 0, static_cast<blkid_loff_t>(size)) != 0) {
-    return Status::Error(Code::kIo, "blkid_probe_set_device failed");
-  }
-  blkid_probe_enable_superblocks(probe.get(), 1);
-  blkid_probe_set_superblocks_flags(probe.get(),
-                                    BLKID_SUBLKS_TYPE | BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID);
-  blkid_probe_enable_partitions(probe.get(), 0);
-  if (blkid_do_safeprobe(probe.get()) != 0) return fs;  // nothing, or ambiguous
-  auto value = [&](const char* name) {
-    const char* data = nullptr;
-    if (blkid_probe_lookup_value(probe.get(), name, &data, nullptr) == 0 && data != nullptr) {
-      return std::string(data);
-    }
-    return std::string();
-  };
-  fs.type = value("TYPE");
-  fs.label = value("LABEL");
-  fs.uuid = value("UUID");
-  return fs;
+// libblkid's view of [offset, offset + size) of the virtual disk; nothing found when the range
+// lies outside it.
+Result<Signature> ProbeVirtualDisk(VirtualReader& reader, uint64_t offset, uint64_t size) {
+  const uint64_t vsize = reader.layout().virtual_size;
+  if (size == 0 || offset > vsize) return Signature{};
+  return ProbeFilesystem(
+      [&reader](uint64_t at, std::span<uint8_t> out) { return reader.Read(at, out); }, offset,
+      std::min(size, vsize - offset));
 }
 
 // "qcow2" or "raw" from the first bytes of a file too big to load, for the message.
@@ -169,39 +126,14 @@ void PrintProgress(uint64_t done, uint64_t total) {
   if (done == total) std::fprintf(stderr, "\n");
 }
 
-// ESPs are 100-600 MiB; anything larger is not looked into by inspect.
-constexpr uint64_t kMaxInspectedEsp = 1ull << 30;
-
 // The loader the agent would pick on the image's ESP (docs/boot.md order), found by the same code
-// as a job: the ESP's bytes go into a memfd (FatReader reads a file descriptor), holes for zeros.
-Result<BootLoader> FindImageBootLoader(VirtualReader& reader, const PartitionTable& table,
-                                       const PartitionInfo& esp) {
-  if (esp.size > kMaxInspectedEsp) {
-    return Status::Error(Code::kTooBig, "the EFI system partition is larger than 1 GiB");
-  }
-  UniqueFd fd(::memfd_create("byoi-inspect-esp", MFD_CLOEXEC));
-  if (!fd.valid()) return Status::FromErrno("memfd_create", errno);
-  if (::ftruncate(fd.get(), static_cast<off_t>(esp.size)) != 0) {
-    return Status::FromErrno("sizing the ESP copy", errno);
-  }
-  std::vector<uint8_t> chunk(4 << 20);
-  for (uint64_t done = 0; done < esp.size;) {
-    size_t n = static_cast<size_t>(std::min<uint64_t>(chunk.size(), esp.size - done));
-    std::span<uint8_t> part(chunk.data(), n);
-    BYOI_RETURN_IF_ERROR(reader.Read(esp.start + done, part).Context("reading the ESP"));
-    bool zero = std::all_of(part.begin(), part.end(), [](uint8_t b) { return b == 0; });
-    if (!zero &&
-        ::pwrite(fd.get(), part.data(), n, static_cast<off_t>(done)) != static_cast<ssize_t>(n)) {
-      return Status::FromErrno("copying the ESP", errno);
-    }
-    done += n;
-  }
-  EspLocation location;
-  location.table = table.type;
-  location.sector_size = table.sector_size;
-  location.partition_number = esp.number;
-  location.size_lba = esp.size / table.sector_size;
-  return FindBootLoader("/proc/self/fd/" + std::to_string(fd.get()), location, "");
+// as a job, reading the image's virtual disk in place.
+Result<BootLoader> FindImageBootLoader(VirtualReader& reader, const PartitionTable& table) {
+  ReadAtFn read = [&reader](uint64_t offset, std::span<uint8_t> out) {
+    return reader.Read(offset, out);
+  };
+  BYOI_ASSIGN_OR_RETURN(EspLocation esp, LocateEsp(read, table, "the image"));
+  return FindBootLoader(read, esp, "", "the image");
 }
 
 }  // namespace
@@ -289,39 +221,39 @@ int RunInspect(const InspectArgs& args) {
     for (const auto& p : table->partitions) {
       boost::json::object j;
       j["number"] = p.number;
-      j["start"] = p.start;
-      j["size"] = p.size;
-      j["type"] = table->type == PartitionTableType::kGpt ? p.type_guid
-                                                          : fmt::format("{:#04x}", p.mbr_type);
+      j["start"] = p.offset_bytes();
+      j["size"] = p.size_bytes();
+      j["type"] = p.type;
       j["typeName"] = PartitionTypeName(p, table->type);
       if (table->type == PartitionTableType::kGpt) {
-        j["guid"] = p.guid;
-        j["name"] = p.name;
+        j["guid"] = p.uuid;
+        j["name"] = PrintableText(p.name);  // names come from the image
       } else {
         j["bootable"] = p.bootable;
       }
       j["esp"] = p.esp;
-      auto fs = ProbeFilesystem(reader, p.start, p.size);
-      j["filesystem"] = fs.ok() ? fs->type : "";
-      j["label"] = fs.ok() ? fs->label : "";
+      auto fs = ProbeVirtualDisk(reader, p.offset_bytes(), p.size_bytes());
+      j["filesystem"] = fs.ok() ? PrintableText(fs->type) : "";
+      j["label"] = fs.ok() ? PrintableText(fs->label) : "";
       parts.push_back(std::move(j));
     }
     pt["partitions"] = std::move(parts);
     out["esp"] = nullptr;
     out["bootLoader"] = nullptr;
-    if (const PartitionInfo* esp = table->Esp()) {
+    if (const Partition* esp = table->Esp()) {
       out["esp"] = esp->number;
-      Result<BootLoader> loader = FindImageBootLoader(reader, *table, *esp);
+      Result<BootLoader> loader = FindImageBootLoader(reader, *table);
       if (loader.ok()) {
-        out["bootLoader"] = {
-            {"path", loader->path}, {"foundBy", loader->found_by}, {"label", loader->csv_label}};
+        out["bootLoader"] = {{"path", loader->path},
+                             {"foundBy", loader->found_by},
+                             {"label", PrintableText(loader->csv_label)}};
       } else if (loader.status().code() != Code::kNotFound) {
-        out["bootLoaderError"] = loader.status().detail();
+        out["bootLoaderError"] = PrintableText(loader.status().detail());
       }
     }
     if (table->type == PartitionTableType::kNone) {
-      auto fs = ProbeFilesystem(reader, 0, image->layout.virtual_size);
-      out["contents"] = fs.ok() ? fs->type : "";
+      auto fs = ProbeVirtualDisk(reader, 0, image->layout.virtual_size);
+      out["contents"] = fs.ok() ? PrintableText(fs->type) : "";
     }
   }
   out["partitionTable"] = std::move(pt);
@@ -375,8 +307,8 @@ int RunInspect(const InspectArgs& args) {
         j.at("label").as_string().empty() ? "" : (" \"" + str(j.at("label")) + "\"").c_str(),
         j.contains("guid") ? (" " + str(j.at("guid"))).c_str() : "");
   }
-  if (const PartitionInfo* esp = table->Esp()) {
-    std::printf("EFI system partition: %u\n", esp->number);
+  if (const Partition* esp = table->Esp()) {
+    std::printf("EFI system partition: %d\n", esp->number);
     if (const boost::json::value& loader = out["bootLoader"]; loader.is_object()) {
       std::printf("boot loader:     %s (%s)\n", str(loader.at("path")).c_str(),
                   str(loader.at("foundBy")).c_str());

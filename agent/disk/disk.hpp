@@ -1,6 +1,7 @@
 // The value types the disk stage hands to the rest of the pipeline: a `Disk` (a whole block device,
-// or a regular file used as a disk image) and a `Partition` on it. Both are plain copies of what
-// sysfs and the partition table said when they were read; nothing here keeps a device open.
+// or a regular file used as a disk image) and the `Partition`s on it
+// (agent/image/partition_table.hpp). Both are plain copies of what sysfs and the partition table
+// said when they were read; nothing here keeps a device open.
 //
 // The stage in pipeline order (each call opens and closes the disk itself; none may run while
 // another fd of ours holds the disk with O_EXCL):
@@ -14,6 +15,8 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+
+#include "agent/image/partition_table.hpp"  // Partition
 
 namespace byoi {
 
@@ -42,22 +45,6 @@ struct Disk {
   // What is on it now, from libblkid (only when the inventory was asked to probe contents):
   std::string partition_table;  // "gpt", "dos", … or ""
   std::string signature;        // whole-disk signature: "linux_raid_member", "LVM2_member", …
-};
-
-// One entry of the partition table of a Disk, as written on disk (not necessarily known to the
-// kernel: on kernels without partition table parsers only BLKPG makes the kernel see it).
-struct Partition {
-  int number = 0;              // 1-based, as the kernel and the table number it
-  uint64_t start_sector = 0;   // in the disk's logical sectors
-  uint64_t size_sectors = 0;   // in the disk's logical sectors
-  uint32_t sector_size = 512;  // the disk's logical sector size
-  std::string type;            // GPT type GUID (upper case) or MBR type as "0x0c"
-  std::string name;            // GPT partition name, empty for MBR
-  std::string uuid;            // GPT partition GUID (upper case), empty for MBR
-  std::string device;          // "/dev/sda3" when the kernel knows it, else empty
-
-  uint64_t offset_bytes() const { return start_sector * sector_size; }
-  uint64_t size_bytes() const { return size_sectors * sector_size; }
 };
 
 // The kernel name of partition `number` of disk `disk_name`: "sda3", "nvme0n1p3", "loop0p3"

@@ -43,7 +43,7 @@ Result<GptRelocation> Relocate(const Disk& disk, const std::string& sysfs_root) 
   std::vector<Partition> before;
   {
     BYOI_ASSIGN_OR_RETURN(auto table, FdiskTable::Open(fd.get(), disk.path, /*writable=*/true));
-    if (table->kind() != TableKind::kGpt) {
+    if (table->kind() != PartitionTableType::kGpt) {
       if (HasProtectiveMbr(fd.get())) {
         // The MBR announces a GPT but libfdisk found no valid header: a damaged image. Adding
         // partitions to the protective MBR would make it worse.
@@ -52,8 +52,8 @@ Result<GptRelocation> Relocate(const Disk& disk, const std::string& sysfs_root) 
                                                  "header is valid");
       }
       // MBR images stay as written; the kernel still has to forget the old disk's partitions.
-      if (table->kind() == TableKind::kOther) return out;
-      if (table->kind() == TableKind::kMbr) {
+      if (table->kind() == PartitionTableType::kOther) return out;
+      if (table->kind() == PartitionTableType::kMbr) {
         BYOI_ASSIGN_OR_RETURN(out.partitions, table->Partitions());
       }
       table.reset();
@@ -80,7 +80,7 @@ Result<GptRelocation> Relocate(const Disk& disk, const std::string& sysfs_root) 
   // Read it back from the disk, in a fresh context, to check what was written.
   BYOI_ASSIGN_OR_RETURN(auto check, FdiskTable::Open(fd.get(), disk.path, /*writable=*/false));
   uint64_t last = check->total_sectors() - 1;
-  if (check->kind() != TableKind::kGpt || check->GptAlternativeLba() != last) {
+  if (check->kind() != PartitionTableType::kGpt || check->GptAlternativeLba() != last) {
     return Status::Error(Code::kIo, fmt::format("after writing, the backup header is not at LBA {} "
                                                 "({})",
                                                 last, check->Messages()));
@@ -109,7 +109,7 @@ Result<GptRelocation> RelocateBackupGpt(const Disk& disk, const std::string& sys
 Result<std::vector<Partition>> ReadPartitions(const Disk& disk) {
   BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(disk.path, O_RDONLY));
   BYOI_ASSIGN_OR_RETURN(auto table, FdiskTable::Open(fd.get(), disk.path, false));
-  if (table->kind() == TableKind::kNone) return std::vector<Partition>{};
+  if (table->kind() == PartitionTableType::kNone) return std::vector<Partition>{};
   return table->Partitions();
 }
 

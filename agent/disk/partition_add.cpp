@@ -46,14 +46,15 @@ Status Refuse(Code code, std::string detail) {
 
 Result<Partition> AddPartition(FdiskTable& table, const Disk& disk,
                                const std::vector<Partition>& parts) {
-  TableKind kind = table.kind();
+  PartitionTableType kind = table.kind();
   uint64_t ss = table.sector_size();
   uint64_t size = kConfigDriveBytes / ss;
   uint64_t grain = table.grain_sectors();
-  uint64_t limit = kind == TableKind::kGpt ? table.GptLastUsableLba() : table.total_sectors() - 1;
+  uint64_t limit =
+      kind == PartitionTableType::kGpt ? table.GptLastUsableLba() : table.total_sectors() - 1;
   uint64_t used_end = 0;  // first sector after every existing partition
   for (const Partition& p : parts) used_end = std::max(used_end, p.start_sector + p.size_sectors);
-  if (kind == TableKind::kGpt) used_end = std::max<uint64_t>(used_end, 34);
+  if (kind == PartitionTableType::kGpt) used_end = std::max<uint64_t>(used_end, 34);
   if (limit + 1 < size + used_end) {
     return Refuse(
         Code::kTooBig,
@@ -71,7 +72,7 @@ Result<Partition> AddPartition(FdiskTable& table, const Disk& disk,
   fdisk_label* lb = fdisk_get_label(cxt, nullptr);
   std::unique_ptr<fdisk_partition, PartitionDeleter> pa(fdisk_new_partition());
   std::unique_ptr<fdisk_parttype, TypeDeleter> type;
-  if (kind == TableKind::kGpt) {
+  if (kind == PartitionTableType::kGpt) {
     type.reset(fdisk_label_get_parttype_from_string(lb, kLinuxFilesystemGuid));
     fdisk_partition_partno_follow_default(pa.get(), 1);
     fdisk_partition_set_name(pa.get(), "config-2");
@@ -125,8 +126,8 @@ Result<Partition> AddPartition(FdiskTable& table, const Disk& disk,
 Result<ConfigDrivePartition> Ensure(const Disk& disk, const std::string& sysfs_root) {
   BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenDiskExclusive(disk, O_RDWR));
   BYOI_ASSIGN_OR_RETURN(auto table, FdiskTable::Open(fd.get(), disk.path, /*writable=*/true));
-  TableKind kind = table->kind();
-  if (kind != TableKind::kGpt && kind != TableKind::kMbr) {
+  PartitionTableType kind = table->kind();
+  if (kind != PartitionTableType::kGpt && kind != PartitionTableType::kMbr) {
     return Refuse(Code::kUnsupported,
                   fmt::format("{} has no GPT or MBR partition table", disk.path));
   }

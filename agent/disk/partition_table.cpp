@@ -71,11 +71,11 @@ FdiskTable::~FdiskTable() {
   }
 }
 
-TableKind FdiskTable::kind() const {
-  if (!fdisk_has_label(cxt_)) return TableKind::kNone;
-  if (fdisk_is_labeltype(cxt_, FDISK_DISKLABEL_GPT)) return TableKind::kGpt;
-  if (fdisk_is_labeltype(cxt_, FDISK_DISKLABEL_DOS)) return TableKind::kMbr;
-  return TableKind::kOther;
+PartitionTableType FdiskTable::kind() const {
+  if (!fdisk_has_label(cxt_)) return PartitionTableType::kNone;
+  if (fdisk_is_labeltype(cxt_, FDISK_DISKLABEL_GPT)) return PartitionTableType::kGpt;
+  if (fdisk_is_labeltype(cxt_, FDISK_DISKLABEL_DOS)) return PartitionTableType::kMbr;
+  return PartitionTableType::kOther;
 }
 
 uint32_t FdiskTable::sector_size() const {
@@ -96,7 +96,7 @@ Result<std::vector<Partition>> FdiskTable::Partitions() const {
   std::unique_ptr<fdisk_table, TableDeleter> table(raw);
   std::unique_ptr<fdisk_iter, IterDeleter> it(fdisk_new_iter(FDISK_ITER_FORWARD));
   std::vector<Partition> out;
-  bool gpt = kind() == TableKind::kGpt;
+  bool gpt = kind() == PartitionTableType::kGpt;
   fdisk_partition* pa = nullptr;
   while (fdisk_table_next_partition(table.get(), it.get(), &pa) == 0) {
     if (!fdisk_partition_has_partno(pa) || !fdisk_partition_has_start(pa) ||
@@ -124,7 +124,7 @@ Result<std::vector<Partition>> FdiskTable::Partitions() const {
 }
 
 uint64_t FdiskTable::GptAlternativeLba() const {
-  if (kind() != TableKind::kGpt) return 0;
+  if (kind() != PartitionTableType::kGpt) return 0;
   std::unique_ptr<fdisk_labelitem, ItemDeleter> item(fdisk_new_labelitem());
   uint64_t v = 0;
   if (fdisk_get_disklabel_item(cxt_, GPT_LABELITEM_ALTLBA, item.get()) == 0) {
@@ -134,7 +134,7 @@ uint64_t FdiskTable::GptAlternativeLba() const {
 }
 
 uint64_t FdiskTable::GptLastUsableLba() const {
-  if (kind() != TableKind::kGpt) return 0;
+  if (kind() != PartitionTableType::kGpt) return 0;
   std::unique_ptr<fdisk_labelitem, ItemDeleter> item(fdisk_new_labelitem());
   uint64_t v = 0;
   if (fdisk_get_disklabel_item(cxt_, GPT_LABELITEM_LASTLBA, item.get()) == 0) {

@@ -18,8 +18,6 @@ struct fdisk_ask;
 
 namespace byoi {
 
-enum class TableKind { kNone, kGpt, kMbr, kOther };
-
 class FdiskTable {
  public:
   // Binds libfdisk to `fd` (not taken over: it must outlive the table) for `path` (shown in
@@ -29,7 +27,7 @@ class FdiskTable {
   FdiskTable(const FdiskTable&) = delete;
   FdiskTable& operator=(const FdiskTable&) = delete;
 
-  TableKind kind() const;
+  PartitionTableType kind() const;
   uint32_t sector_size() const;
   uint64_t total_sectors() const;
   uint64_t grain_sectors() const;  // alignment libfdisk uses (1 MiB normally)

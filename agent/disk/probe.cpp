@@ -3,10 +3,14 @@
 #include <blkid/blkid.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "agent/base/fd.hpp"
 
@@ -75,6 +79,28 @@ Result<Signature> ProbeFilesystem(int fd, uint64_t offset, uint64_t size) {
     sig.offset = offset;
   }
   // rc == -2: ambivalent (two signatures); rc == 1: nothing. Both: no one file system to report.
+  return sig;
+}
+
+Result<Signature> ProbeFilesystem(const ReadAtFn& read, uint64_t offset, uint64_t size) {
+  if (size == 0) return Signature{};
+  UniqueFd fd(::memfd_create("byoi-probe", MFD_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno("creating a memfd", errno);
+  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+    return Status::FromErrno("sizing the memfd", errno);
+  }
+  constexpr uint64_t kWindow = 1 << 20;
+  std::vector<uint8_t> buf(std::min(size, kWindow));
+  BYOI_RETURN_IF_ERROR(read(offset, buf));
+  BYOI_RETURN_IF_ERROR(PwriteAll(fd.get(), buf, 0));
+  if (size > kWindow) {
+    const uint64_t tail = std::max(kWindow, size - kWindow);
+    buf.resize(size - tail);
+    BYOI_RETURN_IF_ERROR(read(offset + tail, buf));
+    BYOI_RETURN_IF_ERROR(PwriteAll(fd.get(), buf, tail));
+  }
+  BYOI_ASSIGN_OR_RETURN(Signature sig, ProbeFilesystem(fd.get(), 0, size));
+  if (!sig.type.empty()) sig.offset = offset;
   return sig;
 }
 

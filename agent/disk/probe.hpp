@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/base/fd.hpp"  // ReadAtFn
 #include "agent/base/status.hpp"
 
 namespace byoi {
@@ -20,6 +21,12 @@ struct Signature {
 // The file system (superblock) in [offset, offset + size) of `fd`, if any: type and label.
 // Ok(std::nullopt-like empty type) when nothing is recognised. kIo when the probe cannot run.
 Result<Signature> ProbeFilesystem(int fd, uint64_t offset, uint64_t size);
+
+// The same for a range of a disk that is not in a file: an image's virtual disk read through
+// `read` (`inspect` of a qcow2). libblkid reads a file descriptor, so the first and the last MiB of
+// the range (where every superblock libblkid knows lies) are copied into a sparse memfd of the
+// range's size. kIo when the memfd cannot be made; errors of `read` as they are.
+Result<Signature> ProbeFilesystem(const ReadAtFn& read, uint64_t offset, uint64_t size);
 
 // Erases every superblock and partition-table magic libblkid recognises in [offset, offset+size)
 // of `fd` (opened O_RDWR), one after the other, like `wipefs --all`. Returns what was erased.

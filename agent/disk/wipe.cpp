@@ -18,8 +18,8 @@ namespace {
 std::vector<Partition> OldPartitions(int fd, const std::string& path) {
   auto table = FdiskTable::Open(fd, path, /*writable=*/false);
   if (!table.ok()) return {};
-  TableKind kind = (*table)->kind();
-  if (kind != TableKind::kGpt && kind != TableKind::kMbr) return {};
+  PartitionTableType kind = (*table)->kind();
+  if (kind != PartitionTableType::kGpt && kind != PartitionTableType::kMbr) return {};
   auto parts = (*table)->Partitions();
   return parts.ok() ? *parts : std::vector<Partition>{};
 }

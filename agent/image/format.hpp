@@ -32,10 +32,11 @@ enum class ImageFormat {
   kOther,      // anything else: a filesystem, compressed data, empty, unknown
 };
 
-// The kind of partition table at the start of a disk or an image.
-enum class PartitionTableType { kNone, kMbr, kGpt };
+// The kind of partition table at the start of a disk or an image; kOther is one the agent does not
+// handle (a BSD or Sun label that libfdisk knows).
+enum class PartitionTableType { kNone, kMbr, kGpt, kOther };
 
-std::string_view PartitionTableTypeName(PartitionTableType t);  // "none", "mbr", "gpt"
+std::string_view PartitionTableTypeName(PartitionTableType t);  // "none", "mbr", "gpt", "other"
 
 struct FormatInfo {
   ImageFormat format = ImageFormat::kOther;

@@ -4,6 +4,7 @@
 #include <libdeflate.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
@@ -152,21 +153,25 @@ Result<std::optional<PartitionTable>> ReadGpt(const ReadAtFn& read, uint64_t dis
     if (AllZero({e, 16})) continue;
     uint64_t first = Le64(e + 32), last = Le64(e + 40);
     if (last < first || last > UINT64_MAX / ss - 1) continue;  // not a usable entry
-    PartitionInfo p;
-    p.number = i + 1;
-    p.start = first * ss;
-    p.size = (last - first + 1) * ss;
-    p.type_guid = FormatGuid(std::span<const uint8_t, 16>(e, 16));
-    p.guid = FormatGuid(std::span<const uint8_t, 16>(e + 16, 16));
+    Partition p;
+    p.number = static_cast<int>(i + 1);
+    p.start_sector = first;
+    p.size_sectors = last - first + 1;
+    p.sector_size = ss;
+    p.type = FormatGuid(std::span<const uint8_t, 16>(e, 16));
+    p.uuid = FormatGuid(std::span<const uint8_t, 16>(e + 16, 16));
     p.attributes = Le64(e + 48);
     p.name = Utf16ToUtf8({e + 56, std::min<size_t>(72, h->entry_size - 56)});
-    p.esp = p.type_guid == kEspGuid;
+    p.esp = p.type == kEspGuid;
     t.partitions.push_back(std::move(p));
   }
   return std::optional<PartitionTable>(std::move(t));
 }
 
 bool IsExtended(uint8_t type) { return type == 0x05 || type == 0x0f || type == 0x85; }
+
+// "0x83": how libfdisk and the status name an MBR type.
+std::string MbrTypeName(uint8_t type) { return fmt::format("{:#04x}", type); }
 
 // Logical partitions in the chain of extended boot records starting at `ext_start` (bytes).
 Status ReadLogical(const ReadAtFn& read, uint64_t disk_size, uint64_t ext_start, uint64_t ext_size,
@@ -182,13 +187,13 @@ Status ReadLogical(const ReadAtFn& read, uint64_t disk_size, uint64_t ext_start,
     const uint8_t* e0 = &sector[446];
     const uint8_t* e1 = &sector[462];
     if (e0[4] != 0 && Le32(e0 + 12) != 0) {
-      PartitionInfo p;
-      p.number = number++;
-      p.mbr_type = e0[4];
+      Partition p;
+      p.number = static_cast<int>(number++);
+      p.type = MbrTypeName(e0[4]);
       p.bootable = e0[0] == 0x80;
-      p.start = ebr + uint64_t{Le32(e0 + 8)} * 512;
-      p.size = uint64_t{Le32(e0 + 12)} * 512;
-      p.esp = p.mbr_type == 0xef;
+      p.start_sector = ebr / 512 + Le32(e0 + 8);
+      p.size_sectors = Le32(e0 + 12);
+      p.esp = e0[4] == 0xef;
       t.partitions.push_back(std::move(p));
     }
     if (!IsExtended(e1[4]) || Le32(e1 + 8) == 0) break;
@@ -209,11 +214,18 @@ std::string_view PartitionTableTypeName(PartitionTableType t) {
       return "mbr";
     case PartitionTableType::kGpt:
       return "gpt";
+    case PartitionTableType::kOther:
+      return "other";
   }
   return "none";
 }
 
-const PartitionInfo* PartitionTable::Esp() const {
+uint8_t Partition::mbr_type() const {
+  if (type.size() != 4 || type.compare(0, 2, "0x") != 0) return 0;
+  return static_cast<uint8_t>(std::strtoul(type.c_str() + 2, nullptr, 16));
+}
+
+const Partition* PartitionTable::Esp() const {
   for (const auto& p : partitions) {
     if (p.esp) return &p;
   }
@@ -265,14 +277,14 @@ Result<PartitionTable> ReadPartitionTable(const ReadAtFn& read, uint64_t disk_si
   for (uint32_t i = 0; i < 4; ++i) {
     const uint8_t* e = &mbr[446 + 16 * i];
     if (e[4] == 0) continue;
-    PartitionInfo p;
-    p.number = i + 1;
-    p.mbr_type = e[4];
+    Partition p;
+    p.number = static_cast<int>(i + 1);
+    p.type = MbrTypeName(e[4]);
     p.bootable = e[0] == 0x80;
-    p.start = uint64_t{Le32(e + 8)} * 512;
-    p.size = uint64_t{Le32(e + 12)} * 512;
-    p.esp = p.mbr_type == 0xef;
-    if (IsExtended(p.mbr_type)) extended.emplace_back(p.start, p.size);
+    p.start_sector = Le32(e + 8);
+    p.size_sectors = Le32(e + 12);
+    p.esp = e[4] == 0xef;
+    if (IsExtended(e[4])) extended.emplace_back(p.offset_bytes(), p.size_bytes());
     t.partitions.push_back(std::move(p));
   }
   // Only the first extended partition counts, as in Linux.
@@ -290,7 +302,7 @@ Result<PartitionTable> ReadPartitionTable(const ImageLayout& layout) {
       layout.virtual_size);
 }
 
-std::string PartitionTypeName(const PartitionInfo& p, PartitionTableType table) {
+std::string PartitionTypeName(const Partition& p, PartitionTableType table) {
   if (table == PartitionTableType::kGpt) {
     static const std::pair<const char*, const char*> kNames[] = {
         {kEspGuid, "EFI System"},
@@ -309,9 +321,9 @@ std::string PartitionTypeName(const PartitionInfo& p, PartitionTableType table) 
         {"6A898CC3-1DD2-11B2-99A6-080020736631", "ZFS"},
     };
     for (const auto& [guid, name] : kNames) {
-      if (p.type_guid == guid) return name;
+      if (p.type == guid) return name;
     }
-    return p.type_guid;
+    return p.type;
   }
   static const std::pair<uint8_t, const char*> kMbrNames[] = {
       {0x01, "FAT12"},          {0x05, "Extended"},       {0x06, "FAT16"},
@@ -321,9 +333,9 @@ std::string PartitionTypeName(const PartitionInfo& p, PartitionTableType table) 
       {0xee, "GPT protective"}, {0xef, "EFI System"},     {0xfd, "Linux RAID"},
   };
   for (const auto& [type, name] : kMbrNames) {
-    if (p.mbr_type == type) return fmt::format("{:#04x} {}", type, name);
+    if (p.mbr_type() == type) return fmt::format("{} {}", p.type, name);
   }
-  return fmt::format("{:#04x}", p.mbr_type);
+  return p.type;
 }
 
 }  // namespace byoi

@@ -19,23 +19,32 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/base/fd.hpp"  // ReadAtFn
 #include "agent/base/status.hpp"
 #include "agent/image/extent.hpp"
 #include "agent/image/format.hpp"  // PartitionTableType
 
 namespace byoi {
 
-struct PartitionInfo {
-  uint32_t number = 0;      // GPT: entry index + 1; MBR: 1-4 primary, 5+ logical
-  uint64_t start = 0;       // bytes from the start of the disk
-  uint64_t size = 0;        // bytes
-  std::string type_guid;    // GPT, upper case ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
-  uint8_t mbr_type = 0;     // MBR partition type byte
-  std::string guid;         // GPT unique partition GUID, upper case
-  std::string name;         // GPT partition name, UTF-8
-  uint64_t attributes = 0;  // GPT attribute bits
-  bool bootable = false;    // MBR active flag (0x80)
-  bool esp = false;         // an EFI system partition
+// One partition of a partition table: the one model of the agent, whether the table was read by
+// the native parser below (images, disks) or through libfdisk (the repartition step).
+struct Partition {
+  int number = 0;              // GPT: entry index + 1; MBR: 1-4 primary, 5+ logical
+  uint64_t start_sector = 0;   // in `sector_size` units
+  uint64_t size_sectors = 0;   // in `sector_size` units
+  uint32_t sector_size = 512;  // what the table counts in: the disk's logical sector size
+  std::string type;            // GPT: type GUID, upper case; MBR: the type byte as "0x83"
+  std::string name;            // GPT partition name (UTF-8); empty for MBR
+  std::string uuid;            // GPT unique partition GUID, upper case; empty for MBR
+  uint64_t attributes = 0;     // GPT attribute bits
+  bool bootable = false;       // MBR active flag (0x80)
+  bool esp = false;            // an EFI system partition (docs/boot.md)
+  std::string device;          // "/dev/sda3" when the kernel knows it, else empty
+
+  uint64_t offset_bytes() const { return start_sector * sector_size; }
+  uint64_t size_bytes() const { return size_sectors * sector_size; }
+  // MBR: the type byte; GPT: 0.
+  uint8_t mbr_type() const;
 };
 
 struct PartitionTable {
@@ -46,14 +55,11 @@ struct PartitionTable {
   uint32_t mbr_signature = 0;    // MBR disk identifier (bytes 440-443)
   bool gpt_from_backup = false;  // the primary GPT header or its entries were damaged
   uint64_t first_usable_lba = 0, last_usable_lba = 0, alternate_lba = 0;  // GPT
-  std::vector<PartitionInfo> partitions;                                  // in table order
+  std::vector<Partition> partitions;                                      // in table order
 
   // The first EFI system partition, or nullptr.
-  const PartitionInfo* Esp() const;
+  const Partition* Esp() const;
 };
-
-// Reads `out.size()` bytes of the disk at `offset`.
-using ReadAtFn = std::function<Status(uint64_t offset, std::span<uint8_t> out)>;
 
 // Parses the partition table of a disk of `disk_size` bytes. A disk without MBR or GPT gives
 // type kNone (not an error). kInvalid when a table is present but unusable: a protective MBR
@@ -67,7 +73,7 @@ Result<PartitionTable> ReadPartitionTable(const ImageLayout& layout);
 
 // A short human name for a partition type ("EFI System", "Linux filesystem", "0x83 Linux"), or
 // the GUID/hex value when unknown.
-std::string PartitionTypeName(const PartitionInfo& p, PartitionTableType table);
+std::string PartitionTypeName(const Partition& p, PartitionTableType table);
 
 // Formats 16 on-disk GUID bytes (mixed-endian, as GPT stores them) in upper case.
 std::string FormatGuid(std::span<const uint8_t, 16> bytes);

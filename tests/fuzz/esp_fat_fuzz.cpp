@@ -35,7 +35,7 @@ void Walk(const byoi::FatReader& fat, const byoi::FatReader::Entry* dir, int dep
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   byoi::UniqueFd fd(memfd_create("fat", MFD_CLOEXEC));
   if (!fd.valid() || !byoi::PwriteAll(fd.get(), {data, size}, 0).ok()) return 0;
-  auto fat = byoi::FatReader::Open(fd.get(), 0, size);
+  auto fat = byoi::FatReader::Open(byoi::ReadFromFd(fd.get()), 0, size);
   if (!fat.ok()) return 0;
   int budget = 64;
   Walk(*fat, nullptr, 0, budget);

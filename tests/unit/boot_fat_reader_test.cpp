@@ -57,7 +57,7 @@ Opened OpenFat(const std::string& path, uint64_t size = 0) {
   auto fd = OpenFile(path, O_RDONLY);
   EXPECT_TRUE(fd.ok());
   if (size == 0) size = ReadAll(path).size();
-  auto fat = FatReader::Open(fd->get(), 0, size);
+  auto fat = FatReader::Open(ReadFromFd(fd->get()), 0, size);
   EXPECT_TRUE(fat.ok()) << fat.status().ToString();
   return Opened{std::move(*fd), std::move(*fat)};
 }
@@ -182,12 +182,12 @@ TEST(FatReader, CorruptBootSectorsAreInvalid) {
     }
     auto fd = OpenFile(image, O_RDONLY);
     ASSERT_TRUE(fd.ok());
-    auto fat = FatReader::Open(fd->get(), 0, pristine.size());
+    auto fat = FatReader::Open(ReadFromFd(fd->get()), 0, pristine.size());
     ASSERT_FALSE(fat.ok()) << c.what;
     EXPECT_EQ(fat.status().code(), Code::kInvalid) << c.what;
   }
   auto fd = OpenFile(image, O_RDONLY);
-  EXPECT_FALSE(FatReader::Open(fd->get(), 0, 100).ok());
+  EXPECT_FALSE(FatReader::Open(ReadFromFd(fd->get()), 0, 100).ok());
 }
 
 class FatChain : public ::testing::Test {
@@ -256,7 +256,7 @@ TEST(FatReader, SurvivesRandomDamage) {
     testing::WriteAll(image, damaged);
     auto fd = OpenFile(image, O_RDONLY);
     ASSERT_TRUE(fd.ok());
-    auto fat = FatReader::Open(fd->get(), 0, damaged.size());
+    auto fat = FatReader::Open(ReadFromFd(fd->get()), 0, damaged.size());
     if (!fat.ok()) continue;
     for (const EspFile& f : SampleFiles()) {
       auto found = fat->Lookup(f.path);

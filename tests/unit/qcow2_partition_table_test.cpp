@@ -98,15 +98,15 @@ TEST(PartitionTable, Gpt512And4096) {
     ASSERT_EQ(t->partitions.size(), 2u);
     const auto& esp = t->partitions[0];
     EXPECT_EQ(esp.number, 1u);
-    EXPECT_EQ(esp.start, 1u << 20);
-    EXPECT_EQ(esp.size, 1u << 20);
-    EXPECT_EQ(esp.type_guid, kEsp);
-    EXPECT_EQ(esp.guid, "11111111-2222-3333-4444-555555555555");
+    EXPECT_EQ(esp.offset_bytes(), 1u << 20);
+    EXPECT_EQ(esp.size_bytes(), 1u << 20);
+    EXPECT_EQ(esp.type, kEsp);
+    EXPECT_EQ(esp.uuid, "11111111-2222-3333-4444-555555555555");
     EXPECT_EQ(esp.name, "EFI system");
     EXPECT_TRUE(esp.esp);
     EXPECT_EQ(t->partitions[1].number, 3u);
-    EXPECT_EQ(t->partitions[1].start, 2u << 20);
-    EXPECT_EQ(t->partitions[1].size, 2u << 20);
+    EXPECT_EQ(t->partitions[1].offset_bytes(), 2u << 20);
+    EXPECT_EQ(t->partitions[1].size_bytes(), 2u << 20);
     ASSERT_NE(t->Esp(), nullptr);
     EXPECT_EQ(t->Esp()->number, 1u);
     EXPECT_EQ(PartitionTypeName(esp, t->type), "EFI System");
@@ -175,12 +175,12 @@ TEST(PartitionTable, MbrWithLogicalPartitions) {
   EXPECT_EQ(t->partitions[0].number, 1u);
   EXPECT_TRUE(t->partitions[0].esp);
   EXPECT_TRUE(t->partitions[0].bootable);
-  EXPECT_EQ(t->partitions[1].mbr_type, 0x05);
+  EXPECT_EQ(t->partitions[1].mbr_type(), 0x05);
   EXPECT_EQ(t->partitions[2].number, 5u);
-  EXPECT_EQ(t->partitions[2].start, (8192u + 2048u) * 512u);
-  EXPECT_EQ(t->partitions[2].mbr_type, 0x83);
+  EXPECT_EQ(t->partitions[2].offset_bytes(), (8192u + 2048u) * 512u);
+  EXPECT_EQ(t->partitions[2].mbr_type(), 0x83);
   EXPECT_EQ(t->partitions[3].number, 6u);
-  EXPECT_EQ(t->partitions[3].start, (16384u + 2048u) * 512u);
+  EXPECT_EQ(t->partitions[3].offset_bytes(), (16384u + 2048u) * 512u);
   EXPECT_EQ(PartitionTypeName(t->partitions[2], t->type), "0x83 Linux");
 }
 
