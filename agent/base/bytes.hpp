@@ -1,10 +1,12 @@
-// Reading fixed-width integers out of on-disk structures, and the one zero test, for every format
-// the agent parses (qcow2 is big-endian; GPT, MBR, FAT and EFI load options are little-endian).
-// The pointers must have the bytes to read: callers check bounds first.
+// Reading fixed-width integers and GUIDs out of on-disk structures, and the one zero test, for
+// every format the agent parses (qcow2 is big-endian; GPT, MBR, FAT and EFI load options are
+// little-endian). The pointers must have the bytes to read: callers check bounds first.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
+#include <string>
 
 namespace byoi {
 
@@ -18,6 +20,10 @@ inline uint32_t Be32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
 }
 inline uint64_t Be64(const uint8_t* p) { return (uint64_t{Be32(p)} << 32) | Be32(p + 4); }
+
+// 16 GUID bytes as GPT and UEFI store them (the first three fields little-endian), in the usual
+// text form, upper case: "C12A7328-F81F-11D2-BA4B-00A0C93EC93B".
+std::string FormatGuid(std::span<const uint8_t, 16> bytes);
 
 // True when the n bytes at p are all zero; runs at memory speed (the buffer is compared with
 // itself shifted, which memcmp vectorises).

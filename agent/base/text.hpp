@@ -53,4 +53,13 @@ struct Utf8Char {
 };
 Utf8Char DecodeUtf8(std::string_view text);
 
+// ASCII-only case folding, as FAT and firmware compare file names (neither folds non-ASCII letters
+// reliably, so neither do we): "\EFI\Debian" equals "\efi\DEBIAN".
+bool EqualsIgnoreCaseAscii(std::string_view a, std::string_view b);
+std::string ToUpperAscii(std::string_view text);
+std::string ToLowerAscii(std::string_view text);
+
+// `text` without leading and trailing blanks (space, TAB, CR, LF, VT, FF).
+std::string_view TrimBlanks(std::string_view text);
+
 }  // namespace byoi

@@ -7,7 +7,8 @@
 #include <set>
 
 #include "agent/base/messages.hpp"
-#include "agent/boot/utf16.hpp"
+#include "agent/base/text.hpp"
+#include "agent/base/utf16.hpp"
 
 namespace byoi {
 namespace {

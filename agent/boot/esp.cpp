@@ -11,8 +11,8 @@
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
 #include "agent/base/text.hpp"
+#include "agent/base/utf16.hpp"
 #include "agent/boot/fat_reader.hpp"
-#include "agent/boot/utf16.hpp"
 #include "agent/image/partition_table.hpp"
 
 namespace byoi {

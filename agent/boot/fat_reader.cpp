@@ -3,8 +3,10 @@
 #include <array>
 #include <cstring>
 
+#include "agent/base/bytes.hpp"
 #include "agent/base/fd.hpp"
-#include "agent/boot/utf16.hpp"
+#include "agent/base/text.hpp"
+#include "agent/base/utf16.hpp"
 
 namespace byoi {
 namespace {
@@ -17,12 +19,6 @@ constexpr uint8_t kAttrLongName = 0x0F;
 constexpr size_t kLongNameUnitsPerEntry = 13;
 constexpr size_t kMaxLongNameEntries = 20;  // 255 characters
 constexpr size_t kMaxPathComponents = 32;
-
-uint16_t Le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
-uint32_t Le32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
-         static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
-}
 
 Status Corrupt(std::string what) {
   return Status::Error(Code::kInvalid, "corrupt FAT file system: " + std::move(what));

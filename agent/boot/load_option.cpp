@@ -1,5 +1,7 @@
 #include "agent/boot/load_option.hpp"
 
+#include "agent/base/text.hpp"
+
 // libefivar's headers have no C++ linkage guards of their own.
 extern "C" {
 #include <efivar/efiboot.h>
@@ -11,7 +13,8 @@ extern "C" {
 #include <cerrno>
 #include <cstring>
 
-#include "agent/boot/utf16.hpp"
+#include "agent/base/bytes.hpp"
+#include "agent/base/utf16.hpp"
 
 namespace byoi {
 namespace {
@@ -30,12 +33,6 @@ constexpr uint8_t kSubtypeIpv4 = 0x0c;
 constexpr uint8_t kSubtypeIpv6 = 0x0d;
 constexpr uint8_t kSubtypeUri = 0x18;
 constexpr size_t kHardDriveNodeBytes = 42;
-
-uint32_t Le32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
-         static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
-}
-uint64_t Le64(const uint8_t* p) { return Le32(p) | static_cast<uint64_t>(Le32(p + 4)) << 32; }
 
 Status LibefivarError(std::string_view what) {
   return Status::FromErrno(std::string(what) + " (libefivar)", errno ? errno : EINVAL,
@@ -248,7 +245,7 @@ std::string FormatDevicePath(std::span<const uint8_t> device_path) {
       std::memcpy(sig.data(), node + 24, 16);
       std::string signature;
       if (node[41] == kSignatureTypeGuid) {
-        signature = EfiBytesToGuid(sig);
+        signature = ToLowerAscii(FormatGuid(sig));
       } else {
         signature = fmt::format("{:08x}", Le32(sig.data()));
       }
@@ -297,18 +294,6 @@ Result<std::array<uint8_t, 16>> GuidToEfiBytes(std::string_view text) {
   // Data1 (4 bytes), Data2 and Data3 (2 bytes each) are little-endian; Data4 is a byte array.
   return std::array<uint8_t, 16>{be[3], be[2], be[1],  be[0],  be[5],  be[4],  be[7],  be[6],
                                  be[8], be[9], be[10], be[11], be[12], be[13], be[14], be[15]};
-}
-
-std::string EfiBytesToGuid(const std::array<uint8_t, 16>& b) {
-  static constexpr int kOrder[16] = {3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15};
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (int i = 0; i < 16; ++i) {
-    if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
-    out += kHex[b[kOrder[i]] >> 4];
-    out += kHex[b[kOrder[i]] & 0xF];
-  }
-  return out;
 }
 
 }  // namespace byoi

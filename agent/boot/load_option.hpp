@@ -82,7 +82,5 @@ std::string FormatDevicePath(std::span<const uint8_t> device_path);
 // "d7928937-db77-4ce7-912c-205c05ddd690" (either case) -> the 16 bytes in EFI order (the first
 // three fields little-endian, as GPT stores them). kInvalid for anything but 8-4-4-4-12 hex.
 Result<std::array<uint8_t, 16>> GuidToEfiBytes(std::string_view text);
-// The inverse, lower case.
-std::string EfiBytesToGuid(const std::array<uint8_t, 16>& bytes);
 
 }  // namespace byoi

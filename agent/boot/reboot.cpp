@@ -14,9 +14,10 @@
 #include <cerrno>
 
 #include "agent/base/fd.hpp"
+#include "agent/base/text.hpp"
+#include "agent/base/utf16.hpp"
 #include "agent/boot/esp.hpp"
 #include "agent/boot/fat_reader.hpp"
-#include "agent/boot/utf16.hpp"
 
 namespace byoi {
 namespace {

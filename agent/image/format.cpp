@@ -5,6 +5,7 @@
 #include <optional>
 #include <string_view>
 
+#include "agent/base/bytes.hpp"
 #include "agent/base/messages.hpp"
 
 namespace byoi {
@@ -18,20 +19,6 @@ namespace {
 bool HasAt(std::span<const uint8_t> b, uint64_t offset, std::string_view magic) {
   if (offset > b.size() || b.size() - offset < magic.size()) return false;
   return std::memcmp(b.data() + offset, magic.data(), magic.size()) == 0;
-}
-
-uint32_t Le32(std::span<const uint8_t> b, size_t off) {
-  return uint32_t{b[off]} | uint32_t{b[off + 1]} << 8 | uint32_t{b[off + 2]} << 16 |
-         uint32_t{b[off + 3]} << 24;
-}
-
-uint32_t Be32(std::span<const uint8_t> b, size_t off) {
-  return uint32_t{b[off]} << 24 | uint32_t{b[off + 1]} << 16 | uint32_t{b[off + 2]} << 8 |
-         uint32_t{b[off + 3]};
-}
-
-uint64_t Be64(std::span<const uint8_t> b, size_t off) {
-  return uint64_t{Be32(b, off)} << 32 | Be32(b, off + 4);
 }
 
 FormatInfo Named(ImageFormat format, std::string name, std::string contents) {
@@ -54,8 +41,8 @@ bool HasMbr(std::span<const uint8_t> b) {
     if (std::all_of(e, e + 16, [](uint8_t x) { return x == 0; })) continue;
     uint8_t status = e[0];
     uint8_t type = e[4];
-    uint32_t start = Le32(b, 446 + 16 * i + 8);
-    uint32_t sectors = Le32(b, 446 + 16 * i + 12);
+    uint32_t start = Le32(&b[446 + 16 * i + 8]);
+    uint32_t sectors = Le32(&b[446 + 16 * i + 12]);
     if ((status != 0x00 && status != 0x80) || type == 0 || start == 0 || sectors == 0) return false;
     ++used;
   }
@@ -72,8 +59,8 @@ PartitionTableType FindPartitionTable(std::span<const uint8_t> b) {
 // (incompat). Extents, 64-bit or flex_bg make ext4; a journal without them ext3.
 std::optional<FormatInfo> DetectExt(std::span<const uint8_t> b) {
   if (b.size() < 1024 + 100 || b[1024 + 56] != 0x53 || b[1024 + 57] != 0xEF) return std::nullopt;
-  uint32_t compat = Le32(b, 1024 + 92);
-  uint32_t incompat = Le32(b, 1024 + 96);
+  uint32_t compat = Le32(&b[1024 + 92]);
+  uint32_t incompat = Le32(&b[1024 + 96]);
   if (incompat & (0x40 | 0x80 | 0x200))
     return Named(ImageFormat::kOther, "ext4", "an ext4 filesystem");
   if (compat & 0x4) return Named(ImageFormat::kOther, "ext3", "an ext3 filesystem");
@@ -84,7 +71,7 @@ FormatInfo DetectOther(std::span<const uint8_t> b) {
   using F = ImageFormat;
   if (b.empty()) return Named(F::kOther, "empty", "nothing (the image is empty)");
   // Other disk image formats (their magic sits at byte 0).
-  if (HasAt(b, 0, "QFI\xfb") && b.size() >= 8 && Be32(b, 4) == 1) {
+  if (HasAt(b, 0, "QFI\xfb") && b.size() >= 8 && Be32(&b[4]) == 1) {
     return Named(F::kContainer, "qcow", "a qcow (version 1) disk image");
   }
   if (HasAt(b, 0, "KDMV") || HasAt(b, 0, "# Disk DescriptorFile")) {
@@ -92,7 +79,7 @@ FormatInfo DetectOther(std::span<const uint8_t> b) {
   }
   if (HasAt(b, 0, "vhdxfile")) return Named(F::kContainer, "vhdx", "a VHDX disk image");
   if (HasAt(b, 0, "conectix")) return Named(F::kContainer, "vhd", "a VHD disk image");
-  if (b.size() >= 0x44 && Le32(b, 0x40) == 0xbeda107f) {
+  if (b.size() >= 0x44 && Le32(&b[0x40]) == 0xbeda107f) {
     return Named(F::kContainer, "vdi", "a VDI disk image");
   }
   // Compressed data and archives: a compressed disk image has to be unpacked before upload.
@@ -137,9 +124,9 @@ FormatInfo DetectOther(std::span<const uint8_t> b) {
 
 FormatInfo DetectFormat(std::span<const uint8_t> b) {
   // Any version but 1 is qcow2 here; the qcow2 reader refuses versions and headers it cannot use.
-  if (HasAt(b, 0, "QFI\xfb") && !(b.size() >= 8 && Be32(b, 4) == 1)) {
+  if (HasAt(b, 0, "QFI\xfb") && !(b.size() >= 8 && Be32(&b[4]) == 1)) {
     FormatInfo info = Named(ImageFormat::kQcow2, "qcow2", "a qcow2 disk image");
-    if (b.size() >= 32) info.virtual_size = Be64(b, 24);
+    if (b.size() >= 32) info.virtual_size = Be64(&b[24]);
     return info;
   }
   // Before the partition tables: a dynamic VHD or a VMDK starts with its own header, but a

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <set>
 
+#include "agent/base/bytes.hpp"
+#include "agent/base/utf16.hpp"
 #include "agent/image/virtual_reader.hpp"
 
 namespace byoi {
@@ -17,54 +19,8 @@ constexpr char kEspGuid[] = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 constexpr uint64_t kMaxEntryArray = 1 << 20;  // bytes; the usual array is 16 KiB
 constexpr int kMaxLogical = 128;
 
-uint16_t Le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
-uint32_t Le32(const uint8_t* p) {
-  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
-}
-uint64_t Le64(const uint8_t* p) { return uint64_t{Le32(p)} | (uint64_t{Le32(p + 4)} << 32); }
-
 uint32_t Crc32(std::span<const uint8_t> bytes) {
   return libdeflate_crc32(0, bytes.data(), bytes.size());
-}
-
-bool AllZero(std::span<const uint8_t> bytes) {
-  return std::all_of(bytes.begin(), bytes.end(), [](uint8_t b) { return b == 0; });
-}
-
-// UTF-16LE (up to a NUL) to UTF-8; unpaired surrogates become U+FFFD.
-std::string Utf16ToUtf8(std::span<const uint8_t> in) {
-  std::string out;
-  auto put = [&](uint32_t c) {
-    if (c < 0x80) {
-      out += static_cast<char>(c);
-    } else if (c < 0x800) {
-      out += static_cast<char>(0xc0 | (c >> 6));
-      out += static_cast<char>(0x80 | (c & 0x3f));
-    } else if (c < 0x10000) {
-      out += static_cast<char>(0xe0 | (c >> 12));
-      out += static_cast<char>(0x80 | ((c >> 6) & 0x3f));
-      out += static_cast<char>(0x80 | (c & 0x3f));
-    } else {
-      out += static_cast<char>(0xf0 | (c >> 18));
-      out += static_cast<char>(0x80 | ((c >> 12) & 0x3f));
-      out += static_cast<char>(0x80 | ((c >> 6) & 0x3f));
-      out += static_cast<char>(0x80 | (c & 0x3f));
-    }
-  };
-  for (size_t i = 0; i + 1 < in.size(); i += 2) {
-    uint32_t c = Le16(&in[i]);
-    if (c == 0) break;
-    if (c >= 0xd800 && c < 0xdc00 && i + 3 < in.size()) {
-      uint32_t d = Le16(&in[i + 2]);
-      if (d >= 0xdc00 && d < 0xe000) {
-        put(0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00));
-        i += 2;
-        continue;
-      }
-    }
-    put(c >= 0xd800 && c < 0xe000 ? 0xfffd : c);
-  }
-  return out;
 }
 
 struct GptHeader {
@@ -150,7 +106,7 @@ Result<std::optional<PartitionTable>> ReadGpt(const ReadAtFn& read, uint64_t dis
   t.alternate_lba = h->alternate_lba;
   for (uint32_t i = 0; i < h->entries; ++i) {
     const uint8_t* e = &array[uint64_t{i} * h->entry_size];
-    if (AllZero({e, 16})) continue;
+    if (IsAllZero(e, 16)) continue;
     uint64_t first = Le64(e + 32), last = Le64(e + 40);
     if (last < first || last > UINT64_MAX / ss - 1) continue;  // not a usable entry
     Partition p;
@@ -161,7 +117,8 @@ Result<std::optional<PartitionTable>> ReadGpt(const ReadAtFn& read, uint64_t dis
     p.type = FormatGuid(std::span<const uint8_t, 16>(e, 16));
     p.uuid = FormatGuid(std::span<const uint8_t, 16>(e + 16, 16));
     p.attributes = Le64(e + 48);
-    p.name = Utf16ToUtf8({e + 56, std::min<size_t>(72, h->entry_size - 56)});
+    p.name =
+        Utf16LeToUtf8({e + 56, std::min<size_t>(72, h->entry_size - 56)}, /*stop_at_nul=*/true);
     p.esp = p.type == kEspGuid;
     t.partitions.push_back(std::move(p));
   }
@@ -230,12 +187,6 @@ const Partition* PartitionTable::Esp() const {
     if (p.esp) return &p;
   }
   return nullptr;
-}
-
-std::string FormatGuid(std::span<const uint8_t, 16> b) {
-  return fmt::format("{:08X}-{:04X}-{:04X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
-                     Le32(&b[0]), Le16(&b[4]), Le16(&b[6]), b[8], b[9], b[10], b[11], b[12], b[13],
-                     b[14], b[15]);
 }
 
 Result<PartitionTable> ReadPartitionTable(const ReadAtFn& read, uint64_t disk_size) {

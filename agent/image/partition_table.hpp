@@ -75,7 +75,4 @@ Result<PartitionTable> ReadPartitionTable(const ImageLayout& layout);
 // the GUID/hex value when unknown.
 std::string PartitionTypeName(const Partition& p, PartitionTableType table);
 
-// Formats 16 on-disk GUID bytes (mixed-endian, as GPT stores them) in upper case.
-std::string FormatGuid(std::span<const uint8_t, 16> bytes);
-
 }  // namespace byoi

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "agent/base/bytes.hpp"
 #include "agent/image/partition_table.hpp"
 #include "agent/image/raw_source.hpp"
 

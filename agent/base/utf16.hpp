@@ -1,6 +1,5 @@
-// UTF-16LE text where firmware and FAT use it: shim's BOOTX64.CSV, FAT long file names, the
-// descriptions of EFI load options. Also the ASCII case folding both FAT and firmware apply to
-// file names (neither folds non-ASCII letters reliably, so neither do we).
+// UTF-16LE text where firmware, GPT and FAT use it: GPT partition names, shim's BOOTX64.CSV, FAT
+// long file names, the descriptions of EFI load options.
 #pragma once
 
 #include <cstdint>
@@ -16,10 +15,5 @@ std::string Utf16LeToUtf8(std::span<const uint8_t> bytes, bool stop_at_nul = fal
 
 // Encodes UTF-8 as UTF-16 code units; invalid UTF-8 sequences become U+FFFD.
 std::u16string Utf8ToUtf16(std::string_view text);
-
-// ASCII-only case-insensitive equality ("\EFI\Debian" == "\efi\DEBIAN").
-bool EqualsIgnoreCaseAscii(std::string_view a, std::string_view b);
-std::string ToUpperAscii(std::string_view text);
-std::string ToLowerAscii(std::string_view text);
 
 }  // namespace byoi

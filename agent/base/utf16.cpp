@@ -1,4 +1,4 @@
-#include "agent/boot/utf16.hpp"
+#include "agent/base/utf16.hpp"
 
 #include "agent/base/text.hpp"
 
@@ -35,8 +35,6 @@ void AppendUtf16(std::u16string& out, char32_t c) {
   }
 }
 
-char AsciiUpper(char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c; }
-
 }  // namespace
 
 std::string Utf16LeToUtf8(std::span<const uint8_t> bytes, bool stop_at_nul) {
@@ -70,28 +68,6 @@ std::u16string Utf8ToUtf16(std::string_view text) {
     }
     AppendUtf16(out, c.code_point);
     i += c.length;
-  }
-  return out;
-}
-
-bool EqualsIgnoreCaseAscii(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (AsciiUpper(a[i]) != AsciiUpper(b[i])) return false;
-  }
-  return true;
-}
-
-std::string ToUpperAscii(std::string_view text) {
-  std::string out(text);
-  for (char& c : out) c = AsciiUpper(c);
-  return out;
-}
-
-std::string ToLowerAscii(std::string_view text) {
-  std::string out(text);
-  for (char& c : out) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
   }
   return out;
 }
