@@ -30,6 +30,7 @@
 #include "agent/image/image_buffer.hpp"  // DefaultMemoryBudget
 #include "agent/image/open_image.hpp"
 #include "agent/image/partition_table.hpp"
+#include "agent/image/verify_compressed.hpp"
 #include "agent/image/virtual_reader.hpp"
 
 namespace byoi {
@@ -110,8 +111,8 @@ struct FsInfo {
 // copied into a sparse memfd of the region's size (every superblock libblkid knows lies there).
 Result<FsInfo> ProbeFilesystem(VirtualReader& reader, uint64_t offset, uint64_t size) {
   FsInfo fs;
-  if (size == 0 || offset > reader.layout().virtual_size) return fs;
-  size = std::min(size, reader.layout().virtual_size - offset);
+  if (size == 0 || offset > reader.layout().virtual_size()) return fs;
+  size = std::min(size, reader.layout().virtual_size() - offset);
   int raw = ::memfd_create("byoi-probe", MFD_CLOEXEC);
   if (raw < 0) return Status::FromErrno("creating a memfd", errno);
   UniqueFd fd(raw);
@@ -224,23 +225,30 @@ int RunConvert(const ConvertArgs& args) {
                     .Context("reading " + args.source)
                     .DefaultMessage(msg::CantWrite(type)));
   }
+  // Every compressed cluster inflates, or the target is not even opened (design.md §5: a job
+  // that fails before writing leaves the disk untouched).
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  Status sound = VerifyCompressedClusters(image->layout, 0, g_cancel);
+  if (!sound.ok()) {
+    return Fail(
+        std::move(sound).Context("reading " + args.source).DefaultMessage(msg::CantWrite(type)));
+  }
   Target::Options topts;
-  topts.file_size = image->layout.virtual_size;
+  topts.file_size = image->layout.virtual_size();
   auto target = Target::Open(args.target, topts);
   if (!target.ok()) return Fail(Status(target.status()).DefaultMessage(msg::CantWrite(type)));
 
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
   WriteOptions wopts;
   wopts.image_type = type;
   ProgressFn progress;
   if (::isatty(STDERR_FILENO)) progress = PrintProgress;
   auto stats = WriteImage(image->layout, *target, wopts, progress, g_cancel);
   if (!stats.ok()) return Fail(stats.status());
-  double rate = stats->seconds > 0 ? image->layout.virtual_size / stats->seconds : 0;
+  double rate = stats->seconds > 0 ? image->layout.virtual_size() / stats->seconds : 0;
   std::fprintf(stderr, "wrote %s to %s in %.2f s (%s): %s of data, %s zeroed\n",
-               HumanBytes(image->layout.virtual_size).c_str(), args.target.c_str(), stats->seconds,
-               HumanRate(rate).c_str(), HumanBytes(stats->bytes_written).c_str(),
+               HumanBytes(image->layout.virtual_size()).c_str(), args.target.c_str(),
+               stats->seconds, HumanRate(rate).c_str(), HumanBytes(stats->bytes_written).c_str(),
                HumanBytes(stats->bytes_zeroed).c_str());
   return kExitOk;
 }
@@ -255,7 +263,7 @@ int RunInspect(const InspectArgs& args) {
 
   boost::json::object out;
   out["format"] = FormatName(image->format);
-  out["virtualSize"] = image->layout.virtual_size;
+  out["virtualSize"] = image->layout.virtual_size();
   out["fileSize"] = buffer->size();
   if (image->qcow2) {
     const Qcow2Info& q = *image->qcow2;
@@ -320,7 +328,7 @@ int RunInspect(const InspectArgs& args) {
       }
     }
     if (table->type == PartitionTableType::kNone) {
-      auto fs = ProbeFilesystem(reader, 0, image->layout.virtual_size);
+      auto fs = ProbeFilesystem(reader, 0, image->layout.virtual_size());
       out["contents"] = fs.ok() ? fs->type : "";
     }
   }
@@ -342,8 +350,9 @@ int RunInspect(const InspectArgs& args) {
     std::printf("compression:     %s%s\n", std::string(CompressionName(q.compression)).c_str(),
                 q.extended_l2 ? ", extended L2" : "");
   }
-  std::printf("virtual size:    %s (%llu bytes)\n", HumanBytes(image->layout.virtual_size).c_str(),
-              static_cast<unsigned long long>(image->layout.virtual_size));
+  std::printf("virtual size:    %s (%llu bytes)\n",
+              HumanBytes(image->layout.virtual_size()).c_str(),
+              static_cast<unsigned long long>(image->layout.virtual_size()));
   if (image->qcow2) {
     const Qcow2Info& q = *image->qcow2;
     std::printf("allocated:       %s data, %s compressed, %s zero, %s unallocated\n",

@@ -287,7 +287,7 @@ Result<PartitionTable> ReadPartitionTable(const ImageLayout& layout) {
   VirtualReader reader(layout);
   return ReadPartitionTable(
       [&reader](uint64_t offset, std::span<uint8_t> out) { return reader.Read(offset, out); },
-      layout.virtual_size);
+      layout.virtual_size());
 }
 
 std::string PartitionTypeName(const PartitionInfo& p, PartitionTableType table) {
