@@ -383,7 +383,8 @@ INSTANTIATE_TEST_SUITE_P(
                 Code::kInvalid, "zero cluster offset not aligned"},
         Refusal{"CompressedOutside",
                 [](Builder& b) { b.SetL2(1, Descriptor(16, 1ull << 40, 100)); }, Code::kInvalid,
-                "outside the image"},
+                "image is truncated: the compressed cluster at virtual 0x10000 maps to "
+                "0x10000000000, past the end of the file"},
         Refusal{"CompressionTypeUnknown",
                 [](Builder& b) {
                   Put64(b.bytes, 72, 8);
