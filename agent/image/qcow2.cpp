@@ -139,9 +139,10 @@ Status DecodeL2Entry(const Geometry& g, uint64_t entry, uint64_t bitmap, uint64_
   return Status::Ok();
 }
 
-// Calls visit_entry(l1 index, table start, table end, L2 table or nullptr) for the L2 tables
+// Calls on_table(L1 index, table start, table end, L2 table offset or 0) for the L2 tables
 // covering [begin, end), then decodes their entries from the one holding `begin` up to `end`
-// through DecodeL2Entry, calling emit(virtual offset of the cluster, Piece).
+// through DecodeL2Entry, calling emit(virtual offset of the cluster, Piece). Errors of on_table
+// and emit are returned unchanged; a decoding error names the table and the entry.
 class TableWalker {
  public:
   TableWalker(std::span<const uint8_t> image, const Geometry& g, const uint8_t* l1)
@@ -164,8 +165,13 @@ class TableWalker {
         const uint64_t entry = LoadBe64(e);
         const uint64_t bitmap = g_.extended_l2 ? LoadBe64(e + 8) : 0;
         const uint64_t length = std::min(g_.cluster_size, table_end - offset);
-        Status s = DecodeL2Entry(g_, entry, bitmap, length,
-                                 [&](const Piece& p) { return emit(offset, p); });
+        bool emit_failed = false;
+        Status s = DecodeL2Entry(g_, entry, bitmap, length, [&](const Piece& p) {
+          Status e = emit(offset, p);
+          emit_failed = !e.ok();
+          return e;
+        });
+        if (emit_failed) return s;  // the caller's own error, unchanged
         if (!s.ok()) {
           return std::move(s).Context(fmt::format("in L2 table at {} (L1 index {}): entry {} ({})",
                                                   Hex(l2_offset), i, j, Hex(entry)));

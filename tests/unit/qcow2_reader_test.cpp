@@ -5,12 +5,14 @@
 #include <libdeflate.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "agent/image/open_image.hpp"
 #include "agent/image/qcow2.hpp"
 #include "agent/image/raw_source.hpp"
+#include "agent/image/verify_compressed.hpp"
 #include "agent/image/virtual_reader.hpp"
 
 namespace byoi {
@@ -409,8 +411,106 @@ INSTANTIATE_TEST_SUITE_P(
                   Put64(b.bytes, 72, 16);
                   Put32(b.bytes, 20, 13);
                 },
-                Code::kInvalid, "extended L2"}),
+                Code::kInvalid, "extended L2"},
+        // What qemu-img checks at open though a reader never needs it (QEMU qcow2_do_open).
+        Refusal{"RefcountTableAbsent", [](Builder& b) { Put32(b.bytes, 56, 0); }, Code::kInvalid,
+                "image has no refcount table (refcount_table_clusters is 0)"},
+        Refusal{"RefcountTableOver8MiB", [](Builder& b) { Put32(b.bytes, 56, 129); },
+                Code::kInvalid, "refcount table of 129 clusters is larger than 8 MiB"},
+        Refusal{"RefcountTableUnaligned", [](Builder& b) { Put64(b.bytes, 48, 512); },
+                Code::kInvalid, "refcount table offset 0x200 is not aligned"},
+        Refusal{"RefcountTablePast2To63",
+                [](Builder& b) { Put64(b.bytes, 48, 0x7fffffffffff0000); }, Code::kInvalid,
+                "refcount table at 0x7fffffffffff0000 ends past 2^63"},
+        Refusal{"SnapshotTableUnalignedEvenEmpty", [](Builder& b) { Put64(b.bytes, 64, 8); },
+                Code::kInvalid, "snapshot table offset 0x8 is not aligned"},
+        Refusal{"SnapshotTablePast2To63",
+                [](Builder& b) {
+                  Put32(b.bytes, 60, 2000);  // 80000 bytes of entries at least
+                  Put64(b.bytes, 64, 0x7fffffffffff0000);
+                },
+                Code::kInvalid, "snapshot table at 0x7fffffffffff0000 ends past 2^63"},
+        Refusal{"SnapshotExtraData",
+                [](Builder& b) {
+                  uint64_t table = b.AddCluster(0);
+                  Put32(b.bytes, 60, 2);
+                  Put64(b.bytes, 64, table);
+                  b.bytes[table + 13] = 3;  // entry 0: a 3-byte ID, 1024 bytes of extra data
+                  Put32(b.bytes, table + 36, 1024);
+                  Put32(b.bytes, table + 1072 + 36, 1025);  // entry 1, 8-byte aligned
+                },
+                Code::kInvalid,
+                "snapshot table entry 1 (at 0x40430) has 1025 bytes of extra data (at most 1024)"},
+        Refusal{"SnapshotTableOver64MiB",
+                [](Builder& b) {
+                  // Names of 64 KiB make the table long (past the file's end it reads as zeros).
+                  uint64_t table = b.AddCluster(0);
+                  Put32(b.bytes, 60, 1100);
+                  Put64(b.bytes, 64, table);
+                  constexpr uint64_t kEntry = 40 + 65535 + 1;  // 8-byte aligned
+                  b.bytes.resize(table + 1024 * kEntry);
+                  for (uint64_t i = 0; i < 1024; ++i) {
+                    b.bytes[table + i * kEntry + 14] = 0xff;  // a name of 65535 bytes
+                    b.bytes[table + i * kEntry + 15] = 0xff;
+                  }
+                },
+                Code::kInvalid, "snapshot table is larger than 64 MiB at entry 1023"},
+        Refusal{"ExtensionHeaderCrossesTheCluster",
+                [](Builder& b) { Put32(b.bytes, 100, 65532); }, Code::kInvalid,
+                "header extension 0x0 at 0xfffc of 2147483648 bytes passes the first cluster"},
+        Refusal{"LongBackingFormat",
+                [](Builder& b) {
+                  Put32(b.bytes, 104, 0xe2792aca);
+                  Put32(b.bytes, 108, 16);
+                },
+                Code::kInvalid, "backing format extension of 16 bytes (at most 15)"},
+        Refusal{"LuksHeaderWithoutLuks",
+                [](Builder& b) {
+                  Put32(b.bytes, 104, 0x0537be77);
+                  Put32(b.bytes, 108, 16);
+                },
+                Code::kInvalid, "LUKS header extension in an image that is not LUKS-encrypted"},
+        Refusal{"DataFileRawWithoutDataFile", [](Builder& b) { Put64(b.bytes, 88, 2); },
+                Code::kInvalid, "the data_file_raw bit is set but the image has no external"},
+        Refusal{"BitmapsExtensionOfWrongSize",
+                [](Builder& b) {
+                  Put32(b.bytes, 104, 0x23852875);
+                  Put32(b.bytes, 108, 16);
+                },
+                Code::kInvalid, "bitmaps extension of 16 bytes (24 expected)"},
+        Refusal{"BitmapDirectoryPastTheEnd",
+                [](Builder& b) {
+                  Put64(b.bytes, 88, 1);  // the bitmaps autoclear bit
+                  Put32(b.bytes, 104, 0x23852875);
+                  Put32(b.bytes, 108, 24);
+                  Put32(b.bytes, 112, 1);            // one bitmap
+                  Put64(b.bytes, 120, 32);           // a 32-byte directory
+                  Put64(b.bytes, 128, 1ull << 40);   // far past the end: reads as zeros
+                },
+                Code::kInvalid, "bitmap 0 '' is invalid: its table is empty"}),
     [](const auto& info) { return std::string(info.param.name); });
+
+TEST(Qcow2Reader, BitmapsWithoutTheAutoclearBitAreIgnored) {
+  // A program that does not know bitmaps changed the image: qemu ignores the extension then.
+  Builder b(3, 16, 1 << 20);
+  Put32(b.bytes, 104, 0x23852875);
+  Put32(b.bytes, 108, 24);
+  Put32(b.bytes, 112, 1);
+  Put64(b.bytes, 120, 32);
+  Put64(b.bytes, 128, 1ull << 40);
+  auto img = ReadQcow2(b.bytes);
+  EXPECT_TRUE(img.ok()) << img.status().ToString();
+}
+
+TEST(Qcow2Reader, SnapshotTablePastTheEndReadsAsZeros) {
+  // As qemu reads it: 65536 empty entries of 40 bytes, no error.
+  Builder b(3, 16, 1 << 20);
+  Put32(b.bytes, 60, 65536);
+  Put64(b.bytes, 64, 1ull << 40);
+  auto img = ReadQcow2(b.bytes);
+  EXPECT_TRUE(img.ok()) << img.status().ToString();
+  EXPECT_EQ(img->info.snapshots, 65536u);
+}
 
 TEST(Qcow2Reader, ZeroClusterInVersion2) {
   Builder b(2, 16, 1 << 20);
@@ -560,6 +660,52 @@ TEST(VirtualReader, RefusesReadsPastTheEnd) {
   std::vector<uint8_t> out(10);
   EXPECT_TRUE(reader.Read(4086, out).ok());
   EXPECT_EQ(reader.Read(4087, out).code(), Code::kInvalid);
+}
+
+}  // namespace
+}  // namespace byoi
+
+namespace byoi {
+namespace {
+
+// 64 MiB of virtual disk with every 8th cluster compressed (its own copy of one deflate stream);
+// the clusters in `corrupt` get a stream of garbage instead.
+std::vector<uint8_t> CompressedDisk(const std::vector<uint64_t>& corrupt) {
+  Builder b(3, 16, 64 << 20);
+  auto stream = Deflate(Pattern(65536));
+  std::vector<uint8_t> junk(stream.size(), 0xff);
+  for (uint64_t c = 0; c < 1024; c += 8) {
+    bool bad = std::find(corrupt.begin(), corrupt.end(), c) != corrupt.end();
+    uint64_t host = b.AddBytes(bad ? junk : stream);
+    b.SetL2(c, Descriptor(16, host, stream.size()));
+  }
+  return b.bytes;
+}
+
+TEST(VerifyCompressedClusters, ReportsTheLowestCorruptClusterOnAnyNumberOfThreads) {
+  auto bytes = CompressedDisk({1000, 600});
+  auto img = ReadQcow2(bytes);
+  ASSERT_TRUE(img.ok()) << img.status().ToString();
+  CancelToken cancel;
+  for (unsigned threads : {1u, 2u, 8u, 0u}) {
+    Status s = VerifyCompressedClusters(img->layout, threads, cancel);
+    EXPECT_EQ(s.code(), Code::kInvalid) << threads;
+    EXPECT_EQ(s.detail(), "compressed cluster at virtual offset 0x2580000: corrupt deflate stream")
+        << threads;
+  }
+}
+
+TEST(VerifyCompressedClusters, AcceptsSoundImagesAndStopsWhenCancelled) {
+  auto bytes = CompressedDisk({});
+  auto img = ReadQcow2(bytes);
+  ASSERT_TRUE(img.ok()) << img.status().ToString();
+  CancelToken cancel;
+  EXPECT_TRUE(VerifyCompressedClusters(img->layout, 0, cancel).ok());
+  std::vector<uint8_t> raw(5000, 1);
+  EXPECT_TRUE(VerifyCompressedClusters(RawLayout(raw), 0, cancel).ok());
+  EXPECT_TRUE(VerifyCompressedClusters(ImageLayout(), 0, cancel).ok());
+  cancel.Cancel();
+  EXPECT_EQ(VerifyCompressedClusters(img->layout, 2, cancel).code(), Code::kCancelled);
 }
 
 }  // namespace
