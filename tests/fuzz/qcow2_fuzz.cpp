@@ -66,7 +66,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (whole.size() >= 2) {
     const Extent& first = whole[whole.size() / 2];
     const uint64_t begin = first.offset + first.length / 2;
-    const uint64_t end = std::min(vsize, begin + (4ull << 20));
+    const uint64_t end = std::min<uint64_t>(vsize, begin + (4ull << 20));
     std::vector<Extent> part = Walk(layout, begin, end - begin, data, size);
     if (part.empty() || part.front().kind != first.kind) __builtin_trap();
     if (part.size() > 1 && whole.size() > whole.size() / 2 + 1 &&
