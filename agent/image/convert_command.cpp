@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <memory>
@@ -229,10 +230,16 @@ int RunConvert(const ConvertArgs& args) {
   // that fails before writing leaves the disk untouched).
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
+  auto t0 = std::chrono::steady_clock::now();
   Status sound = VerifyCompressedClusters(image->layout, 0, g_cancel);
   if (!sound.ok()) {
     return Fail(
         std::move(sound).Context("reading " + args.source).DefaultMessage(msg::CantWrite(type)));
+  }
+  if (image->qcow2 && image->qcow2->compressed_bytes > 0) {
+    std::fprintf(stderr, "inflated %s of compressed clusters in %.2f s\n",
+                 HumanBytes(image->qcow2->compressed_bytes).c_str(),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   Target::Options topts;
   topts.file_size = image->layout.virtual_size();

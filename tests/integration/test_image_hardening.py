@@ -15,7 +15,6 @@ Images are made here (struct, sfdisk, qemu-img); nothing binary is checked in. N
 devices, cgroups), qemu-utils and fdisk.
 """
 
-import hashlib
 import json
 import os
 import struct
@@ -26,7 +25,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conformance_util import (AGENT, MIB, Qcow2, loop_device, qemu_img, random_file,  # noqa: E402
-                              run, tempdir)
+                              run, sha256, tempdir)
 from daemon_harness import ImageServer, step  # noqa: E402
 from fetch_servers import MemoryCgroup  # noqa: E402
 
@@ -207,24 +206,15 @@ class CorruptLastCompressedCluster(unittest.TestCase):
                     random_file(backing, 64 * MIB, f"{compression}{sector_size}")
                     with loop_device(backing, sector_size) as dev:
                         run("partx", "-d", dev, check=False)
-                        before = device_hash(dev)
+                        before = sha256(dev)
                         code, status, stderr = self.deploy(image, dev)
-                        self.assertEqual(device_hash(dev), before, "the disk was touched")
+                        self.assertEqual(sha256(dev), before, "the disk was touched")
                     self.assertEqual((code, status["status"], status["message"]),
                                      (1, "error", CANT_WRITE), stderr)
                     self.assertIn(f"compressed cluster at virtual offset {virtual:#x}",
                                   status["detail"])
                     self.assertEqual(step(status, "verify")["status"], "error")
                     self.assertEqual(step(status, "write")["status"], "todo")
-
-
-def device_hash(dev):
-    """sha256 of a whole block device, read through the device."""
-    h = hashlib.sha256()
-    with open(dev, "rb") as f:
-        for block in iter(lambda: f.read(MIB), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 if __name__ == "__main__":
