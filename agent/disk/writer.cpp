@@ -66,14 +66,19 @@ class Planner {
     std::lock_guard lock(mu_);
     if (pos_ >= end_) return false;
     const uint64_t next = std::min(end_, pos_ + chunk_);
-    // How far zeros reach from pos_, looked for up to the largest zeroing request.
+    // How far zeros reach from pos_: in this chunk, then, if it is all zeros, up to the largest
+    // zeroing request (a data chunk costs only its own extents).
     const uint64_t cap = std::min(end_, pos_ + std::max(chunk_, kMaxZeroOp / chunk_ * chunk_));
     uint64_t zero_end = pos_;
-    BYOI_RETURN_IF_ERROR(VisitWhile(layout_, pos_, cap - pos_, [&](const Extent& e) {
+    auto zeros = [&zero_end](const Extent& e) {
       if (e.kind != Extent::Kind::kZero) return false;
       zero_end = e.offset + e.length;
       return true;
-    }));
+    };
+    BYOI_RETURN_IF_ERROR(VisitWhile(layout_, pos_, next - pos_, zeros));
+    if (zero_end >= next && next < cap) {
+      BYOI_RETURN_IF_ERROR(VisitWhile(layout_, next, cap - next, zeros));
+    }
     if (zero_end >= next) {
       // Take the whole zero run at once, on the chunk grid.
       uint64_t stop = zero_end == end_ ? end_ : begin_ + (zero_end - begin_) / chunk_ * chunk_;
