@@ -6,7 +6,7 @@
 #
 # Contents: /usr/sbin/byoi-agent, /lib/systemd/system/byoi-agent.service, the example config as
 # the conffile /etc/byoi-agent/byoi-agent.conf (every key commented out), the JSON Schemas and
-# examples of proto/ under /usr/share/byoi-agent/proto, and docs under /usr/share/doc/byoi-agent.
+# examples of proto/ under /usr/share/byoi-agent/proto, and docs under /usr/share/doc/byoi-agent (the contract of docs/ in contract/).
 # Shared-library dependencies come from dpkg-shlibdeps; the tools the agent runs are added by hand.
 
 install(FILES ${PROJECT_SOURCE_DIR}/systemd/byoi-agent.service DESTINATION /lib/systemd/system)
@@ -17,6 +17,7 @@ install(FILES ${PROJECT_SOURCE_DIR}/systemd/byoi-agent.conf ${PROJECT_SOURCE_DIR
 if(EXISTS ${PROJECT_SOURCE_DIR}/README.md)
   install(FILES ${PROJECT_SOURCE_DIR}/README.md DESTINATION share/doc/byoi-agent RENAME README.project.md)
 endif()
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/docs/ DESTINATION share/doc/byoi-agent/contract)
 if(EXISTS ${PROJECT_SOURCE_DIR}/proto)
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/proto/ DESTINATION share/byoi-agent/proto)
 endif()

@@ -1,6 +1,6 @@
-// The agent's identity towards the backend (design.md §8): `agent_id` from the configuration, else
-// the DMI product UUID, else the first permanent MAC address. Both come from sysfs, whose root is a
-// parameter so that tests can use a fake tree.
+// The agent's identity towards the backend (docs/backend.md): `agent_id` from the configuration,
+// else the DMI product UUID, else the first permanent MAC address. Both come from sysfs, whose root
+// is a parameter so that tests can use a fake tree.
 #pragma once
 
 #include <string>

@@ -1,4 +1,4 @@
-// The HTTP API's request handler (design.md §7), Beast style: a pure request -> response function
+// The HTTP API's request handler (docs/api.md), Beast style: a pure request -> response function
 // with no socket in sight, so every route, status code and body is unit-tested without a network.
 // The session (http_server.hpp) owns the I/O, the size limits and the time-outs.
 //

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "agent/base/text.hpp"
 #include "agent/base/units.hpp"
 
 namespace byoi {
@@ -84,7 +85,7 @@ std::string ConsoleDisplay::Render(const JobStatus& status, bool step_changed) {
   auto line = [&](const std::string& text) {
     if (tty_ && progress_line_open_) out += kEraseLine;
     progress_line_open_ = false;
-    out += kPrefix + text + "\n";
+    out += kPrefix + PrintableText(text) + "\n";
   };
 
   if (status.started_at != job_started_at_) {
@@ -141,7 +142,7 @@ std::string ConsoleDisplay::Render(const JobStatus& status, bool step_changed) {
     auto now = std::chrono::steady_clock::now();
     if (tty_) {
       out += kEraseLine;
-      out += kPrefix + text;
+      out += kPrefix + PrintableText(text);
       progress_line_open_ = true;
     } else if (!step_changed && now - last_plain_progress_ >= kPlainProgressEvery) {
       last_plain_progress_ = now;

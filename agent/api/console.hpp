@@ -12,6 +12,10 @@
 //   byoi-agent: download    done: 2.1 GiB in 19 s (113 MB/s)
 //   byoi-agent: ERROR: Could not download image located: https://example.net/x.qcow2.
 //   byoi-agent:   detail: HTTP 404
+//
+// Each line's text is made printable (PrintableText) before it is written, whatever the status
+// holds: the only control characters on the console are the display's own (CR, erase line, LF),
+// so a reason phrase or a file name from outside cannot drive the terminal or fake a line.
 #pragma once
 
 #include <chrono>

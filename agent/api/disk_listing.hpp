@@ -1,4 +1,4 @@
-// GET /v1/disks: the disk inventory of agent/disk/ (design.md §9) as the API shows it, so an
+// GET /v1/disks: the disk inventory of agent/disk/ (docs/disks.md) as the API shows it, so an
 // operator or a backend can see which disk a diskGroupId will pick before sending a job.
 #pragma once
 

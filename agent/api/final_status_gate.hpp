@@ -1,8 +1,8 @@
-// The last report before a reboot, for a daemon driven only through its HTTP API (design.md §7):
+// The last report before a reboot, for a daemon driven only through its HTTP API (docs/api.md):
 // with no backend to push the final status to, the client that posted the job learns the outcome
 // only by reading it with GET — and the agent reboots milliseconds after `done`. The gate holds
 // the job's thread at `done`, before the reboot, until a GET has served that final status or
-// `wait` has passed. (With a backend, the poller plays this part: design.md §8.)
+// `wait` has passed. (With a backend, the poller plays this part: docs/backend.md.)
 #pragma once
 
 #include <chrono>

@@ -49,7 +49,7 @@ HttpClient::~HttpClient() {
 Result<HttpResult> HttpClient::Send(std::string_view method, const std::string& url,
                                     std::string_view body, std::string_view bearer_token,
                                     std::chrono::milliseconds timeout, size_t max_body) {
-  std::string what = fmt::format("{} {}", method, msg::StripUserinfo(url));
+  std::string what = fmt::format("{} {}", method, msg::ShownUrl(url));
   CURL* curl = static_cast<CURL*>(curl_);
   if (!curl) return Status::Error(Code::kInternal, what + ": curl_easy_init failed");
   curl_easy_reset(curl);

@@ -1,4 +1,4 @@
-// A small blocking HTTP(S) client on libcurl, for the backend poller (design.md §8) and
+// A small blocking HTTP(S) client on libcurl, for the backend poller (docs/backend.md) and
 // `byoi-agent status`. One HttpClient per thread; it reuses its connection between requests.
 #pragma once
 

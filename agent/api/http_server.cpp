@@ -1,5 +1,6 @@
 #include "agent/api/http_server.hpp"
 
+#include <arpa/inet.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/as_tuple.hpp>
@@ -13,6 +14,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
+#include <charconv>
 #include <set>
 
 namespace byoi {
@@ -273,6 +275,39 @@ class HttpServer::Impl : public std::enable_shared_from_this<HttpServer::Impl> {
   bool stopping_ = false;                  // on the strand
   std::set<beast::tcp_stream*> sessions_;  // on the strand
 };
+
+Result<ListenAddress> ParseListenAddress(std::string_view text) {
+  auto bad = [&] {
+    return Status::Error(Code::kInvalid,
+                         "listen: expected ADDR:PORT such as 0.0.0.0:9999 or [::]:9999, or off");
+  };
+  ListenAddress out;
+  std::string_view port;
+  if (!text.empty() && text.front() == '[') {
+    size_t close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      return bad();
+    }
+    out.address = std::string(text.substr(1, close - 1));
+    port = text.substr(close + 2);
+    in6_addr a6;
+    if (inet_pton(AF_INET6, out.address.c_str(), &a6) != 1) return bad();
+  } else {
+    size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) return bad();
+    out.address = std::string(text.substr(0, colon));
+    port = text.substr(colon + 1);
+    in_addr a4;
+    if (inet_pton(AF_INET, out.address.c_str(), &a4) != 1) return bad();
+  }
+  unsigned value = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (ec != std::errc() || end != port.data() + port.size() || port.empty() || value > 65535) {
+    return bad();
+  }
+  out.port = static_cast<uint16_t>(value);
+  return out;
+}
 
 Result<std::unique_ptr<HttpServer>> HttpServer::Start(asio::io_context& ioc, RequestHandler handler,
                                                       HttpServerOptions options) {

@@ -1,4 +1,4 @@
-// The HTTP(S) listener and its sessions (design.md §7), on Boost.Beast with C++20 coroutines on one
+// The HTTP(S) listener and its sessions (docs/api.md), on Boost.Beast with C++20 coroutines on one
 // io_context. Beast's three roles: the listener accepts (at most `max_connections` at once; more
 // are closed at once), a session per connection owns only I/O state, and ApiHandler answers.
 // Handlers run on a small thread pool, so a slow one (DELETE waits up to 2 s for the job to stop)
@@ -22,7 +22,6 @@
 #include <string>
 
 #include "agent/api/api_handler.hpp"
-#include "agent/api/config.hpp"
 #include "agent/base/status.hpp"
 #include "agent/job/manifest.hpp"
 
@@ -36,6 +35,13 @@ using RequestHandler = std::function<HttpResponse(const HttpRequest& request)>;
 // without a valid token before it can send (or announce) a body. Called on the io_context: it must
 // be quick and thread-safe.
 using HeaderCheck = std::function<std::optional<HttpResponse>(const HttpRequest& header)>;
+
+// "0.0.0.0:9999", "127.0.0.1:0", "[::1]:9999" → address and port. kInvalid otherwise.
+struct ListenAddress {
+  std::string address;
+  uint16_t port = 0;
+};
+Result<ListenAddress> ParseListenAddress(std::string_view text);
 
 struct HttpServerOptions {
   ListenAddress listen;

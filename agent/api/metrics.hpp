@@ -1,4 +1,4 @@
-// Metrics for GET /metrics (design.md §7), in the Prometheus text exposition format 0.0.4:
+// Metrics for GET /metrics (docs/api.md), in the Prometheus text exposition format 0.0.4:
 // bytes downloaded and written, step durations of the current (or last) job, job outcomes, and the
 // API's own request count. Fed by the JobControl listener and the HTTP handler; thread-safe.
 #pragma once

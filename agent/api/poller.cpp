@@ -152,7 +152,9 @@ bool Poller::PollOnce() {
     }
     std::lock_guard lock(mu_);
     finished_job_ = job_id;
-    Enqueue(Report{job_id, std::move(refused), true});
+    // Built here, not on a StatusBoard: made printable as the board would (a detail quoting the
+    // manifest may end inside a UTF-8 sequence).
+    Enqueue(Report{job_id, PrintableStatus(std::move(refused)), true});
     return true;
   }
 
@@ -194,7 +196,7 @@ bool Poller::SendFront() {
 }
 
 void Poller::Loop() {
-  spdlog::info("poller: polling {} as agent {}", msg::StripUserinfo(JobUrl()), options_.agent_id);
+  spdlog::info("poller: polling {} as agent {}", msg::ShownUrl(JobUrl()), options_.agent_id);
   Clock::time_point next_poll = Clock::now();
   Clock::time_point retry_at = Clock::now();
   int poll_failures = 0, report_failures = 0;

@@ -1,10 +1,10 @@
-// The backend poller (design.md §8): takes jobs from a provisioning backend and reports their
+// The backend poller (docs/backend.md): takes jobs from a provisioning backend and reports their
 // status back.
 //
 //   GET {backend_url}/v1/agents/{agentId}/job
 //       204: no job; 200: {"jobId": "...", "manifest": {...}}
 //   PUT {backend_url}/v1/agents/{agentId}/jobs/{jobId}/status
-//       the status JSON of design.md §5
+//       the status JSON of docs/status.md
 //
 // Both carry the bearer token. Polling happens only while no job is running, every poll_interval
 // with ±20 % jitter; after a failed poll the delay doubles (up to 5 min) with full jitter. A job

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace byoi::msg {
 
 std::string InvalidManifest(std::string_view field, std::string_view reason) {
@@ -9,7 +11,7 @@ std::string InvalidManifest(std::string_view field, std::string_view reason) {
 }
 
 std::string DownloadFailed(std::string_view url) {
-  return fmt::format("Could not download image located: {}.", StripUserinfo(url));
+  return fmt::format("Could not download image located: {}.", ShownUrl(url));
 }
 
 std::string TooBigForMemory(std::string_view type) {
@@ -56,18 +58,29 @@ std::string BootloaderNotFound(std::string_view path) {
   return fmt::format("EFI bootloader {} not found on the EFI system partition.", path);
 }
 
-std::string StripUserinfo(std::string_view url) {
+std::string ShownUrl(std::string_view url, UrlSecrets secrets) {
+  const bool masked = secrets == UrlSecrets::kMasked;
   size_t scheme_end = url.find("://");
-  if (scheme_end == std::string_view::npos) return std::string(url);
-  size_t authority = scheme_end + 3;
-  size_t authority_end = url.find_first_of("/?#", authority);
-  std::string_view auth =
-      url.substr(authority, authority_end == std::string_view::npos ? std::string_view::npos
-                                                                    : authority_end - authority);
-  size_t at = auth.rfind('@');
-  if (at == std::string_view::npos) return std::string(url);
+  // A "://" after the first '/', '?' or '#' is inside the path or the query: no scheme then.
+  if (scheme_end != std::string_view::npos && url.find_first_of("/?#") < scheme_end) {
+    scheme_end = std::string_view::npos;
+  }
+  size_t authority = scheme_end == std::string_view::npos ? 0 : scheme_end + 3;
+  size_t authority_end = std::min(url.find_first_of("/?#", authority), url.size());
+  size_t query = std::min(url.find_first_of("?#", authority_end), url.size());
+  std::string_view auth = url.substr(authority, authority_end - authority);
+  size_t at = scheme_end == std::string_view::npos ? std::string_view::npos : auth.rfind('@');
   std::string out(url.substr(0, authority));
-  out += url.substr(authority + at + 1);
+  if (at != std::string_view::npos) {
+    if (masked) out += "***@";
+    auth.remove_prefix(at + 1);
+  }
+  out += auth;
+  out += url.substr(authority_end, query - authority_end);
+  if (masked && query < url.size() && url[query] == '?' && query + 1 < url.size() &&
+      url[query + 1] != '#') {
+    out += "?***";
+  }
   return out;
 }
 

@@ -1,7 +1,7 @@
-// The catalogue of user-facing error messages (design.md §5), in one place.
+// The catalogue of user-facing error messages (docs/status.md), in one place.
 //
 // These sentences are a contract: backends match on them, as on OVHcloud's BYOI API. Change one
-// only together with design.md and the tests that pin it.
+// only together with docs/status.md and the tests that pin it.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +23,7 @@ inline constexpr std::string_view kConfigDrive = "Could not create configdrive o
 inline constexpr std::string_view kBootEntry = "Could not set EFI boot entry.";
 
 std::string InvalidManifest(std::string_view field, std::string_view reason);
-// `url` is shown without its userinfo (credentials never reach a status).
+// `url` is shown as ShownUrl shows it: without userinfo, query or fragment.
 std::string DownloadFailed(std::string_view url);
 std::string TooBigForMemory(std::string_view type);
 std::string ChecksumMismatch(std::string_view type, std::string_view actual,
@@ -36,7 +36,18 @@ std::string DiskInUse(std::string_view device, std::string_view reason);
 std::string CantWrite(std::string_view type);
 std::string BootloaderNotFound(std::string_view path);
 
-// "https://user:pw@host/x" -> "https://host/x"; anything unparsable is returned unchanged.
-std::string StripUserinfo(std::string_view url);
+// What a shown URL does with the parts that may hold a secret.
+enum class UrlSecrets {
+  kDropped,  // left out: status messages, details, logs, the console, the state file
+  kMasked,   // each one present replaced by "***": a printed manifest says that they will be sent
+};
+
+// The one way a URL is shown anywhere outside the request itself. Scheme, host, port and path are
+// kept as given; the userinfo (credentials), the query (where presigned URLs carry their
+// signature: X-Amz-Signature, sig, token) and the fragment are never shown:
+//   kDropped: "https://u:p@host:8443/a/b?sig=x#f" -> "https://host:8443/a/b"
+//   kMasked:  "https://u:p@host:8443/a/b?sig=x#f" -> "https://***@host:8443/a/b?***"
+// (the fragment is never sent, so never masked). Text without a scheme is a path and a query.
+std::string ShownUrl(std::string_view url, UrlSecrets secrets = UrlSecrets::kDropped);
 
 }  // namespace byoi::msg

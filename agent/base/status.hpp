@@ -1,10 +1,10 @@
 // The one error type of byoi-agent.
 //
-// A Status carries a code, the user-facing `message` (one sentence of the catalogue in design.md
-// §5, or empty when the level that failed cannot know it) and a technical `detail` chain (errno
-// text, HTTP status, libfdisk error) that grows with context on the way up: "reading L2 table at
-// 0x30000: offset past end of image". Lower levels return errors and never log them; the runner
-// reports once.
+// A Status carries a code, the user-facing `message` (one sentence of the catalogue in
+// docs/status.md, or empty when the level that failed cannot know it) and a technical `detail`
+// chain (errno text, HTTP status, libfdisk error) that grows with context on the way up: "reading
+// L2 table at 0x30000: offset past end of image". Lower levels return errors and never log them;
+// the runner reports once.
 #pragma once
 
 #include <cassert>

@@ -64,6 +64,26 @@ Result<std::optional<EfiVariable>> ReadOptional(EfiVars& vars, std::string_view 
   return std::move(var).status().Context("reading " + std::string(name));
 }
 
+// BootOrder, or nullopt when it does not exist. kInvalid when its data is not a list of 2-byte
+// entry numbers: rewriting it from a guess could drop the firmware's own entries.
+Result<std::optional<EfiVariable>> ReadBootOrder(EfiVars& vars) {
+  BYOI_ASSIGN_OR_RETURN(std::optional<EfiVariable> order, ReadOptional(vars, "BootOrder"));
+  if (order && order->data.size() % 2 != 0) {
+    return Status::Error(Code::kInvalid, "BootOrder holds " + std::to_string(order->data.size()) +
+                                             " bytes, not a list of 2-byte entry numbers");
+  }
+  return order;
+}
+
+// What Install reads before its first write, and refuses when it cannot use it.
+Status CheckReadable(EfiVars& vars) {
+  auto listed = vars.List();
+  if (!listed.ok()) return std::move(listed).status().Context("listing EFI variables");
+  BYOI_RETURN_IF_ERROR(ReadBootOrder(vars));
+  BYOI_RETURN_IF_ERROR(ReadOptional(vars, "BootNext"));
+  return Status::Ok();
+}
+
 Status WriteAndVerify(EfiVars& vars, const std::string& name, const EfiVariable& var) {
   BYOI_RETURN_IF_ERROR(vars.Write(name, var).Context("writing " + name));
   auto back = vars.Read(name);
@@ -122,7 +142,7 @@ Result<BootEntryResult> Install(EfiVars& vars, const BootEntryRequest& request,
     if (!decoded.ok()) continue;
     entries.emplace(*number, std::make_pair(std::move(*var), std::move(*decoded)));
   }
-  BYOI_ASSIGN_OR_RETURN(std::optional<EfiVariable> order_var, ReadOptional(vars, "BootOrder"));
+  BYOI_ASSIGN_OR_RETURN(std::optional<EfiVariable> order_var, ReadBootOrder(vars));
   BYOI_ASSIGN_OR_RETURN(std::optional<EfiVariable> next_var, ReadOptional(vars, "BootNext"));
   std::vector<uint16_t> old_order =
       order_var ? ParseU16List(order_var->data) : std::vector<uint16_t>();
@@ -301,6 +321,10 @@ std::string BootEntryResult::Summary() const {
   if (boot_next) out += fmt::format(", BootNext {:04X}", *boot_next);
   if (!removed.empty()) out += ", removed " + JoinNumbers(removed);
   return out;
+}
+
+Status CheckBootVariables(EfiVars& vars) {
+  return CheckReadable(vars).DefaultMessage(msg::kBootEntry);
 }
 
 Result<BootEntryResult> InstallBootEntry(EfiVars& vars, const BootEntryRequest& request,

@@ -1,4 +1,4 @@
-// The boot entry policy of design.md §10: make the firmware boot the written disk next time.
+// The boot entry policy of docs/boot.md: make the firmware boot the written disk next time.
 //
 // One Boot#### variable points at the loader on the ESP (HD()/File() device path, load_option.hpp):
 //   - an existing entry on the same partition (GPT partition GUID; MBR disk signature + partition
@@ -76,7 +76,16 @@ struct BootEntryResult {
   std::string Summary() const;
 };
 
-// Installs the entry of `request` into `vars` under `policy`.
+// Reads what InstallBootEntry reads before its first write — the list of variables, BootOrder and
+// BootNext — and refuses what it could not use, so that a job can fail on an unusable NVRAM before
+// it writes the disk (the runner calls this while planning). Reads only.
+// Errors, with message msg::kBootEntry and the cause in detail: kIo when the variables cannot be
+// listed or read; kInvalid when BootOrder or BootNext is larger than kMaxEfiVariableBytes or
+// malformed, or BootOrder is not a whole number of 2-byte entries.
+Status CheckBootVariables(EfiVars& vars);
+
+// Installs the entry of `request` into `vars` under `policy`. A BootOrder that is not a whole
+// number of 2-byte entries is refused (kInvalid) before anything is written.
 // On failure: code kIo (a variable could not be written or read back) or kInvalid (bad request),
 // message msg::kBootEntry, the cause in detail. Variables already written stay (see the order of
 // writes above); nothing is rolled back.

@@ -153,7 +153,7 @@ std::string NewUuid() {
   return s;
 }
 
-ConfigDriveContent MakeConfigDriveContent(const ConfigDrive& drive) {
+ConfigDriveContent MakeConfigDriveContent(const ConfigDriveSpec& drive) {
   ConfigDriveContent c;
   c.uuid = NewUuid();
   c.hostname = drive.hostname;

@@ -1,5 +1,5 @@
-// The OpenStack config drive cloud-init reads at first boot (design.md §1 step 5), written into the
-// config-2 partition (agent/disk/partition_add.hpp).
+// The OpenStack config drive cloud-init reads at first boot (docs/pipeline.md step 5), written into
+// the config-2 partition (agent/disk/partition_add.hpp).
 //
 // Format (what cloud-init's ConfigDriveReader, cloudinit/sources/helpers/openstack.py, reads): a
 // vfat file system labelled "config-2" holding identical trees openstack/latest/ and
@@ -26,9 +26,21 @@
 
 #include "agent/base/status.hpp"
 #include "agent/disk/disk.hpp"
-#include "agent/job/manifest.hpp"
 
 namespace byoi {
+
+// Where user data came from, after the decoding rule of docs/manifest.md.
+enum class UserDataSource { kText, kBase64Text, kBase64Gzip };
+
+// What the config drive holds, as the manifest gives it (docs/manifest.md).
+struct ConfigDriveSpec {
+  bool enabled = false;
+  std::string hostname;                  // RFC 1123, may be empty
+  std::string ssh_key;                   // may be empty
+  std::optional<std::string> user_data;  // raw bytes for the config drive's user_data file
+  UserDataSource user_data_source = UserDataSource::kText;
+  std::vector<std::pair<std::string, std::string>> metadata;  // `meta` of meta_data.json, in order
+};
 
 struct ConfigDriveContent {
   std::string uuid;      // instance id, a random UUID per job
@@ -39,7 +51,7 @@ struct ConfigDriveContent {
 };
 
 // The content for a manifest's config drive, with a fresh random UUID.
-ConfigDriveContent MakeConfigDriveContent(const ConfigDrive& drive);
+ConfigDriveContent MakeConfigDriveContent(const ConfigDriveSpec& drive);
 
 // A random (version 4) UUID, lower case, from getrandom(2).
 std::string NewUuid();

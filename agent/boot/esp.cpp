@@ -12,6 +12,7 @@
 
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
+#include "agent/base/text.hpp"
 #include "agent/boot/fat_reader.hpp"
 #include "agent/boot/utf16.hpp"
 
@@ -119,14 +120,32 @@ Result<std::string> ProbeFilesystem(int fd, uint64_t offset, uint64_t size,
   return std::string(type);
 }
 
-// The directories under \EFI except BOOT, in case-insensitive name order.
-Result<std::vector<FatReader::Entry>> OsDirectories(const FatReader& fat) {
+// True when every byte of `path` is printable ASCII (0x20-0x7E): what may go into a File() node
+// and the status (see the header).
+bool IsPlainPath(std::string_view path) {
+  return std::all_of(path.begin(), path.end(), [](char c) { return c >= 0x20 && c <= 0x7E; });
+}
+
+std::string SkippedNote(std::string_view path) {
+  return "skipped " + PrintableText(path) +
+         " on the EFI system partition: its name is not printable ASCII";
+}
+
+// The directories under \EFI except BOOT, in case-insensitive name order. Directories whose names
+// are not plain (IsPlainPath) are left out, each with a note in `skipped`.
+Result<std::vector<FatReader::Entry>> OsDirectories(const FatReader& fat,
+                                                    std::vector<std::string>& skipped) {
   BYOI_ASSIGN_OR_RETURN(std::optional<FatReader::Found> efi, fat.Lookup("\\EFI"));
   std::vector<FatReader::Entry> dirs;
   if (!efi || !efi->entry.directory) return dirs;
   BYOI_ASSIGN_OR_RETURN(std::vector<FatReader::Entry> entries, fat.ReadDir(&efi->entry));
   for (FatReader::Entry& e : entries) {
-    if (e.directory && !EqualsIgnoreCaseAscii(e.name, "BOOT")) dirs.push_back(std::move(e));
+    if (!e.directory || EqualsIgnoreCaseAscii(e.name, "BOOT")) continue;
+    if (!IsPlainPath(e.name)) {
+      skipped.push_back(SkippedNote(efi->path + "\\" + e.name));
+      continue;
+    }
+    dirs.push_back(std::move(e));
   }
   std::stable_sort(dirs.begin(), dirs.end(), [](const auto& a, const auto& b) {
     return ToUpperAscii(a.name) < ToUpperAscii(b.name);
@@ -158,8 +177,19 @@ std::string OsDirOf(std::string_view path) {
   return {};
 }
 
-Result<std::optional<BootLoader>> SearchLoader(const FatReader& fat) {
-  BYOI_ASSIGN_OR_RETURN(std::vector<FatReader::Entry> dirs, OsDirectories(fat));
+// The first candidate of the search order (see the header) whose path is plain; the others found
+// before it are noted in `skipped`.
+Result<std::optional<BootLoader>> SearchLoader(const FatReader& fat,
+                                               std::vector<std::string>& skipped) {
+  BYOI_ASSIGN_OR_RETURN(std::vector<FatReader::Entry> dirs, OsDirectories(fat, skipped));
+  // A file found through a plain name may still be stored under another long name (the lookup
+  // matches short names too): the path as stored is what counts.
+  auto plain = [&skipped](const std::optional<FatReader::Found>& found) {
+    if (!found) return false;
+    if (IsPlainPath(found->path)) return true;
+    skipped.push_back(SkippedNote(found->path));
+    return false;
+  };
   for (const FatReader::Entry& dir : dirs) {
     std::string base = "\\EFI\\" + dir.name + "\\";
     BYOI_ASSIGN_OR_RETURN(auto csv, FindFile(fat, base + "BOOTX64.CSV"));
@@ -170,9 +200,10 @@ Result<std::optional<BootLoader>> SearchLoader(const FatReader& fat) {
         ParseShimCsv({reinterpret_cast<const char*>(bytes->data()), bytes->size()});
     if (entry.loader.empty() || entry.loader.find_first_of("\\/") != std::string::npos) continue;
     BYOI_ASSIGN_OR_RETURN(auto loader, FindFile(fat, base + entry.loader));
-    if (!loader) continue;  // a CSV naming a missing loader would give an entry that cannot boot
+    // A CSV naming a missing loader would give an entry that cannot boot.
+    if (!plain(loader)) continue;
     return std::optional<BootLoader>(
-        BootLoader{loader->path, entry.label, OsDirOf(loader->path), "BOOTX64.CSV"});
+        BootLoader{loader->path, entry.label, OsDirOf(loader->path), "BOOTX64.CSV", {}});
   }
   struct Candidate {
     std::string_view file;
@@ -182,18 +213,18 @@ Result<std::optional<BootLoader>> SearchLoader(const FatReader& fat) {
     for (const FatReader::Entry& dir : dirs) {
       BYOI_ASSIGN_OR_RETURN(auto loader,
                             FindFile(fat, "\\EFI\\" + dir.name + "\\" + std::string(c.file)));
-      if (loader) {
+      if (plain(loader)) {
         return std::optional<BootLoader>(
-            BootLoader{loader->path, "", OsDirOf(loader->path), std::string(c.found_by)});
+            BootLoader{loader->path, "", OsDirOf(loader->path), std::string(c.found_by), {}});
       }
     }
   }
   for (Candidate c : {Candidate{"\\EFI\\systemd\\systemd-bootx64.efi", "systemd-boot"},
                       Candidate{"\\EFI\\BOOT\\BOOTX64.EFI", "fallback"}}) {
     BYOI_ASSIGN_OR_RETURN(auto loader, FindFile(fat, c.file));
-    if (loader) {
+    if (plain(loader)) {
       return std::optional<BootLoader>(
-          BootLoader{loader->path, "", OsDirOf(loader->path), std::string(c.found_by)});
+          BootLoader{loader->path, "", OsDirOf(loader->path), std::string(c.found_by), {}});
     }
   }
   return std::optional<BootLoader>();
@@ -274,18 +305,26 @@ Result<BootLoader> FindBootLoader(const std::string& disk_path, const EspLocatio
                            msg::BootloaderNotFound(wanted_path));
     }
     const std::string& path = (*found)->path;
-    return BootLoader{path, "", OsDirOf(path), "efiBootloaderPath"};
+    if (!IsPlainPath(path)) {
+      return Status::Error(Code::kInvalid, SkippedNote(path) + " of " + disk_path,
+                           msg::BootloaderNotFound(wanted_path));
+    }
+    return BootLoader{path, "", OsDirOf(path), "efiBootloaderPath", {}};
   }
-  auto found = SearchLoader(*fat);
+  std::vector<std::string> skipped;
+  auto found = SearchLoader(*fat, skipped);
   if (!found.ok()) return fail(std::move(found).status());
   if (!*found) {
-    return Status::Error(Code::kNotFound,
-                         "searched \\EFI\\*\\BOOTX64.CSV, \\EFI\\*\\shimx64.efi, "
-                         "\\EFI\\*\\grubx64.efi, \\EFI\\systemd\\systemd-bootx64.efi and " +
-                             shown + " on " + disk_path,
-                         msg::BootloaderNotFound(shown));
+    std::string detail =
+        "searched \\EFI\\*\\BOOTX64.CSV, \\EFI\\*\\shimx64.efi, \\EFI\\*\\grubx64.efi, "
+        "\\EFI\\systemd\\systemd-bootx64.efi and " +
+        shown + " on " + disk_path;
+    for (const std::string& note : skipped) detail += "; " + note;
+    return Status::Error(Code::kNotFound, detail, msg::BootloaderNotFound(shown));
   }
-  return std::move(**found);
+  BootLoader loader = std::move(**found);
+  loader.skipped = std::move(skipped);
+  return loader;
 }
 
 ShimCsvEntry ParseShimCsv(std::string_view bytes) {

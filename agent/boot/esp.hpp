@@ -1,4 +1,4 @@
-// The EFI system partition of the written disk and the boot loader on it (design.md §10).
+// The EFI system partition of the written disk and the boot loader on it (docs/boot.md).
 //
 // The ESP is found in the disk's own partition table (libblkid), never through /dev/sdXN nodes: the
 // kernel may not have re-read the table yet (and in the test VM it never parses one). Its FAT file
@@ -13,11 +13,20 @@
 //   3. \EFI\*\grubx64.efi
 //   4. \EFI\systemd\systemd-bootx64.efi
 //   5. \EFI\BOOT\BOOTX64.EFI
+//
+// Names read from the ESP are untrusted: the loader path goes into the File() node of the boot
+// entry (UTF-16, in NVRAM), into the status and onto the console. A path is used only when every
+// byte of it, as stored on the ESP, is printable ASCII (0x20-0x7E). In the search, a directory or a
+// file whose stored name is not is skipped — the next candidate is tried — and BootLoader::skipped
+// says so (the runner turns each note into a status warning). An efiBootloaderPath from the
+// manifest is plain already (the manifest refuses control characters), but the file it matches may
+// be stored under another long name: such a match is refused.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "agent/base/status.hpp"
 #include "agent/image/format.hpp"  // PartitionTableType
@@ -52,12 +61,18 @@ struct BootLoader {
   std::string os_dir;     // "debian" for \EFI\debian\…; empty for \EFI\BOOT and other layouts
   std::string found_by;   // "efiBootloaderPath", "BOOTX64.CSV", "shim", "grub", "systemd-boot",
                           // "fallback" — for the status comment
+  // Candidates passed over because their names are not printable ASCII, one printable sentence
+  // each ("skipped \EFI\de\x1bbian on the EFI system partition: its name is not printable ASCII").
+  std::vector<std::string> skipped;
 };
 
 // Finds the loader on the ESP `esp` of `disk_path`. With a non-empty `wanted_path` (the manifest's
-// efiBootloaderPath, '/' or '\', any case) only that file counts; otherwise the search order above.
+// efiBootloaderPath, '/' or '\', any case) only that file counts; otherwise the search order above,
+// skipping names that are not printable ASCII.
 // Errors: kNotFound with the catalogue message BootloaderNotFound(wanted_path, or the last path
-// searched) when there is none; kInvalid for a corrupt FAT file system; kIo. Reads only.
+// searched) when there is none (the detail lists the skipped names); kInvalid with the same
+// message when `wanted_path` matches a file stored under a name that is not printable ASCII;
+// kInvalid for a corrupt FAT file system; kIo. Reads only.
 Result<BootLoader> FindBootLoader(const std::string& disk_path, const EspLocation& esp,
                                   const std::string& wanted_path);
 

@@ -1,4 +1,4 @@
-// The last step: leave the rescue system for the installed one (design.md §1 "finish").
+// The last step: leave the rescue system for the installed one (docs/pipeline.md "finish").
 //
 // It happens in two halves around the final status report, because once the final status has
 // been delivered nothing may change it, yet a kexec can fail in ways worth reporting:

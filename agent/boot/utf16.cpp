@@ -1,5 +1,7 @@
 #include "agent/boot/utf16.hpp"
 
+#include "agent/base/text.hpp"
+
 namespace byoi {
 namespace {
 
@@ -60,33 +62,14 @@ std::u16string Utf8ToUtf16(std::string_view text) {
   std::u16string out;
   size_t i = 0;
   while (i < text.size()) {
-    auto b = static_cast<unsigned char>(text[i]);
-    size_t len = b < 0x80           ? 1
-                 : (b >> 5) == 0x6  ? 2
-                 : (b >> 4) == 0xE  ? 3
-                 : (b >> 3) == 0x1E ? 4
-                                    : 0;
-    if (len == 0 || i + len > text.size()) {
+    Utf8Char c = DecodeUtf8(text.substr(i));
+    if (c.length == 0) {
       AppendUtf16(out, kReplacement);
       ++i;
       continue;
     }
-    char32_t c = len == 1 ? b : b & (0x7F >> len);
-    bool valid = true;
-    for (size_t k = 1; k < len; ++k) {
-      auto cont = static_cast<unsigned char>(text[i + k]);
-      if ((cont & 0xC0) != 0x80) valid = false;
-      c = (c << 6) | (cont & 0x3F);
-    }
-    // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
-    static constexpr char32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (!valid || c < kMin[len] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) {
-      AppendUtf16(out, kReplacement);
-      ++i;
-      continue;
-    }
-    AppendUtf16(out, c);
-    i += len;
+    AppendUtf16(out, c.code_point);
+    i += c.length;
   }
   return out;
 }

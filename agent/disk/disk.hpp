@@ -17,7 +17,7 @@
 
 namespace byoi {
 
-// design.md §9: NVMe first, then other non-rotational disks, then spinning ones.
+// docs/disks.md: NVMe first, then other non-rotational disks, then spinning ones.
 enum class DiskKind { kNvme, kSsd, kHdd };
 
 std::string_view DiskKindName(DiskKind kind);  // "nvme", "ssd", "hdd"

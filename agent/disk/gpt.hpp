@@ -1,6 +1,6 @@
-// GPT fix-up of the repartition step (design.md §1 step 5): an image written to a disk larger than
-// itself leaves its backup GPT header and entries in the middle of the disk, where firmware and
-// tools call the table damaged and where nothing past the image's end can be partitioned. This
+// GPT fix-up of the repartition step (docs/pipeline.md step 5): an image written to a disk larger
+// than itself leaves its backup GPT header and entries in the middle of the disk, where firmware
+// and tools call the table damaged and where nothing past the image's end can be partitioned. This
 // moves the backup header to the disk's last LBA, its entries just before it, and extends the last
 // usable LBA — what `sgdisk -e` does — keeping every partition, GUID, name and attribute.
 //

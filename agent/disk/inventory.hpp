@@ -1,4 +1,4 @@
-// Disk inventory and disk groups (design.md §9), for the plan step and `byoi-agent disks`.
+// Disk inventory and disk groups (docs/disks.md), for the plan step and `byoi-agent disks`.
 //
 // Whole disks are read from sysfs (`<sysfs_root>/block/*`); nothing is opened, so scanning is safe
 // at any time. Disks that can never be a target are listed with the reason they were excluded.
@@ -86,7 +86,7 @@ Result<Disk> DescribeTarget(const std::string& path, const std::string& sysfs_ro
 Result<Disk> ReadSysfsDisk(const std::string& sysfs_root, const std::string& name,
                            const std::string& dev_root = "/dev");
 
-// The reason `disk` can never be a target, or "" when it is usable (design.md §9).
+// The reason `disk` can never be a target, or "" when it is usable (docs/disks.md).
 std::string ExclusionReason(const Disk& disk);
 
 // True when vendor/model name a BMC's virtual CD/DVD/floppy/disk (AMI, Supermicro/ATEN, iDRAC,

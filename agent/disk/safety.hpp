@@ -1,6 +1,7 @@
-// Safety gates of the plan and write steps (design.md §5, §9): nothing is written to a disk that
-// the running system uses, to a disk too small for the image, or with a GPT made for another
-// sector size. Every refusal carries its catalogue message, so the runner reports it unchanged.
+// Safety gates of the plan and write steps (docs/status.md, docs/disks.md): nothing is written to a
+// disk that the running system uses, to a disk too small for the image, or with a GPT made for
+// another sector size. Every refusal carries its catalogue message, so the runner reports it
+// unchanged.
 //
 // "In use" means, for the disk or any of its partitions that the kernel knows: mounted (which
 // includes the rescue system's own root), an active swap, held by another block device (md, dm,

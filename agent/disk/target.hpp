@@ -1,6 +1,6 @@
 // The place an image is written to: a block device (a server's disk, a loop device in tests) or a
 // regular file (a disk image for `convert` and tests). Knows what O_DIRECT needs on it and how to
-// zero a range without writing buffers of zeros. Serves design.md §1 step 4.
+// zero a range without writing buffers of zeros. Serves docs/pipeline.md step 4.
 #pragma once
 
 #include <atomic>

@@ -1,5 +1,6 @@
 // The block writer: puts an image's virtual disk (an ImageLayout) onto a Target as fast as the
-// hardware allows, and never leaves a half-written disk that looks bootable. design.md §1 step 4.
+// hardware allows, and never leaves a half-written disk that looks bootable. docs/pipeline.md
+// step 4.
 //
 // How: the disk is cut into chunks (4 MiB by default) that several worker threads take in turn,
 // so several O_DIRECT writes are in flight and compressed clusters are inflated on all cores. A

@@ -14,6 +14,7 @@
 #include "agent/base/messages.hpp"
 #include "agent/base/units.hpp"
 #include "agent/fetch/http_headers.hpp"
+#include "agent/fetch/redirect_chain.hpp"
 
 namespace byoi {
 
@@ -48,14 +49,13 @@ void CurlGlobalInit() {
 }
 
 // libcurl errors after which another attempt cannot help: the URL, the scheme or the certificate
-// is wrong, or a redirect loop. Everything else (connect, receive, timeouts, TLS handshake
-// resets, HTTP/2 stream errors) is treated as transient.
+// is wrong. Everything else (connect, receive, timeouts, TLS handshake resets, HTTP/2 stream
+// errors) is treated as transient.
 bool IsFinalCurlError(CURLcode rc) {
   switch (rc) {
     case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_URL_MALFORMAT:
     case CURLE_NOT_BUILT_IN:
-    case CURLE_TOO_MANY_REDIRECTS:
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
     case CURLE_SSL_CIPHER:
@@ -84,12 +84,22 @@ enum class Abort {
   kStalled,     // retry: no byte for stall_timeout
   kBadRange,    // retry from byte 0: a 206 that does not start where we asked
   kUnexpected,  // final: a status we cannot use (204, 3xx without Location, 206 unasked)
+  kRedirect,    // follow it: a redirect whose body is longer than we care to read
 };
 
 struct Outcome {
-  enum Kind { kComplete, kRetry, kFinal } kind = kComplete;
+  enum Kind { kComplete, kRetry, kFinal, kRedirect } kind = kComplete;
   Status error;  // for kRetry and kFinal
 };
+
+// The redirects the downloader follows (RFC 9110 §15.4); 300, 304 and 305 are no way to the image.
+bool IsFollowedRedirect(int code) {
+  return code == 301 || code == 302 || code == 303 || code == 307 || code == 308;
+}
+
+// A redirect's own body (a line of HTML, usually) is read and dropped so that the connection can
+// be used again; one longer than this ends the request instead.
+constexpr uint64_t kMaxRedirectBody = 64 << 10;
 
 // Where the body goes. libcurl hands it over 16 KiB at a time; the sink gathers that into 1 MiB
 // blocks, then stores a block in the image buffer while the hasher's thread hashes the same block,
@@ -160,16 +170,18 @@ class BodySink {
 class Transfer {
  public:
   Transfer(const FetchRequest& req, const FetchOptions& opts, const ProgressFn& progress,
-           const CancelToken& cancel, ImageBuffer& image, StreamHasher& hasher)
+           const CancelToken& cancel, ImageBuffer& image, StreamHasher& hasher, RedirectChain chain)
       : req_(req),
         opts_(opts),
         progress_(progress),
         cancel_(cancel),
         image_(image),
-        sink_(image, hasher) {}
+        sink_(image, hasher),
+        chain_(std::move(chain)) {}
 
   Status Setup(std::optional<Clock::time_point> deadline);
-  // One request for the bytes from image_.size() on (or from 0 when ranges proved unusable).
+  // One attempt at the bytes from image_.size() on (or from 0 when ranges proved unusable): a
+  // request to the manifest's URL and to each redirect's target after it.
   Outcome RunAttempt();
 
   uint64_t high_water() const { return high_water_; }
@@ -187,6 +199,11 @@ class Transfer {
     return static_cast<Transfer*>(self)->OnTick();
   }
 
+  // One request to chain_.url().
+  Outcome RunRequest();
+  // Where a request's failure happened, when a redirect led there: " (at URL, after N
+  // redirect(s))" with the URL as msg::ShownUrl shows it; empty at the manifest's URL.
+  std::string Where() const;
   size_t OnHeader(std::string_view line);
   size_t OnBody(const uint8_t* data, size_t n);
   int OnTick();
@@ -201,6 +218,7 @@ class Transfer {
   const CancelToken& cancel_;
   ImageBuffer& image_;
   BodySink sink_;
+  RedirectChain chain_;
   CurlPtr curl_;
   char errbuf_[CURL_ERROR_SIZE] = {};
   std::optional<Clock::time_point> deadline_;
@@ -213,12 +231,17 @@ class Transfer {
     std::optional<ContentRange> content_range;
     std::string etag;
     std::string last_modified;
+    std::string location;  // may hold a presigned query: never shown as it is
     bool headers_done = false;
+    uint64_t redirect_body = 0;  // bytes of a redirect's body read and dropped
   } resp_;
 
   // This attempt.
   uint64_t request_offset_ = 0;
   bool accepted_ = false;  // a 200/206 whose body we are storing
+  // Where the accepted body must end, as its Content-Length (200) or Content-Range (206) says;
+  // nullopt when it ends with the connection (HTTP/1.1 without Content-Length nor chunks).
+  std::optional<uint64_t> response_end_;
   Abort abort_ = Abort::kNone;
   std::string abort_detail_;
   Clock::time_point last_activity_;
@@ -243,14 +266,12 @@ Status Transfer::Setup(std::optional<Clock::time_point> deadline) {
     CURLoption opt;
     CURLcode rc;
   } results[] = {
-      {CURLOPT_URL, curl_easy_setopt(c, CURLOPT_URL, req_.url.c_str())},
-      // http and https only, also after a redirect: never file://, ftp:// or gopher://. An https
-      // URL never redirects to http, where the manifest's headers would travel in clear.
-      {CURLOPT_PROTOCOLS_STR, curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https")},
-      {CURLOPT_REDIR_PROTOCOLS_STR, curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR,
-                                                     IsHttps(req_.url) ? "https" : "http,https")},
-      {CURLOPT_FOLLOWLOCATION, curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L)},
-      {CURLOPT_MAXREDIRS, curl_easy_setopt(c, CURLOPT_MAXREDIRS, 5L)},
+      // http and https only: never file://, ftp:// or gopher://. From an https URL, https only:
+      // RedirectChain refuses http already; this is the second lock.
+      {CURLOPT_PROTOCOLS_STR,
+       curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, IsHttps(req_.url) ? "https" : "http,https")},
+      // Redirects are RedirectChain's: libcurl would carry the manifest's headers to any host.
+      {CURLOPT_FOLLOWLOCATION, curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L)},
       // 4xx/5xx bodies never reach the buffer; the status decides what happens next.
       {CURLOPT_FAILONERROR, curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L)},
       {CURLOPT_NOSIGNAL, curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L)},
@@ -272,7 +293,7 @@ Status Transfer::Setup(std::optional<Clock::time_point> deadline) {
   };
   for (const auto& r : results) {
     if (r.rc != CURLE_OK) {
-      // Only a URL libcurl cannot parse gets here in practice.
+      // A libcurl built without one of these (an old one, without PROTOCOLS_STR) gets here.
       return Failure(Code::kInvalid,
                      fmt::format("setting up the transfer (option {}): {}", static_cast<int>(r.opt),
                                  curl_easy_strerror(r.rc)));
@@ -323,6 +344,8 @@ size_t Transfer::OnHeader(std::string_view line) {
     resp_.etag = *v;
   } else if (auto v = HeaderValue(line, "last-modified")) {
     resp_.last_modified = *v;
+  } else if (auto v = HeaderValue(line, "location")) {
+    resp_.location = *v;
   } else if (line == "\r\n" || line == "\n") {
     resp_.headers_done = true;
     // Redirects and interim answers carry no body for us; errors are curl's (FAILONERROR).
@@ -348,19 +371,23 @@ bool Transfer::AcceptResponse() {
           request_offset_);
       return false;
     }
+    response_end_ = resp_.content_range->last + 1;
     total = resp_.content_range->complete;
-    if (!total && resp_.content_length) total = request_offset_ + *resp_.content_length;
     if (total && expected_total_ && *total != *expected_total_) {
       abort_ = Abort::kBadRange;
       abort_detail_ =
           fmt::format("the image changed size from {} to {} bytes", *expected_total_, *total);
       return false;
     }
+    // "bytes N-M/*": the length is not repeated, but If-Range made sure this is the image whose
+    // length an earlier answer announced.
+    if (!total) total = expected_total_;
   } else if (resp_.code == 200) {
     // A 200 to a Range request: the server sends the whole image again; keep this body and
     // start over from its first byte.
     if (request_offset_ > 0) StartOver();
     total = resp_.content_length;
+    response_end_ = resp_.content_length;
     // What a resume sends as If-Range: should the image change at the origin, the server answers
     // 200 with the new one instead of stitching its tail to our head. Weak ETags cannot be used.
     validator_ =
@@ -386,9 +413,23 @@ bool Transfer::AcceptResponse() {
 
 size_t Transfer::OnBody(const uint8_t* data, size_t n) {
   if (n == 0) return 0;
+  if (!accepted_ && IsFollowedRedirect(resp_.code) && !resp_.location.empty()) {
+    resp_.redirect_body += n;
+    if (resp_.redirect_body <= kMaxRedirectBody) return n;
+    abort_ = Abort::kRedirect;
+    return 0;
+  }
   if (!accepted_) {
     abort_ = Abort::kUnexpected;
     abort_detail_ = fmt::format("HTTP {}: a body that is not the image", resp_.code);
+    return 0;
+  }
+  if (response_end_ && n > *response_end_ - sink_.size()) {
+    // Only a body that ends with the connection can get here (libcurl stops at a
+    // Content-Length): bytes past the range the 206 announced are not the bytes asked for.
+    abort_ = Abort::kBadRange;
+    abort_detail_ = fmt::format("a 206 sent more than the bytes {}-{} it announced",
+                                request_offset_, *response_end_ - 1);
     return 0;
   }
   if (n > sink_.room()) {
@@ -436,20 +477,42 @@ int Transfer::OnTick() {
 Outcome Transfer::RunAttempt() {
   if (ranges_unusable_ && image_.size() > 0) StartOver();
   request_offset_ = image_.size();
+  // Every attempt starts at the manifest's URL: a presigned URL handed out by a redirect may have
+  // expired since (redirect_chain.hpp).
+  chain_.Restart();
+  for (;;) {
+    Outcome outcome = RunRequest();
+    if (outcome.kind != Outcome::kRedirect) return outcome;
+    if (Status s = chain_.Follow(resp_.location); !s.ok()) {
+      return {Outcome::kFinal, Failure(Code::kIo, s.detail())};
+    }
+  }
+}
+
+std::string Transfer::Where() const {
+  if (chain_.redirects() == 0) return {};
+  return fmt::format(" (at {}, after {} redirect(s))", msg::ShownUrl(chain_.url()),
+                     chain_.redirects());
+}
+
+Outcome Transfer::RunRequest() {
   resp_ = Response();
   accepted_ = false;
+  response_end_.reset();
   abort_ = Abort::kNone;
   abort_detail_.clear();
   errbuf_[0] = '\0';
   last_activity_ = Clock::now();
 
-  // The manifest's headers go on every request; libcurl keeps custom headers across redirects
-  // (except Authorization to another host, which it drops on purpose).
+  // The manifest's headers go to its URL's origin only (redirect_chain.hpp); Range and If-Range
+  // on every request, redirects included, as they hold no secret.
   curl_slist* list = nullptr;
-  for (const HttpHeader& h : req_.headers) {
-    curl_slist* next = curl_slist_append(list, (h.name + ": " + h.value).c_str());
-    if (next == nullptr) break;
-    list = next;
+  if (chain_.at_origin()) {
+    for (const HttpHeader& h : req_.headers) {
+      curl_slist* next = curl_slist_append(list, (h.name + ": " + h.value).c_str());
+      if (next == nullptr) break;
+      list = next;
+    }
   }
   if (request_offset_ > 0) {
     std::string range = fmt::format("Range: bytes={}-", request_offset_);
@@ -468,6 +531,10 @@ Outcome Transfer::RunAttempt() {
     connect_timeout = std::clamp(left, std::chrono::milliseconds(1), connect_timeout);
   }
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(connect_timeout.count()));
+  if (CURLcode rc = curl_easy_setopt(c, CURLOPT_URL, chain_.url().c_str()); rc != CURLE_OK) {
+    return {Outcome::kFinal, Failure(Code::kIo, fmt::format("setting the URL{}: {}", Where(),
+                                                            curl_easy_strerror(rc)))};
+  }
 
   CURLcode rc = curl_easy_perform(c);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, nullptr);
@@ -477,19 +544,30 @@ Outcome Transfer::RunAttempt() {
     return {Outcome::kFinal, Failure(Code::kIo, "storing the image: " + s.detail())};
   }
 
-  auto retry = [](std::string detail) {
-    return Outcome{Outcome::kRetry, Status::Error(Code::kIo, std::move(detail))};
+  auto retry = [this](std::string detail) {
+    return Outcome{Outcome::kRetry, Status::Error(Code::kIo, detail + Where())};
   };
+  auto final = [this](std::string detail) {
+    return Outcome{Outcome::kFinal, Failure(Code::kIo, detail + Where())};
+  };
+  if ((rc == CURLE_OK || abort_ == Abort::kRedirect) && IsFollowedRedirect(resp_.code) &&
+      !resp_.location.empty()) {
+    return {Outcome::kRedirect, Status::Ok()};
+  }
   if (rc == CURLE_OK) {
     if (!accepted_) {
       long code = 0;
       curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
-      return {Outcome::kFinal, Failure(Code::kIo, fmt::format("HTTP {}: not an answer with the "
-                                                              "image",
-                                                              code))};
+      return final(fmt::format("HTTP {}: not an answer with the image", code));
+    }
+    // Never accepted as complete: a body that stops short of what its answer announced. With a
+    // Content-Length libcurl reports that itself (CURLE_PARTIAL_FILE); a 206 whose body ends
+    // with the connection is checked against its Content-Range here.
+    if (response_end_ && image_.size() < *response_end_) {
+      return retry(fmt::format("the body ended at byte {}, before byte {} its answer announced",
+                               image_.size(), *response_end_));
     }
     if (expected_total_ && image_.size() != *expected_total_) {
-      // Never accepted as complete: a body that stops short of its announced length.
       return retry(fmt::format("the body ended at byte {} of {}", image_.size(), *expected_total_));
     }
     return {Outcome::kComplete, Status::Ok()};
@@ -501,13 +579,15 @@ Outcome Transfer::RunAttempt() {
     case Abort::kCancelled:
       return {Outcome::kFinal, cancel_.Check()};
     case Abort::kDeadline:
-    case Abort::kUnexpected:
       return {Outcome::kFinal, Failure(Code::kIo, abort_detail_)};
+    case Abort::kUnexpected:
+      return final(abort_detail_);
     case Abort::kStalled:
       return retry(abort_detail_);
     case Abort::kBadRange:
       ranges_unusable_ = true;
       return retry(abort_detail_);
+    case Abort::kRedirect:
     case Abort::kNone:
       break;
   }
@@ -517,11 +597,11 @@ Outcome Transfer::RunAttempt() {
     std::string detail = fmt::format("HTTP {}", code);
     if (resp_.code == code && !resp_.reason.empty()) detail += " " + resp_.reason;
     if (IsRetryableHttpStatus(static_cast<int>(code))) return retry(detail);
-    return {Outcome::kFinal, Failure(Code::kIo, detail)};
+    return final(detail);
   }
   std::string detail = curl_easy_strerror(rc);
   if (errbuf_[0] != '\0') detail += fmt::format(" ({})", errbuf_);
-  if (IsFinalCurlError(rc)) return {Outcome::kFinal, Failure(Code::kIo, detail)};
+  if (IsFinalCurlError(rc)) return final(detail);
   return retry(detail);
 }
 
@@ -551,7 +631,9 @@ Result<FetchResult> FetchImage(const FetchRequest& req, const FetchOptions& opts
   BYOI_ASSIGN_OR_RETURN(ImageBuffer image, ImageBuffer::Create(opts.memory_budget));
   BYOI_ASSIGN_OR_RETURN(auto hasher, StreamHasher::Create(req.hashes, opts.hash_thread));
 
-  Transfer transfer(req, opts, progress, cancel, image, *hasher);
+  Result<RedirectChain> chain = RedirectChain::Create(req.url);
+  if (!chain.ok()) return std::move(chain).status().DefaultMessage(msg::DownloadFailed(req.url));
+  Transfer transfer(req, opts, progress, cancel, image, *hasher, std::move(chain).value());
   BYOI_RETURN_IF_ERROR(transfer.Setup(deadline));
 
   const int attempts = std::max(1, opts.attempts);

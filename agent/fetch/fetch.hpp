@@ -1,19 +1,27 @@
-// Step 2 of a job (design.md §1): stream the image over HTTP(S) into one RAM buffer, hashing it as
-// it arrives, resuming after network faults.
+// Step 2 of a job (docs/pipeline.md): stream the image over HTTP(S) into one RAM buffer, hashing it
+// as it arrives, resuming after network faults.
 //
-// The transfer runs on libcurl: http and https only, redirects included (at most 5, never to
-// another scheme), TLS verification on, the manifest's headers on every request. The 16 KiB pieces
+// The transfer runs on libcurl: http and https only, TLS verification on. Redirects are followed by
+// RedirectChain (redirect_chain.hpp): at most 5, never from https to http, and the manifest's
+// headers and userinfo go to the origin of its URL only. The 16 KiB pieces
 // libcurl hands over are gathered into 1 MiB blocks; each block is written into the ImageBuffer
 // while a second thread hashes the same block, hot in cache; nothing reads the image twice.
 //
 // Failure policy, per attempt:
-//   - a dropped connection, a stall, a 5xx, 408 or 429, a body shorter than its Content-Length:
-//     try again after an exponential back-off, with `Range: bytes=N-` from the last byte received
-//     (and `If-Range` with the image's ETag or Last-Modified, so a changed image comes whole).
+//   - a dropped connection, a stall, a 5xx, 408 or 429, a body shorter than its Content-Length or
+//     its Content-Range: try again after an exponential back-off, from the manifest's URL again,
+//     with `Range: bytes=N-` from the last byte received (and `If-Range` with the image's ETag or
+//     Last-Modified, so a changed image comes whole).
 //     A 206 must carry a Content-Range starting at N, of the same total length; a 200 means the
 //     server ignored the Range (or the image changed), and the download restarts at byte 0 with
 //     fresh digests.
-//   - any other 4xx, a refused certificate, a forbidden redirect, a malformed URL: final at once.
+//   - any other 4xx, a refused certificate, a refused redirect (too many, another scheme, https to
+//     http), a malformed URL: final at once.
+//
+// A body is complete when it has all the bytes its answer announced (Content-Length, or the range
+// and length of a Content-Range), never fewer. An answer with neither Content-Length nor chunked
+// encoding ends when the connection closes (HTTP/1.1, RFC 9112 §6.3): a connection cut early is
+// then indistinguishable from the end, so such a download is only as sure as its checksum.
 //   - more than the memory budget: final; refused from the headers when Content-Length (or
 //     Content-Range) announces it, else the moment the budget is passed.
 #pragma once
@@ -28,14 +36,15 @@
 #include "agent/base/cancel.hpp"
 #include "agent/base/status.hpp"
 #include "agent/fetch/hasher.hpp"
+#include "agent/fetch/http_headers.hpp"
+#include "agent/image/format.hpp"  // ImageType
 #include "agent/image/image_buffer.hpp"
-#include "agent/job/manifest.hpp"
 
 namespace byoi {
 
 struct FetchRequest {
-  std::string url;                   // http or https; may carry userinfo (never shown)
-  std::vector<HttpHeader> headers;   // sent on every request, redirects and retries included
+  std::string url;  // http or https; may carry userinfo, a presigned query (never shown)
+  std::vector<HttpHeader> headers;   // sent on every request to the URL's origin, retries included
   ImageType type = ImageType::kRaw;  // only names the image in the too-big message
   std::vector<HashAlgo> hashes;      // digests to compute while bytes arrive (may be empty)
 };
@@ -75,7 +84,7 @@ struct FetchOptions {
 struct FetchResult {
   ImageBuffer image;            // the whole body, exactly
   std::vector<Digest> digests;  // one per FetchRequest::hashes, in the same order
-  int requests = 0;             // HTTP requests made, retries included
+  int requests = 0;             // HTTP requests made, redirects and retries included
   int restarts = 0;             // times the server ignored a Range and we started over
   double seconds = 0;           // wall time, back-offs included
 

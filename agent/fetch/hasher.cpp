@@ -7,6 +7,34 @@
 
 namespace byoi {
 
+std::string_view HashAlgoName(HashAlgo algo) {
+  switch (algo) {
+    case HashAlgo::kMd5:
+      return "md5";
+    case HashAlgo::kSha1:
+      return "sha1";
+    case HashAlgo::kSha256:
+      return "sha256";
+    case HashAlgo::kSha512:
+      return "sha512";
+  }
+  return "?";
+}
+
+size_t HashHexLength(HashAlgo algo) {
+  switch (algo) {
+    case HashAlgo::kMd5:
+      return 32;
+    case HashAlgo::kSha1:
+      return 40;
+    case HashAlgo::kSha256:
+      return 64;
+    case HashAlgo::kSha512:
+      return 128;
+  }
+  return 0;
+}
+
 namespace {
 
 const EVP_MD* MdFor(HashAlgo algo) {

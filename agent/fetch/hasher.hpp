@@ -1,5 +1,5 @@
-// Streaming message digests for the fetch step (design.md §1 step 2): the image is hashed while its
-// bytes arrive, never in a second pass over the buffer.
+// Streaming message digests for the fetch step (docs/pipeline.md step 2): the image is hashed while
+// its bytes arrive, never in a second pass over the buffer.
 //
 // Hasher wraps one OpenSSL EVP digest context. StreamHasher feeds one or more Hashers with the
 // spans a download receives, either inline or on a thread of its own so that hashing a span
@@ -18,12 +18,16 @@
 #include <vector>
 
 #include "agent/base/status.hpp"
-#include "agent/job/manifest.hpp"
 
 struct evp_md_ctx_st;
 struct evp_md_st;
 
 namespace byoi {
+
+// The checksum types a manifest may name (docs/manifest.md).
+enum class HashAlgo { kMd5, kSha1, kSha256, kSha512 };
+std::string_view HashAlgoName(HashAlgo algo);  // "md5" … "sha512"
+size_t HashHexLength(HashAlgo algo);           // 32, 40, 64, 128
 
 struct Digest {
   HashAlgo algo = HashAlgo::kSha256;

@@ -10,6 +10,12 @@
 
 namespace byoi {
 
+// A request header the manifest asks the download to send (docs/manifest.md).
+struct HttpHeader {
+  std::string name;   // an RFC 7230 token
+  std::string value;  // no CR, LF or NUL; a secret: never logged, shown as *** when printed
+};
+
 struct StatusLine {
   int code = 0;        // 100-599
   std::string reason;  // "Not Found"; empty for HTTP/2 and later

@@ -9,6 +9,10 @@
 
 namespace byoi {
 
+std::string_view ImageTypeName(ImageType type) {
+  return type == ImageType::kQcow2 ? "qcow2" : "raw";
+}
+
 namespace {
 
 bool HasAt(std::span<const uint8_t> b, uint64_t offset, std::string_view magic) {

@@ -1,5 +1,5 @@
-// Step 3 of a job (design.md §1): what the downloaded bytes really are, compared with the type the
-// manifest declares.
+// Step 3 of a job (docs/pipeline.md): what the downloaded bytes really are, compared with the type
+// the manifest declares.
 //
 // Detection reads only signatures at fixed offsets (no parsing beyond bounds checks), so it is
 // safe on any input:
@@ -18,9 +18,12 @@
 #include <string_view>
 
 #include "agent/base/status.hpp"
-#include "agent/job/manifest.hpp"
 
 namespace byoi {
+
+// The image types a manifest may declare (docs/manifest.md).
+enum class ImageType { kQcow2, kRaw };
+std::string_view ImageTypeName(ImageType type);  // "qcow2", "raw"
 
 enum class ImageFormat {
   kQcow2,      // a qcow2 image (version 2 or 3)

@@ -1,8 +1,8 @@
 // The image in RAM: one memfd (RAM, never a file on disk) that a download or a file read fills,
 // mapped once for the image readers to borrow. Address space for the whole budget is reserved up
 // front (MAP_NORESERVE) and pages are committed only as bytes arrive, so memory use is the
-// image's size, never a second copy, and the budget rule (RAM − 3 GiB, design.md §1) is enforced
-// at Append.
+// image's size, never a second copy, and the budget rule (RAM − 3 GiB, docs/pipeline.md) is
+// enforced at Append.
 //
 // Append writes with pwrite rather than memcpy into the mapping: a page that is written whole goes
 // into the memfd without being zeroed first, where a page faulted in through the mapping is

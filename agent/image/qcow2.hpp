@@ -1,7 +1,8 @@
 // The native qcow2 reader: validates a qcow2 image held in RAM and serves its virtual disk as an
-// ImageLayout (extent.hpp) that decodes the image's own L1/L2 tables on demand. Serves design.md
-// §1 steps 3-4: the writer never sees a byte of an image whose header, tables or mapped data are
-// not sound, and no extent list is kept (a map's memory does not grow with the image).
+// ImageLayout (extent.hpp) that decodes the image's own L1/L2 tables on demand. Serves
+// docs/pipeline.md steps 3-4: the writer never sees a byte of an image whose header, tables or
+// mapped data are not sound, and no extent list is kept (a map's memory does not grow with the
+// image).
 //
 // Format notes (QEMU docs/interop/qcow2.rst; all numbers big-endian):
 // - Header: magic "QFI\xfb", version 2 or 3, cluster_bits 9..21, size, crypt_method, l1_size,

@@ -1,5 +1,5 @@
 // Proof, before the first byte is written, that every compressed cluster of an image inflates
-// (design.md §1 step 3): the writer inflates clusters as it writes, so a corrupt one found then
+// (docs/pipeline.md step 3): the writer inflates clusters as it writes, so a corrupt one found then
 // would leave a half-written disk; found here, the disk stays untouched.
 #pragma once
 

@@ -1,4 +1,4 @@
-// JobControl: the one deployment a daemon runs at a time (design.md §7, §8).
+// JobControl: the one deployment a daemon runs at a time (docs/api.md, docs/backend.md).
 //
 // The HTTP handlers and the backend poller reach the job only through this thread-safe object. A
 // job runs on its own thread (never on the API's io_context), reporting into a StatusBoard of its

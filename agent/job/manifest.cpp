@@ -16,38 +16,6 @@ namespace byoi {
 
 namespace json = boost::json;
 
-std::string_view ImageTypeName(ImageType type) {
-  return type == ImageType::kQcow2 ? "qcow2" : "raw";
-}
-
-std::string_view HashAlgoName(HashAlgo algo) {
-  switch (algo) {
-    case HashAlgo::kMd5:
-      return "md5";
-    case HashAlgo::kSha1:
-      return "sha1";
-    case HashAlgo::kSha256:
-      return "sha256";
-    case HashAlgo::kSha512:
-      return "sha512";
-  }
-  return "?";
-}
-
-size_t HashHexLength(HashAlgo algo) {
-  switch (algo) {
-    case HashAlgo::kMd5:
-      return 32;
-    case HashAlgo::kSha1:
-      return 40;
-    case HashAlgo::kSha256:
-      return 64;
-    case HashAlgo::kSha512:
-      return 128;
-  }
-  return 0;
-}
-
 namespace {
 
 constexpr size_t kMaxUrlBytes = 8192;
@@ -275,7 +243,7 @@ Status ValidateEfiPath(const std::string& path, std::string_view field) {
   return Status::Ok();
 }
 
-Status SetHostname(ConfigDrive& cd, const std::optional<std::string>& hostname,
+Status SetHostname(ConfigDriveSpec& cd, const std::optional<std::string>& hostname,
                    std::string_view field) {
   if (!hostname || hostname->empty()) return Status::Ok();
   if (!IsValidHostname(*hostname)) return Invalid(field, "not a valid RFC 1123 host name");
@@ -283,7 +251,8 @@ Status SetHostname(ConfigDrive& cd, const std::optional<std::string>& hostname,
   return Status::Ok();
 }
 
-Status SetSshKey(ConfigDrive& cd, const std::optional<std::string>& key, std::string_view field) {
+Status SetSshKey(ConfigDriveSpec& cd, const std::optional<std::string>& key,
+                 std::string_view field) {
   if (!key || key->empty()) return Status::Ok();
   if (key->size() > kMaxSshKeyBytes) return Invalid(field, "longer than 16384 bytes");
   if (key->find_first_of(std::string_view("\r\0", 2)) != std::string::npos) {
@@ -293,7 +262,7 @@ Status SetSshKey(ConfigDrive& cd, const std::optional<std::string>& key, std::st
   return Status::Ok();
 }
 
-void SetUserData(ConfigDrive& cd, const std::optional<std::string>& data) {
+void SetUserData(ConfigDriveSpec& cd, const std::optional<std::string>& data) {
   if (!data || data->empty()) return;
   if (auto decoded = DecodeUserData(*data)) {
     cd.user_data = std::move(decoded->first);
@@ -304,7 +273,8 @@ void SetUserData(ConfigDrive& cd, const std::optional<std::string>& data) {
   }
 }
 
-Status AddMetadata(ConfigDrive& cd, std::string key, std::string value, const std::string& field) {
+Status AddMetadata(ConfigDriveSpec& cd, std::string key, std::string value,
+                   const std::string& field) {
   if (key.empty()) return Invalid(field, "empty key");
   for (const auto& [k, v] : cd.metadata) {
     if (k == key) return Invalid(field, "duplicate key");
@@ -314,7 +284,7 @@ Status AddMetadata(ConfigDrive& cd, std::string key, std::string value, const st
 }
 
 // v1 `configdrive` object, or the flat form where the same keys sit at the top level.
-Status ParseV1ConfigDrive(const json::object& o, std::string_view prefix, ConfigDrive& cd) {
+Status ParseV1ConfigDrive(const json::object& o, std::string_view prefix, ConfigDriveSpec& cd) {
   auto name = [&](std::string_view key) { return std::string(prefix) + std::string(key); };
   BYOI_ASSIGN_OR_RETURN(auto hostname, GetString(o, "hostname", name("hostname")));
   BYOI_RETURN_IF_ERROR(SetHostname(cd, hostname, name("hostname")));
@@ -379,7 +349,7 @@ Result<Manifest> ParseV1(const json::object& o) {
   } else {
     // The oldest flat form: the config drive is wanted when any of its fields is given.
     BYOI_RETURN_IF_ERROR(ParseV1ConfigDrive(o, "", m.config_drive));
-    const ConfigDrive& c = m.config_drive;
+    const ConfigDriveSpec& c = m.config_drive;
     m.config_drive.enabled =
         !c.hostname.empty() || !c.ssh_key.empty() || c.user_data || !c.metadata.empty();
   }
@@ -424,7 +394,7 @@ Result<Manifest> ParseV3(const json::object& o) {
   BYOI_ASSIGN_OR_RETURN(auto description,
                         GetString(*c, "description", "customizations.description"));
   m.description = description.value_or("");
-  ConfigDrive& cd = m.config_drive;
+  ConfigDriveSpec& cd = m.config_drive;
   BYOI_ASSIGN_OR_RETURN(auto hostname, GetString(*c, "hostname", "customizations.hostname"));
   BYOI_RETURN_IF_ERROR(SetHostname(cd, hostname, "customizations.hostname"));
   BYOI_ASSIGN_OR_RETURN(auto key, GetString(*c, "sshKey", "customizations.sshKey"));
@@ -530,15 +500,6 @@ bool IsUtf8Text(std::string_view s) {
   return true;
 }
 
-// "https://user:pw@host/x" -> "https://***@host/x": shows that credentials will be sent, not them.
-std::string MaskUserinfo(const std::string& url) {
-  std::string stripped = msg::StripUserinfo(url);
-  size_t authority = url.find("://");
-  if (stripped == url || authority == std::string::npos) return url;
-  stripped.insert(authority + 3, "***@");
-  return stripped;
-}
-
 }  // namespace
 
 bool IsValidHostname(std::string_view name) {
@@ -595,7 +556,7 @@ Result<Manifest> ParseManifest(std::string_view body) {
 boost::json::object ManifestToJson(const Manifest& m) {
   json::object out;
   out["shape"] = m.shape == Manifest::Shape::kV1 ? "byoi-v1" : "reinstall-v3";
-  out["url"] = MaskUserinfo(m.url);
+  out["url"] = msg::ShownUrl(m.url, msg::UrlSecrets::kMasked);
   out["type"] = ImageTypeName(m.type);
   if (m.checksum) {
     out["checkSumType"] = HashAlgoName(m.checksum->algo);
@@ -614,7 +575,7 @@ boost::json::object ManifestToJson(const Manifest& m) {
       m.efi_bootloader_path.empty() ? json::value(nullptr) : json::value(m.efi_bootloader_path);
   out["efiBootOrder"] =
       m.efi_boot_order.empty() ? json::value(nullptr) : json::value(m.efi_boot_order);
-  const ConfigDrive& cd = m.config_drive;
+  const ConfigDriveSpec& cd = m.config_drive;
   json::object drive;
   drive["enabled"] = cd.enabled;
   drive["hostname"] = cd.hostname;

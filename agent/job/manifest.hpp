@@ -1,10 +1,10 @@
-// The job manifest: what to install and how (design.md §4).
+// The job manifest: what to install and how (docs/manifest.md).
 //
 // Two shapes arrive from outside — OVHcloud's BYOI v1 body (with nested `configdrive`, or the
 // oldest flat form) and the reinstall v3 body (`customizations` + `storage`) — and are normalised
 // into one `Manifest`. Parsing is defensive: the body is untrusted, bounded to 1 MiB and 32 levels
 // of nesting, every field is type-checked, and every failure carries the exact catalogue message of
-// design.md §5.
+// docs/status.md.
 #pragma once
 
 #include <boost/json/fwd.hpp>
@@ -16,38 +16,18 @@
 #include <vector>
 
 #include "agent/base/status.hpp"
+#include "agent/boot/configdrive.hpp"    // ConfigDriveSpec
+#include "agent/fetch/hasher.hpp"        // HashAlgo
+#include "agent/fetch/http_headers.hpp"  // HttpHeader
+#include "agent/image/format.hpp"        // ImageType
 
 namespace byoi {
 
 inline constexpr size_t kMaxManifestBytes = 1 << 20;
 
-enum class ImageType { kQcow2, kRaw };
-enum class HashAlgo { kMd5, kSha1, kSha256, kSha512 };
-
-std::string_view ImageTypeName(ImageType type);  // "qcow2", "raw"
-std::string_view HashAlgoName(HashAlgo algo);    // "md5" … "sha512"
-size_t HashHexLength(HashAlgo algo);             // 32, 40, 64, 128
-
 struct Checksum {
   HashAlgo algo;
   std::string hex;  // lower case, HashHexLength(algo) digits
-};
-
-struct HttpHeader {
-  std::string name;   // an RFC 7230 token
-  std::string value;  // no CR, LF or NUL; a secret: never logged, shown as *** when printed
-};
-
-// Where user data came from, after the decoding rule of design.md §4.
-enum class UserDataSource { kText, kBase64Text, kBase64Gzip };
-
-struct ConfigDrive {
-  bool enabled = false;
-  std::string hostname;                  // RFC 1123, may be empty
-  std::string ssh_key;                   // may be empty
-  std::optional<std::string> user_data;  // raw bytes for the config drive's user_data file
-  UserDataSource user_data_source = UserDataSource::kText;
-  std::vector<std::pair<std::string, std::string>> metadata;  // `meta` of meta_data.json, in order
 };
 
 struct Manifest {
@@ -61,10 +41,10 @@ struct Manifest {
   std::vector<HttpHeader> headers;
   std::string
       efi_bootloader_path;  // as given (backslashes or slashes, no ".."), empty if not given
-  // efiBootOrder: first, after-network, bootnext or none (design.md §10); overrides the agent's
+  // efiBootOrder: first, after-network, bootnext or none (docs/boot.md); overrides the agent's
   // --efi-boot-order for this job. Empty if not given.
   std::string efi_boot_order;
-  ConfigDrive config_drive;
+  ConfigDriveSpec config_drive;
 };
 
 // Parses and validates a manifest body. On failure the Status has code kInvalid and `message` is
@@ -77,9 +57,9 @@ struct Manifest {
 // are lower-cased.
 Result<Manifest> ParseManifest(std::string_view body);
 
-// The normalised manifest as JSON, for `validate` and the logs: header values, URL credentials and
-// user data are never included (header values and userinfo shown as "***", user data by size and
-// source only).
+// The normalised manifest as JSON, for `validate` and the logs: header values, URL credentials, the
+// URL's query and user data are never included (header values, userinfo and query shown as "***",
+// see msg::ShownUrl; user data by size and source only).
 boost::json::object ManifestToJson(const Manifest& manifest);
 
 // The user-data decoding rule, exposed for tests: returns the decoded bytes when `text` is strictly

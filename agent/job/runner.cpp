@@ -71,8 +71,24 @@ Result<FetchOptions> MakeFetchOptions(const JobOptions& job) {
   return opts;
 }
 
+// The boot order policy the boot step will apply, or nullopt when it will write no boot entry:
+// on legacy BIOS, or under policy none. The manifest's efiBootOrder, when given, wins over the
+// agent's --efi-boot-order.
+Result<std::optional<BootOrderPolicy>> BootEntryPolicy(const Manifest& manifest,
+                                                       const JobOptions& job) {
+  if (DetectBootMode(job.efivars) == BootMode::kLegacy) return std::optional<BootOrderPolicy>();
+  const std::string& order =
+      manifest.efi_boot_order.empty() ? job.efi_boot_order : manifest.efi_boot_order;
+  BYOI_ASSIGN_OR_RETURN(BootOrderPolicy policy, ParseBootOrderPolicy(order));
+  if (policy == BootOrderPolicy::kNone) return std::optional<BootOrderPolicy>();
+  return std::optional<BootOrderPolicy>(policy);
+}
+
 // Step 1: the target, before a byte is downloaded, so that a wrong disk group or a busy disk is
-// refused in a second rather than after a 10 GiB download. Reads sysfs and /proc only.
+// refused in a second rather than after a 10 GiB download. The firmware's boot variables too,
+// when the job will set a boot entry: an NVRAM the boot step could not use (an oversized or
+// malformed BootOrder, an unreadable efivarfs) must fail the job while the disk is untouched, not
+// after it was written. Reads sysfs, /proc and efivarfs only.
 Result<TargetDisk> Plan(const Manifest& manifest, const JobOptions& job) {
   InventoryOptions inventory_options;
   BYOI_ASSIGN_OR_RETURN(inventory_options.mapping, ParseGroupMapping(job.disk_groups));
@@ -90,6 +106,13 @@ Result<TargetDisk> Plan(const Manifest& manifest, const JobOptions& job) {
   }
   if (inventory.ok()) target.group_peers = OtherDisksOfGroup(*inventory, target.disk);
   BYOI_RETURN_IF_ERROR(CheckNotInUse(target.disk));
+  Result<std::optional<BootOrderPolicy>> policy = BootEntryPolicy(manifest, job);
+  if (!policy.ok()) return std::move(policy).status().DefaultMessage(msg::kBootEntry);
+  if (*policy) {
+    EfivarfsVars vars(job.efivars);
+    BYOI_RETURN_IF_ERROR(
+        CheckBootVariables(vars).Context("reading the EFI boot variables in " + job.efivars));
+  }
   spdlog::info("plan: {} ({}, {} bytes, {}-byte sectors){}", target.disk.path,
                target.disk.is_file ? "file" : DiskKindName(target.disk.kind),
                target.disk.size_bytes, target.disk.logical_sector_size,
@@ -129,6 +152,14 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
   const HashAlgo algo = ReportedHash(manifest);
   const std::string actual = fetched.DigestOf(algo);
   board.SetChecksum(actual);
+  if (!manifest.checksum) {
+    // The operator must see that nothing vouched for these bytes (docs/status.md, warnings).
+    std::string warning = fmt::format(
+        "no checksum given: the image was not verified against a known checksum ({} {} computed)",
+        HashAlgoName(algo), actual);
+    spdlog::warn("verify: {}", warning);
+    board.Warn(std::move(warning));
+  }
   if (manifest.checksum && actual != manifest.checksum->hex) {
     return Status::Error(
         Code::kInvalid,
@@ -250,11 +281,8 @@ Status SetBootEntry(const Manifest& manifest, const JobOptions& job, const Disk&
     board.SkipStep(Step::kBootloader, LegacySkipReason(job.efivars));
     return Status::Ok();
   }
-  // The manifest's efiBootOrder, when given, wins over the agent's --efi-boot-order.
-  const std::string& order =
-      manifest.efi_boot_order.empty() ? job.efi_boot_order : manifest.efi_boot_order;
-  BYOI_ASSIGN_OR_RETURN(BootOrderPolicy policy, ParseBootOrderPolicy(order));
-  if (policy == BootOrderPolicy::kNone) {
+  BYOI_ASSIGN_OR_RETURN(std::optional<BootOrderPolicy> policy, BootEntryPolicy(manifest, job));
+  if (!policy) {
     board.SkipStep(Step::kBootloader, manifest.efi_boot_order.empty()
                                           ? "--efi-boot-order none: the boot entries are left alone"
                                           : "efiBootOrder none: the boot entries are left alone");
@@ -278,12 +306,16 @@ Status SetBootEntry(const Manifest& manifest, const JobOptions& job, const Disk&
   }
   BYOI_ASSIGN_OR_RETURN(BootLoader loader,
                         FindBootLoader(disk.path, *esp, manifest.efi_bootloader_path));
+  for (const std::string& note : loader.skipped) {
+    spdlog::warn("bootloader: {}", note);
+    board.Warn(note);
+  }
   BootEntryRequest request;
   request.esp = *esp;
   request.loader_path = loader.path;
   request.label = ChooseBootLabel(loader, manifest.description);
   EfivarfsVars vars(job.efivars);
-  BYOI_ASSIGN_OR_RETURN(BootEntryResult entry, InstallBootEntry(vars, request, policy));
+  BYOI_ASSIGN_OR_RETURN(BootEntryResult entry, InstallBootEntry(vars, request, *policy));
   spdlog::info("bootloader: {} (found by {})", entry.Summary(), loader.found_by);
   board.FinishStep(Step::kBootloader, entry.Summary());
   return Status::Ok();
@@ -311,7 +343,7 @@ Status Finish(const JobOptions& job, const Disk& disk, PowerControl& power, Stat
   return Status::Ok();
 }
 
-// The failure policy once writing has begun (design.md §5): the disk holds a mix of old and new
+// The failure policy once writing has begun (docs/status.md): the disk holds a mix of old and new
 // bytes, or a new system without its configuration; make it unbootable rather than let the next
 // boot find something half-made. The writer already does this for its own failures; later steps
 // rely on this.
@@ -328,7 +360,7 @@ void MakeUnbootable(const Disk& disk) {
 
 // The catalogue sentence for a failure whose stage could not name one (an unreadable sysfs, a
 // failed system call): the sentence of the step that was running, so that `message` is always
-// from design.md §5 and the cause stays in `detail`.
+// from docs/status.md and the cause stays in `detail`.
 std::string StepMessage(const Manifest& manifest, const JobStatus& status) {
   for (const StepStatus& step : status.progress) {
     if (step.state != StepState::kDoing) continue;

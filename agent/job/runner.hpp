@@ -1,4 +1,4 @@
-// The pipeline runner: one job, top to bottom (design.md §1): plan → fetch → verify → write →
+// The pipeline runner: one job, top to bottom (docs/pipeline.md): plan → fetch → verify → write →
 // repartition → boot → finish. Each step calls one stage's narrow interface and reports into the
 // StatusBoard; the failure policy lives in runner.cpp, where the order happens.
 #pragma once
@@ -6,7 +6,7 @@
 #include "agent/base/cancel.hpp"
 #include "agent/base/status.hpp"
 #include "agent/boot/reboot.hpp"
-#include "agent/commands.hpp"
+#include "agent/job/job_options.hpp"
 #include "agent/job/manifest.hpp"
 #include "agent/job/status.hpp"
 

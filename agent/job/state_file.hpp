@@ -1,6 +1,6 @@
-// The state file: the daemon's job status kept across restarts (design.md §5, issue 7).
+// The state file: the daemon's job status kept across restarts (docs/status.md, issue 7).
 //
-// The file is the status JSON of design.md §5 plus a "jobId" field (the backend's id, "" for jobs
+// The file is the status JSON of docs/status.md plus a "jobId" field (the backend's id, "" for jobs
 // posted to the API). It is rewritten atomically (temp file, fsync, rename, fsync of the directory)
 // on every state or step change and at most every 5 s for byte progress, and removed when the job
 // is cleared. Default path: /run/byoi-agent/state.json (tmpfs: it survives a crash or a restart of
@@ -8,6 +8,18 @@
 //
 // On start, a job found `doing` cannot be running any more: it becomes `error` with the catalogue
 // message "Deployment interrupted: the agent restarted.".
+//
+// The last job is never lost silently (a backend or an operator would take "no job" for "never
+// ran"). The file is written from the board's status, whose strings are printable (status.hpp),
+// with "jobId" first, so that a cut file still names the job. Reading it:
+//   - bytes that are not UTF-8 (a file of an older agent that wrote raw reason phrases) are read
+//     and shown escaped (PrintableText), in every string, jobId included;
+//   - a damaged file (cut short, not JSON, not a status, over 1 MiB) gives what can be recovered:
+//     the longest complete prefix of its JSON is read leniently (state, message, detail, checksum,
+//     servername, times, the complete steps, warnings, jobId; missing steps are `todo`), and a
+//     warning says the record was recovered. When not even the state can be read, the record is
+//     `error` with the catalogue message "Deployment interrupted: the agent restarted." and a
+//     detail saying that the outcome is unknown.
 #pragma once
 
 #include <chrono>
@@ -27,8 +39,8 @@ class StateFile {
   explicit StateFile(std::string path);
 
   // The job kept in the file, with a `doing` job turned into an interrupted error (its `doing` step
-  // becomes `error`). nullopt when there is no file. kInvalid when the file is not a status of ours
-  // (the caller logs it and starts without a job); kIo when it cannot be read.
+  // becomes `error`), every string printable. A damaged file gives the record recovered from it
+  // (see above), never an error. nullopt when there is no file; kIo when it cannot be read.
   Result<std::optional<JobRecord>> Load() const;
 
   // Writes `record` atomically, creating the parent directory (0700) when missing.
@@ -48,7 +60,8 @@ class StateFile {
   std::chrono::steady_clock::time_point last_save_;
 };
 
-// The state file's text for `record`, and the interrupted conversion, exposed for tests.
+// The state file's text for `record` ("jobId" first, the status made printable), and the
+// interrupted conversion, exposed for tests.
 std::string StateToJson(const JobRecord& record);
 JobStatus MarkInterrupted(JobStatus status);
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <ctime>
 
+#include "agent/base/text.hpp"
 #include "agent/base/units.hpp"
 
 namespace byoi {
@@ -60,6 +61,17 @@ std::string_view StepStateName(StepState state) {
   return "?";
 }
 
+JobStatus PrintableStatus(JobStatus s) {
+  auto clean = [](std::string& text) { text = PrintableText(text); };
+  clean(s.message);
+  clean(s.detail);
+  clean(s.checksum);
+  clean(s.servername);
+  for (StepStatus& p : s.progress) clean(p.comment);
+  for (std::string& w : s.warnings) clean(w);
+  return s;
+}
+
 json::object StatusToJson(const JobStatus& s) {
   json::object out;
   out["status"] = JobStateName(s.state);
@@ -88,14 +100,11 @@ json::object StatusToJson(const JobStatus& s) {
 namespace {
 
 template <typename E, size_t N>
-bool FromName(std::string_view name, const E (&all)[N], std::string_view (*namer)(E), E& out) {
+std::optional<E> FromName(std::string_view name, const E (&all)[N], std::string_view (*namer)(E)) {
   for (E e : all) {
-    if (namer(e) == name) {
-      out = e;
-      return true;
-    }
+    if (namer(e) == name) return e;
   }
-  return false;
+  return std::nullopt;
 }
 
 StepStatus MakeStep(Step step) {
@@ -112,18 +121,31 @@ constexpr StepState kStepStates[] = {StepState::kTodo, StepState::kDoing, StepSt
 
 }  // namespace
 
+std::optional<JobState> JobStateFromName(std::string_view name) {
+  return FromName(name, kJobStates, JobStateName);
+}
+std::optional<Step> StepFromName(std::string_view name) {
+  return FromName(name, kAllSteps, StepName);
+}
+std::optional<StepState> StepStateFromName(std::string_view name) {
+  return FromName(name, kStepStates, StepStateName);
+}
+
 Result<JobStatus> StatusFromJson(std::string_view text) {
   auto bad = [](std::string why) { return Status::Error(Code::kInvalid, "status: " + why); };
   std::error_code ec;
-  json::value root = json::parse(text, ec);
+  // A file written by an older agent may hold raw bytes from outside in its strings: read them,
+  // and clean them below, rather than lose the whole record.
+  json::parse_options options;
+  options.allow_invalid_utf8 = true;
+  json::value root = json::parse(text, ec, {}, options);
   if (ec || !root.is_object()) return bad("not a JSON object");
   const json::object& o = root.get_object();
   JobStatus s;
   try {
-    if (!FromName(std::string_view(o.at("status").as_string()), kJobStates, JobStateName,
-                  s.state)) {
-      return bad("unknown status");
-    }
+    std::optional<JobState> state = JobStateFromName(o.at("status").as_string());
+    if (!state) return bad("unknown status");
+    s.state = *state;
     s.message = o.at("message").as_string();
     if (auto* v = o.if_contains("detail")) s.detail = v->as_string();
     if (auto* v = o.if_contains("checksum")) s.checksum = v->as_string();
@@ -133,11 +155,11 @@ Result<JobStatus> StatusFromJson(std::string_view text) {
     for (const json::value& item : o.at("progress").as_array()) {
       const json::object& p = item.as_object();
       StepStatus step;
-      if (!FromName(std::string_view(p.at("step").as_string()), kAllSteps, StepName, step.step) ||
-          !FromName(std::string_view(p.at("status").as_string()), kStepStates, StepStateName,
-                    step.state)) {
-        return bad("unknown step or step status");
-      }
+      std::optional<Step> name = StepFromName(p.at("step").as_string());
+      std::optional<StepState> step_state = StepStateFromName(p.at("status").as_string());
+      if (!name || !step_state) return bad("unknown step or step status");
+      step.step = *name;
+      step.state = *step_state;
       if (auto* v = p.if_contains("comment")) step.comment = v->as_string();
       if (auto* v = p.if_contains("bytesDone")) step.bytes_done = v->to_number<uint64_t>();
       if (auto* v = p.if_contains("bytesTotal")) step.bytes_total = v->to_number<uint64_t>();
@@ -155,7 +177,7 @@ Result<JobStatus> StatusFromJson(std::string_view text) {
   } catch (const std::exception& e) {  // Boost.JSON's accessors throw on a wrong type
     return bad(e.what());
   }
-  return s;
+  return PrintableStatus(std::move(s));
 }
 
 StatusBoard::StatusBoard() {
@@ -168,7 +190,7 @@ void StatusBoard::Start(std::string servername) {
     std::lock_guard lock(mu_);
     has_job_ = true;
     status_ = JobStatus();
-    status_.servername = std::move(servername);
+    status_.servername = PrintableText(servername);
     status_.started_at = static_cast<int64_t>(std::time(nullptr));
     for (Step step : kAllSteps) status_.progress.push_back(MakeStep(step));
     job_start_ = Clock::now();
@@ -180,7 +202,7 @@ void StatusBoard::Restore(JobStatus status) {
   {
     std::lock_guard lock(mu_);
     has_job_ = true;
-    status_ = std::move(status);
+    status_ = PrintableStatus(std::move(status));
     job_start_ = Clock::now() - std::chrono::seconds(status_.elapsed_seconds);
   }
   Publish(true);
@@ -200,7 +222,7 @@ void StatusBoard::BeginStep(Step step, std::string message) {
     StepStatus& s = StepLocked(step);
     s.state = StepState::kDoing;
     s.comment.clear();
-    status_.message = std::move(message);
+    status_.message = PrintableText(message);
     step_start_[static_cast<int>(step)] = Clock::now();
   }
   Publish(true);
@@ -243,7 +265,7 @@ void StatusBoard::FinishStep(Step step, std::string comment) {
       if (s.seconds > 0)
         comment += " (" + HumanRate(static_cast<double>(s.bytes_done) / s.seconds) + ")";
     }
-    s.comment = std::move(comment);
+    s.comment = PrintableText(comment);
   }
   Publish(true);
 }
@@ -253,20 +275,20 @@ void StatusBoard::SkipStep(Step step, std::string why) {
     std::lock_guard lock(mu_);
     StepStatus& s = StepLocked(step);
     s.state = StepState::kSkipped;
-    s.comment = std::move(why);
+    s.comment = PrintableText(why);
   }
   Publish(true);
 }
 
 void StatusBoard::SetChecksum(std::string checksum) {
   std::lock_guard lock(mu_);
-  status_.checksum = std::move(checksum);
+  status_.checksum = PrintableText(checksum);
 }
 
 void StatusBoard::Warn(std::string warning) {
   {
     std::lock_guard lock(mu_);
-    status_.warnings.push_back(std::move(warning));
+    status_.warnings.push_back(PrintableText(warning));
   }
   Publish(false);
 }
@@ -280,8 +302,8 @@ void StatusBoard::Fail(const Status& error) {
     status_.state = JobState::kError;
     status_.elapsed_seconds =
         std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - job_start_).count();
-    status_.message = error.message().empty() ? error.detail() : error.message();
-    status_.detail = error.detail();
+    status_.message = PrintableText(error.message().empty() ? error.detail() : error.message());
+    status_.detail = PrintableText(error.detail());
   }
   Publish(true);
 }
@@ -292,7 +314,7 @@ void StatusBoard::Done(std::string message) {
     status_.state = JobState::kDone;
     status_.elapsed_seconds =
         std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - job_start_).count();
-    status_.message = std::move(message);
+    status_.message = PrintableText(message);
   }
   Publish(true);
 }

@@ -1,5 +1,10 @@
-// The status model (design.md §5): one JobStatus that every step reports into, and the StatusBoard
-// that holds it for the HTTP API, the backend poller, the console and the state file.
+// The status model (docs/status.md): one JobStatus that every step reports into, and the
+// StatusBoard that holds it for the HTTP API, the backend poller, the console and the state file.
+//
+// Every string of a status is printable, valid UTF-8 (PrintableText, agent/base/text.hpp): the
+// board's setters clean what they are given (an HTTP reason phrase, a name read from the image),
+// so the JSON the API serves, the backend receives and the state file keeps is always valid, and
+// the console shows no control sequence from outside.
 #pragma once
 
 #include <boost/json/fwd.hpp>
@@ -7,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -26,6 +32,10 @@ inline constexpr Step kAllSteps[] = {Step::kDownload,  Step::kVerify,      Step:
 std::string_view JobStateName(JobState state);    // "doing" "done" "error"
 std::string_view StepName(Step step);             // "download" … "reboot"
 std::string_view StepStateName(StepState state);  // "todo" "doing" "done" "error" "skipped"
+// The reverse of the three above; nullopt for any other text.
+std::optional<JobState> JobStateFromName(std::string_view name);
+std::optional<Step> StepFromName(std::string_view name);
+std::optional<StepState> StepStateFromName(std::string_view name);
 
 struct StepStatus {
   Step step = Step::kDownload;
@@ -48,13 +58,21 @@ struct JobStatus {
   std::vector<std::string> warnings;  // non-fatal findings, e.g. "image has no ESP"
 };
 
+// Every string of `status` (message, detail, checksum, servername, step comments, warnings) made
+// printable with PrintableText.
+JobStatus PrintableStatus(JobStatus status);
+
 boost::json::object StatusToJson(const JobStatus& status);
-// Reads a status back (the state file). kInvalid when the text is not a status of ours.
+// Reads a status back (the state file). Bytes that are not UTF-8 inside strings do not make the
+// text unreadable: every string read is made printable (PrintableStatus). kInvalid when the text is
+// not a JSON object holding a status of ours.
 Result<JobStatus> StatusFromJson(std::string_view text);
 
 // Thread-safe holder of the current job's status. Stages never see it: the runner turns their
 // ProgressFn calls into StepProgress. Listeners run on the caller's thread, outside the lock, on
-// every state or step change, and at most once a second for byte progress.
+// every state or step change, and at most once a second for byte progress. Every string given to
+// a setter (Fail's message and detail included) is stored made printable (PrintableText), so a
+// Snapshot() never holds a control character other than TAB, nor invalid UTF-8.
 class StatusBoard {
  public:
   using Listener = std::function<void(const JobStatus& status, bool step_changed)>;
@@ -63,7 +81,7 @@ class StatusBoard {
 
   // Resets to a new job: doing/"starting", every step todo.
   void Start(std::string servername);
-  // Replaces the whole status (a job restored from the state file).
+  // Replaces the whole status (a job restored from the state file), made printable.
   void Restore(JobStatus status);
   void BeginStep(Step step, std::string message);
   void StepProgress(Step step, uint64_t done, uint64_t total);

@@ -18,7 +18,7 @@ what the API showed and console_report() reads the end from the serial console. 
 backend (tests/integration/daemon_backend.py) reports its final status before the reboot. tests/e2e/
 test_install.py is this flow.
 
-The HTTP helpers follow design.md §7 (bearer token, JSON bodies) and use only the standard library.
+The HTTP helpers follow docs/api.md (bearer token, JSON bodies) and use only the standard library.
 """
 
 import json
@@ -147,7 +147,7 @@ def follow_job(vm, api, token, timeout, poll_interval=0.25, on_status=None):
 
 
 def console_report(log):
-    """What the agent's console display (design.md §5 status, drawn for IPMI/serial watchers) showed:
+    """What the agent's console display (docs/status.md status, drawn for IPMI/serial watchers) showed:
     ({step: (state, comment)} of the last `byoi-agent: STEP STATE: comment` line of each step,
     the final line `byoi-agent: DONE in N s: message` or `byoi-agent: ERROR: message`, or None)."""
     steps = {}

@@ -1,4 +1,4 @@
-"""A small provisioning backend for the daemon's polling tests (design.md §8), on 127.0.0.1.
+"""A small provisioning backend for the daemon's polling tests (docs/backend.md), on 127.0.0.1.
 
 GET  /v1/agents/{agentId}/job                  200 {"jobId", "manifest"} once, then 204
 PUT  /v1/agents/{agentId}/jobs/{jobId}/status  records the status; the first `fail_puts` get 503

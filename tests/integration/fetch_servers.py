@@ -162,6 +162,7 @@ class Route:
     body          the image bytes
     ranges        honour `Range: bytes=N-` with 206 (else answer 200 with everything)
     drops         offsets at which the connection is closed, each once
+    cut_every     an offset at which the connection is closed on every request that reaches it
     reset         drop with a TCP reset instead of an orderly close
     replace       after the first drop, serve these bytes instead (the image changed); the
                   route has an ETag and honours If-Range
@@ -173,13 +174,19 @@ class Route:
     redirect      a Location answered with 302 to every request
     require       (name, value) a header the request must carry, else 403
     bad_range     how a 206 lies in its Content-Range: "missing", "start" (one byte after the
-                  asked start) or "total" (another image size)
+                  asked start), "total" (another image size) or "overlong" (announces a range
+                  ending 4 KiB before the end, sends to the end without Content-Length)
+    unknown_total a 206 says "bytes N-M/*" and has no Content-Length: its body ends when the
+                  connection closes
     """
 
     def __init__(self, body=b"", ranges=True, drops=(), stall_at=None, stall_seconds=30,
                  length_delta=0, no_length=False, fail_first=(), status=None, redirect=None,
-                 require=None, reset=False, replace=None, bad_range=None):
+                 require=None, reset=False, replace=None, bad_range=None, cut_every=None,
+                 unknown_total=False):
         self.body = body
+        self.cut_every = cut_every
+        self.unknown_total = unknown_total
         self.bad_range = bad_range
         self.replace = replace
         self.reset = reset
@@ -246,18 +253,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             self.send_response(206)
-            first, total = start, size
+            first, last, total = start, size - 1, str(size)
             if route.bad_range == "start":
                 first += 1
             elif route.bad_range == "total":
-                total += 4096
+                total = str(size + 4096)
+            elif route.bad_range == "overlong":
+                last -= 4096
+            if route.unknown_total:
+                total = "*"
             if route.bad_range != "missing":
-                self.send_header("Content-Range", f"bytes {first}-{size - 1}/{total}")
+                self.send_header("Content-Range", f"bytes {first}-{last}/{total}")
         else:
             self.send_response(200)
         if route.replace is not None:
             self.send_header("ETag", etag)
-        if route.no_length:
+        close_delimited = route.no_length or (start > 0 and (
+            route.unknown_total or route.bad_range == "overlong"))
+        if close_delimited:
             self.send_header("Connection", "close")
             self.close_connection = True
         else:
@@ -270,6 +283,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 cut = d
                 route.drops.remove(d)
                 break
+        if cut is None and route.cut_every is not None and start <= route.cut_every < end:
+            cut = route.cut_every
         stall = None
         if route.stall_at is not None and start < route.stall_at < end:
             stall = route.stall_at
@@ -300,7 +315,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     else:
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
-            if route.length_delta > 0 or route.no_length:
+            if route.length_delta > 0 or close_delimited:
                 # A promise longer than the body, or no length: the end is a closed connection.
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)

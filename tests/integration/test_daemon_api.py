@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The real daemon's HTTP API on 127.0.0.1 (design.md §7): authentication, manifests refused with the
+"""The real daemon's HTTP API on 127.0.0.1 (docs/api.md): authentication, manifests refused with the
 exact catalogue message, size limits, routing, metrics, the slow-client defence, TLS, one job at a
 time, cancellation (during download and during write), restart safety, and a whole job."""
 

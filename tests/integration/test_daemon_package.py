@@ -88,6 +88,8 @@ class PackageTest(unittest.TestCase):
         self.assertEqual(stat.S_IMODE(os.stat(conf).st_mode), 0o600)
         self.assertTrue(os.path.exists(self.path("/usr/share/doc/byoi-agent/byoi-agent.conf")))
         self.assertTrue(os.path.exists(self.path("/usr/share/doc/byoi-agent/README.md")))
+        with open(self.path("/usr/share/doc/byoi-agent/contract/status.md"), encoding="utf-8") as f:
+            self.assertIn("Could not download image located:", f.read())
         if os.path.isdir(os.path.join(h.SOURCE_DIR, "proto")):
             for src in glob.glob(os.path.join(h.SOURCE_DIR, "proto", "*")):
                 self.assertTrue(os.path.exists(self.path("/usr/share/byoi-agent/proto/" +

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The real daemon in polling mode (design.md §8) against a small backend of ours: it takes one job,
+"""The real daemon in polling mode (docs/backend.md) against a small backend of ours: it takes one job,
 reports its status with every step change, retries reports the backend refuses (503), and delivers
 the final status."""
 

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""`byoi-agent deploy` end to end on real loop devices (design.md §4-§6, §9, §10).
+"""`byoi-agent deploy` end to end on real loop devices (docs/manifest.md to docs/cli.md, docs/disks.md, docs/boot.md).
 
 What this file proves, each with assertions on content:
 
@@ -593,7 +593,9 @@ class DeployWritesImages(DeployTestCase):
     def deploy_mbr(self, sector_size):
         source = IMAGES.mbr[sector_size]
         disk = self.loop_disk(128 * MIB, sector_size)
-        out = self.deploy(v1_manifest(IMAGES.url(source), "raw"), disk)
+        # With a checksum: no "no checksum given" warning either.
+        out = self.deploy(v1_manifest(IMAGES.url(source), "raw", checkSum=IMAGES.sha256(source),
+                                      checkSumType="sha256"), disk)
         self.assertDone(out)
         self.assertEqual(out.status["warnings"], [], "the image has MBR boot code")
         bootloader = step(out.status, "bootloader")
@@ -632,7 +634,7 @@ class DeployWritesImages(DeployTestCase):
                 "imageURL": IMAGES.url(image.path), "imageType": "raw",
                 "imageCheckSum": sha512, "imageCheckSumType": "SHA512",
                 "httpHeaders": {"X-Byoi-Test": "v3"},
-                # The slash form (design.md §4): the entry must carry UEFI's backslashes.
+                # The slash form (docs/manifest.md): the entry must carry UEFI's backslashes.
                 "efiBootloaderPath": image.loader_path.replace("\\", "/"),
                 "hostname": HOSTNAME, "sshKey": SSH_KEY,
                 "configDriveUserData": base64.b64encode(user_data).decode(),
@@ -715,7 +717,9 @@ class BootStep(DeployTestCase):
 
     def test_mbr_without_boot_code_warns_on_legacy_bios(self):
         disk = self.loop_disk(128 * MIB)
-        out = self.deploy(v1_manifest(IMAGES.url(IMAGES.mbr_no_boot_code), "raw"), disk)
+        out = self.deploy(v1_manifest(IMAGES.url(IMAGES.mbr_no_boot_code), "raw",
+                                      checkSum=IMAGES.sha256(IMAGES.mbr_no_boot_code),
+                                      checkSumType="sha256"), disk)
         self.assertDone(out)
         self.assertEqual(out.status["warnings"], [LEGACY_NO_BOOT_CODE])
         self.assertEqual(step(out.status, "bootloader")["status"], "skipped")
@@ -892,7 +896,7 @@ class Refusals(DeployTestCase):
             self.assertNotIn("s3cret", out.stderr + json.dumps(out.status))
 
     def test_disk_group_that_does_not_exist(self):
-        # No --disk: the manifest's diskGroupId chooses among this machine's disks (design.md §9),
+        # No --disk: the manifest's diskGroupId chooses among this machine's disks (docs/disks.md),
         # and no machine has 99 groups. Refused in the plan step, before any download.
         disk = self.loop_disk(64 * MIB)  # stands for the machine's disks: must stay untouched
         before = sha256_all(disk)

@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """Fetch + verify through `byoi-agent deploy --dry-run` against real servers on 127.0.0.1:
 nginx for the plain cases, the fault server of fetch_servers.py for everything that goes wrong.
-Every error case checks the exact catalogue message (design.md §5) in the status file and on
+Every error case checks the exact catalogue message (docs/status.md) in the status file and on
 stderr, and, where it matters, the Range headers the server saw."""
+import base64
 import gzip
 import hashlib
 import json
@@ -35,6 +36,26 @@ def download_failed(url):
     return f"Could not download image located: {url}."
 
 
+# Credentials a manifest may carry in its headers (docs/manifest.md); they belong to the origin of its
+# URL (scheme, host and port) and to nowhere else.
+CREDENTIALS = [{"key": "X-Api-Key", "value": "k3y-of-the-api"},
+               {"key": "PRIVATE-TOKEN", "value": "glpat-pr1vate"},
+               {"key": "Authorization", "value": "Bearer t0ken-abc"}]
+CREDENTIALS_SENT = {"x-api-key": "k3y-of-the-api", "private-token": "glpat-pr1vate",
+                    "authorization": "Bearer t0ken-abc"}
+NO_CREDENTIALS = dict.fromkeys(CREDENTIALS_SENT)
+
+
+def credentials(entry):
+    """The credential headers a fault server's log entry shows."""
+    return {name: entry["headers"].get(name) for name in CREDENTIALS_SENT}
+
+
+def requests_to(server, path):
+    """The fault server's log entries for `path`, whatever their query."""
+    return [e for e in server.log if e["path"].split("?")[0] == path]
+
+
 class FetchTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -52,9 +73,12 @@ class FetchTest(unittest.TestCase):
     location = /moved.raw { return 301 /image.raw; }
 """)
         cls.fault = FaultServer()
+        # Another origin: the same address, another port (RFC 6454).
+        cls.other = FaultServer()
 
     @classmethod
     def tearDownClass(cls):
+        cls.other.close()
         cls.fault.close()
         cls.nginx.close()
         shutil.rmtree(cls.workdir, ignore_errors=True)
@@ -188,6 +212,51 @@ class FetchTest(unittest.TestCase):
         self.assertIn("3 attempts", run.status["detail"])
         self.assertEqual(len(self.fault.ranges("/broken.raw")), 3)
 
+    def test_presigned_url_signature_never_shown(self):
+        # A presigned URL's query is as good as a password until it expires: the status, the log
+        # (stderr) and the outputs show the URL without it, and without its userinfo.
+        secrets = {"X-Amz-Signature": "a1b2c3d4e5f6amzsig", "sig": "azure-sv-sig-77",
+                   "token": "gcs-token-99"}
+        query = ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20240101&" +
+                 "&".join(f"{k}={v}" for k, v in secrets.items()))
+        shown = self.fault.url("/signed/missing.raw")
+        url = shown.replace("http://", "http://login:pa55word@") + "?" + query + "#part"
+        run = self.deploy(manifest(url))
+        self.assertFailed(run, f"Could not download image located: {shown}.", "HTTP 404")
+        everything = run.stderr + run.stdout + json.dumps(run.status)
+        for secret in list(secrets.values()) + ["AKIAEXAMPLE", "pa55word", "login"]:
+            self.assertNotIn(secret, everything)
+        # The request itself carried the query.
+        self.assertEqual([e["path"] for e in requests_to(self.fault, "/signed/missing.raw")],
+                         ["/signed/missing.raw?" + query])
+
+    def test_presigned_redirect_that_fails_shows_no_signature(self):
+        # The origin hands out a presigned URL on another host, which refuses it (expired): the
+        # detail names where it failed, without the signature.
+        sig = "5ec7e7expiredsig"
+        target = self.other.add("/bucket/expired.raw", Route(status=403))
+        url = self.fault.add("/expired.raw", Route(
+            redirect=f"{target}?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature={sig}"))
+        run = self.deploy(manifest(url, httpHeader=CREDENTIALS))
+        self.assertFailed(run, download_failed(url),
+                          f"HTTP 403 Forbidden (at {target}, after 1 redirect(s))")
+        self.assertNotIn(sig, run.stderr + run.stdout + json.dumps(run.status))
+        self.assertEqual(len(requests_to(self.other, "/bucket/expired.raw")), 1)  # final
+
+    def test_validate_masks_userinfo_and_query(self):
+        shown = self.fault.url("/signed/x.raw")
+        url = shown.replace("http://", "http://login:pa55word@") + "?X-Amz-Signature=abcdef12"
+        path = os.path.join(self.workdir, "validate.json")
+        with open(path, "w") as f:
+            json.dump(manifest(url), f)
+        r = subprocess.run([os.environ.get("BYOI_AGENT", "byoi-agent"), "validate", path],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["url"],
+                         shown.replace("http://", "http://***@") + "?***")
+        for secret in ("abcdef12", "pa55word", "login"):
+            self.assertNotIn(secret, r.stdout + r.stderr)
+
     def test_userinfo_never_shown(self):
         url = self.nginx.url("/missing.raw").replace("http://", "http://user:s3cret@")
         run = self.deploy(manifest(url))
@@ -233,7 +302,8 @@ class FetchTest(unittest.TestCase):
         # bytes cannot be stitched on, and the download starts over without Range.
         for lie, detail in (("missing", "without a matching Content-Range"),
                             ("start", "without a matching Content-Range"),
-                            ("total", "the image changed size")):
+                            ("total", "the image changed size"),
+                            ("overlong", "a 206 sent more than the bytes")):
             with self.subTest(lie):
                 path = f"/bad-range-{lie}.raw"
                 url = self.fault.add(path, Route(IMAGE, drops=[MiB], bad_range=lie))
@@ -305,6 +375,47 @@ class FetchTest(unittest.TestCase):
                                f"while expecting {SHA256}.")
         self.assertEqual(run.step("download")["bytesDone"], len(short))
 
+    # --- truncated bodies ------------------------------------------------------------------
+    # A qcow2 without a checksum has nothing but the fetch to tell a cut body from a whole one:
+    # missing clusters would read as zeros.
+
+    def test_body_cut_short_every_time_fails(self):
+        half = len(self.qcow2) // 2
+        for ranges in (True, False):
+            with self.subTest(ranges=ranges):
+                path = f"/cut-every-{ranges}.qcow2"
+                url = self.fault.add(path, Route(self.qcow2, cut_every=half, ranges=ranges))
+                run = self.deploy(manifest(url, "qcow2", algo=None), "--download-attempts", "3")
+                self.assertFailed(run, download_failed(url), "gave up after 3 attempts")
+                self.assertIn("bytes remaining", run.status["detail"])
+                self.assertEqual(self.fault.ranges(path), [None] + [f"bytes={half}-"] * 3)
+                self.assertEqual(run.step("download")["status"], "error")
+                self.assertEqual(run.step("verify")["status"], "todo")
+
+    def test_body_cut_once_is_resumed_and_verified(self):
+        half = len(self.qcow2) // 2
+        url = self.fault.add("/cut-once.qcow2", Route(self.qcow2, drops=[half]))
+        run = self.deploy(manifest(url, "qcow2", algo=None))
+        self.assertDone(run)
+        self.assertEqual(run.status["checksum"], digest("sha256", self.qcow2))
+        self.assertEqual(run.step("download")["bytesDone"], len(self.qcow2))
+        self.assertEqual(self.fault.ranges("/cut-once.qcow2"), [None, f"bytes={half}-"])
+        self.assertTrue(run.step("verify")["comment"].startswith("qcow2, virtual size 8.0 MiB"))
+
+    def test_resumed_206_cut_short_without_length_is_resumed(self):
+        # "Content-Range: bytes N-M/*" and no Content-Length: the body ends with the connection,
+        # and a connection cut before byte M is a truncated body, not the end of the image.
+        url = self.fault.add("/unknown-total.raw",
+                             Route(IMAGE, drops=[MiB, 2 * MiB], unknown_total=True))
+        run = self.deploy(manifest(url, algo=None))
+        self.assertDone(run)
+        self.assertEqual(run.status["checksum"], SHA256)
+        self.assertEqual(run.step("download")["bytesDone"], len(IMAGE))
+        self.assertEqual(self.fault.ranges("/unknown-total.raw"),
+                         [None, f"bytes={MiB}-", f"bytes={2 * MiB}-"])
+        self.assertIn(f"the body ended at byte {2 * MiB}, before byte {len(IMAGE)} its answer "
+                      "announced", run.stderr)
+
     # --- redirects -------------------------------------------------------------------------
 
     def test_redirects_followed(self):
@@ -313,7 +424,7 @@ class FetchTest(unittest.TestCase):
         url = self.fault.add("/r/1", Route(redirect=self.fault.url("/r/2")))
         run = self.deploy(manifest(url, httpHeader=[{"key": "X-Byoi-Test", "value": "42"}]))
         self.assertDone(run)
-        # The manifest's headers reach the server the redirects lead to, too.
+        # The manifest's headers reach the target of a redirect on the same origin.
         seen = [e["headers"] for e in self.fault.log if e["path"] == "/r/image.raw"]
         self.assertEqual([h.get("x-byoi-test") for h in seen], ["42"])
         run = self.deploy(manifest(self.nginx.url("/moved.raw")))
@@ -325,7 +436,8 @@ class FetchTest(unittest.TestCase):
             self.fault.add(f"/loop/{i}", Route(redirect=f"/loop/{i + 1}"))
         url = self.fault.url("/loop/0")
         run = self.deploy(manifest(url))
-        self.assertFailed(run, download_failed(url), "Maximum (5) redirects followed")
+        self.assertFailed(run, download_failed(url),
+                          f"more than 5 redirects, the last to {self.fault.url('/loop/6')}")
         self.assertEqual(len([e for e in self.fault.log if e["path"].startswith("/loop/")]), 6)
 
     def test_redirect_to_file_refused(self):
@@ -338,6 +450,75 @@ class FetchTest(unittest.TestCase):
         run = self.deploy(manifest("file:///etc/passwd"))
         self.assertEqual(run.returncode, 1)
         self.assertTrue(run.status["message"].startswith("Invalid manifest: "), run.status)
+
+    # --- credentials and redirects ----------------------------------------------------------
+    # The manifest's headers and userinfo go to the origin of its URL only (redirect_chain.hpp).
+
+    def test_credentials_stay_at_the_origin_on_a_redirect_elsewhere(self):
+        # A presigned object-store redirect: works without the credentials, never sees them. A
+        # drop on the way: the resume starts at the origin again, with Range on every request.
+        sig = "5ec7e7objectsig"
+        target = self.other.add("/bucket/cross.raw", Route(IMAGE, drops=[MiB]))
+        url = self.fault.add("/cross.raw", Route(
+            redirect=f"{target}?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature={sig}"))
+        run = self.deploy(manifest(url, httpHeader=CREDENTIALS))
+        self.assertDone(run)
+        self.assertEqual(run.status["checksum"], SHA256)
+        origin = requests_to(self.fault, "/cross.raw")
+        elsewhere = requests_to(self.other, "/bucket/cross.raw")
+        self.assertEqual([e["range"] for e in origin], [None, f"bytes={MiB}-"])
+        self.assertEqual([e["range"] for e in elsewhere], [None, f"bytes={MiB}-"])
+        for e in origin:
+            self.assertEqual(credentials(e), CREDENTIALS_SENT)
+        for e in elsewhere:
+            self.assertEqual(credentials(e), NO_CREDENTIALS)
+            self.assertIn(f"X-Amz-Signature={sig}", e["path"])
+        self.assertNotIn(sig, run.stderr + json.dumps(run.status))
+        self.assertIn("4 request(s)", run.stderr)
+
+    def test_userinfo_stays_at_the_origin(self):
+        basic = "Basic " + base64.b64encode(b"login:pa55word").decode()
+        for where, server in (("same origin", self.fault), ("another origin", self.other)):
+            with self.subTest(where):
+                path = f"/userinfo/{server.port}.raw"
+                target = server.add(path, Route(IMAGE))
+                url = self.fault.add(f"/userinfo/from-{server.port}", Route(redirect=target))
+                url = url.replace("http://", "http://login:pa55word@")
+                m = manifest(url, httpHeader=CREDENTIALS[:2])
+                run = self.deploy(m)
+                self.assertDone(run)
+                [start] = requests_to(self.fault, f"/userinfo/from-{server.port}")
+                [image] = requests_to(server, path)
+                self.assertEqual(credentials(start), dict(CREDENTIALS_SENT, authorization=basic))
+                self.assertEqual(credentials(image), dict(CREDENTIALS_SENT, authorization=basic)
+                                 if server is self.fault else NO_CREDENTIALS)
+
+    def test_redirect_back_to_the_origin_carries_credentials_again(self):
+        # origin -> elsewhere -> origin: each request is judged by its own URL; the host in the
+        # middle sees nothing, the origin everything.
+        image = self.fault.add("/round/image.raw", Route(IMAGE))
+        check = self.other.add("/round/check", Route(redirect=image))
+        url = self.fault.add("/round/start", Route(redirect=check))
+        run = self.deploy(manifest(url, httpHeader=CREDENTIALS))
+        self.assertDone(run)
+        [start] = requests_to(self.fault, "/round/start")
+        [middle] = requests_to(self.other, "/round/check")
+        [end] = requests_to(self.fault, "/round/image.raw")
+        self.assertEqual(credentials(start), CREDENTIALS_SENT)
+        self.assertEqual(credentials(middle), NO_CREDENTIALS)
+        self.assertEqual(credentials(end), CREDENTIALS_SENT)
+
+    def test_redirect_loop_between_origins(self):
+        pong = self.other.add("/pong", Route(redirect=self.fault.url("/ping")))
+        url = self.fault.add("/ping", Route(redirect=pong))
+        run = self.deploy(manifest(url, httpHeader=CREDENTIALS))
+        self.assertFailed(run, download_failed(url),
+                          f"more than 5 redirects, the last to {self.fault.url('/ping')}")
+        pings = requests_to(self.fault, "/ping")
+        pongs = requests_to(self.other, "/pong")
+        self.assertEqual((len(pings), len(pongs)), (3, 3))  # one attempt: final
+        self.assertEqual([credentials(e) for e in pings], [CREDENTIALS_SENT] * 3)
+        self.assertEqual([credentials(e) for e in pongs], [NO_CREDENTIALS] * 3)
 
     # --- headers ---------------------------------------------------------------------------
 
@@ -431,7 +612,7 @@ class HttpsTest(unittest.TestCase):
             {"key": "Authorization", "value": "Basic c2VjcmV0"}]), "--ca-bundle", self.cert)
         self.assertEqual(run.returncode, 1, run.stderr)
         self.assertEqual(run.status["message"], download_failed(url))
-        self.assertIn("http", run.status["detail"])
+        self.assertIn(f"a redirect from https to {target} refused", run.status["detail"])
         self.assertEqual(self.plain.ranges("/clear.raw"), [])
         self.assertEqual(len(self.server.ranges("/downgrade")), 1)  # final: not retried
 

@@ -1,4 +1,4 @@
-// The agent id: configured, else DMI product UUID, else the first permanent MAC (design.md §8).
+// The agent id: configured, else DMI product UUID, else the first permanent MAC (docs/backend.md).
 #include <gtest/gtest.h>
 #include <unistd.h>
 

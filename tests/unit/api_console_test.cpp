@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "agent/api/console.hpp"
@@ -103,6 +104,44 @@ TEST_F(ConsoleRenderTest, ARestoredInterruptedJobIsShownInFull) {
             "byoi-agent: write       failed\n"
             "byoi-agent: ERROR: Deployment interrupted: the agent restarted.\n"
             "byoi-agent:   detail: the agent stopped during step write\n");
+}
+
+// Whatever a status holds (one made without the board, which cleans its text already), the console
+// shows no control character from it: on a serial console none at all but the line ends, on a
+// screen only the display's own "\r\033[K".
+TEST_F(ConsoleRenderTest, TextFromOutsideNeverDrivesTheTerminal) {
+  const std::string hostile = "\x1b]0;pwned\x07\x1b[2J\xff\xfe\nbyoi-agent: DONE";
+  const std::string shown = "\\x1b]0;pwned\\x07\\x1b[2J\\xff\\xfe\\x0abyoi-agent: DONE";
+  for (bool tty : {false, true}) {
+    SCOPED_TRACE(tty ? "screen" : "serial");
+    ConsoleDisplay console(UniqueFd(), tty);
+    JobStatus s;
+    s.started_at = 1;
+    s.servername = hostile;
+    for (Step step : kAllSteps) {
+      StepStatus p;
+      p.step = step;
+      s.progress.push_back(p);
+    }
+    std::string out = console.Render(s, true);
+    EXPECT_EQ(out, "byoi-agent: deployment started (" + shown + ")\n");
+    s.progress[0].state = StepState::kDone;
+    s.progress[0].comment = hostile;
+    s.progress[1].state = StepState::kSkipped;
+    s.progress[1].comment = hostile;
+    s.progress[2].state = StepState::kError;
+    s.state = JobState::kError;
+    s.message = hostile;
+    s.detail = hostile + " (detail)";
+    std::string end = console.Render(s, true);
+    EXPECT_EQ(end, "byoi-agent: download    done: " + shown + "\n" +
+                       "byoi-agent: verify      skipped: " + shown + "\n" +
+                       "byoi-agent: write       failed\n" + "byoi-agent: ERROR: " + shown + "\n" +
+                       "byoi-agent:   detail: " + shown + " (detail)\n");
+    out += end;
+    EXPECT_EQ(out.find_first_of("\x1b\x07\xff\xfe\r"), std::string::npos) << out;
+    EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 6);
+  }
 }
 
 TEST(ConsoleOpenTest, RedrawsInPlaceOnlyOnScreensNotOnSerialPortsOrFiles) {

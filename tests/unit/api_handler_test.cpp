@@ -1,4 +1,4 @@
-// The HTTP API handler, request by request, without a socket (design.md §7).
+// The HTTP API handler, request by request, without a socket (docs/api.md).
 #include "agent/api/api_handler.hpp"
 
 #include <gtest/gtest.h>

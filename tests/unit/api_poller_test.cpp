@@ -1,6 +1,6 @@
 // The backend poller against a fake backend (our own HttpServer on 127.0.0.1): it takes one job,
 // reports every step, retries refused reports, sends heartbeats, and holds a `done` job until the
-// backend has the final status (design.md §8).
+// backend has the final status (docs/backend.md).
 #include <curl/curl.h>
 #include <gtest/gtest.h>
 
@@ -28,11 +28,12 @@ struct Put {
   Clock::time_point at;
 };
 
-// Hands out `job_body` once, then 204; refuses the first `fail_puts` status reports with 503.
+// Hands out `job_body` (when not empty) once, then 204; refuses the first `fail_polls` polls and the first
+// `fail_puts` status reports with 503.
 class FakeBackend {
  public:
-  FakeBackend(std::string job_body, int fail_puts)
-      : job_body_(std::move(job_body)), fail_puts_(fail_puts) {
+  FakeBackend(std::string job_body, int fail_puts, int fail_polls = 0)
+      : job_body_(std::move(job_body)), fail_puts_(fail_puts), fail_polls_(fail_polls) {
     HttpServerOptions options;
     options.listen = {"127.0.0.1", 0};
     auto started = HttpServer::Start(
@@ -58,6 +59,10 @@ class FakeBackend {
     std::lock_guard lock(mu_);
     return polls_;
   }
+  std::vector<Clock::time_point> poll_times() {
+    std::lock_guard lock(mu_);
+    return poll_times_;
+  }
 
  private:
   HttpResponse Handle(const HttpRequest& req) {
@@ -67,7 +72,10 @@ class FakeBackend {
       res.result(http::status::unauthorized);
     } else if (req.method() == http::verb::get && req.target() == "/v1/agents/agent%3A1/job") {
       ++polls_;
-      if (!handed_out_) {
+      poll_times_.push_back(Clock::now());
+      if (polls_ <= fail_polls_) {
+        res.result(http::status::service_unavailable);
+      } else if (!handed_out_ && !job_body_.empty()) {
         handed_out_ = true;
         res.result(http::status::ok);
         res.body() = job_body_;
@@ -99,9 +107,11 @@ class FakeBackend {
   std::mutex mu_;
   std::string job_body_;
   int fail_puts_;
+  int fail_polls_;
   bool handed_out_ = false;
   int refused_ = 0, polls_ = 0;
   std::vector<Put> puts_;
+  std::vector<Clock::time_point> poll_times_;
 };
 
 PollerOptions Options(const FakeBackend& backend) {
@@ -258,19 +268,51 @@ TEST_F(PollerTest, AJobRunningFromTheApiIsNotPolledOverOrReported) {
   poller.Stop();
 }
 
-TEST_F(PollerTest, PollFailuresBackOff) {
-  // Nothing listens on this port: every poll fails.
-  PollerOptions o;
-  o.backend_url = "http://127.0.0.1:1";
-  o.agent_id = "a";
-  o.poll_interval = 50ms;
+TEST_F(PollerTest, PollFailuresBackOffExponentiallyUpToTheCapAndSuccessResetsIt) {
+  // Six refused polls, then "no job" answers. The delay after the n-th failure in a row is
+  // poll_interval * 2^(n-1), capped, with jitter in [0.5, 1.0] of it; after a success it is
+  // poll_interval again, jittered in [0.8, 1.2]. Lower bounds are exact (a busy machine only makes
+  // gaps longer); upper bounds get room for scheduling.
+  FakeBackend backend("", /*fail_puts=*/0, /*fail_polls=*/6);
+  PollerOptions o = Options(backend);
+  o.poll_interval = 40ms;
+  o.max_poll_backoff = 320ms;
   JobControl jobs([](auto&&...) { return Status::Ok(); }, {});
   Poller poller(jobs, o);
   poller.Start();
-  std::this_thread::sleep_for(300ms);
+  ASSERT_TRUE(WaitFor([&] { return backend.polls() >= 10; }));
+  poller.Stop();
+  std::vector<Clock::time_point> t = backend.poll_times();
+  ASSERT_GE(t.size(), 10u);
+  auto gap = [&](size_t i) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t[i + 1] - t[i]);
+  };
+  const std::chrono::milliseconds slack = 250ms;
+  // After failures 1..6: 40, 80, 160, 320, 320 (cap), 320 ms before jitter.
+  const std::chrono::milliseconds base[] = {40ms, 80ms, 160ms, 320ms, 320ms, 320ms};
+  for (size_t i = 0; i < 6; ++i) {
+    EXPECT_GE(gap(i), base[i] / 2) << "after failure " << i + 1;
+    EXPECT_LE(gap(i), base[i] + slack) << "after failure " << i + 1;
+  }
+  // The 7th poll succeeded: back to the plain interval.
+  for (size_t i = 6; i + 1 < t.size(); ++i) {
+    EXPECT_GE(gap(i), 32ms) << "after success " << i - 5;
+    EXPECT_LE(gap(i), 48ms + slack) << "after success " << i - 5;
+  }
+}
+
+TEST_F(PollerTest, StopDoesNotWaitForABackOffToEnd) {
+  FakeBackend backend("", 0, /*fail_polls=*/1000);
+  PollerOptions o = Options(backend);
+  o.poll_interval = 1000ms;  // the first back-off is at least 0.5 s
+  JobControl jobs([](auto&&...) { return Status::Ok(); }, {});
+  Poller poller(jobs, o);
+  poller.Start();
+  ASSERT_TRUE(WaitFor([&] { return backend.polls() >= 1; }));
   auto start = Clock::now();
   poller.Stop();
-  EXPECT_LT(Clock::now() - start, 1s);  // stopping does not wait for a back-off to end
+  EXPECT_LT(Clock::now() - start, 400ms);
+  EXPECT_EQ(backend.polls(), 1);
 }
 
 TEST_F(PollerTest, FinalWaitIsBounded) {

@@ -2,12 +2,15 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <boost/json.hpp>
 #include <filesystem>
 #include <fstream>
 
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
+#include "agent/base/text.hpp"
 #include "agent/job/state_file.hpp"
+#include "tests/unit/boot_test_disk.hpp"
 
 namespace byoi {
 namespace {
@@ -82,16 +85,146 @@ TEST_F(StateFileTest, ADoingJobComesBackAsInterrupted) {
   EXPECT_EQ(s.progress[1].state, StepState::kTodo);
 }
 
-TEST_F(StateFileTest, GarbageIsInvalidNotACrash) {
+// A file that is no status at all still names a job: the last one's outcome is unknown, and
+// that is what a backend or an operator is told, rather than "no job".
+TEST_F(StateFileTest, GarbageBecomesAnErrorRecordNotACrash) {
   std::string path = (dir_ / "state.json").string();
-  for (std::string text :
-       {"", "{", "[]", "{\"status\": \"maybe\", \"message\": \"\", \"progress\": []}",
-        "{\"status\": \"doing\"}"}) {
+  for (std::string text : {"", "{", "[]", "null", "\xff\xfe",
+                           "{\"status\": \"maybe\", \"message\": \"\", \"progress\": []}",
+                           "{\"status\": \"doing\"}", "{\"jobId\": \"job-9\", \"status\": 7}"}) {
     ASSERT_TRUE(WriteFileAtomic(path, text).ok());
     Result<std::optional<JobRecord>> loaded = StateFile(path).Load();
-    ASSERT_FALSE(loaded.ok()) << text;
-    EXPECT_EQ(loaded.status().code(), Code::kInvalid) << text;
+    ASSERT_TRUE(loaded.ok()) << text << ": " << loaded.status().ToString();
+    ASSERT_TRUE(loaded->has_value()) << text;
+    const JobStatus& s = (*loaded)->status;
+    EXPECT_EQ(s.state, JobState::kError) << text;
+    EXPECT_EQ(s.message, msg::kInterrupted) << text;
+    EXPECT_EQ(s.progress.size(), std::size(kAllSteps)) << text;
+    EXPECT_TRUE(IsPrintableText(s.detail)) << s.detail;
+    if (text == "{\"status\": \"doing\"}") {
+      // The state was readable: a `doing` job is an interrupted one, and the damage is a warning.
+      EXPECT_EQ(s.detail, "the agent stopped during step starting");
+      ASSERT_EQ(s.warnings.size(), 1u);
+      EXPECT_EQ(s.warnings[0].find("the state file " + path + " is damaged ("), 0u)
+          << s.warnings[0];
+    } else {
+      EXPECT_EQ(s.detail.find("the state file " + path + " is damaged ("), 0u) << s.detail;
+      EXPECT_NE(s.detail.find("): the outcome of the last job is unknown"), std::string::npos)
+          << s.detail;
+    }
   }
+  // The job id of a file whose state cannot be read is kept.
+  EXPECT_EQ(StateFile(path).Load().value()->job_id, "job-9");
+}
+
+TEST_F(StateFileTest, AFileOverOneMiBIsAnErrorRecordToo) {
+  std::string path = (dir_ / "state.json").string();
+  ASSERT_TRUE(WriteFileAtomic(path, std::string((1 << 20) + 1, ' ')).ok());
+  Result<std::optional<JobRecord>> loaded = StateFile(path).Load();
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_EQ((*loaded)->status.message, msg::kInterrupted);
+  EXPECT_NE((*loaded)->status.detail.find("larger than 1048576 bytes"), std::string::npos)
+      << (*loaded)->status.detail;
+}
+
+// The red team's case: a failed job whose detail held a reason phrase with escape sequences and
+// bytes 0xFF 0xFE, written raw by an older agent (Boost.JSON escapes the controls, copies the
+// rest).
+TEST_F(StateFileTest, AFileWithInvalidUtf8FromAnOlderAgentIsRecovered) {
+  std::string path = (dir_ / "state.json").string();
+  std::string old =
+      "{\"status\":\"error\",\"message\":\"Could not download image located: "
+      "http://127.0.0.1:8080/image.raw.\",\"checksum\":\"\",\"servername\":\"web-1\","
+      "\"detail\":\"HTTP 500 \\u001b]0;pwned\\u0007\\u001b[2J\xff\xfe\",\"elapsedTime\":3,"
+      "\"startedAt\":1700000000,\"progress\":[{\"step\":\"download\",\"status\":\"error\","
+      "\"comment\":\"\",\"bytesDone\":0,\"bytesTotal\":0,\"seconds\":0.2}],\"warnings\":[],"
+      "\"jobId\":\"job-7\"}\n";
+  ASSERT_TRUE(WriteFileAtomic(path, old).ok());
+  Result<std::optional<JobRecord>> loaded = StateFile(path).Load();
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  ASSERT_TRUE(loaded->has_value());
+  const JobRecord& r = **loaded;
+  EXPECT_EQ(r.job_id, "job-7");
+  EXPECT_EQ(r.status.state, JobState::kError);
+  EXPECT_EQ(r.status.message, "Could not download image located: http://127.0.0.1:8080/image.raw.");
+  EXPECT_EQ(r.status.detail, "HTTP 500 \\x1b]0;pwned\\x07\\x1b[2J\\xff\\xfe");
+  EXPECT_EQ(r.status.servername, "web-1");
+  EXPECT_EQ(r.status.progress.at(0).state, StepState::kError);
+  EXPECT_TRUE(r.status.warnings.empty()) << "nothing was lost: no warning";
+
+  // Saved again, the file is valid UTF-8 JSON, and reads back the same.
+  StateFile state(path);
+  ASSERT_TRUE(state.Save(r).ok());
+  std::string text = testing::ReadAll(path);
+  EXPECT_TRUE(IsPrintableText(text.substr(0, text.size() - 1))) << text;
+  std::error_code ec;
+  boost::json::parse(text, ec);
+  EXPECT_FALSE(ec) << ec.message();
+  EXPECT_EQ(state.Load().value()->status.detail, r.status.detail);
+}
+
+// Whatever the length a file was cut to, the job comes back: its id, its state and message as far
+// as they were written, printable text, every step.
+TEST_F(StateFileTest, AFileCutAnywhereStillGivesTheLastJob) {
+  StatusBoard board;
+  board.Start("web-1");
+  board.BeginStep(Step::kDownload, "downloading image");
+  board.FinishStep(Step::kDownload, "1 MiB in 1 s");
+  board.BeginStep(Step::kVerify, "verifying image");
+  board.Warn("no checksum given");
+  board.Fail(Status::Error(Code::kInvalid, "sha256 of 1048576 bytes differs",
+                           msg::ChecksumMismatch("sha256", "aa", "bb")));
+  const JobStatus failed = board.Snapshot();
+  const std::string whole = StateToJson({failed, "job-42"});
+  ASSERT_EQ(whole.find("{\"jobId\":\"job-42\","), 0u) << "jobId must come first: " << whole;
+  const size_t id_end = whole.find(',');
+  const size_t message_end = whole.find("\",\"checksum\"");  // its closing quote
+  ASSERT_NE(message_end, std::string::npos);
+
+  std::string path = (dir_ / "state.json").string();
+  // (The whole text but its final newline is complete JSON: nothing is damaged there.)
+  for (size_t len = 0; len + 1 < whole.size(); ++len) {
+    SCOPED_TRACE("cut at " + std::to_string(len) + ": " + whole.substr(0, len));
+    testing::WriteAll(path, whole.substr(0, len));
+    Result<std::optional<JobRecord>> loaded = StateFile(path).Load();
+    ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+    ASSERT_TRUE(loaded->has_value());
+    const JobRecord& r = **loaded;
+    const JobStatus& s = r.status;
+    EXPECT_EQ(s.state, JobState::kError);
+    EXPECT_FALSE(s.message.empty());
+    ASSERT_EQ(s.progress.size(), std::size(kAllSteps));
+    for (size_t i = 0; i < s.progress.size(); ++i) EXPECT_EQ(s.progress[i].step, kAllSteps[i]);
+    EXPECT_TRUE(IsPrintableText(s.detail));
+    if (len > id_end) {
+      EXPECT_EQ(r.job_id, "job-42");
+    }
+    if (len > message_end) {
+      EXPECT_EQ(s.message, failed.message);
+    } else {
+      EXPECT_EQ(s.message, msg::kInterrupted);
+    }
+    // Nothing is silent: either the detail or a warning says the file was damaged.
+    bool said = s.detail.find(" is damaged (") != std::string::npos;
+    for (const std::string& w : s.warnings) said |= w.find(" is damaged (") != std::string::npos;
+    EXPECT_TRUE(said);
+  }
+  // Cut just before its last bytes, everything but the end is back.
+  ASSERT_TRUE(WriteFileAtomic(path, whole.substr(0, whole.size() - 3)).ok());
+  JobRecord r = **StateFile(path).Load();
+  EXPECT_EQ(r.status.detail, failed.detail);
+  EXPECT_EQ(r.status.progress[0].comment, "1 MiB in 1 s");
+  EXPECT_EQ(r.status.progress[1].state, StepState::kError);
+  EXPECT_EQ(r.status.warnings.at(0), "no checksum given");
+}
+
+TEST_F(StateFileTest, SavedTextIsCleanWhateverTheStatusHolds) {
+  JobStatus s = Downloading();
+  s.detail = "\x1b]0;pwned\x07\xff";  // not through the board
+  std::string text = StateToJson({s, "job-1"});
+  EXPECT_EQ(text.find("\x1b"), std::string::npos);
+  EXPECT_EQ(text.find("\\u001b"), std::string::npos) << text;
+  EXPECT_NE(text.find(R"("detail":"\\x1b]0;pwned\\x07\\xff")"), std::string::npos) << text;
 }
 
 TEST_F(StateFileTest, EventsSaveOnStepChangesAndRemoveOnClear) {

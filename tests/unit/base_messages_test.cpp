@@ -1,4 +1,4 @@
-// The catalogue of design.md §5, pinned word for word: backends match on these sentences.
+// The catalogue of docs/status.md, pinned word for word: backends match on these sentences.
 #include <gtest/gtest.h>
 
 #include "agent/base/cancel.hpp"
@@ -42,24 +42,48 @@ TEST(Messages, Formatted) {
             "EFI bootloader \\EFI\\debian\\grubx64.efi not found on the EFI system partition.");
 }
 
-TEST(Messages, StripUserinfo) {
+TEST(Messages, DownloadFailedShowsNeitherUserinfoNorQuery) {
+  // A presigned URL: its signature is as good as a password until it expires.
+  EXPECT_EQ(msg::DownloadFailed("https://login:pw@bucket.s3.example.net:8443/img/x.qcow2?"
+                                "X-Amz-Credential=AKIA&X-Amz-Signature=5ec7e7#part"),
+            "Could not download image located: https://bucket.s3.example.net:8443/img/x.qcow2.");
+}
+
+TEST(Messages, ShownUrl) {
   struct Case {
     const char* in;
-    const char* out;
+    const char* dropped;
+    const char* masked;
   };
   const Case cases[] = {
-      {"https://example.net/x", "https://example.net/x"},
-      {"https://user:pw@example.net/x", "https://example.net/x"},
-      {"https://user@example.net:8443/x?a=b@c", "https://example.net:8443/x?a=b@c"},
-      {"http://u:p@ss@example.net/x", "http://example.net/x"},  // the last '@' ends userinfo
-      {"http://example.net/a@b", "http://example.net/a@b"},
-      {"http://example.net#frag@x", "http://example.net#frag@x"},
-      {"http://u:p@[::1]:80/", "http://[::1]:80/"},
-      {"http://u:p@example.net", "http://example.net"},
-      {"not a url", "not a url"},
-      {"", ""},
+      {"https://example.net/x", "https://example.net/x", "https://example.net/x"},
+      {"https://user:pw@example.net/x", "https://example.net/x", "https://***@example.net/x"},
+      {"https://user@example.net:8443/x?a=b@c", "https://example.net:8443/x",
+       "https://***@example.net:8443/x?***"},
+      {"http://u:p@ss@example.net/x", "http://example.net/x",  // the last '@' ends userinfo
+       "http://***@example.net/x"},
+      {"http://example.net/a@b", "http://example.net/a@b", "http://example.net/a@b"},
+      {"http://example.net#frag@x", "http://example.net", "http://example.net"},
+      {"http://u:p@[::1]:80/", "http://[::1]:80/", "http://***@[::1]:80/"},
+      {"http://u:p@example.net", "http://example.net", "http://***@example.net"},
+      {"https://h/x.raw?X-Amz-Signature=abc&X-Amz-Date=1", "https://h/x.raw",
+       "https://h/x.raw?***"},
+      {"https://h/x.raw?sig=abc#f", "https://h/x.raw", "https://h/x.raw?***"},
+      {"https://h?token=abc", "https://h", "https://h?***"},
+      {"https://u:p@h?token=abc", "https://h", "https://***@h?***"},
+      {"https://h/x?", "https://h/x", "https://h/x"},
+      {"https://h/x?#f", "https://h/x", "https://h/x"},
+      // No scheme: a path and a query all the same; a "://" in a query is no scheme.
+      {"x.raw?sig=abc", "x.raw", "x.raw?***"},
+      {"/a?next=http://u:p@h/", "/a", "/a?***"},
+      {"not a url", "not a url", "not a url"},
+      {"", "", ""},
   };
-  for (const Case& c : cases) EXPECT_EQ(msg::StripUserinfo(c.in), c.out) << c.in;
+  for (const Case& c : cases) {
+    EXPECT_EQ(msg::ShownUrl(c.in), c.dropped) << c.in;
+    EXPECT_EQ(msg::ShownUrl(c.in, msg::UrlSecrets::kDropped), c.dropped) << c.in;
+    EXPECT_EQ(msg::ShownUrl(c.in, msg::UrlSecrets::kMasked), c.masked) << c.in;
+  }
 }
 
 }  // namespace

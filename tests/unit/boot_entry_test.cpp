@@ -328,6 +328,61 @@ TEST_F(BootEntry, FailuresCarryTheCatalogueMessageAndTheCause) {
   }
 }
 
+// NVRAM the boot step could not use, found by CheckBootVariables before anything is written
+// (the runner calls it while planning, so the disk is still untouched then).
+TEST_F(BootEntry, CheckBootVariablesRefusesWhatInstallCouldNotUse) {
+  // An NVRAM as firmware leaves it: fine.
+  Put("Boot0000", PxeLoadOption("UEFI PXEv4"));
+  Put("BootOrder", U16s({0}));
+  Put("BootNext", U16s({0}));
+  EXPECT_TRUE(CheckBootVariables(vars_).ok());
+  auto fresh_dir = TempDir();
+  EfivarfsVars fresh(fresh_dir.path());
+  EXPECT_TRUE(CheckBootVariables(fresh).ok()) << "an empty NVRAM is fine too";
+
+  struct Case {
+    const char* what;
+    std::string file;     // written raw: 4-byte attributes then data, as efivarfs shows them
+    std::string content;  // "" = see `dir`
+    Code code;
+    const char* detail;
+  } cases[] = {
+      {"80 KB BootOrder", "BootOrder", "\x07\0\0\0" + std::string(80 * 1024, '\0'), Code::kInvalid,
+       "reading BootOrder: reading "},
+      {"odd-length BootOrder", "BootOrder", std::string("\x07\0\0\0\x01\0\x02", 7), Code::kInvalid,
+       "BootOrder holds 3 bytes, not a list of 2-byte entry numbers"},
+      {"BootOrder shorter than its attributes", "BootOrder", std::string("\x07\0", 2),
+       Code::kInvalid, "reading BootOrder: "},
+      {"80 KB BootNext", "BootNext", "\x07\0\0\0" + std::string(80 * 1024, '\0'), Code::kInvalid,
+       "reading BootNext: reading "},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    TempDir dir;
+    testing::WriteAll(dir / (c.file + "-8be4df61-93ca-11d2-aa0d-00e098032b8c"), c.content);
+    EfivarfsVars vars(dir.path());
+    Status s = CheckBootVariables(vars);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.code(), c.code);
+    EXPECT_EQ(s.message(), msg::kBootEntry);
+    EXPECT_NE(s.detail().find(c.detail), std::string::npos) << s.detail();
+    // Install refuses the same NVRAM before writing anything.
+    auto r = InstallBootEntry(vars, Request(), BootOrderPolicy::kFirst);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().message(), msg::kBootEntry);
+    EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 1);
+  }
+  // A directory that cannot be listed: a file where efivarfs should be.
+  TempDir dir;
+  testing::WriteAll(dir / "efivars", "");
+  EfivarfsVars vars(dir / "efivars");
+  Status s = CheckBootVariables(vars);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), Code::kIo);
+  EXPECT_EQ(s.message(), msg::kBootEntry);
+  EXPECT_EQ(s.detail(), "listing EFI variables: listing " + dir / "efivars" + ": Not a directory");
+}
+
 TEST_F(BootEntry, ABadRequestIsRefusedBeforeAnyWrite) {
   BootEntryRequest bad = Request();
   bad.esp.partition_guid = "not-a-guid";
@@ -344,17 +399,17 @@ TEST(BootLabel, ComesFromCsvThenDescriptionThenDirectory) {
     const char* description;
     const char* label;
   } cases[] = {
-      {{"\\EFI\\debian\\shimx64.efi", "Debian GNU/Linux", "debian", "BOOTX64.CSV"},
+      {{"\\EFI\\debian\\shimx64.efi", "Debian GNU/Linux", "debian", "BOOTX64.CSV", {}},
        "my image",
        "Debian GNU/Linux"},
-      {{"\\EFI\\debian\\grubx64.efi", "", "debian", "grub"}, "  debian 12  ", "debian 12"},
-      {{"\\EFI\\debian\\grubx64.efi", "", "debian", "grub"}, "", "debian"},
-      {{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback"}, "", "BYOI"},
-      {{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback"}, "Débian\t✓", "D?bian?"},
-      {{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback"}, "\n\t", "BYOI"},
+      {{"\\EFI\\debian\\grubx64.efi", "", "debian", "grub", {}}, "  debian 12  ", "debian 12"},
+      {{"\\EFI\\debian\\grubx64.efi", "", "debian", "grub", {}}, "", "debian"},
+      {{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback", {}}, "", "BYOI"},
+      {{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback", {}}, "Débian\t✓", "D?bian?"},
+      {{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback", {}}, "\n\t", "BYOI"},
   };
   for (const Case& c : cases) EXPECT_EQ(ChooseBootLabel(c.loader, c.description), c.label);
-  BootLoader fallback{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback"};
+  BootLoader fallback{"\\EFI\\BOOT\\BOOTX64.EFI", "", "", "fallback", {}};
   EXPECT_EQ(ChooseBootLabel(fallback, std::string(300, 'x')).size(), 100u);
 }
 

@@ -274,6 +274,88 @@ TEST(FindBootLoader, ACorruptFileSystemIsInvalid) {
   EXPECT_EQ(loader.status().message(), "");
 }
 
+// Names read from the ESP go into NVRAM, the status and the console: a directory or file whose
+// name is not printable ASCII is passed over, and said so (esp.hpp).
+constexpr char kSkippedEsc[] =
+    "skipped \\EFI\\e\\x1b[2Jbian on the EFI system partition: its name is not printable ASCII";
+
+// An ESP whose \EFI\eXXXXbian (grubx64.efi inside) is stored as "e" ESC "[2Jbian" (the marker is
+// within the first 5 characters, which one long-name field holds together).
+void BuildDiskWithEscInADirectoryName(const std::string& disk, std::vector<EspFile> more = {}) {
+  DiskSpec spec;
+  spec.files = {{"EFI/eXXXXbian/grubx64.efi", "grub"}};
+  spec.files.insert(spec.files.end(), more.begin(), more.end());
+  BuildDisk(disk, spec);
+  testing::ReplaceLongName(disk, "eXXXX", u"e\x1b[2J");
+}
+
+TEST(FindBootLoader, ADirectoryNamedWithAnEscapeSequenceIsSkipped) {
+  TempDir dir;
+  std::string disk = dir / "disk.img";
+  BuildDiskWithEscInADirectoryName(disk, {{"EFI/BOOT/BOOTX64.EFI", "shim"}});
+  auto esp = FindEsp(disk);
+  ASSERT_TRUE(esp.ok()) << esp.status().ToString();
+  auto loader = FindBootLoader(disk, *esp, "");
+  ASSERT_TRUE(loader.ok()) << loader.status().ToString();
+  EXPECT_EQ(loader->path, "\\EFI\\BOOT\\BOOTX64.EFI");
+  EXPECT_EQ(loader->found_by, "fallback");
+  EXPECT_EQ(loader->skipped, std::vector<std::string>{kSkippedEsc});
+}
+
+TEST(FindBootLoader, AC1ControlInADirectoryNameIsSkippedToo) {
+  TempDir dir;
+  std::string disk = dir / "disk.img";
+  DiskSpec spec;
+  // U+009B (CSI on some terminals), written by mtools from UTF-8.
+  spec.files = {{"EFI/de\xc2\x9b"
+                 "bian/shimx64.efi",
+                 "shim"},
+                {"EFI/ubuntu/grubx64.efi", "grub"}};
+  BuildDisk(disk, spec);
+  auto esp = FindEsp(disk);
+  ASSERT_TRUE(esp.ok()) << esp.status().ToString();
+  auto loader = FindBootLoader(disk, *esp, "");
+  ASSERT_TRUE(loader.ok()) << loader.status().ToString();
+  EXPECT_EQ(loader->path, "\\EFI\\ubuntu\\grubx64.efi");
+  EXPECT_EQ(loader->skipped,
+            std::vector<std::string>{"skipped \\EFI\\de\\u009bbian on the EFI system partition: "
+                                     "its name is not printable ASCII"});
+}
+
+TEST(FindBootLoader, WhenOnlyASkippedLoaderIsThereNoneIsFoundAndTheDetailSaysWhy) {
+  TempDir dir;
+  std::string disk = dir / "disk.img";
+  BuildDiskWithEscInADirectoryName(disk);
+  auto esp = FindEsp(disk);
+  ASSERT_TRUE(esp.ok()) << esp.status().ToString();
+  auto loader = FindBootLoader(disk, *esp, "");
+  ASSERT_FALSE(loader.ok());
+  EXPECT_EQ(loader.status().code(), Code::kNotFound);
+  EXPECT_EQ(loader.status().message(),
+            "EFI bootloader \\EFI\\BOOT\\BOOTX64.EFI not found on the EFI system partition.");
+  EXPECT_NE(loader.status().detail().find(std::string("; ") + kSkippedEsc), std::string::npos)
+      << loader.status().detail();
+  EXPECT_EQ(loader.status().detail().find('\x1b'), std::string::npos);
+}
+
+TEST(FindBootLoader, AWantedPathMatchingAFileStoredUnderAControlNameIsRefused) {
+  TempDir dir;
+  std::string disk = dir / "disk.img";
+  BuildDiskWithEscInADirectoryName(disk);
+  auto esp = FindEsp(disk);
+  ASSERT_TRUE(esp.ok()) << esp.status().ToString();
+  // A plain path (as the manifest allows) reaching the directory through its 8.3 name.
+  auto loader = FindBootLoader(disk, *esp, "\\EFI\\EXXXXB~1\\grubx64.efi");
+  ASSERT_FALSE(loader.ok());
+  EXPECT_EQ(loader.status().code(), Code::kInvalid);
+  EXPECT_EQ(loader.status().message(),
+            "EFI bootloader \\EFI\\EXXXXB~1\\grubx64.efi not found on the EFI system partition.");
+  EXPECT_EQ(loader.status().detail(),
+            "skipped \\EFI\\e\\x1b[2Jbian\\grubx64.efi on the EFI system partition: its name is "
+            "not printable ASCII of " +
+                disk);
+}
+
 TEST(ShimCsv, ParsesTheFormsShimAndOthersWrite) {
   struct Case {
     std::string bytes;

@@ -208,6 +208,29 @@ inline void BuildDisk(const std::string& path, const DiskSpec& spec) {
   PartitionAndFormat(path, spec);
 }
 
+// Replaces, in the disk image `path`, the one UTF-16LE occurrence of `marker` (ASCII) by `name`
+// (code units): how a test gives a FAT long name characters that mtools refuses to write, such as
+// ESC. The long name's checksum covers the 8.3 name only, so the entry stays valid. Fails the test
+// unless `marker` occurs exactly once and `name` is as long.
+inline void ReplaceLongName(const std::string& path, std::string_view marker,
+                            const std::u16string& name) {
+  ASSERT_EQ(marker.size(), name.size());
+  std::string image = ReadAll(path);
+  std::string needle, replacement;
+  for (char c : marker) needle += {c, '\0'};
+  for (char16_t u : name) {
+    replacement += static_cast<char>(u & 0xFF);
+    replacement += static_cast<char>(u >> 8);
+  }
+  size_t at = image.find(needle);
+  ASSERT_NE(at, std::string::npos) << marker;
+  ASSERT_EQ(image.find(needle, at + 1), std::string::npos) << marker << " occurs twice";
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(static_cast<std::streamoff>(at));
+  f.write(replacement.data(), static_cast<std::streamsize>(replacement.size()));
+  ASSERT_TRUE(f.good());
+}
+
 // A load option as firmware makes them for network boot (OVMF: PciRoot/Pci/MAC/IPv4 or IPv6,
 // "UEFI PXEv4 (MAC:525400123456)"), written out by hand.
 inline std::vector<uint8_t> PxeLoadOption(std::string_view description, bool ipv6 = false) {

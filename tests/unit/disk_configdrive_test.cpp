@@ -86,7 +86,7 @@ TEST(ConfigDrive, UuidIsRandomVersion4) {
 }
 
 TEST(ConfigDrive, ContentFromTheManifest) {
-  ConfigDrive m;
+  ConfigDriveSpec m;
   m.enabled = true;
   m.hostname = "db-2";
   m.ssh_key = "ssh-rsa AAAA";

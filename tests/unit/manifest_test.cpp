@@ -1,6 +1,6 @@
-// The manifest contract of design.md §4-§5: both shapes, every validation rule and the exact
-// message each failure produces, the user-data decoding rule in both directions, and the
-// normalised JSON that `validate` prints.
+// The manifest contract of docs/manifest.md and docs/status.md: both shapes, every validation rule
+// and the exact message each failure produces, the user-data decoding rule in both directions, and
+// the normalised JSON that `validate` prints.
 #include "agent/job/manifest.hpp"
 
 #include <gtest/gtest.h>
@@ -106,7 +106,7 @@ TEST(ManifestShapes, V1NestedConfigDrive) {
   EXPECT_EQ(m.headers[0].name, "Authorization");
   EXPECT_EQ(m.headers[0].value, "Basic bG9naW46cGFzc3dvcmQ=");
   EXPECT_EQ(m.efi_bootloader_path, "");
-  const ConfigDrive& cd = m.config_drive;
+  const ConfigDriveSpec& cd = m.config_drive;
   EXPECT_TRUE(cd.enabled);
   EXPECT_EQ(cd.hostname, "web-1");
   EXPECT_EQ(cd.ssh_key, "ssh-ed25519 AAAAC3 me@host");
@@ -142,7 +142,7 @@ TEST(ManifestShapes, V3Reinstall) {
   EXPECT_EQ(m.headers[1].name, "X-Trace");
   EXPECT_EQ(m.headers[1].value, "1");
   EXPECT_EQ(m.efi_bootloader_path, "\\efi\\debian\\grubx64.efi");
-  const ConfigDrive& cd = m.config_drive;
+  const ConfigDriveSpec& cd = m.config_drive;
   EXPECT_TRUE(cd.enabled);
   EXPECT_EQ(cd.hostname, "web-1");
   EXPECT_EQ(cd.ssh_key, "ssh-ed25519 AAAAC3 me@host");
@@ -347,7 +347,7 @@ TEST(ManifestUrl, UserinfoIsMaskedWhenPrinted) {
   Manifest m = MustParse(V1(R"({"URL": "https://login:s3cret@example.net/a/b.raw?x=1"})"));
   EXPECT_EQ(m.url, "https://login:s3cret@example.net/a/b.raw?x=1");  // used as given to download
   std::string printed = json::serialize(ManifestToJson(m));
-  EXPECT_EQ(ManifestToJson(m).at("url").as_string(), "https://***@example.net/a/b.raw?x=1");
+  EXPECT_EQ(ManifestToJson(m).at("url").as_string(), "https://***@example.net/a/b.raw?***");
   EXPECT_EQ(printed.find("s3cret"), std::string::npos);
   EXPECT_EQ(printed.find("login"), std::string::npos);
   Manifest plain = MustParse(V1());

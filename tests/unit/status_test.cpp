@@ -1,4 +1,4 @@
-// The status model of design.md §5: names, JSON field names, the round trip through the state
+// The status model of docs/status.md: names, JSON field names, the round trip through the state
 // file form, and how the board moves a job through its steps.
 #include "agent/job/status.hpp"
 
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "agent/base/messages.hpp"
+#include "agent/base/text.hpp"
 
 namespace byoi {
 namespace {
@@ -110,7 +111,7 @@ TEST(StatusJson, RoundTrip) {
   JobStatus e;
   e.state = JobState::kError;
   e.message = std::string(msg::kChecksumPair);
-  e.detail = "line1\nline2 \"quoted\" \xc3\xa9";
+  e.detail = "tab\there \"quoted\" \\back\\slash \xc3\xa9";
   e.elapsed_seconds = std::numeric_limits<int64_t>::max();
   e.started_at = -1;
   StepState states[] = {StepState::kTodo,    StepState::kDoing, StepState::kDone, StepState::kError,
@@ -242,7 +243,7 @@ TEST(StatusBoard, StepsMoveThroughTheirStates) {
   board.FinishStep(Step::kDownload);
   p = board.Snapshot().progress[0];
   EXPECT_EQ(p.state, StepState::kDone);
-  // "<bytes> in <time> (<rate>)", as in design.md §5.
+  // "<bytes> in <time> (<rate>)", as in docs/status.md.
   EXPECT_TRUE(
       std::regex_match(p.comment, std::regex(R"(1\.0 MiB in [0-9]+ s \([0-9.]+ (B|kB|MB|GB)/s\))")))
       << p.comment;
@@ -342,6 +343,104 @@ TEST(StatusBoard, ListenersSeeChangesAndRateLimitedProgress) {
   EXPECT_EQ(seen[0], std::make_pair(std::string("starting"), true));
   EXPECT_EQ(seen[1], std::make_pair(std::string("downloading image"), true));
   EXPECT_EQ(seen.back(), std::make_pair(std::string("Deployment cancelled."), true));
+}
+
+// Text from outside, as the red team fed it: an origin's reason phrase with OSC and CSI sequences
+// and bytes that are not UTF-8.
+constexpr char kHostileReason[] = "HTTP 500 \x1b]0;pwned\x07\x1b[2J\xff\xfe";
+constexpr char kCleanReason[] = "HTTP 500 \\x1b]0;pwned\\x07\\x1b[2J\\xff\\xfe";
+
+// True when `text` is valid UTF-8 holding no C0/C1 control but TAB, no DEL: what every output of
+// the status may carry.
+bool Clean(std::string_view text) {
+  return IsPrintableText(text) && text.find_first_of("\x1b\x07\xff") == std::string_view::npos;
+}
+
+TEST(StatusBoard, FailWithAHostileDetailGivesValidUtf8JsonThatReadsBack) {
+  StatusBoard board;
+  board.Start("web-1");
+  board.BeginStep(Step::kDownload, "downloading image");
+  board.Fail(Status::Error(Code::kIo, kHostileReason,
+                           msg::DownloadFailed("http://127.0.0.1/\x1b[2J.raw")));
+  JobStatus s = board.Snapshot();
+  EXPECT_EQ(s.detail, kCleanReason);
+  EXPECT_EQ(s.message, "Could not download image located: http://127.0.0.1/\\x1b[2J.raw.");
+  std::string text = json::serialize(StatusToJson(s));
+  EXPECT_TRUE(IsPrintableText(text)) << "the JSON is not printable UTF-8: " << text;
+  // Boost.JSON's strict parser (invalid UTF-8 refused) accepts it...
+  std::error_code ec;
+  json::parse(text, ec);
+  EXPECT_FALSE(ec) << ec.message();
+  // ...and it reads back as it was written.
+  auto back = StatusFromJson(text);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  ExpectSame(*back, s);
+}
+
+TEST(StatusBoard, EverySetterCleansItsText) {
+  StatusBoard board;
+  board.Start(kHostileReason);
+  board.BeginStep(Step::kDownload, kHostileReason);
+  EXPECT_EQ(board.Snapshot().message, kCleanReason);
+  board.FinishStep(Step::kDownload, kHostileReason);
+  board.SkipStep(Step::kVerify, kHostileReason);
+  board.SetChecksum(kHostileReason);
+  board.Warn(kHostileReason);
+  JobStatus s = board.Snapshot();
+  EXPECT_EQ(s.servername, kCleanReason);
+  EXPECT_EQ(s.progress[0].comment, kCleanReason);
+  EXPECT_EQ(s.progress[1].comment, kCleanReason);
+  EXPECT_EQ(s.checksum, kCleanReason);
+  EXPECT_EQ(s.warnings, std::vector<std::string>{kCleanReason});
+  board.Done(kHostileReason);
+  EXPECT_EQ(board.Snapshot().message, kCleanReason);
+  // Fail with no catalogue message shows the detail as message: cleaned as well.
+  board.Start("");
+  board.Fail(Status::Error(Code::kIo, kHostileReason));
+  EXPECT_EQ(board.Snapshot().message, kCleanReason);
+  EXPECT_EQ(board.Snapshot().detail, kCleanReason);
+
+  JobStatus restored = Sample();
+  restored.message = restored.detail = restored.checksum = restored.servername = kHostileReason;
+  restored.progress[0].comment = kHostileReason;
+  restored.warnings = {kHostileReason};
+  board.Restore(restored);
+  s = board.Snapshot();
+  for (const std::string* text : {&s.message, &s.detail, &s.checksum, &s.servername,
+                                  &s.progress[0].comment, &s.warnings[0]}) {
+    EXPECT_EQ(*text, kCleanReason);
+  }
+  // What listeners get (API, backend, console, state file) is the same clean status.
+  std::vector<std::string> seen;
+  board.Subscribe([&](const JobStatus& status, bool) { seen.push_back(status.detail); });
+  board.Start("");
+  board.Fail(Status::Error(Code::kIo, std::string(100000, '\x1b')));
+  ASSERT_FALSE(seen.empty());
+  EXPECT_TRUE(Clean(seen.back()));
+  EXPECT_LE(seen.back().size(), kMaxPrintableBytes);
+}
+
+TEST(StatusJson, StringsWithBytesThatAreNotUtf8AreReadAndCleaned) {
+  // What an older agent wrote for the red team's reason phrase: Boost.JSON escaped the controls
+  // (\u001b) and copied the bytes 0xFF 0xFE as they were.
+  std::string text =
+      "{\"status\": \"error\", \"message\": \"m\", "
+      "\"detail\": \"HTTP 500 \\u001b]0;pwned\\u0007\\u001b[2J\xff\xfe\", "
+      "\"progress\": [{\"step\": \"download\", \"status\": \"error\", \"comment\": \"\xff\"}], "
+      "\"warnings\": [\"\xc0\x80\"]}";
+  std::error_code ec;
+  json::parse(text, ec);
+  ASSERT_TRUE(ec) << "the strict parser must refuse this text, or the test proves nothing";
+  auto r = StatusFromJson(text);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->detail, kCleanReason);
+  EXPECT_EQ(r->progress[0].comment, "\\xff");
+  EXPECT_EQ(r->warnings, std::vector<std::string>{"\\xc0\\x80"});
+  // Escaped controls in a file that is valid UTF-8.
+  auto escaped =
+      StatusFromJson(R"({"status": "done", "message": "\u001b[2J\u0000", "progress": []})");
+  ASSERT_TRUE(escaped.ok()) << escaped.status().ToString();
+  EXPECT_EQ(escaped->message, "\\x1b[2J\\x00");
 }
 
 // The status examples of proto/examples (which test_proto.py checks against the schema) are what

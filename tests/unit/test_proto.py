@@ -10,7 +10,7 @@ examples and the code cannot drift apart:
                                                the schema cannot express that rule
   proto/examples/status/{valid,invalid}/*.json schema-valid / schema-invalid
 
-It also checks the command line of design.md §6: validate from a file and from stdin, the 1 MiB
+It also checks the command line of docs/cli.md: validate from a file and from stdin, the 1 MiB
 limit, --version and --help for every subcommand, and that every subcommand exists.
 
 Run by CTest with BYOI_AGENT (the binary) and BYOI_SOURCE_DIR set; /usr/bin/python3 only.
@@ -267,7 +267,7 @@ class StatusExamples(unittest.TestCase):
 
 
 class OpenApiTest(unittest.TestCase):
-    """proto/openapi.json describes exactly the routes of design.md §7 and refers only to schemas
+    """proto/openapi.json describes exactly the routes of docs/api.md and refers only to schemas
     that exist (the daemon's integration test checks GET /v1/disks against it)."""
 
     def test_routes_and_references(self):

@@ -1,4 +1,4 @@
-// The daemon's configuration (design.md §6): every `daemon` option from three sources, in order of
+// The daemon's configuration (docs/cli.md): every `daemon` option from three sources, in order of
 // precedence: the command line flag, the kernel command line word `byoi.<key>=`, the config file.
 //
 // A netbooted rescue system is configured through its kernel command line, so every key can be
@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "agent/base/status.hpp"
-#include "agent/commands.hpp"
+#include "agent/cli/commands.hpp"
 
 namespace byoi {
 
@@ -32,8 +32,8 @@ struct DaemonConfig {
   std::string listen = "0.0.0.0:9999";  // ADDR:PORT ([v6]:PORT), port 0 = any; "off": no HTTP API
   std::string token;                    // bearer token; required unless listen is off. A secret.
   std::string tls_cert, tls_key;        // PEM files; TLS when both are set
-  std::string backend_url;              // poll this backend (design.md §8) when set; no trailing /
-  std::string agent_id;                 // default: DMI product UUID, else first permanent MAC
+  std::string backend_url;  // poll this backend (docs/backend.md) when set; no trailing /
+  std::string agent_id;     // default: DMI product UUID, else first permanent MAC
   std::string state_file = "/run/byoi-agent/state.json";
   std::string console = "/dev/console";  // where progress is drawn; "none" to disable
   std::string log_level = "info";        // trace debug info warn error off
@@ -67,12 +67,5 @@ Result<std::map<std::string, std::string>> ParseConfigText(std::string_view text
 // after a lone `--` belong to init and are ignored). Unknown keys go to `unknown`.
 std::map<std::string, std::string> ParseKernelCmdline(std::string_view text,
                                                       std::vector<std::string>* unknown = nullptr);
-
-// "0.0.0.0:9999", "127.0.0.1:0", "[::1]:9999" → address and port. kInvalid otherwise.
-struct ListenAddress {
-  std::string address;
-  uint16_t port = 0;
-};
-Result<ListenAddress> ParseListenAddress(std::string_view text);
 
 }  // namespace byoi

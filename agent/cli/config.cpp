@@ -1,6 +1,5 @@
-#include "agent/api/config.hpp"
+#include "agent/cli/config.hpp"
 
-#include <arpa/inet.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -9,6 +8,7 @@
 #include <filesystem>
 #include <optional>
 
+#include "agent/api/http_server.hpp"  // ParseListenAddress
 #include "agent/base/fd.hpp"
 #include "agent/base/units.hpp"
 #include "agent/disk/inventory.hpp"
@@ -151,39 +151,6 @@ std::map<std::string, std::string> ParseKernelCmdline(std::string_view text,
     }
     out[key] = eq == std::string::npos ? std::string() : w.substr(eq + 1);  // the last one wins
   }
-  return out;
-}
-
-Result<ListenAddress> ParseListenAddress(std::string_view text) {
-  auto bad = [&] {
-    return Status::Error(Code::kInvalid,
-                         "listen: expected ADDR:PORT such as 0.0.0.0:9999 or [::]:9999, or off");
-  };
-  ListenAddress out;
-  std::string_view port;
-  if (!text.empty() && text.front() == '[') {
-    size_t close = text.find(']');
-    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
-      return bad();
-    }
-    out.address = std::string(text.substr(1, close - 1));
-    port = text.substr(close + 2);
-    in6_addr a6;
-    if (inet_pton(AF_INET6, out.address.c_str(), &a6) != 1) return bad();
-  } else {
-    size_t colon = text.rfind(':');
-    if (colon == std::string_view::npos) return bad();
-    out.address = std::string(text.substr(0, colon));
-    port = text.substr(colon + 1);
-    in_addr a4;
-    if (inet_pton(AF_INET, out.address.c_str(), &a4) != 1) return bad();
-  }
-  unsigned value = 0;
-  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-  if (ec != std::errc() || end != port.data() + port.size() || port.empty() || value > 65535) {
-    return bad();
-  }
-  out.port = static_cast<uint16_t>(value);
   return out;
 }
 

@@ -1,12 +1,13 @@
 // Daemon configuration: the config file format, kernel command line words, precedence and
-// validation (design.md §6).
+// validation (docs/cli.md).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
 
-#include "agent/api/config.hpp"
+#include "agent/api/http_server.hpp"  // ParseListenAddress
 #include "agent/base/fd.hpp"
+#include "agent/cli/config.hpp"
 
 namespace byoi {
 namespace {

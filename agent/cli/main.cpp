@@ -1,10 +1,10 @@
 // byoi-agent: installs a customer's own image on a bare-metal server from a rescue system.
-// This file only parses the command line (design.md §6) and dispatches to one Run* function.
+// This file only parses the command line (docs/cli.md) and dispatches to one Run* function.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
 #include "agent/base/units.hpp"
-#include "agent/commands.hpp"
+#include "agent/cli/commands.hpp"
 
 namespace {
 

@@ -1,4 +1,4 @@
-// `byoi-agent daemon` and `byoi-agent status` (design.md §6-§8).
+// `byoi-agent daemon` and `byoi-agent status` (docs/cli.md to docs/backend.md).
 //
 // The daemon, top to bottom: load the configuration, set up logging, restore the last job from the
 // state file, wire the job's listeners (state file, metrics, console, backend poller), serve the
@@ -16,7 +16,6 @@
 
 #include "agent/api/agent_id.hpp"
 #include "agent/api/api_handler.hpp"
-#include "agent/api/config.hpp"
 #include "agent/api/console.hpp"
 #include "agent/api/disk_listing.hpp"
 #include "agent/api/final_status_gate.hpp"
@@ -25,7 +24,8 @@
 #include "agent/api/metrics.hpp"
 #include "agent/api/poller.hpp"
 #include "agent/base/log.hpp"
-#include "agent/commands.hpp"
+#include "agent/cli/commands.hpp"
+#include "agent/cli/config.hpp"
 #include "agent/job/job_control.hpp"
 #include "agent/job/runner.hpp"
 #include "agent/job/state_file.hpp"

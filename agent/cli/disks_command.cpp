@@ -1,5 +1,5 @@
 // `byoi-agent disks [--json] [--config FILE]`: the inventory with its disk groups and the reason
-// each other disk is excluded (design.md §6, §9).
+// each other disk is excluded (docs/cli.md, docs/disks.md).
 #include <boost/json.hpp>
 #include <cstdio>
 #include <cstdlib>
@@ -7,7 +7,7 @@
 #include <string_view>
 
 #include "agent/base/fd.hpp"
-#include "agent/commands.hpp"
+#include "agent/cli/commands.hpp"
 #include "agent/disk/inventory.hpp"
 
 namespace byoi {

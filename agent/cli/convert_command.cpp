@@ -1,5 +1,5 @@
 // `byoi-agent convert SOURCE TARGET [--type qcow2|raw]` and `byoi-agent inspect IMAGE [--json]`
-// (design.md §6): the image engine and the writer, outside a job. convert holds SOURCE in memory
+// (docs/cli.md): the image engine and the writer, outside a job. convert holds SOURCE in memory
 // under the same budget as a download, writes its virtual disk to a block device or a file
 // (created or resized to the virtual size); inspect describes an image, its partitions and the
 // boot loader UEFI firmware would start from its ESP.
@@ -25,7 +25,7 @@
 #include "agent/base/messages.hpp"
 #include "agent/base/units.hpp"
 #include "agent/boot/esp.hpp"
-#include "agent/commands.hpp"
+#include "agent/cli/commands.hpp"
 #include "agent/disk/target.hpp"
 #include "agent/disk/writer.hpp"
 #include "agent/image/image_buffer.hpp"  // DefaultMemoryBudget
@@ -174,7 +174,7 @@ void PrintProgress(uint64_t done, uint64_t total) {
 // ESPs are 100-600 MiB; anything larger is not looked into by inspect.
 constexpr uint64_t kMaxInspectedEsp = 1ull << 30;
 
-// The loader the agent would pick on the image's ESP (design.md §10 order), found by the same code
+// The loader the agent would pick on the image's ESP (docs/boot.md order), found by the same code
 // as a job: the ESP's bytes go into a memfd (FatReader reads a file descriptor), holes for zeros.
 Result<BootLoader> FindImageBootLoader(VirtualReader& reader, const PartitionTable& table,
                                        const PartitionInfo& esp) {
@@ -226,8 +226,8 @@ int RunConvert(const ConvertArgs& args) {
                     .Context("reading " + args.source)
                     .DefaultMessage(msg::CantWrite(type)));
   }
-  // Every compressed cluster inflates, or the target is not even opened (design.md §5: a job
-  // that fails before writing leaves the disk untouched).
+  // Every compressed cluster inflates, or the target is not even opened (docs/pipeline.md,
+  // failure policy: a job that fails before writing leaves the disk untouched).
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   auto t0 = std::chrono::steady_clock::now();

@@ -1,4 +1,4 @@
-// The subcommands of `byoi-agent` (design.md §6). main.cpp parses the command line into these
+// The subcommands of `byoi-agent` (docs/cli.md). main.cpp parses the command line into these
 // option structs and calls one function; each returns the process exit code: 0 done, 1 job error,
 // 2 usage.
 #pragma once
@@ -7,29 +7,13 @@
 #include <optional>
 #include <string>
 
+#include "agent/job/job_options.hpp"
+
 namespace byoi {
 
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitJobError = 1;
 inline constexpr int kExitUsage = 2;
-
-// Options shared by `deploy` and `daemon`: how a job runs on this machine.
-struct JobOptions {
-  std::string disk;  // --disk: a block device or a regular file; overrides diskGroupId
-  // disk_groups (config only): explicit groups, "1=sda,sdb 2=nvme0n1" (agent/disk/inventory.hpp
-  // ParseGroupMapping); empty means the automatic grouping of design.md §9.
-  std::string disk_groups;
-  std::string efivars = "/sys/firmware/efi/efivars";  // --efivars; absent directory = legacy BIOS
-  std::string reboot = "none";                        // --reboot none|reboot|poweroff|kexec
-  std::optional<uint64_t> memory_limit;  // --memory-limit bytes; default MemTotal - 3 GiB
-  std::string efi_boot_order = "first";  // --efi-boot-order first|after-network|bootnext|none
-  // Download (agent/fetch/fetch.hpp FetchOptions has the details).
-  std::string ca_bundle;      // --ca-bundle FILE: PEM CA certificates for https image servers
-  bool insecure = false;      // --insecure: skip TLS certificate verification (labs only)
-  double stall_timeout = 60;  // --stall-timeout SECONDS without a byte before an attempt is retried
-  double retry_delay = 1;     // --retry-delay SECONDS before the 2nd attempt, doubling up to 30 s
-  int download_attempts = 10;  // --download-attempts N in a row without progress before giving up
-};
 
 struct DeployArgs {
   std::string manifest;     // path, or "-" for standard input

@@ -1,4 +1,4 @@
-#include "agent/job/cli_util.hpp"
+#include "agent/cli/cli_util.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -8,7 +8,7 @@
 
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
-#include "agent/commands.hpp"
+#include "agent/cli/commands.hpp"
 #include "agent/job/manifest.hpp"
 
 namespace byoi {

@@ -1,4 +1,4 @@
-// `byoi-agent deploy`: one job in the foreground (design.md §6). The status goes to --status-file
+// `byoi-agent deploy`: one job in the foreground (docs/cli.md). The status goes to --status-file
 // (rewritten atomically on every change and about once a second while bytes move), progress lines
 // to stderr, and the final status to stdout (JSON with --json). SIGINT/SIGTERM cancel the job.
 // Exit codes: 0 done, 1 job error (the catalogue message is printed), 2 usage.
@@ -14,8 +14,8 @@
 #include "agent/base/cancel.hpp"
 #include "agent/base/fd.hpp"
 #include "agent/base/log.hpp"
-#include "agent/commands.hpp"
-#include "agent/job/cli_util.hpp"
+#include "agent/cli/cli_util.hpp"
+#include "agent/cli/commands.hpp"
 #include "agent/job/manifest.hpp"
 #include "agent/job/runner.hpp"
 #include "agent/job/status.hpp"

@@ -3,8 +3,8 @@
 #include <boost/json.hpp>
 #include <cstdio>
 
-#include "agent/commands.hpp"
-#include "agent/job/cli_util.hpp"
+#include "agent/cli/cli_util.hpp"
+#include "agent/cli/commands.hpp"
 #include "agent/job/manifest.hpp"
 
 namespace byoi {

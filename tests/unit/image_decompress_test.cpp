@@ -1,0 +1,205 @@
+// The stream decoders of compressed raw images, against data compressed by the libraries' own
+// encoders here (the command-line tools are the oracle in tests/integration/test_stream.py).
+#include <bzlib.h>
+#include <gtest/gtest.h>
+#include <lzma.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "agent/image/decompress.hpp"
+
+namespace byoi {
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+
+// Compressible but not trivial: runs of random bytes and of repeated ones.
+Bytes Sample(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  Bytes b;
+  b.reserve(n);
+  while (b.size() < n) {
+    size_t run = 1 + rng() % 4096;
+    if (rng() % 2) {
+      for (size_t i = 0; i < run && b.size() < n; ++i) b.push_back(static_cast<uint8_t>(rng()));
+    } else {
+      b.insert(b.end(), std::min(run, n - b.size()), static_cast<uint8_t>(rng()));
+    }
+  }
+  return b;
+}
+
+Bytes Gzip(const Bytes& in) {
+  z_stream z{};
+  EXPECT_EQ(deflateInit2(&z, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  Bytes out(deflateBound(&z, in.size()) + 64);
+  z.next_in = const_cast<Bytef*>(in.data());
+  z.avail_in = static_cast<uInt>(in.size());
+  z.next_out = out.data();
+  z.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&z, Z_FINISH), Z_STREAM_END);
+  out.resize(z.total_out);
+  deflateEnd(&z);
+  return out;
+}
+
+Bytes Xz(const Bytes& in) {
+  Bytes out(lzma_stream_buffer_bound(in.size()));
+  size_t pos = 0;
+  EXPECT_EQ(lzma_easy_buffer_encode(6, LZMA_CHECK_CRC64, nullptr, in.data(), in.size(), out.data(),
+                                    &pos, out.size()),
+            LZMA_OK);
+  out.resize(pos);
+  return out;
+}
+
+// With a content checksum, as the zstd tool writes by default.
+Bytes Zstd(const Bytes& in) {
+  Bytes out(ZSTD_compressBound(in.size()));
+  ZSTD_CCtx* c = ZSTD_createCCtx();
+  ZSTD_CCtx_setParameter(c, ZSTD_c_checksumFlag, 1);
+  size_t n = ZSTD_compress2(c, out.data(), out.size(), in.data(), in.size());
+  ZSTD_freeCCtx(c);
+  EXPECT_FALSE(ZSTD_isError(n));
+  out.resize(n);
+  return out;
+}
+
+Bytes Bzip2(const Bytes& in) {
+  unsigned n = static_cast<unsigned>(in.size() + in.size() / 100 + 600);
+  Bytes out(n);
+  EXPECT_EQ(BZ2_bzBuffToBuffCompress(reinterpret_cast<char*>(out.data()), &n,
+                                     const_cast<char*>(reinterpret_cast<const char*>(in.data())),
+                                     static_cast<unsigned>(in.size()), 9, 0, 0),
+            BZ_OK);
+  out.resize(n);
+  return out;
+}
+
+struct Format {
+  Compressor c;
+  Bytes (*compress)(const Bytes&);
+};
+const Format kFormats[] = {{Compressor::kGzip, Gzip},
+                           {Compressor::kXz, Xz},
+                           {Compressor::kZstd, Zstd},
+                           {Compressor::kBzip2, Bzip2}};
+
+// Feeds `in` in pieces of random sizes (1 byte to 64 KiB) and returns the decoded bytes, or the
+// first error.
+Result<Bytes> Decode(Compressor c, const Bytes& in, uint32_t seed = 7) {
+  BYOI_ASSIGN_OR_RETURN(std::unique_ptr<StreamDecoder> d, StreamDecoder::Create(c));
+  Bytes out;
+  DecodedFn sink = [&](std::span<const uint8_t> b) {
+    out.insert(out.end(), b.begin(), b.end());
+    return Status::Ok();
+  };
+  std::mt19937 rng(seed);
+  size_t pos = 0;
+  while (pos < in.size()) {
+    size_t n = std::min<size_t>(in.size() - pos, 1 + rng() % 65536);
+    BYOI_RETURN_IF_ERROR(d->Feed(std::span(in).subspan(pos, n), sink));
+    pos += n;
+  }
+  BYOI_RETURN_IF_ERROR(d->Finish(sink));
+  EXPECT_EQ(d->bytes_in(), in.size());
+  EXPECT_EQ(d->bytes_out(), out.size());
+  return out;
+}
+
+TEST(StreamDecoderTest, DetectsEachContainerByItsMagic) {
+  const Bytes data = Sample(1000, 1);
+  for (const Format& f : kFormats) {
+    EXPECT_EQ(DetectCompressor(f.compress(data)), f.c) << CompressorName(f.c);
+  }
+  EXPECT_EQ(DetectCompressor(data), Compressor::kNone);
+  EXPECT_EQ(DetectCompressor(Bytes{'B', 'Z', 'h', '0'}), Compressor::kNone);
+  EXPECT_EQ(DetectCompressor(Bytes{0x1f, 0x8b}), Compressor::kNone);  // too short to tell
+  EXPECT_EQ(DetectCompressor(Bytes{0xfd, '7', 'z', 'X', 'Z', 0x01}), Compressor::kNone);
+}
+
+TEST(StreamDecoderTest, DecodesWhateverTheInputPiecesAre) {
+  const Bytes data = Sample(3 << 20, 2);
+  for (const Format& f : kFormats) {
+    Result<Bytes> out = Decode(f.c, f.compress(data));
+    ASSERT_TRUE(out.ok()) << CompressorName(f.c) << ": " << out.status().ToString();
+    EXPECT_TRUE(*out == data) << CompressorName(f.c);
+  }
+}
+
+TEST(StreamDecoderTest, ConcatenatedStreamsDecodeAsOne) {
+  const Bytes a = Sample(300000, 3), b = Sample(200000, 4);
+  Bytes both = a;
+  both.insert(both.end(), b.begin(), b.end());
+  for (const Format& f : kFormats) {
+    Bytes in = f.compress(a);
+    Bytes second = f.compress(b);
+    in.insert(in.end(), second.begin(), second.end());
+    Result<Bytes> out = Decode(f.c, in);
+    ASSERT_TRUE(out.ok()) << CompressorName(f.c) << ": " << out.status().ToString();
+    EXPECT_TRUE(*out == both) << CompressorName(f.c);
+  }
+}
+
+TEST(StreamDecoderTest, ATruncatedStreamIsRefused) {
+  const Bytes data = Sample(1 << 20, 5);
+  for (const Format& f : kFormats) {
+    Bytes in = f.compress(data);
+    for (size_t cut : {size_t{1}, size_t{9}, in.size() / 2}) {
+      Bytes short_in(in.begin(), in.end() - static_cast<ptrdiff_t>(cut));
+      Result<Bytes> out = Decode(f.c, short_in);
+      ASSERT_FALSE(out.ok()) << CompressorName(f.c) << " cut " << cut;
+      EXPECT_EQ(out.status().code(), Code::kInvalid);
+      EXPECT_NE(out.status().detail().find(std::string(CompressorName(f.c))), std::string::npos)
+          << out.status().detail();
+    }
+  }
+}
+
+TEST(StreamDecoderTest, CorruptDataIsRefused) {
+  const Bytes data = Sample(1 << 20, 6);
+  for (const Format& f : kFormats) {
+    Bytes in = f.compress(data);
+    in[in.size() / 2] ^= 0x55;
+    in[in.size() / 2 + 1] ^= 0xaa;
+    Result<Bytes> out = Decode(f.c, in);
+    ASSERT_FALSE(out.ok()) << CompressorName(f.c);
+    EXPECT_EQ(out.status().code(), Code::kInvalid) << out.status().ToString();
+  }
+}
+
+TEST(StreamDecoderTest, BytesAfterTheLastStreamAreRefused) {
+  const Bytes data = Sample(100000, 8);
+  const std::string junk = "this is not another stream";
+  for (const Format& f : kFormats) {
+    Bytes in = f.compress(data);
+    in.insert(in.end(), junk.begin(), junk.end());
+    Result<Bytes> out = Decode(f.c, in);
+    ASSERT_FALSE(out.ok()) << CompressorName(f.c);
+    EXPECT_EQ(out.status().code(), Code::kInvalid) << out.status().ToString();
+  }
+}
+
+TEST(StreamDecoderTest, TheReceiversErrorStopsDecoding) {
+  const Bytes data = Sample(1200000, 9);
+  for (const Format& f : kFormats) {
+    auto d = StreamDecoder::Create(f.c);
+    ASSERT_TRUE(d.ok());
+    Bytes in = f.compress(data);
+    int calls = 0;
+    Status s = (*d)->Feed(in, [&](std::span<const uint8_t>) {
+      ++calls;
+      return Status::Error(Code::kTooBig, "disk full");
+    });
+    EXPECT_EQ(s.code(), Code::kTooBig) << CompressorName(f.c);
+    EXPECT_EQ(s.detail(), "disk full");
+    EXPECT_EQ(calls, 1);
+  }
+}
+
+}  // namespace
+}  // namespace byoi
