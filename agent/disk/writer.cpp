@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/base/bytes.hpp"
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
 #include "agent/image/virtual_reader.hpp"
@@ -31,15 +32,6 @@ struct Op {
   uint64_t offset = 0;
   uint64_t length = 0;
 };
-
-// True when the n bytes at p are all zero: the first 16 checked directly, then the buffer compared
-// with itself shifted by 16 (memcmp is vectorised, so this runs at memory speed).
-bool IsAllZero(const uint8_t* p, size_t n) {
-  constexpr size_t kHead = 16;
-  if (n <= kHead) return std::all_of(p, p + n, [](uint8_t b) { return b == 0; });
-  return std::all_of(p, p + kHead, [](uint8_t b) { return b == 0; }) &&
-         std::memcmp(p, p + kHead, n - kHead) == 0;
-}
 
 // Visits the extents of [offset, offset + length) while `more` returns true.
 Status VisitWhile(const ImageLayout& layout, uint64_t offset, uint64_t length,

@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "agent/base/bytes.hpp"
 #include "agent/image/qcow2_header.hpp"
 
 namespace byoi {
@@ -153,7 +154,7 @@ class TableWalker {
     for (uint64_t i = begin / g_.l2_coverage; i * g_.l2_coverage < end; ++i) {
       const uint64_t start = i * g_.l2_coverage;
       const uint64_t table_end = std::min(g_.virtual_size, start + g_.l2_coverage);
-      const uint64_t l2_offset = LoadBe64(l1_ + i * 8) & kOffsetMask;
+      const uint64_t l2_offset = Be64(l1_ + i * 8) & kOffsetMask;
       BYOI_RETURN_IF_ERROR(on_table(i, start, table_end, l2_offset));
       if (l2_offset == 0) continue;
       const uint8_t* l2 = image_.data() + l2_offset;
@@ -162,8 +163,8 @@ class TableWalker {
       for (uint64_t j = first, offset = start + (first << g_.cluster_bits); offset < stop;
            ++j, offset += g_.cluster_size) {
         const uint8_t* e = l2 + j * g_.entry_size;
-        const uint64_t entry = LoadBe64(e);
-        const uint64_t bitmap = g_.extended_l2 ? LoadBe64(e + 8) : 0;
+        const uint64_t entry = Be64(e);
+        const uint64_t bitmap = g_.extended_l2 ? Be64(e + 8) : 0;
         const uint64_t length = std::min(g_.cluster_size, table_end - offset);
         bool emit_failed = false;
         Status s = DecodeL2Entry(g_, entry, bitmap, length, [&](const Piece& p) {
@@ -290,7 +291,7 @@ Status ValidateMap(std::span<const uint8_t> image, const Geometry& g, const uint
 }  // namespace
 
 bool HasQcow2Magic(std::span<const uint8_t> bytes) {
-  return bytes.size() >= 4 && LoadBe32(bytes.data()) == kMagic;
+  return bytes.size() >= 4 && Be32(bytes.data()) == kMagic;
 }
 
 std::string_view CompressionName(Compression c) {

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <string>
 
+#include "agent/base/bytes.hpp"
+
 namespace byoi {
 namespace {
 
@@ -57,8 +59,6 @@ void CopyZeroFilled(std::span<const uint8_t> image, uint64_t offset, std::span<u
   const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), image.size() - offset));
   std::memcpy(out.data(), image.data() + offset, n);
 }
-
-uint16_t LoadBe16(const uint8_t* p) { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
 
 // A name from the image, printable and bounded, for messages.
 std::string Printable(std::span<const uint8_t> image, uint64_t offset, uint64_t length) {
@@ -126,7 +126,7 @@ Status CheckBitmapTable(std::span<const uint8_t> image, uint64_t table_offset, u
   if (in_file * 8 > budget) return Invalid("bitmap tables add up to more than the image");
   budget -= in_file * 8;
   for (uint64_t i = 0; i < in_file; ++i) {
-    const uint64_t entry = LoadBe64(image.data() + table_offset + 8 * i);
+    const uint64_t entry = Be64(image.data() + table_offset + 8 * i);
     const uint64_t offset = entry & kBitmapTableOffsetMask;
     if ((entry & kBitmapTableReserved) ||
         (offset != 0 && ((entry & kBitmapTableAllOnes) || offset % cluster_size != 0))) {
@@ -143,23 +143,23 @@ Result<Qcow2Header> ParseQcow2Header(std::span<const uint8_t> image) {
     return Invalid(fmt::format("file of {} bytes is too small for a qcow2 header", image.size()));
   }
   const uint8_t* p = image.data();
-  if (LoadBe32(p) != kMagic) return Invalid("no qcow2 magic");
+  if (Be32(p) != kMagic) return Invalid("no qcow2 magic");
   Qcow2Header h;
-  h.version = LoadBe32(p + 4);
+  h.version = Be32(p + 4);
   if (h.version != 2 && h.version != 3) {
     return Status::Error(Code::kUnsupported,
                          fmt::format("qcow2 version {} (only 2 and 3 are supported)", h.version));
   }
-  h.backing_file_offset = LoadBe64(p + 8);
-  h.cluster_bits = LoadBe32(p + 20);
-  h.size = LoadBe64(p + 24);
-  h.crypt_method = LoadBe32(p + 32);
-  h.l1_size = LoadBe32(p + 36);
-  h.l1_table_offset = LoadBe64(p + 40);
-  h.refcount_table_offset = LoadBe64(p + 48);
-  h.refcount_table_clusters = LoadBe32(p + 56);
-  h.nb_snapshots = LoadBe32(p + 60);
-  h.snapshots_offset = LoadBe64(p + 64);
+  h.backing_file_offset = Be64(p + 8);
+  h.cluster_bits = Be32(p + 20);
+  h.size = Be64(p + 24);
+  h.crypt_method = Be32(p + 32);
+  h.l1_size = Be32(p + 36);
+  h.l1_table_offset = Be64(p + 40);
+  h.refcount_table_offset = Be64(p + 48);
+  h.refcount_table_clusters = Be32(p + 56);
+  h.nb_snapshots = Be32(p + 60);
+  h.snapshots_offset = Be64(p + 64);
   if (h.cluster_bits < 9 || h.cluster_bits > 21) {
     return Status::Error(
         Code::kUnsupported,
@@ -169,11 +169,11 @@ Result<Qcow2Header> ParseQcow2Header(std::span<const uint8_t> image) {
     if (image.size() < kV3HeaderLength) {
       return Invalid("file too small for a version 3 qcow2 header");
     }
-    h.incompatible = LoadBe64(p + 72);
-    h.compatible = LoadBe64(p + 80);
-    h.autoclear = LoadBe64(p + 88);
-    h.refcount_order = LoadBe32(p + 96);
-    h.header_length = LoadBe32(p + 100);
+    h.incompatible = Be64(p + 72);
+    h.compatible = Be64(p + 80);
+    h.autoclear = Be64(p + 88);
+    h.refcount_order = Be32(p + 96);
+    h.header_length = Be32(p + 100);
     if (h.header_length < kV3HeaderLength) {
       return Invalid(fmt::format("header_length {} is below 104", h.header_length));
     }
@@ -192,8 +192,8 @@ std::span<const uint8_t> FindQcow2FeatureTable(std::span<const uint8_t> image,
                                                const Qcow2Header& h) {
   const uint64_t end = std::min<uint64_t>(h.cluster_size(), image.size());
   for (uint64_t pos = h.header_length; pos + 8 <= end;) {
-    const uint32_t type = LoadBe32(&image[pos]);
-    const uint32_t length = LoadBe32(&image[pos + 4]);
+    const uint32_t type = Be32(&image[pos]);
+    const uint32_t length = Be32(&image[pos + 4]);
     if (type == kExtEnd || length > end - pos - 8) break;
     if (type == kExtFeatureTable) return image.subspan(pos + 8, length);
     pos += 8 + ((uint64_t{length} + 7) & ~uint64_t{7});
@@ -210,8 +210,8 @@ Result<Qcow2Bitmaps> ReadQcow2Extensions(std::span<const uint8_t> image, const Q
   while (pos < end) {
     uint8_t head[8];
     CopyZeroFilled(image, pos, head);
-    const uint32_t type = LoadBe32(head);
-    const uint32_t length = LoadBe32(head + 4);
+    const uint32_t type = Be32(head);
+    const uint32_t length = Be32(head + 4);
     if (pos + 8 > end || length > end - pos - 8) {
       return Invalid(fmt::format("header extension {} at {} of {} bytes passes the first cluster",
                                  Hex(type), Hex(pos), length));
@@ -236,10 +236,10 @@ Result<Qcow2Bitmaps> ReadQcow2Extensions(std::span<const uint8_t> image, const Q
         uint8_t ext[kBitmapsExtLength];
         CopyZeroFilled(image, data, ext);
         bitmaps.present = true;
-        bitmaps.count = LoadBe32(ext);
-        bitmaps.directory_size = LoadBe64(ext + 8);
-        bitmaps.directory_offset = LoadBe64(ext + 16);
-        if (LoadBe32(ext + 4) != 0) return Invalid("bitmaps extension: reserved field is not zero");
+        bitmaps.count = Be32(ext);
+        bitmaps.directory_size = Be64(ext + 8);
+        bitmaps.directory_offset = Be64(ext + 16);
+        if (Be32(ext + 4) != 0) return Invalid("bitmaps extension: reserved field is not zero");
         if (bitmaps.count == 0) return Invalid("bitmaps extension with zero bitmaps");
         if (bitmaps.count > kMaxBitmaps) {
           return Invalid(fmt::format("{} bitmaps (at most {})", bitmaps.count, kMaxBitmaps));
@@ -298,13 +298,13 @@ Status CheckQcow2Snapshots(std::span<const uint8_t> image, const Qcow2Header& h)
     pos = (pos + 7) & ~uint64_t{7};
     uint8_t entry[kSnapshotHeaderSize];
     CopyZeroFilled(image, pos, entry);
-    const uint32_t extra = LoadBe32(entry + 36);
+    const uint32_t extra = Be32(entry + 36);
     if (extra > kMaxSnapshotExtraData) {
       return Invalid(
           fmt::format("snapshot table entry {} (at {}) has {} bytes of extra data (at most {})", i,
                       Hex(pos), extra, kMaxSnapshotExtraData));
     }
-    pos += kSnapshotHeaderSize + extra + LoadBe16(entry + 12) + LoadBe16(entry + 14);
+    pos += kSnapshotHeaderSize + extra + Be16(entry + 12) + Be16(entry + 14);
     if (pos - h.snapshots_offset > kMaxSnapshotTableBytes) {
       return Invalid(fmt::format("snapshot table is larger than 64 MiB at entry {}", i));
     }
@@ -332,13 +332,13 @@ Status CheckQcow2Bitmaps(std::span<const uint8_t> image, const Qcow2Header& h,
     }
     uint8_t e[kBitmapEntrySize];
     CopyZeroFilled(image, pos, e);
-    const uint64_t table_offset = LoadBe64(e);
-    const uint32_t table_size = LoadBe32(e + 8);
-    const uint32_t flags = LoadBe32(e + 12);
+    const uint64_t table_offset = Be64(e);
+    const uint32_t table_size = Be32(e + 8);
+    const uint32_t flags = Be32(e + 12);
     const uint8_t type = e[16];
     const uint32_t granularity_bits = e[17];
-    const uint32_t name_size = LoadBe16(e + 18);
-    const uint32_t extra = LoadBe32(e + 20);
+    const uint32_t name_size = Be16(e + 18);
+    const uint32_t extra = Be32(e + 20);
     const uint64_t entry_size = (kBitmapEntrySize + name_size + uint64_t{extra} + 7) & ~7ull;
     if (entry_size > end - pos) return Invalid(broken + ": an entry passes its end");
     if (extra != 0) return Invalid("bitmap extra data is not supported");

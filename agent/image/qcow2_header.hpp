@@ -17,13 +17,6 @@
 
 namespace byoi {
 
-inline uint32_t LoadBe32(const uint8_t* p) {
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
-}
-inline uint64_t LoadBe64(const uint8_t* p) {
-  return (uint64_t{LoadBe32(p)} << 32) | LoadBe32(p + 4);
-}
-
 struct Qcow2Header {
   uint32_t version = 0;
   uint64_t backing_file_offset = 0;
