@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <memory>
@@ -31,6 +32,7 @@
 #include "agent/image/image_buffer.hpp"  // DefaultMemoryBudget
 #include "agent/image/open_image.hpp"
 #include "agent/image/partition_table.hpp"
+#include "agent/image/verify_compressed.hpp"
 #include "agent/image/virtual_reader.hpp"
 
 namespace byoi {
@@ -101,7 +103,7 @@ Result<MappedFile> Load(const std::string& path, std::optional<uint64_t> limit) 
 // libblkid's view of [offset, offset + size) of the virtual disk; nothing found when the range
 // lies outside it.
 Result<Signature> ProbeVirtualDisk(VirtualReader& reader, uint64_t offset, uint64_t size) {
-  const uint64_t vsize = reader.layout().virtual_size;
+  const uint64_t vsize = reader.layout().virtual_size();
   if (size == 0 || offset > vsize) return Signature{};
   return ProbeFilesystem(
       [&reader](uint64_t at, std::span<uint8_t> out) { return reader.Read(at, out); }, offset,
@@ -156,23 +158,36 @@ int RunConvert(const ConvertArgs& args) {
                     .Context("reading " + args.source)
                     .DefaultMessage(msg::CantWrite(type)));
   }
+  // Every compressed cluster inflates, or the target is not even opened (docs/pipeline.md,
+  // failure policy: a job that fails before writing leaves the disk untouched).
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  auto t0 = std::chrono::steady_clock::now();
+  Status sound = VerifyCompressedClusters(image->layout, 0, g_cancel);
+  if (!sound.ok()) {
+    return Fail(
+        std::move(sound).Context("reading " + args.source).DefaultMessage(msg::CantWrite(type)));
+  }
+  if (image->qcow2 && image->qcow2->compressed_bytes > 0) {
+    std::fprintf(stderr, "inflated %s of compressed clusters in %.2f s\n",
+                 HumanBytes(image->qcow2->compressed_bytes).c_str(),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
   Target::Options topts;
-  topts.file_size = image->layout.virtual_size;
+  topts.file_size = image->layout.virtual_size();
   auto target = Target::Open(args.target, topts);
   if (!target.ok()) return Fail(Status(target.status()).DefaultMessage(msg::CantWrite(type)));
 
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
   WriteOptions wopts;
   wopts.image_type = type;
   ProgressFn progress;
   if (::isatty(STDERR_FILENO)) progress = PrintProgress;
   auto stats = WriteImage(image->layout, *target, wopts, progress, g_cancel);
   if (!stats.ok()) return Fail(stats.status());
-  double rate = stats->seconds > 0 ? image->layout.virtual_size / stats->seconds : 0;
+  double rate = stats->seconds > 0 ? image->layout.virtual_size() / stats->seconds : 0;
   std::fprintf(stderr, "wrote %s to %s in %.2f s (%s): %s of data, %s zeroed\n",
-               HumanBytes(image->layout.virtual_size).c_str(), args.target.c_str(), stats->seconds,
-               HumanRate(rate).c_str(), HumanBytes(stats->bytes_written).c_str(),
+               HumanBytes(image->layout.virtual_size()).c_str(), args.target.c_str(),
+               stats->seconds, HumanRate(rate).c_str(), HumanBytes(stats->bytes_written).c_str(),
                HumanBytes(stats->bytes_zeroed).c_str());
   return kExitOk;
 }
@@ -187,7 +202,7 @@ int RunInspect(const InspectArgs& args) {
 
   boost::json::object out;
   out["format"] = FormatName(image->format);
-  out["virtualSize"] = image->layout.virtual_size;
+  out["virtualSize"] = image->layout.virtual_size();
   out["fileSize"] = buffer->size();
   if (image->qcow2) {
     const Qcow2Info& q = *image->qcow2;
@@ -252,7 +267,7 @@ int RunInspect(const InspectArgs& args) {
       }
     }
     if (table->type == PartitionTableType::kNone) {
-      auto fs = ProbeVirtualDisk(reader, 0, image->layout.virtual_size);
+      auto fs = ProbeVirtualDisk(reader, 0, image->layout.virtual_size());
       out["contents"] = fs.ok() ? PrintableText(fs->type) : "";
     }
   }
@@ -274,8 +289,9 @@ int RunInspect(const InspectArgs& args) {
     std::printf("compression:     %s%s\n", std::string(CompressionName(q.compression)).c_str(),
                 q.extended_l2 ? ", extended L2" : "");
   }
-  std::printf("virtual size:    %s (%llu bytes)\n", HumanBytes(image->layout.virtual_size).c_str(),
-              static_cast<unsigned long long>(image->layout.virtual_size));
+  std::printf("virtual size:    %s (%llu bytes)\n",
+              HumanBytes(image->layout.virtual_size()).c_str(),
+              static_cast<unsigned long long>(image->layout.virtual_size()));
   if (image->qcow2) {
     const Qcow2Info& q = *image->qcow2;
     std::printf("allocated:       %s data, %s compressed, %s zero, %s unallocated\n",

@@ -7,10 +7,13 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
 
+#include "agent/base/bytes.hpp"
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
 #include "agent/image/virtual_reader.hpp"
@@ -30,51 +33,62 @@ struct Op {
   uint64_t length = 0;
 };
 
-// True when the n bytes at p are all zero: the first 16 checked directly, then the buffer compared
-// with itself shifted by 16 (memcmp is vectorised, so this runs at memory speed).
-bool IsAllZero(const uint8_t* p, size_t n) {
-  constexpr size_t kHead = 16;
-  if (n <= kHead) return std::all_of(p, p + n, [](uint8_t b) { return b == 0; });
-  return std::all_of(p, p + kHead, [](uint8_t b) { return b == 0; }) &&
-         std::memcmp(p, p + kHead, n - kHead) == 0;
-}
-
-// True when every byte of [begin, end) is in zero extents.
-bool AllZero(const ImageLayout& layout, uint64_t begin, uint64_t end, uint64_t* zero_end) {
-  size_t i = FindExtent(layout, begin);
-  uint64_t pos = begin;
-  while (pos < end && i < layout.extents.size()) {
-    const Extent& e = layout.extents[i];
-    if (e.kind != Extent::Kind::kZero) return false;
-    pos = e.offset + e.length;
-    ++i;
-  }
-  *zero_end = pos;
-  return pos >= end;
+// Visits the extents of [offset, offset + length) while `more` returns true.
+Status VisitWhile(const ImageLayout& layout, uint64_t offset, uint64_t length,
+                  const std::function<bool(const Extent&)>& more) {
+  bool stopped = false;
+  Status s = layout.ForEachExtent(offset, length, [&](const Extent& e) -> Status {
+    if (more(e)) return Status::Ok();
+    stopped = true;
+    return Status::Error(Code::kCancelled, "stopped by the visitor");
+  });
+  return stopped ? Status::Ok() : s;
 }
 
 // Cuts [begin, end) (aligned to 1 MiB at begin; end aligned to the target) into write and zero
-// operations: chunk-sized writes, and runs of all-zero chunks merged up to kMaxZeroOp.
-std::vector<Op> Plan(const ImageLayout& layout, uint64_t begin, uint64_t end, uint64_t chunk) {
-  std::vector<Op> ops;
-  uint64_t pos = begin;
-  while (pos < end) {
-    uint64_t next = std::min(end, pos + chunk);
-    uint64_t zero_end = 0;
-    if (AllZero(layout, pos, next, &zero_end)) {
-      // Take the whole zero run at once (on the chunk grid, capped for cancellation).
-      uint64_t run_end = std::min(end, zero_end);
-      uint64_t stop = run_end == end ? end : begin + (run_end - begin) / chunk * chunk;
-      stop = std::min(std::max(stop, next), pos + std::max(chunk, kMaxZeroOp / chunk * chunk));
-      ops.push_back({true, pos, stop - pos});
-      pos = stop;
-      continue;
+// operations as the workers ask for them: chunk-sized writes, and runs of all-zero chunks merged
+// up to kMaxZeroOp. Nothing is planned ahead, so memory does not grow with the disk. Thread-safe.
+class Planner {
+ public:
+  Planner(const ImageLayout& layout, uint64_t begin, uint64_t end, uint64_t chunk)
+      : layout_(layout), begin_(begin), end_(end), chunk_(chunk), pos_(begin) {}
+
+  // The next operation in disk order; false when everything has been handed out.
+  Result<bool> Next(Op* op) {
+    std::lock_guard lock(mu_);
+    if (pos_ >= end_) return false;
+    const uint64_t next = std::min(end_, pos_ + chunk_);
+    // How far zeros reach from pos_: in this chunk, then, if it is all zeros, up to the largest
+    // zeroing request (a data chunk costs only its own extents).
+    const uint64_t cap = std::min(end_, pos_ + std::max(chunk_, kMaxZeroOp / chunk_ * chunk_));
+    uint64_t zero_end = pos_;
+    auto zeros = [&zero_end](const Extent& e) {
+      if (e.kind != Extent::Kind::kZero) return false;
+      zero_end = e.offset + e.length;
+      return true;
+    };
+    BYOI_RETURN_IF_ERROR(VisitWhile(layout_, pos_, next - pos_, zeros));
+    if (zero_end >= next && next < cap) {
+      BYOI_RETURN_IF_ERROR(VisitWhile(layout_, next, cap - next, zeros));
     }
-    ops.push_back({false, pos, next - pos});
-    pos = next;
+    if (zero_end >= next) {
+      // Take the whole zero run at once, on the chunk grid.
+      uint64_t stop = zero_end == end_ ? end_ : begin_ + (zero_end - begin_) / chunk_ * chunk_;
+      stop = std::max(stop, next);
+      *op = {true, pos_, stop - pos_};
+    } else {
+      *op = {false, pos_, next - pos_};
+    }
+    pos_ = op->offset + op->length;
+    return true;
   }
-  return ops;
-}
+
+ private:
+  const ImageLayout& layout_;
+  const uint64_t begin_, end_, chunk_;
+  std::mutex mu_;
+  uint64_t pos_;
+};
 
 class Writer {
  public:
@@ -103,8 +117,7 @@ class Writer {
   const WriteOptions& options_;
   const CancelToken& cancel_;
 
-  std::vector<Op> ops_;
-  std::atomic<size_t> next_{0};
+  std::unique_ptr<Planner> planner_;
   std::atomic<uint64_t> done_{0};
   std::atomic<uint64_t> issued_{0};
   std::atomic<uint64_t> written_{0};
@@ -136,15 +149,13 @@ Status Writer::RunOp(const Op& op, Worker& w) {
   }
   // One run of image bytes, suitably aligned: write it from the image buffer itself.
   const uint8_t* src = nullptr;
-  size_t i = FindExtent(layout_, op.offset);
-  if (i < layout_.extents.size() && layout_.extents[i].kind == Extent::Kind::kData) {
-    const Extent& e = layout_.extents[i];
-    const uint8_t* p = e.data + (op.offset - e.offset);
-    if (e.offset + e.length >= op.offset + op.length &&
-        reinterpret_cast<uintptr_t>(p) % kSourceAlignment == 0) {
-      src = p;
+  BYOI_RETURN_IF_ERROR(VisitWhile(layout_, op.offset, op.length, [&](const Extent& e) {
+    if (e.kind == Extent::Kind::kData && e.length == op.length &&
+        reinterpret_cast<uintptr_t>(e.data) % kSourceAlignment == 0) {
+      src = e.data;
     }
-  }
+    return false;
+  }));
   if (src == nullptr) {
     BYOI_RETURN_IF_ERROR(w.reader.Read(op.offset, {w.buffer.data(), op.length}));
     src = w.buffer.data();
@@ -164,18 +175,23 @@ Status Writer::RunOp(const Op& op, Worker& w) {
 
 void Writer::WorkerLoop(Worker& w) {
   while (!stop_.load(std::memory_order_relaxed)) {
-    size_t i = next_.fetch_add(1);
-    if (i >= ops_.size()) break;
+    Op op;
+    Result<bool> more = planner_->Next(&op);
+    if (!more.ok()) {
+      SetError(std::move(more).status());
+      break;
+    }
+    if (!*more) break;
     if (cancel_.cancelled()) {
       SetError(cancel_.Check());
       break;
     }
-    Status s = RunOp(ops_[i], w);
+    Status s = RunOp(op, w);
     if (!s.ok()) {
       SetError(std::move(s));
       break;
     }
-    done_ += ops_[i].length;
+    done_ += op.length;
   }
   std::lock_guard lock(mu_);
   --running_;
@@ -185,7 +201,7 @@ void Writer::WorkerLoop(Worker& w) {
 // The bytes past the last aligned offset, written through the page cache (the kernel does the
 // read-modify-write of the partial sector).
 Status Writer::WriteTail(uint64_t offset) {
-  uint64_t n = layout_.virtual_size - offset;
+  uint64_t n = layout_.virtual_size() - offset;
   if (n == 0) return Status::Ok();
   std::vector<uint8_t> bytes(n);
   VirtualReader reader(layout_);
@@ -211,7 +227,7 @@ Status Writer::Fail(Status cause) {
 
 Result<WriteStats> Writer::Run(const ProgressFn& progress) {
   auto t0 = std::chrono::steady_clock::now();
-  const uint64_t vsize = layout_.virtual_size;
+  const uint64_t vsize = layout_.virtual_size();
   if (target_.size() < vsize) {
     return Status::Error(
         Code::kTooBig,
@@ -222,14 +238,14 @@ Result<WriteStats> Writer::Run(const ProgressFn& progress) {
   const uint64_t align = target_.alignment();
   const uint64_t aligned_end = vsize / align * align;
   const uint64_t head_end = std::min(kMiB, aligned_end);
-  ops_ = Plan(layout_, head_end, aligned_end, chunk);
-  std::vector<Op> head = Plan(layout_, 0, head_end, chunk);
+  planner_ = std::make_unique<Planner>(layout_, head_end, aligned_end, chunk);
   if (progress) progress(0, vsize);
 
   // Writing begins here: from now on a failure wipes the first and last MiB.
   unsigned threads =
       options_.threads != 0 ? options_.threads : std::max(4u, std::thread::hardware_concurrency());
-  threads = static_cast<unsigned>(std::min<size_t>(threads, std::max<size_t>(ops_.size(), 1)));
+  const uint64_t chunks = (aligned_end - head_end + chunk - 1) / chunk;
+  threads = static_cast<unsigned>(std::min<uint64_t>(threads, std::max<uint64_t>(chunks, 1)));
   std::vector<std::unique_ptr<Worker>> workers;
   std::vector<std::thread> pool;
   running_ = threads;
@@ -261,8 +277,12 @@ Result<WriteStats> Writer::Run(const ProgressFn& progress) {
   Status s = Status::Ok();
   if (aligned_end >= kMiB) s = WriteTail(aligned_end);
   if (s.ok()) s = target_.Sync();
-  for (const Op& op : head) {
-    if (!s.ok()) break;
+  Planner head(layout_, 0, head_end, chunk);
+  while (s.ok()) {
+    Op op;
+    Result<bool> more = head.Next(&op);
+    if (!more.ok()) s = std::move(more).status();
+    if (!s.ok() || !*more) break;
     s = cancel_.Check();
     if (s.ok()) s = RunOp(op, *workers.front());
     if (s.ok()) done_ += op.length;

@@ -3,7 +3,9 @@
 // step 4.
 //
 // How: the disk is cut into chunks (4 MiB by default) that several worker threads take in turn,
-// so several O_DIRECT writes are in flight and compressed clusters are inflated on all cores.
+// so several O_DIRECT writes are in flight and compressed clusters are inflated on all cores. A
+// chunk asks the layout for its extents when a worker takes it: nothing is planned ahead, so the
+// writer's memory is one chunk buffer per worker whatever the disk's size.
 // Chunks of pure zeros are merged and zeroed by the device (BLKZEROOUT) or file system
 // (fallocate), falling back to writing zeros: stale bytes never survive. So is a data chunk whose
 // bytes are all zero (raw images, preallocated qcow2 clusters), found with one memcmp pass. A chunk
@@ -46,16 +48,16 @@ struct WriteStats {
   double seconds = 0;
 };
 
-// Writes [0, layout.virtual_size) of the virtual disk to `target` and fdatasyncs it; nothing at or
-// past virtual_size is touched (an unaligned tail goes through the page cache). `progress` is
-// called from the calling thread about every 100 ms with (bytes done, virtual size); `cancel` is
+// Writes [0, layout.virtual_size()) of the virtual disk to `target` and fdatasyncs it; nothing at
+// or past the virtual size is touched (an unaligned tail goes through the page cache). `progress`
+// is called from the calling thread about every 100 ms with (bytes done, virtual size); `cancel` is
 // checked before every chunk.
 // Errors: kTooBig (msg::ImageLargerThanDisk) when the target is smaller than the virtual size,
 // before anything is written; otherwise the cause (kIo, kInvalid for a corrupt compressed
 // cluster, kCancelled with its own message) with msg::CantWrite(image_type) as message, after
 // the first and last MiB of the target have been zeroed (a failure to wipe is added to detail).
-// REQUIRES: the layout's extents cover [0, virtual_size) in order; its image bytes outlive the
-// call.
+// Callers prove compressed clusters sound first (VerifyCompressedClusters) so that a corrupt one
+// does not cost the disk. REQUIRES: the layout's image bytes outlive the call.
 Result<WriteStats> WriteImage(const ImageLayout& layout, Target& target,
                               const WriteOptions& options, const ProgressFn& progress,
                               const CancelToken& cancel);

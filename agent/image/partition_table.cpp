@@ -250,7 +250,7 @@ Result<PartitionTable> ReadPartitionTable(const ImageLayout& layout) {
   VirtualReader reader(layout);
   return ReadPartitionTable(
       [&reader](uint64_t offset, std::span<uint8_t> out) { return reader.Read(offset, out); },
-      layout.virtual_size);
+      layout.virtual_size());
 }
 
 std::string PartitionTypeName(const Partition& p, PartitionTableType table) {

@@ -4,40 +4,28 @@
 
 #include <algorithm>
 #include <cstring>
-#include <unordered_set>
+#include <memory>
+#include <vector>
+
+#include "agent/base/bytes.hpp"
+#include "agent/image/qcow2_header.hpp"
 
 namespace byoi {
 namespace {
 
-constexpr uint32_t kMagic = 0x514649fb;  // "QFI\xfb"
-constexpr uint64_t kV2HeaderLength = 72;
-constexpr uint64_t kV3HeaderLength = 104;
+constexpr uint32_t kMagic = 0x514649fb;        // "QFI\xfb"
 constexpr uint64_t kMaxL1Bytes = 32ull << 20;  // QEMU's implementation limit (qcow2.rst)
-constexpr uint32_t kMaxSnapshots = 65536;      // QEMU's QCOW_MAX_SNAPSHOTS
 
-// incompatible_features bits.
-constexpr uint64_t kIncompatDirty = 1ull << 0;
-constexpr uint64_t kIncompatCorrupt = 1ull << 1;
-constexpr uint64_t kIncompatDataFile = 1ull << 2;
-constexpr uint64_t kIncompatCompression = 1ull << 3;
-constexpr uint64_t kIncompatExtendedL2 = 1ull << 4;
-constexpr uint64_t kIncompatKnown = kIncompatDirty | kIncompatCorrupt | kIncompatDataFile |
-                                    kIncompatCompression | kIncompatExtendedL2;
+constexpr uint64_t kIncompatKnown = kQcow2IncompatDirty | kQcow2IncompatCorrupt |
+                                    kQcow2IncompatDataFile | kQcow2IncompatCompression |
+                                    kQcow2IncompatExtendedL2;
 constexpr uint64_t kCompatLazyRefcounts = 1ull << 0;
-
-// Header extension types.
-constexpr uint32_t kExtEnd = 0;
-constexpr uint32_t kExtFeatureTable = 0x6803f857;
 
 // L1/L2 entry fields.
 constexpr uint64_t kOffsetMask = 0x00fffffffffffe00ull;  // bits 9-55
 constexpr uint64_t kCompressedFlag = 1ull << 62;
 constexpr uint64_t kZeroFlag = 1ull;
-
-uint32_t Be32(const uint8_t* p) {
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
-}
-uint64_t Be64(const uint8_t* p) { return (uint64_t{Be32(p)} << 32) | Be32(p + 4); }
+constexpr uint32_t kSubclusters = 32;
 
 std::string Hex(uint64_t v) { return fmt::format("{:#x}", v); }
 
@@ -50,25 +38,6 @@ Status Unsupported(std::string detail) {
 bool InFile(uint64_t offset, uint64_t length, uint64_t size) {
   return offset <= size && length <= size - offset;
 }
-
-struct Header {
-  uint32_t version = 0;
-  uint64_t backing_file_offset = 0;
-  uint32_t cluster_bits = 0;
-  uint64_t size = 0;
-  uint32_t crypt_method = 0;
-  uint32_t l1_size = 0;
-  uint64_t l1_table_offset = 0;
-  uint64_t refcount_table_offset = 0;
-  uint32_t nb_snapshots = 0;
-  uint64_t snapshots_offset = 0;
-  uint64_t incompatible = 0;
-  uint64_t compatible = 0;
-  uint64_t autoclear = 0;
-  uint32_t refcount_order = 4;
-  uint64_t header_length = kV2HeaderLength;
-  uint8_t compression_type = 0;
-};
 
 // Names of unknown incompatible bits from the feature name table, when the image has one, so
 // the refusal says what the image needs ("unknown incompatible features 0x20 (foo)").
@@ -86,277 +55,238 @@ std::string FeatureNames(std::span<const uint8_t> table, uint64_t bits) {
   return names;
 }
 
-Result<Header> ParseHeader(std::span<const uint8_t> image) {
-  if (image.size() < kV2HeaderLength) {
-    return Invalid(fmt::format("file of {} bytes is too small for a qcow2 header", image.size()));
-  }
-  const uint8_t* p = image.data();
-  if (Be32(p) != kMagic) return Invalid("no qcow2 magic");
-  Header h;
-  h.version = Be32(p + 4);
-  if (h.version != 2 && h.version != 3) {
-    return Unsupported(fmt::format("qcow2 version {} (only 2 and 3 are supported)", h.version));
-  }
-  h.backing_file_offset = Be64(p + 8);
-  h.cluster_bits = Be32(p + 20);
-  h.size = Be64(p + 24);
-  h.crypt_method = Be32(p + 32);
-  h.l1_size = Be32(p + 36);
-  h.l1_table_offset = Be64(p + 40);
-  h.refcount_table_offset = Be64(p + 48);
-  h.nb_snapshots = Be32(p + 60);
-  h.snapshots_offset = Be64(p + 64);
-  if (h.cluster_bits < 9 || h.cluster_bits > 21) {
-    return Unsupported(
-        fmt::format("cluster_bits {} (only 9 to 21: 512 B to 2 MiB clusters)", h.cluster_bits));
-  }
-  const uint64_t cluster_size = 1ull << h.cluster_bits;
-  if (h.version == 3) {
-    if (image.size() < kV3HeaderLength) {
-      return Invalid("file too small for a version 3 qcow2 header");
-    }
-    h.incompatible = Be64(p + 72);
-    h.compatible = Be64(p + 80);
-    h.autoclear = Be64(p + 88);
-    h.refcount_order = Be32(p + 96);
-    h.header_length = Be32(p + 100);
-    if (h.header_length < kV3HeaderLength) {
-      return Invalid(fmt::format("header_length {} is below 104", h.header_length));
-    }
-    if (h.header_length > cluster_size || h.header_length > image.size()) {
-      return Invalid(fmt::format("header_length {} exceeds the first cluster", h.header_length));
-    }
-    if (h.header_length > kV3HeaderLength) h.compression_type = p[104];
-  }
-  if (h.refcount_order > 6) {
-    return Invalid(fmt::format("refcount_order {} is above 6", h.refcount_order));
-  }
-  return h;
-}
-
-// Walks the header extensions: bounds-checked, unknown ones skipped. Returns the feature name
-// table (possibly empty) for error messages.
-Result<std::span<const uint8_t>> WalkExtensions(std::span<const uint8_t> image, const Header& h) {
-  const uint64_t cluster_size = 1ull << h.cluster_bits;
-  // Extensions live in the first cluster, after the header (QEMU reads them up to the end of
-  // that cluster).
-  uint64_t end = std::min<uint64_t>(cluster_size, image.size());
-  uint64_t pos = h.header_length;
-  std::span<const uint8_t> feature_table;
-  while (pos + 8 <= end) {
-    uint32_t type = Be32(&image[pos]);
-    uint32_t length = Be32(&image[pos + 4]);
-    if (type == kExtEnd) break;
-    if (length > end - pos - 8) {
-      return Invalid(fmt::format("header extension {} at {} of {} bytes passes the first cluster",
-                                 Hex(type), Hex(pos), length));
-    }
-    if (type == kExtFeatureTable) feature_table = image.subspan(pos + 8, length);
-    pos += 8 + ((uint64_t{length} + 7) & ~uint64_t{7});
-  }
-  return feature_table;
-}
-
-// Appends extents in virtual-disk order, merging neighbours so a large image stays a short list:
-// adjacent zero ranges, and data ranges that are also adjacent in the image buffer.
-class LayoutBuilder {
- public:
-  explicit LayoutBuilder(ImageLayout& layout) : layout_(layout) {}
-
-  void Zero(uint64_t offset, uint64_t length) {
-    if (length == 0) return;
-    auto& v = layout_.extents;
-    if (!v.empty() && v.back().kind == Extent::Kind::kZero &&
-        v.back().offset + v.back().length == offset) {
-      v.back().length += length;
-      return;
-    }
-    Extent e;
-    e.kind = Extent::Kind::kZero;
-    e.offset = offset;
-    e.length = length;
-    v.push_back(e);
-  }
-
-  void Data(uint64_t offset, uint64_t length, const uint8_t* data) {
-    if (length == 0) return;
-    auto& v = layout_.extents;
-    if (!v.empty() && v.back().kind == Extent::Kind::kData &&
-        v.back().offset + v.back().length == offset && v.back().data + v.back().length == data) {
-      v.back().length += length;
-      return;
-    }
-    Extent e;
-    e.kind = Extent::Kind::kData;
-    e.offset = offset;
-    e.length = length;
-    e.data = data;
-    v.push_back(e);
-  }
-
-  void Compressed(uint64_t offset, uint64_t length, const uint8_t* data, uint64_t clen,
-                  uint32_t cluster_size, Compression c) {
-    Extent e;
-    e.kind = Extent::Kind::kCompressed;
-    e.offset = offset;
-    e.length = length;
-    e.data = data;
-    e.compressed_length = clen;
-    e.cluster_size = cluster_size;
-    e.compression = c;
-    layout_.extents.push_back(e);
-  }
-
- private:
-  ImageLayout& layout_;
+// What the map's decoding needs to know of an image, fixed once its header is validated.
+struct Geometry {
+  uint32_t version = 0;
+  uint32_t cluster_bits = 0;
+  uint64_t cluster_size = 0;
+  bool extended_l2 = false;
+  uint64_t entry_size = 8;    // bytes per L2 entry
+  uint64_t l2_coverage = 0;   // virtual bytes per L2 table
+  uint64_t virtual_size = 0;  // rounded down to 512 bytes
+  Compression compression = Compression::kDeflate;
 };
 
-class Walker {
- public:
-  Walker(std::span<const uint8_t> image, const Header& h, Qcow2Info& info, ImageLayout& layout)
-      : image_(image), h_(h), info_(info), extents_(layout), out_(layout) {
-    cluster_size_ = 1ull << h.cluster_bits;
-    entry_size_ = info.extended_l2 ? 16 : 8;
-    l2_entries_ = cluster_size_ / entry_size_;
-    subcluster_size_ = cluster_size_ / 32;
-  }
+// A run of one virtual cluster, as its L2 entry maps it.
+struct Piece {
+  enum class Kind { kUnallocated, kZero, kData, kCompressed };
+  Kind kind = Kind::kUnallocated;
+  uint64_t start = 0;              // offset in the cluster
+  uint64_t length = 0;             // bytes of the cluster
+  uint64_t host = 0;               // kData: file offset of `start`; kCompressed: of the stream
+  uint64_t compressed_length = 0;  // kCompressed: bytes from `host` to the end of its last sector
+};
 
-  Status Walk(const uint8_t* l1, uint64_t l1_needed) {
-    const uint64_t l2_coverage = cluster_size_ * l2_entries_;
-    std::unordered_set<uint64_t> seen;
-    for (uint64_t i = 0; i < l1_needed; ++i) {
-      uint64_t start = i * l2_coverage;
-      uint64_t end = std::min(info_.virtual_size, start + l2_coverage);
-      uint64_t l2_offset = Be64(l1 + i * 8) & kOffsetMask;
-      if (l2_offset == 0) {
-        Unallocated(start, end - start);
-        continue;
-      }
-      std::string where = fmt::format("L2 table at {} (L1 index {})", Hex(l2_offset), i);
-      if (l2_offset & (cluster_size_ - 1)) {
-        return Invalid(where + " is not aligned to the cluster size");
-      }
-      if (!InFile(l2_offset, cluster_size_, image_.size())) {
-        return Invalid(where + " lies outside the image");
-      }
-      // Each L2 table of the active L1 is referenced once in a sound image; refusing repeats
-      // also bounds the walk (and the extent list) by the image size.
-      if (!seen.insert(l2_offset).second) return Invalid(where + " is referenced twice");
-      ++info_.l2_tables;
-      BYOI_RETURN_IF_ERROR(WalkL2(image_.data() + l2_offset, start, end).Context("in " + where));
-      // A sound image cannot describe more runs than it has bytes to hold them (the densest is
-      // one tiny compressed stream per 512-byte cluster); a crafted one could, through extended
-      // L2 bitmaps or entries sharing a host cluster, and exhaust memory.
-      if (extents_.extents.size() > image_.size() / 4 + (1u << 20)) {
-        return Invalid(fmt::format("more than {} extents in an image of {} bytes",
-                                   extents_.extents.size(), image_.size()));
+// Decodes one L2 entry (and its subcluster bitmap with extended L2) for the first `length` bytes
+// of its virtual cluster, calling emit(Piece) for each run in order, neighbours of the same kind
+// merged. The one decoder of the validating walk and of every later visit: an entry accepted
+// once decodes the same way every time. kInvalid for an entry no sound image holds; whether its
+// host offsets lie inside the file is the caller's business.
+template <typename Emit>
+Status DecodeL2Entry(const Geometry& g, uint64_t entry, uint64_t bitmap, uint64_t length,
+                     Emit&& emit) {
+  Piece p;
+  if (entry & kCompressedFlag) {
+    if (bitmap != 0) return Invalid("compressed cluster with a subcluster bitmap");
+    const uint32_t shift = 62 - (g.cluster_bits - 8);
+    p.kind = Piece::Kind::kCompressed;
+    p.length = length;
+    p.host = entry & ((1ull << shift) - 1);
+    const uint64_t sectors = ((entry >> shift) & ((1ull << (g.cluster_bits - 8)) - 1)) + 1;
+    // The data runs from `host` to the end of the last of `sectors` 512-byte sectors counted
+    // from the one holding `host`.
+    p.compressed_length = sectors * 512 - (p.host & 511);
+    return emit(p);
+  }
+  const uint64_t host = entry & kOffsetMask;
+  if (!g.extended_l2) {
+    p.length = length;
+    if (entry & kZeroFlag) {
+      if (g.version < 3) return Invalid("zero cluster in a version 2 image");
+      if (host & (g.cluster_size - 1)) return Invalid("zero cluster offset not aligned");
+      p.kind = Piece::Kind::kZero;
+    } else if (host != 0) {
+      if (host & (g.cluster_size - 1)) return Invalid("cluster offset not aligned");
+      p.kind = Piece::Kind::kData;
+      p.host = host;
+    }
+    return emit(p);
+  }
+  // Extended L2: 32 subclusters, "allocated" bits 0-31 and "reads as zeros" bits 32-63.
+  const uint32_t alloc = static_cast<uint32_t>(bitmap);
+  const uint32_t zero = static_cast<uint32_t>(bitmap >> 32);
+  if (host == 0) {
+    if (alloc != 0) return Invalid("allocated subclusters without a cluster offset");
+  } else {
+    if (alloc & zero) return Invalid("subclusters both allocated and zero");
+    if (host & (g.cluster_size - 1)) return Invalid("cluster offset not aligned");
+  }
+  const uint64_t sc_size = g.cluster_size / kSubclusters;
+  auto kind_of = [&](uint32_t sc) {
+    if (zero & (1u << sc)) return Piece::Kind::kZero;
+    return (alloc & (1u << sc)) ? Piece::Kind::kData : Piece::Kind::kUnallocated;
+  };
+  for (uint32_t sc = 0; sc < kSubclusters && sc * sc_size < length;) {
+    uint32_t last = sc + 1;
+    const Piece::Kind kind = kind_of(sc);
+    while (last < kSubclusters && last * sc_size < length && kind_of(last) == kind) ++last;
+    p.kind = kind;
+    p.start = sc * sc_size;
+    p.length = std::min(last * sc_size, length) - p.start;
+    p.host = kind == Piece::Kind::kData ? host + p.start : 0;
+    BYOI_RETURN_IF_ERROR(emit(p));
+    sc = last;
+  }
+  return Status::Ok();
+}
+
+// Calls on_table(L1 index, table start, table end, L2 table offset or 0) for the L2 tables
+// covering [begin, end), then decodes their entries from the one holding `begin` up to `end`
+// through DecodeL2Entry, calling emit(virtual offset of the cluster, Piece). Errors of on_table
+// and emit are returned unchanged; a decoding error names the table and the entry.
+class TableWalker {
+ public:
+  TableWalker(std::span<const uint8_t> image, const Geometry& g, const uint8_t* l1)
+      : image_(image), g_(g), l1_(l1) {}
+
+  template <typename OnTable, typename Emit>
+  Status Walk(uint64_t begin, uint64_t end, OnTable&& on_table, Emit&& emit) const {
+    for (uint64_t i = begin / g_.l2_coverage; i * g_.l2_coverage < end; ++i) {
+      const uint64_t start = i * g_.l2_coverage;
+      const uint64_t table_end = std::min(g_.virtual_size, start + g_.l2_coverage);
+      const uint64_t l2_offset = Be64(l1_ + i * 8) & kOffsetMask;
+      BYOI_RETURN_IF_ERROR(on_table(i, start, table_end, l2_offset));
+      if (l2_offset == 0) continue;
+      const uint8_t* l2 = image_.data() + l2_offset;
+      const uint64_t first = begin > start ? (begin - start) >> g_.cluster_bits : 0;
+      const uint64_t stop = std::min(end, table_end);
+      for (uint64_t j = first, offset = start + (first << g_.cluster_bits); offset < stop;
+           ++j, offset += g_.cluster_size) {
+        const uint8_t* e = l2 + j * g_.entry_size;
+        const uint64_t entry = Be64(e);
+        const uint64_t bitmap = g_.extended_l2 ? Be64(e + 8) : 0;
+        const uint64_t length = std::min(g_.cluster_size, table_end - offset);
+        bool emit_failed = false;
+        Status s = DecodeL2Entry(g_, entry, bitmap, length, [&](const Piece& p) {
+          Status e = emit(offset, p);
+          emit_failed = !e.ok();
+          return e;
+        });
+        if (emit_failed) return s;  // the caller's own error, unchanged
+        if (!s.ok()) {
+          return std::move(s).Context(fmt::format("in L2 table at {} (L1 index {}): entry {} ({})",
+                                                  Hex(l2_offset), i, j, Hex(entry)));
+        }
       }
     }
     return Status::Ok();
   }
 
  private:
-  void Unallocated(uint64_t offset, uint64_t length) {
-    info_.unallocated_bytes += length;
-    out_.Zero(offset, length);
-  }
-  void ZeroRange(uint64_t offset, uint64_t length) {
-    info_.zero_bytes += length;
-    out_.Zero(offset, length);
-  }
-  // Host bytes at `host` for `length` virtual bytes at `offset`; what lies past the end of the
-  // file reads as zeros, as in qemu-img.
-  void DataRange(uint64_t offset, uint64_t length, uint64_t host) {
-    info_.data_bytes += length;
-    uint64_t in_file = host >= image_.size() ? 0 : std::min(length, image_.size() - host);
-    if (in_file > 0) out_.Data(offset, in_file, image_.data() + host);
-    out_.Zero(offset + in_file, length - in_file);
+  std::span<const uint8_t> image_;
+  const Geometry& g_;
+  const uint8_t* l1_;
+};
+
+// A validated image's virtual disk, decoded from its tables at every visit.
+class Qcow2Source : public ExtentSource {
+ public:
+  Qcow2Source(std::span<const uint8_t> image, const Geometry& g, const uint8_t* l1)
+      : image_(image), g_(g), l1_(l1) {}
+
+  Status Visit(uint64_t begin, uint64_t end, const ExtentVisitor& visit) const override {
+    TableWalker walker(image_, g_, l1_);
+    auto on_table = [&](uint64_t, uint64_t start, uint64_t table_end, uint64_t l2_offset) {
+      if (l2_offset != 0) return Status::Ok();
+      Extent e;
+      e.offset = start;
+      e.length = table_end - start;
+      return visit(e);
+    };
+    return walker.Walk(begin, end, on_table, [&](uint64_t offset, const Piece& p) {
+      Extent e;
+      e.offset = offset + p.start;
+      e.length = p.length;
+      if (p.kind == Piece::Kind::kData) {
+        e.kind = Extent::Kind::kData;
+        e.data = image_.data() + p.host;
+      } else if (p.kind == Piece::Kind::kCompressed) {
+        // The file may end inside the stream's last sector (ReadQcow2 checked the rest).
+        e.kind = Extent::Kind::kCompressed;
+        e.data = image_.data() + p.host;
+        e.compressed_length = std::min(p.compressed_length, image_.size() - p.host);
+        e.cluster_size = static_cast<uint32_t>(g_.cluster_size);
+        e.compression = g_.compression;
+      }
+      return visit(e);
+    });
   }
 
-  Status WalkL2(const uint8_t* l2, uint64_t start, uint64_t end) {
-    for (uint64_t j = 0; start + j * cluster_size_ < end; ++j) {
-      uint64_t offset = start + j * cluster_size_;
-      uint64_t length = std::min(cluster_size_, end - offset);
-      uint64_t entry = Be64(l2 + j * entry_size_);
-      uint64_t bitmap = info_.extended_l2 ? Be64(l2 + j * entry_size_ + 8) : 0;
-      Status s = Entry(entry, bitmap, offset, length);
-      if (!s.ok()) return std::move(s).Context(fmt::format("entry {} ({})", j, Hex(entry)));
-    }
-    return Status::Ok();
-  }
+ private:
+  std::span<const uint8_t> image_;
+  Geometry g_;
+  const uint8_t* l1_;
+};
 
-  Status Entry(uint64_t entry, uint64_t bitmap, uint64_t offset, uint64_t length) {
-    if (entry & kCompressedFlag) {
-      if (bitmap != 0) return Invalid("compressed cluster with a subcluster bitmap");
-      return CompressedEntry(entry, offset, length);
-    }
-    const uint64_t host = entry & kOffsetMask;
-    if (!info_.extended_l2) {
-      if (entry & kZeroFlag) {
-        if (info_.version < 3) return Invalid("zero cluster in a version 2 image");
-        if (host & (cluster_size_ - 1)) return Invalid("zero cluster offset not aligned");
-        ZeroRange(offset, length);
-        return Status::Ok();
-      }
-      if (host == 0) {
-        Unallocated(offset, length);
-        return Status::Ok();
-      }
-      if (host & (cluster_size_ - 1)) return Invalid("cluster offset not aligned");
-      DataRange(offset, length, host);
+// The one full walk at open: every L2 table of the active L1 in the file and referenced once,
+// every entry decodable, every mapped byte inside the file; counts the bytes by kind.
+Status ValidateMap(std::span<const uint8_t> image, const Geometry& g, const uint8_t* l1,
+                   Qcow2Info& info) {
+  // Each L2 table of the active L1 is referenced once in a sound image; refusing repeats also
+  // bounds the walk by the image's size (one bit per cluster of the file remembers the tables).
+  std::vector<bool> seen((image.size() >> g.cluster_bits) + 1);
+  auto on_table = [&](uint64_t i, uint64_t start, uint64_t table_end, uint64_t l2_offset) {
+    if (l2_offset == 0) {
+      info.unallocated_bytes += table_end - start;
       return Status::Ok();
     }
-    // Extended L2: 32 subclusters, "allocated" bits 0-31 and "reads as zeros" bits 32-63.
-    const uint32_t alloc = static_cast<uint32_t>(bitmap);
-    const uint32_t zero = static_cast<uint32_t>(bitmap >> 32);
-    if (host == 0) {
-      if (alloc != 0) return Invalid("allocated subclusters without a cluster offset");
-    } else {
-      if (alloc & zero) return Invalid("subclusters both allocated and zero");
-      if (host & (cluster_size_ - 1)) return Invalid("cluster offset not aligned");
+    const std::string where = fmt::format("L2 table at {} (L1 index {})", Hex(l2_offset), i);
+    if (l2_offset & (g.cluster_size - 1)) {
+      return Invalid(where + " is not aligned to the cluster size");
     }
-    for (uint32_t sc = 0; sc < 32; ++sc) {
-      uint64_t sc_offset = sc * subcluster_size_;
-      if (sc_offset >= length) break;
-      uint64_t sc_length = std::min(subcluster_size_, length - sc_offset);
-      if (zero & (1u << sc)) {
-        ZeroRange(offset + sc_offset, sc_length);
-      } else if (alloc & (1u << sc)) {
-        DataRange(offset + sc_offset, sc_length, host + sc_offset);
-      } else {
-        Unallocated(offset + sc_offset, sc_length);
+    if (!InFile(l2_offset, g.cluster_size, image.size())) {
+      return Invalid(where + " lies outside the image");
+    }
+    if (seen[l2_offset >> g.cluster_bits]) return Invalid(where + " is referenced twice");
+    seen[l2_offset >> g.cluster_bits] = true;
+    ++info.l2_tables;
+    return Status::Ok();
+  };
+  auto truncated = [&](uint64_t virtual_offset, std::string_view what, uint64_t host) {
+    return Invalid(fmt::format(
+        "image is truncated: the {} at virtual {} maps to {}, past the end of the file ({} bytes)",
+        what, Hex(virtual_offset), Hex(host), image.size()));
+  };
+  auto on_piece = [&](uint64_t offset, const Piece& p) {
+    switch (p.kind) {
+      case Piece::Kind::kUnallocated:
+        info.unallocated_bytes += p.length;
+        break;
+      case Piece::Kind::kZero:
+        info.zero_bytes += p.length;
+        break;
+      case Piece::Kind::kData:
+        if (!InFile(p.host, p.length, image.size())) {
+          return truncated(offset + p.start, "cluster", p.host);
+        }
+        info.data_bytes += p.length;
+        break;
+      case Piece::Kind::kCompressed: {
+        // qemu-img ends the file where the stream ends, inside its last sector; a file that
+        // ends before that sector lost data.
+        const uint64_t last_sector =
+            (p.host & ~uint64_t{511}) + p.compressed_length + (p.host & 511) - 512;
+        if (p.host >= image.size() || image.size() <= last_sector) {
+          return truncated(offset, "compressed cluster", p.host);
+        }
+        info.compressed_bytes += p.length;
+        break;
       }
     }
     return Status::Ok();
-  }
-
-  Status CompressedEntry(uint64_t entry, uint64_t offset, uint64_t length) {
-    const uint32_t shift = 62 - (h_.cluster_bits - 8);
-    const uint64_t host = entry & ((1ull << shift) - 1);
-    const uint64_t sectors = ((entry >> shift) & ((1ull << (h_.cluster_bits - 8)) - 1)) + 1;
-    // The data runs from `host` to the end of the last of `sectors` 512-byte sectors counted
-    // from the one holding `host`; the file may end inside that last sector.
-    const uint64_t csize = sectors * 512 - (host & 511);
-    if (host >= image_.size() || host >= (1ull << 56)) {
-      return Invalid(fmt::format("compressed cluster at {} lies outside the image", Hex(host)));
-    }
-    const uint64_t available = std::min(csize, image_.size() - host);
-    info_.compressed_bytes += length;
-    out_.Compressed(offset, length, image_.data() + host, available,
-                    static_cast<uint32_t>(cluster_size_), info_.compression);
-    return Status::Ok();
-  }
-
-  std::span<const uint8_t> image_;
-  const Header& h_;
-  Qcow2Info& info_;
-  const ImageLayout& extents_;
-  LayoutBuilder out_;
-  uint64_t cluster_size_ = 0;
-  uint64_t entry_size_ = 8;
-  uint64_t l2_entries_ = 0;
-  uint64_t subcluster_size_ = 0;
-};
+  };
+  return TableWalker(image, g, l1).Walk(0, g.virtual_size, on_table, on_piece);
+}
 
 }  // namespace
 
@@ -377,17 +307,18 @@ std::string_view CompressionName(Compression c) {
 }
 
 Result<Qcow2Image> ReadQcow2(std::span<const uint8_t> image) {
-  BYOI_ASSIGN_OR_RETURN(Header h, ParseHeader(image));
-  BYOI_ASSIGN_OR_RETURN(auto feature_table, WalkExtensions(image, h));
-  const uint64_t cluster_size = 1ull << h.cluster_bits;
+  BYOI_ASSIGN_OR_RETURN(Qcow2Header h, ParseQcow2Header(image));
+  const uint64_t cluster_size = h.cluster_size();
 
   if (uint64_t unknown = h.incompatible & ~kIncompatKnown) {
-    std::string names = FeatureNames(feature_table, unknown);
+    std::string names = FeatureNames(FindQcow2FeatureTable(image, h), unknown);
     return Unsupported(fmt::format("unknown incompatible features {}{}", Hex(unknown),
                                    names.empty() ? "" : " (" + names + ")"));
   }
   if (h.backing_file_offset != 0) return Unsupported("image has a backing file");
-  if (h.incompatible & kIncompatDataFile) return Unsupported("image has an external data file");
+  if (h.incompatible & kQcow2IncompatDataFile) {
+    return Unsupported("image has an external data file");
+  }
   if (h.crypt_method == 1) return Unsupported("image is encrypted (AES)");
   if (h.crypt_method == 2) return Unsupported("image is encrypted (LUKS)");
   if (h.crypt_method != 0) {
@@ -399,16 +330,16 @@ Result<Qcow2Image> ReadQcow2(std::span<const uint8_t> image) {
   info.version = h.version;
   info.cluster_bits = h.cluster_bits;
   info.cluster_size = static_cast<uint32_t>(cluster_size);
-  info.dirty = h.incompatible & kIncompatDirty;
-  info.corrupt = h.incompatible & kIncompatCorrupt;
+  info.dirty = h.incompatible & kQcow2IncompatDirty;
+  info.corrupt = h.incompatible & kQcow2IncompatCorrupt;
   info.lazy_refcounts = h.compatible & kCompatLazyRefcounts;
-  info.extended_l2 = h.incompatible & kIncompatExtendedL2;
+  info.extended_l2 = h.incompatible & kQcow2IncompatExtendedL2;
   info.refcount_bits = 1u << h.refcount_order;
   info.snapshots = h.nb_snapshots;
   // qemu sees the disk in 512-byte sectors and drops a partial last one.
   info.virtual_size = h.size & ~uint64_t{511};
 
-  if (h.incompatible & kIncompatCompression) {
+  if (h.incompatible & kQcow2IncompatCompression) {
     if (h.compression_type == 0) return Invalid("compression type bit set but type is deflate");
     if (h.compression_type != 1) {
       return Unsupported(fmt::format("compression type {}", h.compression_type));
@@ -421,21 +352,21 @@ Result<Qcow2Image> ReadQcow2(std::span<const uint8_t> image) {
   if (info.extended_l2 && h.cluster_bits < 14) {
     return Invalid("extended L2 entries with clusters smaller than 16 KiB");
   }
-  if (h.refcount_table_offset & (cluster_size - 1)) {
-    return Invalid("refcount table offset not aligned to the cluster size");
-  }
-  if (h.nb_snapshots > kMaxSnapshots) {
-    return Invalid(fmt::format("{} snapshots (at most {})", h.nb_snapshots, kMaxSnapshots));
-  }
-  if (h.nb_snapshots > 0 && (h.snapshots_offset & (cluster_size - 1))) {
-    return Invalid("snapshot table offset not aligned to the cluster size");
-  }
+  BYOI_RETURN_IF_ERROR(CheckQcow2RefcountTable(h));
+  BYOI_RETURN_IF_ERROR(CheckQcow2Snapshots(image, h));
 
   // The active L1 table must cover the whole virtual disk.
-  const uint64_t entry_size = info.extended_l2 ? 16 : 8;
-  const uint64_t l2_coverage = cluster_size * (cluster_size / entry_size);
+  Geometry g;
+  g.version = h.version;
+  g.cluster_bits = h.cluster_bits;
+  g.cluster_size = cluster_size;
+  g.extended_l2 = info.extended_l2;
+  g.entry_size = info.extended_l2 ? 16 : 8;
+  g.l2_coverage = cluster_size * (cluster_size / g.entry_size);
+  g.virtual_size = info.virtual_size;
+  g.compression = info.compression;
   const uint64_t l1_needed =
-      info.virtual_size / l2_coverage + (info.virtual_size % l2_coverage != 0 ? 1 : 0);
+      info.virtual_size / g.l2_coverage + (info.virtual_size % g.l2_coverage != 0 ? 1 : 0);
   info.l1_entries = h.l1_size;
   if (uint64_t{h.l1_size} * 8 > kMaxL1Bytes) {
     return Invalid(fmt::format("L1 table of {} entries is larger than 32 MiB", h.l1_size));
@@ -454,10 +385,18 @@ Result<Qcow2Image> ReadQcow2(std::span<const uint8_t> image) {
     }
   }
 
-  Walker walker(image, h, info, out.layout);
+  BYOI_ASSIGN_OR_RETURN(Qcow2Bitmaps bitmaps, ReadQcow2Extensions(image, h));
+  // An image whose data file is raw must have one (qemu: "data-file-raw requires a data file").
+  if (h.autoclear & kQcow2AutoclearDataFileRaw) {
+    return Invalid("the data_file_raw bit is set but the image has no external data file");
+  }
+  BYOI_RETURN_IF_ERROR(CheckQcow2Bitmaps(image, h, bitmaps, info.virtual_size));
+
   const uint8_t* l1 = l1_needed > 0 ? image.data() + h.l1_table_offset : nullptr;
-  BYOI_RETURN_IF_ERROR(walker.Walk(l1, l1_needed));
-  out.layout.virtual_size = info.virtual_size;
+  BYOI_RETURN_IF_ERROR(ValidateMap(image, g, l1, info));
+  out.layout = info.virtual_size == 0
+                   ? ImageLayout()
+                   : ImageLayout(info.virtual_size, std::make_unique<Qcow2Source>(image, g, l1));
   return out;
 }
 

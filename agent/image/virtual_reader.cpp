@@ -18,10 +18,11 @@ ClusterDecompressor::~ClusterDecompressor() {
 }
 
 Status ClusterDecompressor::Decompress(const Extent& e, std::span<uint8_t> out) {
+  // The extent may be clipped: name the cluster, where it starts on the disk.
   auto fail = [&](std::string_view why) {
-    return Status::Error(
-        Code::kInvalid,
-        fmt::format("compressed cluster at virtual offset {:#x}: {}", e.offset, why));
+    return Status::Error(Code::kInvalid,
+                         fmt::format("compressed cluster at virtual offset {:#x}: {}",
+                                     e.offset - e.cluster_skip, why));
   };
   if (out.size() != e.cluster_size) return fail("output is not one cluster");
   if (deflate_ == nullptr || zstd_ == nullptr) {
@@ -62,61 +63,37 @@ Status ClusterDecompressor::Decompress(const Extent& e, std::span<uint8_t> out) 
   return fail("unknown compression");
 }
 
-size_t FindExtent(const ImageLayout& layout, uint64_t offset) {
-  const auto& v = layout.extents;
-  auto it = std::upper_bound(v.begin(), v.end(), offset,
-                             [](uint64_t off, const Extent& e) { return off < e.offset; });
-  if (it == v.begin()) return v.size();
-  --it;
-  if (offset - it->offset >= it->length) return v.size();
-  return static_cast<size_t>(it - v.begin());
-}
-
 VirtualReader::VirtualReader(const ImageLayout& layout) : layout_(layout) {}
 
 Status VirtualReader::Read(uint64_t offset, std::span<uint8_t> out) {
-  if (offset > layout_.virtual_size || out.size() > layout_.virtual_size - offset) {
-    return Status::Error(Code::kInvalid,
-                         fmt::format("reading {} bytes at {:#x}: past the virtual size of {}",
-                                     out.size(), offset, layout_.virtual_size));
-  }
-  size_t i = out.empty() ? 0 : FindExtent(layout_, offset);
-  size_t done = 0;
-  while (done < out.size()) {
-    if (i >= layout_.extents.size()) {
-      return Status::Error(Code::kInternal, "layout does not cover the virtual disk");
-    }
-    const Extent& e = layout_.extents[i];
-    uint64_t pos = offset + done;
-    uint64_t skip = pos - e.offset;
-    size_t n = static_cast<size_t>(std::min<uint64_t>(e.length - skip, out.size() - done));
-    uint8_t* dst = out.data() + done;
+  return layout_.ForEachExtent(offset, out.size(), [&](const Extent& e) -> Status {
+    uint8_t* dst = out.data() + (e.offset - offset);
+    const size_t n = static_cast<size_t>(e.length);
     switch (e.kind) {
       case Extent::Kind::kZero:
         std::memset(dst, 0, n);
         break;
       case Extent::Kind::kData:
-        std::memcpy(dst, e.data + skip, n);
+        std::memcpy(dst, e.data, n);
         break;
       case Extent::Kind::kCompressed:
-        if (skip == 0 && n == e.cluster_size) {
+        if (n == e.cluster_size) {
           // A whole cluster wanted: inflate straight into place.
-          BYOI_RETURN_IF_ERROR(decompressor_.Decompress(e, {dst, n}));
-          break;
+          return decompressor_.Decompress(e, {dst, n});
         }
-        if (cached_ != &e) {
+        if (cached_ != e.data || cached_length_ != e.compressed_length ||
+            cluster_.size() != e.cluster_size) {
           cluster_.resize(e.cluster_size);
           cached_ = nullptr;
           BYOI_RETURN_IF_ERROR(decompressor_.Decompress(e, cluster_));
-          cached_ = &e;
+          cached_ = e.data;
+          cached_length_ = e.compressed_length;
         }
-        std::memcpy(dst, cluster_.data() + skip, n);
+        std::memcpy(dst, cluster_.data() + e.cluster_skip, n);
         break;
     }
-    done += n;
-    ++i;
-  }
-  return Status::Ok();
+    return Status::Ok();
+  });
 }
 
 }  // namespace byoi

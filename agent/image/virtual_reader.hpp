@@ -26,9 +26,10 @@ class ClusterDecompressor {
   ClusterDecompressor(const ClusterDecompressor&) = delete;
   ClusterDecompressor& operator=(const ClusterDecompressor&) = delete;
 
-  // Inflates the compressed cluster `e` into `out`, which must be exactly e.cluster_size bytes.
-  // kInvalid (with the cluster's virtual offset in detail) when the stream is corrupt or does
-  // not produce exactly one cluster; `out` then holds unspecified bytes.
+  // Inflates the compressed cluster `e` (all of it, whatever its cluster_skip) into `out`, which
+  // must be exactly e.cluster_size bytes. kInvalid (with the cluster's virtual offset in detail)
+  // when the stream is corrupt or does not produce exactly one cluster; `out` then holds
+  // unspecified bytes.
   Status Decompress(const Extent& e, std::span<uint8_t> out);
 
  private:
@@ -50,11 +51,9 @@ class VirtualReader {
  private:
   const ImageLayout& layout_;
   ClusterDecompressor decompressor_;
-  std::vector<uint8_t> cluster_;    // the last inflated cluster, for partial reads
-  const Extent* cached_ = nullptr;  // the extent whose bytes are in cluster_
+  std::vector<uint8_t> cluster_;     // the last inflated cluster, for partial reads
+  const uint8_t* cached_ = nullptr;  // the compressed stream whose bytes are in cluster_
+  uint64_t cached_length_ = 0;       // and its length
 };
-
-// The index of the extent holding virtual offset `offset`, or extents.size() when none does.
-size_t FindExtent(const ImageLayout& layout, uint64_t offset);
 
 }  // namespace byoi

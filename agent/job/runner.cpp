@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 #include <optional>
 #include <vector>
 
@@ -27,6 +28,7 @@
 #include "agent/image/format.hpp"
 #include "agent/image/image_buffer.hpp"
 #include "agent/image/open_image.hpp"
+#include "agent/image/verify_compressed.hpp"
 #include "agent/image/virtual_reader.hpp"
 
 namespace byoi {
@@ -145,7 +147,7 @@ Result<FetchResult> Download(const Manifest& manifest, const RunOptions& options
 // corrupt image is refused here, before the disk is touched), and the virtual disk against the
 // target: its size and the sector size its GPT was made for.
 Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched, const Disk* disk,
-                           StatusBoard& board) {
+                           StatusBoard& board, const CancelToken& cancel) {
   board.BeginStep(Step::kVerify, "verifying image");
   const HashAlgo algo = ReportedHash(manifest);
   const std::string actual = fetched.DigestOf(algo);
@@ -173,7 +175,7 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
         .Context("reading the qcow2 metadata")
         .DefaultMessage(msg::CantWrite(TypeName(manifest)));
   }
-  const uint64_t vsize = opened->layout.virtual_size;
+  const uint64_t vsize = opened->layout.virtual_size();
   // The partition table of the virtual disk (a qcow2's first clusters may be compressed).
   std::vector<uint8_t> head(std::min(vsize, kHeadBytes));
   VirtualReader reader(opened->layout);
@@ -183,6 +185,17 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
   if (disk != nullptr) {
     BYOI_RETURN_IF_ERROR(CheckImageFits(vsize, *disk));
     BYOI_RETURN_IF_ERROR(CheckImageSectorSize(head, *disk, TypeName(manifest)));
+  }
+  // Every compressed cluster is inflated once here, on all cores: the writer would find a corrupt
+  // one only after the disk's old content is gone.
+  if (opened->qcow2 && opened->qcow2->compressed_bytes > 0) {
+    auto t0 = std::chrono::steady_clock::now();
+    BYOI_RETURN_IF_ERROR(VerifyCompressedClusters(opened->layout, 0, cancel)
+                             .Context("checking the compressed clusters")
+                             .DefaultMessage(msg::CantWrite(TypeName(manifest))));
+    spdlog::info("verify: {} of compressed clusters inflate in {:.1f} s",
+                 HumanBytes(opened->qcow2->compressed_bytes),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   std::string table = info.table == PartitionTableType::kGpt   ? " (GPT)"
                       : info.table == PartitionTableType::kMbr ? " (MBR)"
@@ -214,7 +227,7 @@ Status Write(const Manifest& manifest, const OpenedImage& image, const TargetDis
   BYOI_ASSIGN_OR_RETURN(Target out, Target::Open(disk.path, target_options));
   WriteOptions write_options;
   write_options.image_type = TypeName(manifest);
-  auto progress = [&board, vsize = image.layout.virtual_size](uint64_t done, uint64_t) {
+  auto progress = [&board, vsize = image.layout.virtual_size()](uint64_t done, uint64_t) {
     board.StepProgress(Step::kWrite, done, vsize);
   };
   BYOI_ASSIGN_OR_RETURN(WriteStats stats,
@@ -379,7 +392,7 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
   BYOI_ASSIGN_OR_RETURN(FetchResult fetched, Download(manifest, options, board, cancel));
   BYOI_RETURN_IF_ERROR(cancel.Check());
   BYOI_ASSIGN_OR_RETURN(OpenedImage image,
-                        Verify(manifest, fetched, target ? &target->disk : nullptr, board));
+                        Verify(manifest, fetched, target ? &target->disk : nullptr, board, cancel));
   if (options.dry_run) {
     for (Step step :
          {Step::kWrite, Step::kPartition, Step::kConfigDrive, Step::kBootloader, Step::kReboot}) {

@@ -13,10 +13,14 @@ The source image is read from the page cache by every tool (it is read once befo
 every run starts from an empty disk (blkdiscard, untimed).
 Prints medians of wall time, the ratio of the best qemu-img time to byoi's (> 1 means byoi is
 faster), and the CPU seconds each tool used (user + system; on a machine shared with other work
-the wall times mostly measure how much CPU each tool was given).
+the wall times mostly measure how much CPU each tool was given). For the compressed forms, how long
+byoi's check that every compressed cluster inflates took (it runs before the target is opened, and
+is part of byoi's time), from the line convert prints.
+With --baseline OTHER-BYOI, that build of the agent runs as a fourth tool ("base") in the same
+rotation: a before/after comparison that the VM's swings affect alike.
 
 Usage: sudo tests/bench/convert_bench.py [--agent build/byoi-agent] [--reps 3] [--dir /var/tmp]
-                                         [--disk-dir /dev/shm]
+                                         [--disk-dir /dev/shm] [--baseline OLD/byoi-agent]
 Needs about 10 GiB free in --dir (4 GiB of it in --disk-dir when given). With the disk on the
 host's disk, every tool may be bound by that disk's write speed; on a tmpfs the tools' own speed
 shows. Run it on an otherwise idle machine, e.g. with `nice`.
@@ -25,6 +29,7 @@ shows. Run it on an otherwise idle machine, e.g. with `nice`.
 import argparse
 import hashlib
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -36,8 +41,9 @@ GIB = 1 << 30
 
 
 def run(*argv):
-    subprocess.run([str(a) for a in argv], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE)
+    """Runs argv; returns its standard error (text)."""
+    return subprocess.run([str(a) for a in argv], check=True, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True).stderr
 
 
 BLOCKS = 24      # data blocks in the 4 GiB source
@@ -94,13 +100,15 @@ def cpu_children():
 
 
 def time_it(argv, then_sync=False):
-    """(wall seconds, CPU seconds of the tool: user + system, kernel worker threads excluded)."""
+    """(wall seconds, CPU seconds of the tool: user + system, kernel worker threads excluded,
+    seconds byoi spent inflating compressed clusters before writing or None)."""
     cpu = cpu_children()
     start = time.monotonic()
-    run(*argv)
+    stderr = run(*argv)
     if then_sync:
         run("sync")
-    return time.monotonic() - start, cpu_children() - cpu
+    verify = re.search(r"of compressed clusters in ([0-9.]+) s", stderr)
+    return time.monotonic() - start, cpu_children() - cpu, float(verify[1]) if verify else None
 
 
 def main():
@@ -109,6 +117,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--forms", default="none,zlib,zstd")
+    ap.add_argument("--baseline", default=None,
+                    help="another byoi-agent build, timed in the same rotation as 'base'")
     ap.add_argument("--disk-dir", default=None,
                     help="where the loop device's backing file lives (default: --dir); a tmpfs "
                          "such as /dev/shm takes the host's disk out of the measurement")
@@ -142,8 +152,11 @@ def main():
         "ipa": lambda img: time_it(["qemu-img", "convert", "-f", "qcow2", "-O", "host_device",
                                     "-t", "directsync", "-S", "0", "-W", img, dev]),
     }
+    if args.baseline:
+        tools["base"] = lambda img: time_it([args.baseline, "convert", img, dev])
     results = {}
     cpus = {}
+    verifies = {}
     floor = []
     try:
         # The device's own speed for the image's 1.5 GiB of data: four dd writing a quarter
@@ -169,16 +182,20 @@ def main():
             size = os.path.getsize(img)
             order = list(tools)
             for rep in range(args.reps):
-                for name in order[rep % 3:] + order[:rep % 3]:
+                shift = rep % len(order)
+                for name in order[shift:] + order[:shift]:
                     # Every tool starts from the same empty disk: what the previous one left
                     # (allocated blocks or holes in the backing file) would otherwise decide
                     # much of the next one's time.
                     run("blkdiscard", dev)
-                    t, cpu = tools[name](img)
+                    t, cpu, verify = tools[name](img)
                     results.setdefault((form, name), []).append(t)
                     cpus.setdefault((form, name), []).append(cpu)
-                    print(f"{form:5} {name:5} rep {rep + 1}: {t:6.2f} s  (cpu {cpu:5.2f} s)",
-                          file=sys.stderr)
+                    if verify is not None and name == "byoi":
+                        verifies.setdefault(form, []).append(verify)
+                    checked = f"  (inflate check {verify:5.2f} s)" if verify is not None else ""
+                    print(f"{form:5} {name:5} rep {rep + 1}: {t:6.2f} s  (cpu {cpu:5.2f} s)"
+                          f"{checked}", file=sys.stderr)
             print(f"{form}: image file {size / GIB:.2f} GiB", file=sys.stderr)
         # byoi's output is checked once against qemu-img's reference.
         ref = os.path.join(work, "ref.raw")
@@ -191,15 +208,26 @@ def main():
         subprocess.run(["losetup", "-d", dev])
         os.unlink(disk)
 
+    base = "base" in tools
     print(f"\n{'image':6} {'byoi':>8} {'qemu -t none':>13} {'ipa flags':>10} {'best qemu/byoi':>15}"
-          f"   cpu: {'byoi':>6} {'qemu':>6} {'ipa':>6}")
+          f"   cpu: {'byoi':>6} {'qemu':>6} {'ipa':>6}" + ("   base (cpu)" if base else ""))
     for form in images:
         med = {name: statistics.median(results[(form, name)]) for name in tools}
         cpu = {name: statistics.median(cpus[(form, name)]) for name in tools}
         best = min(med["qemu"], med["ipa"])
         print(f"{form:6} {med['byoi']:7.2f}s {med['qemu']:12.2f}s {med['ipa']:9.2f}s "
               f"{best / med['byoi']:14.2f}x        {cpu['byoi']:5.2f}s {cpu['qemu']:5.2f}s "
-              f"{cpu['ipa']:5.2f}s")
+              f"{cpu['ipa']:5.2f}s" + (f"   {med['base']:5.2f}s ({cpu['base']:5.2f}s)"
+                                       if base else ""))
+    print("\nbyoi wall time, min/median/max:")
+    for form in images:
+        for name in [n for n in ("byoi", "base") if n in tools]:
+            t = results[(form, name)]
+            print(f"  {form:6} {name:5} {min(t):6.2f}s {statistics.median(t):6.2f}s {max(t):6.2f}s")
+    for form, v in verifies.items():
+        share = statistics.median(v) / statistics.median(results[(form, "byoi")])
+        print(f"  {form:6} inflate check before writing: {min(v):5.2f}s {statistics.median(v):5.2f}s "
+              f"{max(v):5.2f}s, {share:.0%} of byoi's median convert")
     print(f"(medians of {args.reps} runs; 4 GiB virtual, loop device over a file on "
           f"{os.path.realpath(disk_dir)}, O_DIRECT writes)")
     print(f"device floor: 4 parallel dd of the 1.5 GiB of data alone (O_DIRECT) + sync "

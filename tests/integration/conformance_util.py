@@ -158,6 +158,18 @@ class Qcow2:
             sectors = ((entry >> x) & ((1 << (self.cluster_bits - 8)) - 1)) + 1
             yield offset, (offset & ~511) + sectors * 512
 
+    def extension(self, ext_type):
+        """(offset of the data, length) of the first header extension of `ext_type`, or None."""
+        pos = self.header_length
+        while pos + 8 <= self.cluster_size:
+            t, length = struct.unpack_from(">II", self.data, pos)
+            if t == 0:
+                return None
+            if t == ext_type:
+                return pos + 8, length
+            pos += 8 + ((length + 7) & ~7)
+        return None
+
     def extensions_end(self):
         """Offset of the end-of-extensions marker (type 0)."""
         pos = self.header_length

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 import unittest
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conformance_util import (MIB, Qcow2, convert, create, loop_device, qemu_img, qemu_io,  # noqa: E402
@@ -135,6 +136,23 @@ class Conformance(unittest.TestCase):
                                 if o // cs != (e - 1) // cs]
                     self.assertGreater(len(crossing), 0, "no stream crosses a host cluster")
                     self.check(image)
+
+    def test_compressed_stream_ending_inside_its_last_sector(self):
+        # A file may end where its last compressed stream ends, inside the stream's last 512-byte
+        # sector: that is not a truncated image (the data past the end was never written).
+        image = self.compressed("zlib", 65536)
+        q = Qcow2(image)
+        host, sectors_end = max(q.compressed_streams(), key=lambda s: s[1])
+        self.assertEqual(sectors_end, len(q.data), "the last stream is not at the end")
+        inflater = zlib.decompressobj(-15)  # qcow2 stores raw deflate
+        inflater.decompress(q.data[host:sectors_end])
+        self.assertTrue(inflater.eof)
+        end = sectors_end - len(inflater.unused_data)
+        self.assertGreater(end, sectors_end - 512)
+        self.assertLess(end, sectors_end, "the stream fills its last sector: nothing to cut")
+        with open(image, "r+b") as f:
+            f.truncate(end)
+        self.check(image)
 
     def test_compressed_then_overwritten(self):
         image = self.compressed("zlib", 65536)

@@ -19,6 +19,7 @@
 
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
+#include "agent/image/raw_source.hpp"
 
 extern char** environ;
 
@@ -110,7 +111,8 @@ class Disk {
 // the virtual disk must hold.
 struct TestImage {
   std::vector<std::vector<uint8_t>> storage;
-  ImageLayout layout;
+  std::vector<Extent> extents;
+  ImageLayout layout;  // made of `extents` by Finish()
   std::vector<uint8_t> expected;
 
   void Data(uint64_t length, uint32_t seed) {
@@ -120,7 +122,7 @@ struct TestImage {
     e.offset = expected.size();
     e.length = length;
     e.data = storage.back().data();
-    layout.extents.push_back(e);
+    extents.push_back(e);
     expected.insert(expected.end(), storage.back().begin(), storage.back().end());
   }
   void Zero(uint64_t length) {
@@ -128,7 +130,7 @@ struct TestImage {
     e.kind = Extent::Kind::kZero;
     e.offset = expected.size();
     e.length = length;
-    layout.extents.push_back(e);
+    extents.push_back(e);
     expected.resize(expected.size() + length, 0);
   }
   // A compressed cluster; `corrupt` damages its stream.
@@ -150,10 +152,10 @@ struct TestImage {
     e.compressed_length = storage.back().size();
     e.cluster_size = cluster;
     e.compression = Compression::kDeflate;
-    layout.extents.push_back(e);
+    extents.push_back(e);
     expected.insert(expected.end(), plain.begin(), plain.end());
   }
-  void Finish() { layout.virtual_size = expected.size(); }
+  void Finish() { layout = ImageLayout::FromExtents(extents); }
 };
 
 TestImage MixedImage(uint64_t tail) {
@@ -190,7 +192,7 @@ TEST_P(WriterOnLoop, WritesExactBytesAndNothingPastTheImage) {
   auto stats = WriteImage(
       img.layout, *target, opts,
       [&](uint64_t done, uint64_t total) {
-        EXPECT_EQ(total, img.layout.virtual_size);
+        EXPECT_EQ(total, img.layout.virtual_size());
         seen.push_back(done);
       },
       cancel);
@@ -198,8 +200,8 @@ TEST_P(WriterOnLoop, WritesExactBytesAndNothingPastTheImage) {
   EXPECT_GE(stats->bytes_zeroed, 4 * kMiB);
   ASSERT_FALSE(seen.empty());
   EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end()));
-  EXPECT_EQ(seen.back(), img.layout.virtual_size);
-  const uint64_t vsize = img.layout.virtual_size;
+  EXPECT_EQ(seen.back(), img.layout.virtual_size());
+  const uint64_t vsize = img.layout.virtual_size();
   EXPECT_TRUE(disk.Read(0, vsize) == img.expected);
   std::vector<uint8_t> rest(disk.original().begin() + vsize, disk.original().end());
   EXPECT_TRUE(disk.Read(vsize, 16 * kMiB - vsize) == rest);
@@ -213,13 +215,7 @@ TEST_P(WriterOnLoop, DataChunksOfZerosAreZeroedByTheDeviceAndReadBackAsZeros) {
   std::copy(head.begin(), head.end(), raw.begin());
   std::copy(tail.begin(), tail.end(), raw.end() - static_cast<ptrdiff_t>(tail.size()));
   raw[6 * kMiB + 4095] = 1;  // one byte keeps its chunk a data chunk
-  ImageLayout layout;
-  layout.virtual_size = raw.size();
-  Extent e;
-  e.kind = Extent::Kind::kData;
-  e.length = raw.size();
-  e.data = raw.data();
-  layout.extents.push_back(e);
+  ImageLayout layout = RawLayout(raw);
   auto target = OpenTarget(disk.path());
   ASSERT_TRUE(target.ok()) << target.status().ToString();
   CancelToken cancel;
@@ -304,7 +300,7 @@ TEST_P(WriterOnLoop, ImageLargerThanDiskLeavesItUntouched) {
   ASSERT_FALSE(stats.ok());
   EXPECT_EQ(stats.status().code(), Code::kTooBig);
   EXPECT_EQ(stats.status().message(),
-            msg::ImageLargerThanDisk(img.layout.virtual_size, disk.path(), 4 * kMiB));
+            msg::ImageLargerThanDisk(img.layout.virtual_size(), disk.path(), 4 * kMiB));
   EXPECT_TRUE(disk.Read(0, 4 * kMiB) == disk.original());
 }
 
@@ -313,15 +309,15 @@ INSTANTIATE_TEST_SUITE_P(SectorSizes, WriterOnLoop, ::testing::Values(512u, 4096
 TEST(WriterOnFile, ResizesFileAndZeroesStaleBytes) {
   Disk disk(32 * kMiB, 0);  // a regular file full of random bytes, longer than the image
   TestImage img = MixedImage(512);
-  auto target = OpenTarget(disk.path(), img.layout.virtual_size);
+  auto target = OpenTarget(disk.path(), img.layout.virtual_size());
   ASSERT_TRUE(target.ok()) << target.status().ToString();
   EXPECT_FALSE(target->is_block_device());
-  EXPECT_EQ(target->size(), img.layout.virtual_size);
+  EXPECT_EQ(target->size(), img.layout.virtual_size());
   CancelToken cancel;
   auto stats = WriteImage(img.layout, *target, {}, nullptr, cancel);
   ASSERT_TRUE(stats.ok()) << stats.status().ToString();
-  EXPECT_EQ(std::filesystem::file_size(disk.path()), img.layout.virtual_size);
-  EXPECT_TRUE(disk.Read(0, img.layout.virtual_size) == img.expected);
+  EXPECT_EQ(std::filesystem::file_size(disk.path()), img.layout.virtual_size());
+  EXPECT_TRUE(disk.Read(0, img.layout.virtual_size()) == img.expected);
 }
 
 TEST(WriterOnFile, EmptyImage) {
