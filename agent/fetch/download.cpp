@@ -514,6 +514,11 @@ bool Download::Accept(Connection& c) {
                                                   "{}-{}",
                                                   c.request_offset, p.end - 1, cr->first, cr->last));
     }
+    if (r.content_length && *r.content_length != cr->last - cr->first + 1) {
+      return reject(Abort::kBadRange,
+                    fmt::format("a 206 for bytes {}-{} with a Content-Length of {}", cr->first,
+                                cr->last, *r.content_length));
+    }
     if (cr->complete && total && *cr->complete != *total) {
       return reject(Abort::kChanged,
                     fmt::format("the image changed during the download: its length went from {} "
@@ -734,6 +739,7 @@ Status Download::Complete(Connection& c) {
 
 Status Download::Retry(Connection& c, const std::string& detail) {
   Piece& p = *c.piece;
+  if (p.complete()) return Complete(c);  // every byte asked for came before the fault
   const std::string where = detail + Where(c);
   // A request that brought new bytes starts the piece's count (and back-off) again, so a long
   // download over a flaky link finishes as long as it moves; the deadline bounds the whole.
