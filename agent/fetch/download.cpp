@@ -217,9 +217,9 @@ class Download {
 
   PiecePlan plan_;
   Mode mode_ = Mode::kDiscover;
-  bool ranges_unusable_ = false;    // a server whose 206 answers cannot be trusted
-  std::optional<uint64_t> total_;   // the body's length, from the answers
-  std::string validator_;           // the image's strong ETag or Last-Modified, sent as If-Range
+  bool ranges_unusable_ = false;   // a server whose 206 answers cannot be trusted
+  std::optional<uint64_t> total_;  // the body's length, from the answers
+  std::string validator_;          // the image's strong ETag or Last-Modified, sent as If-Range
   int requests_ = 0;
   int restarts_ = 0;         // every start from byte 0
   int engine_restarts_ = 0;  // those of StartOver, which abandon every request
@@ -313,8 +313,8 @@ Result<DownloadStats> Download::Run() {
     BYOI_RETURN_IF_ERROR(Schedule());
     int running = 0;
     if (CURLMcode mc = curl_multi_perform(multi_.get(), &running); mc != CURLM_OK) {
-      return Status::Error(Code::kInternal, fmt::format("curl_multi_perform: {}",
-                                                        curl_multi_strerror(mc)));
+      return Status::Error(Code::kInternal,
+                           fmt::format("curl_multi_perform: {}", curl_multi_strerror(mc)));
     }
     int left = 0;
     while (CURLMsg* m = curl_multi_info_read(multi_.get(), &left)) {
@@ -341,8 +341,8 @@ Result<DownloadStats> Download::Run() {
     ReportProgress(false);
     milliseconds wait = kTick;
     if (auto wake = plan_.NextWake()) {
-      wait = std::clamp(std::chrono::duration_cast<milliseconds>(*wake - now), milliseconds(0),
-                        kTick);
+      wait =
+          std::clamp(std::chrono::duration_cast<milliseconds>(*wake - now), milliseconds(0), kTick);
     }
     curl_multi_poll(multi_.get(), nullptr, 0, static_cast<int>(wait.count()), nullptr);
   }
@@ -510,9 +510,10 @@ bool Download::Accept(Connection& c) {
                                 c.request_offset));
     }
     if (p.end != kUnbounded && cr->last >= p.end) {
-      return reject(Abort::kBadRange, fmt::format("asked for bytes {}-{} and got a 206 for bytes "
-                                                  "{}-{}",
-                                                  c.request_offset, p.end - 1, cr->first, cr->last));
+      return reject(Abort::kBadRange,
+                    fmt::format("asked for bytes {}-{} and got a 206 for bytes "
+                                "{}-{}",
+                                c.request_offset, p.end - 1, cr->first, cr->last));
     }
     if (r.content_length && *r.content_length != cr->last - cr->first + 1) {
       return reject(Abort::kBadRange,
@@ -686,8 +687,8 @@ Status Download::Ended(Connection& c, CURLcode rc) {
     }
     if (!p.complete()) {
       // A 206 for fewer bytes than asked: the rest of the piece in another request.
-      return Retry(c, fmt::format("the answer ended at byte {}, before byte {} asked for", p.pos,
-                                  p.end));
+      return Retry(
+          c, fmt::format("the answer ended at byte {}, before byte {} asked for", p.pos, p.end));
     }
     return Complete(c);
   }
@@ -719,6 +720,13 @@ Status Download::Ended(Connection& c, CURLcode rc) {
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
     std::string detail = fmt::format("HTTP {}", code);
     if (c.resp.code == code && !c.resp.reason.empty()) detail += " " + c.resp.reason;
+    if (code == 416 && mode_ == Mode::kRanges) {
+      // Bytes within the length an earlier answer told are not there: the image got shorter.
+      return StartOver(fmt::format("the image changed during the download: bytes {}-{} of its {} "
+                                   "were refused ({})",
+                                   p.pos, p.end - 1, total_.value_or(0), detail) +
+                       Where(c));
+    }
     if (IsRetryableHttpStatus(static_cast<int>(code))) return Retry(c, detail);
     return final(detail);
   }
@@ -745,7 +753,8 @@ Status Download::Retry(Connection& c, const std::string& detail) {
   // download over a flaky link finishes as long as it moves; the deadline bounds the whole.
   p.fruitless = p.high_water > c.high_water_before ? 0 : p.fruitless + 1;
   if (p.fruitless >= attempts_) {
-    return Failure(fmt::format("{} (gave up after {} attempts without progress)", where, attempts_));
+    return Failure(
+        fmt::format("{} (gave up after {} attempts without progress)", where, attempts_));
   }
   const milliseconds delay = BackOff(p.fruitless);
   const auto now = Clock::now();
@@ -765,9 +774,10 @@ Status Download::Retry(Connection& c, const std::string& detail) {
 Status Download::StartOver(const std::string& why) {
   StopAll();  // the other requests fetch the old image's bytes
   if (!store_.CanStartOver()) {
-    return Failure(fmt::format("{}; {} bytes were already written, and a streamed download cannot "
-                               "start over from byte 0",
-                               why, store_.taken()));
+    return Failure(
+        fmt::format("{}; {} bytes were already written, and a streamed download cannot "
+                    "start over from byte 0",
+                    why, store_.taken()));
   }
   ++engine_restarts_;
   if (engine_restarts_ > attempts_) {

@@ -38,10 +38,10 @@ struct Piece {
   using Clock = std::chrono::steady_clock;
 
   uint64_t start = 0;
-  uint64_t end = 0;         // one past its last byte; kUnbounded while the length is unknown
-  uint64_t pos = 0;         // [start, pos) has arrived
-  uint64_t high_water = 0;  // the largest pos it reached (a 200 to a resume starts it over)
-  int fruitless = 0;        // its failed requests in a row that brought no new byte
+  uint64_t end = 0;                // one past its last byte; kUnbounded while the length is unknown
+  uint64_t pos = 0;                // [start, pos) has arrived
+  uint64_t high_water = 0;         // the largest pos it reached (a 200 to a resume starts it over)
+  int fruitless = 0;               // its failed requests in a row that brought no new byte
   Clock::time_point not_before{};  // the end of its back-off
   bool active = false;             // a connection is fetching it
 

@@ -4,9 +4,9 @@
 // image's size, never a second copy, and the budget rule (RAM − 3 GiB, docs/pipeline.md) is
 // enforced at Append and WriteAt.
 //
-// Append and WriteAt write with pwrite rather than memcpy into the mapping: a page that is written whole goes
-// into the memfd without being zeroed first, where a page faulted in through the mapping is
-// cleared by the kernel and then overwritten (page clearing was a quarter of a download's CPU).
+// Append and WriteAt write with pwrite rather than memcpy into the mapping: a page that is written
+// whole goes into the memfd without being zeroed first, where a page faulted in through the mapping
+// is cleared by the kernel and then overwritten (page clearing was a quarter of a download's CPU).
 #pragma once
 
 #include <cstdint>

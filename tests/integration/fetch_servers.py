@@ -257,9 +257,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         size = len(body)
         start, end = 0, size
         rng = self.headers.get("Range")
-        etag = '"%s"' % hashlib.sha1(body).hexdigest()
+        etag = None
+        if route.replace is not None and route.etag:
+            etag = '"%s"' % hashlib.sha1(body).hexdigest()
         if_range = self.headers.get("If-Range")
-        if route.etag and if_range is not None and if_range != etag:
+        if etag and if_range is not None and if_range != etag:
             rng = None  # RFC 9110 §13.1.5: the representation changed, send all of it
         asked = self._range(rng, size) if route.ranges else None
         if asked is not None:
@@ -287,7 +289,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header("Content-Range", f"bytes {first}-{last}/{total}")
         else:
             self.send_response(200)
-        if route.replace is not None and route.etag:
+        if etag:
             self.send_header("ETag", etag)
         close_delimited = route.no_length or (start > 0 and (
             route.unknown_total or route.bad_range == "overlong"))
@@ -310,7 +312,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if route.stall_at is not None and start < route.stall_at < end:
             stall = route.stall_at
             route.stall_at = None
-        bucket = _TokenBucket(route.rate) if route.rate else None
+        bucket = None
+        if route.rate:
+            # One bucket per connection (a handler serves one connection), kept across its
+            # requests.
+            if getattr(self, "bucket", None) is None:
+                self.bucket = _TokenBucket(route.rate)
+            bucket = self.bucket
         pos = start
         try:
             while pos < end:
