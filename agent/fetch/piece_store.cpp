@@ -16,23 +16,56 @@ constexpr uint64_t kBatch = 1 << 20;
 
 }  // namespace
 
+RamStore::RamStore(ImageBuffer& image, StreamHasher& hasher)
+    : image_(image),
+      hasher_(hasher),
+      blocks_(kBlocks, std::vector<uint8_t>(kBlock)),
+      tickets_(kBlocks, 0) {}
+
 Status RamStore::Write(uint64_t offset, std::span<const uint8_t> bytes) {
-  return image_.WriteAt(offset, bytes);
+  // Only the first unfinished piece writes right after the gathered bytes: every other piece
+  // starts past the prefix.
+  while (!bytes.empty() && offset == hashed_ + fill_) {
+    const size_t n = std::min(bytes.size(), kBlock - fill_);
+    std::memcpy(blocks_[current_].data() + fill_, bytes.data(), n);
+    fill_ += n;
+    offset += n;
+    bytes = bytes.subspan(n);
+    if (fill_ == kBlock) BYOI_RETURN_IF_ERROR(StoreBlock());
+  }
+  return bytes.empty() ? Status::Ok() : image_.WriteAt(offset, bytes);
+}
+
+Status RamStore::StoreBlock() {
+  std::span<const uint8_t> block(blocks_[current_].data(), fill_);
+  tickets_[current_] = hasher_.Update(block);
+  Status s = image_.WriteAt(hashed_, block);
+  hashed_ += fill_;
+  fill_ = 0;
+  current_ = (current_ + 1) % kBlocks;
+  hasher_.WaitFor(tickets_[current_]);  // the block filled next is hashed
+  return s;
 }
 
 Status RamStore::Advance(uint64_t prefix, std::optional<uint64_t>, bool flush) {
-  if (prefix > hashed_ && (flush || prefix - hashed_ >= kBatch)) {
-    // The mapping stays valid and these bytes unchanged until StartOver, which waits for the
-    // hasher first: no ticket to wait for here.
-    (void)hasher_.Update({image_.data() + hashed_, static_cast<size_t>(prefix - hashed_)});
-    hashed_ = prefix;
+  if (prefix > hashed_ + fill_) {
+    // Pieces written at their offsets joined the prefix: the gathered bytes come before them.
+    if (fill_ > 0) BYOI_RETURN_IF_ERROR(StoreBlock());
+    if (flush || prefix - hashed_ >= kBatch) {
+      // The mapping stays valid and these bytes unchanged until StartOver, which waits for the
+      // hasher first: no ticket to wait for here.
+      (void)hasher_.Update({image_.data() + hashed_, static_cast<size_t>(prefix - hashed_)});
+      hashed_ = prefix;
+    }
   }
+  if (flush && fill_ > 0) BYOI_RETURN_IF_ERROR(StoreBlock());
   return Status::Ok();
 }
 
 void RamStore::StartOver() {
   hasher_.Reset();
   image_.Truncate(0);
+  fill_ = 0;
   hashed_ = 0;
 }
 

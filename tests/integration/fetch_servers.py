@@ -190,7 +190,7 @@ class Route:
                  unknown_total=False, rate=None, etag=True):
         self.body = body
         self.rate = rate
-        self.etag = etag
+        self.etag = etag and replace is not None
         self.cut_every = cut_every
         self.unknown_total = unknown_total
         self.bad_range = bad_range
@@ -257,9 +257,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         size = len(body)
         start, end = 0, size
         rng = self.headers.get("Range")
-        etag = None
-        if route.replace is not None and route.etag:
-            etag = '"%s"' % hashlib.sha1(body).hexdigest()
+        etag = '"%s"' % hashlib.sha1(body).hexdigest() if route.etag else None
         if_range = self.headers.get("If-Range")
         if etag and if_range is not None and if_range != etag:
             rng = None  # RFC 9110 §13.1.5: the representation changed, send all of it
@@ -327,7 +325,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     limit = min(limit, cut)
                 if stall is not None:
                     limit = min(limit, stall)
-                n = min(16 << 10 if bucket else 64 << 10, limit - pos)
+                n = min(64 << 10, limit - pos)
                 if n > 0:
                     if bucket:
                         bucket.take(n)
@@ -356,11 +354,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class _TokenBucket:
-    """At most `rate` bytes a second, with a burst of 64 KiB: one per connection."""
+    """At most `rate` bytes a second, one per connection. Its burst, 256 KiB, holds what the
+    thread's sleeps overshoot, so that the rate is kept over time; take() asks for at most
+    64 KiB."""
 
     def __init__(self, rate):
         self.rate = rate
-        self.burst = 64 << 10
+        self.burst = 256 << 10
         self.tokens = 0.0
         self.last = time.monotonic()
 
@@ -378,6 +378,9 @@ class _TokenBucket:
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Connections opened at once (--connections up to 16) must not overflow the listen queue
+    # (socketserver's default is 5): a dropped SYN is retried only after a second.
+    request_queue_size = 64
 
     def handle_error(self, request, client_address):
         pass  # clients that go away (a cancelled agent, a refused certificate) are expected
