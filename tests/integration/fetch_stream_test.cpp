@@ -96,7 +96,8 @@ std::vector<std::string> Ranges(const RangeServer& server) {
 
 TEST(FetchStream, ManyConnectionsDeliverInOrderWithinTheWindow) {
   const std::vector<uint8_t> body = RandomBytes(24 * kMiB + 12345, 1);
-  RangeServer server({.body = body});
+  // The first piece waits half a second at 2 MiB: the other connections could run far ahead.
+  RangeServer server({.body = body, .pause_at = 2 * kMiB, .pause_ms = 500});
   RecordingSink sink;
   FetchOptions opts = Options(4);
   opts.window_bytes = 8 * kMiB;

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <optional>
+#include <utility>
 
 namespace byoi::testing {
 
@@ -170,11 +171,26 @@ bool RangeServer::Answer(int fd, const std::string& range) {
       }
     }
   }
+  uint64_t pause_at = end;  // none
+  int pause_ms = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (options_.pause_ms > 0 && first <= options_.pause_at && options_.pause_at < end) {
+      pause_at = options_.pause_at;
+      pause_ms = std::exchange(options_.pause_ms, 0);  // once
+    }
+  }
   const uint64_t stop_at = cut.value_or(end);
   for (uint64_t pos = first; pos < stop_at;) {
-    size_t n = static_cast<size_t>(std::min<uint64_t>(64 << 10, stop_at - pos));
+    const uint64_t limit = pos < pause_at ? std::min(pause_at, stop_at) : stop_at;
+    size_t n = static_cast<size_t>(std::min<uint64_t>(64 << 10, limit - pos));
     if (!SendAll(fd, body.data() + pos, n)) return false;
     pos += n;
+    if (pos == pause_at) {
+      for (int waited = 0; waited < pause_ms && !stop_.load(); waited += 10) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
   }
   return !cut;
 }

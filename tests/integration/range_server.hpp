@@ -19,6 +19,9 @@ struct RangeServerOptions {
   bool ranges = true;                // false: every answer is a 200 with the whole body
   std::vector<uint64_t> drops = {};  // offsets at which an answer's connection is closed, each once
   std::vector<uint8_t> changed = {};  // if not empty: served instead of `body` after the first drop
+  // An answer that reaches this offset waits there `pause_ms` before sending on (once).
+  uint64_t pause_at = 0;
+  int pause_ms = 0;
 };
 
 struct LoggedRequest {
