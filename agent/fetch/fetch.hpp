@@ -122,7 +122,7 @@ struct FetchResult {
 // expected total (0 while unknown). `cancel` is polled at least once a second; a cancelled fetch
 // returns within 2 s with kCancelled. On failure nothing is kept; the Status has the catalogue
 // message (download failed, too big, cancelled) and the cause in `detail`.
-// Memory: the image, plus libcurl's receive buffer per connection.
+// Memory: the image, 8 MiB of blocks for the hasher, and libcurl's receive buffer per connection.
 Result<FetchResult> FetchImage(const FetchRequest& req, const FetchOptions& opts,
                                const ProgressFn& progress, const CancelToken& cancel);
 

@@ -41,9 +41,11 @@ class ConnectionsTest(unittest.TestCase):
     def setUpClass(cls):
         cls.workdir = tempfile.mkdtemp(prefix="byoi-fetch-conn-")
         cls.server = FaultServer()
+        cls.other = FaultServer()  # another origin: the same address, another port
 
     @classmethod
     def tearDownClass(cls):
+        cls.other.close()
         cls.server.close()
         shutil.rmtree(cls.workdir, ignore_errors=True)
 
@@ -152,6 +154,25 @@ class ConnectionsTest(unittest.TestCase):
         ranges = [e["range"] for e in self.requests("/changes.raw")]
         again = ranges.index(FIRST, 1)  # the new image's first request
         self.assertTiles(ranges[again:], len(new))
+
+    def test_every_piece_starts_at_the_origin_and_only_it_gets_the_headers(self):
+        # A presigned redirect to another origin: each piece's request (and the resume of the
+        # dropped one) goes to the manifest's URL first, with the manifest's headers, then to
+        # the target, without them.
+        size = 24 * MiB
+        data = mbr_image(size, seed=8)
+        target = self.other.add("/bucket/pieces.raw", Route(data, drops=[9 * MiB + 3]))
+        url = self.server.add("/pieces.raw", Route(redirect=target + "?X-Amz-Signature=5ec7"))
+        m = dict(manifest(url, data), httpHeader=[{"key": "X-Api-Key", "value": "k3y"}])
+        run = self.deploy(m, "--connections", "4")
+        origin = self.requests("/pieces.raw")
+        elsewhere = [e for e in self.other.log if e["path"].startswith("/bucket/pieces.raw?")]
+        self.assertEqual(len(origin), 7)  # 4 MiB, 5 pieces of 4 MiB, one resume
+        self.assertEqual(sorted(e["range"] for e in origin), sorted(e["range"] for e in elsewhere))
+        self.assertEqual({e["headers"].get("x-api-key") for e in origin}, {"k3y"})
+        self.assertEqual({e["headers"].get("x-api-key") for e in elsewhere}, {None})
+        self.assertIn(f"bytes={9 * MiB + 3}-{12 * MiB - 1}", [e["range"] for e in elsewhere])
+        self.assertIn("14 request(s), 0 restart(s)", run.stderr)
 
     def test_one_connection_asks_for_the_whole_image(self):
         data = mbr_image(12 * MiB, seed=7)
