@@ -29,7 +29,7 @@ struct DaemonArgs {
   // command line (byoi.<name>=) and then the config file.
   std::optional<std::string> listen, token, tls_cert, tls_key, backend_url, agent_id, disk, efivars,
       state_file, reboot, memory_limit, efi_boot_order, log_level, ca_bundle, insecure,
-      stall_timeout, retry_delay, download_attempts;
+      stall_timeout, retry_delay, download_attempts, connections;
 };
 
 struct ConvertArgs {

@@ -42,6 +42,7 @@ constexpr Key kKeys[] = {
     {"stall_timeout", &DaemonArgs::stall_timeout},
     {"retry_delay", &DaemonArgs::retry_delay},
     {"download_attempts", &DaemonArgs::download_attempts},
+    {"connections", &DaemonArgs::connections},
     // Not flags: set rarely, in the config file or on the kernel command line.
     {"poll_interval", nullptr},
     {"console", nullptr},
@@ -286,6 +287,14 @@ Result<DaemonConfig> LoadDaemonConfig(const DaemonArgs& flags, const ConfigSourc
         return bad("download_attempts", "must be a whole number between 1 and 1000");
       }
       config.job.download_attempts = attempts;
+    } else if (name == "connections") {
+      int connections = 0;
+      auto [end, ec] = std::from_chars(v->data(), v->data() + v->size(), connections);
+      if (ec != std::errc() || end != v->data() + v->size() || connections < 1 ||
+          connections > 16) {
+        return bad("connections", "must be a whole number between 1 and 16");
+      }
+      config.job.connections = connections;
     } else if (name == "poll_interval") {
       std::optional<double> seconds = ParseSeconds(*v, 0.05, 3600);
       if (!seconds)

@@ -47,6 +47,11 @@ void AddJobOptions(CLI::App* cmd, byoi::JobOptions& job, std::string& memory_lim
       ->check(CLI::Range(1, 1000))
       ->capture_default_str()
       ->group("Download tuning");
+  cmd->add_option("--connections", job.connections,
+                  "Connections at once when the server answers Range requests")
+      ->check(CLI::Range(1, 16))
+      ->capture_default_str()
+      ->group("Download tuning");
 }
 
 std::optional<uint64_t> OptionalSize(const std::string& s) {
@@ -104,6 +109,10 @@ int main(int argc, char** argv) {
   daemon_cmd
       ->add_option("--download-attempts", daemon.download_attempts,
                    "Attempts in a row without progress")
+      ->group("Download tuning");
+  daemon_cmd
+      ->add_option("--connections", daemon.connections,
+                   "Connections at once when the server answers Range requests")
       ->group("Download tuning");
 
   byoi::ConvertArgs convert;

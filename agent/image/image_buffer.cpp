@@ -63,24 +63,26 @@ ImageBuffer::~ImageBuffer() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-Status ImageBuffer::Append(std::span<const uint8_t> bytes) {
-  if (bytes.size() > capacity_ - size_) {
+Status ImageBuffer::Append(std::span<const uint8_t> bytes) { return WriteAt(size_, bytes); }
+
+Status ImageBuffer::WriteAt(uint64_t offset, std::span<const uint8_t> bytes) {
+  if (offset > capacity_ || bytes.size() > capacity_ - offset) {
     return Status::Error(
         Code::kTooBig, "image passes the memory budget of " + std::to_string(capacity_) + " bytes");
   }
   size_t done = 0;
   while (done < bytes.size()) {
     ssize_t n =
-        ::pwrite(fd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(size_ + done));
+        ::pwrite(fd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       // ENOMEM/ENOSPC: the machine ran out of RAM below the budget.
-      return Status::FromErrno("storing the image in RAM at byte " + std::to_string(size_ + done),
+      return Status::FromErrno("storing the image in RAM at byte " + std::to_string(offset + done),
                                n < 0 ? errno : ENOSPC);
     }
     done += static_cast<size_t>(n);
   }
-  size_ += bytes.size();
+  size_ = std::max<uint64_t>(size_, offset + bytes.size());
   return Status::Ok();
 }
 

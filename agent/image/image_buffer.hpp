@@ -2,11 +2,11 @@
 // mapped once for the image readers to borrow. Address space for the whole budget is reserved up
 // front (MAP_NORESERVE) and pages are committed only as bytes arrive, so memory use is the
 // image's size, never a second copy, and the budget rule (RAM − 3 GiB, docs/pipeline.md) is
-// enforced at Append.
+// enforced at Append and WriteAt.
 //
-// Append writes with pwrite rather than memcpy into the mapping: a page that is written whole goes
-// into the memfd without being zeroed first, where a page faulted in through the mapping is
-// cleared by the kernel and then overwritten (page clearing was a quarter of a download's CPU).
+// Append and WriteAt write with pwrite rather than memcpy into the mapping: a page that is written
+// whole goes into the memfd without being zeroed first, where a page faulted in through the mapping
+// is cleared by the kernel and then overwritten (page clearing was a quarter of a download's CPU).
 #pragma once
 
 #include <cstdint>
@@ -33,6 +33,11 @@ class ImageBuffer {
   // Copies `bytes` after the current end. kTooBig, with nothing appended, when the result would
   // pass the capacity.
   Status Append(std::span<const uint8_t> bytes);
+  // Copies `bytes` at `offset` (a download's piece, fetched out of order); size() becomes at least
+  // offset + bytes.size(), and bytes never written read as zeros. kTooBig, with nothing written,
+  // when the end would pass the capacity; kIo when the machine runs out of RAM (part may be
+  // written).
+  Status WriteAt(uint64_t offset, std::span<const uint8_t> bytes);
   // Copies `length` bytes of the file `fd` from `offset` after the current end, in the kernel
   // (sendfile; pread where that cannot be used). kTooBig as Append; kIo when the file cannot be
   // read (the buffer may then hold part of it).

@@ -23,6 +23,7 @@ struct JobOptions {
   double stall_timeout = 60;  // --stall-timeout SECONDS without a byte before an attempt is retried
   double retry_delay = 1;     // --retry-delay SECONDS before the 2nd attempt, doubling up to 30 s
   int download_attempts = 10;  // --download-attempts N in a row without progress before giving up
+  int connections = 4;         // --connections N (1-16) at once when the server answers Range
 };
 
 }  // namespace byoi

@@ -63,6 +63,7 @@ Result<FetchOptions> MakeFetchOptions(const JobOptions& job) {
     BYOI_ASSIGN_OR_RETURN(opts.memory_budget, DefaultMemoryBudget());
   }
   opts.attempts = job.download_attempts;
+  opts.connections = job.connections;
   opts.retry_delay = std::chrono::milliseconds(static_cast<int64_t>(job.retry_delay * 1000));
   opts.stall_timeout = std::chrono::milliseconds(static_cast<int64_t>(job.stall_timeout * 1000));
   opts.ca_bundle = job.ca_bundle;

@@ -160,12 +160,15 @@ class Route:
     """What the fault server does for one path.
 
     body          the image bytes
-    ranges        honour `Range: bytes=N-` with 206 (else answer 200 with everything)
+    ranges        honour `Range: bytes=N-` and `bytes=N-M` with 206 (else answer 200 with
+                  everything)
+    rate          bytes per second each connection gets at most (a token bucket per connection,
+                  as servers and CDNs cap connections); None: as fast as it goes
     drops         offsets at which the connection is closed, each once
     cut_every     an offset at which the connection is closed on every request that reaches it
     reset         drop with a TCP reset instead of an orderly close
     replace       after the first drop, serve these bytes instead (the image changed); the
-                  route has an ETag and honours If-Range
+                  route has an ETag and honours If-Range, unless `etag` is False
     stall_at      offset at which the server stops sending (once) for `stall_seconds`
     length_delta  Content-Length lies by this many bytes (+: promises more than it sends)
     no_length     no Content-Length: the body ends when the connection closes
@@ -173,18 +176,21 @@ class Route:
     status        a status answered to every request (404, 403, ...)
     redirect      a Location answered with 302 to every request
     require       (name, value) a header the request must carry, else 403
-    bad_range     how a 206 lies in its Content-Range: "missing", "start" (one byte after the
-                  asked start), "total" (another image size) or "overlong" (announces a range
-                  ending 4 KiB before the end, sends to the end without Content-Length)
-    unknown_total a 206 says "bytes N-M/*" and has no Content-Length: its body ends when the
-                  connection closes
+    bad_range     how a 206 to a resume (a range not from byte 0) lies in its Content-Range:
+                  "missing", "start" (one byte after the asked start), "total" (another image
+                  size) or "overlong" (announces a range ending 4 KiB before the asked end, sends
+                  to the end without Content-Length)
+    unknown_total a 206 to a resume says "bytes N-M/*" and has no Content-Length: its body ends
+                  when the connection closes
     """
 
     def __init__(self, body=b"", ranges=True, drops=(), stall_at=None, stall_seconds=30,
                  length_delta=0, no_length=False, fail_first=(), status=None, redirect=None,
                  require=None, reset=False, replace=None, bad_range=None, cut_every=None,
-                 unknown_total=False):
+                 unknown_total=False, rate=None, etag=True):
         self.body = body
+        self.rate = rate
+        self.etag = etag and replace is not None
         self.cut_every = cut_every
         self.unknown_total = unknown_total
         self.bad_range = bad_range
@@ -212,6 +218,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         server = self.server.owner
         route = server.routes.get(self.path.split("?")[0])
         server.log.append({"path": self.path, "range": self.headers.get("Range"),
+                           "client": self.client_address[1], "time": time.monotonic(),
                            "headers": {k.lower(): v for k, v in self.headers.items()}})
         if route is None:
             return self._simple(404)
@@ -236,37 +243,51 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(text)
 
+    def _range(self, rng, size):
+        """(first, last) of a `bytes=N-` or `bytes=N-M` Range, or None for any other form."""
+        if not rng or not rng.startswith("bytes=") or "," in rng:
+            return None
+        first, _, last = rng[len("bytes="):].partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            return None
+        return int(first), min(int(last), size - 1) if last else size - 1
+
     def _body(self, route):
-        size = len(route.body)
-        start = 0
+        body = route.body  # the image as it is now: a change lands between requests
+        size = len(body)
+        start, end = 0, size
         rng = self.headers.get("Range")
-        etag = '"%s"' % hashlib.sha1(route.body).hexdigest()
+        etag = '"%s"' % hashlib.sha1(body).hexdigest() if route.etag else None
         if_range = self.headers.get("If-Range")
-        if if_range is not None and if_range != etag:
+        if etag and if_range is not None and if_range != etag:
             rng = None  # RFC 9110 §13.1.5: the representation changed, send all of it
-        if route.ranges and rng and rng.startswith("bytes=") and rng.endswith("-"):
-            start = int(rng[len("bytes="):-1])
+        asked = self._range(rng, size) if route.ranges else None
+        if asked is not None:
+            start, last = asked
             if start >= size:
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            end = last + 1
             self.send_response(206)
-            first, last, total = start, size - 1, str(size)
-            if route.bad_range == "start":
+            first, total = start, str(size)
+            resume = start > 0
+            if resume and route.bad_range == "start":
                 first += 1
-            elif route.bad_range == "total":
+            elif resume and route.bad_range == "total":
                 total = str(size + 4096)
-            elif route.bad_range == "overlong":
+            elif resume and route.bad_range == "overlong":
                 last -= 4096
-            if route.unknown_total:
+                end = size
+            if resume and route.unknown_total:
                 total = "*"
-            if route.bad_range != "missing":
+            if not (resume and route.bad_range == "missing"):
                 self.send_header("Content-Range", f"bytes {first}-{last}/{total}")
         else:
             self.send_response(200)
-        if route.replace is not None:
+        if etag:
             self.send_header("ETag", etag)
         close_delimited = route.no_length or (start > 0 and (
             route.unknown_total or route.bad_range == "overlong"))
@@ -274,9 +295,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         else:
-            self.send_header("Content-Length", str(size - start + route.length_delta))
+            self.send_header("Content-Length", str(end - start + route.length_delta))
         self.end_headers()
-        end = size  # a short lie (length_delta < 0) still sends everything
+        # a short lie (length_delta < 0) still sends everything
         cut = None
         for d in route.drops:
             if start < d < end:
@@ -289,6 +310,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if route.stall_at is not None and start < route.stall_at < end:
             stall = route.stall_at
             route.stall_at = None
+        bucket = None
+        if route.rate:
+            # One bucket per connection (a handler serves one connection), kept across its
+            # requests.
+            if getattr(self, "bucket", None) is None:
+                self.bucket = _TokenBucket(route.rate)
+            bucket = self.bucket
         pos = start
         try:
             while pos < end:
@@ -299,7 +327,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     limit = min(limit, stall)
                 n = min(64 << 10, limit - pos)
                 if n > 0:
-                    self.wfile.write(route.body[pos:pos + n])
+                    if bucket:
+                        bucket.take(n)
+                    self.wfile.write(body[pos:pos + n])
                     pos += n
                 if pos == stall:
                     stall = None
@@ -323,9 +353,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+class _TokenBucket:
+    """At most `rate` bytes a second, one per connection. Its burst, 256 KiB, holds what the
+    thread's sleeps overshoot, so that the rate is kept over time; take() asks for at most
+    64 KiB."""
+
+    def __init__(self, rate):
+        self.rate = rate
+        self.burst = 256 << 10
+        self.tokens = 0.0
+        self.last = time.monotonic()
+
+    def take(self, n):
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            if self.tokens >= n:
+                self.tokens -= n
+                return
+            time.sleep((n - self.tokens) / self.rate)
+
+
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Connections opened at once (--connections up to 16) must not overflow the listen queue
+    # (socketserver's default is 5): a dropped SYN is retried only after a second.
+    request_queue_size = 64
 
     def handle_error(self, request, client_address):
         pass  # clients that go away (a cancelled agent, a refused certificate) are expected

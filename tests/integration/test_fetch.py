@@ -21,6 +21,11 @@ from fetch_servers import (FaultServer, Nginx, Route, digest, mbr_image,  # noqa
 MiB = 1 << 20
 IMAGE = mbr_image(3 * MiB)  # a raw image with an MBR
 SHA256 = digest("sha256", IMAGE)
+END = len(IMAGE) - 1
+# The first request of a download over several connections (the default, 4): it asks for the
+# first 4 MiB, and its answer tells whether ranges work and how long the image is. A 3 MiB image
+# is then one piece: its resumes ask for the rest of that piece, `bytes=N-END`.
+FIRST = f"bytes=0-{4 * MiB - 1}"
 
 
 def manifest(url, type_="raw", algo="sha256", checksum=None, **extra):
@@ -202,7 +207,7 @@ class FetchTest(unittest.TestCase):
         url = self.fault.add("/flaky.raw", Route(IMAGE, fail_first=[500, 503, 429, 408]))
         run = self.deploy(manifest(url))
         self.assertDone(run)
-        self.assertEqual(self.fault.ranges("/flaky.raw"), [None] * 5)
+        self.assertEqual(self.fault.ranges("/flaky.raw"), [FIRST] * 5)
         self.assertIn("HTTP 500", run.stderr)  # the retry notice in the log
 
     def test_500_until_attempts_run_out(self):
@@ -272,7 +277,7 @@ class FetchTest(unittest.TestCase):
         self.assertDone(run)
         self.assertEqual(run.status["checksum"], SHA256)
         self.assertEqual(self.fault.ranges("/drops.raw"),
-                         [None] + [f"bytes={d}-" for d in drops])
+                         [FIRST] + [f"bytes={d}-{END}" for d in drops])
 
     def test_connection_reset_resumes_with_range(self):
         url = self.fault.add("/reset.raw", Route(IMAGE, drops=[777777], reset=True))
@@ -282,35 +287,45 @@ class FetchTest(unittest.TestCase):
         # A reset throws away what the client had not read yet: it resumes at or before the cut.
         ranges = self.fault.ranges("/reset.raw")
         self.assertEqual(len(ranges), 2, ranges)
-        self.assertIsNone(ranges[0])
-        self.assertRegex(ranges[1], r"^bytes=\d+-$")
-        self.assertLessEqual(int(ranges[1][6:-1]), 777777)
+        self.assertEqual(ranges[0], FIRST)
+        self.assertRegex(ranges[1], rf"^bytes=\d+-{END}$")
+        self.assertLessEqual(int(ranges[1][6:].split("-")[0]), 777777)
 
     def test_image_changed_during_resume_comes_whole(self):
         new = mbr_image(3 * MiB, seed=99)
         url = self.fault.add("/changing.raw", Route(IMAGE, drops=[MiB], replace=new))
         run = self.deploy(manifest(url, checksum=digest("sha256", new)))
         self.assertDone(run)
-        self.assertIn("2 request(s), 1 restart(s) from byte 0", run.stderr)
+        # The resume carries If-Range; the server answers 200 with the new image, which is
+        # dropped: the download starts over with a first request, so that every connection can
+        # fetch the new image.
+        self.assertIn("3 request(s), 1 restart(s) from byte 0", run.stderr)
+        self.assertIn("a Range request was answered with the whole image (HTTP 200)", run.stderr)
         etag = '"%s"' % hashlib.sha1(IMAGE).hexdigest()
-        resume = [e for e in self.fault.log if e["path"] == "/changing.raw"][1]
-        self.assertEqual(resume["range"], f"bytes={MiB}-")
+        first, resume, again = [e for e in self.fault.log if e["path"] == "/changing.raw"]
+        self.assertEqual((first["range"], first["headers"].get("if-range")), (FIRST, None))
+        self.assertEqual(resume["range"], f"bytes={MiB}-{END}")
         self.assertEqual(resume["headers"].get("if-range"), etag)
+        self.assertEqual((again["range"], again["headers"].get("if-range")), (FIRST, None))
 
     def test_206_with_a_wrong_content_range_restarts_from_zero(self):
         # A resumed answer must start where we asked and describe the same image; otherwise its
-        # bytes cannot be stitched on, and the download starts over without Range.
-        for lie, detail in (("missing", "without a matching Content-Range"),
-                            ("start", "without a matching Content-Range"),
-                            ("total", "the image changed size"),
-                            ("overlong", "a 206 sent more than the bytes")):
+        # bytes cannot be stitched on, and the download starts over: without Range when the
+        # server's ranges are wrong, with a first request again when the image changed.
+        resume = f"bytes={MiB}-{END}"
+        for lie, detail, ranges in (
+                ("missing", "without a matching Content-Range", [FIRST, resume, None]),
+                ("start", "without a matching Content-Range", [FIRST, resume, None]),
+                ("total", f"its length went from {len(IMAGE)} to {len(IMAGE) + 4096} bytes",
+                 [FIRST, resume, FIRST]),
+                ("overlong", "a 206 sent more than the bytes", [FIRST, resume, None])):
             with self.subTest(lie):
                 path = f"/bad-range-{lie}.raw"
                 url = self.fault.add(path, Route(IMAGE, drops=[MiB], bad_range=lie))
                 run = self.deploy(manifest(url))
                 self.assertDone(run)
                 self.assertEqual(run.status["checksum"], SHA256)
-                self.assertEqual(self.fault.ranges(path), [None, f"bytes={MiB}-", None])
+                self.assertEqual(self.fault.ranges(path), ranges)
                 self.assertIn(detail, run.stderr)
                 self.assertIn("3 request(s), 1 restart(s) from byte 0", run.stderr)
 
@@ -322,7 +337,7 @@ class FetchTest(unittest.TestCase):
         self.assertEqual(run.status["checksum"], digest("sha1", IMAGE))
         # We keep asking from the last byte; the server answers 200 and we start over.
         self.assertEqual(self.fault.ranges("/norange.raw"),
-                         [None, "bytes=500000-", "bytes=2097152-"])
+                         [FIRST, "bytes=500000-", "bytes=2097152-"])
         self.assertIn("3 request(s), 2 restart(s) from byte 0", run.stderr)
 
     def test_stall_is_retried_with_range(self):
@@ -330,7 +345,7 @@ class FetchTest(unittest.TestCase):
         run = self.deploy(manifest(url), "--stall-timeout", "1")
         self.assertDone(run)
         self.assertLess(run.seconds, 10)
-        self.assertEqual(self.fault.ranges("/stall.raw"), [None, f"bytes={MiB}-"])
+        self.assertEqual(self.fault.ranges("/stall.raw"), [FIRST, f"bytes={MiB}-{END}"])
         self.assertIn("no data received for 1 s", run.stderr)
 
     def test_cancel_during_stall_stops_within_2s(self):
@@ -357,9 +372,13 @@ class FetchTest(unittest.TestCase):
     def test_content_length_longer_than_body_with_range(self):
         url = self.fault.add("/long.raw", Route(IMAGE, length_delta=1000))
         run = self.deploy(manifest(url))
-        # The short body is never complete; the resume asks past the real end: 416, final.
+        # A 206 whose Content-Length is not its Content-Range's is no range to trust: the download
+        # starts over without Range. That 200's body is never complete; the resume asks past the
+        # real end: 416, final.
         self.assertFailed(run, download_failed(url), "HTTP 416")
-        self.assertEqual(self.fault.ranges("/long.raw"), [None, f"bytes={len(IMAGE)}-"])
+        self.assertIn(f"a 206 for bytes 0-{END} with a Content-Length of {len(IMAGE) + 1000}",
+                      run.stderr)
+        self.assertEqual(self.fault.ranges("/long.raw"), [FIRST, None, f"bytes={len(IMAGE)}-"])
 
     def test_content_length_longer_than_body_without_range(self):
         url = self.fault.add("/long-norange.raw", Route(IMAGE, length_delta=1000, ranges=False))
@@ -381,25 +400,39 @@ class FetchTest(unittest.TestCase):
 
     def test_body_cut_short_every_time_fails(self):
         half = len(self.qcow2) // 2
-        for ranges in (True, False):
+        end = len(self.qcow2) - 1
+        self.assertTrue(4 * MiB < half < 8 * MiB < end, len(self.qcow2))
+        # With ranges: the first 4 MiB, then two pieces fetched at once (in either order); the
+        # piece with the cut is asked for again from the cut, 3 times.
+        for ranges, expected in (
+                (True, [FIRST, f"bytes={4 * MiB}-{8 * MiB - 1}", f"bytes={8 * MiB}-{end}"] +
+                 [f"bytes={half}-{8 * MiB - 1}"] * 3),
+                (False, [FIRST] + [f"bytes={half}-"] * 3)):
             with self.subTest(ranges=ranges):
                 path = f"/cut-every-{ranges}.qcow2"
                 url = self.fault.add(path, Route(self.qcow2, cut_every=half, ranges=ranges))
                 run = self.deploy(manifest(url, "qcow2", algo=None), "--download-attempts", "3")
                 self.assertFailed(run, download_failed(url), "gave up after 3 attempts")
                 self.assertIn("bytes remaining", run.status["detail"])
-                self.assertEqual(self.fault.ranges(path), [None] + [f"bytes={half}-"] * 3)
+                got = self.fault.ranges(path)
+                self.assertEqual(got[0], FIRST)
+                self.assertEqual(sorted(got, key=str), sorted(expected, key=str))
                 self.assertEqual(run.step("download")["status"], "error")
                 self.assertEqual(run.step("verify")["status"], "todo")
 
     def test_body_cut_once_is_resumed_and_verified(self):
         half = len(self.qcow2) // 2
+        end = len(self.qcow2) - 1
         url = self.fault.add("/cut-once.qcow2", Route(self.qcow2, drops=[half]))
         run = self.deploy(manifest(url, "qcow2", algo=None))
         self.assertDone(run)
         self.assertEqual(run.status["checksum"], digest("sha256", self.qcow2))
         self.assertEqual(run.step("download")["bytesDone"], len(self.qcow2))
-        self.assertEqual(self.fault.ranges("/cut-once.qcow2"), [None, f"bytes={half}-"])
+        got = self.fault.ranges("/cut-once.qcow2")
+        self.assertEqual(got[0], FIRST)
+        self.assertEqual(sorted(got[1:]), sorted([f"bytes={4 * MiB}-{8 * MiB - 1}",
+                                                  f"bytes={8 * MiB}-{end}",
+                                                  f"bytes={half}-{8 * MiB - 1}"]))
         self.assertTrue(run.step("verify")["comment"].startswith("qcow2, virtual size 8.0 MiB"))
 
     def test_resumed_206_cut_short_without_length_is_resumed(self):
@@ -412,7 +445,7 @@ class FetchTest(unittest.TestCase):
         self.assertEqual(run.status["checksum"], SHA256)
         self.assertEqual(run.step("download")["bytesDone"], len(IMAGE))
         self.assertEqual(self.fault.ranges("/unknown-total.raw"),
-                         [None, f"bytes={MiB}-", f"bytes={2 * MiB}-"])
+                         [FIRST, f"bytes={MiB}-{END}", f"bytes={2 * MiB}-{END}"])
         self.assertIn(f"the body ended at byte {2 * MiB}, before byte {len(IMAGE)} its answer "
                       "announced", run.stderr)
 
@@ -466,8 +499,8 @@ class FetchTest(unittest.TestCase):
         self.assertEqual(run.status["checksum"], SHA256)
         origin = requests_to(self.fault, "/cross.raw")
         elsewhere = requests_to(self.other, "/bucket/cross.raw")
-        self.assertEqual([e["range"] for e in origin], [None, f"bytes={MiB}-"])
-        self.assertEqual([e["range"] for e in elsewhere], [None, f"bytes={MiB}-"])
+        self.assertEqual([e["range"] for e in origin], [FIRST, f"bytes={MiB}-{END}"])
+        self.assertEqual([e["range"] for e in elsewhere], [FIRST, f"bytes={MiB}-{END}"])
         for e in origin:
             self.assertEqual(credentials(e), CREDENTIALS_SENT)
         for e in elsewhere:
@@ -555,7 +588,8 @@ class FetchTest(unittest.TestCase):
                 self.assertEqual(run.step("download")["bytesDone"], 0)
 
     def test_too_big_without_content_length_stops_at_budget(self):
-        url = self.fault.add("/big-nolength.raw", Route(IMAGE, no_length=True))
+        # No ranges either: a 206's Content-Range would tell the length.
+        url = self.fault.add("/big-nolength.raw", Route(IMAGE, no_length=True, ranges=False))
         run = self.deploy(manifest(url), "--memory-limit", "1M")
         self.assertFailed(run, "Could not download, raw image is too big to download in memory.",
                           "passed the memory budget")

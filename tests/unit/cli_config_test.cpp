@@ -162,12 +162,14 @@ TEST_F(DaemonConfigTest, DownloadOptionsComeFromEverySource) {
   EXPECT_EQ(defaults->job.stall_timeout, 60);
   EXPECT_EQ(defaults->job.retry_delay, 1);
   EXPECT_EQ(defaults->job.download_attempts, 10);
+  EXPECT_EQ(defaults->job.connections, 4);
 
   Write("ca.pem", "-----BEGIN CERTIFICATE-----\n");
   Write("byoi-agent.conf", "token = t\nca_bundle = " + (dir_ / "ca.pem").string() +
-                               "\nstall_timeout = 2.5\nretry_delay = 0\ndownload_attempts = 4\n");
+                               "\nstall_timeout = 2.5\nretry_delay = 0\ndownload_attempts = 4\n"
+                               "connections = 2\n");
   // A bare word on the kernel command line switches verification off.
-  Write("cmdline", "quiet byoi.insecure byoi.download_attempts=7\n");
+  Write("cmdline", "quiet byoi.insecure byoi.download_attempts=7 byoi.connections=8\n");
   flags_.stall_timeout = "9";
   Result<DaemonConfig> c = Load();
   ASSERT_TRUE(c.ok()) << c.status().ToString();
@@ -176,6 +178,11 @@ TEST_F(DaemonConfigTest, DownloadOptionsComeFromEverySource) {
   EXPECT_EQ(c->job.stall_timeout, 9);      // flag over file
   EXPECT_EQ(c->job.retry_delay, 0);        // file
   EXPECT_EQ(c->job.download_attempts, 7);  // kernel command line over file
+  EXPECT_EQ(c->job.connections, 8);        // kernel command line over file
+  flags_.connections = "1";
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->job.connections, 1);  // flag over kernel command line
+  flags_.connections.reset();
 
   Write("cmdline", "byoi.insecure=false\n");
   ASSERT_TRUE(Load().ok());
@@ -213,6 +220,9 @@ TEST_F(DaemonConfigTest, BadValuesNameTheKeyAndItsSource) {
       {"token = t\nretry_delay = -1\n", "between 0 and 300"},
       {"token = t\ndownload_attempts = 2.5\n", "whole number between 1 and 1000"},
       {"token = t\ndownload_attempts = 0\n", "whole number between 1 and 1000"},
+      {"token = t\nconnections = 0\n", "whole number between 1 and 16"},
+      {"token = t\nconnections = 17\n", "whole number between 1 and 16"},
+      {"token = t\nconnections = four\n", "whole number between 1 and 16"},
       {"token = t\nbackend_url = ftp://x\n", "must start with http:// or https://"},
       {"token = t s\n", "must be printable ASCII"},
       {"token = t\ntls_cert = /c.pem\n", "tls_cert and tls_key must be given together"},

@@ -1,0 +1,124 @@
+#include "agent/fetch/piece_store.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#include "agent/base/units.hpp"
+
+namespace byoi {
+
+namespace {
+
+// The prefix goes to the hasher (and a sink) 1 MiB at a time: a hand-over to the hasher's thread
+// costs more than hashing a few KiB (hasher.hpp), and a sink writes large blocks best.
+constexpr uint64_t kBatch = 1 << 20;
+
+}  // namespace
+
+RamStore::RamStore(ImageBuffer& image, StreamHasher& hasher)
+    : image_(image),
+      hasher_(hasher),
+      blocks_(kBlocks, std::vector<uint8_t>(kBlock)),
+      tickets_(kBlocks, 0) {}
+
+Status RamStore::Write(uint64_t offset, std::span<const uint8_t> bytes) {
+  // Only the first unfinished piece writes right after the gathered bytes: every other piece
+  // starts past the prefix.
+  while (!bytes.empty() && offset == hashed_ + fill_) {
+    const size_t n = std::min(bytes.size(), kBlock - fill_);
+    std::memcpy(blocks_[current_].data() + fill_, bytes.data(), n);
+    fill_ += n;
+    offset += n;
+    bytes = bytes.subspan(n);
+    if (fill_ == kBlock) BYOI_RETURN_IF_ERROR(StoreBlock());
+  }
+  return bytes.empty() ? Status::Ok() : image_.WriteAt(offset, bytes);
+}
+
+Status RamStore::StoreBlock() {
+  std::span<const uint8_t> block(blocks_[current_].data(), fill_);
+  tickets_[current_] = hasher_.Update(block);
+  Status s = image_.WriteAt(hashed_, block);
+  hashed_ += fill_;
+  fill_ = 0;
+  current_ = (current_ + 1) % kBlocks;
+  hasher_.WaitFor(tickets_[current_]);  // the block filled next is hashed
+  return s;
+}
+
+Status RamStore::Advance(uint64_t prefix, std::optional<uint64_t>, bool flush) {
+  if (prefix > hashed_ + fill_) {
+    // Pieces written at their offsets joined the prefix: the gathered bytes come before them.
+    if (fill_ > 0) BYOI_RETURN_IF_ERROR(StoreBlock());
+    if (flush || prefix - hashed_ >= kBatch) {
+      // The mapping stays valid and these bytes unchanged until StartOver, which waits for the
+      // hasher first: no ticket to wait for here.
+      (void)hasher_.Update({image_.data() + hashed_, static_cast<size_t>(prefix - hashed_)});
+      hashed_ = prefix;
+    }
+  }
+  if (flush && fill_ > 0) BYOI_RETURN_IF_ERROR(StoreBlock());
+  return Status::Ok();
+}
+
+void RamStore::StartOver() {
+  hasher_.Reset();
+  image_.Truncate(0);
+  fill_ = 0;
+  hashed_ = 0;
+}
+
+Result<std::unique_ptr<RingStore>> RingStore::Create(uint64_t window, ByteSink& sink,
+                                                     StreamHasher& hasher) {
+  // Not value-initialised: the kernel commits the ring's pages as they are first written.
+  std::unique_ptr<uint8_t[]> ring(new (std::nothrow) uint8_t[window]);
+  if (!ring) {
+    return Status::Error(Code::kIo,
+                         "allocating the download window of " + HumanBytes(window) + " in RAM");
+  }
+  return std::unique_ptr<RingStore>(new RingStore(window, std::move(ring), sink, hasher));
+}
+
+Status RingStore::Write(uint64_t offset, std::span<const uint8_t> bytes) {
+  while (!bytes.empty()) {
+    const uint64_t at = offset % window_;
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(bytes.size(), window_ - at));
+    std::memcpy(ring_.get() + at, bytes.data(), n);
+    offset += n;
+    bytes = bytes.subspan(n);
+  }
+  return Status::Ok();
+}
+
+Status RingStore::Advance(uint64_t prefix, std::optional<uint64_t> total, bool flush) {
+  if (failed_) return Status::Ok();
+  auto due = [&] { return prefix - taken_ >= kBatch || (flush && prefix > taken_); };
+  if (!started_ && (flush || due())) {
+    started_ = true;
+    if (Status s = sink_.Start(total); !s.ok()) {
+      failed_ = true;
+      return s;
+    }
+  }
+  while (due()) {
+    const uint64_t at = taken_ % window_;
+    const uint64_t n = std::min({prefix - taken_, kBatch, window_ - at});
+    // The hasher reads the block on its thread while the sink takes it here; the block's room
+    // is reused only once both are done.
+    std::span<const uint8_t> block(ring_.get() + at, static_cast<size_t>(n));
+    uint64_t ticket = hasher_.Update(block);
+    Status s = sink_.Write(block);
+    hasher_.WaitFor(ticket);
+    if (!s.ok()) {
+      failed_ = true;
+      return s;
+    }
+    taken_ += n;
+  }
+  return Status::Ok();
+}
+
+void RingStore::StartOver() { hasher_.Reset(); }
+
+}  // namespace byoi
