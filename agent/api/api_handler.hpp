@@ -4,7 +4,7 @@
 //
 //   POST /v1/bringYourOwnImage    202 + status | 400 {"message"} | 409 {"message"} (job doing)
 //   GET /v1/bringYourOwnImage     200 + status | 404 {"message"} (no job)
-//   DELETE /v1/bringYourOwnImage  cancels a doing job and clears it (design.md §7): 204 once it
+//   DELETE /v1/bringYourOwnImage  cancels a doing job and clears it (docs/api.md): 204 once it
 //                                 stopped (within 2 s) and was cleared; 202 + status (doing)
 //                                 while it is still stopping; a finished job is cleared, 204
 //   GET, HEAD /healthz            200 "ok" (the only route without a token); HEAD without the body

@@ -85,7 +85,7 @@ class JobControl {
   // already ended (its thread is finishing) is not cancelled: kNotRunning once its thread is done.
   CancelOutcome Cancel(std::chrono::milliseconds wait = std::chrono::seconds(2));
 
-  // DELETE (design.md §7: cancel, then clear the state): Cancel(), and the job is forgotten once
+  // DELETE (docs/api.md: cancel, then clear the state): Cancel(), and the job is forgotten once
   // its runner has returned, right after its final status was published, so listeners see the
   // final status and then a null one (the state file is removed). A job that is not doing is
   // forgotten at once.

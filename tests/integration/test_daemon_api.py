@@ -683,7 +683,7 @@ class JobTest(unittest.TestCase):
 
     def cancel_within_2_s(self, d):
         """DELETE a running job: 204 once it stopped, within 2 s; the job is cleared at once, from
-        the API and the state file (design.md §7)."""
+        the API and the state file (docs/api.md)."""
         start = time.monotonic()
         code, _, body = d.request("DELETE", "/v1/bringYourOwnImage")
         elapsed = time.monotonic() - start
@@ -804,7 +804,7 @@ class JobTest(unittest.TestCase):
         code, _, body = d.request("DELETE", "/v1/bringYourOwnImage")
         elapsed = time.monotonic() - start
         self.assertEqual(code, 202, body)
-        self.assertGreater(elapsed, 1.9)  # it waited the 2 s of design.md §7 first
+        self.assertGreater(elapsed, 1.9)  # it waited the 2 s of docs/api.md first
         status = json.loads(body)
         self.assertEqual((status["status"], h.step(status, "write")["status"]), ("doing", "doing"))
         # Until it stops, GET shows it doing (the runner may stop any moment: then it is cleared).

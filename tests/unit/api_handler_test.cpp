@@ -233,7 +233,7 @@ TEST_F(ApiHandlerTest, PostStartsAJobGetShowsItSecondPostIs409) {
   EXPECT_EQ(Send(http::verb::post, "/v1/bringYourOwnImage", kManifest).result_int(), 202);
 }
 
-// design.md §7: DELETE cancels the job and clears the state; the next GET is 404.
+// docs/api.md: DELETE cancels the job and clears the state; the next GET is 404.
 TEST_F(ApiHandlerTest, DeleteCancelsWithin2SecondsAndClears) {
   ASSERT_EQ(Send(http::verb::post, "/v1/bringYourOwnImage", kManifest).result_int(), 202);
   auto start = std::chrono::steady_clock::now();

@@ -604,7 +604,7 @@ TEST(ApiOverHttpTest, SecondPostIs409AndDeleteCancelsWithin2Seconds) {
       "DELETE /v1/bringYourOwnImage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n\r\n");
   EXPECT_EQ(del.rfind("HTTP/1.1 204 ", 0), 0u) << del;
   EXPECT_LT(Clock::now() - start, 2s);
-  // DELETE cleared the job (design.md §7).
+  // DELETE cleared the job (docs/api.md).
   std::string get = exchange(Get("/v1/bringYourOwnImage", "Authorization: Bearer tok\r\n"));
   EXPECT_EQ(get.rfind("HTTP/1.1 404 ", 0), 0u) << get;
   EXPECT_NE(get.find(R"({"message":"No deployment."})"), std::string::npos) << get;

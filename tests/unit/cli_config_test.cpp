@@ -257,7 +257,7 @@ TEST_F(DaemonConfigTest, ATokenShorterThan16CharactersIsRefusedNamingTheMinimum)
   EXPECT_EQ(Load()->token, "0123456789abcdef");
 }
 
-// A token file keeps the token out of /proc/PID/cmdline (design.md §6: every option is also a
+// A token file keeps the token out of /proc/PID/cmdline (docs/cli.md: every option is also a
 // config key and a kernel command line word).
 class TokenFileTest : public DaemonConfigTest {
  protected:

@@ -206,7 +206,7 @@ TEST(JobControlTest, ClearForgetsAFinishedJobButNotARunningOne) {
   EXPECT_EQ(cleared.size(), 1u);
 }
 
-// DELETE (design.md §7): the job is cancelled, its final status published, then it is forgotten
+// DELETE (docs/api.md): the job is cancelled, its final status published, then it is forgotten
 // (listeners see a null status: the state file goes), all before Discard() returns.
 TEST(JobControlTest, DiscardCancelsThenForgetsTheJobBeforeReturning) {
   std::atomic<bool> release{false};
