@@ -737,29 +737,37 @@ class JobTest(unittest.TestCase):
         d.stop()
         self.assert_no_deployment(self.start())
 
-    @unittest.skipUnless(h.WriteThrottle.available(), "no cgroup v1 blkio throttle here")
-    def test_delete_during_write_cancels_within_2_s_and_zeroes_the_first_and_last_mib(self):
+    def start_writing(self, image_mib, bytes_per_second):
+        """A daemon writing a raw image of `image_mib` MiB (random bytes: every chunk is really
+        written, none zeroed) to a loop device over a file of random bytes, its writes throttled to
+        `bytes_per_second` (a real slow disk); returns (daemon, loop device, disk file) once 4 MiB
+        are written."""
         image = os.path.join(self.workdir, "image.raw")
-        h.make_gpt_image(image, size=128 << 20)
-        with open(image, "r+b") as f:  # random bytes: every chunk is really written, none zeroed
+        h.make_gpt_image(image, size=image_mib << 20)
+        with open(image, "r+b") as f:
             f.seek(2 << 20)
-            f.write(os.urandom(124 << 20))
+            f.write(os.urandom((image_mib - 4) << 20))
         with open(image, "rb") as f:
             self.images.httpd.files["/image.raw"] = f.read()
         disk_file = os.path.join(self.workdir, "loopdisk.img")
         with open(disk_file, "wb") as f:
-            f.write(os.urandom(192 << 20))
+            f.write(os.urandom((image_mib + 64) << 20))
         loop = h.attach_loop(disk_file)
         self.addCleanup(h.detach_loop, loop)
         d = self.start(disk=loop)
-        # 32 MB/s, a slow disk: the write takes ~4 s, and the writes in flight when the job is
-        # cancelled (4 threads x 4 MiB) finish within 0.5 s.
-        throttle = h.WriteThrottle(loop, d.proc.pid, 32 << 20)
+        throttle = h.WriteThrottle(loop, d.proc.pid, bytes_per_second)
         self.addCleanup(throttle.remove)
         manifest = {"URL": self.images.url("/image.raw"), "type": "raw"}
         self.assertEqual(d.request("POST", "/v1/bringYourOwnImage", manifest)[0], 202)
         d.wait_status(lambda s: s["status"] != "doing" or
                       h.step(s, "write")["bytesDone"] >= (4 << 20), timeout=60)
+        return d, loop, disk_file
+
+    @unittest.skipUnless(h.WriteThrottle.available(), "no cgroup v1 blkio throttle here")
+    def test_delete_during_write_cancels_within_2_s_and_zeroes_the_first_and_last_mib(self):
+        # 32 MB/s, a slow disk: the write takes ~4 s, and the writes in flight when the job is
+        # cancelled (4 threads x 4 MiB) finish within 0.5 s.
+        d, loop, disk_file = self.start_writing(128, 32 << 20)
         self.cancel_within_2_s(d)
         self.assert_cancelled_once(d)
         console = d.read_console()
@@ -779,27 +787,9 @@ class JobTest(unittest.TestCase):
 
     @unittest.skipUnless(h.WriteThrottle.available(), "no cgroup v1 blkio throttle here")
     def test_delete_answered_202_while_stopping_then_the_job_is_cleared_when_it_stops(self):
-        image = os.path.join(self.workdir, "image.raw")
-        h.make_gpt_image(image, size=64 << 20)
-        with open(image, "r+b") as f:
-            f.seek(2 << 20)
-            f.write(os.urandom(60 << 20))
-        with open(image, "rb") as f:
-            self.images.httpd.files["/image.raw"] = f.read()
-        disk_file = os.path.join(self.workdir, "loopdisk.img")
-        with open(disk_file, "wb") as f:
-            f.write(os.urandom(96 << 20))
-        loop = h.attach_loop(disk_file)
-        self.addCleanup(h.detach_loop, loop)
-        d = self.start(disk=loop)
         # 4 MiB/s: the writes in flight when the job is cancelled (4 threads x 4 MiB) take ~4 s,
         # longer than DELETE waits.
-        throttle = h.WriteThrottle(loop, d.proc.pid, 4 << 20)
-        self.addCleanup(throttle.remove)
-        manifest = {"URL": self.images.url("/image.raw"), "type": "raw"}
-        self.assertEqual(d.request("POST", "/v1/bringYourOwnImage", manifest)[0], 202)
-        d.wait_status(lambda s: s["status"] != "doing" or
-                      h.step(s, "write")["bytesDone"] >= (4 << 20), timeout=60)
+        d, loop, disk_file = self.start_writing(64, 4 << 20)
         start = time.monotonic()
         code, _, body = d.request("DELETE", "/v1/bringYourOwnImage")
         elapsed = time.monotonic() - start

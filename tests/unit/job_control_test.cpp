@@ -79,6 +79,17 @@ class EventLog {
   std::vector<std::string> seen_;
 };
 
+// A runner stuck in a write that ignores the token (a bug) until `release` is set, then fails.
+struct StuckRunner {
+  std::atomic<bool>* release;
+  Status operator()(const Manifest&, const RunOptions&, StatusBoard& board,
+                    const CancelToken&) const {
+    board.BeginStep(Step::kWrite, "writing image");
+    while (!release->load()) std::this_thread::sleep_for(5ms);
+    return Status::Error(Code::kIo, "disk gone", "Can't write raw on disk.");
+  }
+};
+
 JobStatus WaitUntilEnded(JobControl& jobs) {
   for (int i = 0; i < 500 && jobs.busy(); ++i) std::this_thread::sleep_for(10ms);
   EXPECT_FALSE(jobs.busy());
@@ -147,13 +158,7 @@ TEST(JobControlTest, CancelStopsTheJobWithin2SecondsWithTheCatalogueMessage) {
 
 TEST(JobControlTest, CancelOfARunnerThatDoesNotStopReportsStopping) {
   std::atomic<bool> release{false};
-  JobControl jobs(
-      [&](const Manifest&, const RunOptions&, StatusBoard& board, const CancelToken&) {
-        board.BeginStep(Step::kWrite, "writing image");
-        while (!release) std::this_thread::sleep_for(5ms);  // ignores the token: a bug
-        return Status::Error(Code::kIo, "disk gone", "Can't write raw on disk.");
-      },
-      {});
+  JobControl jobs(StuckRunner{&release}, {});
   ASSERT_TRUE(jobs.Submit(TestManifest()).ok());
   EXPECT_EQ(jobs.Cancel(100ms), JobControl::CancelOutcome::kStopping);
   EXPECT_TRUE(jobs.busy());
@@ -234,13 +239,7 @@ TEST(JobControlTest, DiscardCancelsThenForgetsTheJobBeforeReturning) {
 // one) until the runner returns, and is forgotten then.
 TEST(JobControlTest, DiscardOfARunnerThatDoesNotStopForgetsItWhenItDoes) {
   std::atomic<bool> release{false};
-  JobControl jobs(
-      [&](const Manifest&, const RunOptions&, StatusBoard& board, const CancelToken&) {
-        board.BeginStep(Step::kWrite, "writing image");
-        while (!release) std::this_thread::sleep_for(5ms);  // ignores the token: a bug
-        return Status::Error(Code::kIo, "disk gone", "Can't write raw on disk.");
-      },
-      {});
+  JobControl jobs(StuckRunner{&release}, {});
   EventLog events;
   events.Attach(jobs);
   ASSERT_TRUE(jobs.Submit(TestManifest()).ok());
