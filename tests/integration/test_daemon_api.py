@@ -30,6 +30,14 @@ BAD_MANIFESTS = [
 ]
 
 
+def write_token_file(workdir, text, mode):
+    path = os.path.join(workdir, "token")
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    return path
+
+
 class ApiTest(unittest.TestCase):
     """One daemon for the stateless checks."""
 
@@ -319,10 +327,7 @@ class ConfigPrecedenceTest(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertEqual(r.stderr, "byoi-agent daemon: token (from command line): the token must be "
                                    "at least 16 characters long (it has 12)\n")
-        token_file = os.path.join(workdir, "token")
-        with open(token_file, "w") as f:
-            f.write("short-secret\n")
-        os.chmod(token_file, 0o600)
+        token_file = write_token_file(workdir, "short-secret\n", 0o600)
         r = subprocess.run([h.AGENT, "daemon", "--config", "/dev/null", "--listen", "127.0.0.1:0",
                             "--token-file", token_file], capture_output=True, text=True, env=env,
                            timeout=10)
@@ -335,10 +340,7 @@ class ConfigPrecedenceTest(unittest.TestCase):
 class TokenFileTest(unittest.TestCase):
     def test_the_token_from_a_file_is_not_on_the_command_line(self):
         workdir = h.new_workdir(self)
-        token_file = os.path.join(workdir, "token")
-        with open(token_file, "w") as f:
-            f.write(h.TOKEN + "\n")
-        os.chmod(token_file, 0o600)
+        token_file = write_token_file(workdir, h.TOKEN + "\n", 0o600)
         d = h.Daemon(workdir, token_file=token_file)
         try:
             self.assertEqual(d.request("GET", "/v1/bringYourOwnImage")[0], 404)
@@ -353,10 +355,7 @@ class TokenFileTest(unittest.TestCase):
 
     def test_a_file_others_can_read_and_both_options_are_refused(self):
         workdir = h.new_workdir(self)
-        token_file = os.path.join(workdir, "token")
-        with open(token_file, "w") as f:
-            f.write(h.TOKEN + "\n")
-        os.chmod(token_file, 0o644)
+        token_file = write_token_file(workdir, h.TOKEN + "\n", 0o644)
         env = dict(os.environ, BYOI_KERNEL_CMDLINE="/dev/null")
         base = [h.AGENT, "daemon", "--config", "/dev/null", "--listen", "127.0.0.1:0"]
         r = subprocess.run(base + ["--token-file", token_file], capture_output=True, text=True,
