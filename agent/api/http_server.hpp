@@ -55,8 +55,9 @@ Result<ListenAddress> ParseListenAddress(std::string_view text);
 
 struct HttpServerOptions {
   ListenAddress listen;
-  std::string tls_cert, tls_key;  // PEM files; TLS (1.2 or later) when both are set
-  size_t max_connections = 64;
+  // PEM files; TLS when both are set: 1.3, or 1.2 with ECDHE and AES-GCM or ChaCha20-Poly1305.
+  std::string tls_cert, tls_key;
+  size_t max_connections = 64;  // open at once (the daemon fits it to its descriptor limit)
   size_t max_connections_per_address = 16;  // per IPv4 address or IPv6 /64
   size_t header_limit = 16 * 1024;
   size_t body_limit = kMaxManifestBytes;
