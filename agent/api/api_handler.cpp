@@ -1,5 +1,6 @@
 #include "agent/api/api_handler.hpp"
 
+#include <fmt/format.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 #include <spdlog/spdlog.h>
@@ -19,6 +20,19 @@ namespace json = boost::json;
 namespace {
 
 constexpr std::string_view kDeploymentPath = "/v1/bringYourOwnImage";
+// At most one line about failed logins per this period: an attacker can retry at will.
+constexpr auto kUnauthorizedLogPeriod = std::chrono::seconds(10);
+
+std::string_view PathOf(const HttpRequest& request) {
+  std::string_view target = request.target();
+  return target.substr(0, target.find('?'));
+}
+
+// What a log line may show of a request's path: never the query string, at most 200 bytes.
+std::string_view LoggedPath(const HttpRequest& request) {
+  std::string_view path = PathOf(request);
+  return path.substr(0, std::min<size_t>(path.size(), 200));
+}
 
 HttpResponse Respond(unsigned status, std::string body, std::string_view content_type,
                      unsigned version) {
@@ -61,26 +75,54 @@ HttpResponse JsonError(unsigned status, std::string_view message, unsigned versi
 }
 
 ApiHandler::ApiHandler(JobControl& jobs, Metrics& metrics, DisksFn disks, std::string token)
-    : jobs_(jobs), metrics_(metrics), disks_(std::move(disks)), token_(std::move(token)) {}
+    : jobs_(jobs),
+      metrics_(metrics),
+      disks_(std::move(disks)),
+      token_(std::move(token)),
+      unauthorized_log_(kUnauthorizedLogPeriod) {}
 
 HttpResponse ApiHandler::Handle(const HttpRequest& request) const {
   HttpResponse res = Route(request);
   res.keep_alive(request.keep_alive());
   res.prepare_payload();
+  // RFC 9110 §9.3.2: the answer to HEAD is the GET's header, Content-Length included, without the
+  // content.
+  if (request.method() == http::verb::head) res.body().clear();
   metrics_.CountRequest(res.result_int());
   // Method, path and code only: headers (the token, image credentials), query strings and bodies
   // are never logged.
-  std::string_view target = request.target();
-  spdlog::debug("http: {} {} -> {}", std::string_view(request.method_string()),
-                target.substr(0, std::min<size_t>(target.find('?'), 200)), res.result_int());
+  spdlog::debug("http: {} {} -> {}", std::string_view(request.method_string()), LoggedPath(request),
+                res.result_int());
   return res;
 }
 
-std::optional<HttpResponse> ApiHandler::Unauthorized(const HttpRequest& request) const {
-  std::string_view target = request.target();
-  if (target.substr(0, target.find('?')) == "/healthz") return std::nullopt;
+HeaderVerdict ApiHandler::CheckHeader(const HttpRequest& header, std::string_view peer) const {
+  auto auth = header.find(http::field::authorization);
+  if (auth != header.end() && BearerTokenMatches(auth->value(), token_))
+    return {std::nullopt, true};
+  if (PathOf(header) == "/healthz") return {std::nullopt, false};
+  return {Refuse(header, peer, auth != header.end()), false};
+}
+
+std::optional<HttpResponse> ApiHandler::Unauthorized(const HttpRequest& request,
+                                                     std::string_view peer) const {
+  if (PathOf(request) == "/healthz") return std::nullopt;
   auto auth = request.find(http::field::authorization);
   if (auth != request.end() && BearerTokenMatches(auth->value(), token_)) return std::nullopt;
+  return Refuse(request, peer, auth != request.end());
+}
+
+HttpResponse ApiHandler::Refuse(const HttpRequest& request, std::string_view peer,
+                                bool gave_token) const {
+  metrics_.CountUnauthorized();
+  if (uint64_t n = unauthorized_log_.Record()) {
+    // The address, method and path only: never what the client gave as a token.
+    spdlog::warn("api: unauthorized request from {}: {} {} ({}){}",
+                 peer.empty() ? "an unknown address" : peer,
+                 std::string_view(request.method_string()), LoggedPath(request),
+                 gave_token ? "wrong token" : "no token",
+                 n > 1 ? fmt::format("; {} more since the last such line", n - 1) : "");
+  }
   HttpResponse res = Respond(401, "", "text/plain", request.version());
   res.set(http::field::www_authenticate, "Bearer");
   return res;
@@ -88,11 +130,12 @@ std::optional<HttpResponse> ApiHandler::Unauthorized(const HttpRequest& request)
 
 HttpResponse ApiHandler::Route(const HttpRequest& request) const {
   const unsigned v = request.version();
-  std::string_view target = request.target();
-  std::string_view path = target.substr(0, target.find('?'));
+  std::string_view path = PathOf(request);
 
   if (path == "/healthz") {
-    if (request.method() != http::verb::get) return MethodNotAllowed("GET", v);
+    if (request.method() != http::verb::get && request.method() != http::verb::head) {
+      return MethodNotAllowed("GET, HEAD", v);
+    }
     return Respond(200, "ok\n", "text/plain", v);
   }
 
@@ -139,21 +182,19 @@ HttpResponse ApiHandler::Deployment(const HttpRequest& request) const {
       return res;
     }
     case http::verb::delete_: {
-      switch (jobs_.Cancel()) {
+      switch (jobs_.Discard()) {
         case JobControl::CancelOutcome::kStopped:
           spdlog::info("deployment cancelled over the API");
           return Respond(204, "", "", v);
         case JobControl::CancelOutcome::kStopping: {
-          spdlog::warn("deployment cancelled over the API; it has not stopped yet");
           std::optional<JobRecord> job = jobs_.Snapshot();
-          return JsonResponse(202, job ? json::value(StatusToJson(job->status)) : json::value(), v);
+          if (!job) return Respond(204, "", "", v);  // it stopped (and was cleared) just now
+          spdlog::warn(
+              "deployment cancelled over the API; it has not stopped yet and is cleared when it "
+              "does");
+          return JsonResponse(202, StatusToJson(job->status), v);
         }
         case JobControl::CancelOutcome::kNotRunning:
-          // A job that is not running (done, error, cancelled) is forgotten. Clear can only fail
-          // if a new job started in between; that job is left alone.
-          if (Status s = jobs_.Clear(); !s.ok()) {
-            return JsonError(409, "A deployment is already in progress.", v);
-          }
           return Respond(204, "", "", v);
       }
       return JsonError(500, "Internal error.", v);

@@ -4,14 +4,22 @@
 //
 //   POST /v1/bringYourOwnImage    202 + status | 400 {"message"} | 409 {"message"} (job doing)
 //   GET /v1/bringYourOwnImage     200 + status | 404 {"message"} (no job)
-//   DELETE /v1/bringYourOwnImage  a doing job: cancel it, 204 once it stopped (within 2 s), or
-//                                 202 + status while it is still stopping; else forget it, 204
+//   DELETE /v1/bringYourOwnImage  cancels a doing job and clears it (docs/api.md): 204 once it
+//                                 stopped (within 2 s) and was cleared; 202 + status (doing)
+//                                 while it is still stopping; a finished job is cleared, 204
+//   GET, HEAD /healthz            200 "ok" (the only route without a token); HEAD without the body
 //   GET /v1/disks                 200 + inventory
-//   GET /healthz                  200 "ok" (the only route without a token)
 //   GET /metrics                  200 Prometheus text
+// After a DELETE answered 204, GET answers 404 and the state file is gone. After a 202, GET
+// answers the job's status (still doing) until the runner returns, and 404 from then on: the job
+// is cleared the moment it stops, so a restart never brings it back either. A POST meanwhile is
+// 409, as for any doing job.
+//
 // Every other route needs `Authorization: Bearer <token>`: 401 with an empty body otherwise (before
-// any routing, so an unauthenticated client learns nothing). Unknown paths 404, wrong methods 405
-// with an Allow header; both with a JSON {"message"} body.
+// any routing, so an unauthenticated client learns nothing). Each refusal is counted
+// (byoi_api_unauthorized_total) and logged with the client's address, never with the token it
+// gave, at most one line per 10 s. Unknown paths 404, wrong methods 405 with an Allow header; both
+// with a JSON {"message"} body. A response to HEAD never has a body.
 #pragma once
 
 #include <boost/beast/http/message.hpp>
@@ -22,6 +30,7 @@
 #include <string>
 #include <string_view>
 
+#include "agent/api/log_throttle.hpp"
 #include "agent/api/metrics.hpp"
 #include "agent/base/status.hpp"
 #include "agent/job/job_control.hpp"
@@ -34,6 +43,14 @@ using HttpResponse = boost::beast::http::response<boost::beast::http::string_bod
 // Produces the disk inventory for GET /v1/disks (the seam to agent/disk/).
 using DisksFn = std::function<Result<boost::json::value>()>;
 
+// What the server learns from a request's header before it reads the body (HeaderCheck).
+struct HeaderVerdict {
+  // When set: the answer, sent at once; the connection is then closed.
+  std::optional<HttpResponse> refusal;
+  // The request carried the right token. Its connection is never closed to make room for others.
+  bool authenticated = false;
+};
+
 class ApiHandler {
  public:
   // Borrows `jobs` and `metrics`, which must outlive the handler. `token` must not be empty.
@@ -43,9 +60,14 @@ class ApiHandler {
   HttpResponse Handle(const HttpRequest& request) const;
 
   // The 401 for a request (its header is enough) that needs a token and lacks the right one;
-  // nullopt when the request may go on. Thread-safe; the HTTP server calls it before reading a
-  // body (HeaderCheck).
-  std::optional<HttpResponse> Unauthorized(const HttpRequest& request) const;
+  // nullopt when the request may go on. A refusal is counted and logged (rate-limited) with
+  // `peer`, the client's address ("" when unknown). Thread-safe.
+  std::optional<HttpResponse> Unauthorized(const HttpRequest& request,
+                                           std::string_view peer = {}) const;
+
+  // Unauthorized() and whether the token was right, for the HTTP server to call before it reads a
+  // body (HeaderCheck). Thread-safe.
+  HeaderVerdict CheckHeader(const HttpRequest& header, std::string_view peer) const;
 
   // Called on a handler thread whenever GET /v1/bringYourOwnImage answers with a status that is
   // no longer doing (FinalStatusGate). REQUIRES: set before the server starts.
@@ -53,6 +75,8 @@ class ApiHandler {
 
  private:
   HttpResponse Route(const HttpRequest& request) const;
+  // The 401, counted and logged.
+  HttpResponse Refuse(const HttpRequest& request, std::string_view peer, bool gave_token) const;
   HttpResponse Deployment(const HttpRequest& request) const;
 
   JobControl& jobs_;
@@ -60,6 +84,7 @@ class ApiHandler {
   DisksFn disks_;
   std::string token_;
   std::function<void()> final_served_;
+  mutable LogThrottle unauthorized_log_;
 };
 
 // True when `authorization` is "Bearer <token>" (scheme case-insensitive). Compares in constant

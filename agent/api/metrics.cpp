@@ -48,6 +48,11 @@ void Metrics::CountRequest(unsigned status_code) {
   ++requests_[status_code];
 }
 
+void Metrics::CountUnauthorized() {
+  std::lock_guard lock(mu_);
+  ++unauthorized_;
+}
+
 std::string Metrics::Render() const {
   std::lock_guard lock(mu_);
   std::string out;
@@ -75,6 +80,9 @@ std::string Metrics::Render() const {
   for (const auto& [code, n] : requests_) {
     out += fmt::format("byoi_http_requests_total{{code=\"{}\"}} {}\n", code, n);
   }
+  header("byoi_api_unauthorized_total", "counter",
+         "API requests refused for a missing or wrong token.");
+  out += fmt::format("byoi_api_unauthorized_total {}\n", unauthorized_);
   return out;
 }
 

@@ -1,6 +1,7 @@
 // Metrics for GET /metrics (docs/api.md), in the Prometheus text exposition format 0.0.4:
 // bytes downloaded and written, step durations of the current (or last) job, job outcomes, and the
-// API's own request count. Fed by the JobControl listener and the HTTP handler; thread-safe.
+// API's own request count and failed logins. Fed by the JobControl listener and the HTTP handler;
+// thread-safe.
 #pragma once
 
 #include <array>
@@ -19,6 +20,8 @@ class Metrics {
   void OnEvent(const JobEvent& event);
   // Counts one answered HTTP request.
   void CountRequest(unsigned status_code);
+  // Counts one request refused for a missing or wrong token (byoi_api_unauthorized_total).
+  void CountUnauthorized();
 
   // The whole exposition, "# HELP" and "# TYPE" lines included, ending with a newline.
   std::string Render() const;
@@ -35,6 +38,7 @@ class Metrics {
   std::array<double, 7> step_seconds_{};  // indexed by Step
   std::map<std::string, uint64_t> outcomes_{{"done", 0}, {"error", 0}, {"cancelled", 0}};
   std::map<unsigned, uint64_t> requests_;
+  uint64_t unauthorized_ = 0;
 };
 
 }  // namespace byoi

@@ -27,9 +27,9 @@ struct DaemonArgs {
   std::string config;  // --config FILE
   // Every other daemon option, as given on the command line; unset ones come from the kernel
   // command line (byoi.<name>=) and then the config file.
-  std::optional<std::string> listen, token, tls_cert, tls_key, backend_url, agent_id, disk, efivars,
-      state_file, reboot, memory_limit, efi_boot_order, log_level, ca_bundle, insecure,
-      stall_timeout, retry_delay, download_attempts, connections;
+  std::optional<std::string> listen, token, token_file, tls_cert, tls_key, backend_url, agent_id,
+      disk, efivars, state_file, reboot, memory_limit, efi_boot_order, log_level, ca_bundle,
+      insecure, stall_timeout, retry_delay, download_attempts, connections;
 };
 
 struct ConvertArgs {

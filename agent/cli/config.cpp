@@ -1,6 +1,7 @@
 #include "agent/cli/config.hpp"
 
 #include <fmt/format.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <charconv>
@@ -26,6 +27,7 @@ struct Key {
 constexpr Key kKeys[] = {
     {"listen", &DaemonArgs::listen},
     {"token", &DaemonArgs::token},
+    {"token_file", &DaemonArgs::token_file},
     {"tls_cert", &DaemonArgs::tls_cert},
     {"tls_key", &DaemonArgs::tls_key},
     {"backend_url", &DaemonArgs::backend_url},
@@ -79,6 +81,30 @@ std::optional<double> ParseSeconds(const std::string& v, double min, double max)
 
 bool OneOf(const std::string& value, std::initializer_list<std::string_view> allowed) {
   return std::find(allowed.begin(), allowed.end(), value) != allowed.end();
+}
+
+// The token in `path`: the file's one line without its line ending. Refused when the file is
+// accessible to group or others (like ssh with a private key: a token others can read is no
+// secret), empty, or more than a line. The token is never part of an error.
+Result<std::string> ReadTokenFile(const std::string& path) {
+  if (path.empty()) return Status::Error(Code::kInvalid, "must name a file");
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return Status::FromErrno("reading " + path, errno);
+  if (!S_ISREG(st.st_mode)) return Status::Error(Code::kInvalid, path + " is not a regular file");
+  if ((st.st_mode & 077) != 0) {
+    return Status::Error(Code::kInvalid,
+                         fmt::format("{} is accessible to group or others (mode {:04o}): make it "
+                                     "0600 or 0400",
+                                     path, st.st_mode & 07777));
+  }
+  BYOI_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 4096));
+  if (!text.empty() && text.back() == '\n') text.pop_back();
+  if (!text.empty() && text.back() == '\r') text.pop_back();
+  if (text.empty()) return Status::Error(Code::kInvalid, path + " holds no token");
+  if (text.find('\n') != std::string::npos) {
+    return Status::Error(Code::kInvalid, path + " holds more than one line");
+  }
+  return text;
 }
 
 }  // namespace
@@ -186,17 +212,21 @@ Result<DaemonConfig> LoadDaemonConfig(const DaemonArgs& flags, const ConfigSourc
 
   // 3. Merge: flag > kernel command line > config file. `Take` returns the winning value.
   std::map<std::string, std::string> where;
+  std::map<std::string, int> rank;  // 0 for the command line, 1 the kernel's, 2 the config file
   auto Take = [&](const Key& key) -> std::optional<std::string> {
     if (key.flag && (flags.*key.flag)) {
       where[key.name] = "command line";
+      rank[key.name] = 0;
       return *(flags.*key.flag);
     }
     if (auto it = cmdline.find(key.name); it != cmdline.end()) {
       where[key.name] = "kernel command line";
+      rank[key.name] = 1;
       return it->second;
     }
     if (auto it = file.find(key.name); it != file.end()) {
       where[key.name] = file_path;
+      rank[key.name] = 2;
       return it->second;
     }
     return std::nullopt;
@@ -205,7 +235,8 @@ Result<DaemonConfig> LoadDaemonConfig(const DaemonArgs& flags, const ConfigSourc
     return Status::Error(Code::kInvalid, fmt::format("{} (from {}): {}", key, where[key], why));
   };
 
-  config.job.reboot = "reboot";  // the daemon's default; `deploy` defaults to none
+  config.job.reboot = "reboot";                  // the daemon's default; `deploy` defaults to none
+  std::optional<std::string> token, token_file;  // resolved after the loop
   for (const Key& key : kKeys) {
     std::optional<std::string> v = Take(key);
     if (!v) continue;
@@ -217,10 +248,9 @@ Result<DaemonConfig> LoadDaemonConfig(const DaemonArgs& flags, const ConfigSourc
       }
       config.listen = *v;
     } else if (name == "token") {
-      for (unsigned char c : *v) {
-        if (c <= 0x20 || c >= 0x7f) return bad("token", "must be printable ASCII without spaces");
-      }
-      config.token = *v;
+      token = *v;
+    } else if (name == "token_file") {
+      token_file = *v;
     } else if (name == "tls_cert") {
       config.tls_cert = *v;
     } else if (name == "tls_key") {
@@ -310,13 +340,47 @@ Result<DaemonConfig> LoadDaemonConfig(const DaemonArgs& flags, const ConfigSourc
     }
   }
 
+  // The token, given or from its file: one setting, so the higher-precedence source wins.
+  if (token && token_file) {
+    if (rank["token"] == rank["token_file"]) {
+      return Status::Error(Code::kInvalid, fmt::format("token and token_file are both given on the "
+                                                       "{}: give one of them",
+                                                       where["token"]));
+    }
+    if (rank["token"] < rank["token_file"]) {
+      token_file.reset();
+    } else {
+      token.reset();
+    }
+  }
+  if (token_file) {
+    Result<std::string> read = ReadTokenFile(*token_file);
+    if (!read.ok()) return bad("token_file", read.status().detail());
+    token = std::move(*read);
+  }
+  if (token) {
+    const char* key = token_file ? "token_file" : "token";
+    std::string_view whose = token_file ? "the token in the file" : "the token";
+    for (unsigned char c : *token) {
+      if (c <= 0x20 || c >= 0x7f) {
+        return bad(key, fmt::format("{} must be printable ASCII without spaces", whose));
+      }
+    }
+    if (token->size() < kMinTokenLength) {
+      return bad(key, fmt::format("{} must be at least {} characters long (it has {})", whose,
+                                  kMinTokenLength, token->size()));
+    }
+    config.token = std::move(*token);
+  }
+
   if (config.tls_cert.empty() != config.tls_key.empty()) {
     return Status::Error(Code::kInvalid, "tls_cert and tls_key must be given together");
   }
   if (config.listen != "off" && config.token.empty()) {
     return Status::Error(Code::kInvalid,
-                         "no API token: set token in the config file, byoi.token= on the kernel "
-                         "command line or --token (or listen = off)");
+                         "no API token: set token or token_file in the config file, byoi.token= "
+                         "or byoi.token_file= on the kernel command line, or --token or "
+                         "--token-file (or listen = off)");
   }
   if (config.listen == "off" && config.backend_url.empty()) {
     return Status::Error(Code::kInvalid,

@@ -27,13 +27,19 @@
 namespace byoi {
 
 inline constexpr const char* kDefaultConfigFile = "/etc/byoi-agent/byoi-agent.conf";
+// The shortest API token accepted: anyone on the rescue network can try tokens.
+inline constexpr size_t kMinTokenLength = 16;
 
 struct DaemonConfig {
   std::string listen = "0.0.0.0:9999";  // ADDR:PORT ([v6]:PORT), port 0 = any; "off": no HTTP API
-  std::string token;                    // bearer token; required unless listen is off. A secret.
-  std::string tls_cert, tls_key;        // PEM files; TLS when both are set
-  std::string backend_url;  // poll this backend (docs/backend.md) when set; no trailing /
-  std::string agent_id;     // default: DMI product UUID, else first permanent MAC
+  // Bearer token (printable ASCII, at least kMinTokenLength characters); required unless listen is
+  // off. A secret. Given as `token`, or read from the file named by `token_file` (which keeps it
+  // out of /proc/PID/cmdline): one line, its newline stripped; the file must not be accessible to
+  // group or others. Both from one source is an error; else the higher-precedence source wins.
+  std::string token;
+  std::string tls_cert, tls_key;  // PEM files; TLS when both are set
+  std::string backend_url;        // poll this backend (docs/backend.md) when set; no trailing /
+  std::string agent_id;           // default: DMI product UUID, else first permanent MAC
   std::string state_file = "/run/byoi-agent/state.json";
   std::string console = "/dev/console";  // where progress is drawn; "none" to disable
   std::string log_level = "info";        // trace debug info warn error off

@@ -6,7 +6,9 @@
 // a running job, flush status reports to the backend (bounded), stop.
 #include <curl/curl.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/json.hpp>
@@ -45,6 +47,31 @@ constexpr auto kShutdownFlush = std::chrono::seconds(5);
 std::string KernelCmdlinePath() {
   const char* path = std::getenv("BYOI_KERNEL_CMDLINE");
   return path ? path : "/proc/cmdline";
+}
+
+// Every API connection holds a descriptor; the rest of the agent (log, console, io_context, the
+// job's disk, files and transfers) keeps this many for itself.
+constexpr rlim_t kReservedFds = 32;
+
+// The number of API connections the descriptor limit allows, at most `wanted`: raises the soft
+// limit (often 1024; a rescue shell may set less) as far as the hard one allows, and lowers the
+// connection limit when that is not enough, so that connections refused at the limit are accepted
+// (and closed) rather than left queued by an accept() out of descriptors.
+size_t FitConnectionLimit(size_t wanted) {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return wanted;
+  rlim_t needed = static_cast<rlim_t>(wanted) + kReservedFds;
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < needed) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max == RLIM_INFINITY ? needed : std::min(needed, limit.rlim_max);
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  if (limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur >= needed) return wanted;
+  size_t fit = limit.rlim_cur > 2 * kReservedFds ? limit.rlim_cur - kReservedFds
+                                                 : std::max<size_t>(limit.rlim_cur / 2, 1);
+  spdlog::warn("http: the descriptor limit is {}: serving at most {} connections instead of {}",
+               limit.rlim_cur, fit, wanted);
+  return fit;
 }
 
 void RestoreLastJob(StateFile& state, JobControl& jobs) {
@@ -136,10 +163,13 @@ int RunDaemon(const DaemonArgs& args) {
     options.listen = *ParseListenAddress(config.listen);  // validated by LoadDaemonConfig
     options.tls_cert = config.tls_cert;
     options.tls_key = config.tls_key;
-    options.header_check = [&handler, &metrics](const HttpRequest& header) {
-      std::optional<HttpResponse> refused = handler.Unauthorized(header);
-      if (refused) metrics.CountRequest(401);
-      return refused;
+    options.max_connections = FitConnectionLimit(options.max_connections);
+    options.max_connections_per_address =
+        std::min(options.max_connections_per_address, options.max_connections);
+    options.header_check = [&handler, &metrics](const HttpRequest& header, std::string_view peer) {
+      HeaderVerdict verdict = handler.CheckHeader(header, peer);
+      if (verdict.refusal) metrics.CountRequest(401);
+      return verdict;
     };
     Result<std::unique_ptr<HttpServer>> started = HttpServer::Start(
         ioc, [&handler](const HttpRequest& request) { return handler.Handle(request); }, options);

@@ -82,7 +82,12 @@ int main(int argc, char** argv) {
   daemon_cmd->add_option("--config", daemon.config, "Config file");
   daemon_cmd->add_option("--listen", daemon.listen,
                          "ADDR:PORT of the HTTP API (default 0.0.0.0:9999)");
-  daemon_cmd->add_option("--token", daemon.token, "Bearer token the API requires");
+  auto* token_opt = daemon_cmd->add_option(
+      "--token", daemon.token, "Bearer token the API requires (visible to every local user)");
+  daemon_cmd
+      ->add_option("--token-file", daemon.token_file,
+                   "File holding the bearer token (mode 0600 or 0400)")
+      ->excludes(token_opt);
   daemon_cmd->add_option("--tls-cert", daemon.tls_cert, "TLS certificate (PEM)");
   daemon_cmd->add_option("--tls-key", daemon.tls_key, "TLS private key (PEM)");
   daemon_cmd->add_option("--backend-url", daemon.backend_url, "Provisioning backend to poll");

@@ -42,6 +42,7 @@ Result<JobStatus> JobControl::Submit(Manifest manifest, std::string job_id) {
     Publish(JobEvent{&status, job_id, step_changed});
   });
 
+  std::lock_guard order(order_mu_);
   std::thread previous;
   {
     std::lock_guard lock(mu_);
@@ -50,6 +51,7 @@ Result<JobStatus> JobControl::Submit(Manifest manifest, std::string job_id) {
                            "A deployment is already in progress.");
     }
     running_ = true;
+    forget_when_stopped_ = false;
     board_ = board;
     cancel_ = cancel;
     job_id_ = job_id;
@@ -97,9 +99,19 @@ void JobControl::Work(std::shared_ptr<StatusBoard> board, std::shared_ptr<Cancel
         final.detail.empty() || final.detail == final.message ? "" : " (" + final.detail + ")");
   }
 
+  // A job discarded while it ran is forgotten now, after its final status and before running_
+  // drops: no new job can start (and publish) in between, and a DELETE waiting in Discard() answers
+  // only once the state is cleared.
+  bool forgot = false;
+  {
+    std::lock_guard lock(mu_);
+    forgot = forget_when_stopped_ && ForgetLocked();
+  }
+  if (forgot) PublishCleared();
   {
     std::lock_guard lock(mu_);
     running_ = false;
+    forget_when_stopped_ = false;
   }
   finished_cv_.notify_all();
 }
@@ -130,16 +142,45 @@ JobControl::CancelOutcome JobControl::Cancel(std::chrono::milliseconds wait) {
   return ended ? CancelOutcome::kNotRunning : CancelOutcome::kStopped;
 }
 
+JobControl::CancelOutcome JobControl::Discard(std::chrono::milliseconds wait) {
+  std::unique_lock order(order_mu_);
+  std::unique_lock lock(mu_);
+  if (!running_) {
+    bool forgot = ForgetLocked();
+    lock.unlock();
+    if (forgot) PublishCleared();
+    return CancelOutcome::kNotRunning;
+  }
+  // The worker publishes the clearing itself, before running_ drops: a Submit meanwhile is kBusy.
+  order.unlock();
+  bool ended = board_->Snapshot().state != JobState::kDoing;
+  if (!ended) cancel_->Cancel();
+  forget_when_stopped_ = true;
+  bool stopped = finished_cv_.wait_for(lock, wait, [this] { return !running_; });
+  if (!stopped) return CancelOutcome::kStopping;
+  return ended ? CancelOutcome::kNotRunning : CancelOutcome::kStopped;
+}
+
+bool JobControl::ForgetLocked() {
+  if (!board_) return false;
+  board_.reset();
+  job_id_.clear();
+  return true;
+}
+
+void JobControl::PublishCleared() {
+  std::string no_id;
+  Publish(JobEvent{nullptr, no_id, true});
+}
+
 Status JobControl::Clear() {
+  std::lock_guard order(order_mu_);
   {
     std::lock_guard lock(mu_);
     if (running_) return Status::Error(Code::kBusy, "a deployment is running");
-    if (!board_) return Status::Ok();
-    board_.reset();
-    job_id_.clear();
+    if (!ForgetLocked()) return Status::Ok();
   }
-  std::string no_id;
-  Publish(JobEvent{nullptr, no_id, true});
+  PublishCleared();
   return Status::Ok();
 }
 

@@ -85,6 +85,16 @@ class JobControl {
   // already ended (its thread is finishing) is not cancelled: kNotRunning once its thread is done.
   CancelOutcome Cancel(std::chrono::milliseconds wait = std::chrono::seconds(2));
 
+  // DELETE (docs/api.md: cancel, then clear the state): Cancel(), and the job is forgotten once
+  // its runner has returned, right after its final status was published, so listeners see the
+  // final status and then a null one (the state file is removed). A job that is not doing is
+  // forgotten at once.
+  //   kNotRunning: no job was doing; a finished one is forgotten.
+  //   kStopped:    the job stopped within `wait` and is forgotten.
+  //   kStopping:   the runner has not returned yet; the job is forgotten when it does. Until then
+  //                Snapshot() still shows it and Submit() is kBusy.
+  CancelOutcome Discard(std::chrono::milliseconds wait = std::chrono::seconds(2));
+
   // Forgets a finished job (listeners get a null status). kBusy while a job is doing.
   Status Clear();
 
@@ -95,6 +105,10 @@ class JobControl {
 
  private:
   void Publish(const JobEvent& event);
+  // REQUIRES: mu_ held, and !running_ or the runner has returned. Forgets the job; true when
+  // there was one to forget.
+  bool ForgetLocked();
+  void PublishCleared();
   void Work(std::shared_ptr<StatusBoard> board, std::shared_ptr<CancelToken> cancel,
             Manifest manifest);
   void JoinFinished();
@@ -103,12 +117,17 @@ class JobControl {
   const RunOptions options_;
   std::vector<Listener> listeners_;
 
+  // Held by Clear() and Discard() across forgetting a finished job and publishing that, and by
+  // Submit() across starting a job and publishing its first event, so that listeners never see a
+  // new job's first event before the previous job's clearing. Taken before mu_.
+  std::mutex order_mu_;
   mutable std::mutex mu_;
   std::condition_variable finished_cv_;
   std::shared_ptr<StatusBoard> board_;   // null when there is no job
   std::shared_ptr<CancelToken> cancel_;  // the running job's token
   std::string job_id_;
-  bool running_ = false;  // the worker thread has not finished the runner yet
+  bool running_ = false;              // the worker thread has not finished the runner yet
+  bool forget_when_stopped_ = false;  // Discard() was called while running_
   std::thread worker_;
 };
 

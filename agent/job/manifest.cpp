@@ -8,6 +8,7 @@
 #include <cctype>
 #include <cmath>
 #include <memory>
+#include <set>
 
 #include "agent/base/messages.hpp"
 #include "agent/boot/boot_entry.hpp"  // ParseBootOrderPolicy
@@ -273,13 +274,17 @@ void SetUserData(ConfigDriveSpec& cd, const std::optional<std::string>& data) {
   }
 }
 
-Status AddMetadata(ConfigDriveSpec& cd, std::string key, std::string value,
+// The metadata keys added so far, as views into the parsed body. A 1 MiB body holds some 80,000
+// keys, so a duplicate is looked up in a set (a scan of the keys so far took 11 s); an ordered one,
+// because the sender could choose keys that collide in a hash set.
+using KeySet = std::set<std::string_view>;
+
+// REQUIRES: `key` views the parsed body, which outlives `seen`.
+Status AddMetadata(ConfigDriveSpec& cd, KeySet& seen, std::string_view key, std::string value,
                    const std::string& field) {
   if (key.empty()) return Invalid(field, "empty key");
-  for (const auto& [k, v] : cd.metadata) {
-    if (k == key) return Invalid(field, "duplicate key");
-  }
-  cd.metadata.emplace_back(std::move(key), std::move(value));
+  if (!seen.insert(key).second) return Invalid(field, "duplicate key");
+  cd.metadata.emplace_back(std::string(key), std::move(value));
   return Status::Ok();
 }
 
@@ -295,6 +300,7 @@ Status ParseV1ConfigDrive(const json::object& o, std::string_view prefix, Config
   BYOI_ASSIGN_OR_RETURN(const json::array* metas,
                         GetArray(o, "userMetadatas", name("userMetadatas")));
   if (metas != nullptr) {
+    KeySet seen;
     for (size_t i = 0; i < metas->size(); ++i) {
       std::string field = name("userMetadatas") + "[" + std::to_string(i) + "]";
       const json::value& item = (*metas)[i];
@@ -302,7 +308,8 @@ Status ParseV1ConfigDrive(const json::object& o, std::string_view prefix, Config
       BYOI_ASSIGN_OR_RETURN(auto k, GetString(item.get_object(), "key", field + ".key"));
       BYOI_ASSIGN_OR_RETURN(auto v, GetString(item.get_object(), "value", field + ".value"));
       if (!k) return Invalid(field + ".key", "missing");
-      BYOI_RETURN_IF_ERROR(AddMetadata(cd, *k, v.value_or(""), field + ".key"));
+      std::string_view key_in_body = item.get_object().at("key").get_string();
+      BYOI_RETURN_IF_ERROR(AddMetadata(cd, seen, key_in_body, v.value_or(""), field + ".key"));
     }
   }
   return Status::Ok();
@@ -405,12 +412,13 @@ Result<Manifest> ParseV3(const json::object& o) {
   BYOI_ASSIGN_OR_RETURN(const json::object* meta,
                         GetObject(*c, "configDriveMetadata", "customizations.configDriveMetadata"));
   if (meta != nullptr) {
+    KeySet seen;
     size_t index = 0;
     for (const auto& kv : *meta) {
       std::string field = KeyField("customizations.configDriveMetadata", kv.key(), index++);
       if (!kv.value().is_string()) return Invalid(field, "expected a string");
       BYOI_RETURN_IF_ERROR(
-          AddMetadata(cd, std::string(kv.key()), std::string(kv.value().get_string()), field));
+          AddMetadata(cd, seen, kv.key(), std::string(kv.value().get_string()), field));
     }
   }
   cd.enabled = !cd.hostname.empty() || !cd.ssh_key.empty() || cd.user_data || !cd.metadata.empty();

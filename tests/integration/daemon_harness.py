@@ -30,7 +30,10 @@ class Daemon:
     """One `byoi-agent daemon` process. `workdir` holds its state file, efivars, console and log."""
 
     def __init__(self, workdir, extra_args=(), config_text=None, cmdline_text="quiet\n",
-                 disk=None, tls=None, listen="127.0.0.1:0", token=TOKEN, state_file=None):
+                 disk=None, tls=None, listen="127.0.0.1:0", token=TOKEN, state_file=None,
+                 token_file=None, nofile=None):
+        """`token_file` passes --token-file instead of --token; `nofile` (soft, hard) sets the
+        daemon's RLIMIT_NOFILE before it starts."""
         self.workdir = workdir
         self.state_file = state_file or os.path.join(workdir, "run", "state.json")
         self.console = os.path.join(workdir, "console.txt")
@@ -51,14 +54,21 @@ class Daemon:
         args = [AGENT, "daemon", "--config", config_path, "--listen", listen,
                 "--state-file", self.state_file, "--efivars", self.efivars, "--disk", self.disk,
                 "--reboot", "none", "--memory-limit", "256M", "--log-level", "debug"]
-        if token:
+        if token_file:
+            args += ["--token-file", token_file]
+        elif token:
             args += ["--token", token]
         if tls:
             args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
         args += list(extra_args)
         env = dict(os.environ, BYOI_KERNEL_CMDLINE=cmdline_path)
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        preexec = None
+        if nofile:
+            import resource
+            preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)  # noqa: E731
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=preexec)
         self.tls = tls
         self.port = None
         if listen != "off":
@@ -92,9 +102,9 @@ class Daemon:
             return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=ctx)
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 
-    def request(self, method, path, body=None, token=TOKEN, headers=None):
+    def request(self, method, path, body=None, token=TOKEN, headers=None, timeout=10):
         """Returns (status, headers dict, body bytes)."""
-        conn = self.connection()
+        conn = self.connection(timeout)
         try:
             h = dict(headers or {})
             if token is not None:
@@ -296,6 +306,15 @@ def new_workdir(test):
     d = tempfile.mkdtemp(prefix="byoi-daemon-")
     test.addCleanup(shutil.rmtree, d, ignore_errors=True)
     return d
+
+
+def wait_for(predicate, timeout, what):
+    """Polls predicate() until it is true; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("not within %ss: %s" % (timeout, what))
+        time.sleep(0.02)
 
 
 def free_port():

@@ -120,8 +120,8 @@ class PackageTest(unittest.TestCase):
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [self.path("/usr/sbin/byoi-agent"), "daemon", "--config",
-                 self.path("/etc/byoi-agent/byoi-agent.conf"), "--token", "t", "--listen",
-                 "127.0.0.1:0", "--state-file", os.path.join(workdir, "state.json")],
+                 self.path("/etc/byoi-agent/byoi-agent.conf"), "--token", "package-test-token-0123",
+                 "--listen", "127.0.0.1:0", "--state-file", os.path.join(workdir, "state.json")],
                 stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + 10

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "agent/base/messages.hpp"
+#include "tests/unit/log_capture.hpp"
 
 namespace byoi {
 namespace {
@@ -70,7 +71,23 @@ TEST_F(ApiHandlerTest, HealthzNeedsNoToken) {
   HttpResponse res = Send(http::verb::get, "/healthz", "", "");
   EXPECT_EQ(res.result_int(), 200);
   EXPECT_EQ(res.body(), "ok\n");
-  EXPECT_EQ(Send(http::verb::post, "/healthz", "", "").result_int(), 405);
+  res = Send(http::verb::post, "/healthz", "", "");
+  EXPECT_EQ(res.result_int(), 405);
+  EXPECT_EQ(res[http::field::allow], "GET, HEAD");
+}
+
+// RFC 9110 §9.3.2: HEAD answers with GET's header, Content-Length included, and no content; no
+// answer to HEAD has a body, whatever its status.
+TEST_F(ApiHandlerTest, HeadHealthzIsGetWithoutTheBody) {
+  HttpResponse res = Send(http::verb::head, "/healthz", "", "");
+  EXPECT_EQ(res.result_int(), 200);
+  EXPECT_EQ(res[http::field::content_type], "text/plain");
+  EXPECT_EQ(res[http::field::content_length], "3");
+  EXPECT_EQ(res.body(), "");
+  res = Send(http::verb::head, "/v1/bringYourOwnImage");
+  EXPECT_EQ(res.result_int(), 405);
+  EXPECT_EQ(res.body(), "");
+  EXPECT_EQ(Send(http::verb::head, "/metrics", "", "").result_int(), 401);
 }
 
 TEST_F(ApiHandlerTest, EverythingElseNeedsTheTokenAnd401SaysNothing) {
@@ -87,6 +104,59 @@ TEST_F(ApiHandlerTest, EverythingElseNeedsTheTokenAnd401SaysNothing) {
   // An unauthenticated POST starts nothing.
   EXPECT_EQ(Send(http::verb::post, "/v1/bringYourOwnImage", kManifest, "").result_int(), 401);
   EXPECT_FALSE(jobs_.Snapshot().has_value());
+}
+
+// The header check the HTTP server runs before any body: the right token authenticates the
+// connection; /healthz passes without one (and does not authenticate); the rest gets 401.
+TEST_F(ApiHandlerTest, CheckHeaderTellsTheServerWhoAuthenticated) {
+  auto check = [&](http::verb method, const char* target, std::string auth) {
+    HttpRequest req{method, target, 11};
+    if (!auth.empty()) req.set(http::field::authorization, auth);
+    return handler_.CheckHeader(req, "192.0.2.7");
+  };
+  HeaderVerdict v =
+      check(http::verb::post, "/v1/bringYourOwnImage", std::string("Bearer ") + kToken);
+  EXPECT_TRUE(v.authenticated);
+  EXPECT_FALSE(v.refusal);
+  v = check(http::verb::get, "/healthz", std::string("Bearer ") + kToken);
+  EXPECT_TRUE(v.authenticated);
+  v = check(http::verb::get, "/healthz", "");
+  EXPECT_FALSE(v.authenticated);
+  EXPECT_FALSE(v.refusal);
+  v = check(http::verb::get, "/healthz", "Bearer wrong");
+  EXPECT_FALSE(v.authenticated);
+  EXPECT_FALSE(v.refusal);
+  v = check(http::verb::delete_, "/v1/bringYourOwnImage", "Bearer wrong");
+  EXPECT_FALSE(v.authenticated);
+  ASSERT_TRUE(v.refusal);
+  EXPECT_EQ(v.refusal->result_int(), 401);
+  EXPECT_EQ(v.refusal->body(), "");
+}
+
+// Failed logins are counted and logged with the client's address, never with the token it gave,
+// one line per 10 s however many there are.
+TEST_F(ApiHandlerTest, FailedLoginsAreCountedAndLoggedOncePerPeriodWithoutTheToken) {
+  LogCapture log;
+  for (int i = 0; i < 50; ++i) {
+    HttpRequest req{http::verb::get, "/v1/disks?x=secret-query", 11};
+    req.set(http::field::authorization, "Bearer guessed-token-" + std::to_string(i));
+    EXPECT_TRUE(handler_.CheckHeader(req, "192.0.2.7").refusal);
+  }
+  HttpRequest bare{http::verb::post, "/v1/bringYourOwnImage", 11};
+  EXPECT_TRUE(handler_.CheckHeader(bare, "192.0.2.8").refusal);
+  EXPECT_EQ(Send(http::verb::get, "/metrics", "", "Bearer also-guessed").result_int(), 401);
+  EXPECT_EQ(log.Matching("unauthorized"),
+            (std::vector<std::string>{
+                "warning api: unauthorized request from 192.0.2.7: GET /v1/disks (wrong token)"}));
+  for (const std::string& line : log.Lines()) {
+    EXPECT_EQ(line.find("guessed"), std::string::npos) << line;
+    EXPECT_EQ(line.find("secret-query"), std::string::npos) << line;
+  }
+  std::string metrics = Send(http::verb::get, "/metrics").body();
+  EXPECT_NE(metrics.find("# TYPE byoi_api_unauthorized_total counter\n"
+                         "byoi_api_unauthorized_total 52\n"),
+            std::string::npos)
+      << metrics;
 }
 
 TEST_F(ApiHandlerTest, BearerSchemeIsCaseInsensitive) {
@@ -163,23 +233,72 @@ TEST_F(ApiHandlerTest, PostStartsAJobGetShowsItSecondPostIs409) {
   EXPECT_EQ(Send(http::verb::post, "/v1/bringYourOwnImage", kManifest).result_int(), 202);
 }
 
-TEST_F(ApiHandlerTest, DeleteCancelsWithin2SecondsThenClears) {
+// docs/api.md: DELETE cancels the job and clears the state; the next GET is 404.
+TEST_F(ApiHandlerTest, DeleteCancelsWithin2SecondsAndClears) {
   ASSERT_EQ(Send(http::verb::post, "/v1/bringYourOwnImage", kManifest).result_int(), 202);
   auto start = std::chrono::steady_clock::now();
   HttpResponse res = Send(http::verb::delete_, "/v1/bringYourOwnImage");
   EXPECT_EQ(res.result_int(), 204);
   EXPECT_EQ(res.body(), "");
   EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+  EXPECT_FALSE(jobs_.busy());
 
   res = Send(http::verb::get, "/v1/bringYourOwnImage");
-  ASSERT_EQ(res.result_int(), 200);
-  json::object status = json::parse(res.body()).as_object();
-  EXPECT_EQ(status.at("status"), "error");
-  EXPECT_EQ(status.at("message"), "Deployment cancelled.");
+  EXPECT_EQ(res.result_int(), 404);
+  EXPECT_EQ(Message(res), "No deployment.");
+  EXPECT_EQ(Send(http::verb::delete_, "/v1/bringYourOwnImage").result_int(), 204);  // idempotent
+  EXPECT_EQ(Send(http::verb::get, "/v1/bringYourOwnImage").result_int(), 404);
+  // A new job may be posted at once.
+  EXPECT_EQ(Send(http::verb::post, "/v1/bringYourOwnImage", kManifest).result_int(), 202);
+}
 
+TEST_F(ApiHandlerTest, DeleteOfAFinishedJobClearsIt) {
+  ASSERT_EQ(Send(http::verb::post, "/v1/bringYourOwnImage", kManifest).result_int(), 202);
+  release_ = true;
+  WaitIdle();
+  ASSERT_EQ(Send(http::verb::get, "/v1/bringYourOwnImage").result_int(), 200);
   EXPECT_EQ(Send(http::verb::delete_, "/v1/bringYourOwnImage").result_int(), 204);
   EXPECT_EQ(Send(http::verb::get, "/v1/bringYourOwnImage").result_int(), 404);
-  EXPECT_EQ(Send(http::verb::delete_, "/v1/bringYourOwnImage").result_int(), 204);  // idempotent
+}
+
+// A runner that does not stop within 2 s: DELETE answers 202 with the status (still doing), GET
+// shows that status until the runner returns, and 404 from then on.
+TEST(ApiHandlerStoppingTest, A202DeleteClearsTheJobOnceItStops) {
+  std::atomic<bool> release{false};
+  JobControl jobs(
+      [&](const Manifest&, const RunOptions&, StatusBoard& board, const CancelToken&) {
+        board.BeginStep(Step::kWrite, "writing image");
+        while (!release) std::this_thread::sleep_for(5ms);  // ignores the token, like a stuck write
+        return Status::Error(Code::kIo, "disk gone", "Can't write raw on disk.");
+      },
+      {});
+  Metrics metrics;
+  ApiHandler handler(
+      jobs, metrics, [] { return Result<json::value>(json::value()); }, kToken);
+  auto send = [&](http::verb method, std::string body = {}) {
+    HttpRequest req{method, "/v1/bringYourOwnImage", 11};
+    req.set(http::field::authorization, std::string("Bearer ") + kToken);
+    req.body() = std::move(body);
+    req.prepare_payload();
+    return handler.Handle(req);
+  };
+  ASSERT_EQ(send(http::verb::post, kManifest).result_int(), 202);
+  HttpResponse res = send(http::verb::delete_);
+  ASSERT_EQ(res.result_int(), 202);
+  json::object status = json::parse(res.body()).as_object();
+  EXPECT_EQ(status.at("status"), "doing");
+  EXPECT_EQ(status.at("message"), "writing image");
+  res = send(http::verb::get);
+  EXPECT_EQ(res.result_int(), 200);
+  EXPECT_EQ(json::parse(res.body()).at("status"), "doing");
+  EXPECT_EQ(send(http::verb::post, kManifest).result_int(), 409);
+
+  release = true;
+  for (int i = 0; i < 400 && jobs.busy(); ++i) std::this_thread::sleep_for(5ms);
+  ASSERT_FALSE(jobs.busy());
+  res = send(http::verb::get);
+  EXPECT_EQ(res.result_int(), 404);
+  EXPECT_EQ(json::parse(res.body()).at("message"), "No deployment.");
 }
 
 TEST_F(ApiHandlerTest, DisksComeFromTheSeam) {
@@ -205,8 +324,8 @@ TEST_F(ApiHandlerTest, MetricsArePrometheusText) {
         "# TYPE byoi_downloaded_bytes_total counter\n",
         "byoi_step_duration_seconds{step=\"download\"} ",
         "byoi_jobs_total{outcome=\"cancelled\"} 1\n", "byoi_jobs_total{outcome=\"done\"} 0\n",
-        "byoi_http_requests_total{code=\"202\"} 1\n",
-        "byoi_http_requests_total{code=\"401\"} 1\n"}) {
+        "byoi_http_requests_total{code=\"202\"} 1\n", "byoi_http_requests_total{code=\"401\"} 1\n",
+        "# TYPE byoi_api_unauthorized_total counter\nbyoi_api_unauthorized_total 1\n"}) {
     EXPECT_NE(text.find(line), std::string::npos) << line << "\n---\n" << text;
   }
   // Every sample line is `name{labels} value` or `name value`, each family announced first.

@@ -28,8 +28,8 @@ struct Put {
   Clock::time_point at;
 };
 
-// Hands out `job_body` (when not empty) once, then 204; refuses the first `fail_polls` polls and the first
-// `fail_puts` status reports with 503.
+// Hands out `job_body` (when not empty) once, then 204; refuses the first `fail_polls` polls and
+// the first `fail_puts` status reports with 503.
 class FakeBackend {
  public:
   FakeBackend(std::string job_body, int fail_puts, int fail_polls = 0)

@@ -1,5 +1,6 @@
 // The HTTP listener and sessions on a real socket (127.0.0.1, ephemeral port): limits, time-outs,
-// keep-alive, 100-continue, the connection cap, handlers off the io_context, and shutdown.
+// keep-alive, 100-continue, the connection limits and who is closed to make room, handlers off the
+// io_context (reads apart from writes), rate-limited refusal logs, and shutdown.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -9,11 +10,15 @@
 
 #include <atomic>
 #include <boost/asio/io_context.hpp>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include "agent/api/api_handler.hpp"
 #include "agent/api/http_server.hpp"
 #include "agent/base/fd.hpp"
+#include "tests/unit/log_capture.hpp"
 
 namespace byoi {
 namespace {
@@ -47,17 +52,42 @@ class TestServer {
   std::thread thread_;
 };
 
+// Counts events across threads; WaitFor() returns once `n` happened (false after `timeout`).
+class Signal {
+ public:
+  void Notify() {
+    {
+      std::lock_guard lock(mu_);
+      ++count_;
+    }
+    cv_.notify_all();
+  }
+  bool WaitFor(int n, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return count_ >= n; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int count_ = 0;
+};
+
 HttpResponse Echo(const HttpRequest& req) {
   HttpResponse res{http::status::ok, req.version()};
-  if (req.target() == "/slow") std::this_thread::sleep_for(1500ms);
   res.body() = std::string(req.target()) + " " + std::to_string(req.body().size());
   res.keep_alive(req.keep_alive());
   res.prepare_payload();
   return res;
 }
 
-UniqueFd Connect(uint16_t port) {
+// A connection to the server from `source` (any address of 127.0.0.0/8 is this machine's).
+UniqueFd Connect(uint16_t port, const char* source = "127.0.0.1") {
   UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in from{};
+  from.sin_family = AF_INET;
+  EXPECT_EQ(::inet_pton(AF_INET, source, &from.sin_addr), 1);
+  EXPECT_EQ(::bind(fd.get(), reinterpret_cast<sockaddr*>(&from), sizeof from), 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);
@@ -142,11 +172,12 @@ TEST(HttpServerTest, BodyOver1MiBIs413EvenWhileTheClientKeepsSending) {
   EXPECT_TRUE(ClosedWithin(fd.get(), 3000ms));
 }
 
-// A header check standing in for the API's token check: requests without `X-Ok` are refused.
-std::optional<HttpResponse> NeedsXOk(const HttpRequest& header) {
-  if (header.find("X-Ok") != header.end()) return std::nullopt;
-  HttpResponse res{http::status::unauthorized, header.version()};
-  return res;
+// A header check standing in for the API's token check: `X-Ok` is the right token; /open needs
+// none (like /healthz); everything else without it is refused.
+HeaderVerdict NeedsXOk(const HttpRequest& header, std::string_view) {
+  if (header.find("X-Ok") != header.end()) return {std::nullopt, true};
+  if (header.target() == "/open") return {std::nullopt, false};
+  return {HttpResponse{http::status::unauthorized, header.version()}, false};
 }
 
 TEST(HttpServerTest, HeaderCheckAnswersBeforeAnyBodyIsReadOrLimited) {
@@ -283,16 +314,59 @@ TEST(HttpServerTest, AnIdleKeptAliveConnectionIsClosed) {
 }
 
 TEST(HttpServerTest, ASlowHandlerDoesNotStallTheIoContext) {
-  TestServer server(Echo);
+  Signal started, released;
+  TestServer server([&](const HttpRequest& req) {
+    if (req.target() == "/slow") {  // like DELETE waiting for a job to stop
+      started.Notify();
+      released.WaitFor(1, 10s);
+    }
+    return Echo(req);
+  });
   UniqueFd slow = Connect(server.port());
-  SendAll(slow.get(), Get("/slow"));  // its handler sleeps 1.5 s, like DELETE waiting for a job
-  std::this_thread::sleep_for(100ms);
+  SendAll(slow.get(), Get("/slow"));
+  ASSERT_TRUE(started.WaitFor(1, 5s));
   auto start = Clock::now();
   UniqueFd fd = Connect(server.port());
   SendAll(fd.get(), Get("/fast"));
   EXPECT_NE(ReadResponse(fd.get()).find("/fast 0"), std::string::npos);
   EXPECT_LT(Clock::now() - start, 500ms);
+  released.Notify();
   EXPECT_NE(ReadResponse(slow.get()).find("/slow 0"), std::string::npos);
+}
+
+// POSTs parse manifests and DELETEs wait for jobs: however many are in progress, GET and HEAD
+// (status calls, /healthz) are answered at once.
+TEST(HttpServerTest, BusyWritesNeverDelayReads) {
+  Signal started, released;
+  TestServer server([&](const HttpRequest& req) {
+    if (req.method() == http::verb::post || req.method() == http::verb::delete_) {
+      started.Notify();
+      released.WaitFor(1, 20s);
+    }
+    return Echo(req);
+  });
+  std::vector<UniqueFd> writes;
+  for (int i = 0; i < 8; ++i) {
+    writes.push_back(Connect(server.port()));
+    SendAll(writes.back().get(),
+            i % 2 ? "DELETE /w HTTP/1.1\r\nHost: x\r\n\r\n"
+                  : "POST /w HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}");
+  }
+  ASSERT_TRUE(started.WaitFor(2, 5s));  // every write handler thread is taken, the rest queue
+  for (const char* target : {"/healthz", "/v1/bringYourOwnImage"}) {
+    for (const char* method : {"GET", "HEAD"}) {
+      auto start = Clock::now();
+      UniqueFd fd = Connect(server.port());
+      SendAll(fd.get(), std::string(method) + " " + target + " HTTP/1.1\r\nHost: x\r\n\r\n");
+      std::string res = ReadResponse(fd.get(), 2000ms);
+      EXPECT_EQ(res.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << method << " " << target << ": " << res;
+      EXPECT_LT(Clock::now() - start, 500ms) << method << " " << target;
+    }
+  }
+  released.Notify();
+  for (size_t i = 0; i < writes.size(); ++i) {
+    EXPECT_NE(ReadResponse(writes[i].get()).find(i % 2 ? "/w 0" : "/w 2"), std::string::npos) << i;
+  }
 }
 
 TEST(HttpServerTest, ConnectionsBeyondTheCapAreClosedAtOnce) {
@@ -305,13 +379,153 @@ TEST(HttpServerTest, ConnectionsBeyondTheCapAreClosedAtOnce) {
   EXPECT_NE(ReadResponse(a.get()).find("/a 0"), std::string::npos);
   SendAll(b.get(), Get("/b"));
   EXPECT_NE(ReadResponse(b.get()).find("/b 0"), std::string::npos);
+  // Both sent a whole request (without a header check, that is authenticated): neither is closed
+  // to make room, the newcomer is.
   UniqueFd c = Connect(server.port());
   EXPECT_TRUE(ClosedWithin(c.get(), 2000ms));
   a.Reset();
-  std::this_thread::sleep_for(200ms);
-  UniqueFd d = Connect(server.port());
-  SendAll(d.get(), Get("/d"));
-  EXPECT_NE(ReadResponse(d.get()).find("/d 0"), std::string::npos);
+  // Once the server has seen `a` go, there is room again.
+  std::string answer;
+  for (auto deadline = Clock::now() + 3s; answer.empty() && Clock::now() < deadline;) {
+    UniqueFd d = Connect(server.port());
+    SendAll(d.get(), Get("/d"));
+    answer = ReadResponse(d.get(), 1000ms);
+  }
+  EXPECT_NE(answer.find("/d 0"), std::string::npos);
+}
+
+TEST(HttpServerTest, AConnectionWithoutACompleteHeadIsClosedAtTheHeadDeadline) {
+  HttpServerOptions options;
+  options.head_timeout = 300ms;
+  TestServer server(Echo, options);
+  UniqueFd idle = Connect(server.port());
+  UniqueFd partial = Connect(server.port());
+  auto start = Clock::now();
+  SendAll(partial.get(), "GET /p HTTP/1.1\r\nHost: x\r\n");  // the head never ends
+  EXPECT_TRUE(ClosedWithin(idle.get(), 2000ms));
+  EXPECT_TRUE(ClosedWithin(partial.get(), 2000ms));
+  EXPECT_GT(Clock::now() - start, 250ms);
+  // The body is not held to the head deadline: the request deadline covers it.
+  UniqueFd slow_body = Connect(server.port());
+  SendAll(slow_body.get(), "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n");
+  std::this_thread::sleep_for(600ms);  // a pause longer than the head deadline, not a wait
+  SendAll(slow_body.get(), "{}");
+  EXPECT_NE(ReadResponse(slow_body.get()).find("/b 2"), std::string::npos);
+}
+
+TEST(HttpServerTest, AnUnauthenticatedKeptAliveConnectionGetsTheHeadDeadlineNotTheIdleOne) {
+  HttpServerOptions options;
+  options.head_timeout = 300ms;
+  options.header_check = NeedsXOk;
+  TestServer server(Echo, options);
+  UniqueFd open = Connect(server.port());
+  SendAll(open.get(), Get("/open"));
+  EXPECT_NE(ReadResponse(open.get()).find("/open 0"), std::string::npos);
+  UniqueFd authenticated = Connect(server.port());
+  SendAll(authenticated.get(), Get("/a", "X-Ok: 1\r\n"));
+  EXPECT_NE(ReadResponse(authenticated.get()).find("/a 0"), std::string::npos);
+  EXPECT_TRUE(ClosedWithin(open.get(), 2000ms));
+  EXPECT_FALSE(ClosedWithin(authenticated.get(), 500ms));  // the idle deadline is 30 s
+}
+
+TEST(HttpServerTest, EachAddressHoldsAtMostItsShareAndRefusalsAreLoggedOnce) {
+  LogCapture log;
+  HttpServerOptions options;
+  options.max_connections_per_address = 3;
+  options.header_check = NeedsXOk;
+  TestServer server(Echo, options);
+  std::vector<UniqueFd> held;
+  for (int i = 0; i < 3; ++i) held.push_back(Connect(server.port(), "127.0.0.2"));
+  for (int i = 0; i < 40; ++i) {
+    UniqueFd more = Connect(server.port(), "127.0.0.2");
+    EXPECT_TRUE(ClosedWithin(more.get(), 2000ms)) << i;
+  }
+  // Another address is served at once, and the first three of 127.0.0.2 are still open.
+  UniqueFd fd = Connect(server.port(), "127.0.0.1");
+  SendAll(fd.get(), Get("/x", "X-Ok: 1\r\n"));
+  EXPECT_NE(ReadResponse(fd.get()).find("/x 0"), std::string::npos);
+  for (const UniqueFd& h : held) EXPECT_FALSE(ClosedWithin(h.get(), 50ms));
+  // One line for 40 refusals: the next one, 10 s on, would count them.
+  EXPECT_EQ(log.Matching("http: "),
+            (std::vector<std::string>{"warning http: refused a connection from 127.0.0.2: 3 "
+                                      "connections open from that address"}));
+}
+
+TEST(HttpServerTest, WhenFullTheOldestUnauthenticatedConnectionMakesRoom) {
+  LogCapture log;
+  Signal checked;  // header checks that saw the right token
+  HttpServerOptions options;
+  options.max_connections = 4;
+  options.header_check = [&](const HttpRequest& header, std::string_view peer) {
+    HeaderVerdict verdict = NeedsXOk(header, peer);
+    if (verdict.authenticated) checked.Notify();
+    return verdict;
+  };
+  TestServer server(Echo, options);
+  // a: mid-request with the right token (its body is still to come); b: kept alive after one.
+  UniqueFd a = Connect(server.port());
+  SendAll(a.get(), "POST /a HTTP/1.1\r\nHost: x\r\nX-Ok: 1\r\nContent-Length: 2\r\n\r\n");
+  ASSERT_TRUE(checked.WaitFor(1, 5s));
+  UniqueFd b = Connect(server.port());
+  SendAll(b.get(), Get("/b", "X-Ok: 1\r\n"));
+  EXPECT_NE(ReadResponse(b.get()).find("/b 0"), std::string::npos);
+  // c and d have sent nothing; the server is full.
+  UniqueFd c = Connect(server.port(), "127.0.0.3");
+  UniqueFd d = Connect(server.port(), "127.0.0.4");
+  // e takes the place of c, the oldest without the token; d stays.
+  UniqueFd e = Connect(server.port(), "127.0.0.5");
+  EXPECT_TRUE(ClosedWithin(c.get(), 2000ms));
+  EXPECT_FALSE(ClosedWithin(d.get(), 100ms));
+  SendAll(e.get(), Get("/e", "X-Ok: 1\r\n"));
+  EXPECT_NE(ReadResponse(e.get()).find("/e 0"), std::string::npos);
+  // f takes d's place; then a, b and e have the token and f does not: g takes f's.
+  UniqueFd f = Connect(server.port(), "127.0.0.6");
+  EXPECT_TRUE(ClosedWithin(d.get(), 2000ms));
+  UniqueFd g = Connect(server.port(), "127.0.0.7");
+  EXPECT_TRUE(ClosedWithin(f.get(), 2000ms));
+  SendAll(g.get(), Get("/g", "X-Ok: 1\r\n"));
+  EXPECT_NE(ReadResponse(g.get()).find("/g 0"), std::string::npos);
+  // Now all four have the token: a newcomer is refused, and none of them is closed.
+  UniqueFd h = Connect(server.port(), "127.0.0.8");
+  EXPECT_TRUE(ClosedWithin(h.get(), 2000ms));
+  SendAll(a.get(), "{}");
+  EXPECT_NE(ReadResponse(a.get()).find("/a 2"), std::string::npos);
+  for (const UniqueFd* fd : {&b, &e, &g}) {
+    SendAll(fd->get(), Get("/again", "X-Ok: 1\r\n"));
+    EXPECT_NE(ReadResponse(fd->get()).find("/again 0"), std::string::npos);
+  }
+  // Three closings and a refusal, one line (the period is 10 s).
+  std::vector<std::string> lines = log.Matching("http: ");
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].rfind("warning http: 4 connections open: closed one from 127.0.0.3 that had "
+                           "not authenticated in ",
+                           0),
+            0u)
+      << lines[0];
+  EXPECT_NE(lines[0].find(" ms, to make room for one from 127.0.0.5"), std::string::npos)
+      << lines[0];
+}
+
+// An attacker with several addresses closes its own connections first: the one to close is the
+// oldest of the address holding the most unauthenticated connections, not a client's lone one.
+TEST(HttpServerTest, TheAddressHoldingTheMostUnauthenticatedConnectionsMakesRoomFirst) {
+  HttpServerOptions options;
+  options.max_connections = 4;
+  options.header_check = NeedsXOk;
+  TestServer server(Echo, options);
+  UniqueFd lone = Connect(server.port(), "127.0.0.9");  // the oldest, alone on its address
+  UniqueFd a1 = Connect(server.port(), "127.0.0.2");
+  UniqueFd a2 = Connect(server.port(), "127.0.0.2");
+  UniqueFd a3 = Connect(server.port(), "127.0.0.2");
+  UniqueFd n1 = Connect(server.port(), "127.0.0.10");
+  EXPECT_TRUE(ClosedWithin(a1.get(), 2000ms));
+  UniqueFd n2 = Connect(server.port(), "127.0.0.11");
+  EXPECT_TRUE(ClosedWithin(a2.get(), 2000ms));
+  EXPECT_FALSE(ClosedWithin(lone.get(), 100ms));
+  // Now every address holds one: the oldest goes.
+  UniqueFd n3 = Connect(server.port(), "127.0.0.12");
+  EXPECT_TRUE(ClosedWithin(lone.get(), 2000ms));
+  for (const UniqueFd* fd : {&a3, &n1, &n2, &n3}) EXPECT_FALSE(ClosedWithin(fd->get(), 50ms));
 }
 
 TEST(HttpServerTest, StopClosesIdleConnectionsAndReturns) {
@@ -390,9 +604,37 @@ TEST(ApiOverHttpTest, SecondPostIs409AndDeleteCancelsWithin2Seconds) {
       "DELETE /v1/bringYourOwnImage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\n\r\n");
   EXPECT_EQ(del.rfind("HTTP/1.1 204 ", 0), 0u) << del;
   EXPECT_LT(Clock::now() - start, 2s);
+  // DELETE cleared the job (docs/api.md).
   std::string get = exchange(Get("/v1/bringYourOwnImage", "Authorization: Bearer tok\r\n"));
-  EXPECT_NE(get.find(R"("status":"error","message":"Deployment cancelled.")"), std::string::npos)
-      << get;
+  EXPECT_EQ(get.rfind("HTTP/1.1 404 ", 0), 0u) << get;
+  EXPECT_NE(get.find(R"({"message":"No deployment."})"), std::string::npos) << get;
+}
+
+// HEAD /healthz: the GET's header, Content-Length included, and no body, so the next response on
+// the connection starts where it should.
+TEST(ApiOverHttpTest, HeadHealthzHasTheHeaderOfGetAndNoBody) {
+  JobControl jobs([](auto&&...) { return Status::Ok(); }, {});
+  Metrics metrics;
+  ApiHandler api(
+      jobs, metrics, [] { return Result<boost::json::value>(boost::json::value()); },
+      "t0ken-with-enough-entropy");
+  TestServer server([&api](const HttpRequest& r) { return api.Handle(r); });
+  UniqueFd fd = Connect(server.port());
+  SendAll(fd.get(), "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + Get("/healthz"));
+  std::string in;
+  for (auto deadline = Clock::now() + 5s;
+       in.find("ok\n") == std::string::npos && Clock::now() < deadline;) {
+    pollfd p{fd.get(), POLLIN, 0};
+    if (::poll(&p, 1, 1000) <= 0) continue;
+    char buf[4096];
+    ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+    if (n <= 0) break;
+    in.append(buf, static_cast<size_t>(n));
+  }
+  std::string head_answer =
+      "HTTP/1.1 200 OK\r\nServer: byoi-agent\r\nContent-Type: text/plain\r\n"
+      "Content-Length: 3\r\n\r\n";
+  EXPECT_EQ(in, head_answer + head_answer + "ok\n");
 }
 
 }  // namespace

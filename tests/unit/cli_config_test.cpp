@@ -1,6 +1,7 @@
 // Daemon configuration: the config file format, kernel command line words, precedence and
 // validation (docs/cli.md).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -105,7 +106,7 @@ class DaemonConfigTest : public ::testing::Test {
     sources_.config_file = (dir_ / "byoi-agent.conf").string();
     sources_.kernel_cmdline = (dir_ / "cmdline").string();
     Write("cmdline", "quiet\n");
-    Write("byoi-agent.conf", "token = file-token\n");
+    Write("byoi-agent.conf", "token = file-token-0123456789\n");
   }
   void TearDown() override { fs::remove_all(dir_); }
   void Write(const std::string& name, const std::string& text) {
@@ -133,16 +134,17 @@ TEST_F(DaemonConfigTest, DefaultsForTheDaemon) {
 
 TEST_F(DaemonConfigTest, FlagBeatsKernelCmdlineBeatsConfigFile) {
   Write("byoi-agent.conf",
-        "token = file-token\nlisten = 127.0.0.1:1\nreboot = poweroff\ndisk = /dev/sdb\n"
+        "token = file-token-0123456789\nlisten = 127.0.0.1:1\nreboot = poweroff\ndisk = /dev/sdb\n"
         "memory_limit = 2G\npoll_interval = 0.5\nconsole = /dev/ttyS0\n");
-  Write("cmdline", "quiet byoi.token=cmdline-token byoi.listen=127.0.0.1:2 byoi.disk=/dev/sdc\n");
+  Write("cmdline",
+        "quiet byoi.token=cmdline-token-0123456789 byoi.listen=127.0.0.1:2 byoi.disk=/dev/sdc\n");
   flags_.listen = "127.0.0.1:3";
   Result<DaemonConfig> c = Load();
   ASSERT_TRUE(c.ok()) << c.status().ToString();
-  EXPECT_EQ(c->listen, "127.0.0.1:3");   // flag
-  EXPECT_EQ(c->token, "cmdline-token");  // kernel command line over file
-  EXPECT_EQ(c->job.disk, "/dev/sdc");    // kernel command line over file
-  EXPECT_EQ(c->job.reboot, "poweroff");  // file only
+  EXPECT_EQ(c->listen, "127.0.0.1:3");              // flag
+  EXPECT_EQ(c->token, "cmdline-token-0123456789");  // kernel command line over file
+  EXPECT_EQ(c->job.disk, "/dev/sdc");               // kernel command line over file
+  EXPECT_EQ(c->job.reboot, "poweroff");             // file only
   EXPECT_EQ(c->job.memory_limit, 2ull << 30);
   EXPECT_EQ(c->poll_interval, 0.5);
   EXPECT_EQ(c->console, "/dev/ttyS0");
@@ -165,7 +167,7 @@ TEST_F(DaemonConfigTest, DownloadOptionsComeFromEverySource) {
   EXPECT_EQ(defaults->job.connections, 4);
 
   Write("ca.pem", "-----BEGIN CERTIFICATE-----\n");
-  Write("byoi-agent.conf", "token = t\nca_bundle = " + (dir_ / "ca.pem").string() +
+  Write("byoi-agent.conf", "token = 0123456789abcdef\nca_bundle = " + (dir_ / "ca.pem").string() +
                                "\nstall_timeout = 2.5\nretry_delay = 0\ndownload_attempts = 4\n"
                                "connections = 2\n");
   // A bare word on the kernel command line switches verification off.
@@ -208,26 +210,28 @@ TEST_F(DaemonConfigTest, BadValuesNameTheKeyAndItsSource) {
     const char* file;
     const char* detail;
   } cases[] = {
-      {"token = t\nreboot = halt\n", "must be none, reboot, poweroff or kexec"},
-      {"token = t\nefi_boot_order = last\n", "must be first, after-network, bootnext or none"},
-      {"token = t\nmemory_limit = lots\n", "not a size"},
-      {"token = t\nlisten = 9999\n", "expected ADDR:PORT"},
-      {"token = t\npoll_interval = 0\n", "must be a number of seconds"},
-      {"token = t\nlog_level = chatty\n", "must be trace"},
-      {"token = t\nca_bundle = /no/such/ca.pem\n", "no such file: /no/such/ca.pem"},
-      {"token = t\ninsecure = maybe\n", "must be true or false"},
-      {"token = t\nstall_timeout = 0\n", "between 0.1 and 3600"},
-      {"token = t\nretry_delay = -1\n", "between 0 and 300"},
-      {"token = t\ndownload_attempts = 2.5\n", "whole number between 1 and 1000"},
-      {"token = t\ndownload_attempts = 0\n", "whole number between 1 and 1000"},
-      {"token = t\nconnections = 0\n", "whole number between 1 and 16"},
-      {"token = t\nconnections = 17\n", "whole number between 1 and 16"},
-      {"token = t\nconnections = four\n", "whole number between 1 and 16"},
-      {"token = t\nbackend_url = ftp://x\n", "must start with http:// or https://"},
-      {"token = t s\n", "must be printable ASCII"},
-      {"token = t\ntls_cert = /c.pem\n", "tls_cert and tls_key must be given together"},
+      {"token = 0123456789abcdef\nreboot = halt\n", "must be none, reboot, poweroff or kexec"},
+      {"token = 0123456789abcdef\nefi_boot_order = last\n",
+       "must be first, after-network, bootnext or none"},
+      {"token = 0123456789abcdef\nmemory_limit = lots\n", "not a size"},
+      {"token = 0123456789abcdef\nlisten = 9999\n", "expected ADDR:PORT"},
+      {"token = 0123456789abcdef\npoll_interval = 0\n", "must be a number of seconds"},
+      {"token = 0123456789abcdef\nlog_level = chatty\n", "must be trace"},
+      {"token = 0123456789abcdef\nca_bundle = /no/such/ca.pem\n", "no such file: /no/such/ca.pem"},
+      {"token = 0123456789abcdef\ninsecure = maybe\n", "must be true or false"},
+      {"token = 0123456789abcdef\nstall_timeout = 0\n", "between 0.1 and 3600"},
+      {"token = 0123456789abcdef\nretry_delay = -1\n", "between 0 and 300"},
+      {"token = 0123456789abcdef\ndownload_attempts = 2.5\n", "whole number between 1 and 1000"},
+      {"token = 0123456789abcdef\ndownload_attempts = 0\n", "whole number between 1 and 1000"},
+      {"token = 0123456789abcdef\nconnections = 0\n", "whole number between 1 and 16"},
+      {"token = 0123456789abcdef\nconnections = 17\n", "whole number between 1 and 16"},
+      {"token = 0123456789abcdef\nconnections = four\n", "whole number between 1 and 16"},
+      {"token = 0123456789abcdef\nbackend_url = ftp://x\n", "must start with http:// or https://"},
+      {"token = 0123456789 abcdef\n", "must be printable ASCII"},
+      {"token = 0123456789abcdef\ntls_cert = /c.pem\n",
+       "tls_cert and tls_key must be given together"},
       {"listen = 0.0.0.0:1\n", "no API token"},
-      {"listen = off\ntoken = t\n", "nothing to do"},
+      {"listen = off\ntoken = 0123456789abcdef\n", "nothing to do"},
   };
   for (const Case& c : cases) {
     Write("byoi-agent.conf", c.file);
@@ -237,7 +241,7 @@ TEST_F(DaemonConfigTest, BadValuesNameTheKeyAndItsSource) {
     EXPECT_NE(loaded.status().detail().find(c.detail), std::string::npos)
         << c.file << " -> " << loaded.status().detail();
   }
-  Write("byoi-agent.conf", "token = t\nreboot = halt\n");
+  Write("byoi-agent.conf", "token = 0123456789abcdef\nreboot = halt\n");
   EXPECT_NE(Load().status().detail().find("reboot (from " + sources_.config_file + ")"),
             std::string::npos);
 }
@@ -249,6 +253,117 @@ TEST_F(DaemonConfigTest, TokenErrorsNeverEchoTheToken) {
   EXPECT_EQ(c.status().ToString().find("sec"), std::string::npos);
 }
 
+TEST_F(DaemonConfigTest, ATokenShorterThan16CharactersIsRefusedNamingTheMinimum) {
+  Write("byoi-agent.conf", "token = 0123456789abcde\n");  // 15
+  Result<DaemonConfig> c = Load();
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), Code::kInvalid);
+  EXPECT_EQ(c.status().detail(),
+            "token (from " + sources_.config_file +
+                "): the token must be at least 16 characters long (it has 15)");
+  EXPECT_EQ(c.status().ToString().find("0123456789abcde"), std::string::npos);
+  flags_.token = "0123456789abcdef";  // 16
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->token, "0123456789abcdef");
+}
+
+// A token file keeps the token out of /proc/PID/cmdline (docs/cli.md: every option is also a
+// config key and a kernel command line word).
+class TokenFileTest : public DaemonConfigTest {
+ protected:
+  // Writes `text` to token.txt with `mode`; returns its path.
+  std::string TokenFile(const std::string& text, mode_t mode = 0600) {
+    std::string path = (dir_ / "token.txt").string();
+    Write("token.txt", text);
+    EXPECT_EQ(::chmod(path.c_str(), mode), 0);
+    return path;
+  }
+};
+
+TEST_F(TokenFileTest, TheFilesOneLineIsTheTokenWithoutItsLineEnding) {
+  Write("byoi-agent.conf", "");
+  for (const char* text :
+       {"from-the-file-0123456789\n", "from-the-file-0123456789", "from-the-file-0123456789\r\n"}) {
+    flags_.token_file = TokenFile(text);
+    Result<DaemonConfig> c = Load();
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    EXPECT_EQ(c->token, "from-the-file-0123456789");
+  }
+  flags_.token_file.reset();
+  for (mode_t mode : {0400, 0600}) {
+    Write("byoi-agent.conf", "token_file = " + TokenFile("config-key-file-0123456789\n", mode));
+    ASSERT_TRUE(Load().ok()) << std::oct << mode;
+    EXPECT_EQ(Load()->token, "config-key-file-0123456789");
+  }
+  Write("byoi-agent.conf", "");
+  Write("cmdline", "quiet byoi.token_file=" + TokenFile("kernel-file-0123456789\n"));
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->token, "kernel-file-0123456789");
+}
+
+TEST_F(TokenFileTest, BadFilesAreRefusedNamingTheFileNeverTheToken) {
+  std::string path = (dir_ / "token.txt").string();
+  struct Case {
+    std::string text;
+    mode_t mode;
+    std::string detail;
+  } cases[] = {
+      {"secret-0123456789abcdef\n", 0644,
+       path + " is accessible to group or others (mode 0644): make it 0600 or 0400"},
+      {"secret-0123456789abcdef\n", 0640,
+       path + " is accessible to group or others (mode 0640): make it 0600 or 0400"},
+      {"", 0600, path + " holds no token"},
+      {"\n", 0600, path + " holds no token"},
+      {"secret-0123456789abcdef\nsecond line\n", 0600, path + " holds more than one line"},
+      {"secret-0123\n", 0600,
+       "the token in the file must be at least 16 characters long (it has 11)"},
+      {"secret 0123456789abcdef\n", 0600,
+       "the token in the file must be printable ASCII without spaces"},
+      {std::string(5000, 's'), 0600, "larger than 4096 bytes"},
+  };
+  Write("byoi-agent.conf", "");
+  for (const Case& c : cases) {
+    flags_.token_file = TokenFile(c.text, c.mode);
+    Result<DaemonConfig> loaded = Load();
+    ASSERT_FALSE(loaded.ok()) << c.detail;
+    EXPECT_EQ(loaded.status().code(), Code::kInvalid) << c.detail;
+    EXPECT_EQ(loaded.status().detail().rfind("token_file (from command line): ", 0), 0u)
+        << loaded.status().detail();
+    EXPECT_NE(loaded.status().detail().find(c.detail), std::string::npos)
+        << loaded.status().detail();
+    EXPECT_EQ(loaded.status().ToString().find("secret"), std::string::npos);
+  }
+  flags_.token_file = (dir_ / "absent.txt").string();
+  EXPECT_EQ(Load().status().detail(), "token_file (from command line): reading " +
+                                          (dir_ / "absent.txt").string() +
+                                          ": No such file or directory");
+}
+
+// token and token_file are one setting: from one source both is an error, from two the higher
+// precedence wins as for every key.
+TEST_F(TokenFileTest, TokenAndTokenFileFromOneSourceIsAnErrorElsePrecedenceDecides) {
+  std::string path = TokenFile("from-the-file-0123456789\n");
+  Write("byoi-agent.conf", "token = from-the-config-0123456789\ntoken_file = " + path + "\n");
+  Result<DaemonConfig> c = Load();
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().detail(), "token and token_file are both given on the " +
+                                     sources_.config_file + ": give one of them");
+  flags_.token = "from-the-flag-0123456789";
+  flags_.token_file = path;
+  EXPECT_EQ(Load().status().detail(),
+            "token and token_file are both given on the command line: give one of them");
+
+  flags_.token.reset();  // the file from the command line beats the config file's token
+  Write("byoi-agent.conf", "token = from-the-config-0123456789\n");
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->token, "from-the-file-0123456789");
+  flags_.token_file.reset();  // the kernel's token beats the config file's token_file
+  Write("byoi-agent.conf", "token_file = " + path + "\n");
+  Write("cmdline", "byoi.token=from-the-kernel-0123456789\n");
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->token, "from-the-kernel-0123456789");
+}
+
 TEST_F(DaemonConfigTest, PollingOnlyNeedsNoToken) {
   Write("byoi-agent.conf", "listen = off\nbackend_url = http://127.0.0.1:1\n");
   Result<DaemonConfig> c = Load();
@@ -258,7 +373,7 @@ TEST_F(DaemonConfigTest, PollingOnlyNeedsNoToken) {
 
 TEST_F(DaemonConfigTest, MissingExplicitConfigFileIsAnErrorMissingCmdlineIsNot) {
   sources_.kernel_cmdline = (dir_ / "no-cmdline").string();
-  flags_.token = "t";
+  flags_.token = "0123456789abcdef";
   EXPECT_TRUE(Load().ok());
   sources_.config_file = (dir_ / "absent.conf").string();
   Result<DaemonConfig> c = Load();

@@ -6,7 +6,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "agent/base/messages.hpp"
 
@@ -40,6 +43,50 @@ struct SlowRunner {
     board.FinishStep(Step::kDownload);
     board.Done();
     return Status::Ok();
+  }
+};
+
+// Waits until the job's first step is `doing` (the runner is at work); false after 5 s.
+bool WaitUntilWorking(JobControl& jobs) {
+  for (int i = 0; i < 500; ++i) {
+    std::optional<JobRecord> job = jobs.Snapshot();
+    if (job && job->status.progress[0].state == StepState::kDoing) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+// What listeners saw, in order: each step change's message, "cleared" for a null status.
+class EventLog {
+ public:
+  void Attach(JobControl& jobs) {
+    jobs.Subscribe([this](const JobEvent& e) {
+      std::lock_guard lock(mu_);
+      if (!e.status) {
+        seen_.push_back("cleared");
+      } else if (e.step_changed) {
+        seen_.push_back(e.status->message);
+      }
+    });
+  }
+  std::vector<std::string> seen() const {
+    std::lock_guard lock(mu_);
+    return seen_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::string> seen_;
+};
+
+// A runner stuck in a write that ignores the token (a bug) until `release` is set, then fails.
+struct StuckRunner {
+  std::atomic<bool>* release;
+  Status operator()(const Manifest&, const RunOptions&, StatusBoard& board,
+                    const CancelToken&) const {
+    board.BeginStep(Step::kWrite, "writing image");
+    while (!release->load()) std::this_thread::sleep_for(5ms);
+    return Status::Error(Code::kIo, "disk gone", "Can't write raw on disk.");
   }
 };
 
@@ -98,7 +145,7 @@ TEST(JobControlTest, CancelStopsTheJobWithin2SecondsWithTheCatalogueMessage) {
   std::atomic<bool> release{false};
   JobControl jobs(SlowRunner{&release}, {});
   ASSERT_TRUE(jobs.Submit(TestManifest()).ok());
-  std::this_thread::sleep_for(50ms);
+  ASSERT_TRUE(WaitUntilWorking(jobs));
   auto start = std::chrono::steady_clock::now();
   EXPECT_EQ(jobs.Cancel(), JobControl::CancelOutcome::kStopped);
   EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
@@ -111,13 +158,7 @@ TEST(JobControlTest, CancelStopsTheJobWithin2SecondsWithTheCatalogueMessage) {
 
 TEST(JobControlTest, CancelOfARunnerThatDoesNotStopReportsStopping) {
   std::atomic<bool> release{false};
-  JobControl jobs(
-      [&](const Manifest&, const RunOptions&, StatusBoard& board, const CancelToken&) {
-        board.BeginStep(Step::kWrite, "writing image");
-        while (!release) std::this_thread::sleep_for(5ms);  // ignores the token: a bug
-        return Status::Error(Code::kIo, "disk gone", "Can't write raw on disk.");
-      },
-      {});
+  JobControl jobs(StuckRunner{&release}, {});
   ASSERT_TRUE(jobs.Submit(TestManifest()).ok());
   EXPECT_EQ(jobs.Cancel(100ms), JobControl::CancelOutcome::kStopping);
   EXPECT_TRUE(jobs.busy());
@@ -168,6 +209,66 @@ TEST(JobControlTest, ClearForgetsAFinishedJobButNotARunningOne) {
   EXPECT_EQ(cleared.size(), 1u);
   EXPECT_TRUE(jobs.Clear().ok());  // nothing to clear: no event
   EXPECT_EQ(cleared.size(), 1u);
+}
+
+// DELETE (docs/api.md): the job is cancelled, its final status published, then it is forgotten
+// (listeners see a null status: the state file goes), all before Discard() returns.
+TEST(JobControlTest, DiscardCancelsThenForgetsTheJobBeforeReturning) {
+  std::atomic<bool> release{false};
+  JobControl jobs(SlowRunner{&release}, {});
+  EventLog events;
+  events.Attach(jobs);
+  ASSERT_TRUE(jobs.Submit(TestManifest()).ok());
+  ASSERT_TRUE(WaitUntilWorking(jobs));
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(jobs.Discard(), JobControl::CancelOutcome::kStopped);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+  EXPECT_FALSE(jobs.busy());
+  EXPECT_FALSE(jobs.Snapshot().has_value());
+  EXPECT_EQ(events.seen(), (std::vector<std::string>{"starting", "downloading image",
+                                                     std::string(msg::kCancelled), "cleared"}));
+  // Nothing is left to forget; a new job may start.
+  EXPECT_EQ(jobs.Discard(), JobControl::CancelOutcome::kNotRunning);
+  EXPECT_EQ(events.seen().size(), 4u);
+  ASSERT_TRUE(jobs.Submit(TestManifest()).ok());
+  release = true;
+  EXPECT_EQ(WaitUntilEnded(jobs).state, JobState::kDone);
+}
+
+// A runner that does not stop within the wait: kStopping; the job stays visible (and blocks a new
+// one) until the runner returns, and is forgotten then.
+TEST(JobControlTest, DiscardOfARunnerThatDoesNotStopForgetsItWhenItDoes) {
+  std::atomic<bool> release{false};
+  JobControl jobs(StuckRunner{&release}, {});
+  EventLog events;
+  events.Attach(jobs);
+  ASSERT_TRUE(jobs.Submit(TestManifest()).ok());
+  EXPECT_EQ(jobs.Discard(100ms), JobControl::CancelOutcome::kStopping);
+  ASSERT_TRUE(jobs.Snapshot().has_value());
+  EXPECT_EQ(jobs.Snapshot()->status.state, JobState::kDoing);
+  EXPECT_EQ(jobs.Submit(TestManifest()).status().code(), Code::kBusy);
+  release = true;
+  for (int i = 0; i < 500 && jobs.busy(); ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_FALSE(jobs.busy());
+  EXPECT_FALSE(jobs.Snapshot().has_value());
+  EXPECT_EQ(events.seen(), (std::vector<std::string>{"starting", "writing image",
+                                                     std::string(msg::kCancelled), "cleared"}));
+}
+
+TEST(JobControlTest, DiscardForgetsAFinishedJobAtOnce) {
+  JobControl jobs([](auto&&...) { return Status::Error(Code::kIo, "HTTP 404", "Could not."); }, {});
+  EventLog events;
+  events.Attach(jobs);
+  ASSERT_TRUE(jobs.Submit(TestManifest()).ok());
+  WaitUntilEnded(jobs);
+  EXPECT_EQ(jobs.Discard(), JobControl::CancelOutcome::kNotRunning);
+  EXPECT_FALSE(jobs.Snapshot().has_value());
+  EXPECT_EQ(events.seen(), (std::vector<std::string>{"starting", "Could not.", "cleared"}));
+  // Cancel() alone (the daemon's shutdown) keeps the job and its state.
+  ASSERT_TRUE(jobs.Submit(TestManifest()).ok());
+  WaitUntilEnded(jobs);
+  EXPECT_EQ(jobs.Cancel(), JobControl::CancelOutcome::kNotRunning);
+  EXPECT_TRUE(jobs.Snapshot().has_value());
 }
 
 TEST(JobControlTest, ListenersSeeEveryStepChangeWithTheJobId) {

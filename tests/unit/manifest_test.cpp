@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -1183,6 +1184,120 @@ TEST(ManifestExamples, InvalidOnesGiveTheirExactMessage) {
     ASSERT_TRUE(message.ends_with("\n")) << expect;
     message.pop_back();
     ExpectAll({{Slurp(path), message}});
+  }
+}
+
+// --- Cost ---------------------------------------------------------------------------------------
+
+struct CostCase {
+  std::string shape;
+  std::string body;
+  std::string outcome;  // "" when the body is valid, else the end of the error message
+};
+
+// The bodies that cost the validator most for their size, each just under the 1 MiB limit: many
+// members (metadata, headers, unknown keys; distinct or repeated), deep nesting, long strings.
+std::vector<CostCase> WorstBodies() {
+  constexpr size_t kBudget = kMaxManifestBytes - 4096;  // room for the fixed members
+  auto repeat = [&](const std::function<std::string(size_t)>& item, std::string_view sep) {
+    std::string out;
+    for (size_t i = 0; out.size() < kBudget; ++i) {
+      if (i) out += sep;
+      out += item(i);
+    }
+    return out;
+  };
+  auto key = [](size_t i) { return "k" + std::to_string(i); };
+  const std::string url(kUrl);
+  auto v3 = [&](const std::string& customizations, std::string_view storage = "[]") {
+    return R"({"operatingSystem": "byoi_64", "storage": )" + std::string(storage) +
+           R"(, "customizations": {"imageURL": ")" + url + R"(", "imageType": "raw", )" +
+           customizations + "}}";
+  };
+  auto v1 = [&](const std::string& members) {
+    return R"({"URL": ")" + url + R"(", "type": "raw", )" + members + "}";
+  };
+  const std::string metadata = R"("configDriveMetadata": {)" +
+                               repeat([&](size_t i) { return "\"" + key(i) + "\":\"\""; }, ",") +
+                               "}";
+  const std::string user_metadatas =
+      R"("configdrive": {"enable": true, "userMetadatas": [)" +
+      repeat([&](size_t i) { return R"({"key":")" + key(i) + "\"}"; }, ",");
+  const std::string longest(kBudget, 'a');
+  return {
+      {"v3 metadata, distinct keys", v3(metadata), ""},
+      {"v3 metadata, distinct keys, then a bad storage", v3(metadata, R"([{"diskGroupId": -1}])"),
+       "storage[0].diskGroupId: must not be negative"},
+      {"v3 metadata, one key repeated",
+       v3(R"("configDriveMetadata": {)" +
+          repeat([](size_t) { return std::string(R"("a":"")"); }, ",") + "}"),
+       ""},
+      {"v1 userMetadatas, distinct keys", v1(user_metadatas + "]}"), ""},
+      {"v1 userMetadatas, distinct keys, the last one a duplicate",
+       v1(user_metadatas + R"(,{"key":"k0"}]})"), "].key: duplicate key"},
+      {"v3 headers, distinct names",
+       v3(R"("httpHeaders": {)" +
+          repeat([&](size_t i) { return "\"X-" + key(i) + "\":\"v\""; }, ",") + "}"),
+       "customizations.httpHeaders.X-k64: more than 64 headers"},
+      {"v1 headers",
+       v1(R"("httpHeader": [)" +
+          repeat([&](size_t i) { return R"({"key":"X-)" + key(i) + R"(","value":"v"})"; }, ",") +
+          "]"),
+       "httpHeader[64]: more than 64 headers"},
+      {"unknown top-level keys", v1(repeat([&](size_t i) { return "\"" + key(i) + "\":0"; }, ",")),
+       ""},
+      {"one unknown top-level key repeated",
+       v1(repeat([](size_t) { return std::string(R"("x":0)"); }, ",")), ""},
+      {"arrays nested 31 deep, many times",
+       v1(R"("x": [)" +
+          repeat([](size_t) { return std::string(30, '[') + std::string(30, ']'); }, ",") + "]"),
+       ""},
+      {"a long array of numbers",
+       v1(R"("x": [)" + repeat([](size_t) { return std::string("0"); }, ",") + "]"), ""},
+      {"a long description", v1(R"("description": ")" + longest + "\""), ""},
+      {"a long hostname", v1(R"("configdrive": {"hostname": ")" + longest + "\"}"),
+       "configdrive.hostname: not a valid RFC 1123 host name"},
+      {"long user data, strict base64",
+       v1(R"("configdrive": {"userData": ")" + std::string(kBudget / 4 * 4, 'Q') + "\"}"), ""},
+      {"a long metadata value", v3(R"("configDriveMetadata": {"k": ")" + longest + "\"}"), ""},
+      {"a long string of escapes",
+       v1(R"("description": ")" + repeat([](size_t) { return std::string(R"(\u00e9)"); }, "") +
+          "\""),
+       ""},
+  };
+}
+
+// Unoptimised or sanitized builds run this code up to ten times slower; the bound still catches a
+// quadratic cost, which takes seconds.
+#if defined(__SANITIZE_ADDRESS__) || !defined(NDEBUG)
+constexpr int kSlowBuild = 10;
+#else
+constexpr int kSlowBuild = 1;
+#endif
+
+// Validation is linear in the body's size whatever its shape. 100 ms is a bound, not a benchmark:
+// a 1 MiB body validates in a few milliseconds, while the quadratic duplicate-key check this
+// replaces took 11 s on the first shape.
+TEST(ManifestCost, AnyOneMiBBodyValidatesInLinearTime) {
+  for (const CostCase& c : WorstBodies()) {
+    ASSERT_LE(c.body.size(), kMaxManifestBytes) << c.shape;
+    ASSERT_GT(c.body.size(), kMaxManifestBytes - 8192) << c.shape;
+    // The best of three runs: this machine's timing swings, a quadratic cost does not hide.
+    auto best = std::chrono::steady_clock::duration::max();
+    for (int run = 0; run < 3; ++run) {
+      auto start = std::chrono::steady_clock::now();
+      Result<Manifest> m = ParseManifest(c.body);
+      best = std::min(best, std::chrono::steady_clock::now() - start);
+      if (c.outcome.empty()) {
+        EXPECT_TRUE(m.ok()) << c.shape << ": " << m.status().ToString();
+      } else {
+        EXPECT_TRUE(!m.ok() && m.status().message().ends_with(c.outcome))
+            << c.shape << ": " << (m.ok() ? "valid" : m.status().message());
+      }
+    }
+    EXPECT_LT(best, kSlowBuild * std::chrono::milliseconds(100))
+        << c.shape << ": " << std::chrono::duration_cast<std::chrono::milliseconds>(best).count()
+        << " ms for " << c.body.size() << " bytes";
   }
 }
 
