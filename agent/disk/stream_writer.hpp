@@ -30,6 +30,7 @@
 #include "agent/base/cancel.hpp"
 #include "agent/base/status.hpp"
 #include "agent/disk/target.hpp"
+#include "agent/image/virtual_disk_sink.hpp"
 
 namespace byoi {
 
@@ -52,7 +53,7 @@ struct StreamWriteStats {
   uint64_t bytes_zeroed = 0;   // zeroed by the device or file system (or their fallback)
 };
 
-class StreamWriter {
+class StreamWriter : public VirtualDiskSink {
  public:
   // Starts the workers. `target` and `cancel` are borrowed and must outlive the writer.
   // `virtual_size` is the virtual disk's size when known (a qcow2 header, a raw image's length),
@@ -62,7 +63,7 @@ class StreamWriter {
                                                       StreamWriteOptions options,
                                                       const CancelToken& cancel);
   // Stops the workers (what is queued is dropped if Flush was not called).
-  ~StreamWriter();
+  ~StreamWriter() override;
   StreamWriter(const StreamWriter&) = delete;
   StreamWriter& operator=(const StreamWriter&) = delete;
 
@@ -70,9 +71,9 @@ class StreamWriter {
   // not overlap each other or zero ranges. Blocks while every chunk buffer is in flight.
   // Errors: kTooBig (msg::ImageLargerThanDisk) when the piece passes the target's end; the first
   // error of an earlier write (kIo), or kCancelled. Single-threaded: one caller at a time.
-  Status Write(uint64_t offset, std::span<const uint8_t> bytes);
+  Status Write(uint64_t offset, std::span<const uint8_t> bytes) override;
   // [offset, offset + length) of the virtual disk reads as zeros. Errors as Write.
-  Status Zero(uint64_t offset, uint64_t length);
+  Status Zero(uint64_t offset, uint64_t length) override;
 
   // The stream ended; the virtual disk is [0, virtual_size). Writes what is gathered, waits for
   // every write, and fdatasyncs; the held-back bytes stay in RAM. kInternal when a byte of the

@@ -51,7 +51,7 @@
 
 #include "agent/base/cancel.hpp"
 #include "agent/base/status.hpp"
-#include "agent/fetch/byte_sink.hpp"
+#include "agent/base/byte_sink.hpp"
 #include "agent/fetch/hasher.hpp"
 #include "agent/fetch/http_headers.hpp"
 #include "agent/image/format.hpp"  // ImageType

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "agent/base/status.hpp"
-#include "agent/fetch/byte_sink.hpp"
+#include "agent/base/byte_sink.hpp"
 #include "agent/fetch/hasher.hpp"
 #include "agent/image/image_buffer.hpp"
 

@@ -1,7 +1,10 @@
-// Where FetchStream (fetch.hpp) puts the image's body as it downloads: stream mode writes it to the
-// disk while it arrives, so that it never has to fit in RAM (docs/pipeline.md).
+// A consumer of a byte stream in order: where FetchStream (agent/fetch/fetch.hpp) puts an image's
+// body as it downloads, and what stream mode's image reader (agent/image/stream_image.hpp) is, so
+// that an image is written to the disk while it arrives and never has to fit in RAM
+// (docs/pipeline.md). A file read front to back feeds the same interface.
 //
-// The contract, whatever the number of connections and however many requests fail and resume:
+// The contract, whatever the source (for a download: however many connections, and however many
+// requests fail and resume):
 //   - Start is called once, before the first Write (for an empty body: before FetchStream returns
 //     successfully), with the body's length when the server announced it;
 //   - Write receives the body's bytes strictly in order, each byte exactly once: the first call
