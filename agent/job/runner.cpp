@@ -64,8 +64,8 @@ Result<FetchOptions> MakeFetchOptions(const JobOptions& job) {
   }
   opts.attempts = job.download_attempts;
   opts.connections = job.connections;
-  opts.retry_delay = std::chrono::milliseconds(static_cast<int64_t>(job.retry_delay * 1000));
-  opts.stall_timeout = std::chrono::milliseconds(static_cast<int64_t>(job.stall_timeout * 1000));
+  opts.retry_delay = job.retry_delay;
+  opts.stall_timeout = job.stall_timeout;
   opts.ca_bundle = job.ca_bundle;
   opts.insecure = job.insecure;
   opts.on_retry = [](std::string_view notice) { spdlog::warn("download: {}", notice); };
@@ -75,14 +75,11 @@ Result<FetchOptions> MakeFetchOptions(const JobOptions& job) {
 // The boot order policy the boot step will apply, or nullopt when it will write no boot entry:
 // on legacy BIOS, or under policy none. The manifest's efiBootOrder, when given, wins over the
 // agent's --efi-boot-order.
-Result<std::optional<BootOrderPolicy>> BootEntryPolicy(const Manifest& manifest,
-                                                       const JobOptions& job) {
-  if (DetectBootMode(job.efivars) == BootMode::kLegacy) return std::optional<BootOrderPolicy>();
-  const std::string& order =
-      manifest.efi_boot_order.empty() ? job.efi_boot_order : manifest.efi_boot_order;
-  BYOI_ASSIGN_OR_RETURN(BootOrderPolicy policy, ParseBootOrderPolicy(order));
-  if (policy == BootOrderPolicy::kNone) return std::optional<BootOrderPolicy>();
-  return std::optional<BootOrderPolicy>(policy);
+std::optional<BootOrderPolicy> BootEntryPolicy(const Manifest& manifest, const JobOptions& job) {
+  if (DetectBootMode(job.efivars) == BootMode::kLegacy) return std::nullopt;
+  const BootOrderPolicy policy = manifest.efi_boot_order.value_or(job.efi_boot_order);
+  if (policy == BootOrderPolicy::kNone) return std::nullopt;
+  return policy;
 }
 
 // Step 1: the target, before a byte is downloaded, so that a wrong disk group or a busy disk is
@@ -107,9 +104,7 @@ Result<TargetDisk> Plan(const Manifest& manifest, const JobOptions& job) {
   }
   if (inventory.ok()) target.group_peers = OtherDisksOfGroup(*inventory, target.disk);
   BYOI_RETURN_IF_ERROR(CheckNotInUse(target.disk));
-  Result<std::optional<BootOrderPolicy>> policy = BootEntryPolicy(manifest, job);
-  if (!policy.ok()) return std::move(policy).status().DefaultMessage(msg::kBootEntry);
-  if (*policy) {
+  if (BootEntryPolicy(manifest, job)) {
     EfivarfsVars vars(job.efivars);
     BYOI_RETURN_IF_ERROR(
         CheckBootVariables(vars).Context("reading the EFI boot variables in " + job.efivars));
@@ -282,9 +277,9 @@ Status SetBootEntry(const Manifest& manifest, const JobOptions& job, const Disk&
     board.SkipStep(Step::kBootloader, LegacySkipReason(job.efivars));
     return Status::Ok();
   }
-  BYOI_ASSIGN_OR_RETURN(std::optional<BootOrderPolicy> policy, BootEntryPolicy(manifest, job));
+  const std::optional<BootOrderPolicy> policy = BootEntryPolicy(manifest, job);
   if (!policy) {
-    board.SkipStep(Step::kBootloader, manifest.efi_boot_order.empty()
+    board.SkipStep(Step::kBootloader, !manifest.efi_boot_order
                                           ? "--efi-boot-order none: the boot entries are left alone"
                                           : "efiBootOrder none: the boot entries are left alone");
     return Status::Ok();
@@ -326,7 +321,7 @@ Status SetBootEntry(const Manifest& manifest, const JobOptions& job, const Disk&
 // (status file, API, backend: the poller holds this thread until the backend has it) inside
 // board.Done(), before anything is flushed or rebooted.
 Status Finish(const JobOptions& job, const Disk& disk, PowerControl& power, StatusBoard& board) {
-  BYOI_ASSIGN_OR_RETURN(RebootMode mode, ParseRebootMode(job.reboot));
+  const RebootMode mode = job.reboot;
   if (mode == RebootMode::kNone) {
     board.SkipStep(Step::kReboot, "--reboot none: the machine stays in the rescue system");
     board.Done();

@@ -89,7 +89,7 @@ class RunnerFinish : public ::testing::Test {
     RunOptions options;
     options.job.disk = disk_;
     options.job.efivars = dir_ / "no-efivars";  // legacy BIOS: no boot entry to write
-    options.job.reboot = reboot;
+    options.job.reboot = *ParseRebootMode(reboot);
     options.job.memory_limit = 128 << 20;
     options.power = &power_;
     StatusBoard board;

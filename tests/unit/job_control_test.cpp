@@ -325,7 +325,7 @@ TEST(JobControlTest, RestoreInstallsAFinishedJobWithoutRunningIt) {
 TEST(JobControlTest, RunOptionsReachTheRunner) {
   RunOptions options;
   options.job.disk = "/dev/loop7";
-  options.job.reboot = "none";
+  options.job.reboot = RebootMode::kNone;
   std::string disk;
   JobControl jobs(
       [&](const Manifest&, const RunOptions& o, StatusBoard&, const CancelToken&) {
