@@ -49,9 +49,9 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/base/byte_sink.hpp"
 #include "agent/base/cancel.hpp"
 #include "agent/base/status.hpp"
-#include "agent/base/byte_sink.hpp"
 #include "agent/fetch/hasher.hpp"
 #include "agent/fetch/http_headers.hpp"
 #include "agent/image/format.hpp"  // ImageType
@@ -97,8 +97,6 @@ struct FetchOptions {
   // mean fewer callbacks and system calls per byte (2 GiB over loopback, 6 runs each: median
   // 3.15 s with 2 MiB, 2.6 s with 8 MiB).
   size_t receive_buffer = 8 << 20;
-  // Hash on a thread of our own, in parallel with storing the bytes, rather than inline.
-  bool hash_thread = true;
   // Told about each failed attempt that will be retried ("attempt 2 of 10 failed: ..."), for the
   // log; never holds a secret. May be empty.
   std::function<void(std::string_view)> on_retry;

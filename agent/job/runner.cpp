@@ -94,10 +94,7 @@ Result<TargetDisk> Plan(const Manifest& manifest, const JobOptions& job) {
   TargetDisk target;
   if (!job.disk.empty()) {
     // --disk is the operator's explicit choice and wins over diskGroupId.
-    Result<Disk> given = DescribeTarget(job.disk);
-    if (!given.ok())
-      return std::move(given).status().DefaultMessage(msg::CantWrite(TypeName(manifest)));
-    target.disk = *given;
+    BYOI_ASSIGN_OR_RETURN(target.disk, DescribeTarget(job.disk));
   } else {
     if (!inventory.ok()) return inventory.status();
     BYOI_ASSIGN_OR_RETURN(target.disk, SelectDisk(*inventory, manifest.disk_group_id));
@@ -165,19 +162,12 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
   FormatInfo info = DetectFormat(fetched.image.bytes());
   BYOI_RETURN_IF_ERROR(CheckDeclaredType(info, manifest.type));
   Result<OpenedImage> opened = OpenImage(fetched.image.bytes());
-  if (!opened.ok()) {
-    return std::move(opened)
-        .status()
-        .Context("reading the qcow2 metadata")
-        .DefaultMessage(msg::CantWrite(TypeName(manifest)));
-  }
+  if (!opened.ok()) return std::move(opened).status().Context("reading the qcow2 metadata");
   const uint64_t vsize = opened->layout.virtual_size();
   // The partition table of the virtual disk (a qcow2's first clusters may be compressed).
   std::vector<uint8_t> head(std::min(vsize, kHeadBytes));
   VirtualReader reader(opened->layout);
-  BYOI_RETURN_IF_ERROR(reader.Read(0, head)
-                           .Context("reading the image's first sectors")
-                           .DefaultMessage(msg::CantWrite(TypeName(manifest))));
+  BYOI_RETURN_IF_ERROR(reader.Read(0, head).Context("reading the image's first sectors"));
   if (disk != nullptr) {
     BYOI_RETURN_IF_ERROR(CheckImageFits(vsize, *disk));
     BYOI_RETURN_IF_ERROR(CheckImageSectorSize(head, *disk, TypeName(manifest)));
@@ -187,8 +177,7 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
   if (opened->qcow2 && opened->qcow2->compressed_bytes > 0) {
     auto t0 = std::chrono::steady_clock::now();
     BYOI_RETURN_IF_ERROR(VerifyCompressedClusters(opened->layout, 0, cancel)
-                             .Context("checking the compressed clusters")
-                             .DefaultMessage(msg::CantWrite(TypeName(manifest))));
+                             .Context("checking the compressed clusters"));
     spdlog::info("verify: {} of compressed clusters inflate in {:.1f} s",
                  HumanBytes(opened->qcow2->compressed_bytes),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -291,9 +280,7 @@ Status SetBootEntry(const Manifest& manifest, const JobOptions& job, const Disk&
     board.SkipStep(Step::kBootloader, "the image has no EFI system partition");
     return Status::Ok();
   }
-  if (!esp.ok() && esp.status().code() == Code::kIo) {
-    return std::move(esp).status().DefaultMessage(std::string(msg::kBootEntry));
-  }
+  if (!esp.ok() && esp.status().code() == Code::kIo) return std::move(esp).status();
   if (!esp.ok()) {
     // No ESP, or one without a FAT file system: the loader cannot be on it.
     const std::string shown = manifest.efi_bootloader_path.empty() ? "\\EFI\\BOOT\\BOOTX64.EFI"
@@ -339,10 +326,9 @@ Status Finish(const JobOptions& job, const Disk& disk, PowerControl& power, Stat
   return Status::Ok();
 }
 
-// The failure policy once writing has begun (docs/status.md): the disk holds a mix of old and new
-// bytes, or a new system without its configuration; make it unbootable rather than let the next
-// boot find something half-made. The writer already does this for its own failures; later steps
-// rely on this.
+// The failure policy once writing has begun (docs/pipeline.md): the disk holds a mix of old and
+// new bytes, or a new system without its configuration; make it unbootable rather than let the
+// next boot find something half-made. The one place this happens: stages return their errors.
 void MakeUnbootable(const Disk& disk) {
   Target::Options options;
   Result<Target> target = Target::Open(disk.path, options);
@@ -354,41 +340,37 @@ void MakeUnbootable(const Disk& disk) {
   }
 }
 
-// The catalogue sentence for a failure whose stage could not name one (an unreadable sysfs, a
-// failed system call): the sentence of the step that was running, so that `message` is always
-// from docs/status.md and the cause stays in `detail`.
-std::string StepMessage(const Manifest& manifest, const JobStatus& status) {
-  for (const StepStatus& step : status.progress) {
-    if (step.state != StepState::kDoing) continue;
-    switch (step.step) {
-      case Step::kDownload:
-        return msg::DownloadFailed(manifest.url);
-      case Step::kPartition:
-        return std::string(msg::kGptMove);
-      case Step::kConfigDrive:
-        return std::string(msg::kConfigDrive);
-      case Step::kBootloader:
-        return std::string(msg::kBootEntry);
-      default:
-        break;
-    }
-  }
-  return msg::CantWrite(TypeName(manifest));
+// Each step's catalogue sentence (docs/status.md) for a failure its stage could not name (an
+// unreadable sysfs, a failed system call): `message` is always a catalogue sentence, the cause
+// stays in `detail`. A more specific sentence set by the stage (a checksum mismatch, a busy disk)
+// is kept.
+Status Attach(Status s, std::string_view message) {
+  if (!s.ok()) s.DefaultMessage(message);
+  return s;
+}
+template <typename T>
+Result<T> Attach(Result<T> r, std::string_view message) {
+  if (r.ok()) return r;
+  return Attach(std::move(r).status(), message);
 }
 
 Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard& board,
                 const CancelToken& cancel) {
   const JobOptions& job = options.job;
   // A dry run opens no disk at all: it stops after verify.
+  const std::string cant_write = msg::CantWrite(TypeName(manifest));
   std::optional<TargetDisk> target;
   if (!options.dry_run) {
-    BYOI_ASSIGN_OR_RETURN(target, Plan(manifest, job));
+    BYOI_ASSIGN_OR_RETURN(target, Attach(Plan(manifest, job), cant_write));
   }
 
-  BYOI_ASSIGN_OR_RETURN(FetchResult fetched, Download(manifest, options, board, cancel));
+  BYOI_ASSIGN_OR_RETURN(FetchResult fetched, Attach(Download(manifest, options, board, cancel),
+                                                    msg::DownloadFailed(manifest.url)));
   BYOI_RETURN_IF_ERROR(cancel.Check());
-  BYOI_ASSIGN_OR_RETURN(OpenedImage image,
-                        Verify(manifest, fetched, target ? &target->disk : nullptr, board, cancel));
+  BYOI_ASSIGN_OR_RETURN(
+      OpenedImage image,
+      Attach(Verify(manifest, fetched, target ? &target->disk : nullptr, board, cancel),
+             cant_write));
   if (options.dry_run) {
     for (Step step :
          {Step::kWrite, Step::kPartition, Step::kConfigDrive, Step::kBootloader, Step::kReboot}) {
@@ -401,17 +383,17 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
 
   // The disk may have changed while the image downloaded (an operator mounted it).
   const Disk& disk = target->disk;
-  BYOI_RETURN_IF_ERROR(CheckNotInUse(disk));
+  BYOI_RETURN_IF_ERROR(Attach(CheckNotInUse(disk), cant_write));
 
   // Until here the disk is untouched, byte for byte. From the first write on, any failure
-  // (cancellation included) leaves its first and last MiB zeroed.
-  Status s = Write(manifest, image, *target, board, cancel);
+  // (cancellation included) leaves its first and last MiB zeroed, here and nowhere else.
+  Status s = Attach(Write(manifest, image, *target, board, cancel), cant_write);
   if (s.ok()) s = cancel.Check();
-  if (s.ok()) s = Repartition(disk, board);
+  if (s.ok()) s = Attach(Repartition(disk, board), msg::kGptMove);
   if (s.ok()) s = cancel.Check();
-  if (s.ok()) s = AddConfigDrive(manifest, disk, board);
+  if (s.ok()) s = Attach(AddConfigDrive(manifest, disk, board), msg::kConfigDrive);
   if (s.ok()) s = cancel.Check();
-  if (s.ok()) s = SetBootEntry(manifest, job, disk, board);
+  if (s.ok()) s = Attach(SetBootEntry(manifest, job, disk, board), msg::kBootEntry);
   if (s.ok()) s = cancel.Check();
   if (!s.ok()) {
     MakeUnbootable(disk);
@@ -426,11 +408,7 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
 Status RunJob(const Manifest& manifest, const RunOptions& options, StatusBoard& board,
               const CancelToken& cancel) {
   Status s = RunSteps(manifest, options, board, cancel);
-  if (!s.ok() && s.message().empty()) s.DefaultMessage(StepMessage(manifest, board.Snapshot()));
-  if (!s.ok()) {
-    spdlog::error("job failed: {}", s.ToString());
-    board.Fail(s);
-  }
+  if (!s.ok()) board.Fail(s);  // the caller reports the outcome, once
   return s;
 }
 
