@@ -3,6 +3,7 @@ gets, the caching proxies of packaging/proxy/ (nginx with slice, squid) run from
 files, and a launcher for many agents at once.
 
 Everything listens on 127.0.0.1 on ephemeral ports and lives in a temp dir; close() stops it."""
+import base64
 import json
 import os
 import pwd
@@ -41,11 +42,24 @@ def _substitute(text, replacements):
     return "\n".join(lines)
 
 
-def _http_block_prelude(d):
+def _nginx_conf(d, log_format, log_path, http_body):
+    """A whole nginx configuration in directory `d`: one worker, its files in `d`, an access log
+    to `log_path` in `log_format`, and `http_body` inside the http block."""
     t = os.path.join(d, "tmp")
     os.makedirs(t, exist_ok=True)
-    return (f"client_body_temp_path {t}; proxy_temp_path {t}; fastcgi_temp_path {t};\n"
-            f"  uwsgi_temp_path {t}; scgi_temp_path {t};\n")
+    return f"""daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  log_format byoi '{log_format}';
+  access_log {log_path} byoi;
+  client_body_temp_path {t}; proxy_temp_path {t}; fastcgi_temp_path {t};
+  uwsgi_temp_path {t}; scgi_temp_path {t};
+{http_body}
+}}
+"""
 
 
 class _NginxProcess:
@@ -93,24 +107,16 @@ class Origin:
                if tls else "")
 
         def conf(port):
-            return f"""daemon off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-  log_format origin '$status $body_bytes_sent "$request_uri" range="$http_range" {headers}';
-  access_log {self.log_path} origin;
-  sendfile on;
-  {_http_block_prelude(d)}
+            return _nginx_conf(
+                d, f'$status $body_bytes_sent "$request_uri" range="$http_range" {headers}',
+                self.log_path, f"""  sendfile on;
   types {{ }}
   default_type application/octet-stream;
   server {{
     listen 127.0.0.1:{port}{' ssl' if tls else ''};
 {ssl}    root {root};
-{locations}  }}
-}}
-"""
+{locations}  }}""")
+
         self.nginx = _NginxProcess(d, conf, name)
         self.port = self.nginx.port
 
@@ -164,7 +170,6 @@ class NginxCache:
                 r"^\s*listen 3128;  # @test$": f"    listen 127.0.0.1:{port};",
             })
             if auth:
-                import base64
                 token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
                 text = text.replace("YnlvaTpjaGFuZ2UtbWU=", token)
                 text = re.sub(r"^(\s*)#auth ", r"\1", text, flags=re.M)
@@ -173,18 +178,9 @@ class NginxCache:
                 text = text.replace("listen 3129 ssl;", f"listen 127.0.0.1:{self.tls_port} ssl;")
                 text = text.replace("/etc/nginx/byoi-cache.crt", tls[0])
                 text = text.replace("/etc/nginx/byoi-cache.key", tls[1])
-            return f"""daemon off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-  log_format cache '$status $body_bytes_sent "$request" cache=$upstream_cache_status';
-  access_log {self.log_path} cache;
-  {_http_block_prelude(d)}
-{text}
-}}
-"""
+            return _nginx_conf(d, '$status $body_bytes_sent "$request" cache=$upstream_cache_status',
+                               self.log_path, text)
+
         self.nginx = _NginxProcess(d, conf, name)
         self.port = self.nginx.port
         if tls:
