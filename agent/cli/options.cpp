@@ -109,9 +109,9 @@ const OptionSpec kOptions[] = {
        return SetText(v, c.job.ca_bundle);
      }},
     {"proxy", Scope::kJob,
-     "HTTP(S) proxy for image downloads, e.g. a provider's cache: http://HOST:PORT, optionally "
-     "with USER:PASSWORD@ (never shown; put it in the config file, not on the command line) "
-     "(default: the environment's https_proxy/http_proxy/no_proxy, else none)",
+     "HTTP(S) proxy for image downloads (a provider's cache): http://HOST:PORT or "
+     "https://HOST:PORT, optionally with USER:PASSWORD@, never shown (default: the environment's "
+     "https_proxy/http_proxy/no_proxy, else none)",
      "", false, "URL",
      [](std::string_view v, DaemonConfig& c) {
        // The reason never holds the value: it may carry a password.
