@@ -8,6 +8,7 @@ a cache the origin sends it about once, without one 8 times. Also: proxy credent
 show; the environment's proxy variables and the option that wins over them; a dead proxy; the
 manifest's headers, which reach the image's origin only (the proxy is not the origin); an https
 image, which is tunnelled and cannot be cached; an https proxy."""
+import json
 import os
 import shutil
 import sys
@@ -18,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fetch_servers import (digest, free_port, mbr_image, self_signed_cert,  # noqa: E402
                            write_mbr_image_file)
 from proxy_servers import NginxCache, Origin, Squid, run_agents  # noqa: E402
+import daemon_harness  # noqa: E402
 
 MiB = 1 << 20
 RACK = 8                # agents started at once
@@ -174,6 +176,33 @@ class ProxyTest(unittest.TestCase):
                 self.assertEqual(detail, f"HTTP 407 (through the proxy http://127.0.0.1:"
                                  f"{self.auth_cache.port}, from the proxy option)")
                 self.assertNoSecret(runs)
+
+    def test_the_daemon_takes_the_proxy_from_its_config_file_and_never_shows_it(self):
+        url = self.image("daemon.raw")
+        workdir = os.path.join(self.workdir, "daemon")
+        os.makedirs(workdir)
+        console = os.path.join(workdir, "console.txt")
+        daemon = daemon_harness.Daemon(workdir, extra_args=("--efi-boot-order", "none"),
+                                       config_text=f"console = {console}\nproxy = "
+                                       f"{self.auth_cache.url(f'{USER}:{PASSWORD}@')}\n")
+        try:
+            code, _, _ = daemon.request("POST", "/v1/bringYourOwnImage",
+                                        manifest(url, self.small_sha))
+            self.assertEqual(code, 202)
+            status = daemon.wait_status(lambda s: s["status"] != "doing", timeout=60)
+            self.assertEqual(status["status"], "done", status)
+            _, _, metrics = daemon.request("GET", "/metrics")
+            with open(daemon.state_file) as f:
+                state = f.read()
+        finally:
+            daemon.stop()
+        self.assertTrue(any("/daemon.raw" in r[1] for r in self.auth_cache.requests()))
+        self.assertIn("config: proxy (", daemon.read_log())  # where it came from, not its value
+        self.assertIn("download: 16 MiB in", daemon.read_log())
+        for text in (daemon.read_log(), daemon.read_console(), state, metrics.decode(),
+                     json.dumps(status)):
+            self.assertNotIn(PASSWORD, text)
+            self.assertNotIn(f"{USER}:", text)
 
     # --- the environment ------------------------------------------------------------------------
 
