@@ -9,6 +9,7 @@
 #include "agent/api/http_server.hpp"  // ParseListenAddress
 #include "agent/base/units.hpp"
 #include "agent/disk/inventory.hpp"  // ParseGroupMapping
+#include "agent/fetch/proxy.hpp"     // CheckProxyUrl
 
 namespace byoi {
 namespace {
@@ -106,6 +107,16 @@ const OptionSpec kOptions[] = {
          return Bad("no such file: " + std::string(v));
        }
        return SetText(v, c.job.ca_bundle);
+     }},
+    {"proxy", Scope::kJob,
+     "HTTP(S) proxy for image downloads (a provider's cache): http://HOST:PORT or "
+     "https://HOST:PORT, optionally with USER:PASSWORD@, never shown (default: the environment's "
+     "https_proxy/http_proxy/no_proxy, else none)",
+     "", false, "URL",
+     [](std::string_view v, DaemonConfig& c) {
+       // The reason never holds the value: it may carry a password.
+       if (!v.empty()) BYOI_RETURN_IF_ERROR(CheckProxyUrl(v));
+       return SetText(v, c.job.proxy);
      }},
     {"insecure", Scope::kJob, "Do not verify image servers' TLS certificates (labs only)", "", true,
      "",

@@ -8,7 +8,9 @@
 // The transfer runs on libcurl: http and https only, TLS verification on. Redirects are followed by
 // RedirectChain (redirect_chain.hpp): at most 5, never from https to http, and the manifest's
 // headers and userinfo go to the origin of its URL only. Every request, each piece's and each
-// retry's, starts at the manifest's URL.
+// retry's, starts at the manifest's URL. A proxy (FetchOptions::proxy, else the environment:
+// proxy.hpp) changes the route, not the origin: the credentials' rule is judged on the request's
+// URL, and a tunnel's CONNECT carries none of the manifest's headers.
 //
 // Connections (FetchOptions::connections, N). Range support is found without HEAD (a presigned
 // URL is often signed for GET only): the first request asks `Range: bytes=0-(4 MiB - 1)`.
@@ -91,6 +93,11 @@ struct FetchOptions {
   std::chrono::milliseconds deadline{std::chrono::hours(6)};
   // PEM file of the certificate authorities to trust instead of the system's; empty: the system's.
   std::string ca_bundle;
+  // The proxy every request goes through (proxy.hpp has the rule and the form): http:// or
+  // https://, optionally with USER:PASSWORD@, which are never shown. Empty: the environment's
+  // https_proxy / http_proxy / no_proxy decide, else none. `ca_bundle` and `insecure` apply to an
+  // https proxy's certificate too.
+  std::string proxy;
   // Skip TLS certificate and host name verification (labs only). Off by default.
   bool insecure = false;
   // libcurl's receive buffer, per connection (CURLOPT_BUFFERSIZE, at most 10 MiB): large buffers

@@ -24,6 +24,9 @@ struct JobOptions {
   BootOrderPolicy efi_boot_order = BootOrderPolicy::kFirst;  // --efi-boot-order (docs/boot.md)
   // Download (agent/fetch/fetch.hpp FetchOptions has the details).
   std::string ca_bundle;  // --ca-bundle FILE: PEM CA certificates for https image servers
+  // --proxy URL: every image download goes through it (agent/fetch/proxy.hpp); a secret when it
+  // holds USER:PASSWORD@. Empty: the environment's proxy variables, else none.
+  std::string proxy;
   bool insecure = false;  // --insecure: skip TLS certificate verification (labs only)
   std::chrono::milliseconds stall_timeout{60000};  // without a byte before an attempt is retried
   std::chrono::milliseconds retry_delay{1000};     // before the 2nd attempt, doubling up to 30 s

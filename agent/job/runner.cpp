@@ -67,6 +67,7 @@ Result<FetchOptions> MakeFetchOptions(const JobOptions& job) {
   opts.retry_delay = job.retry_delay;
   opts.stall_timeout = job.stall_timeout;
   opts.ca_bundle = job.ca_bundle;
+  opts.proxy = job.proxy;
   opts.insecure = job.insecure;
   opts.on_retry = [](std::string_view notice) { spdlog::warn("download: {}", notice); };
   return opts;

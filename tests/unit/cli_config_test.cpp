@@ -246,6 +246,76 @@ TEST_F(DaemonConfigTest, BadValuesNameTheKeyAndItsSource) {
             std::string::npos);
 }
 
+// `proxy` (agent/fetch/proxy.hpp): an http or https URL with a host, from every source; its
+// errors name the key and its source, with the exact reason, and never echo the value, which may
+// carry a password.
+TEST_F(DaemonConfigTest, ProxyIsAnHttpOrHttpsUrlWithAHostAndItsErrorsNeverEchoIt) {
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->job.proxy, "");  // default: the environment, else none
+
+  const char* good[] = {
+      "http://cache.example:3128",
+      "https://cache.example:3129",
+      "HTTP://cache.example",
+      "http://10.0.0.5:3128/",
+      "http://[fd00::5]:3128",
+      "http://byoi:s3cr%40t@cache.example:3128",
+      "",  // not set: the environment decides
+  };
+  for (const char* url : good) {
+    Write("byoi-agent.conf", std::string("token = 0123456789abcdef\nproxy = \"") + url + "\"\n");
+    Result<DaemonConfig> c = Load();
+    ASSERT_TRUE(c.ok()) << url << ": " << c.status().ToString();
+    EXPECT_EQ(c->job.proxy, url);
+  }
+  Write("byoi-agent.conf", "token = 0123456789abcdef\nproxy = http://file.example:1\n");
+  Write("cmdline", "quiet byoi.proxy=http://kernel.example:2\n");
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->job.proxy, "http://kernel.example:2");
+  flags_["proxy"] = "http://flag.example:3";
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->job.proxy, "http://flag.example:3");
+
+  const std::string expected =
+      " (expected http://HOST[:PORT] or https://HOST[:PORT], optionally with USER:PASSWORD@ "
+      "before the host)";
+  struct Case {
+    const char* url;
+    const char* reason;
+  } bad[] = {
+      {"socks5://pw-user:pw-secret@cache.example:1080", "must start with http:// or https://"},
+      {"ftp://pw-user:pw-secret@cache.example", "must start with http:// or https://"},
+      {"pw-user:pw-secret@cache.example:3128", "must start with http:// or https://"},
+      {"http://pw-user:pw-secret@:3128", "not a URL: "},
+      {"http://pw-user:pw-secret@cache.example:0", "has a port outside 1-65535"},
+      {"http://pw-user:pw-secret@cache.example:70000", "not a URL: "},
+      {"http://pw-user:pw-secret@cache.example:3128/pw-path",
+       "has a path (a proxy is a host and a "
+       "port)"},
+      {"http://pw-user:pw-secret@cache.example:3128/?pw-query", "has a query or a fragment"},
+      {"http://pw-user:pw-secret@cache.example:3128#pw-fragment", "has a query or a fragment"},
+      {"http://pw-user:pw-secret@cache example:3128", "not a URL: "},
+  };
+  flags_.clear();
+  Write("cmdline", "quiet\n");
+  for (const Case& c : bad) {
+    flags_["proxy"] = c.url;
+    Result<DaemonConfig> loaded = Load();
+    ASSERT_FALSE(loaded.ok()) << c.url;
+    EXPECT_EQ(loaded.status().code(), Code::kInvalid);
+    const std::string& detail = loaded.status().detail();
+    EXPECT_TRUE(detail.starts_with(std::string("proxy (from command line): ") + c.reason))
+        << c.url << " -> " << detail;
+    EXPECT_TRUE(detail.ends_with(expected)) << detail;
+    EXPECT_EQ(loaded.status().ToString().find("pw-"), std::string::npos) << detail;
+  }
+  // From the config file, the error names the file.
+  flags_.clear();
+  Write("byoi-agent.conf", "token = 0123456789abcdef\nproxy = socks5://pw-user:pw-secret@x\n");
+  EXPECT_EQ(Load().status().detail(), "proxy (from " + sources_.config_file +
+                                          "): must start with http:// or https://" + expected);
+}
+
 TEST_F(DaemonConfigTest, TokenErrorsNeverEchoTheToken) {
   Write("byoi-agent.conf", "token = sec ret\n");
   Result<DaemonConfig> c = Load();
