@@ -321,10 +321,14 @@ Status CheckQcow2Snapshots(std::span<const uint8_t> image, const Qcow2Header& h)
   return Status::Ok();
 }
 
-Status CheckQcow2BitmapTableEntry(uint64_t index, uint64_t entry, uint64_t cluster_size) {
+bool IsValidQcow2BitmapTableEntry(uint64_t entry, uint64_t cluster_size) {
   const uint64_t offset = entry & kBitmapTableOffsetMask;
-  if ((entry & kBitmapTableReserved) ||
-      (offset != 0 && ((entry & kBitmapTableAllOnes) || offset % cluster_size != 0))) {
+  return !((entry & kBitmapTableReserved) ||
+           (offset != 0 && ((entry & kBitmapTableAllOnes) || offset % cluster_size != 0)));
+}
+
+Status CheckQcow2BitmapTableEntry(uint64_t index, uint64_t entry, uint64_t cluster_size) {
+  if (!IsValidQcow2BitmapTableEntry(entry, cluster_size)) {
     return Invalid(fmt::format("its table entry {} ({}) is invalid", index, Hex(entry)));
   }
   return Status::Ok();

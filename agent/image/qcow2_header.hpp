@@ -114,6 +114,7 @@ Result<std::vector<Qcow2BitmapTable>> CheckQcow2BitmapDirectory(std::span<const 
 // Entry `index` of a bitmap table: no reserved bits, a cluster-aligned offset or none.
 // kInvalid ("its table entry 3 (0x201) is invalid") otherwise.
 Status CheckQcow2BitmapTableEntry(uint64_t index, uint64_t entry, uint64_t cluster_size);
+bool IsValidQcow2BitmapTableEntry(uint64_t entry, uint64_t cluster_size);
 
 // The persistent bitmap directory and the tables of bitmaps not marked in use, checked as qemu
 // does when it loads them (every image it opens has its bitmaps loaded). `virtual_size` is the
