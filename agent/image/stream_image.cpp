@@ -77,7 +77,8 @@ Status StreamImage::Identify() {
   head_.format.virtual_size = 0;
   std::vector<uint8_t> first = std::move(content_head_);
   content_head_.clear();
-  if (head_.format.format == ImageFormat::kQcow2) {
+  // By its magic, as OpenImage does: a version the reader refuses is refused with its reason.
+  if (HasQcow2Magic(first)) {
     Qcow2StreamOptions q;
     q.memory_budget = options_.memory_budget;
     q.threads = options_.threads;
