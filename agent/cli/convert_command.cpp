@@ -295,7 +295,11 @@ int ConvertStream(const ConvertArgs& args) {
   });
   std::string type = SniffType(args.source);
   auto fail = [&](Status s) {
-    if (image.head().format.name.size() > 0) type = HeadType(image.head());
+    // The magic names a plain file's type (a qcow2 of a refused version too); a decoded one's
+    // is known once its head was.
+    if (image.head().container != Compressor::kNone && !image.head().format.name.empty()) {
+      type = HeadType(image.head());
+    }
     return Fail(
         std::move(s).Context("reading " + args.source).DefaultMessage(msg::CantWrite(type)));
   };
