@@ -412,8 +412,9 @@ Status Qcow2StreamReader::ProcessL1() {
     }
     if (i == repeat) return Invalid(where + " is referenced twice");
     BYOI_RETURN_IF_ERROR(Charge(kNodeCost));
-    auto [it, inserted] = l2_.emplace(off, PendingL2{i, {}});
-    if (!inserted) return Status::Error(Code::kInternal, where + " registered twice");
+    auto emplaced = l2_.emplace(off, PendingL2{i, {}});
+    if (!emplaced.second) return Status::Error(Code::kInternal, where + " registered twice");
+    auto it = emplaced.first;
     // A table that passed before the L1 table waits among the retained bytes.
     const uint64_t below = std::min(off + cs, frontier_);
     if (off < below) {
