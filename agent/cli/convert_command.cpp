@@ -16,6 +16,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <utility>
@@ -374,6 +375,57 @@ int ConvertCompressed(const ConvertArgs& args, std::span<const uint8_t> file) {
   return kExitOk;
 }
 
+// The first bytes of a compressed file's virtual disk, for inspect: what a partition table and the
+// file systems' superblocks need. Decoding stops once they are in (a large file is not decoded
+// whole); `complete` says whether the whole file was decoded, and then `size` is exact.
+struct DecodedHead {
+  std::vector<uint8_t> bytes;
+  StreamHead head;
+  bool complete = false;
+  uint64_t size = 0;
+};
+
+Result<DecodedHead> DecodeHead(std::span<const uint8_t> file) {
+  constexpr uint64_t kKeep = 1 << 20;
+  class KeepSink : public VirtualDiskSink {
+   public:
+    explicit KeepSink(std::vector<uint8_t>& out) : out_(out) {}
+    Status Write(uint64_t offset, std::span<const uint8_t> bytes) override {
+      return Keep(offset, bytes.size(), bytes.data());
+    }
+    Status Zero(uint64_t offset, uint64_t length) override { return Keep(offset, length, nullptr); }
+
+   private:
+    Status Keep(uint64_t offset, uint64_t length, const uint8_t* data) {
+      if (offset < kKeep) {
+        const uint64_t n = std::min(length, kKeep - offset);
+        if (out_.size() < offset + n) out_.resize(offset + n);
+        if (data != nullptr) std::memcpy(out_.data() + offset, data, n);
+      }
+      if (offset + length >= kKeep) return Status::Error(Code::kCancelled, "enough");
+      return Status::Ok();
+    }
+    std::vector<uint8_t>& out_;
+  };
+  DecodedHead out;
+  KeepSink sink(out.bytes);
+  StreamImage image(sink, {}, nullptr);
+  Status s = image.Start(file.size());
+  constexpr size_t kPiece = 1 << 20;
+  for (size_t at = 0; s.ok() && at < file.size(); at += kPiece) {
+    s = image.Write(file.subspan(at, std::min(kPiece, file.size() - at)));
+  }
+  if (s.ok()) {
+    auto size = image.Finish();
+    if (!size.ok() && size.status().code() != Code::kCancelled) return size.status();
+    out.complete = size.ok();
+    if (size.ok()) out.size = *size;
+  } else if (s.code() != Code::kCancelled) {
+    return s;
+  }
+  out.head = image.head();
+  return out;
+}
 }  // namespace
 
 int RunConvert(const ConvertArgs& args) {
@@ -445,15 +497,37 @@ int RunConvert(const ConvertArgs& args) {
 int RunInspect(const InspectArgs& args) {
   auto buffer = Load(args.image, std::nullopt);
   if (!buffer.ok()) return Fail(buffer.status());
-  auto image = OpenImage(buffer->bytes());
+  // A compressed file: its virtual disk's first MiB, decoded (the partition table is there).
+  const Compressor container =
+      DetectCompressor(buffer->bytes().first(std::min<size_t>(buffer->size(), 6)));
+  DecodedHead decoded;
+  std::optional<uint64_t> virtual_size;
+  if (container != Compressor::kNone) {
+    auto d = DecodeHead(buffer->bytes());
+    if (!d.ok()) return Fail(Status(d.status()).Context("reading " + args.image));
+    decoded = std::move(*d);
+    if (decoded.complete) {
+      virtual_size = decoded.size;
+    } else if (auto n = RecordedDecodedSize(container, buffer->bytes())) {
+      virtual_size = (*n + 511) / 512 * 512;
+    }
+  }
+  auto image = OpenImage(container == Compressor::kNone ? buffer->bytes()
+                                                        : std::span<const uint8_t>(decoded.bytes));
+  if (container == Compressor::kNone) virtual_size = image.ok() ? image->layout.virtual_size() : 0;
   if (!image.ok()) return Fail(Status(image.status()).Context("reading " + args.image));
   auto table = ReadPartitionTable(image->layout);
   VirtualReader reader(image->layout);
 
   boost::json::object out;
   out["format"] = FormatName(image->format);
-  out["virtualSize"] = image->layout.virtual_size();
+  if (virtual_size) {
+    out["virtualSize"] = *virtual_size;
+  } else {
+    out["virtualSize"] = nullptr;  // a compressed file that does not record its decoded size
+  }
   out["fileSize"] = buffer->size();
+  if (container != Compressor::kNone) out["container"] = CompressorName(container);
   if (image->qcow2) {
     const Qcow2Info& q = *image->qcow2;
     out["version"] = q.version;
@@ -539,9 +613,15 @@ int RunInspect(const InspectArgs& args) {
     std::printf("compression:     %s%s\n", std::string(CompressionName(q.compression)).c_str(),
                 q.extended_l2 ? ", extended L2" : "");
   }
-  std::printf("virtual size:    %s (%llu bytes)\n",
-              HumanBytes(image->layout.virtual_size()).c_str(),
-              static_cast<unsigned long long>(image->layout.virtual_size()));
+  if (container != Compressor::kNone) {
+    std::printf("container:       %s\n", std::string(CompressorName(container)).c_str());
+  }
+  if (virtual_size) {
+    std::printf("virtual size:    %s (%llu bytes)\n", HumanBytes(*virtual_size).c_str(),
+                static_cast<unsigned long long>(*virtual_size));
+  } else {
+    std::printf("virtual size:    unknown (the container does not record it)\n");
+  }
   if (image->qcow2) {
     const Qcow2Info& q = *image->qcow2;
     std::printf("allocated:       %s data, %s compressed, %s zero, %s unallocated\n",
