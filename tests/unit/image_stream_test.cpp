@@ -13,17 +13,10 @@
 #include "agent/base/messages.hpp"
 #include "agent/image/qcow2_stream.hpp"
 #include "agent/image/stream_image.hpp"
+#include "tests/unit/be_bytes.hpp"
 
 namespace byoi {
 namespace {
-
-void Put32(std::vector<uint8_t>& b, size_t at, uint32_t v) {
-  for (int i = 0; i < 4; ++i) b[at + i] = static_cast<uint8_t>(v >> (24 - 8 * i));
-}
-void Put64(std::vector<uint8_t>& b, size_t at, uint64_t v) {
-  Put32(b, at, static_cast<uint32_t>(v >> 32));
-  Put32(b, at + 4, static_cast<uint32_t>(v));
-}
 
 constexpr uint64_t kCopied = 1ull << 63;
 constexpr uint64_t kCs = 512;                    // cluster size of the built images
