@@ -7,10 +7,10 @@
 //      decoded as it passes (StreamDecoder); anything else is the content itself.
 //   2. The content's first 64 KiB + 4 KiB (or all of it when shorter) are held back and named by
 //      DetectFormat, as the RAM path names a whole image.
-//   3. Content with the qcow2 magic goes through the qcow2 stream reader (qcow2_stream.hpp), which checks the first
-//      cluster before anything reaches the sink; anything else is raw: passed through in order
-//      (the virtual disk is the content, padded with zeros to a whole 512-byte sector, as
-//      RawLayout does).
+//   3. Content with the qcow2 magic goes through the qcow2 stream reader (qcow2_stream.hpp),
+//      which checks the first cluster before anything reaches the sink; anything else is raw:
+//      passed through in order (the virtual disk is the content, padded with zeros to a whole
+//      512-byte sector, as RawLayout does).
 //   4. Before the first byte reaches the sink, the head callback is called with what is known
 //      (StreamHead), so that the caller refuses a wrong declared type, an image larger than the
 //      disk, a backing file, encryption... while the disk is still untouched. An error from it
