@@ -450,9 +450,11 @@ int RunConvert(const ConvertArgs& args) {
     return ConvertCompressed(args, buffer->bytes());
   }
   std::string type = HasQcow2Magic(buffer->bytes()) ? "qcow2" : "raw";
-  if (!args.type.empty() && args.type != type) {
-    return Fail(Status::Error(Code::kInvalid, args.source + " is " + type,
-                              msg::FormatMismatch(type, args.type)));
+  // The rule of a job and of stream mode: a declared raw image needs a partition table.
+  StreamHead head;
+  head.format = DetectFormat(buffer->bytes());
+  if (Status s = CheckType(args.type, head); !s.ok()) {
+    return Fail(std::move(s).Context("reading " + args.source));
   }
   auto image = OpenImage(buffer->bytes());
   if (!image.ok()) {

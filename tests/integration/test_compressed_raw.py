@@ -161,6 +161,29 @@ class CompressedRaw(unittest.TestCase):
                             "image provided format is not of type raw because no partition table "
                             "was found. It seems to contain: an ext4 filesystem")
 
+    def test_declared_raw_without_a_partition_table_plain_file(self):
+        # The same rule for a plain file, in both modes (a job's rule for the manifest's type).
+        fs = self.path("plain-fs.img")
+        run("truncate", "-s", "8M", fs)
+        run("mkfs.ext4", "-q", "-F", fs)
+        self.refused_as_raw(fs, "image provided format is not of type raw because no partition "
+                                "table was found. It seems to contain: an ext4 filesystem")
+
+    def test_compressed_qcow2_declared_qcow2(self):
+        # A qcow2 inside a container goes through the qcow2 stream reader in both modes.
+        qcow2 = self.path("inner.qcow2")
+        create(qcow2, 8 * MIB)
+        qemu_io(qcow2, "write -P 7 5M 1M", "write -P 8 0 100k", "write -c -P 9 2M 64k")
+        image = compress("xz", qcow2, self.path("inner.qcow2.xz"))
+        ref = self.path("inner.raw")
+        run("qemu-img", "convert", "-O", "raw", qcow2, ref)
+        out = self.path("inner-out.raw")
+        for mode in ("ram", "stream"):
+            with self.subTest(mode=mode):
+                r = convert(image, out, "--type", "qcow2", mode=mode)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(run("cmp", ref, out, check=False).returncode, 0, "differs")
+
     def test_inspect(self):
         for tool in ("xz", "zstd", "gzip"):
             with self.subTest(tool=tool):
