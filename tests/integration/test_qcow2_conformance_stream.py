@@ -157,6 +157,32 @@ class OutOfOrder(unittest.TestCase):
         self.assertIn("image is encrypted (AES)", r.stderr)
         self.assertEqual(sha256(out), digest)
 
+    def test_bitmap_table_before_its_directory(self):
+        # qemu-img stores each bitmap's table before the directory that names it: stream mode
+        # checks the table's entries from what it remembered of each cluster as it passed, and
+        # refuses a bad one with the words of ram mode.
+        image = self.path("bitmaps.qcow2")
+        create(image, 4 * MIB)
+        qemu_img("bitmap", "--add", image, "b0")
+        qemu_io(image, "write -P 2 2M 64k")  # b0 gets a dirty cluster: a table entry
+        q = Qcow2(image)
+        ext, _ = q.extension(0x23852875)
+        directory = q.u64(ext + 16)
+        table = q.u64(directory)
+        entry = q.u64(table)
+        self.assertLess(table, directory)
+        self.assertNotEqual(entry, 0)
+        self.check(image)
+        q.set_u64(table, entry | 1)  # "all ones" with an offset: invalid
+        q.save()
+        for mode in ("ram", "stream"):
+            with self.subTest(mode=mode):
+                r = convert(image, self.path("out.raw"), mode=mode)
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertTrue(r.stderr.startswith(CANT_WRITE), r.stderr)
+                self.assertIn(f"bitmap 0 'b0': its table entry 0 ({entry | 1:#x}) is invalid",
+                              r.stderr)
+
     def test_auto_mode_streams_a_file_over_the_budget(self):
         image = self.l2_after_data()
         ref = reference(image, self.path("ref.raw"))
