@@ -11,8 +11,9 @@ rotating order, in the same run:
   qemu      qemu-img convert -f qcow2 -O raw -n -W -t none IMAGE DEV; sync
   ipa       qemu-img convert -f qcow2 -O host_device -t directsync -S 0 -W IMAGE DEV
             (the flags ironic-python-agent uses)
-The source image is read from the page cache by every tool (it is read once before timing), and
-every run starts from an empty disk (blkdiscard, untimed).
+The source image is read from the page cache by every tool (it is read before each run, untimed:
+stream mode tells the kernel to drop the pages it read), and every run starts from an empty disk
+(blkdiscard, untimed).
 Prints medians of wall time, the ratio of the best qemu-img time to byoi's (> 1 means byoi is
 faster), and the CPU seconds each tool used (user + system; on a machine shared with other work
 the wall times mostly measure how much CPU each tool was given). For the compressed forms, how long
@@ -191,6 +192,9 @@ def main():
                     # (allocated blocks or holes in the backing file) would otherwise decide
                     # much of the next one's time.
                     run("blkdiscard", dev)
+                    # stream mode drops the pages of the file it read (POSIX_FADV_DONTNEED):
+                    # every tool starts with the image in the page cache again.
+                    into_page_cache(img)
                     t, cpu, verify = tools[name](img)
                     results.setdefault((form, name), []).append(t)
                     cpus.setdefault((form, name), []).append(cpu)
