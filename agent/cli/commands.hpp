@@ -35,6 +35,9 @@ struct ConvertArgs {
   std::string target;
   std::string type;  // "", "qcow2" or "raw": when given, must match the detected format
   std::optional<uint64_t> memory_limit;
+  // "ram" (the file is held in memory, verified whole, then written), "stream" (written while it
+  // is read, with bounded memory), "auto" (ram when the file fits the memory budget).
+  std::string write_mode = "auto";
 };
 
 struct InspectArgs {

@@ -81,6 +81,11 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"qcow2", "raw"}));
   convert_cmd->add_option("--memory-limit", convert_memory, "RAM budget for the image")
       ->check(SizeValidator());
+  convert_cmd
+      ->add_option("--write-mode", convert.write_mode,
+                   "ram: hold the image in memory, verify, then write; stream: write while "
+                   "reading, in bounded memory; auto: ram when the file fits the budget")
+      ->check(CLI::IsMember({"auto", "ram", "stream"}));
 
   byoi::InspectArgs inspect;
   auto* inspect_cmd =

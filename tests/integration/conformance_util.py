@@ -44,7 +44,11 @@ def create(path, size, **opts):
     qemu_img(*argv, path, str(size))
 
 
-def convert(source, target, *extra):
+def convert(source, target, *extra, mode=None):
+    """byoi-agent convert; `mode` is its --write-mode (ram, stream, auto), left to the default
+    when None."""
+    if mode is not None:
+        extra = ("--write-mode", mode) + tuple(extra)
     return run(AGENT, "convert", *extra, source, target, check=False)
 
 

@@ -42,6 +42,12 @@ def half_compressible_raw(path, size, cluster_size):
 
 
 class Conformance(unittest.TestCase):
+    # The write mode every conversion runs in (test_qcow2_conformance_stream.py runs the suite in
+    # stream mode).
+    mode = "ram"
+
+    def convert(self, image, target, *extra):
+        return convert(image, target, *extra, mode=self.mode)
 
     def setUp(self):
         self._tmp = tempdir()
@@ -63,7 +69,7 @@ class Conformance(unittest.TestCase):
                 if target == "file":
                     out = self.path("out.raw")
                     random_file(out, vsize + MIB, f"file{self.n}")  # convert truncates it
-                    r = convert(image, out)
+                    r = self.convert(image, out)
                     self.assertEqual(r.returncode, 0, r.stderr)
                     self.assertEqual(os.path.getsize(out), vsize)
                     self.assertEqual(run("cmp", ref, out, check=False).returncode, 0,
@@ -74,7 +80,7 @@ class Conformance(unittest.TestCase):
                 random_file(backing, disk_size, f"disk{self.n}")
                 past_end = read(backing, vsize)
                 with loop_device(backing, target) as dev:
-                    r = convert(image, dev)
+                    r = self.convert(image, dev)
                     self.assertEqual(r.returncode, 0, r.stderr)
                     got = read(dev, 0, vsize)
                     self.assertTrue(got == expected, "device content differs from qemu-img")
@@ -270,7 +276,7 @@ class Conformance(unittest.TestCase):
                            f"write -P 3 {(1 << 40) - 65536} 65536")
         out = self.path("big.raw")
         start = time.monotonic()
-        r = convert(image, out)
+        r = self.convert(image, out)
         elapsed = time.monotonic() - start
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertLess(elapsed, 30, "a 1 TiB empty image must take seconds")
