@@ -13,11 +13,11 @@ import unittest
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conformance_util import (AGENT, MIB, Qcow2, convert, create, loop_device, qemu_img,  # noqa: E402
-                              qemu_io, random_file, read, run, sha256, tempdir)
+from conformance_util import (AGENT, COPIED, MIB, Qcow2, convert, create,  # noqa: E402
+                              loop_device, qemu_img, qemu_io, random_file, read, run, sha256,
+                              tempdir)
 
 CANT_WRITE = "Can't write qcow2 on disk."
-COPIED = 1 << 63
 
 
 class Refusals(unittest.TestCase):

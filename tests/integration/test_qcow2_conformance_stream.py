@@ -9,14 +9,14 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conformance_util import (MIB, Qcow2, convert, create, loop_device, qemu_img,  # noqa: E402
-                              qemu_io, random_file, read, reference, run, sha256, tempdir)
+from conformance_util import (MIB, Qcow2, convert, create, loop_device,  # noqa: E402
+                              move_first_l2_table_to_the_end, qemu_img, qemu_io, random_file,
+                              read, reference, run, sha256, tempdir)
 # The modules, not their classes: the ram-mode suites must not be collected here a second time.
 import test_qcow2_conformance as ram_conformance  # noqa: E402
 import test_qcow2_conformance_refusals as ram_refusals  # noqa: E402
 
 CANT_WRITE = ram_refusals.CANT_WRITE
-COPIED = ram_refusals.COPIED
 
 TOO_BIG = "Could not download, qcow2 image is too big to download in memory."
 
@@ -109,19 +109,12 @@ class OutOfOrder(unittest.TestCase):
         self.check(image)
 
     def l2_after_data(self):
-        """An image whose first L2 table is moved to the end of the file (L1 patched): the 8 MiB
-        of data it maps pass before it, and must wait in memory for it."""
+        """An image whose first L2 table comes after the 8 MiB of data it maps: they must wait in
+        memory for it."""
         image = self.path("late.qcow2")
         create(image, 32 * MIB)
         qemu_io(image, "write -P 0x41 0 8M", "write -P 0x42 20M 1M")
-        q = Qcow2(image)
-        old = q.l2_offset(0)
-        table = bytes(q.data[old:old + q.cluster_size])
-        new = (len(q.data) + q.cluster_size - 1) // q.cluster_size * q.cluster_size
-        q.data += bytes(new - len(q.data)) + table
-        q.data[old:old + q.cluster_size] = bytes(q.cluster_size)
-        q.set_u64(q.l1_entry_offset(0), new | COPIED)
-        q.save()
+        new = move_first_l2_table_to_the_end(image)
         first_data = min(e & 0x00FFFFFFFFFFFE00 for _, e in Qcow2(image).l2_entries()
                          if e & 0x00FFFFFFFFFFFE00)
         self.assertLess(first_data, new, "the data does not come before its table")
