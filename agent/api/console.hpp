@@ -64,6 +64,9 @@ bool RedrawsInPlace(int fd);
 // "[#########-----------]" for done/total with `width` cells inside the brackets.
 std::string ProgressBar(uint64_t done, uint64_t total, int width = 20);
 // The progress part of a line: bar, percent, bytes, rate and ETA (what is known of them).
-std::string ProgressText(const StepStatus& step);
+std::string ProgressText(const StepStatus& step, bool with_eta = true);
+// The progress line of a job: every byte-counted step that is doing (download and write at once in
+// stream mode), and one ETA, the slower step's.
+std::string ProgressLine(const JobStatus& status);
 
 }  // namespace byoi
