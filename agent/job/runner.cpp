@@ -288,9 +288,51 @@ class DiskSink : public VirtualDiskSink {
   }
   uint64_t accepted() const { return writer ? writer->bytes_accepted() : 0; }
 
+  // The first writes: the disk prepared (PrepareDisk) and the writer made, its memory from `mem`.
+  // `virtual_size` 0: not known yet (a compressed raw image).
+  Status Open(const TargetDisk& disk, uint64_t virtual_size, const Manifest& manifest,
+              const JobOptions& job, const StreamMemory& mem, const CancelToken& cancel) {
+    BYOI_ASSIGN_OR_RETURN(target, PrepareDisk(disk));
+    StreamWriteOptions options;
+    options.image_type = TypeName(manifest);
+    options.chunk_size = mem.chunk;
+    options.threads = mem.writer_threads;
+    options.verify_written = manifest.verify_written.value_or(job.verify_written);
+    verify_written = options.verify_written;
+    BYOI_ASSIGN_OR_RETURN(writer, StreamWriter::Create(target, virtual_size, options, cancel));
+    return Status::Ok();
+  }
+
+  // The end of the image: everything but the held-back first MiB on the disk, the partition table
+  // in it checked against the disk's sectors, then the first MiB, then the read-back when asked.
+  Status Complete(uint64_t virtual_size, const Disk& disk, const std::string& type,
+                  const ProgressFn& read_back_progress) {
+    BYOI_RETURN_IF_ERROR(writer->Flush(virtual_size));
+    BYOI_RETURN_IF_ERROR(CheckImageSectorSize(writer->held(), disk, type));
+    BYOI_RETURN_IF_ERROR(writer->Commit());
+    if (!verify_written) return Status::Ok();
+    BYOI_RETURN_IF_ERROR(writer->VerifyWritten(read_back_progress));
+    spdlog::info("write: read back and compared, {}", HumanBytes(virtual_size));
+    return Status::Ok();
+  }
+
   Target target;  // outlives `writer`, which borrows it
   std::unique_ptr<StreamWriter> writer;
+  bool verify_written = false;
 };
+
+// Gives `image` the bytes of a file held in RAM, in 4 MiB pieces, checking `cancel` between them.
+Status FeedFromMemory(std::span<const uint8_t> bytes, ByteSink& image, const CancelToken& cancel,
+                      const std::function<void(uint64_t)>& progress) {
+  constexpr size_t kPiece = 4 << 20;
+  BYOI_RETURN_IF_ERROR(image.Start(bytes.size()));
+  for (size_t pos = 0; pos < bytes.size(); pos += kPiece) {
+    BYOI_RETURN_IF_ERROR(cancel.Check());
+    BYOI_RETURN_IF_ERROR(image.Write(bytes.subspan(pos, std::min(kPiece, bytes.size() - pos))));
+    if (progress) progress(pos);
+  }
+  return Status::Ok();
+}
 
 // Steps 2-4 at once in stream mode (docs/pipeline.md, "Write modes"): the image flows from the
 // connection through the hasher and the image reader to the disk. Everything the first bytes show
@@ -322,15 +364,8 @@ Status StreamToDisk(const Manifest& manifest, const JobOptions& job, const Targe
     BYOI_RETURN_IF_ERROR(CheckNotInUse(disk));
     // Until here the disk is untouched, byte for byte.
     *touched = true;
-    BYOI_ASSIGN_OR_RETURN(sink.target, PrepareDisk(*target));
-    StreamWriteOptions write_options;
-    write_options.image_type = TypeName(manifest);
-    write_options.chunk_size = mem.chunk;
-    write_options.threads = mem.writer_threads;
-    write_options.verify_written = manifest.verify_written.value_or(job.verify_written);
-    BYOI_ASSIGN_OR_RETURN(
-        sink.writer,
-        StreamWriter::Create(sink.target, head.virtual_size.value_or(0), write_options, cancel));
+    BYOI_RETURN_IF_ERROR(
+        sink.Open(*target, head.virtual_size.value_or(0), manifest, job, mem, cancel));
     board.BeginStep(Step::kWrite, "writing image while it downloads");
     return Status::Ok();
   };
@@ -362,24 +397,13 @@ Status StreamToDisk(const Manifest& manifest, const JobOptions& job, const Targe
   board.BeginStep(Step::kVerify, "verifying image");
   BYOI_RETURN_IF_ERROR(
       VerifyChecksum(manifest, fetched->DigestOf(ReportedHash(manifest)), fetched->bytes, board));
-  if (sink.writer) {
-    // Everything but the first MiB is on the disk; the partition table in it decides whether the
-    // image was made for this disk's sectors, before it is written.
-    BYOI_RETURN_IF_ERROR(sink.writer->Flush(vsize));
-    BYOI_RETURN_IF_ERROR(
-        CheckImageSectorSize(sink.writer->held(), target->disk, TypeName(manifest)));
-  }
   board.FinishStep(Step::kVerify,
                    VerifyComment(image.head().format, vsize, manifest) + "; stream mode: " + why);
   if (!sink.writer) return Status::Ok();  // a dry run
 
-  BYOI_RETURN_IF_ERROR(sink.writer->Commit());
-  if (manifest.verify_written.value_or(job.verify_written)) {
-    BYOI_RETURN_IF_ERROR(sink.writer->VerifyWritten([&board, vsize](uint64_t done, uint64_t) {
-      board.StepProgress(Step::kWrite, done, vsize);
-    }));
-    spdlog::info("write: read back and compared, {}", HumanBytes(vsize));
-  }
+  BYOI_RETURN_IF_ERROR(sink.Complete(
+      vsize, target->disk, TypeName(manifest),
+      [&board, vsize](uint64_t done, uint64_t) { board.StepProgress(Step::kWrite, done, vsize); }));
   const StreamWriteStats stats = sink.writer->stats();
   spdlog::info("write: {} written, {} zeroed while downloading", HumanBytes(stats.bytes_written),
                HumanBytes(stats.bytes_zeroed));
@@ -504,6 +528,76 @@ void MakeUnbootable(const Disk& disk) {
   }
 }
 
+// True for an image in a gzip, xz, zstd or bzip2 container (compressed raw).
+bool IsCompressed(std::span<const uint8_t> bytes) {
+  return DetectCompressor(bytes.first(std::min<size_t>(bytes.size(), 6))) != Compressor::kNone;
+}
+
+// Steps 3-4 in ram mode for a compressed raw image (gzip, xz, zstd, bzip2): the RAM reader cannot
+// seek into it, so it is decoded once, into nothing, before the first write (a corrupt or cut
+// stream is found while the disk is untouched, and the decoded disk's size and partition table
+// are checked), then decoded again from RAM into the disk through stream mode's reader and writer.
+Status WriteCompressedFromRam(const Manifest& manifest, const JobOptions& job,
+                              const FetchResult& fetched, const TargetDisk* target,
+                              const std::string& why, StatusBoard& board, const CancelToken& cancel,
+                              bool* touched) {
+  board.BeginStep(Step::kVerify, "verifying image");
+  BYOI_RETURN_IF_ERROR(VerifyChecksum(manifest, fetched.DigestOf(ReportedHash(manifest)),
+                                      fetched.image.size(), board));
+  BYOI_ASSIGN_OR_RETURN(FetchOptions opts, MakeFetchOptions(job));
+  const StreamMemory mem = PlanStreamMemory(opts.memory_budget, opts.connections);
+  StreamImageOptions reader_options;
+  reader_options.memory_budget = mem.reader;
+
+  // The decode pass keeps the first sectors of the disk: its partition table.
+  struct HeadSink : VirtualDiskSink {
+    Status Write(uint64_t offset, std::span<const uint8_t> bytes) override {
+      for (size_t i = 0; i < bytes.size() && offset + i < head.size(); ++i) {
+        head[offset + i] = bytes[i];
+      }
+      return Status::Ok();
+    }
+    Status Zero(uint64_t, uint64_t) override { return Status::Ok(); }
+    std::vector<uint8_t> head = std::vector<uint8_t>(kHeadBytes, 0);
+  } head_sink;
+  StreamImage check(head_sink, reader_options, [&](const StreamHead& head) {
+    return CheckDeclaredType(head.format, manifest.type);
+  });
+  auto t0 = std::chrono::steady_clock::now();
+  BYOI_RETURN_IF_ERROR(FeedFromMemory(fetched.image.bytes(), check, cancel, nullptr));
+  BYOI_ASSIGN_OR_RETURN(uint64_t vsize, check.Finish());
+  spdlog::info("verify: {} {} decodes to {} in {:.1f} s", CompressorName(check.head().container),
+               HumanBytes(fetched.image.size()), HumanBytes(vsize),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  if (target) {
+    BYOI_RETURN_IF_ERROR(CheckImageFits(vsize, target->disk));
+    head_sink.head.resize(std::min<uint64_t>(vsize, kHeadBytes));
+    BYOI_RETURN_IF_ERROR(CheckImageSectorSize(head_sink.head, target->disk, TypeName(manifest)));
+  }
+  board.FinishStep(Step::kVerify, VerifyComment(check.head().format, vsize, manifest) +
+                                      fmt::format("; {} decoded once; ram mode: {}",
+                                                  CompressorName(check.head().container), why));
+  if (target == nullptr) return Status::Ok();  // a dry run
+
+  BYOI_RETURN_IF_ERROR(cancel.Check());
+  // The disk may have changed while the image downloaded (an operator mounted it).
+  BYOI_RETURN_IF_ERROR(CheckNotInUse(target->disk));
+  board.BeginStep(Step::kWrite, "writing image");
+  *touched = true;
+  DiskSink sink;
+  BYOI_RETURN_IF_ERROR(sink.Open(*target, vsize, manifest, job, mem, cancel));
+  StreamImage image(sink, reader_options, nullptr);
+  BYOI_RETURN_IF_ERROR(FeedFromMemory(fetched.image.bytes(), image, cancel, [&](uint64_t) {
+    board.StepProgress(Step::kWrite, sink.accepted(), vsize);
+  }));
+  BYOI_RETURN_IF_ERROR(image.Finish().status());
+  BYOI_RETURN_IF_ERROR(sink.Complete(
+      vsize, target->disk, TypeName(manifest),
+      [&board, vsize](uint64_t done, uint64_t) { board.StepProgress(Step::kWrite, done, vsize); }));
+  board.FinishStep(Step::kWrite);
+  return Status::Ok();
+}
+
 // Each step's catalogue sentence (docs/status.md) for a failure its stage could not name (an
 // unreadable sysfs, a failed system call): `message` is always a catalogue sentence, the cause
 // stays in `detail`. A more specific sentence set by the stage (a checksum mismatch, a busy disk)
@@ -549,7 +643,11 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
   // (cancellation included) leaves its first and last MiB zeroed, here and nowhere else.
   bool touched = false;
   Status s;
-  if (fetched) {
+  if (fetched && IsCompressed(fetched->image.bytes())) {
+    s = Attach(WriteCompressedFromRam(manifest, job, *fetched, target ? &*target : nullptr, why,
+                                      board, cancel, &touched),
+               cant_write);
+  } else if (fetched) {
     BYOI_ASSIGN_OR_RETURN(
         OpenedImage image,
         Attach(Verify(manifest, *fetched, target ? &target->disk : nullptr, why, board, cancel),

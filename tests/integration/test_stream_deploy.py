@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""Stream mode end to end through `byoi-agent deploy` (docs/pipeline.md, "Write modes"): images
-written while they download, onto loop devices of 512- and 4096-byte sectors pre-filled with random
+"""Stream mode end to end through `byoi-agent deploy` (docs/pipeline.md, "Write modes"), and the
+compressed raw images both modes take: images written while they download, onto loop devices of 512- and 4096-byte sectors pre-filled with random
 bytes, from the fault server of fetch_servers.py.
 
 * What lands is byte-identical to qemu-img's raw conversion (raw, qcow2, raw compressed with zstd,
@@ -177,6 +177,30 @@ class StreamDeployTest(unittest.TestCase):
                                   self.step(status, "verify")["comment"])
                     virtual = self.images[name][1]
                     self.assertTrue(read(dev, 0, len(virtual)) == virtual, "the disk differs")
+
+    def test_compressed_raw_in_ram_mode_is_decoded_once_before_the_first_write(self):
+        for ss in SECTOR_SIZES:
+            dev, _ = self.fresh_disk(ss)
+            for name in ("raw.zst", "raw.xz", "raw.gz", "raw.bz2"):
+                with self.subTest(sector_size=ss, image=name):
+                    code, status, stderr = self.deploy(self.manifest(name), dev,
+                                                       "--write-mode", "ram")
+                    self.assertEqual(code, 0, stderr)
+                    self.assertIn("decoded once; ram mode: --write-mode ram",
+                                  self.step(status, "verify")["comment"])
+                    virtual = self.images[name][1]
+                    self.assertTrue(read(dev, 0, len(virtual)) == virtual, "the disk differs")
+        # A stream damaged in its middle (its checksum matching the damaged bytes): refused by
+        # the decode pass, the disk byte-identical.
+        data = bytearray(self.images["raw.zst"][0])
+        data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+        self.server.add("/damaged.raw.zst", Route(bytes(data)))
+        m = self.manifest("raw.zst", route="/damaged.raw.zst", checksum=sha256_bytes(data))
+        dev, before = self.fresh_disk(512, name="damaged")
+        status = self.assertFailed(self.deploy(m, dev, "--write-mode", "ram"),
+                                   "Can't write raw on disk.")
+        self.assertIn("zstd data at compressed byte", status["detail"])
+        self.assertTrue(read(dev) == before, "the disk was touched")
 
     def test_a_reset_midway_is_resumed_and_every_byte_written_once(self):
         data, virtual = self.images["raw"]
