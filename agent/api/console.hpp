@@ -1,4 +1,4 @@
-// Console progress for people watching an install through IPMI/KVM or a serial console (issue 7):
+// Console progress for people watching an install through IPMI/KVM or a serial console:
 // one line per step change, a progress line with a bar, rate and ETA during byte-counted steps, and
 // on error the catalogue message and its detail in full.
 //

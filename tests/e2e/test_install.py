@@ -1,4 +1,4 @@
-"""The whole mission on real firmware (issue 8): a rescue VM installs an image and the disk then boots
+"""The whole mission on real firmware (docs/pipeline.md): a rescue VM installs an image and the disk then boots
 through what the agent set up.
 
 Each flow: build a bootable test image (make_test_image's), serve it from nginx on 127.0.0.1, boot the

@@ -247,7 +247,7 @@ class Refusals(unittest.TestCase):
         # Every compressed cluster is inflated before the target is opened: a bad one, even past
         # the first MiB, is refused with the disk byte for byte as it was. qemu-img refuses
         # these images too, but for a deflate stream that inflates past the cluster: it keeps
-        # the first cluster's bytes, where we refuse (issue 4: exactly one cluster).
+        # the first cluster's bytes, where we refuse (docs/pipeline.md: exactly one cluster).
         text = b"compressible text. " * 200000
         for compression in ("zlib", "zstd"):
             for kind in ("garbage", "short", "long"):
