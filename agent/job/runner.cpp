@@ -334,6 +334,20 @@ Status FeedFromMemory(std::span<const uint8_t> bytes, ByteSink& image, const Can
   return Status::Ok();
 }
 
+// The image reader's and the disk's errors, met while the download feeds them, carry the write's
+// message: a failed transfer carries the download's (docs/status.md).
+class WriteErrors final : public ByteSink {
+ public:
+  WriteErrors(ByteSink& inner, std::string message) : inner_(inner), message_(std::move(message)) {}
+  Status Start(std::optional<uint64_t> total) override { return Mark(inner_.Start(total)); }
+  Status Write(std::span<const uint8_t> bytes) override { return Mark(inner_.Write(bytes)); }
+
+ private:
+  Status Mark(Status s) const { return s.ok() ? s : std::move(s).DefaultMessage(message_); }
+  ByteSink& inner_;
+  const std::string message_;
+};
+
 // Steps 2-4 at once in stream mode (docs/pipeline.md, "Write modes"): the image flows from the
 // connection through the hasher and the image reader to the disk. Everything the first bytes show
 // (the format against the declared type, the virtual size against the disk, a qcow2 header's
@@ -382,10 +396,9 @@ Status StreamToDisk(const Manifest& manifest, const JobOptions& job, const Targe
     board.StepProgress(Step::kDownload, done, total);
     if (sink.writer) board.StepProgress(Step::kWrite, sink.accepted(), vsize_known.value_or(0));
   };
-  Result<FetchStreamResult> fetched = FetchStream(req, opts, image, progress, cancel);
+  WriteErrors image_errors(image, msg::CantWrite(TypeName(manifest)));
+  Result<FetchStreamResult> fetched = FetchStream(req, opts, image_errors, progress, cancel);
   if (!fetched.ok()) {
-    // The image reader's and the disk's own errors come through the download unchanged; only a
-    // failed transfer is the download's.
     return std::move(fetched).status().DefaultMessage(msg::DownloadFailed(manifest.url));
   }
   BYOI_ASSIGN_OR_RETURN(uint64_t vsize, image.Finish());
