@@ -1,8 +1,10 @@
-// `byoi-agent convert SOURCE TARGET [--type qcow2|raw]` and `byoi-agent inspect IMAGE [--json]`
-// (docs/cli.md): the image engine and the writer, outside a job. convert holds SOURCE in memory
-// under the same budget as a download, writes its virtual disk to a block device or a file
-// (created or resized to the virtual size); inspect describes an image, its partitions and the
-// boot loader UEFI firmware would start from its ESP.
+// `byoi-agent convert SOURCE TARGET [--type qcow2|raw|ova|vmdk]` and `byoi-agent inspect IMAGE
+// [--json]` (docs/cli.md): the image engine and the writer, outside a job. convert holds SOURCE in
+// memory under the same budget as a download, checks it as a job's verify step does (metadata, an
+// OVA's manifest digests, every compressed cluster) and writes its virtual disk to a block device
+// or a file (created or resized to the virtual size); inspect describes an image (an OVA's files
+// and the disk it installs too), its partitions and the boot loader UEFI firmware would start from
+// its ESP.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/mman.h>
@@ -110,12 +112,14 @@ Result<Signature> ProbeVirtualDisk(VirtualReader& reader, uint64_t offset, uint6
       std::min(size, vsize - offset));
 }
 
-// "qcow2" or "raw" from the first bytes of a file too big to load, for the message.
+// "qcow2", "vmdk", "ova" or "raw" from the first bytes of a file too big to load, for the message.
 std::string SniffType(const std::string& path) {
-  uint8_t magic[4] = {};
   auto fd = OpenFile(path, O_RDONLY);
-  if (fd.ok() && PreadAll(fd->get(), magic, 0).ok() && HasQcow2Magic(magic)) return "qcow2";
-  return "raw";
+  auto size = fd.ok() ? FileSize(fd->get(), path) : Result<uint64_t>(fd.status());
+  if (!size.ok()) return "raw";
+  std::vector<uint8_t> head(std::min<uint64_t>(*size, 64 << 10));
+  if (!PreadAll(fd->get(), head, 0).ok()) return "raw";
+  return std::string(FormatName(SourceFormat(head)));
 }
 
 void PrintProgress(uint64_t done, uint64_t total) {
@@ -138,6 +142,50 @@ Result<BootLoader> FindImageBootLoader(VirtualReader& reader, const PartitionTab
   return FindBootLoader(read, esp, "", "the image");
 }
 
+// inspect's view of an OVA: its files, each with its role, and the disk it installs.
+boost::json::object OvaJson(const OvaInfo& ova) {
+  boost::json::array files;
+  for (size_t i = 0; i < ova.members.size(); ++i) {
+    const OvaMember& m = ova.members[i];
+    std::string role = i == ova.descriptor                       ? "descriptor"
+                       : i == ova.manifest.value_or(SIZE_MAX)    ? "manifest"
+                       : i == ova.certificate.value_or(SIZE_MAX) ? "certificate"
+                       : std::find(ova.disks.begin(), ova.disks.end(), i) != ova.disks.end()
+                           ? "disk"
+                           : "other";
+    boost::json::object f{{"name", PrintableText(m.name)}, {"size", m.size}, {"role", role}};
+    f["installed"] = i == ova.disk;
+    f["digest"] = nullptr;
+    for (const OvaDigest& d : ova.digests) {
+      if (d.member == i) f["digest"] = d.algo;
+    }
+    files.push_back(std::move(f));
+  }
+  boost::json::object disk{{"file", PrintableText(ova.members[ova.disk].name)},
+                           {"id", PrintableText(ova.disk_id)},
+                           {"format", PrintableText(ova.disk_format)}};
+  disk["capacity"] = nullptr;
+  if (ova.disk_capacity) disk["capacity"] = *ova.disk_capacity;
+  return {{"files", std::move(files)},
+          {"virtualSystem", PrintableText(ova.system)},
+          {"disks", ova.disks.size()},
+          {"disk", std::move(disk)}};
+}
+
+boost::json::object VmdkJson(const VmdkInfo& v) {
+  return {{"subformat", v.subformat},
+          {"createType", v.create_type},
+          {"version", v.version},
+          {"flags", v.flags},
+          {"grainSize", v.grain_size},
+          {"footer", v.footer},
+          {"grainTables", v.grain_tables},
+          {"allocatedBytes", v.data_bytes},
+          {"compressedBytes", v.compressed_bytes},
+          {"zeroBytes", v.zero_bytes},
+          {"unallocatedBytes", v.unallocated_bytes}};
+}
+
 }  // namespace
 
 int RunConvert(const ConvertArgs& args) {
@@ -147,7 +195,7 @@ int RunConvert(const ConvertArgs& args) {
     if (s.code() == Code::kTooBig) s.DefaultMessage(msg::TooBigForMemory(SniffType(args.source)));
     return Fail(s);
   }
-  std::string type = HasQcow2Magic(buffer->bytes()) ? "qcow2" : "raw";
+  std::string type(FormatName(SourceFormat(buffer->bytes())));
   if (!args.type.empty() && args.type != type) {
     return Fail(Status::Error(Code::kInvalid, args.source + " is " + type,
                               msg::FormatMismatch(type, args.type)));
@@ -162,15 +210,23 @@ int RunConvert(const ConvertArgs& args) {
   // failure policy: a job that fails before writing leaves the disk untouched).
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
+  if (image->ova) {
+    Status digests = VerifyOvaManifest(buffer->bytes(), *image->ova, g_cancel);
+    if (!digests.ok()) {
+      return Fail(std::move(digests)
+                      .Context("checking the manifest of " + args.source)
+                      .DefaultMessage(msg::CantWrite(type)));
+    }
+  }
   auto t0 = std::chrono::steady_clock::now();
   Status sound = VerifyCompressedClusters(image->layout, 0, g_cancel);
   if (!sound.ok()) {
     return Fail(
         std::move(sound).Context("reading " + args.source).DefaultMessage(msg::CantWrite(type)));
   }
-  if (image->qcow2 && image->qcow2->compressed_bytes > 0) {
+  if (image->compressed_bytes() > 0) {
     std::fprintf(stderr, "inflated %s of compressed clusters in %.2f s\n",
-                 HumanBytes(image->qcow2->compressed_bytes).c_str(),
+                 HumanBytes(image->compressed_bytes()).c_str(),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   Target::Options topts;
@@ -219,6 +275,8 @@ int RunInspect(const InspectArgs& args) {
     out["zeroBytes"] = q.zero_bytes;
     out["unallocatedBytes"] = q.unallocated_bytes;
   }
+  if (image->ova) out["ova"] = OvaJson(*image->ova);
+  if (image->vmdk) out["vmdk"] = VmdkJson(*image->vmdk);
   boost::json::object pt;
   if (!table.ok()) {
     pt["type"] = "invalid";
@@ -289,6 +347,31 @@ int RunInspect(const InspectArgs& args) {
     std::printf("compression:     %s%s\n", std::string(CompressionName(q.compression)).c_str(),
                 q.extended_l2 ? ", extended L2" : "");
   }
+  if (image->ova) {
+    const boost::json::object& ova = out["ova"].as_object();
+    std::printf("files:\n");
+    for (const auto& v : ova.at("files").as_array()) {
+      const auto& f = v.as_object();
+      std::string role = str(f.at("role"));
+      if (f.at("installed").as_bool()) role += ", installed";
+      if (f.at("digest").is_string()) role += ", " + str(f.at("digest")) + " in the manifest";
+      std::printf("  %-30s %10s  %s\n", str(f.at("name")).c_str(),
+                  HumanBytes(f.at("size").to_number<uint64_t>()).c_str(), role.c_str());
+    }
+    const auto& disk = ova.at("disk").as_object();
+    std::printf("virtual system:  %s\n", str(ova.at("virtualSystem")).c_str());
+    std::printf(
+        "installed disk:  %s (disk %s, 1 of the %s with a file of the first system%s)\n",
+        str(disk.at("file")).c_str(), str(disk.at("id")).c_str(), str(ova.at("disks")).c_str(),
+        disk.at("capacity").is_null()
+            ? ""
+            : (", capacity " + HumanBytes(disk.at("capacity").to_number<uint64_t>())).c_str());
+  }
+  if (image->vmdk) {
+    const VmdkInfo& v = *image->vmdk;
+    std::printf("vmdk:            %s, version %u, grain %s%s\n", v.subformat.c_str(), v.version,
+                HumanBytes(v.grain_size).c_str(), v.footer ? ", directory in the footer" : "");
+  }
   std::printf("virtual size:    %s (%llu bytes)\n",
               HumanBytes(image->layout.virtual_size()).c_str(),
               static_cast<unsigned long long>(image->layout.virtual_size()));
@@ -297,6 +380,12 @@ int RunInspect(const InspectArgs& args) {
     std::printf("allocated:       %s data, %s compressed, %s zero, %s unallocated\n",
                 HumanBytes(q.data_bytes).c_str(), HumanBytes(q.compressed_bytes).c_str(),
                 HumanBytes(q.zero_bytes).c_str(), HumanBytes(q.unallocated_bytes).c_str());
+  }
+  if (image->vmdk) {
+    const VmdkInfo& v = *image->vmdk;
+    std::printf("allocated:       %s data, %s compressed, %s zero, %s unallocated\n",
+                HumanBytes(v.data_bytes).c_str(), HumanBytes(v.compressed_bytes).c_str(),
+                HumanBytes(v.zero_bytes).c_str(), HumanBytes(v.unallocated_bytes).c_str());
   }
   if (!table.ok()) {
     std::printf("partition table: invalid (%s)\n", table.status().detail().c_str());

@@ -144,9 +144,28 @@ Result<FetchResult> Download(const Manifest& manifest, const RunOptions& options
   return fetched;
 }
 
-// Step 3: the checksum, the format against the declared type, every qcow2 metadata table (a
-// corrupt image is refused here, before the disk is touched), and the virtual disk against the
-// target: its size and the sector size its GPT was made for.
+// What the verify step says of an OVA: the disk it installs and the manifest checked; a warning
+// when the OVA holds other disks, which are not installed (docs/status.md).
+std::string OvaNote(const OvaInfo& ova, const VmdkInfo& vmdk, StatusBoard& board) {
+  const std::string& disk = ova.members[ova.disk].name;
+  if (ova.disks.size() > 1) {
+    std::string warning = fmt::format(
+        "the OVA holds {} disks: only {}, the first that VirtualSystem {} attaches, is installed",
+        ova.disks.size(), disk, ova.system);
+    spdlog::warn("verify: {}", warning);
+    board.Warn(std::move(warning));
+  }
+  const auto number = std::find(ova.disks.begin(), ova.disks.end(), ova.disk) - ova.disks.begin();
+  const std::string digests = ova.digests.empty()
+                                  ? std::string("no manifest")
+                                  : fmt::format("manifest: {} digests match", ova.digests.size());
+  return fmt::format(" ({}, disk {} of {}, {} VMDK; {})", disk, number + 1, ova.disks.size(),
+                     vmdk.subformat, digests);
+}
+
+// Step 3: the checksum, the format against the declared type, every qcow2 or VMDK metadata table
+// and an OVA's manifest digests (a corrupt image is refused here, before the disk is touched), and
+// the virtual disk against the target: its size and the sector size its GPT was made for.
 Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched, const Disk* disk,
                            StatusBoard& board, const CancelToken& cancel) {
   board.BeginStep(Step::kVerify, "verifying image");
@@ -173,8 +192,15 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
   if (!opened.ok()) {
     return std::move(opened)
         .status()
-        .Context("reading the qcow2 metadata")
+        .Context(fmt::format("reading the {} metadata", info.name))
         .DefaultMessage(msg::CantWrite(TypeName(manifest)));
+  }
+  std::string ova_note;
+  if (opened->ova) {
+    BYOI_RETURN_IF_ERROR(VerifyOvaManifest(fetched.image.bytes(), *opened->ova, cancel)
+                             .Context("checking the OVA's manifest")
+                             .DefaultMessage(msg::CantWrite(TypeName(manifest))));
+    ova_note = OvaNote(*opened->ova, *opened->vmdk, board);
   }
   const uint64_t vsize = opened->layout.virtual_size();
   // The partition table of the virtual disk (a qcow2's first clusters may be compressed).
@@ -189,13 +215,13 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
   }
   // Every compressed cluster is inflated once here, on all cores: the writer would find a corrupt
   // one only after the disk's old content is gone.
-  if (opened->qcow2 && opened->qcow2->compressed_bytes > 0) {
+  if (opened->compressed_bytes() > 0) {
     auto t0 = std::chrono::steady_clock::now();
     BYOI_RETURN_IF_ERROR(VerifyCompressedClusters(opened->layout, 0, cancel)
                              .Context("checking the compressed clusters")
                              .DefaultMessage(msg::CantWrite(TypeName(manifest))));
     spdlog::info("verify: {} of compressed clusters inflate in {:.1f} s",
-                 HumanBytes(opened->qcow2->compressed_bytes),
+                 HumanBytes(opened->compressed_bytes()),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   std::string table = info.table == PartitionTableType::kGpt   ? " (GPT)"
@@ -204,8 +230,8 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
   std::string checksum = manifest.checksum
                              ? fmt::format("{} matches", HashAlgoName(algo))
                              : fmt::format("no checksum given, {} computed", HashAlgoName(algo));
-  board.FinishStep(Step::kVerify, fmt::format("{}{}, virtual size {} ({} bytes); {}", info.name,
-                                              table, HumanBytes(vsize), vsize, checksum));
+  board.FinishStep(Step::kVerify, fmt::format("{}{}{}, virtual size {} ({} bytes); {}", info.name,
+                                              ova_note, table, HumanBytes(vsize), vsize, checksum));
   return opened;
 }
 

@@ -918,7 +918,7 @@ class Refusals(DeployTestCase):
         disk = self.loop_disk(64 * MIB)
         url = IMAGES.url(IMAGES.gpt[512].path)
         cases = [
-            ({"URL": url, "type": "vmdk"}, "Bad format image, expected: qcow2, raw."),
+            ({"URL": url, "type": "vmdk"}, "Bad format image, expected: qcow2, raw, ova."),
             ({"URL": url, "type": "raw", "checkSum": "ab", "checkSumType": "crc32"},
              "Bad checkSumType, expected: md5, sha1, sha256, sha512."),
             ({"URL": url, "type": "raw", "checkSum": "ab"},
