@@ -197,8 +197,11 @@ int RunConvert(const ConvertArgs& args) {
   }
   std::string type(FormatName(SourceFormat(buffer->bytes())));
   if (!args.type.empty() && args.type != type) {
-    return Fail(Status::Error(Code::kInvalid, args.source + " is " + type,
-                              msg::FormatMismatch(type, args.type)));
+    // What a job would call it (a tar archive, an ext4 file system) rather than how convert
+    // would read it.
+    const FormatInfo detected = DetectFormat(buffer->bytes());
+    return Fail(Status::Error(Code::kInvalid, args.source + " is " + detected.contents,
+                              msg::FormatMismatch(detected.name, args.type)));
   }
   auto image = OpenImage(buffer->bytes());
   if (!image.ok()) {

@@ -162,6 +162,11 @@ bool LooksLikeOva(std::span<const uint8_t> bytes) {
       std::string_view(reinterpret_cast<const char*>(&bytes[257]), 5) != "ustar") {
     return false;
   }
+  // The first header's name field as written: a header too damaged for libarchive still says
+  // what the archive was meant to be (ReadOva then explains what is wrong with it).
+  std::string_view field(reinterpret_cast<const char*>(bytes.data()), 100);
+  if (EndsWithIgnoreCase(field.substr(0, field.find('\0')), ".ovf")) return true;
+  // A pax or GNU long name, a leading directory: libarchive reads the first file's name.
   auto a = OpenTar(bytes.first(std::min(bytes.size(), kSniffBytes)));
   if (!a.ok()) return false;
   archive_entry* entry = nullptr;

@@ -54,8 +54,9 @@ struct OvaInfo {
   std::vector<size_t> disks;  // members of every disk of the DiskSection that has a file
 };
 
-// True when `bytes` starts with a tar header (ustar magic at 257) whose first member is named
-// `*.ovf` (case-insensitive). Reads at most the first 64 KiB; never fails.
+// True when `bytes` starts with a tar header (ustar magic at 257) whose first file is named `*.ovf`
+// (case-insensitive), as libarchive reads it within the first 64 KiB or, for a header libarchive
+// refuses, as the header's name field gives it. Never fails.
 bool LooksLikeOva(std::span<const uint8_t> bytes);
 
 struct OvaArchive {

@@ -184,6 +184,89 @@ class Qcow2:
             f.write(self.data)
 
 
+TARGETS = ("file", 512, 4096)
+
+
+class ConversionChecks:
+    """For a unittest.TestCase with a `path(name)` method: `byoi-agent convert` onto a regular
+    file and onto loop devices of 512- and 4096-byte sectors, each pre-filled with random bytes
+    (so a zero range that is skipped, or a byte written past the virtual size, is caught), must
+    give exactly the bytes of a reference raw file (qemu-img's output)."""
+
+    n = 0
+
+    def assertConvertsLike(self, image, ref, targets=TARGETS):
+        expected = read(ref)
+        vsize = len(expected)
+        for target in targets:
+            self.n += 1
+            with self.subTest(target=target):
+                if target == "file":
+                    out = self.path("out.raw")
+                    random_file(out, vsize + MIB, f"file{self.n}")  # convert truncates it
+                    r = convert(image, out)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    self.assertEqual(os.path.getsize(out), vsize)
+                    self.assertEqual(run("cmp", ref, out, check=False).returncode, 0,
+                                     "output differs from qemu-img")
+                    continue
+                backing = self.path("disk.img")
+                disk_size = (vsize + 4095) // 4096 * 4096 + 2 * MIB
+                random_file(backing, disk_size, f"disk{self.n}")
+                past_end = read(backing, vsize)
+                with loop_device(backing, target) as dev:
+                    r = convert(image, dev)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    got = read(dev, 0, vsize)
+                    self.assertTrue(got == expected, "device content differs from qemu-img")
+                    self.assertTrue(read(dev, vsize) == past_end, "bytes past the image changed")
+
+
+class RefusalChecks:
+    """For a unittest.TestCase class: a loop device's backing file (16 MiB) and a file (3 MiB),
+    pre-filled with random bytes once, that a refused conversion must leave byte for byte as they
+    were."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = tempdir()
+        cls.dir = cls._tmp.name
+        cls.backing = os.path.join(cls.dir, "disk.img")
+        random_file(cls.backing, 16 * MIB, "refusals")
+        cls.backing_hash = sha256(cls.backing)
+        cls.file_target = os.path.join(cls.dir, "target.raw")
+        random_file(cls.file_target, 3 * MIB, "file-target")
+        cls.file_hash = sha256(cls.file_target)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def assertRefused(self, image, message, *reasons, args=()):
+        """`convert [args] image TARGET` fails (exit 1) with `message` and every reason in its
+        detail, on a loop device of 512-byte sectors and on a file, touching neither; returns
+        stderr."""
+        # Targets an earlier (failed) case wrote to are made again, so one failure stays one.
+        if sha256(self.backing) != self.backing_hash:
+            random_file(self.backing, 16 * MIB, "refusals")
+        if sha256(self.file_target) != self.file_hash:
+            random_file(self.file_target, 3 * MIB, "file-target")
+        with loop_device(self.backing, 512) as dev:
+            r = convert(image, dev, *args)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertTrue(r.stderr.startswith(message), r.stderr)
+        for reason in reasons:
+            self.assertIn(reason, r.stderr)
+        self.assertEqual(sha256(self.backing), self.backing_hash, "the disk was touched")
+        r = convert(image, self.file_target, *args)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertEqual(sha256(self.file_target), self.file_hash, "the file was touched")
+        return r.stderr
+
+
 def tempdir():
     # Not /dev/shm: the writer's O_DIRECT and fallocate paths need a real file system.
     return tempfile.TemporaryDirectory(prefix="byoi-conformance-", dir="/var/tmp")
