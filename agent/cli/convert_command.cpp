@@ -362,13 +362,14 @@ int RunInspect(const InspectArgs& args) {
                   HumanBytes(f.at("size").to_number<uint64_t>()).c_str(), role.c_str());
     }
     const auto& disk = ova.at("disk").as_object();
-    std::printf("virtual system:  %s\n", str(ova.at("virtualSystem")).c_str());
-    std::printf(
-        "installed disk:  %s (disk %s, 1 of the %s with a file of the first system%s)\n",
-        str(disk.at("file")).c_str(), str(disk.at("id")).c_str(), str(ova.at("disks")).c_str(),
+    const std::string capacity =
         disk.at("capacity").is_null()
-            ? ""
-            : (", capacity " + HumanBytes(disk.at("capacity").to_number<uint64_t>())).c_str());
+            ? std::string()
+            : ", capacity " + HumanBytes(disk.at("capacity").to_number<uint64_t>());
+    std::printf("installed disk:  %s (disk %s of virtual system %s; %s disk(s) in the OVA%s)\n",
+                str(disk.at("file")).c_str(), str(disk.at("id")).c_str(),
+                str(ova.at("virtualSystem")).c_str(), str(ova.at("disks")).c_str(),
+                capacity.c_str());
   }
   if (image->vmdk) {
     const VmdkInfo& v = *image->vmdk;

@@ -41,6 +41,10 @@ struct CtxtFree {
   void operator()(xmlParserCtxt* c) const { xmlFreeParserCtxt(c); }
 };
 
+// libxml2's handler for errors that have no parser context to go to (its encoding and I/O layers
+// print them to stderr by default): the parser's own error, kept in its context, is what we report.
+void IgnoreXmlError(void*, const char*, ...) {}
+
 // The SAX handler for <!DOCTYPE>: no DTD is read, so no entity is ever declared or expanded.
 void RefuseDoctype(void* ctx, const xmlChar*, const xmlChar*, const xmlChar*) {
   auto* ctxt = static_cast<xmlParserCtxt*>(ctx);
@@ -269,6 +273,7 @@ Result<OvfDescriptor> ParseOvf(std::string_view xml) {
   }
   static std::once_flag init;
   std::call_once(init, [] { xmlInitParser(); });
+  xmlSetGenericErrorFunc(nullptr, IgnoreXmlError);  // this thread's: libxml2 keeps it per thread
   std::unique_ptr<xmlParserCtxt, CtxtFree> ctxt(xmlNewParserCtxt());
   if (ctxt == nullptr) return Status::Error(Code::kInternal, "libxml2: cannot make a parser");
   bool doctype = false;
@@ -286,6 +291,7 @@ Result<OvfDescriptor> ParseOvf(std::string_view xml) {
     std::string why = e != nullptr && e->message != nullptr
                           ? fmt::format("line {}: {}", e->line, TrimBlanks(e->message))
                           : "unknown error";
+    std::replace(why.begin(), why.end(), '\n', ' ');
     return Invalid("the descriptor is not well-formed XML: " + PrintableText(why, 256));
   }
   const xmlNode* root = xmlDocGetRootElement(doc.get());

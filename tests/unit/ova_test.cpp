@@ -116,6 +116,18 @@ TEST(Ovf, Refusals) {
   }
 }
 
+TEST(Ovf, EncodingErrorsAreReturnedNotPrinted) {
+  ::testing::internal::CaptureStderr();
+  auto d = ParseOvf("<?xml version=\"1.0\" encoding=\"SHIFT_JIS\"?><a>\xff\xfe\x7fsTy</a>");
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+  EXPECT_EQ(d.status().detail(),
+            "the descriptor is not well-formed XML: line 1: Premature end of data in tag a line 1");
+  d = ParseOvf("<a>\xff\xfe</a>");
+  EXPECT_EQ(d.status().detail(),
+            "the descriptor is not well-formed XML: line 1: Input is not proper UTF-8, indicate "
+            "encoding ! Bytes: 0xFF 0xFE 0x3C 0x2F");
+}
+
 TEST(OvaManifest, ReadsOvftoolAndVirtualBoxLines) {
   const std::string sha1(40, 'a');
   const std::string sha256(64, 'B');
