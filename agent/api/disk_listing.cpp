@@ -8,11 +8,9 @@ namespace byoi {
 
 namespace json = boost::json;
 
-Result<json::value> ListDisks(const std::string& forced_disk, const std::string& disk_groups,
-                              const std::string& sysfs_root) {
+Result<json::value> ListDisks(const std::string& forced_disk, const std::string& disk_groups) {
   InventoryOptions options;
-  options.sysfs_root = sysfs_root;
-  options.probe_contents = sysfs_root == "/sys";
+  options.probe_contents = true;
   BYOI_ASSIGN_OR_RETURN(options.mapping, ParseGroupMapping(disk_groups));
   BYOI_ASSIGN_OR_RETURN(Inventory inventory, ScanDisks(options));
   json::object out = InventoryToJson(inventory);

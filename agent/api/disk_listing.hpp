@@ -12,9 +12,9 @@ namespace byoi {
 // {"groups": [...], "excluded": [...]} of InventoryToJson, plus "disks": every usable disk (with
 // its "group" id) in group order, and "forcedDisk": the disk the configuration forces ("" when
 // none). `disk_groups` is the configured explicit mapping ("" for automatic groups). Contents
-// (partition table, signatures) are probed with libblkid only on the real /sys.
+// (partition table, signatures) are probed with libblkid.
 // kIo when sysfs cannot be read, kInvalid for a bad mapping.
-Result<boost::json::value> ListDisks(const std::string& forced_disk, const std::string& disk_groups,
-                                     const std::string& sysfs_root = "/sys");
+Result<boost::json::value> ListDisks(const std::string& forced_disk,
+                                     const std::string& disk_groups);
 
 }  // namespace byoi

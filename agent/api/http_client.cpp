@@ -40,7 +40,8 @@ struct SlistFree {
 
 }  // namespace
 
-HttpClient::HttpClient(const std::atomic<bool>* abort) : curl_(curl_easy_init()), abort_(abort) {}
+HttpClient::HttpClient(const std::atomic<bool>* abort, std::string ca_bundle)
+    : curl_(curl_easy_init()), abort_(abort), ca_bundle_(std::move(ca_bundle)) {}
 
 HttpClient::~HttpClient() {
   if (curl_) curl_easy_cleanup(static_cast<CURL*>(curl_));
@@ -66,6 +67,7 @@ Result<HttpResult> HttpClient::Send(std::string_view method, const std::string& 
   std::string method_str(method);
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+  if (!ca_bundle_.empty()) curl_easy_setopt(curl, CURLOPT_CAINFO, ca_bundle_.c_str());
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method_str.c_str());
   if (method != "GET") {

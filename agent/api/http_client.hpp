@@ -20,8 +20,10 @@ struct HttpResult {
 class HttpClient {
  public:
   // `abort`, when given, is polled during transfers: once true, a transfer in progress fails at
-  // once with kCancelled. It must outlive the client.
-  explicit HttpClient(const std::atomic<bool>* abort = nullptr);
+  // once with kCancelled. It must outlive the client. `ca_bundle`: a PEM file of the certificate
+  // authorities to trust for https instead of the system's (the agent's --ca-bundle); empty: the
+  // system's.
+  explicit HttpClient(const std::atomic<bool>* abort = nullptr, std::string ca_bundle = {});
   ~HttpClient();
   HttpClient(const HttpClient&) = delete;
   HttpClient& operator=(const HttpClient&) = delete;
@@ -38,6 +40,7 @@ class HttpClient {
  private:
   void* curl_;  // CURL*
   const std::atomic<bool>* abort_;
+  const std::string ca_bundle_;
 };
 
 // Percent-encodes `text` for use as one URL path segment (RFC 3986 unreserved characters kept).

@@ -35,7 +35,7 @@ void Metrics::OnEvent(const JobEvent& event) {
     current_doing_ = false;
     if (s.state == JobState::kDone) {
       ++outcomes_["done"];
-    } else if (s.message == msg::kCancelled) {
+    } else if (s.code == Code::kCancelled) {
       ++outcomes_["cancelled"];
     } else {
       ++outcomes_["error"];

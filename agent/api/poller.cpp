@@ -24,7 +24,10 @@ constexpr size_t kMaxJobIdLength = 256;
 }  // namespace
 
 Poller::Poller(JobControl& jobs, PollerOptions options)
-    : jobs_(jobs), options_(std::move(options)), client_(&abort_), rng_(std::random_device{}()) {}
+    : jobs_(jobs),
+      options_(std::move(options)),
+      client_(&abort_, options_.ca_bundle),
+      rng_(std::random_device{}()) {}
 
 Poller::~Poller() { Stop(milliseconds(0)); }
 

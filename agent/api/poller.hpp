@@ -37,7 +37,8 @@ namespace byoi {
 struct PollerOptions {
   std::string backend_url;  // no trailing slash
   std::string agent_id;
-  std::string token;  // a secret: sent, never logged
+  std::string token;      // a secret: sent, never logged
+  std::string ca_bundle;  // PEM CA certificates for an https backend; empty: the system's
   std::chrono::milliseconds poll_interval{5000};
   std::chrono::milliseconds heartbeat{5000};    // a status report at least this often while doing
   std::chrono::milliseconds final_wait{60000};  // how long a `done` job waits for its final report

@@ -11,21 +11,29 @@ std::string_view CodeName(Code code) {
     case Code::kInvalid:
       return "invalid";
     case Code::kNotFound:
-      return "not found";
+      return "not_found";
     case Code::kIo:
-      return "i/o error";
+      return "io";
     case Code::kUnsupported:
       return "unsupported";
     case Code::kBusy:
       return "busy";
     case Code::kTooBig:
-      return "too big";
+      return "too_big";
     case Code::kCancelled:
       return "cancelled";
     case Code::kInternal:
-      return "internal error";
+      return "internal";
   }
   return "unknown";
+}
+
+std::optional<Code> CodeFromName(std::string_view name) {
+  for (Code c : {Code::kOk, Code::kInvalid, Code::kNotFound, Code::kIo, Code::kUnsupported,
+                 Code::kBusy, Code::kTooBig, Code::kCancelled, Code::kInternal}) {
+    if (CodeName(c) == name) return c;
+  }
+  return std::nullopt;
 }
 
 Status Status::FromErrno(std::string_view context, int err, Code code) {

@@ -28,7 +28,11 @@ enum class Code {
   kInternal,     // a bug
 };
 
+// "ok", "invalid", "not_found", "io", "unsupported", "busy", "too_big", "cancelled", "internal":
+// the status's `code` (docs/status.md).
 std::string_view CodeName(Code code);
+// The Code of a CodeName; nullopt for any other text.
+std::optional<Code> CodeFromName(std::string_view name);
 
 class [[nodiscard]] Status {
  public:

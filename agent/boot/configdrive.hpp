@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "agent/base/status.hpp"
+#include "agent/base/subprocess.hpp"  // RunProgram
 #include "agent/disk/disk.hpp"
 
 namespace byoi {
@@ -77,11 +78,5 @@ struct ConfigDriveOptions {
 // removed either way.
 Status WriteConfigDrive(const Disk& disk, const Partition& partition,
                         const ConfigDriveContent& content, const ConfigDriveOptions& options = {});
-
-// Runs `argv` (argv[0] looked up on PATH) with `env` as its whole environment, stdin from
-// /dev/null, waits, and returns Ok on exit status 0; otherwise kIo with the program's combined
-// output (first 4 KiB) in the detail. `output`, when given, receives stdout+stderr (first 1 MiB).
-Status RunProgram(const std::vector<std::string>& argv, const std::vector<std::string>& env,
-                  std::string* output = nullptr);
 
 }  // namespace byoi

@@ -115,26 +115,6 @@ Status RealPowerControl::Act(PowerAction action) {
   return Status::FromErrno("reboot(2)", errno);  // reached only when it failed
 }
 
-void RecordingPowerControl::Sync() { calls.push_back("sync"); }
-
-Status RecordingPowerControl::FlushBuffers(const std::string& disk_path) {
-  calls.push_back("flush " + disk_path);
-  return flush_result;
-}
-
-Status RecordingPowerControl::LoadKexec(const KexecImage& image) {
-  calls.push_back("kexec-load " + image.source + " (kernel " + std::to_string(image.kernel.size()) +
-                  " bytes, initrd " + std::to_string(image.initrd.size()) + " bytes, cmdline \"" +
-                  image.cmdline + "\")");
-  return load_kexec_result;
-}
-
-Status RecordingPowerControl::Act(PowerAction action) {
-  static constexpr const char* kNames[] = {"none", "restart", "power-off", "kexec"};
-  calls.push_back(std::string("act ") + kNames[static_cast<int>(action)]);
-  return act_result;
-}
-
 Result<std::optional<KexecImage>> FindKexecImage(const std::string& disk_path, std::string* why) {
   auto none = [&](std::string reason) {
     *why = std::move(reason);

@@ -8,7 +8,7 @@
 //   2. Reboot() — after the final status has reached the status file, the API and the backend:
 //      sync(), flush the target disk's buffers (fsync + BLKFLSBUF), then reboot(2) with
 //      RB_AUTOBOOT, RB_POWER_OFF or RB_KEXEC. It does not return when it works.
-// The machine is driven through `PowerControl`, so tests use `RecordingPowerControl` and never
+// The machine is driven through `PowerControl`, so tests use a recording one and never
 // reboot anything.
 //
 // kexec finds the kernel where it can read it without mounting: a Boot Loader Specification
@@ -64,22 +64,6 @@ class RealPowerControl final : public PowerControl {
   Status FlushBuffers(const std::string& disk_path) override;
   Status LoadKexec(const KexecImage& image) override;
   Status Act(PowerAction action) override;
-};
-
-// Records each call as a line ("sync", "flush /dev/sda", "kexec-load \loader\entries\x.conf
-// (kernel 1234 bytes, initrd 0 bytes, cmdline "root=…")", "act restart") and returns the
-// configured results.
-class RecordingPowerControl final : public PowerControl {
- public:
-  void Sync() override;
-  Status FlushBuffers(const std::string& disk_path) override;
-  Status LoadKexec(const KexecImage& image) override;
-  Status Act(PowerAction action) override;
-
-  std::vector<std::string> calls;
-  Status flush_result;
-  Status load_kexec_result;
-  Status act_result;
 };
 
 struct RebootPlan {

@@ -4,10 +4,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
-
-#include "agent/job/job_options.hpp"
 
 namespace byoi {
 
@@ -20,16 +19,15 @@ struct DeployArgs {
   bool dry_run = false;     // stop after verify; touch no disk
   std::string status_file;  // keep the status JSON here while running
   bool json = false;        // print the final status as JSON on stdout
-  JobOptions job;
+  // The job options given on the command line, by key (agent/cli/options.hpp), unchecked.
+  std::map<std::string, std::string> options;
 };
 
 struct DaemonArgs {
   std::string config;  // --config FILE
-  // Every other daemon option, as given on the command line; unset ones come from the kernel
-  // command line (byoi.<name>=) and then the config file.
-  std::optional<std::string> listen, token, token_file, tls_cert, tls_key, backend_url, agent_id,
-      disk, efivars, state_file, reboot, memory_limit, efi_boot_order, log_level, ca_bundle,
-      insecure, stall_timeout, retry_delay, download_attempts, connections;
+  // Every other daemon option given on the command line, by key (agent/cli/options.hpp),
+  // unchecked; unset ones come from the kernel command line (byoi.<key>=) and the config file.
+  std::map<std::string, std::string> options;
 };
 
 struct ConvertArgs {
@@ -37,6 +35,9 @@ struct ConvertArgs {
   std::string target;
   std::string type;  // "", "qcow2" or "raw": when given, must match the detected format
   std::optional<uint64_t> memory_limit;
+  // "ram" (the file is held in memory, verified whole, then written), "stream" (written while it
+  // is read, with bounded memory), "auto" (ram when the file fits the memory budget).
+  std::string write_mode = "auto";
 };
 
 struct InspectArgs {

@@ -15,6 +15,7 @@
 // tools.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -22,7 +23,7 @@
 #include <vector>
 
 #include "agent/base/status.hpp"
-#include "agent/cli/commands.hpp"
+#include "agent/job/job_options.hpp"
 
 namespace byoi {
 
@@ -37,33 +38,43 @@ struct DaemonConfig {
   // out of /proc/PID/cmdline): one line, its newline stripped; the file must not be accessible to
   // group or others. Both from one source is an error; else the higher-precedence source wins.
   std::string token;
+  std::string token_file;
   std::string tls_cert, tls_key;  // PEM files; TLS when both are set
   std::string backend_url;        // poll this backend (docs/backend.md) when set; no trailing /
   std::string agent_id;           // default: DMI product UUID, else first permanent MAC
   std::string state_file = "/run/byoi-agent/state.json";
-  std::string console = "/dev/console";  // where progress is drawn; "none" to disable
-  std::string log_level = "info";        // trace debug info warn error off
-  double poll_interval = 5;              // seconds between backend polls (before jitter)
-  JobOptions job;                        // disk, efivars, reboot (default "reboot"), ...
+  std::string console = "/dev/console";           // where progress is drawn; "none" to disable
+  std::string log_level = "info";                 // trace debug info warn error off
+  std::chrono::milliseconds poll_interval{5000};  // between backend polls (before jitter)
+  JobOptions job;  // disk, efivars, reboot (the daemon's default: reboot), ...
 
-  // What was read from where, for the start-up log: "listen (kernel command line)". Never values.
-  std::vector<std::string> sources;
+  // Where each option given came from, by key: "command line", "kernel command line" or the
+  // config file's path. For the start-up log and the messages; never values.
+  std::map<std::string, std::string> sources;
   // Non-fatal findings while loading (unknown byoi.* words); the caller logs them.
   std::vector<std::string> warnings;
 };
 
+// Where the options come from, in order of precedence.
 struct ConfigSources {
+  // Values given on the command line, by config key (options.hpp); CLI11 fills it.
+  std::map<std::string, std::string> flags;
   // The config file; "" means kDefaultConfigFile when it exists. A file named explicitly must
   // exist.
   std::string config_file;
+  bool read_config_file = true;                  // false: no config file at all (deploy)
   std::string kernel_cmdline = "/proc/cmdline";  // "" to ignore the kernel command line
 };
 
-// Merges the three sources and validates the result. kInvalid with a sentence naming the key and
-// its source for any bad value ("reboot (config file line 4): must be none, reboot, poweroff or
-// kexec"); kIo when an explicitly named config file cannot be read. Values are never echoed for
-// `token`.
-Result<DaemonConfig> LoadDaemonConfig(const DaemonArgs& flags, const ConfigSources& sources);
+// Every option from its sources (flag, then kernel command line, then config file), each set by its
+// parser (options.hpp) over `defaults`. kInvalid with a sentence naming the key and its source for
+// a bad value ("reboot (from config file line 4): must be none, reboot, poweroff or kexec"); kIo
+// when an explicitly named config file cannot be read. Values are never echoed for `token`.
+Result<DaemonConfig> LoadOptions(const ConfigSources& sources, DaemonConfig defaults = {});
+
+// LoadOptions with the daemon's defaults (reboot), then what the daemon needs to start: the token
+// (from token or token_file, and long enough), both TLS files or none, and something to do.
+Result<DaemonConfig> LoadDaemonConfig(const ConfigSources& sources);
 
 // Exposed for tests. `key = value` lines → key → value; kInvalid naming the line for a line without
 // `=`, an unknown key or a key given twice.

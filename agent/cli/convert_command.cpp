@@ -1,8 +1,10 @@
-// `byoi-agent convert SOURCE TARGET [--type qcow2|raw|ova|vmdk]` and `byoi-agent inspect IMAGE
-// [--json]` (docs/cli.md): the image engine and the writer, outside a job. convert holds SOURCE in
-// memory under the same budget as a download, checks it as a job's verify step does (metadata, an
-// OVA's manifest digests, every compressed cluster) and writes its virtual disk to a block device
-// or a file (created or resized to the virtual size); inspect describes an image (an OVA's files
+// `byoi-agent convert SOURCE TARGET [--type qcow2|raw|ova|vmdk] [--write-mode auto|ram|stream]`
+// and `byoi-agent inspect IMAGE [--json]` (docs/cli.md): the image engine and the writer, outside
+// a job. convert writes an image's virtual disk to a block device or a file (created or resized to
+// the virtual size), in one of the two write modes of a job (docs/pipeline.md): ram holds SOURCE
+// in memory under the same budget as a download and verifies it whole (metadata, an OVA's
+// manifest digests, every compressed cluster) before the first write; stream reads it front to
+// back and writes while it reads, with bounded memory. inspect describes an image (an OVA's files
 // and the disk it installs too), its partitions and the boot loader UEFI firmware would start from
 // its ESP.
 #include <fcntl.h>
@@ -16,6 +18,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <utility>
@@ -29,11 +32,14 @@
 #include "agent/boot/esp.hpp"
 #include "agent/cli/commands.hpp"
 #include "agent/disk/probe.hpp"
+#include "agent/disk/stream_writer.hpp"
 #include "agent/disk/target.hpp"
 #include "agent/disk/writer.hpp"
 #include "agent/image/image_buffer.hpp"  // DefaultMemoryBudget
 #include "agent/image/open_image.hpp"
 #include "agent/image/partition_table.hpp"
+#include "agent/image/raw_source.hpp"
+#include "agent/image/stream_image.hpp"
 #include "agent/image/verify_compressed.hpp"
 #include "agent/image/virtual_reader.hpp"
 
@@ -92,13 +98,13 @@ class MappedFile {
   uint64_t size_ = 0;
 };
 
+Result<uint64_t> Budget(std::optional<uint64_t> limit) {
+  if (limit) return *limit;
+  return DefaultMemoryBudget();
+}
+
 Result<MappedFile> Load(const std::string& path, std::optional<uint64_t> limit) {
-  uint64_t budget = 0;
-  if (limit) {
-    budget = *limit;
-  } else {
-    BYOI_ASSIGN_OR_RETURN(budget, DefaultMemoryBudget());
-  }
+  BYOI_ASSIGN_OR_RETURN(uint64_t budget, Budget(limit));
   return MappedFile::Open(path, budget);
 }
 
@@ -142,6 +148,295 @@ Result<BootLoader> FindImageBootLoader(VirtualReader& reader, const PartitionTab
   return FindBootLoader(read, esp, "", "the image");
 }
 
+// "qcow2", "vmdk", "ova" or "raw", the names of the catalogue messages, for what the head shows.
+std::string HeadType(const StreamHead& head) { return std::string(FormatName(head.format.format)); }
+
+// The --type rule of a job (format.hpp CheckDeclaredType) for what the head shows; a declared
+// vmdk (no manifest type) must be one.
+Status CheckType(const std::string& declared, const StreamHead& head) {
+  if (declared.empty()) return Status::Ok();
+  if (declared == "vmdk") {
+    if (head.format.format == ImageFormat::kVmdk) return Status::Ok();
+    return Status::Error(Code::kInvalid, "detected " + head.format.contents,
+                         msg::FormatMismatch(head.format.name, "vmdk"));
+  }
+  const ImageType type = declared == "qcow2" ? ImageType::kQcow2
+                         : declared == "ova" ? ImageType::kOva
+                                             : ImageType::kRaw;
+  return CheckDeclaredType(head.format, type);
+}
+
+// Takes the virtual disk and drops it: the verify pass of a compressed file in ram mode.
+class DiscardSink : public VirtualDiskSink {
+ public:
+  Status Write(uint64_t, std::span<const uint8_t>) override { return g_cancel.Check(); }
+  Status Zero(uint64_t, uint64_t) override { return Status::Ok(); }
+};
+
+// The StreamWriter of a convert, made in the head callback (once the virtual size is known and
+// the declared type checked); StreamImage is given this sink before it exists.
+class TargetSink : public VirtualDiskSink {
+ public:
+  explicit TargetSink(const std::string& path) : path_(path) {}
+
+  // Opens the target and the writer. `virtual_size` 0: unknown (a compressed raw file), so a
+  // file target is made as large as its file system allows and cut to size by Finish.
+  Status Open(const StreamHead& head) {
+    type_ = HeadType(head);
+    const uint64_t vsize = head.virtual_size.value_or(0);
+    Target::Options topts;
+    topts.file_size = vsize;
+    struct stat st {};
+    const bool is_file = ::stat(path_.c_str(), &st) != 0 || S_ISREG(st.st_mode);
+    if (!head.virtual_size && is_file) {
+      // ext4 takes files up to 16 TiB; others more. The file stays sparse until written.
+      for (uint64_t size : {uint64_t{1} << 50, (uint64_t{16} << 40) - (uint64_t{1} << 20)}) {
+        topts.file_size = size;
+        auto t = Target::Open(path_, topts);
+        if (t.ok() || t.status().code() != Code::kIo) {
+          target_ = std::move(t);
+          break;
+        }
+      }
+      cut_ = true;
+    } else {
+      target_ = Target::Open(path_, topts);
+    }
+    if (!target_ || !target_->ok()) {
+      return Status(target_ ? target_->status() : Status::Error(Code::kIo, "opening " + path_))
+          .DefaultMessage(msg::CantWrite(type_));
+    }
+    StreamWriteOptions wopts;
+    wopts.image_type = type_;
+    BYOI_ASSIGN_OR_RETURN(writer_, StreamWriter::Create(**target_, vsize, wopts, g_cancel));
+    return Status::Ok();
+  }
+
+  Status Write(uint64_t offset, std::span<const uint8_t> bytes) override {
+    return writer_->Write(offset, bytes);
+  }
+  Status Zero(uint64_t offset, uint64_t length) override { return writer_->Zero(offset, length); }
+
+  // Everything arrived: writes the rest, then the held-back first MiB, then cuts a file made
+  // larger than the image to its size.
+  Result<StreamWriteStats> Finish(uint64_t virtual_size) {
+    if (!writer_) {
+      return Status::Error(Code::kInternal, "the image ended before its head was known");
+    }
+    BYOI_RETURN_IF_ERROR(writer_->Flush(virtual_size));
+    BYOI_RETURN_IF_ERROR(writer_->Commit());
+    if (cut_ && ::truncate(path_.c_str(), static_cast<off_t>(virtual_size)) != 0) {
+      return Status::FromErrno("cutting " + path_ + " to the image's size", errno)
+          .DefaultMessage(msg::CantWrite(type_));
+    }
+    return writer_->stats();
+  }
+
+  uint64_t accepted() const { return writer_ ? writer_->bytes_accepted() : 0; }
+
+ private:
+  std::string path_;
+  std::string type_ = "raw";
+  std::optional<Result<Target>> target_;
+  std::unique_ptr<StreamWriter> writer_;
+  bool cut_ = false;
+};
+
+// Feeds `image` with the file `fd` of `size` bytes, front to back in 4 MiB reads, telling the
+// kernel to drop the pages behind (the page cache must not end up holding the file).
+Status ReadInto(int fd, const std::string& path, uint64_t size, StreamImage& image) {
+  BYOI_RETURN_IF_ERROR(image.Start(size));
+  constexpr size_t kPiece = 4 << 20;
+  std::vector<uint8_t> buf(kPiece);
+  uint64_t done = 0, dropped = 0;
+  while (true) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno("reading " + path, errno);
+    }
+    if (n == 0) break;
+    BYOI_RETURN_IF_ERROR(g_cancel.Check());
+    BYOI_RETURN_IF_ERROR(image.Write({buf.data(), static_cast<size_t>(n)}));
+    done += static_cast<uint64_t>(n);
+    if (done - dropped >= (64u << 20)) {
+      ::posix_fadvise(fd, static_cast<off_t>(dropped), static_cast<off_t>(done - dropped),
+                      POSIX_FADV_DONTNEED);
+      dropped = done;
+    }
+  }
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  if (done != size) {
+    return Status::Error(
+        Code::kIo, fmt::format("{} changed while it was read ({} of {} bytes)", path, done, size));
+  }
+  return Status::Ok();
+}
+
+void PrintWritten(const std::string& target, uint64_t vsize, double seconds,
+                  const StreamWriteStats& stats) {
+  double rate = seconds > 0 ? vsize / seconds : 0;
+  std::fprintf(stderr, "wrote %s to %s in %.2f s (%s): %s of data, %s zeroed\n",
+               HumanBytes(vsize).c_str(), target.c_str(), seconds, HumanRate(rate).c_str(),
+               HumanBytes(stats.bytes_written).c_str(), HumanBytes(stats.bytes_zeroed).c_str());
+}
+
+// Stream mode: SOURCE read once, front to back, through StreamImage into a StreamWriter; the head
+// is checked (--type, the disk's size) before the target is opened.
+int ConvertStream(const ConvertArgs& args) {
+  auto budget = Budget(args.memory_limit);
+  if (!budget.ok()) return Fail(budget.status());
+  auto fd = OpenFile(args.source, O_RDONLY);
+  if (!fd.ok()) return Fail(fd.status());
+  struct stat st {};
+  if (::fstat(fd->get(), &st) != 0)
+    return Fail(Status::FromErrno("examining " + args.source, errno));
+  if (!S_ISREG(st.st_mode))
+    return Fail(Status::Error(Code::kInvalid, args.source + " is not a file"));
+  ::posix_fadvise(fd->get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  auto t0 = std::chrono::steady_clock::now();
+  TargetSink sink(args.target);
+  StreamImageOptions options;
+  options.memory_budget = *budget;
+  StreamImage image(sink, options, [&](const StreamHead& head) {
+    BYOI_RETURN_IF_ERROR(CheckType(args.type, head));
+    return sink.Open(head);
+  });
+  std::string type = SniffType(args.source);
+  auto fail = [&](Status s) {
+    // The magic names a plain file's type (a qcow2 of a refused version too); a decoded one's
+    // is known once its head was.
+    if (image.head().container != Compressor::kNone && !image.head().format.name.empty()) {
+      type = HeadType(image.head());
+    }
+    return Fail(
+        std::move(s).Context("reading " + args.source).DefaultMessage(msg::CantWrite(type)));
+  };
+  Status read = ReadInto(fd->get(), args.source, static_cast<uint64_t>(st.st_size), image);
+  if (!read.ok()) return fail(std::move(read));
+  auto vsize = image.Finish();
+  if (!vsize.ok()) return fail(vsize.status());
+  auto stats = sink.Finish(*vsize);
+  if (!stats.ok()) return fail(stats.status());
+  PrintWritten(args.target, *vsize,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+               *stats);
+  std::fprintf(stderr, "stream mode: the image reader held at most %s\n",
+               HumanBytes(image.memory_peak()).c_str());
+  return kExitOk;
+}
+
+// Ram mode for a compressed file (the RAM reader cannot seek into it): decoded once from memory
+// into nothing, to prove it decodes whole and to learn its size, then again into the target. A
+// corrupt stream never reaches the target.
+int ConvertCompressed(const ConvertArgs& args, std::span<const uint8_t> file) {
+  auto budget = Budget(args.memory_limit);
+  if (!budget.ok()) return Fail(budget.status());
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  StreamImageOptions options;
+  options.memory_budget = *budget;
+  auto decode = [&](StreamImage& image) -> Result<uint64_t> {
+    BYOI_RETURN_IF_ERROR(image.Start(file.size()));
+    constexpr size_t kPiece = 4 << 20;
+    for (size_t at = 0; at < file.size(); at += kPiece) {
+      BYOI_RETURN_IF_ERROR(g_cancel.Check());
+      BYOI_RETURN_IF_ERROR(image.Write(file.subspan(at, std::min(kPiece, file.size() - at))));
+    }
+    return image.Finish();
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  DiscardSink discard;
+  StreamImage verify(discard, options,
+                     [&](const StreamHead& head) { return CheckType(args.type, head); });
+  auto vsize = decode(verify);
+  std::string type = verify.head().format.name.empty() ? "raw" : HeadType(verify.head());
+  if (!vsize.ok()) {
+    return Fail(Status(vsize.status())
+                    .Context("reading " + args.source)
+                    .DefaultMessage(msg::CantWrite(type)));
+  }
+  std::fprintf(stderr, "decoded %s of %s in %.2f s\n", HumanBytes(*vsize).c_str(),
+               std::string(CompressorName(verify.head().container)).c_str(),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+
+  t0 = std::chrono::steady_clock::now();
+  TargetSink sink(args.target);
+  StreamImage image(sink, options, [&](StreamHead head) {
+    head.virtual_size = *vsize;  // learnt by the first pass
+    return sink.Open(head);
+  });
+  auto written = decode(image);
+  if (written.ok() && *written != *vsize) {
+    written = Status::Error(Code::kInternal, "the image decoded to another size the second time");
+  }
+  Result<StreamWriteStats> stats =
+      written.ok() ? sink.Finish(*vsize) : Result<StreamWriteStats>(written.status());
+  if (!stats.ok()) {
+    return Fail(Status(stats.status())
+                    .Context("reading " + args.source)
+                    .DefaultMessage(msg::CantWrite(type)));
+  }
+  PrintWritten(args.target, *vsize,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+               *stats);
+  return kExitOk;
+}
+
+// The first bytes of a compressed file's virtual disk, for inspect: what a partition table and the
+// file systems' superblocks need. Decoding stops once they are in (a large file is not decoded
+// whole); `complete` says whether the whole file was decoded, and then `size` is exact.
+struct DecodedHead {
+  std::vector<uint8_t> bytes;
+  StreamHead head;
+  bool complete = false;
+  uint64_t size = 0;
+};
+
+Result<DecodedHead> DecodeHead(std::span<const uint8_t> file) {
+  constexpr uint64_t kKeep = 1 << 20;
+  class KeepSink : public VirtualDiskSink {
+   public:
+    explicit KeepSink(std::vector<uint8_t>& out) : out_(out) {}
+    Status Write(uint64_t offset, std::span<const uint8_t> bytes) override {
+      return Keep(offset, bytes.size(), bytes.data());
+    }
+    Status Zero(uint64_t offset, uint64_t length) override { return Keep(offset, length, nullptr); }
+
+   private:
+    Status Keep(uint64_t offset, uint64_t length, const uint8_t* data) {
+      if (offset < kKeep) {
+        const uint64_t n = std::min(length, kKeep - offset);
+        if (out_.size() < offset + n) out_.resize(offset + n);
+        if (data != nullptr) std::memcpy(out_.data() + offset, data, n);
+      }
+      if (offset + length >= kKeep) return Status::Error(Code::kCancelled, "enough");
+      return Status::Ok();
+    }
+    std::vector<uint8_t>& out_;
+  };
+  DecodedHead out;
+  KeepSink sink(out.bytes);
+  StreamImage image(sink, {}, nullptr);
+  Status s = image.Start(file.size());
+  constexpr size_t kPiece = 1 << 20;
+  for (size_t at = 0; s.ok() && at < file.size(); at += kPiece) {
+    s = image.Write(file.subspan(at, std::min(kPiece, file.size() - at)));
+  }
+  if (s.ok()) {
+    auto size = image.Finish();
+    if (!size.ok() && size.status().code() != Code::kCancelled) return size.status();
+    out.complete = size.ok();
+    if (size.ok()) out.size = *size;
+  } else if (s.code() != Code::kCancelled) {
+    return s;
+  }
+  out.head = image.head();
+  return out;
+}
 // inspect's view of an OVA: its files, each with its role, and the disk it installs.
 boost::json::object OvaJson(const OvaInfo& ova) {
   boost::json::array files;
@@ -189,19 +484,32 @@ boost::json::object VmdkJson(const VmdkInfo& v) {
 }  // namespace
 
 int RunConvert(const ConvertArgs& args) {
+  std::string mode = args.write_mode;
+  if (mode == "auto") {
+    auto budget = Budget(args.memory_limit);
+    if (!budget.ok()) return Fail(budget.status());
+    struct stat st {};
+    mode = ::stat(args.source.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_size) > *budget
+               ? "stream"
+               : "ram";
+  }
+  if (mode == "stream") return ConvertStream(args);
   auto buffer = Load(args.source, args.memory_limit);
   if (!buffer.ok()) {
     Status s = buffer.status();
     if (s.code() == Code::kTooBig) s.DefaultMessage(msg::TooBigForMemory(SniffType(args.source)));
     return Fail(s);
   }
+  if (DetectCompressor(buffer->bytes().first(std::min<size_t>(buffer->size(), 6))) !=
+      Compressor::kNone) {
+    return ConvertCompressed(args, buffer->bytes());
+  }
   std::string type(FormatName(SourceFormat(buffer->bytes())));
-  if (!args.type.empty() && args.type != type) {
-    // What a job would call it (a tar archive, an ext4 file system) rather than how convert
-    // would read it.
-    const FormatInfo detected = DetectFormat(buffer->bytes());
-    return Fail(Status::Error(Code::kInvalid, args.source + " is " + detected.contents,
-                              msg::FormatMismatch(detected.name, args.type)));
+  // The rule of a job and of stream mode: a declared raw image needs a partition table.
+  StreamHead head;
+  head.format = DetectFormat(buffer->bytes());
+  if (Status s = CheckType(args.type, head); !s.ok()) {
+    return Fail(std::move(s).Context("reading " + args.source));
   }
   auto image = OpenImage(buffer->bytes());
   if (!image.ok()) {
@@ -254,15 +562,37 @@ int RunConvert(const ConvertArgs& args) {
 int RunInspect(const InspectArgs& args) {
   auto buffer = Load(args.image, std::nullopt);
   if (!buffer.ok()) return Fail(buffer.status());
-  auto image = OpenImage(buffer->bytes());
+  // A compressed file: its virtual disk's first MiB, decoded (the partition table is there).
+  const Compressor container =
+      DetectCompressor(buffer->bytes().first(std::min<size_t>(buffer->size(), 6)));
+  DecodedHead decoded;
+  std::optional<uint64_t> virtual_size;
+  if (container != Compressor::kNone) {
+    auto d = DecodeHead(buffer->bytes());
+    if (!d.ok()) return Fail(Status(d.status()).Context("reading " + args.image));
+    decoded = std::move(*d);
+    if (decoded.complete) {
+      virtual_size = decoded.size;
+    } else if (auto n = RecordedDecodedSize(container, buffer->bytes())) {
+      virtual_size = (*n + 511) / 512 * 512;
+    }
+  }
+  auto image = OpenImage(container == Compressor::kNone ? buffer->bytes()
+                                                        : std::span<const uint8_t>(decoded.bytes));
+  if (container == Compressor::kNone) virtual_size = image.ok() ? image->layout.virtual_size() : 0;
   if (!image.ok()) return Fail(Status(image.status()).Context("reading " + args.image));
   auto table = ReadPartitionTable(image->layout);
   VirtualReader reader(image->layout);
 
   boost::json::object out;
   out["format"] = FormatName(image->format);
-  out["virtualSize"] = image->layout.virtual_size();
+  if (virtual_size) {
+    out["virtualSize"] = *virtual_size;
+  } else {
+    out["virtualSize"] = nullptr;  // a compressed file that does not record its decoded size
+  }
   out["fileSize"] = buffer->size();
+  if (container != Compressor::kNone) out["container"] = CompressorName(container);
   if (image->qcow2) {
     const Qcow2Info& q = *image->qcow2;
     out["version"] = q.version;
@@ -350,6 +680,9 @@ int RunInspect(const InspectArgs& args) {
     std::printf("compression:     %s%s\n", std::string(CompressionName(q.compression)).c_str(),
                 q.extended_l2 ? ", extended L2" : "");
   }
+  if (container != Compressor::kNone) {
+    std::printf("container:       %s\n", std::string(CompressorName(container)).c_str());
+  }
   if (image->ova) {
     const boost::json::object& ova = out["ova"].as_object();
     std::printf("files:\n");
@@ -376,20 +709,23 @@ int RunInspect(const InspectArgs& args) {
     std::printf("vmdk:            %s, version %u, grain %s%s\n", v.subformat.c_str(), v.version,
                 HumanBytes(v.grain_size).c_str(), v.footer ? ", directory in the footer" : "");
   }
-  std::printf("virtual size:    %s (%llu bytes)\n",
-              HumanBytes(image->layout.virtual_size()).c_str(),
-              static_cast<unsigned long long>(image->layout.virtual_size()));
-  if (image->qcow2) {
-    const Qcow2Info& q = *image->qcow2;
-    std::printf("allocated:       %s data, %s compressed, %s zero, %s unallocated\n",
-                HumanBytes(q.data_bytes).c_str(), HumanBytes(q.compressed_bytes).c_str(),
-                HumanBytes(q.zero_bytes).c_str(), HumanBytes(q.unallocated_bytes).c_str());
+
+  if (virtual_size) {
+    std::printf("virtual size:    %s (%llu bytes)\n", HumanBytes(*virtual_size).c_str(),
+                static_cast<unsigned long long>(*virtual_size));
+  } else {
+    std::printf("virtual size:    unknown (the container does not record it)\n");
   }
-  if (image->vmdk) {
-    const VmdkInfo& v = *image->vmdk;
+  auto print_allocated = [](uint64_t data, uint64_t compressed, uint64_t zero, uint64_t none) {
     std::printf("allocated:       %s data, %s compressed, %s zero, %s unallocated\n",
-                HumanBytes(v.data_bytes).c_str(), HumanBytes(v.compressed_bytes).c_str(),
-                HumanBytes(v.zero_bytes).c_str(), HumanBytes(v.unallocated_bytes).c_str());
+                HumanBytes(data).c_str(), HumanBytes(compressed).c_str(), HumanBytes(zero).c_str(),
+                HumanBytes(none).c_str());
+  };
+  if (const auto& q = image->qcow2) {
+    print_allocated(q->data_bytes, q->compressed_bytes, q->zero_bytes, q->unallocated_bytes);
+  }
+  if (const auto& v = image->vmdk) {
+    print_allocated(v->data_bytes, v->compressed_bytes, v->zero_bytes, v->unallocated_bytes);
   }
   if (!table.ok()) {
     std::printf("partition table: invalid (%s)\n", table.status().detail().c_str());

@@ -90,7 +90,11 @@ void RestoreLastJob(StateFile& state, JobControl& jobs) {
 }  // namespace
 
 int RunDaemon(const DaemonArgs& args) {
-  Result<DaemonConfig> loaded = LoadDaemonConfig(args, {args.config, KernelCmdlinePath()});
+  ConfigSources sources;
+  sources.flags = args.options;
+  sources.config_file = args.config;
+  sources.kernel_cmdline = KernelCmdlinePath();
+  Result<DaemonConfig> loaded = LoadDaemonConfig(sources);
   if (!loaded.ok()) {
     std::fprintf(stderr, "byoi-agent daemon: %s\n", loaded.status().ToString().c_str());
     return kExitUsage;
@@ -102,7 +106,9 @@ int RunDaemon(const DaemonArgs& args) {
   }
   spdlog::info("byoi-agent {} starting", BYOI_VERSION);
   for (const std::string& w : config.warnings) spdlog::warn("config: {}", w);
-  for (const std::string& s : config.sources) spdlog::debug("config: {}", s);  // names, no values
+  for (const auto& [key, where] : config.sources) {
+    spdlog::debug("config: {} ({})", key, where);  // names, no values
+  }
 
   std::signal(SIGPIPE, SIG_IGN);
   curl_global_init(CURL_GLOBAL_DEFAULT);  // before any thread starts
@@ -131,10 +137,11 @@ int RunDaemon(const DaemonArgs& args) {
     options.backend_url = config.backend_url;
     options.agent_id = *agent_id;
     options.token = config.token;
-    options.poll_interval =
-        std::chrono::milliseconds(static_cast<int64_t>(config.poll_interval * 1000));
-    options.final_wait = config.job.reboot == "none" ? std::chrono::milliseconds(0)
-                                                     : std::chrono::milliseconds(kFinalStatusWait);
+    options.ca_bundle = config.job.ca_bundle;
+    options.poll_interval = config.poll_interval;
+    options.final_wait = config.job.reboot == RebootMode::kNone
+                             ? std::chrono::milliseconds(0)
+                             : std::chrono::milliseconds(kFinalStatusWait);
     poller = std::make_unique<Poller>(*jobs, std::move(options));
   }
 
@@ -146,7 +153,7 @@ int RunDaemon(const DaemonArgs& args) {
   if (poller) jobs->Subscribe([p = poller.get()](const JobEvent& e) { p->OnEvent(e); });
   // Without a backend, the client of the API must get to read `done` before the reboot.
   std::unique_ptr<FinalStatusGate> gate;
-  if (!poller && config.listen != "off" && config.job.reboot != "none") {
+  if (!poller && config.listen != "off" && config.job.reboot != RebootMode::kNone) {
     gate = std::make_unique<FinalStatusGate>(kFinalStatusWait);
     jobs->Subscribe([g = gate.get()](const JobEvent& e) { g->OnEvent(e); });
   }

@@ -16,6 +16,7 @@
 #include "agent/base/log.hpp"
 #include "agent/cli/cli_util.hpp"
 #include "agent/cli/commands.hpp"
+#include "agent/cli/config.hpp"
 #include "agent/job/manifest.hpp"
 #include "agent/job/runner.hpp"
 #include "agent/job/status.hpp"
@@ -123,6 +124,17 @@ int Finish(const StatusBoard& board, const DeployArgs& args, Reporter& reporter)
 
 int RunDeploy(const DeployArgs& args) {
   (void)SetupLogging("info");
+  // The job options from the command line only: deploy reads no config file and no kernel
+  // command line (they configure the daemon of a rescue system).
+  ConfigSources sources;
+  sources.flags = args.options;
+  sources.read_config_file = false;
+  sources.kernel_cmdline.clear();
+  Result<DaemonConfig> options = LoadOptions(sources);
+  if (!options.ok()) {
+    std::fprintf(stderr, "byoi-agent deploy: %s\n", options.status().ToString().c_str());
+    return kExitUsage;
+  }
   auto text = ReadManifestText(args.manifest);
   if (!text.ok() && text.status().code() != Code::kInvalid) {
     std::fprintf(stderr, "byoi-agent deploy: %s\n", text.status().ToString().c_str());
@@ -144,10 +156,10 @@ int RunDeploy(const DeployArgs& args) {
   CancelToken cancel;
   InstallSignalHandlers(cancel);
   board.Start(manifest->config_drive.hostname);
-  RunOptions options;
-  options.job = args.job;
-  options.dry_run = args.dry_run;
-  (void)RunJob(*manifest, options, board, cancel);
+  RunOptions run;
+  run.job = options->job;
+  run.dry_run = args.dry_run;
+  (void)RunJob(*manifest, run, board, cancel);
   int code = Finish(board, args, reporter);
   g_cancel = nullptr;
   return code;

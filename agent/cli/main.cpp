@@ -1,10 +1,13 @@
 // byoi-agent: installs a customer's own image on a bare-metal server from a rescue system.
 // This file only parses the command line (docs/cli.md) and dispatches to one Run* function.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
+#include <map>
 
 #include "agent/base/units.hpp"
 #include "agent/cli/commands.hpp"
+#include "agent/cli/options.hpp"
 
 namespace {
 
@@ -18,40 +21,25 @@ struct SizeValidator : public CLI::Validator {
   }
 };
 
-void AddJobOptions(CLI::App* cmd, byoi::JobOptions& job, std::string& memory_limit) {
-  cmd->add_option("--disk", job.disk,
-                  "Target block device or disk image file (overrides diskGroupId)");
-  cmd->add_option("--efivars", job.efivars, "efivarfs directory; absent means legacy BIOS")
-      ->capture_default_str();
-  cmd->add_option("--reboot", job.reboot, "What to do when done")
-      ->check(CLI::IsMember({"none", "reboot", "poweroff", "kexec"}))
-      ->capture_default_str();
-  cmd->add_option("--memory-limit", memory_limit, "RAM budget for the image (default: RAM - 3 GiB)")
-      ->check(SizeValidator());
-  cmd->add_option("--efi-boot-order", job.efi_boot_order, "Where the new boot entry goes")
-      ->check(CLI::IsMember({"first", "after-network", "bootnext", "none"}))
-      ->capture_default_str();
-  cmd->add_option("--ca-bundle", job.ca_bundle, "PEM file of CA certificates for https image URLs")
-      ->check(CLI::ExistingFile);
-  cmd->add_flag("--insecure", job.insecure, "Do not verify TLS certificates (labs only)");
-  cmd->add_option("--stall-timeout", job.stall_timeout, "Seconds without data before a retry")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str()
-      ->group("Download tuning");
-  cmd->add_option("--retry-delay", job.retry_delay, "Seconds before the first retry (doubles)")
-      ->check(CLI::NonNegativeNumber)
-      ->capture_default_str()
-      ->group("Download tuning");
-  cmd->add_option("--download-attempts", job.download_attempts,
-                  "Attempts in a row without progress before giving up")
-      ->check(CLI::Range(1, 1000))
-      ->capture_default_str()
-      ->group("Download tuning");
-  cmd->add_option("--connections", job.connections,
-                  "Connections at once when the server answers Range requests")
-      ->check(CLI::Range(1, 16))
-      ->capture_default_str()
-      ->group("Download tuning");
+// A flag for every option of the table (agent/cli/options.hpp) in `scopes`; the values given land
+// in `given` by key, unchecked: the table's parsers check them once, whatever their source.
+void AddOptionFlags(CLI::App* cmd, std::initializer_list<byoi::OptionSpec::Scope> scopes,
+                    std::map<std::string, std::string>& given) {
+  for (const byoi::OptionSpec& o : byoi::AgentOptions()) {
+    if (std::find(scopes.begin(), scopes.end(), o.scope) == scopes.end()) continue;
+    std::string key(o.key);
+    CLI::Option* opt = nullptr;
+    if (o.is_switch) {
+      opt = cmd->add_flag_callback(
+          byoi::FlagName(o), [&given, key] { given[key] = "true"; }, std::string(o.help));
+    } else {
+      opt = cmd->add_option_function<std::string>(
+          byoi::FlagName(o), [&given, key](const std::string& v) { given[key] = v; },
+          std::string(o.help));
+      opt->type_name(std::string(o.metavar));
+    }
+    if (!o.group.empty()) opt->group(std::string(o.group));
+  }
 }
 
 std::optional<uint64_t> OptionalSize(const std::string& s) {
@@ -67,7 +55,6 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   byoi::DeployArgs deploy;
-  std::string deploy_memory;
   auto* deploy_cmd = app.add_subcommand("deploy", "Run a whole job in the foreground");
   deploy_cmd->add_option("--manifest", deploy.manifest, "Manifest file, or - for stdin")
       ->required();
@@ -75,50 +62,14 @@ int main(int argc, char** argv) {
                        "Stop after download and verify; touch no disk");
   deploy_cmd->add_option("--status-file", deploy.status_file, "Keep the status JSON in this file");
   deploy_cmd->add_flag("--json", deploy.json, "Print the final status as JSON");
-  AddJobOptions(deploy_cmd, deploy.job, deploy_memory);
+  AddOptionFlags(deploy_cmd, {byoi::OptionSpec::Scope::kJob}, deploy.options);
 
   byoi::DaemonArgs daemon;
   auto* daemon_cmd = app.add_subcommand("daemon", "Run the agent: HTTP API and/or backend polling");
   daemon_cmd->add_option("--config", daemon.config, "Config file");
-  daemon_cmd->add_option("--listen", daemon.listen,
-                         "ADDR:PORT of the HTTP API (default 0.0.0.0:9999)");
-  auto* token_opt = daemon_cmd->add_option(
-      "--token", daemon.token, "Bearer token the API requires (visible to every local user)");
-  daemon_cmd
-      ->add_option("--token-file", daemon.token_file,
-                   "File holding the bearer token (mode 0600 or 0400)")
-      ->excludes(token_opt);
-  daemon_cmd->add_option("--tls-cert", daemon.tls_cert, "TLS certificate (PEM)");
-  daemon_cmd->add_option("--tls-key", daemon.tls_key, "TLS private key (PEM)");
-  daemon_cmd->add_option("--backend-url", daemon.backend_url, "Provisioning backend to poll");
-  daemon_cmd->add_option("--agent-id", daemon.agent_id, "Agent id (default: DMI UUID, else MAC)");
-  daemon_cmd->add_option("--disk", daemon.disk, "Target block device (overrides diskGroupId)");
-  daemon_cmd->add_option("--efivars", daemon.efivars, "efivarfs directory");
-  daemon_cmd->add_option("--state-file", daemon.state_file,
-                         "State file (default /run/byoi-agent/state.json)");
-  daemon_cmd->add_option("--reboot", daemon.reboot, "none|reboot|poweroff|kexec (default reboot)")
-      ->check(CLI::IsMember({"none", "reboot", "poweroff", "kexec"}));
-  daemon_cmd->add_option("--memory-limit", daemon.memory_limit, "RAM budget for the image")
-      ->check(SizeValidator());
-  daemon_cmd
-      ->add_option("--efi-boot-order", daemon.efi_boot_order, "first|after-network|bootnext|none")
-      ->check(CLI::IsMember({"first", "after-network", "bootnext", "none"}));
-  daemon_cmd->add_option("--log-level", daemon.log_level, "trace|debug|info|warn|error");
-  daemon_cmd->add_option("--ca-bundle", daemon.ca_bundle, "PEM CA certificates for https images");
-  bool daemon_insecure = false;
-  daemon_cmd->add_flag("--insecure", daemon_insecure, "Do not verify TLS certificates (labs only)");
-  daemon_cmd->add_option("--stall-timeout", daemon.stall_timeout, "Seconds without data")
-      ->group("Download tuning");
-  daemon_cmd->add_option("--retry-delay", daemon.retry_delay, "Seconds before the first retry")
-      ->group("Download tuning");
-  daemon_cmd
-      ->add_option("--download-attempts", daemon.download_attempts,
-                   "Attempts in a row without progress")
-      ->group("Download tuning");
-  daemon_cmd
-      ->add_option("--connections", daemon.connections,
-                   "Connections at once when the server answers Range requests")
-      ->group("Download tuning");
+  AddOptionFlags(daemon_cmd, {byoi::OptionSpec::Scope::kDaemon, byoi::OptionSpec::Scope::kJob},
+                 daemon.options);
+  daemon_cmd->get_option("--token-file")->excludes(daemon_cmd->get_option("--token"));
 
   byoi::ConvertArgs convert;
   std::string convert_memory;
@@ -131,6 +82,11 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"qcow2", "raw", "ova", "vmdk"}));
   convert_cmd->add_option("--memory-limit", convert_memory, "RAM budget for the image")
       ->check(SizeValidator());
+  convert_cmd
+      ->add_option("--write-mode", convert.write_mode,
+                   "ram: hold the image in memory, verify, then write; stream: write while "
+                   "reading, in bounded memory; auto: ram when the file fits the budget")
+      ->check(CLI::IsMember({"auto", "ram", "stream"}));
 
   byoi::InspectArgs inspect;
   auto* inspect_cmd =
@@ -161,14 +117,8 @@ int main(int argc, char** argv) {
     return code == 0 ? byoi::kExitOk : byoi::kExitUsage;
   }
 
-  if (*deploy_cmd) {
-    deploy.job.memory_limit = OptionalSize(deploy_memory);
-    return byoi::RunDeploy(deploy);
-  }
-  if (*daemon_cmd) {
-    if (daemon_insecure) daemon.insecure = "true";
-    return byoi::RunDaemon(daemon);
-  }
+  if (*deploy_cmd) return byoi::RunDeploy(deploy);
+  if (*daemon_cmd) return byoi::RunDaemon(daemon);
   if (*convert_cmd) {
     convert.memory_limit = OptionalSize(convert_memory);
     return byoi::RunConvert(convert);

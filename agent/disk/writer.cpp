@@ -119,7 +119,6 @@ class Writer {
 
   std::unique_ptr<Planner> planner_;
   std::atomic<uint64_t> done_{0};
-  std::atomic<uint64_t> issued_{0};
   std::atomic<uint64_t> written_{0};
   std::atomic<uint64_t> zeroed_{0};
   std::atomic<bool> stop_{false};
@@ -137,10 +136,6 @@ void Writer::SetError(Status s) {
 }
 
 Status Writer::RunOp(const Op& op, Worker& w) {
-  if (options_.fail_after_bytes &&
-      issued_.fetch_add(op.length) + op.length > *options_.fail_after_bytes) {
-    return Status::Error(Code::kIo, fmt::format("injected failure at offset {:#x}", op.offset));
-  }
   if (op.zero) {
     BYOI_RETURN_IF_ERROR(target_.ZeroRange(op.offset, op.length)
                              .Context(fmt::format("zeroing {:#x}+{:#x}", op.offset, op.length)));
@@ -213,15 +208,8 @@ Status Writer::WriteTail(uint64_t offset) {
   return Status::Ok();
 }
 
+// The disk holds a mix of old and new data; the runner makes it unbootable (docs/pipeline.md).
 Status Writer::Fail(Status cause) {
-  // Once writing has begun the disk holds a mix of old and new data: make it unbootable rather
-  // than leave something that looks like a valid disk.
-  Status s = ZeroDiskEnds(target_);
-  if (!s.ok()) {
-    cause = Status::Error(
-        cause.code(), cause.detail() + "; wiping the first and last MiB also failed: " + s.detail(),
-        cause.message());
-  }
   return std::move(cause).DefaultMessage(msg::CantWrite(options_.image_type));
 }
 

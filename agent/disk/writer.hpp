@@ -13,9 +13,9 @@
 // (no copy).
 //
 // Safety order: the first MiB of the image (partition table, boot code) is written last, after
-// everything else has been written and synced; if anything fails once writing has begun, the
-// first and the last MiB of the target (the whole device's last MiB, where a backup GPT lives) are
-// overwritten with zeros so the disk does not look bootable.
+// everything else has been written and synced, so a write that fails midway has not yet given the
+// disk a partition table. The writer does not wipe: the runner zeroes the first and last MiB after
+// any failure once writing has begun (ZeroDiskEnds below, docs/pipeline.md).
 #pragma once
 
 #include <cstdint>
@@ -37,9 +37,6 @@ struct WriteOptions {
   // Worker threads, each with one write in flight and its own chunk buffer; 0 means
   // max(4, number of cores).
   unsigned threads = 0;
-  // TEST ONLY: fail with an injected I/O error once this many bytes of writes or zeroing have
-  // been issued, to prove the wipe on failure.
-  std::optional<uint64_t> fail_after_bytes;
 };
 
 struct WriteStats {
@@ -54,8 +51,8 @@ struct WriteStats {
 // checked before every chunk.
 // Errors: kTooBig (msg::ImageLargerThanDisk) when the target is smaller than the virtual size,
 // before anything is written; otherwise the cause (kIo, kInvalid for a corrupt compressed
-// cluster, kCancelled with its own message) with msg::CantWrite(image_type) as message, after
-// the first and last MiB of the target have been zeroed (a failure to wipe is added to detail).
+// cluster, kCancelled with its own message) with msg::CantWrite(image_type) as message; the
+// target then holds what was written so far, its first MiB not yet.
 // Callers prove compressed clusters sound first (VerifyCompressedClusters) so that a corrupt one
 // does not cost the disk. REQUIRES: the layout's image bytes outlive the call.
 Result<WriteStats> WriteImage(const ImageLayout& layout, Target& target,

@@ -14,6 +14,7 @@
 #include "agent/base/units.hpp"
 #include "agent/fetch/http_headers.hpp"
 #include "agent/fetch/piece_plan.hpp"
+#include "agent/fetch/proxy.hpp"
 #include "agent/fetch/redirect_chain.hpp"
 
 namespace byoi {
@@ -131,6 +132,9 @@ struct Connection {
   Download* owner = nullptr;
   CurlPtr curl;
   RedirectChain chain;
+  // The proxy of the request being made (proxy.hpp), or empty: direct. May hold credentials:
+  // shown only through msg::ShownUrl.
+  ProxyChoice proxy;
   SlistPtr headers;  // the request's headers: libcurl reads them until it is done
   char errbuf[CURL_ERROR_SIZE] = {};
   bool in_multi = false;
@@ -192,8 +196,9 @@ class Download {
   void Detach(Connection& c);
   void StopAll();
   milliseconds BackOff(int fruitless) const;
-  // Where a request's failure happened, when a redirect led there: " (at URL, after N
-  // redirect(s))" with the URL as msg::ShownUrl shows it; empty at the manifest's URL.
+  // Where a request's failure happened, when a redirect or a proxy led there: " (at URL, after
+  // N redirect(s), through the proxy PROXY, from SOURCE)", each URL as msg::ShownUrl shows it
+  // (the proxy's credentials never); empty at the manifest's URL without a proxy.
   std::string Where(const Connection& c) const;
   size_t OnHeader(Connection& c, std::string_view line);
   bool Accept(Connection& c);
@@ -211,6 +216,7 @@ class Download {
   const CancelToken& cancel_;
   const int connections_;
   const int attempts_;
+  const ProxyEnvironment proxy_env_ = ProxyEnvironment::FromProcess();
   std::optional<Clock::time_point> deadline_;
   MultiPtr multi_;
   std::vector<std::unique_ptr<Connection>> conns_;
@@ -275,6 +281,23 @@ Status Download::SetupConnection(Connection& conn) {
        curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, opts_.insecure ? 0L : 1L)},
       {CURLOPT_SSL_VERIFYHOST,
        curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, opts_.insecure ? 0L : 2L)},
+      // The proxy is chosen per request by the rule of proxy.hpp, never by libcurl's own reading
+      // of the environment: CURLOPT_PROXY is set on every request ("" for none), and no_proxy is
+      // applied there, so libcurl's copy of it is switched off.
+      {CURLOPT_NOPROXY, curl_easy_setopt(c, CURLOPT_NOPROXY, "")},
+      // The manifest's headers go to the origin in the request, never to the proxy in a CONNECT
+      // (libcurl's default since 7.42.0; stated, as it guards credentials).
+      {CURLOPT_HEADEROPT, curl_easy_setopt(c, CURLOPT_HEADEROPT, CURLHEADER_SEPARATE)},
+      // A tunnel's "200 Connection established" is not the origin's answer: OnHeader must see
+      // the origin's status line only.
+      {CURLOPT_SUPPRESS_CONNECT_HEADERS, curl_easy_setopt(c, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L)},
+      // Proxy credentials go with the first request (Basic), not after a 407 round trip.
+      {CURLOPT_PROXYAUTH, curl_easy_setopt(c, CURLOPT_PROXYAUTH, CURLAUTH_BASIC)},
+      // An https proxy's certificate is checked as an origin's is (--insecure, --ca-bundle).
+      {CURLOPT_PROXY_SSL_VERIFYPEER,
+       curl_easy_setopt(c, CURLOPT_PROXY_SSL_VERIFYPEER, opts_.insecure ? 0L : 1L)},
+      {CURLOPT_PROXY_SSL_VERIFYHOST,
+       curl_easy_setopt(c, CURLOPT_PROXY_SSL_VERIFYHOST, opts_.insecure ? 0L : 2L)},
   };
   for (const auto& r : results) {
     if (r.rc != CURLE_OK) {
@@ -287,6 +310,7 @@ Status Download::SetupConnection(Connection& conn) {
   }
   if (!opts_.ca_bundle.empty()) {
     CURLcode rc = curl_easy_setopt(c, CURLOPT_CAINFO, opts_.ca_bundle.c_str());
+    if (rc == CURLE_OK) rc = curl_easy_setopt(c, CURLOPT_PROXY_CAINFO, opts_.ca_bundle.c_str());
     if (rc != CURLE_OK) {
       return Status::Error(
           Code::kInvalid,
@@ -404,6 +428,13 @@ Status Download::Issue(Connection& c) {
   c.headers.reset(list);
   CURL* e = c.curl.get();
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, c.headers.get());
+  // Chosen for this request's URL: a redirect to another host is judged on that host (no_proxy).
+  Result<ProxyChoice> proxy = ChooseProxy(c.chain.url(), opts_.proxy, proxy_env_);
+  if (!proxy.ok()) return Failure(proxy.status().detail() + Where(c));
+  c.proxy = std::move(proxy).value();
+  if (CURLcode rc = curl_easy_setopt(e, CURLOPT_PROXY, c.proxy.url.c_str()); rc != CURLE_OK) {
+    return Failure(fmt::format("setting the proxy{}: {}", Where(c), curl_easy_strerror(rc)));
+  }
   auto connect_timeout = opts_.connect_timeout;
   if (deadline_) {
     auto left = std::chrono::duration_cast<milliseconds>(*deadline_ - Clock::now());
@@ -441,9 +472,16 @@ milliseconds Download::BackOff(int fruitless) const {
 }
 
 std::string Download::Where(const Connection& c) const {
-  if (c.chain.redirects() == 0) return {};
-  return fmt::format(" (at {}, after {} redirect(s))", msg::ShownUrl(c.chain.url()),
-                     c.chain.redirects());
+  std::string where;
+  if (c.chain.redirects() > 0) {
+    where = fmt::format("at {}, after {} redirect(s)", msg::ShownUrl(c.chain.url()),
+                        c.chain.redirects());
+  }
+  if (!c.proxy.url.empty()) {
+    where += fmt::format("{}through the proxy {}, from {}", where.empty() ? "" : ", ",
+                         msg::ShownUrl(c.proxy.url), c.proxy.source);
+  }
+  return where.empty() ? where : " (" + where + ")";
 }
 
 void Download::ReportProgress(bool force) {

@@ -40,7 +40,7 @@ Result<FetchResult> FetchImage(const FetchRequest& req, const FetchOptions& opts
                          msg::TooBigForMemory(ImageTypeName(req.type)));
   }
   BYOI_ASSIGN_OR_RETURN(ImageBuffer image, ImageBuffer::Create(opts.memory_budget));
-  BYOI_ASSIGN_OR_RETURN(auto hasher, StreamHasher::Create(req.hashes, opts.hash_thread));
+  BYOI_ASSIGN_OR_RETURN(auto hasher, StreamHasher::Create(req.hashes, /*threaded=*/true));
   DownloadStats stats;
   {
     RamStore store(image, *hasher);  // waits for the hasher, which reads the image
@@ -67,7 +67,7 @@ Result<FetchStreamResult> FetchStream(const FetchRequest& req, const FetchOption
                                       const CancelToken& cancel) {
   const auto start = Clock::now();
   BYOI_RETURN_IF_ERROR(cancel.Check());
-  BYOI_ASSIGN_OR_RETURN(auto hasher, StreamHasher::Create(req.hashes, opts.hash_thread));
+  BYOI_ASSIGN_OR_RETURN(auto hasher, StreamHasher::Create(req.hashes, /*threaded=*/true));
   DownloadStats stats;
   {
     BYOI_ASSIGN_OR_RETURN(

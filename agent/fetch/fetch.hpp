@@ -8,7 +8,9 @@
 // The transfer runs on libcurl: http and https only, TLS verification on. Redirects are followed by
 // RedirectChain (redirect_chain.hpp): at most 5, never from https to http, and the manifest's
 // headers and userinfo go to the origin of its URL only. Every request, each piece's and each
-// retry's, starts at the manifest's URL.
+// retry's, starts at the manifest's URL. A proxy (FetchOptions::proxy, else the environment:
+// proxy.hpp) changes the route, not the origin: the credentials' rule is judged on the request's
+// URL, and a tunnel's CONNECT carries none of the manifest's headers.
 //
 // Connections (FetchOptions::connections, N). Range support is found without HEAD (a presigned
 // URL is often signed for GET only): the first request asks `Range: bytes=0-(4 MiB - 1)`.
@@ -49,9 +51,9 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/base/byte_sink.hpp"
 #include "agent/base/cancel.hpp"
 #include "agent/base/status.hpp"
-#include "agent/base/byte_sink.hpp"
 #include "agent/fetch/hasher.hpp"
 #include "agent/fetch/http_headers.hpp"
 #include "agent/image/format.hpp"  // ImageType
@@ -91,14 +93,17 @@ struct FetchOptions {
   std::chrono::milliseconds deadline{std::chrono::hours(6)};
   // PEM file of the certificate authorities to trust instead of the system's; empty: the system's.
   std::string ca_bundle;
+  // The proxy every request goes through (proxy.hpp has the rule and the form): http:// or
+  // https://, optionally with USER:PASSWORD@, which are never shown. Empty: the environment's
+  // https_proxy / http_proxy / no_proxy decide, else none. `ca_bundle` and `insecure` apply to an
+  // https proxy's certificate too.
+  std::string proxy;
   // Skip TLS certificate and host name verification (labs only). Off by default.
   bool insecure = false;
   // libcurl's receive buffer, per connection (CURLOPT_BUFFERSIZE, at most 10 MiB): large buffers
   // mean fewer callbacks and system calls per byte (2 GiB over loopback, 6 runs each: median
   // 3.15 s with 2 MiB, 2.6 s with 8 MiB).
   size_t receive_buffer = 8 << 20;
-  // Hash on a thread of our own, in parallel with storing the bytes, rather than inline.
-  bool hash_thread = true;
   // Told about each failed attempt that will be retried ("attempt 2 of 10 failed: ..."), for the
   // log; never holds a secret. May be empty.
   std::function<void(std::string_view)> on_retry;

@@ -12,8 +12,8 @@
 #include <span>
 #include <vector>
 
-#include "agent/base/status.hpp"
 #include "agent/base/byte_sink.hpp"
+#include "agent/base/status.hpp"
 #include "agent/fetch/hasher.hpp"
 #include "agent/image/image_buffer.hpp"
 

@@ -326,4 +326,44 @@ Result<std::unique_ptr<StreamDecoder>> StreamDecoder::Create(Compressor c) {
   return Status::Error(Code::kInternal, "no decoder for uncompressed data");
 }
 
+std::optional<uint64_t> RecordedDecodedSize(Compressor c, std::span<const uint8_t> file) {
+  if (c == Compressor::kZstd) {
+    // Frame by frame (skippable frames count 0); each header must record its content size.
+    uint64_t total = 0;
+    for (size_t at = 0; at < file.size();) {
+      const unsigned long long n = ZSTD_getFrameContentSize(file.data() + at, file.size() - at);
+      if (n == ZSTD_CONTENTSIZE_ERROR || n == ZSTD_CONTENTSIZE_UNKNOWN) return std::nullopt;
+      const size_t frame = ZSTD_findFrameCompressedSize(file.data() + at, file.size() - at);
+      if (ZSTD_isError(frame) || frame == 0) return std::nullopt;
+      total += n;
+      at += frame;
+    }
+    return total;
+  }
+  if (c != Compressor::kXz) return std::nullopt;
+  // liblzma walks the streams from the end of the file, asking for the positions it needs.
+  lzma_stream strm = LZMA_STREAM_INIT;
+  lzma_index* index = nullptr;
+  if (lzma_file_info_decoder(&strm, &index, kXzMemLimit, file.size()) != LZMA_OK) {
+    return std::nullopt;
+  }
+  std::optional<uint64_t> size;
+  strm.next_in = file.data();
+  strm.avail_in = file.size();
+  for (int steps = 0; steps < 1000000; ++steps) {
+    lzma_ret rc = lzma_code(&strm, LZMA_RUN);
+    if (rc == LZMA_SEEK_NEEDED) {
+      if (strm.seek_pos > file.size()) break;
+      strm.next_in = file.data() + strm.seek_pos;
+      strm.avail_in = file.size() - strm.seek_pos;
+      continue;
+    }
+    if (rc == LZMA_STREAM_END) size = lzma_index_uncompressed_size(index);
+    break;
+  }
+  if (index != nullptr) lzma_index_end(index, nullptr);
+  lzma_end(&strm);
+  return size;
+}
+
 }  // namespace byoi

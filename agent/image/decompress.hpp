@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string_view>
 
@@ -28,6 +29,12 @@ std::string_view CompressorName(Compressor c);
 // The container of a file that starts with `head` (at least 6 bytes to tell them all apart):
 //   gzip 1f 8b 08 · xz fd 37 7a 58 5a 00 · zstd 28 b5 2f fd · bzip2 "BZh" + '1'..'9'
 Compressor DetectCompressor(std::span<const uint8_t> head);
+
+// The decoded size of the whole file `file` when its container records it without decoding: every
+// zstd frame's header gives its content size, the xz index gives every stream's; nullopt for
+// gzip and bzip2 (gzip's ISIZE is the size modulo 4 GiB of the last member only), for a file
+// whose records are missing or broken, and for kNone.
+std::optional<uint64_t> RecordedDecodedSize(Compressor c, std::span<const uint8_t> file);
 
 // Receives decoded bytes in order; the span is valid only during the call. An error stops the
 // decoder and is returned by Feed/Finish as is.

@@ -2,8 +2,6 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/sendfile.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -86,35 +84,6 @@ Status ImageBuffer::WriteAt(uint64_t offset, std::span<const uint8_t> bytes) {
   return Status::Ok();
 }
 
-Status ImageBuffer::AppendFrom(int fd, uint64_t offset, uint64_t length) {
-  if (length > capacity_ - size_) {
-    return Status::Error(
-        Code::kTooBig, "image passes the memory budget of " + std::to_string(capacity_) + " bytes");
-  }
-  // Page cache to memfd in the kernel: no copy through user space, and whole pages are not
-  // zeroed before they are filled (see Append). sendfile writes at the memfd's file position.
-  off_t in = static_cast<off_t>(offset);
-  const off_t end = static_cast<off_t>(offset + length);
-  if (::lseek(fd_, static_cast<off_t>(size_), SEEK_SET) == static_cast<off_t>(size_)) {
-    while (in < end) {
-      ssize_t n = ::sendfile(fd_, fd, &in, std::min<uint64_t>(end - in, 1 << 30));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;  // unsupported here, or the file shrank: read the rest below
-    }
-  }
-  size_ += static_cast<uint64_t>(in) - offset;
-  const uint64_t rest = static_cast<uint64_t>(end - in);
-  BYOI_RETURN_IF_ERROR(PreadAll(fd, Tail().first(rest), static_cast<uint64_t>(in)));
-  size_ += rest;
-  return Status::Ok();
-}
-
-std::span<uint8_t> ImageBuffer::Tail() {
-  return {data_ + size_, static_cast<size_t>(capacity_ - size_)};
-}
-
-void ImageBuffer::Commit(uint64_t n) { size_ += n; }
-
 void ImageBuffer::Truncate(uint64_t size) {
   if (size >= size_) return;
   // Give whole pages past the new end back to the kernel; they read as zeros again.
@@ -144,21 +113,6 @@ Result<uint64_t> MemoryBudgetFromMeminfo(std::string_view meminfo) {
     }
   }
   return Status::Error(Code::kIo, "reading /proc/meminfo: no MemTotal");
-}
-
-Result<ImageBuffer> LoadFile(const std::string& path, uint64_t budget) {
-  BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenFile(path, O_RDONLY));
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno("examining " + path, errno);
-  uint64_t size = static_cast<uint64_t>(st.st_size);
-  if (size > budget) {
-    return Status::Error(Code::kTooBig, path + " has " + std::to_string(size) +
-                                            " bytes, more than the memory budget of " +
-                                            std::to_string(budget));
-  }
-  BYOI_ASSIGN_OR_RETURN(ImageBuffer buffer, ImageBuffer::Create(size > 0 ? size : 1));
-  BYOI_RETURN_IF_ERROR(buffer.AppendFrom(fd.get(), 0, size).Context("reading " + path));
-  return buffer;
 }
 
 }  // namespace byoi

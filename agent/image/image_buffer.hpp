@@ -38,15 +38,6 @@ class ImageBuffer {
   // when the end would pass the capacity; kIo when the machine runs out of RAM (part may be
   // written).
   Status WriteAt(uint64_t offset, std::span<const uint8_t> bytes);
-  // Copies `length` bytes of the file `fd` from `offset` after the current end, in the kernel
-  // (sendfile; pread where that cannot be used). kTooBig as Append; kIo when the file cannot be
-  // read (the buffer may then hold part of it).
-  Status AppendFrom(int fd, uint64_t offset, uint64_t length);
-  // Space to write into directly (size() is not changed); at most capacity() - size() bytes.
-  // Slower than Append for large amounts (the pages are zeroed on first touch).
-  std::span<uint8_t> Tail();
-  // Extends size() by `n` bytes just written into Tail(). REQUIRES: n <= Tail().size().
-  void Commit(uint64_t n);
   // Drops bytes past `size` and gives their pages back to the kernel (a download restarted at 0).
   void Truncate(uint64_t size);
 
@@ -66,9 +57,5 @@ class ImageBuffer {
 Result<uint64_t> DefaultMemoryBudget();
 // The same from the text of /proc/meminfo; kIo when it has no MemTotal line.
 Result<uint64_t> MemoryBudgetFromMeminfo(std::string_view meminfo);
-
-// Reads a whole file (an image for `convert` or `inspect`) into a new buffer of at most `budget`
-// bytes. kTooBig when the file is larger, checked before reading.
-Result<ImageBuffer> LoadFile(const std::string& path, uint64_t budget);
 
 }  // namespace byoi

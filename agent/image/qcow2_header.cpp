@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "agent/base/bytes.hpp"
 
@@ -28,7 +29,6 @@ constexpr uint32_t kMaxBackingFormat = 15;  // qemu's backing_format[16], NUL in
 // QEMU's limits (block/qcow2.h).
 constexpr uint64_t kMaxRefcountTableBytes = 8ull << 20;
 constexpr uint32_t kMaxSnapshots = 65536;
-constexpr uint64_t kSnapshotHeaderSize = 40;
 constexpr uint32_t kMaxSnapshotExtraData = 1024;
 constexpr uint64_t kMaxSnapshotTableBytes = 64ull << 20;
 constexpr uint32_t kMaxBitmaps = 65535;
@@ -51,20 +51,28 @@ constexpr uint64_t kBitmapTableAllOnes = 1;
 std::string Hex(uint64_t v) { return fmt::format("{:#x}", v); }
 Status Invalid(std::string detail) { return Status::Error(Code::kInvalid, std::move(detail)); }
 
-// Copies out.size() bytes from `offset`; what lies past the end of the image reads as zeros, as
-// qemu's block layer returns them.
-void CopyZeroFilled(std::span<const uint8_t> image, uint64_t offset, std::span<uint8_t> out) {
+// Copies out.size() bytes from file offset `offset` out of `bytes`, which hold the file's bytes
+// from `base` on; what lies outside them reads as zeros, as qemu's block layer returns bytes past
+// the end of the file.
+void CopyZeroFilledAt(std::span<const uint8_t> bytes, uint64_t base, uint64_t offset,
+                      std::span<uint8_t> out) {
   std::fill(out.begin(), out.end(), 0);
-  if (offset >= image.size()) return;
-  const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), image.size() - offset));
-  std::memcpy(out.data(), image.data() + offset, n);
+  if (offset < base || offset - base >= bytes.size()) return;
+  const uint64_t at = offset - base;
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), bytes.size() - at));
+  std::memcpy(out.data(), bytes.data() + at, n);
+}
+
+void CopyZeroFilled(std::span<const uint8_t> image, uint64_t offset, std::span<uint8_t> out) {
+  CopyZeroFilledAt(image, 0, offset, out);
 }
 
 // A name from the image, printable and bounded, for messages.
-std::string Printable(std::span<const uint8_t> image, uint64_t offset, uint64_t length) {
+std::string Printable(std::span<const uint8_t> bytes, uint64_t base, uint64_t offset,
+                      uint64_t length) {
   uint8_t buf[64];
   const size_t n = static_cast<size_t>(std::min<uint64_t>(length, sizeof buf));
-  CopyZeroFilled(image, offset, {buf, n});
+  CopyZeroFilledAt(bytes, base, offset, {buf, n});
   std::string s(reinterpret_cast<const char*>(buf), n);
   for (char& c : s) {
     if (c < 0x20 || c > 0x7e) c = '?';
@@ -108,30 +116,20 @@ std::string BitmapEntryProblem(uint64_t table_offset, uint32_t table_size, uint3
   return {};
 }
 
-// The bitmap table of one bitmap not in use: the size qemu computes and valid entries. Entries
-// past the end of the file read as zeros (valid); `budget` bounds the in-file bytes read over all
-// bitmaps (a sound image stores each table once, so they add up to less than the file).
-Status CheckBitmapTable(std::span<const uint8_t> image, uint64_t table_offset, uint32_t table_size,
-                        uint32_t granularity_bits, uint64_t cluster_size, uint64_t disk,
-                        uint64_t& budget) {
-  const uint64_t expected = ExpectedBitmapTableSize(disk, granularity_bits, cluster_size);
-  if (table_size != expected) {
-    return Invalid(
-        fmt::format("its table has {} entries, {} expected for the disk", table_size, expected));
-  }
+// The in-file entries of the bitmap table of one bitmap not in use. Entries past the end of the
+// file read as zeros (valid); `budget` bounds the in-file bytes read over all bitmaps (a sound
+// image stores each table once, so they add up to less than the file).
+Status CheckBitmapTable(std::span<const uint8_t> image, const Qcow2BitmapTable& t,
+                        uint64_t cluster_size, uint64_t& budget) {
   uint64_t in_file = 0;
-  if (table_offset < image.size()) {
-    in_file = std::min<uint64_t>(table_size, (image.size() - table_offset) / 8);
+  if (t.offset < image.size()) {
+    in_file = std::min<uint64_t>(t.entries, (image.size() - t.offset) / 8);
   }
   if (in_file * 8 > budget) return Invalid("bitmap tables add up to more than the image");
   budget -= in_file * 8;
   for (uint64_t i = 0; i < in_file; ++i) {
-    const uint64_t entry = Be64(image.data() + table_offset + 8 * i);
-    const uint64_t offset = entry & kBitmapTableOffsetMask;
-    if ((entry & kBitmapTableReserved) ||
-        (offset != 0 && ((entry & kBitmapTableAllOnes) || offset % cluster_size != 0))) {
-      return Invalid(fmt::format("its table entry {} ({}) is invalid", i, Hex(entry)));
-    }
+    BYOI_RETURN_IF_ERROR(
+        CheckQcow2BitmapTableEntry(i, Be64(image.data() + t.offset + 8 * i), cluster_size));
   }
   return Status::Ok();
 }
@@ -280,7 +278,7 @@ Status CheckQcow2RefcountTable(const Qcow2Header& h) {
   return Status::Ok();
 }
 
-Status CheckQcow2Snapshots(std::span<const uint8_t> image, const Qcow2Header& h) {
+Status CheckQcow2SnapshotPlacement(const Qcow2Header& h) {
   if (h.nb_snapshots > kMaxSnapshots) {
     return Invalid(fmt::format("{} snapshots (at most {})", h.nb_snapshots, kMaxSnapshots));
   }
@@ -288,40 +286,66 @@ Status CheckQcow2Snapshots(std::span<const uint8_t> image, const Qcow2Header& h)
     return Invalid(fmt::format("snapshot table offset {} is not aligned to the cluster size",
                                Hex(h.snapshots_offset)));
   }
-  if (h.snapshots_offset > kMaxOffset - h.nb_snapshots * kSnapshotHeaderSize) {
+  if (h.snapshots_offset > kMaxOffset - h.nb_snapshots * kQcow2SnapshotHeaderSize) {
     return Invalid(fmt::format("snapshot table at {} ends past 2^63", Hex(h.snapshots_offset)));
-  }
-  // Entries are variable-sized (extra data, ID and name follow a 40-byte header), so the table's
-  // size is known only once every entry has been walked.
-  uint64_t pos = h.snapshots_offset;
-  for (uint32_t i = 0; i < h.nb_snapshots; ++i) {
-    pos = (pos + 7) & ~uint64_t{7};
-    uint8_t entry[kSnapshotHeaderSize];
-    CopyZeroFilled(image, pos, entry);
-    const uint32_t extra = Be32(entry + 36);
-    if (extra > kMaxSnapshotExtraData) {
-      return Invalid(
-          fmt::format("snapshot table entry {} (at {}) has {} bytes of extra data (at most {})", i,
-                      Hex(pos), extra, kMaxSnapshotExtraData));
-    }
-    pos += kSnapshotHeaderSize + extra + Be16(entry + 12) + Be16(entry + 14);
-    if (pos - h.snapshots_offset > kMaxSnapshotTableBytes) {
-      return Invalid(fmt::format("snapshot table is larger than 64 MiB at entry {}", i));
-    }
   }
   return Status::Ok();
 }
 
-Status CheckQcow2Bitmaps(std::span<const uint8_t> image, const Qcow2Header& h,
-                         const Qcow2Bitmaps& bitmaps, uint64_t virtual_size) {
-  if (!bitmaps.present) return Status::Ok();
+Result<uint64_t> CheckQcow2SnapshotEntry(const Qcow2Header& h, uint32_t index, uint64_t pos,
+                                         std::span<const uint8_t, kQcow2SnapshotHeaderSize> entry) {
+  const uint32_t extra = Be32(entry.data() + 36);
+  if (extra > kMaxSnapshotExtraData) {
+    return Invalid(
+        fmt::format("snapshot table entry {} (at {}) has {} bytes of extra data (at most {})",
+                    index, Hex(pos), extra, kMaxSnapshotExtraData));
+  }
+  const uint64_t next =
+      pos + kQcow2SnapshotHeaderSize + extra + Be16(entry.data() + 12) + Be16(entry.data() + 14);
+  if (next - h.snapshots_offset > kMaxSnapshotTableBytes) {
+    return Invalid(fmt::format("snapshot table is larger than 64 MiB at entry {}", index));
+  }
+  return (next + 7) & ~uint64_t{7};
+}
+
+Status CheckQcow2Snapshots(std::span<const uint8_t> image, const Qcow2Header& h) {
+  BYOI_RETURN_IF_ERROR(CheckQcow2SnapshotPlacement(h));
+  // Entries are variable-sized (extra data, ID and name follow a 40-byte header), so the table's
+  // size is known only once every entry has been walked.
+  uint64_t pos = h.snapshots_offset;
+  for (uint32_t i = 0; i < h.nb_snapshots; ++i) {
+    uint8_t entry[kQcow2SnapshotHeaderSize];
+    CopyZeroFilled(image, pos, entry);
+    BYOI_ASSIGN_OR_RETURN(pos, CheckQcow2SnapshotEntry(h, i, pos, entry));
+  }
+  return Status::Ok();
+}
+
+bool IsValidQcow2BitmapTableEntry(uint64_t entry, uint64_t cluster_size) {
+  const uint64_t offset = entry & kBitmapTableOffsetMask;
+  return !((entry & kBitmapTableReserved) ||
+           (offset != 0 && ((entry & kBitmapTableAllOnes) || offset % cluster_size != 0)));
+}
+
+Status CheckQcow2BitmapTableEntry(uint64_t index, uint64_t entry, uint64_t cluster_size) {
+  if (!IsValidQcow2BitmapTableEntry(entry, cluster_size)) {
+    return Invalid(fmt::format("its table entry {} ({}) is invalid", index, Hex(entry)));
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<Qcow2BitmapTable>> CheckQcow2BitmapDirectory(std::span<const uint8_t> bytes,
+                                                                uint64_t base, const Qcow2Header& h,
+                                                                const Qcow2Bitmaps& bitmaps,
+                                                                uint64_t virtual_size) {
+  std::vector<Qcow2BitmapTable> tables;
+  if (!bitmaps.present) return tables;
   if (bitmaps.directory_size == 0) return Invalid("bitmap directory size is 0");
   const uint64_t cluster_size = h.cluster_size();
   const uint64_t begin = bitmaps.directory_offset;
   const uint64_t end = begin + bitmaps.directory_size;  // both below 2^63: no overflow
   const std::string broken = fmt::format("bitmap directory at {} of {} bytes is broken", Hex(begin),
                                          bitmaps.directory_size);
-  uint64_t table_budget = image.size();
   uint32_t count = 0;
   uint64_t pos = begin;
   while (pos < end) {
@@ -331,7 +355,7 @@ Status CheckQcow2Bitmaps(std::span<const uint8_t> image, const Qcow2Header& h,
                                  bitmaps.count));
     }
     uint8_t e[kBitmapEntrySize];
-    CopyZeroFilled(image, pos, e);
+    CopyZeroFilledAt(bytes, base, pos, e);
     const uint64_t table_offset = Be64(e);
     const uint32_t table_size = Be32(e + 8);
     const uint32_t flags = Be32(e + 12);
@@ -343,22 +367,38 @@ Status CheckQcow2Bitmaps(std::span<const uint8_t> image, const Qcow2Header& h,
     if (entry_size > end - pos) return Invalid(broken + ": an entry passes its end");
     if (extra != 0) return Invalid("bitmap extra data is not supported");
     const std::string name = fmt::format("bitmap {} '{}'", count - 1,
-                                         Printable(image, pos + kBitmapEntrySize, name_size));
+                                         Printable(bytes, base, pos + kBitmapEntrySize, name_size));
     std::string problem =
         BitmapEntryProblem(table_offset, table_size, flags, type, granularity_bits, name_size,
                            cluster_size, virtual_size);
     if (!problem.empty()) return Invalid(name + " is invalid: " + problem);
     // qemu reads the table and the data of every bitmap that is not marked in use.
     if (!(flags & kBitmapFlagInUse)) {
-      BYOI_RETURN_IF_ERROR(CheckBitmapTable(image, table_offset, table_size, granularity_bits,
-                                            cluster_size, virtual_size, table_budget)
-                               .Context(name));
+      const uint64_t expected =
+          ExpectedBitmapTableSize(virtual_size, granularity_bits, cluster_size);
+      if (table_size != expected) {
+        return Invalid(fmt::format("{}: its table has {} entries, {} expected for the disk", name,
+                                   table_size, expected));
+      }
+      tables.push_back({name, table_offset, table_size});
     }
     pos += entry_size;
   }
   if (count != bitmaps.count) {
     return Invalid(fmt::format("bitmap directory holds {} of the {} bitmaps of the header", count,
                                bitmaps.count));
+  }
+  return tables;
+}
+
+Status CheckQcow2Bitmaps(std::span<const uint8_t> image, const Qcow2Header& h,
+                         const Qcow2Bitmaps& bitmaps, uint64_t virtual_size) {
+  BYOI_ASSIGN_OR_RETURN(std::vector<Qcow2BitmapTable> tables,
+                        CheckQcow2BitmapDirectory(image, 0, h, bitmaps, virtual_size));
+  uint64_t table_budget = image.size();
+  for (const Qcow2BitmapTable& t : tables) {
+    BYOI_RETURN_IF_ERROR(
+        CheckBitmapTable(image, t, h.cluster_size(), table_budget).Context(t.name));
   }
   return Status::Ok();
 }

@@ -73,11 +73,13 @@ void JobControl::Work(std::shared_ptr<StatusBoard> board, std::shared_ptr<Cancel
   try {
     result = runner_(manifest, options_, *board, *cancel);
   } catch (const std::exception& e) {  // a bug in a stage must not take the daemon down
-    result = Status::Error(Code::kInternal, std::string("uncaught exception: ") + e.what());
+    // The job's message stays a catalogue sentence; the bug shows in the detail.
+    result = Status::Error(Code::kInternal, std::string("uncaught exception: ") + e.what(),
+                           msg::CantWrite(ImageTypeName(manifest.type)));
   }
 
   JobStatus after = board->Snapshot();
-  if (cancel->cancelled() && !result.ok() && after.message != msg::kCancelled) {
+  if (cancel->cancelled() && !result.ok() && after.code != Code::kCancelled) {
     // Cancellation may surface as another error (an aborted transfer); the user asked for it, so
     // say so, keeping the technical cause.
     board->Fail(Status::Error(Code::kCancelled, result.detail(), std::string(msg::kCancelled)));
@@ -85,7 +87,9 @@ void JobControl::Work(std::shared_ptr<StatusBoard> board, std::shared_ptr<Cancel
     if (result.ok()) {
       board->Done();
     } else {
-      board->Fail(result);
+      board->Fail(result.message().empty() ? std::move(result).DefaultMessage(
+                                                 msg::CantWrite(ImageTypeName(manifest.type)))
+                                           : result);
     }
   }
 

@@ -1,10 +1,15 @@
-// How a job runs on this machine: the options `deploy` and `daemon` share (docs/cli.md), filled
-// from the command line, the config file or the kernel command line, and handed to the runner.
+// How a job runs on this machine: the options `deploy` and `daemon` share (docs/cli.md), checked
+// and typed by the option table (agent/cli/options.hpp) before any job starts, and handed to the
+// runner.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
+
+#include "agent/boot/boot_entry.hpp"  // BootOrderPolicy
+#include "agent/boot/reboot.hpp"      // RebootMode
 
 namespace byoi {
 
@@ -14,16 +19,19 @@ struct JobOptions {
   // ParseGroupMapping); empty means the automatic grouping of docs/disks.md.
   std::string disk_groups;
   std::string efivars = "/sys/firmware/efi/efivars";  // --efivars; absent directory = legacy BIOS
-  std::string reboot = "none";                        // --reboot none|reboot|poweroff|kexec
+  RebootMode reboot = RebootMode::kNone;              // --reboot; the daemon's default is reboot
   std::optional<uint64_t> memory_limit;  // --memory-limit bytes; default MemTotal - 3 GiB
-  std::string efi_boot_order = "first";  // --efi-boot-order first|after-network|bootnext|none
+  BootOrderPolicy efi_boot_order = BootOrderPolicy::kFirst;  // --efi-boot-order (docs/boot.md)
   // Download (agent/fetch/fetch.hpp FetchOptions has the details).
-  std::string ca_bundle;      // --ca-bundle FILE: PEM CA certificates for https image servers
-  bool insecure = false;      // --insecure: skip TLS certificate verification (labs only)
-  double stall_timeout = 60;  // --stall-timeout SECONDS without a byte before an attempt is retried
-  double retry_delay = 1;     // --retry-delay SECONDS before the 2nd attempt, doubling up to 30 s
+  std::string ca_bundle;  // --ca-bundle FILE: PEM CA certificates for https image servers
+  // --proxy URL: every image download goes through it (agent/fetch/proxy.hpp); a secret when it
+  // holds USER:PASSWORD@. Empty: the environment's proxy variables, else none.
+  std::string proxy;
+  bool insecure = false;  // --insecure: skip TLS certificate verification (labs only)
+  std::chrono::milliseconds stall_timeout{60000};  // without a byte before an attempt is retried
+  std::chrono::milliseconds retry_delay{1000};     // before the 2nd attempt, doubling up to 30 s
   int download_attempts = 10;  // --download-attempts N in a row without progress before giving up
-  int connections = 4;         // --connections N (1-16) at once when the server answers Range
+  int connections = 4;  // --connections N at once when the origin answers Range requests (1-16)
 };
 
 }  // namespace byoi

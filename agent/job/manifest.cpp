@@ -220,10 +220,9 @@ Status AddHeader(Manifest& m, std::string name, std::string value, const std::st
 
 Status SetBootOrder(Manifest& m, const std::optional<std::string>& policy, std::string_view field) {
   if (!policy || policy->empty()) return Status::Ok();
-  if (!ParseBootOrderPolicy(*policy).ok()) {
-    return Invalid(field, "must be first, after-network, bootnext or none");
-  }
-  m.efi_boot_order = *policy;
+  Result<BootOrderPolicy> parsed = ParseBootOrderPolicy(*policy);
+  if (!parsed.ok()) return Invalid(field, "must be first, after-network, bootnext or none");
+  m.efi_boot_order = *parsed;
   return Status::Ok();
 }
 
@@ -583,7 +582,7 @@ boost::json::object ManifestToJson(const Manifest& m) {
   out["efiBootloaderPath"] =
       m.efi_bootloader_path.empty() ? json::value(nullptr) : json::value(m.efi_bootloader_path);
   out["efiBootOrder"] =
-      m.efi_boot_order.empty() ? json::value(nullptr) : json::value(m.efi_boot_order);
+      m.efi_boot_order ? json::value(BootOrderPolicyName(*m.efi_boot_order)) : json::value(nullptr);
   const ConfigDriveSpec& cd = m.config_drive;
   json::object drive;
   drive["enabled"] = cd.enabled;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "agent/base/status.hpp"
+#include "agent/boot/boot_entry.hpp"     // BootOrderPolicy
 #include "agent/boot/configdrive.hpp"    // ConfigDriveSpec
 #include "agent/fetch/hasher.hpp"        // HashAlgo
 #include "agent/fetch/http_headers.hpp"  // HttpHeader
@@ -42,8 +43,8 @@ struct Manifest {
   std::string
       efi_bootloader_path;  // as given (backslashes or slashes, no ".."), empty if not given
   // efiBootOrder: first, after-network, bootnext or none (docs/boot.md); overrides the agent's
-  // --efi-boot-order for this job. Empty if not given.
-  std::string efi_boot_order;
+  // --efi-boot-order for this job. Unset if not given.
+  std::optional<BootOrderPolicy> efi_boot_order;
   ConfigDriveSpec config_drive;
 };
 

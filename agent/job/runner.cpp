@@ -64,9 +64,10 @@ Result<FetchOptions> MakeFetchOptions(const JobOptions& job) {
   }
   opts.attempts = job.download_attempts;
   opts.connections = job.connections;
-  opts.retry_delay = std::chrono::milliseconds(static_cast<int64_t>(job.retry_delay * 1000));
-  opts.stall_timeout = std::chrono::milliseconds(static_cast<int64_t>(job.stall_timeout * 1000));
+  opts.retry_delay = job.retry_delay;
+  opts.stall_timeout = job.stall_timeout;
   opts.ca_bundle = job.ca_bundle;
+  opts.proxy = job.proxy;
   opts.insecure = job.insecure;
   opts.on_retry = [](std::string_view notice) { spdlog::warn("download: {}", notice); };
   return opts;
@@ -75,14 +76,11 @@ Result<FetchOptions> MakeFetchOptions(const JobOptions& job) {
 // The boot order policy the boot step will apply, or nullopt when it will write no boot entry:
 // on legacy BIOS, or under policy none. The manifest's efiBootOrder, when given, wins over the
 // agent's --efi-boot-order.
-Result<std::optional<BootOrderPolicy>> BootEntryPolicy(const Manifest& manifest,
-                                                       const JobOptions& job) {
-  if (DetectBootMode(job.efivars) == BootMode::kLegacy) return std::optional<BootOrderPolicy>();
-  const std::string& order =
-      manifest.efi_boot_order.empty() ? job.efi_boot_order : manifest.efi_boot_order;
-  BYOI_ASSIGN_OR_RETURN(BootOrderPolicy policy, ParseBootOrderPolicy(order));
-  if (policy == BootOrderPolicy::kNone) return std::optional<BootOrderPolicy>();
-  return std::optional<BootOrderPolicy>(policy);
+std::optional<BootOrderPolicy> BootEntryPolicy(const Manifest& manifest, const JobOptions& job) {
+  if (DetectBootMode(job.efivars) == BootMode::kLegacy) return std::nullopt;
+  const BootOrderPolicy policy = manifest.efi_boot_order.value_or(job.efi_boot_order);
+  if (policy == BootOrderPolicy::kNone) return std::nullopt;
+  return policy;
 }
 
 // Step 1: the target, before a byte is downloaded, so that a wrong disk group or a busy disk is
@@ -97,19 +95,14 @@ Result<TargetDisk> Plan(const Manifest& manifest, const JobOptions& job) {
   TargetDisk target;
   if (!job.disk.empty()) {
     // --disk is the operator's explicit choice and wins over diskGroupId.
-    Result<Disk> given = DescribeTarget(job.disk);
-    if (!given.ok())
-      return std::move(given).status().DefaultMessage(msg::CantWrite(TypeName(manifest)));
-    target.disk = *given;
+    BYOI_ASSIGN_OR_RETURN(target.disk, DescribeTarget(job.disk));
   } else {
     if (!inventory.ok()) return inventory.status();
     BYOI_ASSIGN_OR_RETURN(target.disk, SelectDisk(*inventory, manifest.disk_group_id));
   }
   if (inventory.ok()) target.group_peers = OtherDisksOfGroup(*inventory, target.disk);
   BYOI_RETURN_IF_ERROR(CheckNotInUse(target.disk));
-  Result<std::optional<BootOrderPolicy>> policy = BootEntryPolicy(manifest, job);
-  if (!policy.ok()) return std::move(policy).status().DefaultMessage(msg::kBootEntry);
-  if (*policy) {
+  if (BootEntryPolicy(manifest, job)) {
     EfivarfsVars vars(job.efivars);
     BYOI_RETURN_IF_ERROR(
         CheckBootVariables(vars).Context("reading the EFI boot variables in " + job.efivars));
@@ -190,25 +183,19 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
   BYOI_RETURN_IF_ERROR(CheckDeclaredType(info, manifest.type));
   Result<OpenedImage> opened = OpenImage(fetched.image.bytes());
   if (!opened.ok()) {
-    return std::move(opened)
-        .status()
-        .Context(fmt::format("reading the {} metadata", info.name))
-        .DefaultMessage(msg::CantWrite(TypeName(manifest)));
+    return std::move(opened).status().Context(fmt::format("reading the {} metadata", info.name));
   }
   std::string ova_note;
   if (opened->ova) {
     BYOI_RETURN_IF_ERROR(VerifyOvaManifest(fetched.image.bytes(), *opened->ova, cancel)
-                             .Context("checking the OVA's manifest")
-                             .DefaultMessage(msg::CantWrite(TypeName(manifest))));
+                             .Context("checking the OVA's manifest"));
     ova_note = OvaNote(*opened->ova, *opened->vmdk, board);
   }
   const uint64_t vsize = opened->layout.virtual_size();
   // The partition table of the virtual disk (a qcow2's first clusters may be compressed).
   std::vector<uint8_t> head(std::min(vsize, kHeadBytes));
   VirtualReader reader(opened->layout);
-  BYOI_RETURN_IF_ERROR(reader.Read(0, head)
-                           .Context("reading the image's first sectors")
-                           .DefaultMessage(msg::CantWrite(TypeName(manifest))));
+  BYOI_RETURN_IF_ERROR(reader.Read(0, head).Context("reading the image's first sectors"));
   if (disk != nullptr) {
     BYOI_RETURN_IF_ERROR(CheckImageFits(vsize, *disk));
     BYOI_RETURN_IF_ERROR(CheckImageSectorSize(head, *disk, TypeName(manifest)));
@@ -218,8 +205,7 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
   if (opened->compressed_bytes() > 0) {
     auto t0 = std::chrono::steady_clock::now();
     BYOI_RETURN_IF_ERROR(VerifyCompressedClusters(opened->layout, 0, cancel)
-                             .Context("checking the compressed clusters")
-                             .DefaultMessage(msg::CantWrite(TypeName(manifest))));
+                             .Context("checking the compressed clusters"));
     spdlog::info("verify: {} of compressed clusters inflate in {:.1f} s",
                  HumanBytes(opened->compressed_bytes()),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -308,9 +294,9 @@ Status SetBootEntry(const Manifest& manifest, const JobOptions& job, const Disk&
     board.SkipStep(Step::kBootloader, LegacySkipReason(job.efivars));
     return Status::Ok();
   }
-  BYOI_ASSIGN_OR_RETURN(std::optional<BootOrderPolicy> policy, BootEntryPolicy(manifest, job));
+  const std::optional<BootOrderPolicy> policy = BootEntryPolicy(manifest, job);
   if (!policy) {
-    board.SkipStep(Step::kBootloader, manifest.efi_boot_order.empty()
+    board.SkipStep(Step::kBootloader, !manifest.efi_boot_order
                                           ? "--efi-boot-order none: the boot entries are left alone"
                                           : "efiBootOrder none: the boot entries are left alone");
     return Status::Ok();
@@ -322,9 +308,7 @@ Status SetBootEntry(const Manifest& manifest, const JobOptions& job, const Disk&
     board.SkipStep(Step::kBootloader, "the image has no EFI system partition");
     return Status::Ok();
   }
-  if (!esp.ok() && esp.status().code() == Code::kIo) {
-    return std::move(esp).status().DefaultMessage(std::string(msg::kBootEntry));
-  }
+  if (!esp.ok() && esp.status().code() == Code::kIo) return std::move(esp).status();
   if (!esp.ok()) {
     // No ESP, or one without a FAT file system: the loader cannot be on it.
     const std::string shown = manifest.efi_bootloader_path.empty() ? "\\EFI\\BOOT\\BOOTX64.EFI"
@@ -352,7 +336,7 @@ Status SetBootEntry(const Manifest& manifest, const JobOptions& job, const Disk&
 // (status file, API, backend: the poller holds this thread until the backend has it) inside
 // board.Done(), before anything is flushed or rebooted.
 Status Finish(const JobOptions& job, const Disk& disk, PowerControl& power, StatusBoard& board) {
-  BYOI_ASSIGN_OR_RETURN(RebootMode mode, ParseRebootMode(job.reboot));
+  const RebootMode mode = job.reboot;
   if (mode == RebootMode::kNone) {
     board.SkipStep(Step::kReboot, "--reboot none: the machine stays in the rescue system");
     board.Done();
@@ -370,10 +354,9 @@ Status Finish(const JobOptions& job, const Disk& disk, PowerControl& power, Stat
   return Status::Ok();
 }
 
-// The failure policy once writing has begun (docs/status.md): the disk holds a mix of old and new
-// bytes, or a new system without its configuration; make it unbootable rather than let the next
-// boot find something half-made. The writer already does this for its own failures; later steps
-// rely on this.
+// The failure policy once writing has begun (docs/pipeline.md): the disk holds a mix of old and
+// new bytes, or a new system without its configuration; make it unbootable rather than let the
+// next boot find something half-made. The one place this happens: stages return their errors.
 void MakeUnbootable(const Disk& disk) {
   Target::Options options;
   Result<Target> target = Target::Open(disk.path, options);
@@ -385,41 +368,37 @@ void MakeUnbootable(const Disk& disk) {
   }
 }
 
-// The catalogue sentence for a failure whose stage could not name one (an unreadable sysfs, a
-// failed system call): the sentence of the step that was running, so that `message` is always
-// from docs/status.md and the cause stays in `detail`.
-std::string StepMessage(const Manifest& manifest, const JobStatus& status) {
-  for (const StepStatus& step : status.progress) {
-    if (step.state != StepState::kDoing) continue;
-    switch (step.step) {
-      case Step::kDownload:
-        return msg::DownloadFailed(manifest.url);
-      case Step::kPartition:
-        return std::string(msg::kGptMove);
-      case Step::kConfigDrive:
-        return std::string(msg::kConfigDrive);
-      case Step::kBootloader:
-        return std::string(msg::kBootEntry);
-      default:
-        break;
-    }
-  }
-  return msg::CantWrite(TypeName(manifest));
+// Each step's catalogue sentence (docs/status.md) for a failure its stage could not name (an
+// unreadable sysfs, a failed system call): `message` is always a catalogue sentence, the cause
+// stays in `detail`. A more specific sentence set by the stage (a checksum mismatch, a busy disk)
+// is kept.
+Status Attach(Status s, std::string_view message) {
+  if (!s.ok()) s.DefaultMessage(message);
+  return s;
+}
+template <typename T>
+Result<T> Attach(Result<T> r, std::string_view message) {
+  if (r.ok()) return r;
+  return Attach(std::move(r).status(), message);
 }
 
 Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard& board,
                 const CancelToken& cancel) {
   const JobOptions& job = options.job;
   // A dry run opens no disk at all: it stops after verify.
+  const std::string cant_write = msg::CantWrite(TypeName(manifest));
   std::optional<TargetDisk> target;
   if (!options.dry_run) {
-    BYOI_ASSIGN_OR_RETURN(target, Plan(manifest, job));
+    BYOI_ASSIGN_OR_RETURN(target, Attach(Plan(manifest, job), cant_write));
   }
 
-  BYOI_ASSIGN_OR_RETURN(FetchResult fetched, Download(manifest, options, board, cancel));
+  BYOI_ASSIGN_OR_RETURN(FetchResult fetched, Attach(Download(manifest, options, board, cancel),
+                                                    msg::DownloadFailed(manifest.url)));
   BYOI_RETURN_IF_ERROR(cancel.Check());
-  BYOI_ASSIGN_OR_RETURN(OpenedImage image,
-                        Verify(manifest, fetched, target ? &target->disk : nullptr, board, cancel));
+  BYOI_ASSIGN_OR_RETURN(
+      OpenedImage image,
+      Attach(Verify(manifest, fetched, target ? &target->disk : nullptr, board, cancel),
+             cant_write));
   if (options.dry_run) {
     for (Step step :
          {Step::kWrite, Step::kPartition, Step::kConfigDrive, Step::kBootloader, Step::kReboot}) {
@@ -432,17 +411,17 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
 
   // The disk may have changed while the image downloaded (an operator mounted it).
   const Disk& disk = target->disk;
-  BYOI_RETURN_IF_ERROR(CheckNotInUse(disk));
+  BYOI_RETURN_IF_ERROR(Attach(CheckNotInUse(disk), cant_write));
 
   // Until here the disk is untouched, byte for byte. From the first write on, any failure
-  // (cancellation included) leaves its first and last MiB zeroed.
-  Status s = Write(manifest, image, *target, board, cancel);
+  // (cancellation included) leaves its first and last MiB zeroed, here and nowhere else.
+  Status s = Attach(Write(manifest, image, *target, board, cancel), cant_write);
   if (s.ok()) s = cancel.Check();
-  if (s.ok()) s = Repartition(disk, board);
+  if (s.ok()) s = Attach(Repartition(disk, board), msg::kGptMove);
   if (s.ok()) s = cancel.Check();
-  if (s.ok()) s = AddConfigDrive(manifest, disk, board);
+  if (s.ok()) s = Attach(AddConfigDrive(manifest, disk, board), msg::kConfigDrive);
   if (s.ok()) s = cancel.Check();
-  if (s.ok()) s = SetBootEntry(manifest, job, disk, board);
+  if (s.ok()) s = Attach(SetBootEntry(manifest, job, disk, board), msg::kBootEntry);
   if (s.ok()) s = cancel.Check();
   if (!s.ok()) {
     MakeUnbootable(disk);
@@ -457,11 +436,7 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
 Status RunJob(const Manifest& manifest, const RunOptions& options, StatusBoard& board,
               const CancelToken& cancel) {
   Status s = RunSteps(manifest, options, board, cancel);
-  if (!s.ok() && s.message().empty()) s.DefaultMessage(StepMessage(manifest, board.Snapshot()));
-  if (!s.ok()) {
-    spdlog::error("job failed: {}", s.ToString());
-    board.Fail(s);
-  }
+  if (!s.ok()) board.Fail(s);  // the caller reports the outcome, once
   return s;
 }
 

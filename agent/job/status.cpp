@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <boost/json.hpp>
+#include <cassert>
 #include <cmath>
 #include <ctime>
 
@@ -79,6 +80,7 @@ json::object StatusToJson(const JobStatus& s) {
   out["checksum"] = s.checksum;
   out["servername"] = s.servername;
   out["detail"] = s.detail;
+  if (s.state == JobState::kError && s.code != Code::kOk) out["code"] = CodeName(s.code);
   out["elapsedTime"] = s.elapsed_seconds;
   out["startedAt"] = s.started_at;
   json::array progress;
@@ -148,6 +150,11 @@ Result<JobStatus> StatusFromJson(std::string_view text) {
     s.state = *state;
     s.message = o.at("message").as_string();
     if (auto* v = o.if_contains("detail")) s.detail = v->as_string();
+    if (auto* v = o.if_contains("code")) {
+      std::optional<Code> code = CodeFromName(v->as_string());
+      if (!code || *code == Code::kOk) return bad("unknown code");
+      s.code = *code;
+    }
     if (auto* v = o.if_contains("checksum")) s.checksum = v->as_string();
     if (auto* v = o.if_contains("servername")) s.servername = v->as_string();
     if (auto* v = o.if_contains("elapsedTime")) s.elapsed_seconds = v->to_number<int64_t>();
@@ -294,6 +301,7 @@ void StatusBoard::Warn(std::string warning) {
 }
 
 void StatusBoard::Fail(const Status& error) {
+  assert(!error.message().empty());
   {
     std::lock_guard lock(mu_);
     for (StepStatus& s : status_.progress) {
@@ -302,8 +310,9 @@ void StatusBoard::Fail(const Status& error) {
     status_.state = JobState::kError;
     status_.elapsed_seconds =
         std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - job_start_).count();
-    status_.message = PrintableText(error.message().empty() ? error.detail() : error.message());
+    status_.message = PrintableText(error.message());
     status_.detail = PrintableText(error.detail());
+    status_.code = error.code();
   }
   Publish(true);
 }

@@ -50,6 +50,7 @@ struct JobStatus {
   JobState state = JobState::kDoing;
   std::string message = "starting";  // a catalogue sentence on error
   std::string detail;                // the technical cause on error
+  Code code = Code::kOk;             // on error, what kind of failure it was (kCancelled, kIo, …)
   std::string checksum;              // the image's checksum, once known
   std::string servername;            // the host name being installed
   int64_t elapsed_seconds = 0;
@@ -90,7 +91,9 @@ class StatusBoard {
   void SkipStep(Step step, std::string why);
   void SetChecksum(std::string checksum);
   void Warn(std::string warning);
-  // The step that is `doing` becomes `error`; the job takes the status's message and detail.
+  // The steps that are `doing` become `error`; the job takes the status's code, message and
+  // detail. REQUIRES: the status carries a catalogue sentence (docs/status.md): the runner and
+  // JobControl make sure of it.
   void Fail(const Status& status);
   void Done(std::string message = "done");
 

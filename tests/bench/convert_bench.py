@@ -5,12 +5,15 @@ device over a file, with O_DIRECT on every side.
 The image: 4 GiB virtual, ~1.5 GiB of data (half random, half compressible text), in three forms:
 uncompressed, zlib and zstd. Each tool writes it onto the same loop device, several repetitions in
 rotating order, in the same run:
-  byoi      byoi-agent convert IMAGE DEV                 (O_DIRECT, fdatasync before it returns)
+  byoi      byoi-agent convert --write-mode ram IMAGE DEV (O_DIRECT, fdatasync before it returns)
+  stream    byoi-agent convert --write-mode stream IMAGE DEV (read front to back, written while
+            read, bounded memory; the same writer guarantees)
   qemu      qemu-img convert -f qcow2 -O raw -n -W -t none IMAGE DEV; sync
   ipa       qemu-img convert -f qcow2 -O host_device -t directsync -S 0 -W IMAGE DEV
             (the flags ironic-python-agent uses)
-The source image is read from the page cache by every tool (it is read once before timing), and
-every run starts from an empty disk (blkdiscard, untimed).
+The source image is read from the page cache by every tool (it is read before each run, untimed:
+stream mode tells the kernel to drop the pages it read), and every run starts from an empty disk
+(blkdiscard, untimed).
 Prints medians of wall time, the ratio of the best qemu-img time to byoi's (> 1 means byoi is
 faster), and the CPU seconds each tool used (user + system; on a machine shared with other work
 the wall times mostly measure how much CPU each tool was given). For the compressed forms, how long
@@ -146,7 +149,8 @@ def main():
     dev = subprocess.run(["losetup", "-f", "--show", disk], check=True, capture_output=True,
                          text=True).stdout.strip()
     tools = {
-        "byoi": lambda img: time_it([args.agent, "convert", img, dev]),
+        "byoi": lambda img: time_it([args.agent, "convert", "--write-mode", "ram", img, dev]),
+        "stream": lambda img: time_it([args.agent, "convert", "--write-mode", "stream", img, dev]),
         "qemu": lambda img: time_it(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-n",
                                      "-W", "-t", "none", img, dev], then_sync=True),
         "ipa": lambda img: time_it(["qemu-img", "convert", "-f", "qcow2", "-O", "host_device",
@@ -188,40 +192,46 @@ def main():
                     # (allocated blocks or holes in the backing file) would otherwise decide
                     # much of the next one's time.
                     run("blkdiscard", dev)
+                    # stream mode drops the pages of the file it read (POSIX_FADV_DONTNEED):
+                    # every tool starts with the image in the page cache again.
+                    into_page_cache(img)
                     t, cpu, verify = tools[name](img)
                     results.setdefault((form, name), []).append(t)
                     cpus.setdefault((form, name), []).append(cpu)
                     if verify is not None and name == "byoi":
                         verifies.setdefault(form, []).append(verify)
                     checked = f"  (inflate check {verify:5.2f} s)" if verify is not None else ""
-                    print(f"{form:5} {name:5} rep {rep + 1}: {t:6.2f} s  (cpu {cpu:5.2f} s)"
+                    print(f"{form:5} {name:6} rep {rep + 1}: {t:6.2f} s  (cpu {cpu:5.2f} s)"
                           f"{checked}", file=sys.stderr)
             print(f"{form}: image file {size / GIB:.2f} GiB", file=sys.stderr)
         # byoi's output is checked once against qemu-img's reference.
         ref = os.path.join(work, "ref.raw")
         form, img = next(iter(images.items()))
         run("qemu-img", "convert", "-f", "qcow2", "-O", "raw", img, ref)
-        run(args.agent, "convert", img, dev)
-        run("cmp", "-n", str(4 * GIB), ref, dev)
+        for mode in ("ram", "stream"):
+            run(args.agent, "convert", "--write-mode", mode, img, dev)
+            run("cmp", "-n", str(4 * GIB), ref, dev)
         os.unlink(ref)
     finally:
         subprocess.run(["losetup", "-d", dev])
         os.unlink(disk)
 
     base = "base" in tools
-    print(f"\n{'image':6} {'byoi':>8} {'qemu -t none':>13} {'ipa flags':>10} {'best qemu/byoi':>15}"
-          f"   cpu: {'byoi':>6} {'qemu':>6} {'ipa':>6}" + ("   base (cpu)" if base else ""))
+    print(f"\n{'image':6} {'byoi':>8} {'stream':>8} {'qemu -t none':>13} {'ipa flags':>10} "
+          f"{'best qemu/byoi':>15}   cpu: {'byoi':>6} {'stream':>6} {'qemu':>6} {'ipa':>6}" +
+          ("   base (cpu)" if base else ""))
     for form in images:
         med = {name: statistics.median(results[(form, name)]) for name in tools}
         cpu = {name: statistics.median(cpus[(form, name)]) for name in tools}
         best = min(med["qemu"], med["ipa"])
-        print(f"{form:6} {med['byoi']:7.2f}s {med['qemu']:12.2f}s {med['ipa']:9.2f}s "
-              f"{best / med['byoi']:14.2f}x        {cpu['byoi']:5.2f}s {cpu['qemu']:5.2f}s "
+        print(f"{form:6} {med['byoi']:7.2f}s {med['stream']:7.2f}s {med['qemu']:12.2f}s "
+              f"{med['ipa']:9.2f}s {best / med['byoi']:14.2f}x        {cpu['byoi']:5.2f}s "
+              f"{cpu['stream']:5.2f}s {cpu['qemu']:5.2f}s "
               f"{cpu['ipa']:5.2f}s" + (f"   {med['base']:5.2f}s ({cpu['base']:5.2f}s)"
                                        if base else ""))
-    print("\nbyoi wall time, min/median/max:")
+    print("\nwall time, min/median/max:")
     for form in images:
-        for name in [n for n in ("byoi", "base") if n in tools]:
+        for name in [n for n in ("byoi", "stream", "qemu", "ipa", "base") if n in tools]:
             t = results[(form, name)]
             print(f"  {form:6} {name:5} {min(t):6.2f}s {statistics.median(t):6.2f}s {max(t):6.2f}s")
     for form, v in verifies.items():

@@ -7,6 +7,7 @@ Every request must carry `Authorization: Bearer <token>` (401 otherwise, recorde
 
 import http.server
 import json
+import ssl
 import threading
 import time
 
@@ -71,7 +72,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class Backend:
-    def __init__(self, agent_id, token, jobs, fail_puts=0):
+    def __init__(self, agent_id, token, jobs, fail_puts=0, tls=None):
+        """`tls`: (certificate, key) files to serve https instead of http."""
         self.agent_id = agent_id
         self.token = token
         self.jobs = list(jobs)
@@ -82,6 +84,12 @@ class Backend:
         self.polls = 0
         self.unauthorized = 0
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.httpd.daemon_threads = True
         self.httpd.backend = self
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -89,7 +97,7 @@ class Backend:
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.httpd.server_address[1]
+        return "%s://127.0.0.1:%d" % (self.scheme, self.httpd.server_address[1])
 
     def statuses(self, job_id=None):
         with self.lock:

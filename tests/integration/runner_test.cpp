@@ -24,6 +24,8 @@
 #include "agent/boot/reboot.hpp"
 #include "agent/job/manifest.hpp"
 #include "agent/job/status.hpp"
+#include "tests/common/recording_power_control.hpp"
+#include "tests/integration/test_util.hpp"
 #include "tests/unit/boot_test_disk.hpp"
 
 namespace byoi {
@@ -89,7 +91,7 @@ class RunnerFinish : public ::testing::Test {
     RunOptions options;
     options.job.disk = disk_;
     options.job.efivars = dir_ / "no-efivars";  // legacy BIOS: no boot entry to write
-    options.job.reboot = reboot;
+    options.job.reboot = *ParseRebootMode(reboot);
     options.job.memory_limit = 128 << 20;
     options.power = &power_;
     StatusBoard board;
@@ -287,6 +289,44 @@ TEST_F(RunnerJob, AnUnusableNvramFailsTheJobBeforeTheDiskIsTouched) {
   Status s = Run(image);
   ASSERT_TRUE(s.ok()) << s.ToString();
   EXPECT_EQ(StepOf(Step::kBootloader).state, StepState::kDone);
+}
+
+// The failure policy lives in the runner (docs/pipeline.md): a write that fails midway (the disk
+// is a file on a tmpfs that fills up: a real ENOSPC) ends the job with the catalogue sentence, the
+// error's code in the status, and the disk's first and last MiB zeroed, by the runner alone (the
+// writer wipes nothing).
+TEST_F(RunnerJob, AWriteThatFailsMidwayLeavesTheDiskEndsZeroed) {
+  testing::SmallTmpfs fs(6 << 20);
+  disk_ = fs.path("disk.img");
+  // 32 MiB whose first and last MiB hold old bytes and whose middle is a hole: the image's
+  // random data cannot fit in what the tmpfs has left.
+  const std::vector<uint8_t> head = testing::RandomBytes(1 << 20, 5);
+  const std::vector<uint8_t> tail = testing::RandomBytes(1 << 20, 6);
+  {
+    auto fd = OpenFile(disk_, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    ASSERT_TRUE(fd.ok());
+    ASSERT_EQ(::ftruncate(fd->get(), 32 << 20), 0);
+    ASSERT_TRUE(PwriteAll(fd->get(), head, 0).ok());
+    ASSERT_TRUE(PwriteAll(fd->get(), tail, 31 << 20).ok());
+  }
+  std::string image = dir_ / "image.raw";
+  std::vector<uint8_t> bytes = testing::RandomBytes(24 << 20, 7);
+  // An MBR with one Linux partition (LBA 2048, 2048 sectors): a raw image the verify step accepts.
+  std::fill(bytes.begin() + 446, bytes.begin() + 510, 0);
+  const uint8_t entry[16] = {0x00, 0, 0, 0, 0x83, 0, 0, 0, 0x00, 0x08, 0, 0, 0x00, 0x08, 0, 0};
+  std::copy(std::begin(entry), std::end(entry), bytes.begin() + 446);
+  bytes[510] = 0x55;
+  bytes[511] = 0xaa;
+  testing::WriteAll(image, std::string(bytes.begin(), bytes.end()));
+  Status s = Run(image);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(final_.state, JobState::kError);
+  EXPECT_EQ(final_.message, "Can't write raw on disk.");
+  EXPECT_EQ(final_.code, Code::kIo) << final_.detail;
+  EXPECT_EQ(StepOf(Step::kWrite).state, StepState::kError);
+  const std::vector<uint8_t> zeros(1 << 20, 0);
+  EXPECT_TRUE(testing::ReadRange(disk_, 0, 1 << 20) == zeros);
+  EXPECT_TRUE(testing::ReadRange(disk_, 31 << 20, 1 << 20) == zeros);
 }
 
 // A directory named with an escape sequence on the image's ESP: passed over with a warning, never

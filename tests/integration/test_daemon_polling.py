@@ -11,6 +11,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon_backend  # noqa: E402
+import fetch_servers  # noqa: E402
 import daemon_harness as h  # noqa: E402
 
 AGENT_ID = "agent-0042"
@@ -28,10 +29,34 @@ class PollingTest(unittest.TestCase):
         self.addCleanup(d.stop)
         return d
 
-    def backend(self, jobs, fail_puts=0):
-        b = daemon_backend.Backend(AGENT_ID, h.TOKEN, jobs, fail_puts)
+    def backend(self, jobs, fail_puts=0, tls=None):
+        b = daemon_backend.Backend(AGENT_ID, h.TOKEN, jobs, fail_puts, tls)
         self.addCleanup(b.stop)
         return b
+
+    def test_an_https_backend_is_trusted_through_the_ca_bundle(self):
+        # The agent's --ca-bundle is for the backend too: without it the self-signed backend is
+        # refused (the log says why, no job is taken); with it, the job is taken and reported.
+        cert, key = fetch_servers.self_signed_cert(self.workdir)
+        manifest = {"URL": self.images.url("/missing.raw"), "type": "raw"}
+        untrusted = self.backend([{"jobId": "job-u", "manifest": manifest}], tls=(cert, key))
+        workdir = os.path.join(self.workdir, "untrusted")
+        os.makedirs(workdir)
+        d = h.Daemon(workdir, extra_args=["--backend-url", untrusted.url, "--agent-id", AGENT_ID])
+        try:
+            h.wait_for(lambda: "certificate" in d.read_log().lower(), 30,
+                       "a refused certificate in the log")
+            self.assertEqual(untrusted.polls, 0)
+        finally:
+            d.stop()
+        trusted = self.backend([{"jobId": "job-t", "manifest": manifest}], tls=(cert, key))
+        d = h.Daemon(self.workdir, extra_args=["--backend-url", trusted.url, "--agent-id",
+                                               AGENT_ID, "--ca-bundle", cert])
+        self.addCleanup(d.stop)
+        self.assertTrue(trusted.wait(lambda b: any(s["status"] == "error"
+                                                   for s in b.statuses("job-t"))), d.read_log())
+        self.assertEqual(trusted.statuses("job-t")[-1]["message"],
+                         "Could not download image located: %s." % manifest["URL"])
 
     def test_takes_one_job_reports_doing_and_the_final_status_despite_503s(self):
         manifest = {"URL": self.images.url("/missing.raw"), "type": "raw",

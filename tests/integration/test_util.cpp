@@ -2,42 +2,21 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <spawn.h>
-#include <sys/wait.h>
+#include <sys/mount.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <random>
 
 #include "agent/base/fd.hpp"
-
-extern char** environ;
+#include "agent/base/subprocess.hpp"
 
 namespace byoi::testing {
 
-std::string Run(std::vector<std::string> argv) {
-  int pipefd[2];
-  if (::pipe(pipefd) != 0) return {};
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, pipefd[1], 1);
-  posix_spawn_file_actions_addclose(&actions, pipefd[0]);
-  std::vector<char*> args;
-  for (auto& a : argv) args.push_back(a.data());
-  args.push_back(nullptr);
-  pid_t pid = 0;
-  int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  ::close(pipefd[1]);
+std::string Output(const std::vector<std::string>& argv) {
   std::string out;
-  char buf[256];
-  ssize_t n;
-  while ((n = ::read(pipefd[0], buf, sizeof buf)) > 0) out.append(buf, n);
-  ::close(pipefd[0]);
-  if (rc != 0) return {};
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return {};
+  if (!RunProgram(argv, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}, &out).ok()) return {};
   while (!out.empty() && out.back() == '\n') out.pop_back();
   return out;
 }
@@ -68,12 +47,29 @@ LoopDevice::LoopDevice(const std::string& file, uint32_t sector_size) {
   if (sector_size != 512) argv.insert(argv.end(), {"-b", std::to_string(sector_size)});
   argv.push_back(file);
   // Another test may take the free device between -f and the attach: try again.
-  for (int i = 0; i < 5 && path_.empty(); ++i) path_ = Run(argv);
+  for (int i = 0; i < 5 && path_.empty(); ++i) path_ = Output(argv);
   EXPECT_FALSE(path_.empty()) << "losetup " << file;
 }
 
 LoopDevice::~LoopDevice() {
-  if (!path_.empty()) Run({"losetup", "-d", path_});
+  if (!path_.empty()) Output({"losetup", "-d", path_});
 }
+
+SmallTmpfs::SmallTmpfs(uint64_t size) {
+  dir_ = (std::filesystem::temp_directory_path() / ("byoi-tmpfs-" + std::to_string(::getpid())))
+             .string();
+  std::filesystem::create_directories(dir_);
+  mounted_ =
+      ::mount("tmpfs", dir_.c_str(), "tmpfs", 0, ("size=" + std::to_string(size)).c_str()) == 0;
+  EXPECT_TRUE(mounted_) << "mount tmpfs on " << dir_ << ": " << std::strerror(errno);
+}
+
+SmallTmpfs::~SmallTmpfs() {
+  if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+}
+
+std::string SmallTmpfs::path(const std::string& name) const { return dir_ + "/" + name; }
 
 }  // namespace byoi::testing

@@ -51,7 +51,10 @@ TEST(BaseStatus, FromErrno) {
 TEST(BaseStatus, CodeNames) {
   EXPECT_EQ(CodeName(Code::kOk), "ok");
   EXPECT_EQ(CodeName(Code::kInvalid), "invalid");
-  EXPECT_EQ(CodeName(Code::kTooBig), "too big");
+  EXPECT_EQ(CodeName(Code::kTooBig), "too_big");
+  EXPECT_EQ(CodeName(Code::kNotFound), "not_found");
+  EXPECT_EQ(CodeName(Code::kIo), "io");
+  EXPECT_EQ(CodeName(Code::kInternal), "internal");
   EXPECT_EQ(CodeName(Code::kCancelled), "cancelled");
 }
 

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "agent/boot/reboot.hpp"
+#include "tests/common/recording_power_control.hpp"
 #include "tests/unit/boot_test_disk.hpp"
 
 namespace byoi {

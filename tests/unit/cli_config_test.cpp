@@ -112,11 +112,11 @@ class DaemonConfigTest : public ::testing::Test {
   void Write(const std::string& name, const std::string& text) {
     ASSERT_TRUE(WriteFileAtomic((dir_ / name).string(), text).ok());
   }
-  Result<DaemonConfig> Load() { return LoadDaemonConfig(flags_, sources_); }
+  Result<DaemonConfig> Load() { return LoadDaemonConfig(sources_); }
 
   fs::path dir_;
   ConfigSources sources_;
-  DaemonArgs flags_;
+  std::map<std::string, std::string>& flags_ = sources_.flags;
 };
 
 TEST_F(DaemonConfigTest, DefaultsForTheDaemon) {
@@ -125,10 +125,10 @@ TEST_F(DaemonConfigTest, DefaultsForTheDaemon) {
   EXPECT_EQ(c->listen, "0.0.0.0:9999");
   EXPECT_EQ(c->state_file, "/run/byoi-agent/state.json");
   EXPECT_EQ(c->console, "/dev/console");
-  EXPECT_EQ(c->job.reboot, "reboot");
+  EXPECT_EQ(c->job.reboot, RebootMode::kReboot);
   EXPECT_EQ(c->job.efivars, "/sys/firmware/efi/efivars");
-  EXPECT_EQ(c->job.efi_boot_order, "first");
-  EXPECT_EQ(c->poll_interval, 5);
+  EXPECT_EQ(c->job.efi_boot_order, BootOrderPolicy::kFirst);
+  EXPECT_EQ(c->poll_interval, std::chrono::milliseconds(5000));
   EXPECT_TRUE(c->backend_url.empty());
 }
 
@@ -138,19 +138,19 @@ TEST_F(DaemonConfigTest, FlagBeatsKernelCmdlineBeatsConfigFile) {
         "memory_limit = 2G\npoll_interval = 0.5\nconsole = /dev/ttyS0\n");
   Write("cmdline",
         "quiet byoi.token=cmdline-token-0123456789 byoi.listen=127.0.0.1:2 byoi.disk=/dev/sdc\n");
-  flags_.listen = "127.0.0.1:3";
+  flags_["listen"] = "127.0.0.1:3";
   Result<DaemonConfig> c = Load();
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ(c->listen, "127.0.0.1:3");              // flag
   EXPECT_EQ(c->token, "cmdline-token-0123456789");  // kernel command line over file
   EXPECT_EQ(c->job.disk, "/dev/sdc");               // kernel command line over file
-  EXPECT_EQ(c->job.reboot, "poweroff");             // file only
+  EXPECT_EQ(c->job.reboot, RebootMode::kPowerOff);  // file only
   EXPECT_EQ(c->job.memory_limit, 2ull << 30);
-  EXPECT_EQ(c->poll_interval, 0.5);
+  EXPECT_EQ(c->poll_interval, std::chrono::milliseconds(500));
   EXPECT_EQ(c->console, "/dev/ttyS0");
   // The sources name keys and where they came from, never values.
   std::string all;
-  for (const auto& s : c->sources) all += s + ";";
+  for (const auto& [key, where] : c->sources) all += key + " (" + where + ");";
   EXPECT_NE(all.find("token (kernel command line)"), std::string::npos);
   EXPECT_NE(all.find("listen (command line)"), std::string::npos);
   EXPECT_EQ(all.find("cmdline-token"), std::string::npos);
@@ -161,8 +161,8 @@ TEST_F(DaemonConfigTest, DownloadOptionsComeFromEverySource) {
   ASSERT_TRUE(defaults.ok()) << defaults.status().ToString();
   EXPECT_EQ(defaults->job.ca_bundle, "");
   EXPECT_FALSE(defaults->job.insecure);
-  EXPECT_EQ(defaults->job.stall_timeout, 60);
-  EXPECT_EQ(defaults->job.retry_delay, 1);
+  EXPECT_EQ(defaults->job.stall_timeout, std::chrono::seconds(60));
+  EXPECT_EQ(defaults->job.retry_delay, std::chrono::seconds(1));
   EXPECT_EQ(defaults->job.download_attempts, 10);
   EXPECT_EQ(defaults->job.connections, 4);
 
@@ -172,19 +172,19 @@ TEST_F(DaemonConfigTest, DownloadOptionsComeFromEverySource) {
                                "connections = 2\n");
   // A bare word on the kernel command line switches verification off.
   Write("cmdline", "quiet byoi.insecure byoi.download_attempts=7 byoi.connections=8\n");
-  flags_.stall_timeout = "9";
+  flags_["stall_timeout"] = "9";
   Result<DaemonConfig> c = Load();
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ(c->job.ca_bundle, (dir_ / "ca.pem").string());
   EXPECT_TRUE(c->job.insecure);
-  EXPECT_EQ(c->job.stall_timeout, 9);      // flag over file
-  EXPECT_EQ(c->job.retry_delay, 0);        // file
-  EXPECT_EQ(c->job.download_attempts, 7);  // kernel command line over file
-  EXPECT_EQ(c->job.connections, 8);        // kernel command line over file
-  flags_.connections = "1";
+  EXPECT_EQ(c->job.stall_timeout, std::chrono::seconds(9));  // flag over file
+  EXPECT_EQ(c->job.retry_delay, std::chrono::seconds(0));    // file
+  EXPECT_EQ(c->job.download_attempts, 7);                    // kernel command line over file
+  EXPECT_EQ(c->job.connections, 8);                          // kernel command line over file
+  flags_["connections"] = "1";
   ASSERT_TRUE(Load().ok());
   EXPECT_EQ(Load()->job.connections, 1);  // flag over kernel command line
-  flags_.connections.reset();
+  flags_.erase("connections");
 
   Write("cmdline", "byoi.insecure=false\n");
   ASSERT_TRUE(Load().ok());
@@ -200,7 +200,7 @@ TEST_F(DaemonConfigTest, UnknownKernelWordsAreWarningsNotErrors) {
 }
 
 TEST_F(DaemonConfigTest, BackendUrlLosesItsTrailingSlash) {
-  flags_.backend_url = "https://backend.example/api//";
+  flags_["backend_url"] = "https://backend.example/api//";
   ASSERT_TRUE(Load().ok());
   EXPECT_EQ(Load()->backend_url, "https://backend.example/api");
 }
@@ -246,6 +246,76 @@ TEST_F(DaemonConfigTest, BadValuesNameTheKeyAndItsSource) {
             std::string::npos);
 }
 
+// `proxy` (agent/fetch/proxy.hpp): an http or https URL with a host, from every source; its
+// errors name the key and its source, with the exact reason, and never echo the value, which may
+// carry a password.
+TEST_F(DaemonConfigTest, ProxyIsAnHttpOrHttpsUrlWithAHostAndItsErrorsNeverEchoIt) {
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->job.proxy, "");  // default: the environment, else none
+
+  const char* good[] = {
+      "http://cache.example:3128",
+      "https://cache.example:3129",
+      "HTTP://cache.example",
+      "http://10.0.0.5:3128/",
+      "http://[fd00::5]:3128",
+      "http://byoi:s3cr%40t@cache.example:3128",
+      "",  // not set: the environment decides
+  };
+  for (const char* url : good) {
+    Write("byoi-agent.conf", std::string("token = 0123456789abcdef\nproxy = \"") + url + "\"\n");
+    Result<DaemonConfig> c = Load();
+    ASSERT_TRUE(c.ok()) << url << ": " << c.status().ToString();
+    EXPECT_EQ(c->job.proxy, url);
+  }
+  Write("byoi-agent.conf", "token = 0123456789abcdef\nproxy = http://file.example:1\n");
+  Write("cmdline", "quiet byoi.proxy=http://kernel.example:2\n");
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->job.proxy, "http://kernel.example:2");
+  flags_["proxy"] = "http://flag.example:3";
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->job.proxy, "http://flag.example:3");
+
+  const std::string expected =
+      " (expected http://HOST[:PORT] or https://HOST[:PORT], optionally with USER:PASSWORD@ "
+      "before the host)";
+  struct Case {
+    const char* url;
+    const char* reason;
+  } bad[] = {
+      {"socks5://pw-user:pw-secret@cache.example:1080", "must start with http:// or https://"},
+      {"ftp://pw-user:pw-secret@cache.example", "must start with http:// or https://"},
+      {"pw-user:pw-secret@cache.example:3128", "must start with http:// or https://"},
+      {"http://pw-user:pw-secret@:3128", "not a URL: "},
+      {"http://pw-user:pw-secret@cache.example:0", "has a port outside 1-65535"},
+      {"http://pw-user:pw-secret@cache.example:70000", "not a URL: "},
+      {"http://pw-user:pw-secret@cache.example:3128/pw-path",
+       "has a path (a proxy is a host and a "
+       "port)"},
+      {"http://pw-user:pw-secret@cache.example:3128/?pw-query", "has a query or a fragment"},
+      {"http://pw-user:pw-secret@cache.example:3128#pw-fragment", "has a query or a fragment"},
+      {"http://pw-user:pw-secret@cache example:3128", "not a URL: "},
+  };
+  flags_.clear();
+  Write("cmdline", "quiet\n");
+  for (const Case& c : bad) {
+    flags_["proxy"] = c.url;
+    Result<DaemonConfig> loaded = Load();
+    ASSERT_FALSE(loaded.ok()) << c.url;
+    EXPECT_EQ(loaded.status().code(), Code::kInvalid);
+    const std::string& detail = loaded.status().detail();
+    EXPECT_TRUE(detail.starts_with(std::string("proxy (from command line): ") + c.reason))
+        << c.url << " -> " << detail;
+    EXPECT_TRUE(detail.ends_with(expected)) << detail;
+    EXPECT_EQ(loaded.status().ToString().find("pw-"), std::string::npos) << detail;
+  }
+  // From the config file, the error names the file.
+  flags_.clear();
+  Write("byoi-agent.conf", "token = 0123456789abcdef\nproxy = socks5://pw-user:pw-secret@x\n");
+  EXPECT_EQ(Load().status().detail(), "proxy (from " + sources_.config_file +
+                                          "): must start with http:// or https://" + expected);
+}
+
 TEST_F(DaemonConfigTest, TokenErrorsNeverEchoTheToken) {
   Write("byoi-agent.conf", "token = sec ret\n");
   Result<DaemonConfig> c = Load();
@@ -262,7 +332,7 @@ TEST_F(DaemonConfigTest, ATokenShorterThan16CharactersIsRefusedNamingTheMinimum)
             "token (from " + sources_.config_file +
                 "): the token must be at least 16 characters long (it has 15)");
   EXPECT_EQ(c.status().ToString().find("0123456789abcde"), std::string::npos);
-  flags_.token = "0123456789abcdef";  // 16
+  flags_["token"] = "0123456789abcdef";  // 16
   ASSERT_TRUE(Load().ok());
   EXPECT_EQ(Load()->token, "0123456789abcdef");
 }
@@ -284,12 +354,12 @@ TEST_F(TokenFileTest, TheFilesOneLineIsTheTokenWithoutItsLineEnding) {
   Write("byoi-agent.conf", "");
   for (const char* text :
        {"from-the-file-0123456789\n", "from-the-file-0123456789", "from-the-file-0123456789\r\n"}) {
-    flags_.token_file = TokenFile(text);
+    flags_["token_file"] = TokenFile(text);
     Result<DaemonConfig> c = Load();
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     EXPECT_EQ(c->token, "from-the-file-0123456789");
   }
-  flags_.token_file.reset();
+  flags_.erase("token_file");
   for (mode_t mode : {0400, 0600}) {
     Write("byoi-agent.conf", "token_file = " + TokenFile("config-key-file-0123456789\n", mode));
     ASSERT_TRUE(Load().ok()) << std::oct << mode;
@@ -323,7 +393,7 @@ TEST_F(TokenFileTest, BadFilesAreRefusedNamingTheFileNeverTheToken) {
   };
   Write("byoi-agent.conf", "");
   for (const Case& c : cases) {
-    flags_.token_file = TokenFile(c.text, c.mode);
+    flags_["token_file"] = TokenFile(c.text, c.mode);
     Result<DaemonConfig> loaded = Load();
     ASSERT_FALSE(loaded.ok()) << c.detail;
     EXPECT_EQ(loaded.status().code(), Code::kInvalid) << c.detail;
@@ -333,7 +403,7 @@ TEST_F(TokenFileTest, BadFilesAreRefusedNamingTheFileNeverTheToken) {
         << loaded.status().detail();
     EXPECT_EQ(loaded.status().ToString().find("secret"), std::string::npos);
   }
-  flags_.token_file = (dir_ / "absent.txt").string();
+  flags_["token_file"] = (dir_ / "absent.txt").string();
   EXPECT_EQ(Load().status().detail(), "token_file (from command line): reading " +
                                           (dir_ / "absent.txt").string() +
                                           ": No such file or directory");
@@ -348,16 +418,16 @@ TEST_F(TokenFileTest, TokenAndTokenFileFromOneSourceIsAnErrorElsePrecedenceDecid
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().detail(), "token and token_file are both given on the " +
                                      sources_.config_file + ": give one of them");
-  flags_.token = "from-the-flag-0123456789";
-  flags_.token_file = path;
+  flags_["token"] = "from-the-flag-0123456789";
+  flags_["token_file"] = path;
   EXPECT_EQ(Load().status().detail(),
             "token and token_file are both given on the command line: give one of them");
 
-  flags_.token.reset();  // the file from the command line beats the config file's token
+  flags_.erase("token");  // the file from the command line beats the config file's token
   Write("byoi-agent.conf", "token = from-the-config-0123456789\n");
   ASSERT_TRUE(Load().ok());
   EXPECT_EQ(Load()->token, "from-the-file-0123456789");
-  flags_.token_file.reset();  // the kernel's token beats the config file's token_file
+  flags_.erase("token_file");  // the kernel's token beats the config file's token_file
   Write("byoi-agent.conf", "token_file = " + path + "\n");
   Write("cmdline", "byoi.token=from-the-kernel-0123456789\n");
   ASSERT_TRUE(Load().ok());
@@ -373,7 +443,7 @@ TEST_F(DaemonConfigTest, PollingOnlyNeedsNoToken) {
 
 TEST_F(DaemonConfigTest, MissingExplicitConfigFileIsAnErrorMissingCmdlineIsNot) {
   sources_.kernel_cmdline = (dir_ / "no-cmdline").string();
-  flags_.token = "0123456789abcdef";
+  flags_["token"] = "0123456789abcdef";
   EXPECT_TRUE(Load().ok());
   sources_.config_file = (dir_ / "absent.conf").string();
   Result<DaemonConfig> c = Load();

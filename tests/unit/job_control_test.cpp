@@ -182,6 +182,17 @@ TEST(JobControlTest, RunnerThatLeavesTheBoardDoingIsFinishedForIt) {
   EXPECT_EQ(s.state, JobState::kError);
   EXPECT_EQ(s.message, "Could not download.");
   EXPECT_EQ(s.detail, "HTTP 404");
+  EXPECT_EQ(s.code, Code::kIo);
+
+  // A failure without a catalogue sentence (a bug) still ends with one: message is never a detail.
+  JobControl unnamed([](auto&&...) { return Status::Error(Code::kInternal, "unexpected state"); },
+                     {});
+  ASSERT_TRUE(unnamed.Submit(TestManifest()).ok());
+  s = WaitUntilEnded(unnamed);
+  EXPECT_EQ(s.state, JobState::kError);
+  EXPECT_EQ(s.message, msg::CantWrite("raw"));
+  EXPECT_EQ(s.detail, "unexpected state");
+  EXPECT_EQ(s.code, Code::kInternal);
 }
 
 TEST(JobControlTest, RunnerExceptionBecomesAnErrorNotACrash) {
@@ -189,7 +200,9 @@ TEST(JobControlTest, RunnerExceptionBecomesAnErrorNotACrash) {
   ASSERT_TRUE(jobs.Submit(TestManifest()).ok());
   JobStatus s = WaitUntilEnded(jobs);
   EXPECT_EQ(s.state, JobState::kError);
+  EXPECT_EQ(s.message, msg::CantWrite("raw"));
   EXPECT_EQ(s.detail, "uncaught exception: boom");
+  EXPECT_EQ(s.code, Code::kInternal);
 }
 
 TEST(JobControlTest, ClearForgetsAFinishedJobButNotARunningOne) {
@@ -325,7 +338,7 @@ TEST(JobControlTest, RestoreInstallsAFinishedJobWithoutRunningIt) {
 TEST(JobControlTest, RunOptionsReachTheRunner) {
   RunOptions options;
   options.job.disk = "/dev/loop7";
-  options.job.reboot = "none";
+  options.job.reboot = RebootMode::kNone;
   std::string disk;
   JobControl jobs(
       [&](const Manifest&, const RunOptions& o, StatusBoard&, const CancelToken&) {

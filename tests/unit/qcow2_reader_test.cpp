@@ -14,17 +14,10 @@
 #include "agent/image/raw_source.hpp"
 #include "agent/image/verify_compressed.hpp"
 #include "agent/image/virtual_reader.hpp"
+#include "tests/unit/be_bytes.hpp"
 
 namespace byoi {
 namespace {
-
-void Put32(std::vector<uint8_t>& b, size_t at, uint32_t v) {
-  for (int i = 0; i < 4; ++i) b[at + i] = static_cast<uint8_t>(v >> (24 - 8 * i));
-}
-void Put64(std::vector<uint8_t>& b, size_t at, uint64_t v) {
-  Put32(b, at, static_cast<uint32_t>(v >> 32));
-  Put32(b, at + 4, static_cast<uint32_t>(v));
-}
 
 constexpr uint64_t kCopied = 1ull << 63;
 

@@ -294,12 +294,20 @@ TEST(StatusBoard, FailBeforeAnyStepAndWithoutCatalogueMessage) {
   JobStatus s = board.Snapshot();
   EXPECT_EQ(s.message, "Please provide checkSum AND checkSumType or none of them");
   EXPECT_EQ(Steps(s), (std::vector{T, T, T, T, T, T, T}));
-  // A status with no catalogue message still says something: its detail.
+  // The error's code is kept for programs; the step that was doing is the one in error.
   board.Start("");
   board.BeginStep(Step::kVerify, "verifying");
-  board.Fail(Status::Error(Code::kInternal, "unexpected state"));
-  EXPECT_EQ(board.Snapshot().message, "unexpected state");
+  board.Fail(
+      Status::Error(Code::kUnsupported, "image has a backing file", msg::CantWrite("qcow2")));
+  EXPECT_EQ(board.Snapshot().message, "Can't write qcow2 on disk.");
+  EXPECT_EQ(board.Snapshot().detail, "image has a backing file");
+  EXPECT_EQ(board.Snapshot().code, Code::kUnsupported);
   EXPECT_EQ(board.Snapshot().progress[1].state, StepState::kError);
+  EXPECT_EQ(boost::json::value_to<std::string>(StatusToJson(board.Snapshot()).at("code")),
+            "unsupported");
+  Result<JobStatus> back = StatusFromJson(boost::json::serialize(StatusToJson(board.Snapshot())));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->code, Code::kUnsupported);
 }
 
 TEST(StatusBoard, StartResetsAndRestoreReplaces) {
@@ -394,10 +402,10 @@ TEST(StatusBoard, EverySetterCleansItsText) {
   EXPECT_EQ(s.warnings, std::vector<std::string>{kCleanReason});
   board.Done(kHostileReason);
   EXPECT_EQ(board.Snapshot().message, kCleanReason);
-  // Fail with no catalogue message shows the detail as message: cleaned as well.
+  // The detail is cleaned as well.
   board.Start("");
-  board.Fail(Status::Error(Code::kIo, kHostileReason));
-  EXPECT_EQ(board.Snapshot().message, kCleanReason);
+  board.Fail(Status::Error(Code::kIo, kHostileReason, msg::DownloadFailed("http://h/x.raw")));
+  EXPECT_EQ(board.Snapshot().message, "Could not download image located: http://h/x.raw.");
   EXPECT_EQ(board.Snapshot().detail, kCleanReason);
 
   JobStatus restored = Sample();
@@ -414,7 +422,7 @@ TEST(StatusBoard, EverySetterCleansItsText) {
   std::vector<std::string> seen;
   board.Subscribe([&](const JobStatus& status, bool) { seen.push_back(status.detail); });
   board.Start("");
-  board.Fail(Status::Error(Code::kIo, std::string(100000, '\x1b')));
+  board.Fail(Status::Error(Code::kIo, std::string(100000, '\x1b'), msg::CantWrite("raw")));
   ASSERT_FALSE(seen.empty());
   EXPECT_TRUE(Clean(seen.back()));
   EXPECT_LE(seen.back().size(), kMaxPrintableBytes);

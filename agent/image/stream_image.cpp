@@ -1,0 +1,139 @@
+#include "agent/image/stream_image.hpp"
+
+#include <algorithm>
+
+#include "agent/image/qcow2_stream.hpp"
+
+namespace byoi {
+namespace {
+
+constexpr size_t kContainerBytes = 6;                    // DetectCompressor's longest magic
+constexpr size_t kFormatBytes = (64 << 10) + (4 << 10);  // what DetectFormat reads
+
+uint64_t RoundUpToSector(uint64_t n) { return (n + 511) / 512 * 512; }
+
+}  // namespace
+
+StreamImage::StreamImage(VirtualDiskSink& sink, StreamImageOptions options, HeadFn on_head)
+    : sink_(sink), options_(options), on_head_(std::move(on_head)) {}
+
+StreamImage::~StreamImage() = default;
+
+uint64_t StreamImage::memory_peak() const { return qcow2_ ? qcow2_->memory_peak() : 0; }
+
+Status StreamImage::Fail(Status s) {
+  if (!s.ok() && error_.ok()) error_ = s;
+  return s;
+}
+
+Status StreamImage::Start(std::optional<uint64_t> total) {
+  total_ = total;
+  return Status::Ok();
+}
+
+Status StreamImage::Write(std::span<const uint8_t> bytes) {
+  if (!error_.ok()) return error_;
+  in_ += bytes.size();
+  if (!container_known_) {
+    const size_t take = std::min(kContainerBytes - file_head_.size(), bytes.size());
+    file_head_.insert(file_head_.end(), bytes.begin(), bytes.begin() + take);
+    bytes = bytes.subspan(take);
+    if (file_head_.size() < kContainerBytes) return Status::Ok();
+    std::vector<uint8_t> first = std::move(file_head_);
+    file_head_.clear();
+    BYOI_RETURN_IF_ERROR(Fail(Container(first)));
+  }
+  if (bytes.empty()) return Status::Ok();
+  return Fail(Container(bytes));
+}
+
+Status StreamImage::Container(std::span<const uint8_t> bytes) {
+  if (!container_known_) {
+    container_known_ = true;
+    head_.container = DetectCompressor(bytes);
+    if (head_.container != Compressor::kNone) {
+      BYOI_ASSIGN_OR_RETURN(decoder_, StreamDecoder::Create(head_.container));
+    }
+  }
+  if (!decoder_) return Content(bytes);
+  return decoder_->Feed(bytes, [this](std::span<const uint8_t> out) { return Content(out); });
+}
+
+Status StreamImage::Content(std::span<const uint8_t> bytes) {
+  if (!identified_) {
+    const size_t take = std::min(kFormatBytes - content_head_.size(), bytes.size());
+    content_head_.insert(content_head_.end(), bytes.begin(), bytes.begin() + take);
+    bytes = bytes.subspan(take);
+    if (content_head_.size() < kFormatBytes) return Status::Ok();
+    BYOI_RETURN_IF_ERROR(Identify());
+  }
+  if (bytes.empty()) return Status::Ok();
+  return Forward(bytes);
+}
+
+Status StreamImage::Identify() {
+  identified_ = true;
+  head_.format = DetectFormat(content_head_);
+  head_.format.virtual_size = 0;
+  std::vector<uint8_t> first = std::move(content_head_);
+  content_head_.clear();
+  // By its magic, as OpenImage does: a version the reader refuses is refused with its reason.
+  if (HasQcow2Magic(first)) {
+    Qcow2StreamOptions q;
+    q.memory_budget = options_.memory_budget;
+    q.threads = options_.threads;
+    qcow2_ = std::make_unique<Qcow2StreamReader>(sink_, q, [this](const Qcow2Info& info) {
+      head_.qcow2 = info;
+      head_.virtual_size = info.virtual_size;
+      return CallHead();
+    });
+    // A decoded file's length is not known before its end.
+    BYOI_RETURN_IF_ERROR(qcow2_->Start(decoder_ ? std::nullopt : total_));
+  } else {
+    if (!decoder_ && total_) head_.virtual_size = RoundUpToSector(*total_);
+    BYOI_RETURN_IF_ERROR(CallHead());
+  }
+  if (first.empty()) return Status::Ok();
+  return Forward(first);
+}
+
+Status StreamImage::CallHead() {
+  head_called_ = true;
+  return on_head_ ? on_head_(head_) : Status::Ok();
+}
+
+Status StreamImage::Forward(std::span<const uint8_t> bytes) {
+  if (qcow2_) return qcow2_->Write(bytes);
+  const uint64_t at = raw_pos_;
+  raw_pos_ += bytes.size();
+  return sink_.Write(at, bytes);
+}
+
+Result<uint64_t> StreamImage::Finish() {
+  if (!error_.ok()) return error_;
+  Status s = [&]() -> Status {
+    if (!container_known_) {
+      std::vector<uint8_t> first = std::move(file_head_);
+      file_head_.clear();
+      BYOI_RETURN_IF_ERROR(Container(first));
+    }
+    if (decoder_) {
+      BYOI_RETURN_IF_ERROR(
+          decoder_->Finish([this](std::span<const uint8_t> out) { return Content(out); }));
+    }
+    if (!identified_) BYOI_RETURN_IF_ERROR(Identify());
+    return Status::Ok();
+  }();
+  BYOI_RETURN_IF_ERROR(Fail(std::move(s)));
+  if (qcow2_) {
+    auto size = qcow2_->Finish();
+    if (!size.ok()) return Fail(size.status());
+    return *size;
+  }
+  // The raw disk ends on a whole sector, as RawLayout pads it.
+  const uint64_t size = RoundUpToSector(raw_pos_);
+  if (size > raw_pos_) BYOI_RETURN_IF_ERROR(Fail(sink_.Zero(raw_pos_, size - raw_pos_)));
+  return size;
+}
+
+}  // namespace byoi
