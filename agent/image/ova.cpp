@@ -83,46 +83,52 @@ Result<OvaMember> LocateData(archive* a, std::span<const uint8_t> bytes, std::st
   return m;
 }
 
+// What libarchive read of a member's header: a directory (nullopt: skipped), or a regular file's
+// name and size; a link, a device, a nameless member are refused. `where` names the place for a
+// header that cannot be read.
+Result<std::optional<OvaTarHeader>> EntryOf(archive* a, int r, archive_entry* entry,
+                                            const std::string& where) {
+  if (r != ARCHIVE_OK) {
+    const char* why = archive_error_string(a);
+    return Invalid(fmt::format("{}: {}", where, why != nullptr ? why : "unreadable header"));
+  }
+  const mode_t type = archive_entry_filetype(entry);
+  if (type == AE_IFDIR) return std::optional<OvaTarHeader>();
+  const char* raw_name = archive_entry_pathname(entry);
+  std::string_view name = WithoutDotSlash(raw_name != nullptr ? raw_name : "");
+  if (name.empty() || name.size() > kMaxNameBytes) {
+    return Invalid(fmt::format("{}: a member name of {} bytes", where, name.size()));
+  }
+  if (type != AE_IFREG || archive_entry_hardlink(entry) != nullptr) {
+    return Invalid(fmt::format("member {} is not a regular file", Shown(name)));
+  }
+  const la_int64_t size = archive_entry_size(entry);
+  if (!archive_entry_size_is_set(entry) || size < 0) {
+    return Invalid(fmt::format("member {} has no size", Shown(name)));
+  }
+  return std::optional<OvaTarHeader>(OvaTarHeader{std::string(name), static_cast<uint64_t>(size)});
+}
+
+std::string Where(const std::vector<OvaMember>& members) {
+  return members.empty() ? std::string("the tar archive, at its start")
+                         : fmt::format("the tar archive, after member {} ({})", members.size(),
+                                       Shown(members.back().name));
+}
+
 // Every member of the archive, in order, checked by the rules of ova.hpp.
 Result<std::vector<OvaMember>> ListMembers(std::span<const uint8_t> bytes) {
   BYOI_ASSIGN_OR_RETURN(ArchivePtr a, OpenTar(bytes));
   std::vector<OvaMember> members;
-  auto where = [&members]() {
-    return members.empty() ? std::string("the tar archive, at its start")
-                           : fmt::format("the tar archive, after member {} ({})", members.size(),
-                                         Shown(members.back().name));
-  };
   for (;;) {
     archive_entry* entry = nullptr;
     const int r = archive_read_next_header(a.get(), &entry);
     if (r == ARCHIVE_EOF) break;
-    if (r != ARCHIVE_OK) {
-      const char* why = archive_error_string(a.get());
-      return Invalid(fmt::format("{}: {}", where(), why != nullptr ? why : "unreadable header"));
-    }
-    const mode_t type = archive_entry_filetype(entry);
-    if (type == AE_IFDIR) continue;
-    const char* raw_name = archive_entry_pathname(entry);
-    std::string_view name = WithoutDotSlash(raw_name != nullptr ? raw_name : "");
-    if (name.empty() || name.size() > kMaxNameBytes) {
-      return Invalid(fmt::format("{}: a member name of {} bytes", where(), name.size()));
-    }
-    if (type != AE_IFREG || archive_entry_hardlink(entry) != nullptr) {
-      return Invalid(fmt::format("member {} is not a regular file", Shown(name)));
-    }
-    if (members.size() == kMaxMembers) {
-      return Invalid(fmt::format("the archive has more than {} members", kMaxMembers));
-    }
-    for (const OvaMember& m : members) {
-      if (m.name == name) return Invalid(fmt::format("two members are named {}", Shown(name)));
-    }
-    const la_int64_t size = archive_entry_size(entry);
-    if (!archive_entry_size_is_set(entry) || size < 0) {
-      return Invalid(fmt::format("member {} has no size", Shown(name)));
-    }
-    Result<OvaMember> m =
-        LocateData(a.get(), bytes, std::string(name), static_cast<uint64_t>(size));
-    if (!m.ok()) return std::move(m).status().Context(fmt::format("member {}", Shown(name)));
+    BYOI_ASSIGN_OR_RETURN(std::optional<OvaTarHeader> header,
+                          EntryOf(a.get(), r, entry, Where(members)));
+    if (!header) continue;
+    BYOI_RETURN_IF_ERROR(CheckNewOvaMember(members, header->name));
+    Result<OvaMember> m = LocateData(a.get(), bytes, header->name, header->size);
+    if (!m.ok()) return std::move(m).status().Context("member " + Shown(header->name));
     members.push_back(std::move(*m));
   }
   return members;
@@ -151,11 +157,41 @@ Result<std::optional<size_t>> OnlyMember(const std::vector<OvaMember>& members,
   return found;
 }
 
-std::string_view Text(std::span<const uint8_t> archive, const OvaMember& m) {
-  return {reinterpret_cast<const char*>(archive.data() + m.offset), static_cast<size_t>(m.size)};
+}  // namespace
+
+Status CheckNewOvaMember(const std::vector<OvaMember>& members, std::string_view name) {
+  if (members.size() == kMaxMembers) {
+    return Invalid(fmt::format("the archive has more than {} members", kMaxMembers));
+  }
+  for (const OvaMember& m : members) {
+    if (m.name == name) return Invalid(fmt::format("two members are named {}", Shown(name)));
+  }
+  return Status::Ok();
 }
 
-}  // namespace
+Result<std::optional<OvaTarHeader>> ReadOvaTarHeader(std::span<const uint8_t> headers,
+                                                     const std::vector<OvaMember>& before) {
+  Result<ArchivePtr> opened = OpenTar(headers);
+  if (!opened.ok() && !before.empty()) {
+    // A lone header libarchive cannot bid on is an unrecognised format to it; inside the whole
+    // archive (the RAM reader) the same bytes are a damaged member: say what the RAM reader says.
+    return Invalid(Where(before) + ": Damaged tar archive");
+  }
+  BYOI_ASSIGN_OR_RETURN(ArchivePtr a, std::move(opened));
+  archive_entry* entry = nullptr;
+  const int r = archive_read_next_header(a.get(), &entry);
+  return EntryOf(a.get(), r, entry, Where(before));
+}
+
+Status CompareOvaDigest(const OvaMember& m, const OvaDigest& d, std::string_view actual) {
+  if (actual == d.expected) return Status::Ok();
+  return Status::Error(Code::kInvalid,
+                       fmt::format("the {} of {} ({} bytes) differs from the manifest's", d.algo,
+                                   Shown(m.name), m.size),
+                       msg::OvaChecksumMismatch(Shown(m.name), d.algo, actual, d.expected));
+}
+
+std::string_view OvaMemberName(std::string_view name) { return WithoutDotSlash(name); }
 
 bool LooksLikeOva(std::span<const uint8_t> bytes) {
   if (bytes.size() < 512 ||
@@ -178,10 +214,8 @@ bool LooksLikeOva(std::span<const uint8_t> bytes) {
   return false;
 }
 
-Result<OvaArchive> ReadOva(std::span<const uint8_t> bytes) {
-  BYOI_ASSIGN_OR_RETURN(std::vector<OvaMember> members, ListMembers(bytes));
-  OvaArchive out;
-  OvaInfo& info = out.info;
+Result<OvaInfo> DescribeOva(std::vector<OvaMember> members, const OvaMemberText& text) {
+  OvaInfo info;
   if (members.empty() || !EndsWithIgnoreCase(members[0].name, ".ovf")) {
     return Invalid(members.empty() ? "the archive holds no file"
                                    : fmt::format("the archive's first file is {}, not an .ovf "
@@ -194,7 +228,7 @@ Result<OvaArchive> ReadOva(std::span<const uint8_t> bytes) {
   info.descriptor = *ovf;
 
   const OvaMember& descriptor = members[info.descriptor];
-  Result<OvfDescriptor> parsed = ParseOvf(Text(bytes, descriptor));
+  Result<OvfDescriptor> parsed = ParseOvf(text(info.descriptor));
   if (!parsed.ok()) {
     return std::move(parsed).status().Context("the descriptor " + Shown(descriptor.name));
   }
@@ -232,7 +266,7 @@ Result<OvaArchive> ReadOva(std::span<const uint8_t> bytes) {
       return Invalid(fmt::format("the manifest {} has {} bytes, more than {}", Shown(mf.name),
                                  mf.size, kMaxOvaManifestBytes));
     }
-    Result<std::vector<OvaManifestLine>> lines = ParseOvaManifest(Text(bytes, mf));
+    Result<std::vector<OvaManifestLine>> lines = ParseOvaManifest(text(*info.manifest));
     if (!lines.ok()) return std::move(lines).status().Context("the manifest " + Shown(mf.name));
     for (OvaManifestLine& line : *lines) {
       std::optional<size_t> m = FindMember(members, line.file);
@@ -249,9 +283,21 @@ Result<OvaArchive> ReadOva(std::span<const uint8_t> bytes) {
       info.digests.push_back({*m, std::move(line.algo), std::move(line.hex)});
     }
   }
-  const OvaMember& chosen = members[info.disk];
-  out.disk = bytes.subspan(chosen.offset, chosen.size);
   info.members = std::move(members);
+  return info;
+}
+
+Result<OvaArchive> ReadOva(std::span<const uint8_t> bytes) {
+  BYOI_ASSIGN_OR_RETURN(std::vector<OvaMember> members, ListMembers(bytes));
+  // The descriptor and the manifest are read where they lie (DescribeOva bounds their sizes).
+  auto text = [&bytes, &members](size_t i) {
+    return std::string_view(reinterpret_cast<const char*>(bytes.data() + members[i].offset),
+                            static_cast<size_t>(members[i].size));
+  };
+  OvaArchive out;
+  BYOI_ASSIGN_OR_RETURN(out.info, DescribeOva(members, text));
+  const OvaMember& chosen = out.info.members[out.info.disk];
+  out.disk = bytes.subspan(chosen.offset, chosen.size);
   return out;
 }
 
@@ -261,12 +307,7 @@ Status VerifyOvaManifest(std::span<const uint8_t> archive, const OvaInfo& info,
     const OvaMember& m = info.members[d.member];
     BYOI_ASSIGN_OR_RETURN(std::string actual,
                           HexDigest(d.algo, archive.subspan(m.offset, m.size), cancel));
-    if (actual != d.expected) {
-      return Status::Error(Code::kInvalid,
-                           fmt::format("the {} of {} ({} bytes) differs from the manifest's",
-                                       d.algo, Shown(m.name), m.size),
-                           msg::OvaChecksumMismatch(Shown(m.name), d.algo, actual, d.expected));
-    }
+    BYOI_RETURN_IF_ERROR(CompareOvaDigest(m, d, actual));
   }
   return Status::Ok();
 }

@@ -18,9 +18,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "agent/base/cancel.hpp"
@@ -58,6 +60,38 @@ struct OvaInfo {
 // (case-insensitive), as libarchive reads it within the first 64 KiB or, for a header libarchive
 // refuses, as the header's name field gives it. Never fails.
 bool LooksLikeOva(std::span<const uint8_t> bytes);
+
+// A member's header as libarchive reads it.
+struct OvaTarHeader {
+  std::string name;  // without a leading "./"
+  uint64_t size = 0;
+};
+
+// The header of the member after `before`, read by libarchive from `headers`: the member's header
+// block and the pax or GNU extension blocks before it (stream mode reads the archive header by
+// header). nullopt for a directory; kInvalid for a damaged header ("the tar archive, after member 2
+// (a.mf): Damaged tar archive") or a member that is not a regular file.
+Result<std::optional<OvaTarHeader>> ReadOvaTarHeader(std::span<const uint8_t> headers,
+                                                     const std::vector<OvaMember>& before);
+
+// The rules for one more member after `members`: kInvalid past 4096 members or for a second
+// member of one name.
+Status CheckNewOvaMember(const std::vector<OvaMember>& members, std::string_view name);
+
+// `name` without a leading "./", as members and the descriptor's hrefs are compared.
+std::string_view OvaMemberName(std::string_view name);
+
+// Ok when `actual` is the digest `d` expects of `m`; kInvalid with msg::OvaChecksumMismatch
+// otherwise.
+Status CompareOvaDigest(const OvaMember& m, const OvaDigest& d, std::string_view actual);
+
+// The text of member `i` (the descriptor, the manifest), where the caller holds it.
+using OvaMemberText = std::function<std::string_view(size_t i)>;
+
+// Checks an archive's members (in archive order, as listed by ReadOva or by stream mode's reader)
+// and its descriptor and manifest by the rules above; the OvaInfo (whose `members` are `members`)
+// or the error ReadOva gives. The descriptor's size is bounded by ParseOvf, the manifest's here.
+Result<OvaInfo> DescribeOva(std::vector<OvaMember> members, const OvaMemberText& text);
 
 struct OvaArchive {
   OvaInfo info;

@@ -70,30 +70,59 @@ Result<std::vector<OvaManifestLine>> ParseOvaManifest(std::string_view text) {
   return lines;
 }
 
+struct ManifestHasher::Context {
+  std::string algo;
+  std::unique_ptr<EVP_MD_CTX, CtxFree> ctx;
+};
+
+Result<ManifestHasher> ManifestHasher::Create(const std::vector<std::string>& algos) {
+  ManifestHasher h;
+  for (const std::string& name : algos) {
+    const Algo* a = FindAlgo(name);
+    const EVP_MD* md = a != nullptr ? EVP_get_digestbyname(a->openssl) : nullptr;
+    Context c{std::string(a != nullptr ? a->name : name), {EVP_MD_CTX_new(), CtxFree()}};
+    if (md == nullptr || c.ctx == nullptr || EVP_DigestInit_ex(c.ctx.get(), md, nullptr) != 1) {
+      return Status::Error(Code::kInternal, "OpenSSL cannot compute " + name);
+    }
+    h.contexts_.push_back(std::move(c));
+  }
+  return h;
+}
+
+ManifestHasher::ManifestHasher(ManifestHasher&&) noexcept = default;
+ManifestHasher& ManifestHasher::operator=(ManifestHasher&&) noexcept = default;
+ManifestHasher::~ManifestHasher() = default;
+
+void ManifestHasher::Update(std::span<const uint8_t> bytes) {
+  for (Context& c : contexts_) {
+    if (EVP_DigestUpdate(c.ctx.get(), bytes.data(), bytes.size()) != 1) failed_ = true;
+  }
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> ManifestHasher::Final() {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (Context& c : contexts_) {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    if (failed_ || EVP_DigestFinal_ex(c.ctx.get(), digest, &length) != 1) {
+      return Status::Error(Code::kInternal, "OpenSSL failed computing " + c.algo);
+    }
+    std::string hex;
+    for (unsigned int i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
+    out.emplace_back(c.algo, std::move(hex));
+  }
+  return out;
+}
+
 Result<std::string> HexDigest(std::string_view algo, std::span<const uint8_t> bytes,
                               const CancelToken& cancel) {
-  const Algo* a = FindAlgo(algo);
-  if (a == nullptr) return Status::Error(Code::kInternal, "no digest " + std::string(algo));
-  const EVP_MD* md = EVP_get_digestbyname(a->openssl);
-  std::unique_ptr<EVP_MD_CTX, CtxFree> ctx(EVP_MD_CTX_new());
-  if (md == nullptr || ctx == nullptr || EVP_DigestInit_ex(ctx.get(), md, nullptr) != 1) {
-    return Status::Error(Code::kInternal, fmt::format("OpenSSL cannot compute {}", a->name));
-  }
+  BYOI_ASSIGN_OR_RETURN(ManifestHasher h, ManifestHasher::Create({std::string(algo)}));
   for (uint64_t done = 0; done < bytes.size(); done += kDigestSlice) {
     BYOI_RETURN_IF_ERROR(cancel.Check());
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(kDigestSlice, bytes.size() - done));
-    if (EVP_DigestUpdate(ctx.get(), bytes.data() + done, n) != 1) {
-      return Status::Error(Code::kInternal, fmt::format("OpenSSL failed computing {}", a->name));
-    }
+    h.Update(bytes.subspan(done, std::min<uint64_t>(kDigestSlice, bytes.size() - done)));
   }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  if (EVP_DigestFinal_ex(ctx.get(), digest, &length) != 1) {
-    return Status::Error(Code::kInternal, fmt::format("OpenSSL failed computing {}", a->name));
-  }
-  std::string hex;
-  for (unsigned int i = 0; i < length; ++i) hex += fmt::format("{:02x}", digest[i]);
-  return hex;
+  BYOI_ASSIGN_OR_RETURN(auto digests, h.Final());
+  return std::move(digests.front().second);
 }
 
 }  // namespace byoi

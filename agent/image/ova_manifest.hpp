@@ -7,6 +7,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "agent/base/cancel.hpp"
@@ -27,6 +28,27 @@ struct OvaManifestLine {
 // kInvalid naming the line for anything else (a hex digest of the wrong length for its type, a
 // line that is not a digest); kUnsupported for an algorithm other than SHA1, SHA256, SHA512.
 Result<std::vector<OvaManifestLine>> ParseOvaManifest(std::string_view text);
+
+// Digests of one byte stream with one or more of the manifest's algorithms, fed in pieces.
+class ManifestHasher {
+ public:
+  // `algos`: "sha1", "sha256", "sha512". kInternal when OpenSSL cannot provide one.
+  static Result<ManifestHasher> Create(const std::vector<std::string>& algos);
+  ManifestHasher(ManifestHasher&&) noexcept;
+  ManifestHasher& operator=(ManifestHasher&&) noexcept;
+  ~ManifestHasher();
+
+  void Update(std::span<const uint8_t> bytes);
+  // (algo, lower-case hex) for each algorithm given to Create, in its order. kInternal when
+  // OpenSSL failed on the way.
+  Result<std::vector<std::pair<std::string, std::string>>> Final();
+
+ private:
+  ManifestHasher() = default;
+  struct Context;
+  std::vector<Context> contexts_;
+  bool failed_ = false;
+};
 
 // The lower-case hex `algo` digest ("sha1", "sha256", "sha512") of `bytes`, checking `cancel`
 // every 64 MiB. kCancelled; kInternal when OpenSSL fails.

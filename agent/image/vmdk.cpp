@@ -18,7 +18,6 @@ namespace {
 constexpr uint64_t kMaxGdEntries = 32ull << 20;
 // QEMU reads at most two grains for a grain marker and its data, and refuses a longer one.
 constexpr uint64_t kMaxCompressedGrains = 2;
-constexpr uint64_t kMaxDescriptorBytes = 1 << 20;
 // The first bytes of an seSparse extent (little-endian u64 0xcafebabe) and of a VMDK3 one.
 constexpr uint8_t kSeSparseMagic[8] = {0xbe, 0xba, 0xfe, 0xca, 0, 0, 0, 0};
 
@@ -224,7 +223,7 @@ Status ValidateMap(std::span<const uint8_t> file, const Geometry& g, const uint8
 
 // Names the files a descriptor-only VMDK points to, for the refusal.
 Status RefuseDescriptorOnly(std::span<const uint8_t> file) {
-  const size_t n = std::min<size_t>(file.size(), kMaxDescriptorBytes);
+  const size_t n = std::min<size_t>(file.size(), kMaxVmdkDescriptorBytes);
   VmdkDescriptor d =
       ParseVmdkDescriptor(std::string_view(reinterpret_cast<const char*>(file.data()), n));
   std::string files;
@@ -278,17 +277,8 @@ Result<VmdkImage> ReadVmdk(std::span<const uint8_t> file) {
                     "end ({} bytes)",
                     h.grain_offset, file.size()));
   }
-  if (h.desc_offset != 0 && h.desc_size != 0 && h.desc_offset < file_sectors) {
-    const uint64_t at = h.desc_offset * kVmdkSector;
-    const uint64_t n = std::min({h.desc_size * kVmdkSector, kMaxDescriptorBytes, file.size() - at});
-    VmdkDescriptor d =
-        ParseVmdkDescriptor(std::string_view(reinterpret_cast<const char*>(file.data() + at), n));
-    info.create_type = PrintableText(d.create_type, 64);
-    if (!d.parent_hint.empty()) {
-      return Unsupported(fmt::format("the VMDK has a parent disk (parentFileNameHint \"{}\")",
-                                     PrintableText(d.parent_hint, 256)));
-    }
-  }
+  BYOI_ASSIGN_OR_RETURN(VmdkDescriptor d, ReadEmbeddedDescriptor(file, h));
+  info.create_type = PrintableText(d.create_type, 64);
 
   Geometry g;
   g.grain_bytes = h.grain_bytes();

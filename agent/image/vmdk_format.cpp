@@ -21,7 +21,6 @@ constexpr uint64_t kMaxGranularity = 4096;
 constexpr uint32_t kMaxGtesPerGt = 512;
 // capacity * 512 must not overflow, with room for the arithmetic on top.
 constexpr uint64_t kMaxCapacity = 1ull << 55;
-constexpr size_t kMaxDescriptorText = 1 << 20;
 constexpr size_t kMaxExtentLines = 1024;
 
 Status Invalid(std::string detail) { return Status::Error(Code::kInvalid, std::move(detail)); }
@@ -174,7 +173,7 @@ Result<VmdkMarker> DecodeVmdkMarker(std::span<const uint8_t> bytes) {
 }
 
 VmdkDescriptor ParseVmdkDescriptor(std::string_view text) {
-  text = text.substr(0, std::min(text.size(), kMaxDescriptorText));
+  text = text.substr(0, std::min<size_t>(text.size(), kMaxVmdkDescriptorBytes));
   text = text.substr(0, std::min(text.find('\0'), text.size()));
   VmdkDescriptor d;
   while (!text.empty()) {
@@ -194,6 +193,23 @@ VmdkDescriptor ParseVmdkDescriptor(std::string_view text) {
     if (key == "createType") d.create_type = std::move(value);
     if (key == "parentCID") d.parent_cid = std::move(value);
     if (key == "parentFileNameHint") d.parent_hint = std::move(value);
+  }
+  return d;
+}
+
+Result<VmdkDescriptor> ReadEmbeddedDescriptor(std::span<const uint8_t> file, const VmdkHeader& h) {
+  const uint64_t file_sectors = (file.size() + kVmdkSector - 1) / kVmdkSector;
+  if (h.desc_offset == 0 || h.desc_size == 0 || h.desc_offset >= file_sectors) {
+    return VmdkDescriptor{};
+  }
+  const uint64_t at = h.desc_offset * kVmdkSector;
+  const uint64_t n =
+      std::min({h.desc_size * kVmdkSector, kMaxVmdkDescriptorBytes, file.size() - at});
+  VmdkDescriptor d =
+      ParseVmdkDescriptor(std::string_view(reinterpret_cast<const char*>(file.data() + at), n));
+  if (!d.parent_hint.empty()) {
+    return Unsupported(fmt::format("the VMDK has a parent disk (parentFileNameHint \"{}\")",
+                                   PrintableText(d.parent_hint, 256)));
   }
   return d;
 }

@@ -128,6 +128,13 @@ struct VmdkDescriptor {
 // kept. Never fails: what is missing is empty.
 VmdkDescriptor ParseVmdkDescriptor(std::string_view text);
 
+inline constexpr uint64_t kMaxVmdkDescriptorBytes = 1 << 20;
+
+// The descriptor embedded in a sparse file (`h.desc_offset`, `h.desc_size` sectors, at most
+// kMaxVmdkDescriptorBytes, cut at the end of `file`; empty when there is none). kUnsupported when
+// it names a parent disk (parentFileNameHint: the file holds a snapshot's changes only).
+Result<VmdkDescriptor> ReadEmbeddedDescriptor(std::span<const uint8_t> file, const VmdkHeader& h);
+
 // True when `bytes` starts like a descriptor file: "# Disk DescriptorFile", or comment and blank
 // lines then "version=N" (QEMU's vmdk_probe).
 bool LooksLikeVmdkDescriptor(std::span<const uint8_t> bytes);

@@ -5,6 +5,7 @@ files carry, sizes that are not a multiple of the grain, and OVAs packed as ovft
 tarfile and GNU tar pack them, the bytes written must be identical, onto a regular file and onto
 loop devices with 512- and 4096-byte sectors pre-filled with random bytes. Made at test time."""
 
+import hashlib
 import os
 import sys
 import tarfile
@@ -12,10 +13,11 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conformance_util import (MIB, ConversionChecks, convert, qemu_io, random_file,  # noqa: E402
-                              read, reference, run, tempdir)
+from conformance_util import (MIB, ConversionChecks, RefusalChecks, convert,  # noqa: E402
+                              qemu_io, random_file, read, reference, run, tempdir)
 from ova_util import (Vmdk, extract, make_ova, make_ova_with_gnu_tar, vmdk_from_raw,  # noqa: E402
                       vmware_stream)
+
 
 GRAIN = 64 * 1024
 SUBFORMATS = ("streamOptimized", "monolithicSparse")
@@ -39,6 +41,10 @@ def disk_raw(path, size, seed="ova"):
 
 
 class OvaConformance(ConversionChecks, unittest.TestCase):
+    # The write mode of every conversion, and the subformats it reads (OvaConformanceStream below
+    # runs the suite again in stream mode, which reads streamOptimized only).
+    mode = "ram"
+    subformats = SUBFORMATS
 
     def setUp(self):
         self._tmp = tempdir()
@@ -63,7 +69,7 @@ class OvaConformance(ConversionChecks, unittest.TestCase):
     def test_sizes_and_subformats(self):
         # Whole grains, a sector short of one, sectors past one, and sizes under a grain.
         sizes = (4 * MIB, 5 * MIB + 512, 3 * MIB + 3584, 2 * MIB - 512, 512, 4096, 40000)
-        for subformat in SUBFORMATS:
+        for subformat in self.subformats:
             for size in sizes:
                 with self.subTest(subformat=subformat, size=size):
                     disk = self.vmdk(size, subformat, seed=f"{subformat}{size}")
@@ -71,20 +77,30 @@ class OvaConformance(ConversionChecks, unittest.TestCase):
                     self.check_ova(make_ova(self.path("a.ova"), [disk]), disk)
 
     def test_bare_vmdk_sources(self):
-        for subformat in SUBFORMATS:
+        for subformat in self.subformats:
             with self.subTest(subformat=subformat):
                 disk = self.vmdk(3 * MIB + 1536, subformat)
                 self.assertConvertsLike(disk, reference(disk, self.path("ref.raw"), "vmdk"))
 
     def test_zero_grains(self):
-        # zeroed_grain=on: version 2 with the zero-grain flag; `write -z` over whole grains makes
-        # table entries of 1, which read as zeros.
-        disk = self.vmdk(4 * MIB, "monolithicSparse", zeroed_grain="on")
-        qemu_io(disk, "write -z 0 128k", "write -z 1M 64k", fmt="vmdk")
-        v = Vmdk(disk)
-        self.assertTrue(v.flags & 4)
-        self.assertIn(1, [v.u32(v.gte_offset(i)) for i in range(4)])
-        self.check_ova(make_ova(self.path("z.ova"), [disk]), disk)
+        # The zero-grain flag and table entries of 1, which read as zeros: qemu-io's `write -z`
+        # over whole grains of a monolithicSparse file with zeroed_grain=on makes them; for a
+        # streamOptimized file (qemu-img never writes them there) the flag and an entry are set.
+        for subformat in self.subformats:
+            with self.subTest(subformat=subformat):
+                disk = self.vmdk(4 * MIB, subformat, zeroed_grain="on")
+                if subformat == "monolithicSparse":
+                    qemu_io(disk, "write -z 0 128k", "write -z 1M 64k", fmt="vmdk")
+                v = Vmdk(disk)
+                if subformat == "streamOptimized":
+                    zero = next(i for i in range(64) if v.u32(v.gte_offset(i)) == 0)
+                    v.set_u32(v.gte_offset(zero), 1)
+                    v.set_u32(8, v.flags | 4)
+                    v.save()
+                    v = Vmdk(disk)
+                self.assertTrue(v.flags & 4)
+                self.assertIn(1, [v.u32(v.gte_offset(i)) for i in range(64)])
+                self.check_ova(make_ova(self.path("z.ova"), [disk]), disk)
 
     def test_vmware_footer(self):
         # VMware writes the grain directory's offset as GD_AT_END and the real header in the
@@ -100,7 +116,7 @@ class OvaConformance(ConversionChecks, unittest.TestCase):
     def test_empty_disk(self):
         # qemu-img takes a VMDK of capacity 0 for a descriptor file and refuses to open it; the
         # agent reads it as the empty disk it is.
-        for subformat in SUBFORMATS:
+        for subformat in self.subformats:
             with self.subTest(subformat=subformat):
                 disk = self.path(f"empty-{subformat}.vmdk")
                 run("qemu-img", "create", "-q", "-f", "vmdk", "-o", f"subformat={subformat}", disk,
@@ -113,7 +129,7 @@ class OvaConformance(ConversionChecks, unittest.TestCase):
                 ova = make_ova(self.path("e.ova"), [disk])
                 out = self.path("out.raw")
                 random_file(out, MIB, "empty")
-                r = convert(ova, out)
+                r = self.convert(ova, out)
                 self.assertEqual(r.returncode, 0, r.stderr)
                 self.assertEqual(os.path.getsize(out), 0)
 
@@ -136,9 +152,11 @@ class OvaConformance(ConversionChecks, unittest.TestCase):
                 self.check_ova(ova, disks[0], targets=("file",))
 
     def test_manifests(self):
-        disk = self.vmdk(MIB + 1024, "monolithicSparse")
+        disk = self.vmdk(MIB + 1024, self.subformats[-1])
         for algo in ("sha1", "sha256", "sha512"):
             for where in ("first", "last", None):
+                if (self.mode, algo, where) == ("stream", "sha512", "last"):
+                    continue  # StreamOnly.test_manifest_after_the_disk
                 with self.subTest(algo=algo, manifest=where):
                     ova = make_ova(self.path("m.ova"), [disk], algo=algo, manifest=where)
                     self.check_ova(ova, disk, targets=("file",))
@@ -158,7 +176,7 @@ class OvaConformance(ConversionChecks, unittest.TestCase):
             for offset, byte in ((0, b"\x01"), (1 << 39, b"\x02"), ((1 << 40) - GRAIN, b"\x03")):
                 f.seek(offset)
                 f.write(byte * GRAIN)
-        for subformat in SUBFORMATS:
+        for subformat in self.subformats:
             with self.subTest(subformat=subformat):
                 disk = vmdk_from_raw(raw, self.path("big.vmdk"), subformat)
                 ova = make_ova(self.path("big.ova"), [disk])
@@ -166,11 +184,11 @@ class OvaConformance(ConversionChecks, unittest.TestCase):
                 if os.path.exists(out):
                     os.unlink(out)
                 start = time.monotonic()
-                r = convert(ova, out)
+                r = self.convert(ova, out)
                 elapsed = time.monotonic() - start
                 self.assertEqual(r.returncode, 0, r.stderr)
                 print(f"\n1 TiB {subformat} OVA ({os.path.getsize(ova)} bytes) converted in "
-                      f"{elapsed:.2f} s", file=sys.stderr)
+                      f"{elapsed:.2f} s ({self.mode} mode)", file=sys.stderr)
                 self.assertLess(elapsed, 30, "a 1 TiB empty disk must take seconds")
                 self.assertEqual(os.path.getsize(out), 1 << 40)
                 self.assertLess(os.stat(out).st_blocks * 512, 64 * MIB, "the output stays sparse")
@@ -178,6 +196,94 @@ class OvaConformance(ConversionChecks, unittest.TestCase):
                 self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
                 self.assertEqual(read(out, 1 << 39, GRAIN), b"\x02" * GRAIN)
                 os.unlink(disk)
+
+
+class OvaConformanceStream(OvaConformance):
+    """The suite again in stream mode (the OVA read front to back and written while it passes)."""
+    mode = "stream"
+    subformats = ("streamOptimized",)
+
+
+class StreamOnly(RefusalChecks, unittest.TestCase):
+    """What only stream mode meets: a manifest that comes after the disk, a monolithicSparse disk
+    (its grains may come in any order), grains out of order, an archive cut short. Refusals found
+    after writing began leave the target's first MiB unwritten (held back until the end)."""
+    mode = "stream"
+
+    def assert_untouched(self, path, digest, first_mib):
+        self.assertTrue(read(path, 0, MIB) == first_mib, "the first MiB was written")
+
+    def disk(self, subformat="streamOptimized", size=4 * MIB, name="disk1.vmdk"):
+        raw = disk_raw(self.path("src.raw"), size, "stream-only")
+        out = self.path(name)
+        if os.path.exists(out):
+            os.unlink(out)
+        return vmdk_from_raw(raw, out, subformat)
+
+    def test_manifest_after_the_disk(self):
+        disk = self.disk()
+        ref = reference(disk, self.path("ref.raw"), "vmdk")
+        for algo in ("sha1", "sha256"):
+            with self.subTest(algo=algo):
+                ova = make_ova(self.path("late.ova"), [disk], algo=algo, manifest="last")
+                out = self.path("out.raw")
+                r = self.convert(ova, out)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(run("cmp", ref, out, check=False).returncode, 0)
+        ova = make_ova(self.path("late.ova"), [disk], algo="sha512", manifest="last")
+        self.assertRefused(ova, "Can't write ova on disk.",
+                           "the manifest comes after disk1.vmdk and gives its sha512: stream "
+                           "mode hashes the files before the manifest with SHA1 and SHA256 only "
+                           "(ram mode checks it)")
+        # ram mode checks it.
+        out = self.path("out.raw")
+        r = convert(ova, out, mode="ram")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_manifest_mismatch_found_at_the_end(self):
+        disk = self.disk()
+        data = read(disk)
+        changed = data[:-100] + bytes([data[-100] ^ 1]) + data[-99:]
+        ova = make_ova(self.path("bad.ova"), [disk],
+                       mangle=lambda files: [(n, changed if n == "disk1.vmdk" else d)
+                                             for n, d in files])
+        self.assertRefused(ova, "Bad sha256 for disk1.vmdk in the OVA, got: %s while expecting %s."
+                           % (hashlib.sha256(changed).hexdigest(), hashlib.sha256(data).hexdigest()))
+
+    def test_monolithic_sparse_is_refused(self):
+        ova = make_ova(self.path("sparse.ova"), [self.disk("monolithicSparse")])
+        self.assertRefused(ova, "Can't write ova on disk.",
+                           "the disk disk1.vmdk: a monolithicSparse VMDK: its grains may come in "
+                           "any order, so stream mode cannot read it (ram mode can)")
+
+    def test_grains_out_of_order(self):
+        raw = disk_raw(self.path("o.raw"), 2 * MIB, "order")
+        disk = vmware_stream(raw, self.path("disk1.vmdk"))
+        v = Vmdk(disk)
+        # Swap the first two grains (markers and data) and their table entries.
+        (g0, s0), (g1, s1) = list(v.grains())[:2]
+        a = bytes(v.data[s0 * 512:s1 * 512])
+        b_end = next(s for _, s in list(v.grains())[2:3])
+        b = bytes(v.data[s1 * 512:b_end * 512])
+        v.data[s0 * 512:b_end * 512] = b + a
+        v.set_u32(v.gte_offset(g0), s0 + len(b) // 512)
+        v.set_u32(v.gte_offset(g1), s0)
+        v.save()
+        ref = reference(disk, self.path("ref.raw"), "vmdk")  # qemu-img reads it by its tables
+        ova = make_ova(self.path("order.ova"), [disk])
+        self.assertRefused(ova, "Can't write ova on disk.", "names sector 0, not after the grain "
+                           "before it (sector 128)")
+        out = self.path("out.raw")
+        r = convert(ova, out, mode="ram")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(run("cmp", ref, out, check=False).returncode, 0)
+
+    def test_archive_cut_short(self):
+        ova = make_ova(self.path("cut.ova"), [self.disk()])
+        with open(ova, "r+b") as f:
+            f.truncate(os.path.getsize(ova) // 2)
+        self.assertRefused(ova, "Can't write ova on disk.",
+                           "member disk1.vmdk: the archive ends inside its data")
 
 
 if __name__ == "__main__":
