@@ -16,8 +16,6 @@ namespace {
 
 // QEMU's bound on a directory ("L1 size too big"): 32 Mi entries.
 constexpr uint64_t kMaxGdEntries = 32ull << 20;
-// QEMU reads at most two grains for a grain marker and its data, and refuses a longer one.
-constexpr uint64_t kMaxCompressedGrains = 2;
 // The first bytes of an seSparse extent (little-endian u64 0xcafebabe) and of a VMDK3 one.
 constexpr uint8_t kSeSparseMagic[8] = {0xbe, 0xba, 0xfe, 0xca, 0, 0, 0, 0};
 
@@ -84,10 +82,7 @@ Status DecodeGrain(std::span<const uint8_t> file, const Geometry& g, uint32_t en
     return Invalid(fmt::format("the grain marker at {} names sector {}, not {}", Hex(host), m.value,
                                offset / kVmdkSector));
   }
-  if (m.size > kMaxCompressedGrains * g.grain_bytes) {
-    return Invalid(fmt::format("the grain at {} has {} compressed bytes, more than two grains",
-                               Hex(host), m.size));
-  }
+  BYOI_RETURN_IF_ERROR(CheckVmdkGrainSize(m, host, g.grain_bytes));
   if (!InFile(host + m.header_bytes, m.size, file.size())) {
     return Invalid(fmt::format("the compressed grain at {} ({} bytes) passes the end of the file",
                                Hex(host), m.size));

@@ -172,6 +172,12 @@ Result<VmdkMarker> DecodeVmdkMarker(std::span<const uint8_t> bytes) {
   return m;
 }
 
+Status CheckVmdkGrainSize(const VmdkMarker& m, uint64_t at, uint64_t grain_bytes) {
+  if (m.size <= 2 * grain_bytes) return Status::Ok();
+  return Invalid(
+      fmt::format("the grain at {:#x} has {} compressed bytes, more than two grains", at, m.size));
+}
+
 VmdkDescriptor ParseVmdkDescriptor(std::string_view text) {
   text = text.substr(0, std::min<size_t>(text.size(), kMaxVmdkDescriptorBytes));
   text = text.substr(0, std::min(text.find('\0'), text.size()));

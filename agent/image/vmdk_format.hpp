@@ -108,6 +108,10 @@ struct VmdkMarker {
 // grain's data is there too is the caller's business.
 Result<VmdkMarker> DecodeVmdkMarker(std::span<const uint8_t> bytes);
 
+// A grain marker's size against QEMU's bound: it reads at most two grains for a marker and its
+// data, and refuses a longer one. kInvalid naming the marker at file offset `at` otherwise.
+Status CheckVmdkGrainSize(const VmdkMarker& m, uint64_t at, uint64_t grain_bytes);
+
 struct VmdkExtentLine {
   std::string access;  // RW, RDONLY, NOACCESS
   uint64_t sectors = 0;

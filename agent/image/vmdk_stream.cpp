@@ -12,8 +12,6 @@
 namespace byoi {
 namespace {
 
-// QEMU reads at most two grains for a grain marker and its data (as the RAM reader).
-constexpr uint64_t kMaxCompressedGrains = 2;
 constexpr uint64_t kGrainMarkerBytes = 12;
 // What a file that is not a sparse extent may show of itself before it is refused (a descriptor
 // file's text, naming its extents).
@@ -213,13 +211,12 @@ Status VmdkStreamReader::EndMarker() {
   const std::string where = fmt::format("the marker at {}", Hex(marker_at_));
   if (current_.type == VmdkMarkerType::kEndOfStream) {
     phase_ = Phase::kEnded;
+    eos_at_ = marker_at_;
+    eos_value_ = current_.value;
     return Status::Ok();
   }
   if (current_.type == VmdkMarkerType::kGrain) {
-    if (current_.size > kMaxCompressedGrains * grain_bytes_) {
-      return Invalid(fmt::format("the grain at {} has {} compressed bytes, more than two grains",
-                                 Hex(marker_at_), current_.size));
-    }
+    BYOI_RETURN_IF_ERROR(CheckVmdkGrainSize(current_, marker_at_, grain_bytes_));
     body_needed_ = current_.size;
     phase_ = Phase::kGrain;
   } else {
@@ -305,6 +302,8 @@ Status VmdkStreamReader::EndMetadata() {
         return std::move(f).status().Context(fmt::format("footer at {}", Hex(marker_at_)));
       }
       footer_ = *f;
+      footer_at_ = marker_at_;
+      footer_sectors_ = current_.value;
       break;
     }
     default:
@@ -328,11 +327,21 @@ Status VmdkStreamReader::CheckTables() {
           "the file ended before its footer (the header puts the grain directory at "
           "the end)");
     }
+    // The RAM reader reads the footer in the file's last three whole sectors: the footer marker,
+    // its header, the end-of-stream marker; so must it be here.
+    if (!eos_at_ || *eos_at_ != footer_at_ + 2 * kVmdkSector || footer_sectors_ != 1 ||
+        eos_value_ != 0 || pos_ / kVmdkSector * kVmdkSector != *eos_at_ + kVmdkSector) {
+      return Invalid(
+          fmt::format("the footer at {} is not the file's last three sectors (its "
+                      "marker, its header, the end-of-stream marker)",
+                      Hex(footer_at_)));
+    }
     const VmdkHeader& f = *footer_;
-    if (f.capacity != h_.capacity || f.granularity != h_.granularity ||
-        f.gtes_per_gt != h_.gtes_per_gt || f.compress_algorithm != h_.compress_algorithm ||
-        f.flags != h_.flags) {
-      return Invalid("the footer's header does not repeat the first header's geometry");
+    if (f.version != h_.version || f.flags != h_.flags || f.capacity != h_.capacity ||
+        f.granularity != h_.granularity || f.desc_offset != h_.desc_offset ||
+        f.desc_size != h_.desc_size || f.gtes_per_gt != h_.gtes_per_gt ||
+        f.grain_offset != h_.grain_offset || f.compress_algorithm != h_.compress_algorithm) {
+      return Invalid("the footer's header does not repeat the first header");
     }
     if (f.gd_offset == kVmdkGdAtEnd || gd_.empty() || f.gd_offset != gd_sector_) {
       return Invalid(
@@ -340,8 +349,13 @@ Status VmdkStreamReader::CheckTables() {
                       "marker put one",
                       Hex(f.gd_offset * kVmdkSector)));
     }
+    std::map<uint32_t, uint64_t> referenced;  // table sector -> directory entry
     for (uint64_t i = 0; i < gd_.size(); ++i) {
       if (gd_[i] == 0) continue;
+      if (!referenced.emplace(gd_[i], i).second) {
+        return Invalid(fmt::format("the grain table at {} (directory entry {}) is referenced twice",
+                                   Hex(uint64_t{gd_[i]} * kVmdkSector), i));
+      }
       auto it = gt_markers_.find(gd_[i]);
       if (it == gt_markers_.end()) {
         return Invalid(

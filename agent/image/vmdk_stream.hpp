@@ -133,6 +133,10 @@ class VmdkStreamReader : public ByteSink {
   std::map<uint64_t, std::vector<uint8_t>> gt_markers_;
   uint64_t gd_sector_ = 0;  // of the directory marker's data
   std::optional<VmdkHeader> footer_;
+  uint64_t footer_at_ = 0;          // file offset of the footer marker
+  uint64_t footer_sectors_ = 0;     // the sectors it says follow it
+  std::optional<uint64_t> eos_at_;  // file offset of the end-of-stream marker
+  uint64_t eos_value_ = 0;
 
   ClusterDecompressor inflater_;
   std::vector<uint8_t> grain_;

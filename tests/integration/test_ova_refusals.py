@@ -20,6 +20,20 @@ from ova_util import (SECTOR, Vmdk, header_offset, make_ova, member_offset, ovf_
 
 CANT_WRITE_OVA = "Can't write ova on disk."
 CANT_WRITE_VMDK = "Can't write vmdk on disk."
+_TEXT = b"an appliance. " * 20000
+# Grains that do not inflate to one grain: (case, zlib stream, the reason given).
+BAD_GRAINS = (
+    ("short", zlib.compress(_TEXT[:65536 - 512]),
+     "zlib stream inflates to 65024 bytes, less than a grain"),
+    ("long", zlib.compress(_TEXT[:65536 + 512]), "zlib stream inflates to more than a grain"),
+    ("garbage", b"\x78\x9c" + b"\xff" * 200, "corrupt zlib stream"),
+    ("bad checksum", zlib.compress(_TEXT[:65536])[:-1] + b"\x00", "corrupt zlib stream"),
+)
+
+
+def point_first_grain_past_the_end(v):
+    index, _ = next(v.grains())
+    v.set_u32(v.gte_offset(index), len(v.data) // SECTOR + 100)
 
 
 class Refusals(RefusalChecks, unittest.TestCase):
@@ -240,11 +254,10 @@ class Refusals(RefusalChecks, unittest.TestCase):
         self.refused_ova(disk, "(directory entry 1) is referenced twice")
 
     def test_grain_past_the_end_of_the_file(self):
-        def past(v):
-            index, _ = next(v.grains())
-            v.set_u32(v.gte_offset(index), len(v.data) // SECTOR + 100)
-        self.refused_ova(self.patched(past, "monolithicSparse"), "maps past the end of the file")
-        self.refused_ova(self.patched(past), "lies past the end of the file")
+        self.refused_ova(self.patched(point_first_grain_past_the_end, "monolithicSparse"),
+                         "maps past the end of the file")
+        self.refused_ova(self.patched(point_first_grain_past_the_end),
+                         "lies past the end of the file")
 
     def test_marker_naming_another_sector(self):
         def shifted(v):
@@ -269,15 +282,7 @@ class Refusals(RefusalChecks, unittest.TestCase):
     def test_grain_that_inflates_wrong(self):
         # Every compressed grain is inflated before the target is opened: a bad one, even past
         # the first MiB, is refused with the disk untouched.
-        text = b"an appliance. " * 20000
-        cases = (
-            ("short", zlib.compress(text[:65536 - 512]),
-             "zlib stream inflates to 65024 bytes, less than a grain"),
-            ("long", zlib.compress(text[:65536 + 512]), "zlib stream inflates to more than a grain"),
-            ("garbage", b"\x78\x9c" + b"\xff" * 200, "corrupt zlib stream"),
-            ("bad checksum", zlib.compress(text[:65536])[:-1] + b"\x00", "corrupt zlib stream"),
-        )
-        for name, stream, reason in cases:
+        for name, stream, reason in BAD_GRAINS:
             with self.subTest(name):
                 disk = self.patched(lambda v: self.replace_grain(v, 40, stream))
                 self.qemu_refuses(disk)
@@ -387,10 +392,8 @@ class StreamRefusals(Refusals):
         self.refused_ova(self.disk("monolithicSparse", 40 * MIB), self.SPARSE)
 
     def test_grain_past_the_end_of_the_file(self):
-        def past(v):
-            index, _ = next(v.grains())
-            v.set_u32(v.gte_offset(index), len(v.data) // SECTOR + 100)
-        self.refused_ova(self.patched(past), "the grain at sector 0: its table entry points to",
+        self.refused_ova(self.patched(point_first_grain_past_the_end),
+                         "the grain at sector 0: its table entry points to",
                          "but its marker came at 0x10000")
 
     def test_footer_refusals(self):
@@ -432,14 +435,7 @@ class StreamRefusals(Refusals):
         # the end, as the ram-mode case makes it, is out of order here).
         raw = self.path("bad.raw")
         random_file(raw, 4 * MIB, "bad-grain")
-        text = b"an appliance. " * 20000
-        cases = (
-            ("short", zlib.compress(text[:65536 - 512]),
-             "zlib stream inflates to 65024 bytes, less than a grain"),
-            ("long", zlib.compress(text[:65536 + 512]), "zlib stream inflates to more than a grain"),
-            ("garbage", b"\x78\x9c" + b"\xff" * 200, "corrupt zlib stream"),
-        )
-        for name, stream, reason in cases:
+        for name, stream, reason in BAD_GRAINS:
             with self.subTest(name):
                 disk = vmware_stream(raw, self.path("disk1.vmdk"),
                                      deflate=lambda i, chunk: stream if i == 40 else
