@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "agent/image/open_image.hpp"
 #include "agent/image/ova_stream.hpp"
 #include "agent/image/qcow2_stream.hpp"
 #include "agent/image/vmdk_stream.hpp"
@@ -95,16 +96,16 @@ Status StreamImage::Identify() {
     });
     // A decoded file's length is not known before its end.
     BYOI_RETURN_IF_ERROR(qcow2_->Start(decoder_ ? std::nullopt : total_));
-  } else if (head_.format.format == ImageFormat::kOva ||
-             head_.format.format == ImageFormat::kVmdk) {
-    // As OpenImage reads them: an OVA's disk, or a VMDK file, through the VMDK reader.
+  } else if (const ImageFormat reader = SourceFormat(first);
+             reader == ImageFormat::kOva || reader == ImageFormat::kVmdk) {
+    // As OpenImage chooses (SourceFormat): an OVA's disk, or a VMDK file, through the VMDK reader.
     auto on_disk = [this](const VmdkInfo& info) {
       head_.vmdk = info;
       head_.virtual_size = info.virtual_size;
       return CallHead();
     };
     const std::optional<uint64_t> total = decoder_ ? std::nullopt : total_;
-    if (head_.format.format == ImageFormat::kOva) {
+    if (reader == ImageFormat::kOva) {
       ova_ = std::make_unique<OvaStreamReader>(
           sink_, OvaStreamOptions{.memory_budget = options_.memory_budget}, on_disk);
       BYOI_RETURN_IF_ERROR(ova_->Start(total));

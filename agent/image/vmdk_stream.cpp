@@ -41,14 +41,15 @@ Status VmdkStreamReader::Fail(Status s) {
   return s;
 }
 
+Status VmdkStreamReader::TooBig() const {
+  return Status::Error(Code::kTooBig,
+                       fmt::format("the VMDK stream reader needs more than its budget of {} bytes",
+                                   options_.memory_budget),
+                       msg::TooBigForMemory(options_.type));
+}
+
 Status VmdkStreamReader::Charge(uint64_t n) {
-  if (n > options_.memory_budget || used_ > options_.memory_budget - n) {
-    return Status::Error(Code::kTooBig,
-                         fmt::format("the VMDK stream reader needs more than its budget of {} "
-                                     "bytes",
-                                     options_.memory_budget),
-                         msg::TooBigForMemory(options_.type));
-  }
+  if (n > options_.memory_budget || used_ > options_.memory_budget - n) return TooBig();
   used_ += n;
   peak_ = std::max(peak_, used_);
   return Status::Ok();
@@ -95,6 +96,8 @@ Status VmdkStreamReader::Take(std::span<const uint8_t>& bytes) {
               "read it (ram mode can)");
         }
         if (h_.grain_offset == 0) return Invalid("the grains start at sector 0, in the header");
+        // Everything before the first grain is held: the budget bounds it (and the arithmetic).
+        if (h_.grain_offset > options_.memory_budget / kVmdkSector) return TooBig();
         if (h_.grain_offset > 1) continue;
       }
       if (!sparse_) return ReadVmdk(prefix_).status();  // the RAM reader's refusal
@@ -167,7 +170,7 @@ Status VmdkStreamReader::OpenPrefix() {
   const uint64_t coverage = grain_bytes_ * h_.gtes_per_gt;
   info_.gd_entries = (info_.virtual_size + coverage - 1) / coverage;
   // The directory is held at some point (here or behind its marker): the budget bounds it.
-  if (info_.gd_entries > options_.memory_budget / 4) return Charge(info_.gd_entries * 4);
+  if (info_.gd_entries > options_.memory_budget / 4) return TooBig();
   if (h_.gd_offset != kVmdkGdAtEnd && info_.virtual_size > 0) {
     // qemu-img's layout: the directory and its tables before the first grain, kept in prefix_.
     const std::string where = fmt::format("grain directory at {} ({} entries)",

@@ -10,6 +10,7 @@
 
 #include "agent/image/open_image.hpp"
 #include "agent/image/ova_manifest.hpp"
+#include "agent/image/stream_image.hpp"
 #include "agent/image/virtual_reader.hpp"
 #include "agent/image/vmdk_stream.hpp"
 #include "tests/unit/memory_sink.hpp"
@@ -96,6 +97,13 @@ TEST(VmdkStreamReader, Refusals) {
   Bytes cut(file.begin(), file.end() - 500);  // the padding and the data
   EXPECT_EQ(FeedVmdk(cut, 4096, cut_sink).detail(),
             "the file is truncated: it ends inside the marker at 0x1200");
+  // A first grain so far into the file that what comes before it passes the budget.
+  MemorySink far_sink(10240);
+  Bytes far = testing::ContiguousStreamFile(testing::Zlib(2048, 1));
+  testing::PutLe(far, 64, uint64_t{1} << 54, 8);  // grain_offset
+  Status too_big = FeedVmdk(far, 512, far_sink);
+  EXPECT_EQ(too_big.code(), Code::kTooBig);
+  EXPECT_EQ(too_big.message(), "Could not download, vmdk image is too big to download in memory.");
   // monolithicSparse.
   MemorySink sparse_sink(10240);
   Status s = FeedVmdk(testing::Header(20, 8, 4, 2, 8), 512, sparse_sink);
@@ -138,6 +146,24 @@ TEST(OvaStreamReader, AnySplitGivesTheRamReadersDisk) {
     EXPECT_TRUE(sink.Complete()) << piece;
     EXPECT_EQ(sink.disk, want) << piece;
   }
+}
+
+TEST(StreamImage, ReadsWhatOpenImageReads) {
+  // A descriptor whose name starts like gzip data: format detection names gzip, but the image is
+  // an OVA to OpenImage (SourceFormat), and so must it be to stream mode.
+  const Bytes disk = testing::ContiguousStreamFile(testing::Zlib(2048, 0xc2));
+  const Bytes ova = testing::Tar(
+      {{"\x1f\x8b.ovf", Ovf()}, {"disk1.vmdk", std::string(disk.begin(), disk.end())}});
+  ASSERT_EQ(DetectFormat(ova).name, "gzip");
+  const Bytes want = RamDisk(ova);
+  ASSERT_EQ(want.size(), 10240u);
+  MemorySink sink(want.size());
+  StreamImage image(sink, {}, nullptr);
+  ASSERT_TRUE(image.Start(ova.size()).ok());
+  ASSERT_TRUE(image.Write(ova).ok());
+  auto size = image.Finish();
+  ASSERT_TRUE(size.ok()) << size.status().ToString();
+  EXPECT_EQ(sink.disk, want);
 }
 
 TEST(OvaStreamReader, RefusalsAtTheEnd) {
