@@ -277,6 +277,9 @@ Status VmdkStreamReader::EndGrain() {
 }
 
 Status VmdkStreamReader::EndMetadata() {
+  // A file whose header gives the directory's offset is read through that directory (the RAM
+  // reader's way): its metadata markers are passed over.
+  if (h_.gd_offset != kVmdkGdAtEnd) return Status::Ok();
   const uint64_t data_sector = (marker_at_ + kVmdkSector) / kVmdkSector;
   switch (current_.type) {
     case VmdkMarkerType::kGrainTable: {

@@ -97,6 +97,16 @@ TEST(VmdkStreamReader, Refusals) {
   Bytes cut(file.begin(), file.end() - 500);  // the padding and the data
   EXPECT_EQ(FeedVmdk(cut, 4096, cut_sink).detail(),
             "the file is truncated: it ends inside the marker at 0x1200");
+  // A directory marker after the grains of a file whose header gives the directory's offset: it
+  // is passed over, as the RAM reader does not read it.
+  Bytes gd_marker(1024, 0);
+  testing::PutLe(gd_marker, 0, 1, 8);   // one sector of metadata
+  testing::PutLe(gd_marker, 12, 2, 4);  // a grain directory
+  testing::PutLe(gd_marker, 512, 0x7fffffff, 4);
+  const Bytes with_marker = testing::ContiguousStreamFile(testing::Zlib(2048, 0xc2), gd_marker);
+  MemorySink marker_sink(10240);
+  EXPECT_TRUE(FeedVmdk(with_marker, 512, marker_sink).ok());
+  EXPECT_EQ(marker_sink.disk, RamDisk(with_marker));
   // A first grain so far into the file that what comes before it passes the budget.
   MemorySink far_sink(10240);
   Bytes far = testing::ContiguousStreamFile(testing::Zlib(2048, 1));
