@@ -47,7 +47,15 @@ std::string ProgressBar(uint64_t done, uint64_t total, int width) {
          std::string(static_cast<size_t>(width - filled), '-') + "]";
 }
 
-std::string ProgressText(const StepStatus& step) {
+std::optional<double> StepEta(const StepStatus& step) {
+  if (step.seconds < 0.5 || step.bytes_done == 0 || step.bytes_total <= step.bytes_done) {
+    return std::nullopt;
+  }
+  double rate = static_cast<double>(step.bytes_done) / step.seconds;
+  return static_cast<double>(step.bytes_total - step.bytes_done) / rate;
+}
+
+std::string ProgressText(const StepStatus& step, bool with_eta) {
   std::string out;
   if (step.bytes_total > 0) {
     int percent =
@@ -59,13 +67,23 @@ std::string ProgressText(const StepStatus& step) {
     out = HumanBytes(step.bytes_done);
   }
   if (step.seconds >= 0.5 && step.bytes_done > 0) {
-    double rate = static_cast<double>(step.bytes_done) / step.seconds;
-    out += "  " + HumanRate(rate);
-    if (step.bytes_total > step.bytes_done) {
-      out +=
-          "  ETA " + HumanDuration(static_cast<double>(step.bytes_total - step.bytes_done) / rate);
-    }
+    out += "  " + HumanRate(static_cast<double>(step.bytes_done) / step.seconds);
   }
+  if (std::optional<double> eta = StepEta(step); eta && with_eta)
+    out += "  ETA " + HumanDuration(*eta);
+  return out;
+}
+
+std::string ProgressLine(const JobStatus& status) {
+  std::string out;
+  std::optional<double> eta;
+  for (const StepStatus& p : status.progress) {
+    if (p.state != StepState::kDoing || (p.bytes_done == 0 && p.bytes_total == 0)) continue;
+    if (!out.empty()) out += "  |  ";
+    out += fmt::format("{:<11} {}", StepName(p.step), ProgressText(p, /*with_eta=*/false));
+    if (std::optional<double> e = StepEta(p)) eta = std::max(eta.value_or(0), *e);
+  }
+  if (eta) out += "  ETA " + HumanDuration(*eta);
   return out;
 }
 
@@ -99,10 +117,8 @@ std::string ConsoleDisplay::Render(const JobStatus& status, bool step_changed) {
     }
   }
 
-  const StepStatus* active = nullptr;
   for (const StepStatus& p : status.progress) {
     StepState& shown = shown_[static_cast<size_t>(p.step)];
-    if (p.state == StepState::kDoing) active = &p;
     if (p.state == shown) continue;
     shown = p.state;
     std::string name = fmt::format("{:<11}", StepName(p.step));
@@ -136,9 +152,8 @@ std::string ConsoleDisplay::Render(const JobStatus& status, bool step_changed) {
         line("  detail: " + status.detail);
       }
     }
-  } else if (status.state == JobState::kDoing && active &&
-             (active->bytes_done > 0 || active->bytes_total > 0)) {
-    std::string text = fmt::format("{:<11} {}", StepName(active->step), ProgressText(*active));
+  } else if (std::string text = ProgressLine(status);
+             status.state == JobState::kDoing && !text.empty()) {
     auto now = std::chrono::steady_clock::now();
     if (tty_) {
       out += kEraseLine;

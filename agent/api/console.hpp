@@ -1,4 +1,4 @@
-// Console progress for people watching an install through IPMI/KVM or a serial console (issue 7):
+// Console progress for people watching an install through IPMI/KVM or a serial console:
 // one line per step change, a progress line with a bar, rate and ETA during byte-counted steps, and
 // on error the catalogue message and its detail in full.
 //
@@ -64,6 +64,9 @@ bool RedrawsInPlace(int fd);
 // "[#########-----------]" for done/total with `width` cells inside the brackets.
 std::string ProgressBar(uint64_t done, uint64_t total, int width = 20);
 // The progress part of a line: bar, percent, bytes, rate and ETA (what is known of them).
-std::string ProgressText(const StepStatus& step);
+std::string ProgressText(const StepStatus& step, bool with_eta = true);
+// The progress line of a job: every byte-counted step that is doing (download and write at once in
+// stream mode), and one ETA, the slower step's.
+std::string ProgressLine(const JobStatus& status);
 
 }  // namespace byoi

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "agent/base/messages.hpp"
+#include "agent/fetch/curl_handles.hpp"
 
 namespace byoi {
 
@@ -34,29 +35,23 @@ int OnProgress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
   return t->abort && t->abort->load() ? 1 : 0;
 }
 
-struct SlistFree {
-  void operator()(curl_slist* list) const { curl_slist_free_all(list); }
-};
-
 }  // namespace
 
 HttpClient::HttpClient(const std::atomic<bool>* abort, std::string ca_bundle)
     : curl_(curl_easy_init()), abort_(abort), ca_bundle_(std::move(ca_bundle)) {}
 
-HttpClient::~HttpClient() {
-  if (curl_) curl_easy_cleanup(static_cast<CURL*>(curl_));
-}
+HttpClient::~HttpClient() = default;
 
 Result<HttpResult> HttpClient::Send(std::string_view method, const std::string& url,
                                     std::string_view body, std::string_view bearer_token,
                                     std::chrono::milliseconds timeout, size_t max_body) {
   std::string what = fmt::format("{} {}", method, msg::ShownUrl(url));
-  CURL* curl = static_cast<CURL*>(curl_);
+  CURL* curl = curl_.get();
   if (!curl) return Status::Error(Code::kInternal, what + ": curl_easy_init failed");
   curl_easy_reset(curl);
 
   Transfer transfer{{}, max_body, false, abort_};
-  std::unique_ptr<curl_slist, SlistFree> headers;
+  CurlSlistPtr headers;
   auto add = [&](const std::string& line) {
     headers.reset(curl_slist_append(headers.release(), line.c_str()));
   };

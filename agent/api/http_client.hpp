@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "agent/base/status.hpp"
+#include "agent/fetch/curl_handles.hpp"
 
 namespace byoi {
 
@@ -38,7 +39,7 @@ class HttpClient {
                           size_t max_body = 1 << 20);
 
  private:
-  void* curl_;  // CURL*
+  CurlPtr curl_;
   const std::atomic<bool>* abort_;
   const std::string ca_bundle_;
 };

@@ -153,7 +153,7 @@ std::string ToLowerAscii(std::string_view text) {
 }
 
 std::string_view TrimBlanks(std::string_view text) {
-  constexpr std::string_view kBlanks = " \t\r\n\v\f";
+  constexpr std::string_view kBlanks{" \t\r\n\v\f\0", 7};
   size_t begin = text.find_first_not_of(kBlanks);
   if (begin == std::string_view::npos) return {};
   return text.substr(begin, text.find_last_not_of(kBlanks) - begin + 1);

@@ -59,7 +59,8 @@ bool EqualsIgnoreCaseAscii(std::string_view a, std::string_view b);
 std::string ToUpperAscii(std::string_view text);
 std::string ToLowerAscii(std::string_view text);
 
-// `text` without leading and trailing blanks (space, TAB, CR, LF, VT, FF).
+// `text` without leading and trailing blanks: space, TAB, CR, LF, VT, FF, and NUL (fixed-width
+// fields from devices and sysfs are NUL-padded).
 std::string_view TrimBlanks(std::string_view text);
 
 }  // namespace byoi

@@ -1,4 +1,4 @@
-// How this machine boots, and whether the image suits it (issue 6).
+// How this machine boots, and whether the image suits it.
 //
 // UEFI when the efivarfs directory exists (`--efivars`, default /sys/firmware/efi/efivars: the
 // kernel creates it only when booted by UEFI firmware), legacy BIOS otherwise — then the

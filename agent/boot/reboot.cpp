@@ -35,12 +35,6 @@ Result<UniqueFd> MemFd(const char* name, const std::vector<uint8_t>& data) {
   return fd;
 }
 
-std::string Trim(std::string_view s) {
-  size_t b = s.find_first_not_of(" \t\r");
-  size_t e = s.find_last_not_of(" \t\r");
-  return b == std::string_view::npos ? std::string() : std::string(s.substr(b, e - b + 1));
-}
-
 }  // namespace
 
 Result<RebootMode> ParseRebootMode(std::string_view text) {
@@ -153,12 +147,13 @@ Result<std::optional<KexecImage>> FindKexecImage(const std::string& disk_path, s
   std::string_view body(reinterpret_cast<const char*>(text->data()), text->size());
   while (!body.empty()) {
     size_t eol = body.find('\n');
-    std::string line = Trim(body.substr(0, eol));
+    std::string line = std::string(TrimBlanks(body.substr(0, eol)));
     body = eol == std::string_view::npos ? std::string_view() : body.substr(eol + 1);
     if (line.empty() || line[0] == '#') continue;
     size_t space = line.find_first_of(" \t");
     std::string key = line.substr(0, space);
-    std::string value = space == std::string::npos ? std::string() : Trim(line.substr(space));
+    std::string value =
+        space == std::string::npos ? std::string() : std::string(TrimBlanks(line.substr(space)));
     if (key == "linux") linux_path = value;
     if (key == "initrd") initrds.push_back(value);
     if (key == "options") image.cmdline += (image.cmdline.empty() ? "" : " ") + value;

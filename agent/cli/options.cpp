@@ -54,6 +54,13 @@ Status SetWhole(std::string_view v, int min, int max, int& out) {
   return Status::Ok();
 }
 
+// A switch: true, 1, yes or (a bare byoi. word on the kernel command line) nothing; false, 0, no.
+Status SetSwitch(std::string_view v, bool& out) {
+  if (!OneOf(v, {"", "true", "1", "yes", "false", "0", "no"})) return Bad("must be true or false");
+  out = OneOf(v, {"", "true", "1", "yes"});
+  return Status::Ok();
+}
+
 Status SetText(std::string_view v, std::string& out) {
   out = std::string(v);
   return Status::Ok();
@@ -119,15 +126,7 @@ const OptionSpec kOptions[] = {
        return SetText(v, c.job.proxy);
      }},
     {"insecure", Scope::kJob, "Do not verify image servers' TLS certificates (labs only)", "", true,
-     "",
-     [](std::string_view v, DaemonConfig& c) {
-       // A bare `byoi.insecure` word on the kernel command line means true.
-       if (!OneOf(v, {"", "true", "1", "yes", "false", "0", "no"})) {
-         return Bad("must be true or false");
-       }
-       c.job.insecure = OneOf(v, {"", "true", "1", "yes"});
-       return Status::Ok();
-     }},
+     "", [](std::string_view v, DaemonConfig& c) { return SetSwitch(v, c.job.insecure); }},
     {"stall_timeout", Scope::kJob,
      "Seconds without a byte before an attempt is retried (default 60)", "Download tuning", false,
      "SECONDS",
@@ -147,6 +146,20 @@ const OptionSpec kOptions[] = {
      "Connections at once when the server answers Range requests (default 4)", "Download tuning",
      false, "N",
      [](std::string_view v, DaemonConfig& c) { return SetWhole(v, 1, 16, c.job.connections); }},
+
+    {"write_mode", Scope::kJob,
+     "How the image reaches the disk: ram (whole in RAM, verified first), stream (written while "
+     "it downloads) or auto: ram when it fits the RAM budget (default auto)",
+     "", false, "MODE",
+     [](std::string_view v, DaemonConfig& c) {
+       std::optional<WriteMode> mode = ParseWriteMode(v);
+       if (!mode) return Bad("must be auto, ram or stream");
+       c.job.write_mode = *mode;
+       return Status::Ok();
+     }},
+    {"verify_written", Scope::kJob,
+     "Read the disk back after writing and compare it with what was written", "", true, "",
+     [](std::string_view v, DaemonConfig& c) { return SetSwitch(v, c.job.verify_written); }},
 
     // The daemon's own.
     {"listen", Scope::kDaemon, "ADDR:PORT of the HTTP API, or off (default 0.0.0.0:9999)", "",

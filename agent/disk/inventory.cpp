@@ -16,6 +16,7 @@
 
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
+#include "agent/base/text.hpp"
 #include "agent/base/units.hpp"
 #include "agent/disk/dir_list.hpp"
 #include "agent/disk/probe.hpp"
@@ -25,17 +26,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string Trim(std::string_view s) {
-  size_t b = 0, e = s.size();
-  while (b < e && (std::isspace(static_cast<unsigned char>(s[b])) || s[b] == '\0')) ++b;
-  while (e > b && (std::isspace(static_cast<unsigned char>(s[e - 1])) || s[e - 1] == '\0')) --e;
-  return std::string(s.substr(b, e - b));
-}
-
 // A sysfs attribute, trimmed; "" when absent or unreadable (attributes vary by driver).
 std::string Attr(const fs::path& path) {
   auto text = ReadSmallFile(path.string(), 64 * 1024);
-  return text.ok() ? Trim(*text) : std::string();
+  return text.ok() ? std::string(TrimBlanks(*text)) : std::string();
 }
 
 uint64_t AttrNumber(const fs::path& path, uint64_t fallback) {
@@ -49,17 +43,11 @@ bool StartsWith(std::string_view s, std::string_view prefix) {
   return s.substr(0, prefix.size()) == prefix;
 }
 
-std::string Lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
 // Unit serial number page (SCSI VPD 0x80): a 4-byte header, then the serial in ASCII.
 std::string SerialFromVpd80(const std::string& page) {
   if (page.size() < 4) return {};
   size_t len = (static_cast<unsigned char>(page[2]) << 8) | static_cast<unsigned char>(page[3]);
-  return Trim(page.substr(4, std::min(len, page.size() - 4)));
+  return std::string(TrimBlanks(page.substr(4, std::min(len, page.size() - 4))));
 }
 
 // The bus a disk hangs on, from the device path sysfs links it to, the way lsblk's TRAN reads.
@@ -103,7 +91,7 @@ int KindRank(DiskKind kind) {
 bool Matches(const Disk& disk, std::string_view selector) {
   return selector == disk.name || selector == disk.path ||
          (!disk.serial.empty() && selector == disk.serial) ||
-         (!disk.wwn.empty() && Lower(selector) == Lower(disk.wwn));
+         (!disk.wwn.empty() && ToLowerAscii(selector) == ToLowerAscii(disk.wwn));
 }
 
 }  // namespace
@@ -183,7 +171,7 @@ Result<std::vector<GroupMapping>> ParseGroupMapping(std::string_view text) {
 
 bool IsBmcVirtualMedia(std::string_view vendor, std::string_view model,
                        std::string_view transport) {
-  std::string v = Lower(Trim(vendor)), m = Lower(Trim(model));
+  std::string v = ToLowerAscii(TrimBlanks(vendor)), m = ToLowerAscii(TrimBlanks(model));
   // Model strings BMCs give their emulated drives (AMI MegaRAC: "Virtual CDROM0", "Virtual
   // Floppy0", "Virtual HDisk0"; Supermicro/ATEN: "Virtual CDROM"; iDRAC: "Virtual CD",
   // "Virtual Floppy", "LCDRIVE"; iLO: "Virtual DVD-ROM"; Cisco CIMC: "vKVM-Mapped vDVD").

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "agent/base/messages.hpp"
+#include "agent/base/text.hpp"
 #include "agent/disk/dir_list.hpp"
 
 namespace byoi {
@@ -20,14 +21,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string Trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
-
 std::string Attr(const fs::path& p) {
   auto t = ReadSmallFile(p.string(), 4096);
-  return t.ok() ? Trim(*t) : std::string();
+  return t.ok() ? std::string(TrimBlanks(*t)) : std::string();
 }
 
 // /proc/self/mountinfo and /proc/swaps escape blanks and backslashes as \ooo.

@@ -87,6 +87,9 @@ class StreamWriter : public VirtualDiskSink {
   // range's offset in detail. REQUIRES: verify_written, Commit succeeded.
   Status VerifyWritten(const ProgressFn& progress);
 
+  // The held-back first bytes of the virtual disk (the partition table is there), for checks
+  // before Commit. Complete once Flush succeeded.
+  std::span<const uint8_t> held() const { return held_; }
   // Bytes of the virtual disk given so far (Write and Zero), for progress.
   uint64_t bytes_accepted() const { return accepted_; }
   StreamWriteStats stats() const;

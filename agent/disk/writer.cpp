@@ -297,6 +297,40 @@ Status ZeroDiskEnds(Target& target) {
   return s;
 }
 
+Status VerifyImageWritten(const ImageLayout& layout, Target& target, const WriteOptions& options,
+                          const ProgressFn& progress, const CancelToken& cancel) {
+  const uint64_t vsize = layout.virtual_size();
+  const uint64_t chunk = std::max(kMiB, options.chunk_size / kMiB * kMiB);
+  const uint64_t align = target.alignment();
+  AlignedBuffer disk(chunk, kSourceAlignment);
+  std::vector<uint8_t> image(chunk);
+  VirtualReader reader(layout);
+  auto fail = [&](Status s) {
+    return std::move(s).DefaultMessage(msg::CantWrite(options.image_type));
+  };
+  for (uint64_t pos = 0; pos < vsize;) {
+    BYOI_RETURN_IF_ERROR(cancel.Check());
+    const uint64_t n = std::min(chunk, vsize - pos);
+    const uint64_t whole = (n + align - 1) / align * align;
+    // O_DIRECT reads whole blocks; the block holding the end of a file that ends inside it is read
+    // through the page cache instead.
+    const bool direct = pos + whole <= target.size();
+    Status read = PreadAll(direct ? target.fd() : target.buffered_fd(),
+                           {disk.data(), direct ? whole : n}, pos);
+    if (!read.ok()) return fail(std::move(read).Context(fmt::format("reading back {:#x}", pos)));
+    BYOI_RETURN_IF_ERROR(reader.Read(pos, {image.data(), n}));
+    if (std::memcmp(disk.data(), image.data(), n) != 0) {
+      uint64_t at = 0;
+      while (disk.data()[at] == image[at]) ++at;
+      return fail(Status::Error(
+          Code::kIo, fmt::format("read-back: the disk differs from the image at {:#x}", pos + at)));
+    }
+    pos += n;
+    if (progress) progress(pos, vsize);
+  }
+  return Status::Ok();
+}
+
 Result<WriteStats> WriteImage(const ImageLayout& layout, Target& target,
                               const WriteOptions& options, const ProgressFn& progress,
                               const CancelToken& cancel) {

@@ -59,6 +59,13 @@ Result<WriteStats> WriteImage(const ImageLayout& layout, Target& target,
                               const WriteOptions& options, const ProgressFn& progress,
                               const CancelToken& cancel);
 
+// Reads [0, layout.virtual_size) back from `target` with O_DIRECT (bypassing the page cache; the
+// end of a file that ends inside a block through it) and compares it with the virtual disk, chunk
+// by chunk. kIo with msg::CantWrite(image_type) and the first differing offset in detail; errors
+// of the reads likewise. `progress` as for WriteImage. REQUIRES: WriteImage succeeded.
+Status VerifyImageWritten(const ImageLayout& layout, Target& target, const WriteOptions& options,
+                          const ProgressFn& progress, const CancelToken& cancel);
+
 // Overwrites the first and the last MiB of `target` (all of it when smaller) with zeros and syncs:
 // what is left of a primary and a backup partition table, boot code and file system superblocks,
 // so that a half-written disk does not look bootable. Writes zeros (no offload is trusted after a

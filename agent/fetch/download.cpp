@@ -12,6 +12,7 @@
 
 #include "agent/base/messages.hpp"
 #include "agent/base/units.hpp"
+#include "agent/fetch/curl_handles.hpp"
 #include "agent/fetch/http_headers.hpp"
 #include "agent/fetch/piece_plan.hpp"
 #include "agent/fetch/proxy.hpp"
@@ -23,21 +24,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
-
-struct CurlDeleter {
-  void operator()(CURL* c) const { curl_easy_cleanup(c); }
-};
-using CurlPtr = std::unique_ptr<CURL, CurlDeleter>;
-
-struct MultiDeleter {
-  void operator()(CURLM* m) const { curl_multi_cleanup(m); }
-};
-using MultiPtr = std::unique_ptr<CURLM, MultiDeleter>;
-
-struct SlistDeleter {
-  void operator()(curl_slist* l) const { curl_slist_free_all(l); }
-};
-using SlistPtr = std::unique_ptr<curl_slist, SlistDeleter>;
 
 constexpr int kMaxConnections = 16;
 
@@ -135,7 +121,7 @@ struct Connection {
   // The proxy of the request being made (proxy.hpp), or empty: direct. May hold credentials:
   // shown only through msg::ShownUrl.
   ProxyChoice proxy;
-  SlistPtr headers;  // the request's headers: libcurl reads them until it is done
+  CurlSlistPtr headers;  // the request's headers: libcurl reads them until it is done
   char errbuf[CURL_ERROR_SIZE] = {};
   bool in_multi = false;
 
@@ -218,7 +204,7 @@ class Download {
   const int attempts_;
   const ProxyEnvironment proxy_env_ = ProxyEnvironment::FromProcess();
   std::optional<Clock::time_point> deadline_;
-  MultiPtr multi_;
+  CurlMultiPtr multi_;
   std::vector<std::unique_ptr<Connection>> conns_;
 
   PiecePlan plan_;

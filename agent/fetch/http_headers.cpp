@@ -3,17 +3,11 @@
 #include <cctype>
 #include <charconv>
 
+#include "agent/base/text.hpp"
+
 namespace byoi {
 
 namespace {
-
-std::string_view Trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() &&
-         (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n'))
-    s.remove_suffix(1);
-  return s;
-}
 
 bool AllDigits(std::string_view s) {
   if (s.empty()) return false;
@@ -34,7 +28,7 @@ std::optional<uint64_t> ParseDecimal(std::string_view s) {
 }  // namespace
 
 std::optional<StatusLine> ParseStatusLine(std::string_view line) {
-  line = Trim(line);
+  line = TrimBlanks(line);
   if (!line.starts_with("HTTP/")) return std::nullopt;
   size_t sp = line.find(' ');
   if (sp == std::string_view::npos) return std::nullopt;
@@ -44,7 +38,7 @@ std::optional<StatusLine> ParseStatusLine(std::string_view line) {
   StatusLine s;
   s.code = (rest[0] - '0') * 100 + (rest[1] - '0') * 10 + (rest[2] - '0');
   if (s.code < 100 || s.code > 599) return std::nullopt;
-  if (rest.size() > 4) s.reason = std::string(Trim(rest.substr(4)));
+  if (rest.size() > 4) s.reason = std::string(TrimBlanks(rest.substr(4)));
   return s;
 }
 
@@ -56,15 +50,15 @@ std::optional<std::string_view> HeaderValue(std::string_view line, std::string_v
       return std::nullopt;
     }
   }
-  return Trim(line.substr(name.size() + 1));
+  return TrimBlanks(line.substr(name.size() + 1));
 }
 
 std::optional<uint64_t> ParseContentLength(std::string_view value) {
-  return ParseDecimal(Trim(value));
+  return ParseDecimal(TrimBlanks(value));
 }
 
 std::optional<ContentRange> ParseContentRange(std::string_view value) {
-  value = Trim(value);
+  value = TrimBlanks(value);
   if (!value.starts_with("bytes ")) return std::nullopt;
   value.remove_prefix(6);
   size_t dash = value.find('-');

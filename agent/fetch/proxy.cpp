@@ -12,22 +12,12 @@
 #include <memory>
 #include <optional>
 
+#include "agent/base/text.hpp"
+#include "agent/fetch/curl_handles.hpp"
+
 namespace byoi {
 
 namespace {
-
-struct CurluDeleter {
-  void operator()(CURLU* u) const { curl_url_cleanup(u); }
-};
-using CurluPtr = std::unique_ptr<CURLU, CurluDeleter>;
-
-std::optional<std::string> GetPart(CURLU* u, CURLUPart part) {
-  char* value = nullptr;
-  if (curl_url_get(u, part, &value, 0) != CURLUE_OK || value == nullptr) return std::nullopt;
-  std::string out(value);
-  curl_free(value);
-  return out;
-}
 
 std::string Getenv(const char* name) {
   const char* v = std::getenv(name);
@@ -37,10 +27,6 @@ std::string Getenv(const char* name) {
 std::string FirstSet(const char* lower, const char* upper) {
   std::string v = Getenv(lower);
   return v.empty() ? Getenv(upper) : v;
-}
-
-bool EqualsNoCase(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && strncasecmp(a.data(), b.data(), a.size()) == 0;
 }
 
 // An IPv4 or IPv6 address as 4 or 16 bytes; nullopt for anything else (a name).
@@ -99,9 +85,9 @@ bool EntryMatches(std::string_view host, const std::optional<Address>& host_addr
   if (entry.starts_with('.')) entry.remove_prefix(1);
   if (entry.ends_with('.')) entry.remove_suffix(1);
   if (entry.empty()) return false;
-  if (EqualsNoCase(host, entry)) return true;
+  if (EqualsIgnoreCaseAscii(host, entry)) return true;
   return host.size() > entry.size() && host[host.size() - entry.size() - 1] == '.' &&
-         EqualsNoCase(host.substr(host.size() - entry.size()), entry);
+         EqualsIgnoreCaseAscii(host.substr(host.size() - entry.size()), entry);
 }
 
 }  // namespace
@@ -122,30 +108,31 @@ Status CheckProxyUrl(std::string_view url) {
                                      why));
   };
   const size_t scheme_end = url.find("://");
-  if (scheme_end == std::string_view::npos || !(EqualsNoCase(url.substr(0, scheme_end), "http") ||
-                                                EqualsNoCase(url.substr(0, scheme_end), "https"))) {
+  if (scheme_end == std::string_view::npos ||
+      !(EqualsIgnoreCaseAscii(url.substr(0, scheme_end), "http") ||
+        EqualsIgnoreCaseAscii(url.substr(0, scheme_end), "https"))) {
     return bad("must start with http:// or https://");
   }
-  CurluPtr u(curl_url());
+  CurlUrlPtr u(curl_url());
   if (!u) return Status::Error(Code::kInternal, "curl_url failed");
   // libcurl's reason names the part that is wrong, never its text.
   if (CURLUcode rc = curl_url_set(u.get(), CURLUPART_URL, std::string(url).c_str(), 0);
       rc != CURLUE_OK) {
     return bad(fmt::format("not a URL: {}", curl_url_strerror(rc)));
   }
-  if (GetPart(u.get(), CURLUPART_HOST).value_or("").empty()) return bad("has no host");
-  if (std::optional<std::string> port = GetPart(u.get(), CURLUPART_PORT)) {
+  if (UrlPart(u.get(), CURLUPART_HOST).value_or("").empty()) return bad("has no host");
+  if (std::optional<std::string> port = UrlPart(u.get(), CURLUPART_PORT)) {
     int n = 0;
     auto [end, ec] = std::from_chars(port->data(), port->data() + port->size(), n);
     if (ec != std::errc() || end != port->data() + port->size() || n < 1 || n > 65535) {
       return bad("has a port outside 1-65535");
     }
   }
-  if (std::optional<std::string> path = GetPart(u.get(), CURLUPART_PATH);
+  if (std::optional<std::string> path = UrlPart(u.get(), CURLUPART_PATH);
       path && !path->empty() && *path != "/") {
     return bad("has a path (a proxy is a host and a port)");
   }
-  if (GetPart(u.get(), CURLUPART_QUERY) || GetPart(u.get(), CURLUPART_FRAGMENT)) {
+  if (UrlPart(u.get(), CURLUPART_QUERY) || UrlPart(u.get(), CURLUPART_FRAGMENT)) {
     return bad("has a query or a fragment");
   }
   return Status::Ok();
@@ -176,18 +163,19 @@ Result<ProxyChoice> ChooseProxy(std::string_view url, std::string_view configure
     }
     return ProxyChoice{std::string(configured), "the proxy option"};
   }
-  CurluPtr u(curl_url());
+  CurlUrlPtr u(curl_url());
   if (!u) return Status::Error(Code::kInternal, "curl_url failed");
   if (CURLUcode rc = curl_url_set(u.get(), CURLUPART_URL, std::string(url).c_str(), 0);
       rc != CURLUE_OK) {
     return Status::Error(Code::kInvalid,
                          fmt::format("choosing a proxy: the URL: {}", curl_url_strerror(rc)));
   }
-  const bool https = EqualsNoCase(GetPart(u.get(), CURLUPART_SCHEME).value_or(""), "https");
+  const bool https =
+      EqualsIgnoreCaseAscii(UrlPart(u.get(), CURLUPART_SCHEME).value_or(""), "https");
   const std::string& value = https ? env.https_proxy : env.http_proxy;
   const char* name = https ? "https_proxy" : "http_proxy";
   if (value.empty()) return ProxyChoice{};
-  if (NoProxyMatches(GetPart(u.get(), CURLUPART_HOST).value_or(""), env.no_proxy)) {
+  if (NoProxyMatches(UrlPart(u.get(), CURLUPART_HOST).value_or(""), env.no_proxy)) {
     return ProxyChoice{};
   }
   std::string proxy = value.find("://") == std::string::npos ? "http://" + value : value;

@@ -8,30 +8,12 @@
 #include <optional>
 
 #include "agent/base/messages.hpp"
+#include "agent/base/text.hpp"
+#include "agent/fetch/curl_handles.hpp"
 
 namespace byoi {
 
 namespace {
-
-struct CurluDeleter {
-  void operator()(CURLU* u) const { curl_url_cleanup(u); }
-};
-using CurluPtr = std::unique_ptr<CURLU, CurluDeleter>;
-
-// One part of a parsed URL as libcurl stores it (still percent-encoded); nullopt when absent.
-std::optional<std::string> GetPart(CURLU* u, CURLUPart part, unsigned flags = 0) {
-  char* value = nullptr;
-  if (curl_url_get(u, part, &value, flags) != CURLUE_OK || value == nullptr) return std::nullopt;
-  std::string out(value);
-  curl_free(value);
-  return out;
-}
-
-std::string Lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return s;
-}
 
 struct Origin {
   std::string scheme;  // lower case
@@ -41,17 +23,17 @@ struct Origin {
 };
 
 Origin OriginOf(CURLU* u) {
-  return {Lower(GetPart(u, CURLUPART_SCHEME).value_or("")),
-          Lower(GetPart(u, CURLUPART_HOST).value_or("")),
-          GetPart(u, CURLUPART_PORT, CURLU_DEFAULT_PORT).value_or("")};
+  return {ToLowerAscii(UrlPart(u, CURLUPART_SCHEME).value_or("")),
+          ToLowerAscii(UrlPart(u, CURLUPART_HOST).value_or("")),
+          UrlPart(u, CURLUPART_PORT, CURLU_DEFAULT_PORT).value_or("")};
 }
 
 }  // namespace
 
 struct RedirectChain::Parts {
   std::string manifest_url;
-  CurluPtr start;    // the manifest's URL
-  CurluPtr current;  // url(), parsed
+  CurlUrlPtr start;    // the manifest's URL
+  CurlUrlPtr current;  // url(), parsed
   Origin origin;
   std::optional<std::string> user, password;  // the manifest URL's, percent-encoded
 };
@@ -73,8 +55,8 @@ Result<RedirectChain> RedirectChain::Create(std::string_view url) {
                                                      curl_url_strerror(rc)));
   }
   parts->origin = OriginOf(parts->start.get());
-  parts->user = GetPart(parts->start.get(), CURLUPART_USER);
-  parts->password = GetPart(parts->start.get(), CURLUPART_PASSWORD);
+  parts->user = UrlPart(parts->start.get(), CURLUPART_USER);
+  parts->password = UrlPart(parts->start.get(), CURLUPART_PASSWORD);
   return RedirectChain(std::move(parts));
 }
 
@@ -87,7 +69,7 @@ void RedirectChain::Restart() {
 
 Status RedirectChain::Follow(std::string_view location) {
   auto refused = [](std::string why) { return Status::Error(Code::kIo, std::move(why)); };
-  CurluPtr next(parts_->current ? curl_url_dup(parts_->current.get()) : nullptr);
+  CurlUrlPtr next(parts_->current ? curl_url_dup(parts_->current.get()) : nullptr);
   if (!next) return Status::Error(Code::kInternal, "curl_url_dup failed");
   // As libcurl follows a Location itself: relative to the current URL, spaces encoded.
   std::string loc(location);
@@ -102,7 +84,7 @@ Status RedirectChain::Follow(std::string_view location) {
   curl_url_set(next.get(), CURLUPART_USER, nullptr, 0);
   curl_url_set(next.get(), CURLUPART_PASSWORD, nullptr, 0);
   curl_url_set(next.get(), CURLUPART_OPTIONS, nullptr, 0);
-  std::optional<std::string> resolved = GetPart(next.get(), CURLUPART_URL);
+  std::optional<std::string> resolved = UrlPart(next.get(), CURLUPART_URL);
   if (!resolved) {
     return refused(
         fmt::format("a redirect to {}, which is not a valid URL", msg::ShownUrl(location)));
@@ -125,7 +107,7 @@ Status RedirectChain::Follow(std::string_view location) {
     curl_url_set(next.get(), CURLUPART_USER, parts_->user->c_str(), 0);
     if (parts_->password)
       curl_url_set(next.get(), CURLUPART_PASSWORD, parts_->password->c_str(), 0);
-    resolved = GetPart(next.get(), CURLUPART_URL);
+    resolved = UrlPart(next.get(), CURLUPART_URL);
     if (!resolved) return Status::Error(Code::kInternal, "setting the userinfo of " + shown);
   }
   parts_->current = std::move(next);

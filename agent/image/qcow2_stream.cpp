@@ -26,6 +26,13 @@ Status Truncated(uint64_t virt, std::string_view what, uint64_t host, uint64_t s
       what, Hex(virt), Hex(host), size));
 }
 
+Status CompressedUsedTwice(uint64_t virt, uint64_t host) {
+  return Invalid(fmt::format(
+      "the compressed cluster at virtual {} maps to {}, whose bytes were already used by another "
+      "mapping",
+      Hex(virt), Hex(host)));
+}
+
 // A compressed stream may end inside its last sector when the file ends there (qemu-img ends
 // the file where the stream ends); a file that ends before that sector lost data.
 bool CompressedInFile(uint64_t host, uint64_t compressed_length, uint64_t size) {
@@ -96,7 +103,7 @@ class Qcow2StreamReader::Pool {
       e.cluster_size = cluster_size_;
       e.compression = compression_;
       job.out.resize(cluster_size_);
-      job.status = decompressor.Decompress(e, job.out);
+      job.status = decompressor.Decompress(e, job.out, &job.consumed);
       lock.lock();
       done_.push_back(std::move(job));
       done_cv_.notify_one();
@@ -243,7 +250,7 @@ Status Qcow2StreamReader::ProcessSpan(uint64_t q, std::span<const uint8_t> bytes
   BYOI_RETURN_IF_ERROR(FeedSnapshots(q, bytes));
   BYOI_RETURN_IF_ERROR(FeedBitmaps(q, bytes));
   BYOI_RETURN_IF_ERROR(ServeData(q, bytes, used));
-  BYOI_RETURN_IF_ERROR(ServeCompressed(q, bytes));
+  BYOI_RETURN_IF_ERROR(ServeCompressed(q, bytes, used));
   return Retain(q, bytes, used);
 }
 
@@ -292,7 +299,8 @@ Status Qcow2StreamReader::ServeData(uint64_t q, std::span<const uint8_t> bytes,
   return Status::Ok();
 }
 
-Status Qcow2StreamReader::ServeCompressed(uint64_t q, std::span<const uint8_t> bytes) {
+Status Qcow2StreamReader::ServeCompressed(uint64_t q, std::span<const uint8_t> bytes,
+                                          std::vector<std::pair<uint64_t, uint64_t>>& used) {
   const uint64_t end = q + bytes.size();
   auto it = compressed_.lower_bound(q > max_compressed_ ? q - max_compressed_ : 0);
   while (it != compressed_.end() && it->first < end) {
@@ -300,7 +308,11 @@ Status Qcow2StreamReader::ServeCompressed(uint64_t q, std::span<const uint8_t> b
     const uint64_t have_end = it->first + n.bytes.size();
     const uint64_t a = std::max(q, have_end);
     const uint64_t b = std::min(end, it->first + n.compressed_length);
-    if (a < b) n.bytes.insert(n.bytes.end(), bytes.begin() + (a - q), bytes.begin() + (b - q));
+    if (a < b) {
+      n.bytes.insert(n.bytes.end(), bytes.begin() + (a - q), bytes.begin() + (b - q));
+      const uint64_t own_end = std::min(b, LastSector(it->first, n.compressed_length));
+      if (a < own_end) used.emplace_back(a, own_end);
+    }
     if (n.bytes.size() == n.compressed_length) {
       CompressedNeed done = std::move(n);
       it = compressed_.erase(it);
@@ -333,7 +345,8 @@ Status Qcow2StreamReader::Retain(uint64_t q, std::span<const uint8_t> bytes,
 }
 
 template <typename Fn>
-uint64_t Qcow2StreamReader::FromRetained(uint64_t begin, uint64_t end, Fn&& fn) {
+uint64_t Qcow2StreamReader::FromRetained(uint64_t begin, uint64_t end,
+                                         std::pair<uint64_t, uint64_t> drop, Fn&& fn) {
   uint64_t found = 0;
   auto it = retained_.upper_bound(begin);
   if (it != retained_.begin()) --it;
@@ -344,7 +357,39 @@ uint64_t Qcow2StreamReader::FromRetained(uint64_t begin, uint64_t end, Fn&& fn) 
     fn(a, std::span<const uint8_t>(it->second.data() + (a - s), b - a));
     found += b - a;
   }
+  DropRetained(std::max(begin, drop.first), std::min(end, drop.second));
   return found;
+}
+
+void Qcow2StreamReader::DropRetained(uint64_t begin, uint64_t end) {
+  if (begin >= end) return;
+  auto it = retained_.upper_bound(begin);
+  if (it != retained_.begin()) --it;
+  while (it != retained_.end() && it->first < end) {
+    const uint64_t s = it->first, e = s + it->second.size();
+    if (e <= begin) {
+      ++it;
+      continue;
+    }
+    // What is left of the piece before and after [begin, end) stays retained.
+    std::vector<uint8_t> bytes = std::move(it->second);
+    it = retained_.erase(it);
+    Release(bytes.size() + kNodeCost);
+    if (s < begin) {
+      retained_.emplace(s, std::vector<uint8_t>(bytes.begin(), bytes.begin() + (begin - s)));
+      used_ += (begin - s) + kNodeCost;
+    }
+    if (e > end) {
+      it = retained_.emplace(end, std::vector<uint8_t>(bytes.begin() + (end - s), bytes.end()))
+               .first;
+      used_ += (e - end) + kNodeCost;
+      ++it;
+    }
+  }
+}
+
+uint64_t Qcow2StreamReader::LastSector(uint64_t host, uint64_t compressed_length) {
+  return std::max(host, (host + compressed_length - 1) / 512 * 512);
 }
 
 void Qcow2StreamReader::DropRetained() {
@@ -419,9 +464,10 @@ Status Qcow2StreamReader::ProcessL1() {
     const uint64_t below = std::min(off + cs, frontier_);
     if (off < below) {
       Status fed;
-      const uint64_t found = FromRetained(off, below, [&](uint64_t a, std::span<const uint8_t> b) {
-        if (fed.ok()) fed = FeedL2(off, it->second, a, b);
-      });
+      const uint64_t found =
+          FromRetained(off, below, {off, below}, [&](uint64_t a, std::span<const uint8_t> b) {
+            if (fed.ok()) fed = FeedL2(off, it->second, a, b);
+          });
       BYOI_RETURN_IF_ERROR(fed);
       if (found != below - off) {
         return Invalid(where + " overlaps bytes already used as something else");
@@ -479,9 +525,10 @@ Status Qcow2StreamReader::AddData(uint64_t host, uint64_t length, uint64_t virt)
   const uint64_t below = std::min(host + length, std::max(frontier_, host));
   if (host < below) {
     Status given;
-    const uint64_t found = FromRetained(host, below, [&](uint64_t a, std::span<const uint8_t> b) {
-      if (given.ok()) given = GiveData(virt + (a - host), b);
-    });
+    const uint64_t found =
+        FromRetained(host, below, {host, below}, [&](uint64_t a, std::span<const uint8_t> b) {
+          if (given.ok()) given = GiveData(virt + (a - host), b);
+        });
     BYOI_RETURN_IF_ERROR(given);
     if (found != below - host) {
       return Invalid(fmt::format(
@@ -526,17 +573,22 @@ Status Qcow2StreamReader::AddCompressed(uint64_t host, uint64_t clen, uint64_t v
   const uint64_t below = std::min(host + clen, std::max(frontier_, host));
   if (host < below) {
     n.bytes.reserve(static_cast<size_t>(clen));
-    const uint64_t found = FromRetained(host, below, [&](uint64_t, std::span<const uint8_t> b) {
-      n.bytes.insert(n.bytes.end(), b.begin(), b.end());
-    });
-    if (found != below - host) {
-      return Invalid(fmt::format(
-          "the compressed cluster at virtual {} maps to {}, whose bytes were already used by "
-          "another mapping",
-          Hex(virt), Hex(host)));
+    // What lies before its last sector is its own and is dropped now (a second mapping of it is
+    // refused); the last sector stays until the stream has inflated (DrainPool), when it is
+    // known how much of it was its own. Its end may be gone already, taken by the next stream:
+    // lacking it is fine if the stream inflates without it.
+    FromRetained(host, below, {host, LastSector(host, clen)},
+                 [&](uint64_t a, std::span<const uint8_t> b) {
+                   if (a == host + n.bytes.size())
+                     n.bytes.insert(n.bytes.end(), b.begin(), b.end());
+                 });
+    n.short_input = below == host + clen && !n.bytes.empty() && n.bytes.size() < clen;
+    if (n.bytes.size() != below - host && !n.short_input) {
+      return CompressedUsedTwice(virt, host);
     }
   }
-  if (n.bytes.size() == clen) return Dispatch(std::move(n));
+  n.host = host;
+  if (n.bytes.size() == clen || n.short_input) return Dispatch(std::move(n));
   max_compressed_ = std::max(max_compressed_, clen);
   compressed_.emplace(host, std::move(n));
   return Status::Ok();
@@ -553,6 +605,8 @@ Status Qcow2StreamReader::Dispatch(CompressedNeed need) {
   while (pool_->in_flight() >= pool_->limit()) BYOI_RETURN_IF_ERROR(DrainPool(true));
   InflateJob job;
   job.charged = need.compressed_length + kNodeCost + g_.cluster_size;
+  job.host = need.host;
+  job.short_input = need.short_input;
   job.virt = need.virt;
   job.length = need.length;
   job.in = std::move(need.bytes);
@@ -563,7 +617,11 @@ Status Qcow2StreamReader::Dispatch(CompressedNeed need) {
 Status Qcow2StreamReader::DrainPool(bool wait) {
   if (!pool_ || pool_->in_flight() == 0) return Status::Ok();
   for (InflateJob& job : pool_->Take(wait)) {
+    if (!job.status.ok() && job.short_input) {
+      return CompressedUsedTwice(job.virt, job.host);
+    }
     BYOI_RETURN_IF_ERROR(job.status);
+    DropRetained(job.host, job.host + job.consumed);
     BYOI_RETURN_IF_ERROR(GiveData(job.virt, std::span<const uint8_t>(job.out).first(job.length)));
     Release(job.charged);
   }

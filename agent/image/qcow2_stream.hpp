@@ -115,12 +115,17 @@ class Qcow2StreamReader : public ByteSink {
     uint64_t length = 0;  // bytes of the virtual disk (less than a cluster at the disk's end)
     uint64_t compressed_length = 0;
     std::vector<uint8_t> bytes;  // gathered so far
+    uint64_t host = 0;
+    bool short_input = false;  // see InflateJob
   };
   struct PendingL2 {
     uint64_t l1_index = 0;
     std::vector<uint8_t> bytes;
   };
   struct InflateJob {
+    uint64_t host = 0;
+    bool short_input = false;  // the end of its sectors was used by another mapping
+    uint64_t consumed = 0;     // input bytes the stream took, when it inflated
     uint64_t virt = 0;
     uint64_t length = 0;
     std::vector<uint8_t> in;
@@ -139,7 +144,8 @@ class Qcow2StreamReader : public ByteSink {
   Status ProcessSpan(uint64_t q, std::span<const uint8_t> bytes);
   Status ServeData(uint64_t q, std::span<const uint8_t> bytes,
                    std::vector<std::pair<uint64_t, uint64_t>>& used);
-  Status ServeCompressed(uint64_t q, std::span<const uint8_t> bytes);
+  Status ServeCompressed(uint64_t q, std::span<const uint8_t> bytes,
+                         std::vector<std::pair<uint64_t, uint64_t>>& used);
   Status Retain(uint64_t q, std::span<const uint8_t> bytes,
                 const std::vector<std::pair<uint64_t, uint64_t>>& used);
   Status Completions();
@@ -153,10 +159,16 @@ class Qcow2StreamReader : public ByteSink {
   Status ZeroRun(uint64_t virt, uint64_t length);
   Status FlushZeros();
   Status GiveData(uint64_t virt, std::span<const uint8_t> bytes);
-  // Calls fn(offset, bytes) for the waiting bytes inside [begin, end); returns how many there were.
+  // Calls fn(offset, bytes) for the retained bytes in [begin, end) and returns how many there
+  // were; those also inside `drop` are then dropped (they were used), their memory released.
   template <typename Fn>
-  uint64_t FromRetained(uint64_t begin, uint64_t end, Fn&& fn);
+  uint64_t FromRetained(uint64_t begin, uint64_t end, std::pair<uint64_t, uint64_t> drop, Fn&& fn);
+  // Drops the retained bytes in [begin, end), keeping what is left of a piece on either side.
+  void DropRetained(uint64_t begin, uint64_t end);
   void DropRetained();
+  // Where the last sector of a compressed stream at `host` begins: the next stream may start
+  // there, and which of its bytes are this one's is known once it has inflated.
+  static uint64_t LastSector(uint64_t host, uint64_t compressed_length);
   Status FeedSnapshots(uint64_t q, std::span<const uint8_t> bytes);
   Status FeedBitmaps(uint64_t q, std::span<const uint8_t> bytes);
   Status ParseBitmapDirectory();

@@ -22,6 +22,8 @@ StreamImage::StreamImage(VirtualDiskSink& sink, StreamImageOptions options, Head
 
 StreamImage::~StreamImage() = default;
 
+const OvaInfo* StreamImage::ova() const { return ova_ ? &ova_->info() : nullptr; }
+
 uint64_t StreamImage::memory_peak() const {
   if (qcow2_) return qcow2_->memory_peak();
   if (ova_) return ova_->memory_peak();

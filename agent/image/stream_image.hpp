@@ -35,6 +35,7 @@
 #include "agent/base/status.hpp"
 #include "agent/image/decompress.hpp"
 #include "agent/image/format.hpp"
+#include "agent/image/ova.hpp"
 #include "agent/image/qcow2.hpp"
 #include "agent/image/virtual_disk_sink.hpp"
 #include "agent/image/vmdk.hpp"
@@ -91,6 +92,8 @@ class StreamImage : public ByteSink {
   const StreamHead& head() const { return head_; }
   // File bytes taken so far (before decoding).
   uint64_t bytes_in() const { return in_; }
+  // An OVA's members and the disk it installed, once Finish succeeded (nullptr for other images).
+  const OvaInfo* ova() const;
   // The qcow2, OVA or VMDK reader's memory peak (0 for raw images).
   uint64_t memory_peak() const;
 

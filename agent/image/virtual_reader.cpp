@@ -17,7 +17,8 @@ ClusterDecompressor::~ClusterDecompressor() {
   ZSTD_freeDCtx(zstd_);
 }
 
-Status ClusterDecompressor::Decompress(const Extent& e, std::span<uint8_t> out) {
+Status ClusterDecompressor::Decompress(const Extent& e, std::span<uint8_t> out,
+                                       uint64_t* consumed) {
   // The extent may be clipped: name the cluster, where it starts on the disk.
   auto fail = [&](std::string_view why) {
     return Status::Error(Code::kInvalid,
@@ -31,10 +32,13 @@ Status ClusterDecompressor::Decompress(const Extent& e, std::span<uint8_t> out) 
   if (e.compression == Compression::kDeflate) {
     // The stream is followed by the rest of its last sector (garbage or the next cluster's data):
     // the _ex variant accepts trailing input, and a NULL actual_out demands exactly one cluster.
-    size_t consumed = 0;
+    size_t in_bytes = 0;
     auto r = libdeflate_deflate_decompress_ex(deflate_, e.data, e.compressed_length, out.data(),
-                                              out.size(), &consumed, nullptr);
-    if (r == LIBDEFLATE_SUCCESS) return Status::Ok();
+                                              out.size(), &in_bytes, nullptr);
+    if (r == LIBDEFLATE_SUCCESS) {
+      if (consumed) *consumed = in_bytes;
+      return Status::Ok();
+    }
     if (r == LIBDEFLATE_SHORT_OUTPUT) return fail("deflate stream inflates to less than a cluster");
     if (r == LIBDEFLATE_INSUFFICIENT_SPACE) {
       return fail("deflate stream inflates to more than a cluster");
@@ -45,18 +49,21 @@ Status ClusterDecompressor::Decompress(const Extent& e, std::span<uint8_t> out) 
     // A VMDK grain: a zlib stream (the bytes after it are ignored, as zlib's uncompress() that
     // qemu-img uses ignores them), which must fill the grain, or, for a last grain cut by the end
     // of the disk, exactly the part inside the disk.
-    size_t consumed = 0;
+    size_t in_bytes = 0;
     size_t produced = 0;
     auto r = libdeflate_zlib_decompress_ex(deflate_, e.data, e.compressed_length, out.data(),
-                                           out.size(), &consumed, &produced);
-    if (r == LIBDEFLATE_INSUFFICIENT_SPACE)
+                                           out.size(), &in_bytes, &produced);
+    if (r == LIBDEFLATE_INSUFFICIENT_SPACE) {
       return fail("zlib stream inflates to more than a grain");
-    if (r != LIBDEFLATE_SUCCESS) return fail("corrupt zlib stream");
-    if (produced == out.size()) return Status::Ok();
-    if (produced != e.cluster_min) {
-      return fail(fmt::format("zlib stream inflates to {} bytes, less than a grain", produced));
     }
-    std::memset(out.data() + produced, 0, out.size() - produced);
+    if (r != LIBDEFLATE_SUCCESS) return fail("corrupt zlib stream");
+    if (produced != out.size()) {
+      if (produced != e.cluster_min) {
+        return fail(fmt::format("zlib stream inflates to {} bytes, less than a grain", produced));
+      }
+      std::memset(out.data() + produced, 0, out.size() - produced);
+    }
+    if (consumed) *consumed = in_bytes;
     return Status::Ok();
   }
   if (e.compression == Compression::kZstd) {
@@ -76,6 +83,7 @@ Status ClusterDecompressor::Decompress(const Extent& e, std::span<uint8_t> out) 
       }
     }
     if (ret != 0) return fail("zstd frame inflates to more than a cluster");
+    if (consumed) *consumed = in.pos;
     return Status::Ok();
   }
   return fail("unknown compression");

@@ -29,8 +29,10 @@ class ClusterDecompressor {
   // Inflates the compressed cluster `e` (all of it, whatever its cluster_skip) into `out`, which
   // must be exactly e.cluster_size bytes. kInvalid (with the cluster's virtual offset in detail)
   // when the stream is corrupt or does not produce exactly one cluster (or e.cluster_min bytes,
-  // the rest of `out` then zeroed); `out` then holds unspecified bytes.
-  Status Decompress(const Extent& e, std::span<uint8_t> out);
+  // the rest of `out` then zeroed); `out` then holds unspecified bytes. On success, `consumed`
+  // (when given) is how many input bytes the stream took: the rest of its last sector is not its
+  // own.
+  Status Decompress(const Extent& e, std::span<uint8_t> out, uint64_t* consumed = nullptr);
 
  private:
   libdeflate_decompressor* deflate_ = nullptr;

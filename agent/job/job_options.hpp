@@ -7,11 +7,29 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "agent/boot/boot_entry.hpp"  // BootOrderPolicy
 #include "agent/boot/reboot.hpp"      // RebootMode
 
 namespace byoi {
+
+// How an image reaches the disk (docs/pipeline.md, "Write modes"): whole in RAM and verified before
+// the first write, or streamed to the disk while it downloads; auto picks RAM when the image fits
+// the RAM budget.
+enum class WriteMode { kAuto, kRam, kStream };
+
+// "auto", "ram", "stream".
+inline std::string_view WriteModeName(WriteMode mode) {
+  return mode == WriteMode::kRam ? "ram" : mode == WriteMode::kStream ? "stream" : "auto";
+}
+// The mode named `text`, or nullopt.
+inline std::optional<WriteMode> ParseWriteMode(std::string_view text) {
+  for (WriteMode m : {WriteMode::kAuto, WriteMode::kRam, WriteMode::kStream}) {
+    if (WriteModeName(m) == text) return m;
+  }
+  return std::nullopt;
+}
 
 struct JobOptions {
   std::string disk;  // --disk: a block device or a regular file; overrides diskGroupId
@@ -31,7 +49,12 @@ struct JobOptions {
   std::chrono::milliseconds stall_timeout{60000};  // without a byte before an attempt is retried
   std::chrono::milliseconds retry_delay{1000};     // before the 2nd attempt, doubling up to 30 s
   int download_attempts = 10;  // --download-attempts N in a row without progress before giving up
-  int connections = 4;  // --connections N at once when the origin answers Range requests (1-16)
+  int connections = 4;
+  WriteMode write_mode = WriteMode::kAuto;  // --write-mode; a manifest's writeMode wins
+  // --verify-written: read the disk back after writing and compare (a manifest's verifyWritten
+  // true asks for it too).
+  bool verify_written =
+      false;  // --connections N at once when the origin answers Range requests (1-16)
 };
 
 }  // namespace byoi

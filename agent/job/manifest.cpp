@@ -226,6 +226,19 @@ Status SetBootOrder(Manifest& m, const std::optional<std::string>& policy, std::
   return Status::Ok();
 }
 
+// writeMode and verifyWritten (ours, docs/manifest.md): how this job writes, over the agent's
+// --write-mode and --verify-written. `prefix` is "" (v1) or "customizations." (v3).
+Status SetWriteOptions(Manifest& m, const json::object& o, const std::string& prefix) {
+  BYOI_ASSIGN_OR_RETURN(auto mode, GetString(o, "writeMode", prefix + "writeMode"));
+  if (mode && !mode->empty()) {
+    std::optional<WriteMode> parsed = ParseWriteMode(*mode);
+    if (!parsed) return Invalid(prefix + "writeMode", "must be auto, ram or stream");
+    m.write_mode = parsed;
+  }
+  BYOI_ASSIGN_OR_RETURN(m.verify_written, GetBool(o, "verifyWritten", prefix + "verifyWritten"));
+  return Status::Ok();
+}
+
 // REQUIRES: !path.empty() (an empty path means "not given").
 Status ValidateEfiPath(const std::string& path, std::string_view field) {
   if (path.size() > kMaxEfiPathBytes) return Invalid(field, "longer than 512 bytes");
@@ -348,6 +361,7 @@ Result<Manifest> ParseV1(const json::object& o) {
   }
   BYOI_ASSIGN_OR_RETURN(auto order, GetString(o, "efiBootOrder", "efiBootOrder"));
   BYOI_RETURN_IF_ERROR(SetBootOrder(m, order, "efiBootOrder"));
+  BYOI_RETURN_IF_ERROR(SetWriteOptions(m, o, ""));
   BYOI_ASSIGN_OR_RETURN(const json::object* cd, GetObject(o, "configdrive", "configdrive"));
   if (cd != nullptr) {
     BYOI_ASSIGN_OR_RETURN(auto enable, GetBool(*cd, "enable", "configdrive.enable"));
@@ -398,6 +412,7 @@ Result<Manifest> ParseV3(const json::object& o) {
   }
   BYOI_ASSIGN_OR_RETURN(auto order, GetString(*c, "efiBootOrder", "customizations.efiBootOrder"));
   BYOI_RETURN_IF_ERROR(SetBootOrder(m, order, "customizations.efiBootOrder"));
+  BYOI_RETURN_IF_ERROR(SetWriteOptions(m, *c, "customizations."));
   BYOI_ASSIGN_OR_RETURN(auto description,
                         GetString(*c, "description", "customizations.description"));
   m.description = description.value_or("");
@@ -583,6 +598,9 @@ boost::json::object ManifestToJson(const Manifest& m) {
       m.efi_bootloader_path.empty() ? json::value(nullptr) : json::value(m.efi_bootloader_path);
   out["efiBootOrder"] =
       m.efi_boot_order ? json::value(BootOrderPolicyName(*m.efi_boot_order)) : json::value(nullptr);
+  out["writeMode"] =
+      m.write_mode ? json::value(WriteModeName(*m.write_mode)) : json::value(nullptr);
+  out["verifyWritten"] = m.verify_written ? json::value(*m.verify_written) : json::value(nullptr);
   const ConfigDriveSpec& cd = m.config_drive;
   json::object drive;
   drive["enabled"] = cd.enabled;

@@ -21,6 +21,7 @@
 #include "agent/fetch/hasher.hpp"        // HashAlgo
 #include "agent/fetch/http_headers.hpp"  // HttpHeader
 #include "agent/image/format.hpp"        // ImageType
+#include "agent/job/job_options.hpp"     // WriteMode
 
 namespace byoi {
 
@@ -45,6 +46,10 @@ struct Manifest {
   // efiBootOrder: first, after-network, bootnext or none (docs/boot.md); overrides the agent's
   // --efi-boot-order for this job. Unset if not given.
   std::optional<BootOrderPolicy> efi_boot_order;
+  // writeMode and verifyWritten (docs/manifest.md): how this job writes, over the agent's
+  // --write-mode and --verify-written. Unset if not given.
+  std::optional<WriteMode> write_mode;
+  std::optional<bool> verify_written;
   ConfigDriveSpec config_drive;
 };
 

@@ -21,6 +21,7 @@
 #include "agent/disk/inventory.hpp"
 #include "agent/disk/partition_add.hpp"
 #include "agent/disk/safety.hpp"
+#include "agent/disk/stream_writer.hpp"
 #include "agent/disk/target.hpp"
 #include "agent/disk/wipe.hpp"
 #include "agent/disk/writer.hpp"
@@ -28,6 +29,7 @@
 #include "agent/image/format.hpp"
 #include "agent/image/image_buffer.hpp"
 #include "agent/image/open_image.hpp"
+#include "agent/image/stream_image.hpp"
 #include "agent/image/verify_compressed.hpp"
 #include "agent/image/virtual_reader.hpp"
 
@@ -139,7 +141,7 @@ Result<FetchResult> Download(const Manifest& manifest, const RunOptions& options
 
 // What the verify step says of an OVA: the disk it installs and the manifest checked; a warning
 // when the OVA holds other disks, which are not installed (docs/status.md).
-std::string OvaNote(const OvaInfo& ova, const VmdkInfo& vmdk, StatusBoard& board) {
+std::string OvaNote(const OvaInfo& ova, const std::optional<VmdkInfo>& vmdk, StatusBoard& board) {
   const std::string& disk = ova.members[ova.disk].name;
   if (ova.disks.size() > 1) {
     std::string warning = fmt::format(
@@ -153,32 +155,54 @@ std::string OvaNote(const OvaInfo& ova, const VmdkInfo& vmdk, StatusBoard& board
                                   ? std::string("no manifest")
                                   : fmt::format("manifest: {} digests match", ova.digests.size());
   return fmt::format(" ({}, disk {} of {}, {} VMDK; {})", disk, number + 1, ova.disks.size(),
-                     vmdk.subformat, digests);
+                     vmdk ? vmdk->subformat : std::string("?"), digests);
 }
 
 // Step 3: the checksum, the format against the declared type, every qcow2 or VMDK metadata table
 // and an OVA's manifest digests (a corrupt image is refused here, before the disk is touched), and
 // the virtual disk against the target: its size and the sector size its GPT was made for.
-Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched, const Disk* disk,
-                           StatusBoard& board, const CancelToken& cancel) {
-  board.BeginStep(Step::kVerify, "verifying image");
+// The image's checksum against the manifest's, shown in the status; without one in the manifest
+// the operator is warned that nothing vouched for these bytes (docs/status.md, warnings).
+Status VerifyChecksum(const Manifest& manifest, const std::string& actual, uint64_t bytes,
+                      StatusBoard& board) {
   const HashAlgo algo = ReportedHash(manifest);
-  const std::string actual = fetched.DigestOf(algo);
   board.SetChecksum(actual);
   if (!manifest.checksum) {
-    // The operator must see that nothing vouched for these bytes (docs/status.md, warnings).
     std::string warning = fmt::format(
         "no checksum given: the image was not verified against a known checksum ({} {} computed)",
         HashAlgoName(algo), actual);
     spdlog::warn("verify: {}", warning);
     board.Warn(std::move(warning));
+    return Status::Ok();
   }
-  if (manifest.checksum && actual != manifest.checksum->hex) {
-    return Status::Error(
-        Code::kInvalid,
-        fmt::format("{} of {} bytes differs", HashAlgoName(algo), fetched.image.size()),
-        msg::ChecksumMismatch(HashAlgoName(algo), actual, manifest.checksum->hex));
+  if (actual != manifest.checksum->hex) {
+    return Status::Error(Code::kInvalid,
+                         fmt::format("{} of {} bytes differs", HashAlgoName(algo), bytes),
+                         msg::ChecksumMismatch(HashAlgoName(algo), actual, manifest.checksum->hex));
   }
+  return Status::Ok();
+}
+
+// The verify step's comment: what the image is (for an OVA, `ova_note`: its disk), its virtual size
+// and how it was checked.
+std::string VerifyComment(const FormatInfo& info, uint64_t vsize, const Manifest& manifest,
+                          std::string_view ova_note = {}) {
+  const HashAlgo algo = ReportedHash(manifest);
+  std::string table = info.table == PartitionTableType::kGpt   ? " (GPT)"
+                      : info.table == PartitionTableType::kMbr ? " (MBR)"
+                                                               : "";
+  std::string checksum = manifest.checksum
+                             ? fmt::format("{} matches", HashAlgoName(algo))
+                             : fmt::format("no checksum given, {} computed", HashAlgoName(algo));
+  return fmt::format("{}{}{}, virtual size {} ({} bytes); {}", info.name, ova_note, table,
+                     HumanBytes(vsize), vsize, checksum);
+}
+
+Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched, const Disk* disk,
+                           const std::string& why, StatusBoard& board, const CancelToken& cancel) {
+  board.BeginStep(Step::kVerify, "verifying image");
+  BYOI_RETURN_IF_ERROR(VerifyChecksum(manifest, fetched.DigestOf(ReportedHash(manifest)),
+                                      fetched.image.size(), board));
   FormatInfo info = DetectFormat(fetched.image.bytes());
   BYOI_RETURN_IF_ERROR(CheckDeclaredType(info, manifest.type));
   Result<OpenedImage> opened = OpenImage(fetched.image.bytes());
@@ -189,7 +213,7 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
   if (opened->ova) {
     BYOI_RETURN_IF_ERROR(VerifyOvaManifest(fetched.image.bytes(), *opened->ova, cancel)
                              .Context("checking the OVA's manifest"));
-    ova_note = OvaNote(*opened->ova, *opened->vmdk, board);
+    ova_note = OvaNote(*opened->ova, opened->vmdk, board);
   }
   const uint64_t vsize = opened->layout.virtual_size();
   // The partition table of the virtual disk (a qcow2's first clusters may be compressed).
@@ -210,22 +234,15 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
                  HumanBytes(opened->compressed_bytes()),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  std::string table = info.table == PartitionTableType::kGpt   ? " (GPT)"
-                      : info.table == PartitionTableType::kMbr ? " (MBR)"
-                                                               : "";
-  std::string checksum = manifest.checksum
-                             ? fmt::format("{} matches", HashAlgoName(algo))
-                             : fmt::format("no checksum given, {} computed", HashAlgoName(algo));
-  board.FinishStep(Step::kVerify, fmt::format("{}{}{}, virtual size {} ({} bytes); {}", info.name,
-                                              ova_note, table, HumanBytes(vsize), vsize, checksum));
+  board.FinishStep(Step::kVerify,
+                   VerifyComment(info, vsize, manifest, ova_note) + "; ram mode: " + why);
   return opened;
 }
 
-// Step 4: old signatures off the disk (and stale config drives off its group), then the image's
-// virtual disk, first MiB last (the writer's order).
-Status Write(const Manifest& manifest, const OpenedImage& image, const TargetDisk& target,
-             StatusBoard& board, const CancelToken& cancel) {
-  board.BeginStep(Step::kWrite, "writing image");
+// The first writes of both modes: old signatures off the disk (file systems, RAID, partition
+// tables at both ends) and stale config drives off the other disks of its group, then the disk
+// opened for the image. A regular file keeps its size: it stands for a whole disk.
+Result<Target> PrepareDisk(const TargetDisk& target) {
   const Disk& disk = target.disk;
   {
     BYOI_ASSIGN_OR_RETURN(UniqueFd fd, OpenDiskExclusive(disk, O_RDWR | O_CLOEXEC));
@@ -235,9 +252,15 @@ Status Write(const Manifest& manifest, const OpenedImage& image, const TargetDis
   BYOI_ASSIGN_OR_RETURN(std::vector<std::string> stale,
                         RemoveStaleConfigDrives(target.group_peers));
   for (const std::string& line : stale) spdlog::info("write: {}", line);
+  return Target::Open(disk.path, Target::Options{});
+}
 
-  Target::Options target_options;  // a regular file keeps its size: it stands for a whole disk
-  BYOI_ASSIGN_OR_RETURN(Target out, Target::Open(disk.path, target_options));
+// Step 4 in ram mode: the image's virtual disk, first MiB last (the writer's order), then read
+// back when asked.
+Status Write(const Manifest& manifest, const JobOptions& job, const OpenedImage& image,
+             const TargetDisk& target, StatusBoard& board, const CancelToken& cancel) {
+  board.BeginStep(Step::kWrite, "writing image");
+  BYOI_ASSIGN_OR_RETURN(Target out, PrepareDisk(target));
   WriteOptions write_options;
   write_options.image_type = TypeName(manifest);
   auto progress = [&board, vsize = image.layout.virtual_size()](uint64_t done, uint64_t) {
@@ -247,6 +270,175 @@ Status Write(const Manifest& manifest, const OpenedImage& image, const TargetDis
                         WriteImage(image.layout, out, write_options, progress, cancel));
   spdlog::info("write: {} written, {} zeroed in {:.1f} s{}", HumanBytes(stats.bytes_written),
                HumanBytes(stats.bytes_zeroed), stats.seconds, out.direct() ? " (O_DIRECT)" : "");
+  if (manifest.verify_written.value_or(job.verify_written)) {
+    BYOI_RETURN_IF_ERROR(VerifyImageWritten(image.layout, out, write_options, progress, cancel));
+    spdlog::info("write: read back and compared, {}", HumanBytes(image.layout.virtual_size()));
+  }
+  board.FinishStep(Step::kWrite);
+  return Status::Ok();
+}
+
+// Stream mode's memory (docs/pipeline.md, "Write modes"): everything it holds comes out of the RAM
+// budget, at most 512 MiB in all whatever the image: the download's window of pieces and its
+// receive buffers, the writer's chunks in flight, the held-back first MiB, and the rest for the
+// image reader (qcow2 clusters that wait for their L2 entry, its tables).
+struct StreamMemory {
+  uint64_t window = 0;          // FetchOptions::window_bytes
+  uint64_t receive_buffer = 0;  // FetchOptions::receive_buffer, per connection
+  uint64_t chunk = 0;           // StreamWriteOptions::chunk_size
+  unsigned writer_threads = 0;  // chunks in flight: threads + 2
+  uint64_t reader = 0;          // StreamImageOptions::memory_budget
+};
+
+constexpr uint64_t kMiB = 1ull << 20;
+constexpr uint64_t kMaxStreamMemory = 512 * kMiB;
+
+StreamMemory PlanStreamMemory(uint64_t budget, int connections) {
+  const uint64_t b = std::min(budget, kMaxStreamMemory);
+  StreamMemory m;
+  m.writer_threads = b >= 64 * kMiB ? 4 : 2;
+  m.chunk = std::clamp<uint64_t>(b / 32 / kMiB * kMiB, kMiB, 4 * kMiB);
+  m.window = std::clamp<uint64_t>(b / 4, 2 * kMiB, 64 * kMiB);
+  m.receive_buffer = std::clamp<uint64_t>(b / 16 / std::max(connections, 1), 64 << 10, 8 * kMiB);
+  const uint64_t fixed = (m.writer_threads + 2) * m.chunk + kMiB /* held */ + m.window +
+                         m.receive_buffer * std::max(connections, 1);
+  m.reader = b > fixed + kMiB ? b - fixed : kMiB;
+  return m;
+}
+
+// Where stream mode's reader puts the virtual disk: nowhere until its head passed the checks (then
+// the disk is prepared and a StreamWriter made), nowhere at all in a dry run.
+class DiskSink : public VirtualDiskSink {
+ public:
+  Status Write(uint64_t offset, std::span<const uint8_t> bytes) override {
+    return writer ? writer->Write(offset, bytes) : Status::Ok();
+  }
+  Status Zero(uint64_t offset, uint64_t length) override {
+    return writer ? writer->Zero(offset, length) : Status::Ok();
+  }
+  uint64_t accepted() const { return writer ? writer->bytes_accepted() : 0; }
+
+  // The first writes: the disk prepared (PrepareDisk) and the writer made, its memory from `mem`.
+  // `virtual_size` 0: not known yet (a compressed raw image).
+  Status Open(const TargetDisk& disk, uint64_t virtual_size, const Manifest& manifest,
+              const JobOptions& job, const StreamMemory& mem, const CancelToken& cancel) {
+    BYOI_ASSIGN_OR_RETURN(target, PrepareDisk(disk));
+    StreamWriteOptions options;
+    options.image_type = TypeName(manifest);
+    options.chunk_size = mem.chunk;
+    options.threads = mem.writer_threads;
+    options.verify_written = manifest.verify_written.value_or(job.verify_written);
+    verify_written = options.verify_written;
+    BYOI_ASSIGN_OR_RETURN(writer, StreamWriter::Create(target, virtual_size, options, cancel));
+    return Status::Ok();
+  }
+
+  // The end of the image: everything but the held-back first MiB on the disk, the partition table
+  // in it checked against the disk's sectors, then the first MiB, then the read-back when asked.
+  Status Complete(uint64_t virtual_size, const Disk& disk, const std::string& type,
+                  const ProgressFn& read_back_progress) {
+    BYOI_RETURN_IF_ERROR(writer->Flush(virtual_size));
+    BYOI_RETURN_IF_ERROR(CheckImageSectorSize(writer->held(), disk, type));
+    BYOI_RETURN_IF_ERROR(writer->Commit());
+    if (!verify_written) return Status::Ok();
+    BYOI_RETURN_IF_ERROR(writer->VerifyWritten(read_back_progress));
+    spdlog::info("write: read back and compared, {}", HumanBytes(virtual_size));
+    return Status::Ok();
+  }
+
+  Target target;  // outlives `writer`, which borrows it
+  std::unique_ptr<StreamWriter> writer;
+  bool verify_written = false;
+};
+
+// Gives `image` the bytes of a file held in RAM, in 4 MiB pieces, checking `cancel` between them.
+Status FeedFromMemory(std::span<const uint8_t> bytes, ByteSink& image, const CancelToken& cancel,
+                      const std::function<void(uint64_t)>& progress) {
+  constexpr size_t kPiece = 4 << 20;
+  BYOI_RETURN_IF_ERROR(image.Start(bytes.size()));
+  for (size_t pos = 0; pos < bytes.size(); pos += kPiece) {
+    BYOI_RETURN_IF_ERROR(cancel.Check());
+    BYOI_RETURN_IF_ERROR(image.Write(bytes.subspan(pos, std::min(kPiece, bytes.size() - pos))));
+    if (progress) progress(pos);
+  }
+  return Status::Ok();
+}
+
+// Steps 2-4 at once in stream mode (docs/pipeline.md, "Write modes"): the image flows from the
+// connection through the hasher and the image reader to the disk. Everything the first bytes show
+// (the format against the declared type, the virtual size against the disk, a qcow2 header's
+// refusals) is checked before the first write; the first MiB reaches the disk only once the whole
+// image arrived and its checksum matched. `*touched` tells the caller whether the disk was
+// written to, for the failure policy. `target` is null in a dry run: the image is read and
+// checked, and goes nowhere.
+Status StreamToDisk(const Manifest& manifest, const JobOptions& job, const TargetDisk* target,
+                    const std::string& why, StatusBoard& board, const CancelToken& cancel,
+                    bool* touched) {
+  BYOI_ASSIGN_OR_RETURN(FetchOptions opts, MakeFetchOptions(job));
+  const StreamMemory mem = PlanStreamMemory(opts.memory_budget, opts.connections);
+  opts.window_bytes = mem.window;
+  opts.receive_buffer = mem.receive_buffer;
+  board.BeginStep(Step::kDownload, "downloading image");
+  spdlog::info("download: stream mode ({}); memory: {} window, {} for the image reader", why,
+               HumanBytes(mem.window), HumanBytes(mem.reader));
+
+  DiskSink sink;
+  std::optional<uint64_t> vsize_known;
+  auto on_head = [&](const StreamHead& head) -> Status {
+    BYOI_RETURN_IF_ERROR(CheckDeclaredType(head.format, manifest.type));
+    vsize_known = head.virtual_size;
+    if (target == nullptr) return Status::Ok();
+    const Disk& disk = target->disk;
+    if (head.virtual_size) BYOI_RETURN_IF_ERROR(CheckImageFits(*head.virtual_size, disk));
+    // The disk may have changed while the job was planned (an operator mounted it).
+    BYOI_RETURN_IF_ERROR(CheckNotInUse(disk));
+    // Until here the disk is untouched, byte for byte.
+    *touched = true;
+    BYOI_RETURN_IF_ERROR(
+        sink.Open(*target, head.virtual_size.value_or(0), manifest, job, mem, cancel));
+    board.BeginStep(Step::kWrite, "writing image while it downloads");
+    return Status::Ok();
+  };
+  StreamImageOptions reader_options;
+  reader_options.memory_budget = mem.reader;
+  StreamImage image(sink, reader_options, on_head);
+
+  FetchRequest req;
+  req.url = manifest.url;
+  req.headers = manifest.headers;
+  req.type = manifest.type;
+  req.hashes = {ReportedHash(manifest)};
+  auto progress = [&](uint64_t done, uint64_t total) {
+    board.StepProgress(Step::kDownload, done, total);
+    if (sink.writer) board.StepProgress(Step::kWrite, sink.accepted(), vsize_known.value_or(0));
+  };
+  Result<FetchStreamResult> fetched = FetchStream(req, opts, image, progress, cancel);
+  if (!fetched.ok()) {
+    // The image reader's and the disk's own errors come through the download unchanged; only a
+    // failed transfer is the download's.
+    return std::move(fetched).status().DefaultMessage(msg::DownloadFailed(manifest.url));
+  }
+  BYOI_ASSIGN_OR_RETURN(uint64_t vsize, image.Finish());
+  spdlog::info("download: {} in {:.1f} s, {} request(s); image reader peak {}",
+               HumanBytes(fetched->bytes), fetched->seconds, fetched->requests,
+               HumanBytes(image.memory_peak()));
+  board.FinishStep(Step::kDownload);
+
+  board.BeginStep(Step::kVerify, "verifying image");
+  BYOI_RETURN_IF_ERROR(
+      VerifyChecksum(manifest, fetched->DigestOf(ReportedHash(manifest)), fetched->bytes, board));
+  const std::string ova_note =
+      image.ova() ? OvaNote(*image.ova(), image.head().vmdk, board) : std::string();
+  board.FinishStep(Step::kVerify, VerifyComment(image.head().format, vsize, manifest, ova_note) +
+                                      "; stream mode: " + why);
+  if (!sink.writer) return Status::Ok();  // a dry run
+
+  BYOI_RETURN_IF_ERROR(sink.Complete(
+      vsize, target->disk, TypeName(manifest),
+      [&board, vsize](uint64_t done, uint64_t) { board.StepProgress(Step::kWrite, done, vsize); }));
+  const StreamWriteStats stats = sink.writer->stats();
+  spdlog::info("write: {} written, {} zeroed while downloading", HumanBytes(stats.bytes_written),
+               HumanBytes(stats.bytes_zeroed));
   board.FinishStep(Step::kWrite);
   return Status::Ok();
 }
@@ -368,6 +560,76 @@ void MakeUnbootable(const Disk& disk) {
   }
 }
 
+// True for an image in a gzip, xz, zstd or bzip2 container (compressed raw).
+bool IsCompressed(std::span<const uint8_t> bytes) {
+  return DetectCompressor(bytes.first(std::min<size_t>(bytes.size(), 6))) != Compressor::kNone;
+}
+
+// Steps 3-4 in ram mode for a compressed raw image (gzip, xz, zstd, bzip2): the RAM reader cannot
+// seek into it, so it is decoded once, into nothing, before the first write (a corrupt or cut
+// stream is found while the disk is untouched, and the decoded disk's size and partition table
+// are checked), then decoded again from RAM into the disk through stream mode's reader and writer.
+Status WriteCompressedFromRam(const Manifest& manifest, const JobOptions& job,
+                              const FetchResult& fetched, const TargetDisk* target,
+                              const std::string& why, StatusBoard& board, const CancelToken& cancel,
+                              bool* touched) {
+  board.BeginStep(Step::kVerify, "verifying image");
+  BYOI_RETURN_IF_ERROR(VerifyChecksum(manifest, fetched.DigestOf(ReportedHash(manifest)),
+                                      fetched.image.size(), board));
+  BYOI_ASSIGN_OR_RETURN(FetchOptions opts, MakeFetchOptions(job));
+  const StreamMemory mem = PlanStreamMemory(opts.memory_budget, opts.connections);
+  StreamImageOptions reader_options;
+  reader_options.memory_budget = mem.reader;
+
+  // The decode pass keeps the first sectors of the disk: its partition table.
+  struct HeadSink : VirtualDiskSink {
+    Status Write(uint64_t offset, std::span<const uint8_t> bytes) override {
+      for (size_t i = 0; i < bytes.size() && offset + i < head.size(); ++i) {
+        head[offset + i] = bytes[i];
+      }
+      return Status::Ok();
+    }
+    Status Zero(uint64_t, uint64_t) override { return Status::Ok(); }
+    std::vector<uint8_t> head = std::vector<uint8_t>(kHeadBytes, 0);
+  } head_sink;
+  StreamImage check(head_sink, reader_options, [&](const StreamHead& head) {
+    return CheckDeclaredType(head.format, manifest.type);
+  });
+  auto t0 = std::chrono::steady_clock::now();
+  BYOI_RETURN_IF_ERROR(FeedFromMemory(fetched.image.bytes(), check, cancel, nullptr));
+  BYOI_ASSIGN_OR_RETURN(uint64_t vsize, check.Finish());
+  spdlog::info("verify: {} {} decodes to {} in {:.1f} s", CompressorName(check.head().container),
+               HumanBytes(fetched.image.size()), HumanBytes(vsize),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  if (target) {
+    BYOI_RETURN_IF_ERROR(CheckImageFits(vsize, target->disk));
+    head_sink.head.resize(std::min<uint64_t>(vsize, kHeadBytes));
+    BYOI_RETURN_IF_ERROR(CheckImageSectorSize(head_sink.head, target->disk, TypeName(manifest)));
+  }
+  board.FinishStep(Step::kVerify, VerifyComment(check.head().format, vsize, manifest) +
+                                      fmt::format("; {} decoded once; ram mode: {}",
+                                                  CompressorName(check.head().container), why));
+  if (target == nullptr) return Status::Ok();  // a dry run
+
+  BYOI_RETURN_IF_ERROR(cancel.Check());
+  // The disk may have changed while the image downloaded (an operator mounted it).
+  BYOI_RETURN_IF_ERROR(CheckNotInUse(target->disk));
+  board.BeginStep(Step::kWrite, "writing image");
+  *touched = true;
+  DiskSink sink;
+  BYOI_RETURN_IF_ERROR(sink.Open(*target, vsize, manifest, job, mem, cancel));
+  StreamImage image(sink, reader_options, nullptr);
+  BYOI_RETURN_IF_ERROR(FeedFromMemory(fetched.image.bytes(), image, cancel, [&](uint64_t) {
+    board.StepProgress(Step::kWrite, sink.accepted(), vsize);
+  }));
+  BYOI_RETURN_IF_ERROR(image.Finish().status());
+  BYOI_RETURN_IF_ERROR(sink.Complete(
+      vsize, target->disk, TypeName(manifest),
+      [&board, vsize](uint64_t done, uint64_t) { board.StepProgress(Step::kWrite, done, vsize); }));
+  board.FinishStep(Step::kWrite);
+  return Status::Ok();
+}
+
 // Each step's catalogue sentence (docs/status.md) for a failure its stage could not name (an
 // unreadable sysfs, a failed system call): `message` is always a catalogue sentence, the cause
 // stays in `detail`. A more specific sentence set by the stage (a checksum mismatch, a busy disk)
@@ -392,14 +654,50 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
     BYOI_ASSIGN_OR_RETURN(target, Attach(Plan(manifest, job), cant_write));
   }
 
-  BYOI_ASSIGN_OR_RETURN(FetchResult fetched, Attach(Download(manifest, options, board, cancel),
-                                                    msg::DownloadFailed(manifest.url)));
+  // The write mode (docs/pipeline.md, "Write modes"): the manifest's, else the agent's; auto
+  // takes the image into RAM and streams it only when it does not fit the RAM budget.
+  const WriteMode mode = manifest.write_mode.value_or(job.write_mode);
+  std::string why = manifest.write_mode ? fmt::format("writeMode {}", WriteModeName(mode))
+                                        : fmt::format("--write-mode {}", WriteModeName(mode));
+  std::optional<FetchResult> fetched;
+  if (mode != WriteMode::kStream) {
+    Result<FetchResult> in_ram = Download(manifest, options, board, cancel);
+    if (mode == WriteMode::kAuto && !in_ram.ok() && in_ram.status().code() == Code::kTooBig) {
+      why = "the image does not fit the RAM budget (" + in_ram.status().detail() + ")";
+    } else {
+      BYOI_ASSIGN_OR_RETURN(fetched, Attach(std::move(in_ram), msg::DownloadFailed(manifest.url)));
+      if (mode == WriteMode::kAuto) why = "the image fits the RAM budget";
+    }
+  }
   BYOI_RETURN_IF_ERROR(cancel.Check());
-  BYOI_ASSIGN_OR_RETURN(
-      OpenedImage image,
-      Attach(Verify(manifest, fetched, target ? &target->disk : nullptr, board, cancel),
-             cant_write));
+
+  // Until the first write the disk is untouched, byte for byte. From then on any failure
+  // (cancellation included) leaves its first and last MiB zeroed, here and nowhere else.
+  bool touched = false;
+  Status s;
+  if (fetched && IsCompressed(fetched->image.bytes())) {
+    s = Attach(WriteCompressedFromRam(manifest, job, *fetched, target ? &*target : nullptr, why,
+                                      board, cancel, &touched),
+               cant_write);
+  } else if (fetched) {
+    BYOI_ASSIGN_OR_RETURN(
+        OpenedImage image,
+        Attach(Verify(manifest, *fetched, target ? &target->disk : nullptr, why, board, cancel),
+               cant_write));
+    if (target) {
+      BYOI_RETURN_IF_ERROR(cancel.Check());
+      // The disk may have changed while the image downloaded (an operator mounted it).
+      BYOI_RETURN_IF_ERROR(Attach(CheckNotInUse(target->disk), cant_write));
+      touched = true;
+      s = Attach(Write(manifest, job, image, *target, board, cancel), cant_write);
+    }
+  } else {
+    s = Attach(
+        StreamToDisk(manifest, job, target ? &*target : nullptr, why, board, cancel, &touched),
+        cant_write);
+  }
   if (options.dry_run) {
+    BYOI_RETURN_IF_ERROR(s);
     for (Step step :
          {Step::kWrite, Step::kPartition, Step::kConfigDrive, Step::kBootloader, Step::kReboot}) {
       board.SkipStep(step, "dry run");
@@ -407,15 +705,8 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
     board.Done();
     return Status::Ok();
   }
-  BYOI_RETURN_IF_ERROR(cancel.Check());
 
-  // The disk may have changed while the image downloaded (an operator mounted it).
   const Disk& disk = target->disk;
-  BYOI_RETURN_IF_ERROR(Attach(CheckNotInUse(disk), cant_write));
-
-  // Until here the disk is untouched, byte for byte. From the first write on, any failure
-  // (cancellation included) leaves its first and last MiB zeroed, here and nowhere else.
-  Status s = Attach(Write(manifest, image, *target, board, cancel), cant_write);
   if (s.ok()) s = cancel.Check();
   if (s.ok()) s = Attach(Repartition(disk, board), msg::kGptMove);
   if (s.ok()) s = cancel.Check();
@@ -424,7 +715,7 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
   if (s.ok()) s = Attach(SetBootEntry(manifest, job, disk, board), msg::kBootEntry);
   if (s.ok()) s = cancel.Check();
   if (!s.ok()) {
-    MakeUnbootable(disk);
+    if (touched) MakeUnbootable(disk);
     return s;
   }
   RealPowerControl real_power;

@@ -1,4 +1,4 @@
-// The state file: the daemon's job status kept across restarts (docs/status.md, issue 7).
+// The state file: the daemon's job status kept across restarts (docs/status.md).
 //
 // The file is the status JSON of docs/status.md plus a "jobId" field (the backend's id, "" for jobs
 // posted to the API). It is rewritten atomically (temp file, fsync, rename, fsync of the directory)

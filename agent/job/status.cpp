@@ -250,7 +250,19 @@ void StatusBoard::StepProgress(Step step, uint64_t done, uint64_t total) {
         total > 0 ? fmt::format("{} of {}", HumanBytes(done), HumanBytes(total)) : HumanBytes(done);
     if (rate > 0) s.comment += ", " + HumanRate(rate);
     if (rate > 0 && total > done) {
-      s.comment += ", ETA " + HumanDuration(static_cast<double>(total - done) / rate);
+      double eta = static_cast<double>(total - done) / rate;
+      // Download and write run at once in stream mode: the job ends with the slower of them.
+      if (step == Step::kDownload || step == Step::kWrite) {
+        const StepStatus& other =
+            StepLocked(step == Step::kDownload ? Step::kWrite : Step::kDownload);
+        if (other.state == StepState::kDoing && other.bytes_done > 0 && other.seconds > 0 &&
+            other.bytes_total > other.bytes_done) {
+          double other_rate = static_cast<double>(other.bytes_done) / other.seconds;
+          eta =
+              std::max(eta, static_cast<double>(other.bytes_total - other.bytes_done) / other_rate);
+        }
+      }
+      s.comment += ", ETA " + HumanDuration(eta);
     }
     if (now - last_progress_publish_ >= std::chrono::seconds(1)) {
       last_progress_publish_ = now;

@@ -3,7 +3,7 @@
 
 Serves a 2 GiB raw image (MBR + random data, in /dev/shm) from nginx on 127.0.0.1 with a config of
 its own in a temp dir, then runs each variant several times, interleaved, and prints the medians
-and the ratios. Target (issue 3): the agent within 1.15x of curl alone, and faster than curl +
+and the ratios. Target: the agent within 1.15x of curl alone, and faster than curl +
 sha256sum. Not a test: run it by hand on an otherwise idle machine.
 
   tests/bench/fetch_bench.py [--agent build/byoi-agent] [--size-mib 2048] [--runs 3]

@@ -1,4 +1,4 @@
-"""Steps of the end-to-end install flow (issue 8) that tie the VMs, the agent's HTTP API and the disk
+"""Steps of the end-to-end install flow that tie the VMs, the agent's HTTP API and the disk
 checks together. The flow:
 
     with Nginx(www, work) as web, Vm(work, name="rescue", memory_mib=2048, network=True,

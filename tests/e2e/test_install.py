@@ -1,4 +1,4 @@
-"""The whole mission on real firmware (issue 8): a rescue VM installs an image and the disk then boots
+"""The whole mission on real firmware (docs/pipeline.md): a rescue VM installs an image and the disk then boots
 through what the agent set up.
 
 Each flow: build a bootable test image (make_test_image's), serve it from nginx on 127.0.0.1, boot the
@@ -410,13 +410,16 @@ class InstallTest(unittest.TestCase):
                                        "efiBootloaderPath": "\\efi\\byoitest\\grubx64.efi",
                                        "hostname": hostname, "sshKey": SSH_KEY,
                                        "configDriveUserData": base64.b64encode(USER_DATA.encode()).decode(),
-                                       "configDriveMetadata": METADATA},
+                                       "configDriveMetadata": METADATA,
+                                       # Written while it downloads (docs/pipeline.md).
+                                       "writeMode": "stream"},
                     "storage": [{"diskGroupId": 1}]}
 
         seen, log, nvram, access = self.run_over_api(work, "uefi", disk, manifest_for, logical_block_size=4096)
         self.assertServedOnce(access, "/image.qcow2", os.path.getsize(image.qcow2))
         comments = self.check_console_done(log, {s: "done" for s in STEPS})
         self.assertIn("sha1 matches", comments["verify"])
+        self.assertIn("stream mode: writeMode stream", comments["verify"])
         self.assertRegex(log, r"plan: /dev/vda \(\w+, %d bytes, 4096-byte sectors\)" % disk_bytes)
         m = re.match(r'^Boot([0-9A-F]{4}) "([^"]+)" \((new|reused)\) HD\(1,GPT,%s,0x100,0x2800\)/'
                      r'File\(\\EFI\\byoitest\\grubx64\.efi\), BootOrder \1\b' % image.esp_guid,

@@ -12,6 +12,7 @@ import time
 
 AGENT = os.environ.get("BYOI_AGENT", "byoi-agent")
 MIB = 1 << 20
+COPIED = 1 << 63  # an L1/L2 entry's "copied" flag (refcount 1)
 
 
 def run(*args, check=True, **kw):
@@ -293,3 +294,18 @@ class RefusalChecks:
 def tempdir():
     # Not /dev/shm: the writer's O_DIRECT and fallocate paths need a real file system.
     return tempfile.TemporaryDirectory(prefix="byoi-conformance-", dir="/var/tmp")
+
+
+def move_first_l2_table_to_the_end(image):
+    """Moves the L2 table of L1 entry 0 to the end of `image` (L1 patched, the old place zeroed):
+    the data it maps then passes before it in the file, as when qemu reallocates a table. Returns
+    the table's new offset."""
+    q = Qcow2(image)
+    old = q.l2_offset(0)
+    table = bytes(q.data[old:old + q.cluster_size])
+    new = (len(q.data) + q.cluster_size - 1) // q.cluster_size * q.cluster_size
+    q.data += bytes(new - len(q.data)) + table
+    q.data[old:old + q.cluster_size] = bytes(q.cluster_size)
+    q.set_u64(q.l1_entry_offset(0), new | COPIED)
+    q.save()
+    return new

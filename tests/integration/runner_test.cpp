@@ -1,4 +1,4 @@
-// The runner's last step (docs/pipeline.md "finish", issue 6): the final status is published before
+// The runner's last step (docs/pipeline.md "finish"): the final status is published before
 // anything is flushed or rebooted, the reboot syncs and flushes the target disk, and kexec loads
 // the installed kernel from the image's ESP (or falls back to a reboot, saying why). Whole jobs
 // run through RunJob against our own HTTP server on 127.0.0.1, with a disk image file as the disk

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Peak memory of a download: a 512 MiB image from nginx must cost the agent at most its size plus
-64 MiB (issue 3: one RAM buffer, no second copy). The image lives in a memfd that the download
+64 MiB (one RAM buffer, no second copy). The image lives in a memfd that the download
 fills with pwrite, so RSS (from wait4(2)'s rusage) does not see it: the peak is the agent's own
 memory cgroup's, which counts the memfd's pages, the anonymous memory and the kernel's."""
 import os

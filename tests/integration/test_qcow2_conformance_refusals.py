@@ -13,11 +13,11 @@ import unittest
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conformance_util import (AGENT, MIB, Qcow2, RefusalChecks, convert, create,  # noqa: E402
-                              loop_device, qemu_img, qemu_io, random_file, read, run, sha256)
+from conformance_util import (AGENT, COPIED, MIB, Qcow2, RefusalChecks, convert,  # noqa: E402
+                              create, loop_device, qemu_img, qemu_io, random_file, read, run,
+                              sha256)
 
 CANT_WRITE = "Can't write qcow2 on disk."
-COPIED = 1 << 63
 
 
 class Refusals(RefusalChecks, unittest.TestCase):
@@ -203,7 +203,7 @@ class Refusals(RefusalChecks, unittest.TestCase):
         # Every compressed cluster is inflated before the target is opened: a bad one, even past
         # the first MiB, is refused with the disk byte for byte as it was. qemu-img refuses
         # these images too, but for a deflate stream that inflates past the cluster: it keeps
-        # the first cluster's bytes, where we refuse (issue 4: exactly one cluster).
+        # the first cluster's bytes, where we refuse (docs/pipeline.md: exactly one cluster).
         text = b"compressible text. " * 200000
         for compression in ("zlib", "zstd"):
             for kind in ("garbage", "short", "long"):

@@ -4,6 +4,7 @@
 #include "agent/disk/writer.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <libdeflate.h>
 #include <unistd.h>
@@ -254,6 +255,41 @@ TEST_P(WriterOnLoop, ACancelledJobStopsBeforeWriting) {
   EXPECT_EQ(stats.status().code(), Code::kCancelled);
   EXPECT_EQ(stats.status().message(), kCancelledMessage);
   EXPECT_TRUE(disk.Read(0, 16 * kMiB) == disk.original());
+}
+
+TEST_P(WriterOnLoop, ReadBackFindsAByteChangedOnTheDeviceAfterTheWrite) {
+  Disk disk(16 * kMiB, GetParam());
+  TestImage img = MixedImage(0);
+  auto target = OpenTarget(disk.path());
+  ASSERT_TRUE(target.ok());
+  WriteOptions opts;
+  opts.image_type = "raw";
+  CancelToken cancel;
+  ASSERT_TRUE(WriteImage(img.layout, *target, opts, nullptr, cancel).ok());
+  uint64_t last = 0;
+  Status s = VerifyImageWritten(
+      img.layout, *target, opts, [&](uint64_t done, uint64_t) { last = done; }, cancel);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(last, img.layout.virtual_size());
+  // One bit flipped behind the writer's back, in a data extent and in a zero range.
+  for (uint64_t at : {uint64_t{3 * kMiB + 12345}, img.layout.virtual_size() - 4000}) {
+    auto fd = OpenFile(disk.path(), O_RDWR);
+    ASSERT_TRUE(fd.ok());
+    uint8_t b = 0;
+    ASSERT_TRUE(PreadAll(fd->get(), {&b, 1}, at).ok());
+    b ^= 0x08;
+    ASSERT_TRUE(PwriteAll(fd->get(), {&b, 1}, at).ok());
+    ASSERT_EQ(::fsync(fd->get()), 0);
+    s = VerifyImageWritten(img.layout, *target, opts, nullptr, cancel);
+    EXPECT_EQ(s.code(), Code::kIo);
+    EXPECT_EQ(s.message(), "Can't write raw on disk.");
+    EXPECT_NE(s.detail().find(fmt::format("differs from the image at {:#x}", at)),
+              std::string::npos)
+        << s.detail();
+    b ^= 0x08;
+    ASSERT_TRUE(PwriteAll(fd->get(), {&b, 1}, at).ok());
+    ASSERT_EQ(::fsync(fd->get()), 0);
+  }
 }
 
 TEST_P(WriterOnLoop, ImageLargerThanDiskLeavesItUntouched) {

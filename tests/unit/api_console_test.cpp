@@ -33,6 +33,21 @@ TEST(ConsoleTest, ProgressTextShowsBytesRateAndEta) {
   EXPECT_EQ(ProgressText(s), "954 MiB  100 MB/s");
 }
 
+TEST(ConsoleTest, ProgressLineShowsDownloadAndWriteAtOnceWithTheSlowerEta) {
+  JobStatus status;
+  status.progress = {StepStatus{Step::kDownload, StepState::kDoing, "", 1000000000, 2000000000, 10},
+                     StepStatus{Step::kVerify, StepState::kTodo, "", 0, 0, 0},
+                     StepStatus{Step::kWrite, StepState::kDoing, "", 500000000, 2000000000, 10}};
+  // Download: 10 s left at 100 MB/s; write: 30 s left at 50 MB/s. The job ends with the write.
+  EXPECT_EQ(ProgressLine(status), "download    " + ProgressText(status.progress[0], false) +
+                                      "  |  write       " +
+                                      ProgressText(status.progress[2], false) + "  ETA 30 s");
+  EXPECT_EQ(ProgressText(status.progress[2], false).find("ETA"), std::string::npos);
+  // One step doing: its own line, its own ETA, as ProgressText gives it.
+  status.progress[0].state = StepState::kDone;
+  EXPECT_EQ(ProgressLine(status), "write       " + ProgressText(status.progress[2]));
+}
+
 class ConsoleRenderTest : public ::testing::Test {
  protected:
   static JobStatus Started() {

@@ -2,6 +2,7 @@
 // bookkeeping (runs merged, bytes that wait for their table, the budget), any split of the input
 // giving the same disk, the refusals only stream mode makes, and StreamImage's head callback.
 #include <gtest/gtest.h>
+#include <libdeflate.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -58,6 +59,22 @@ class Layout {
     MapData(l2, v, at);
     std::fill_n(expected.begin() + v * kCs, kCs, fill);
     return at;
+  }
+  // Virtual cluster `v` as random bytes, deflated into two sectors (cluster_bits 9: at most two);
+  // returns where they are. MapCompressed maps it.
+  uint64_t AppendCompressed(uint64_t v, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::vector<uint8_t> cluster(kCs), packed(2 * kCs, 0);
+    for (auto& b : cluster) b = static_cast<uint8_t>(rng());
+    libdeflate_compressor* c = libdeflate_alloc_compressor(6);
+    const size_t n = libdeflate_deflate_compress(c, cluster.data(), kCs, packed.data(), 2 * kCs);
+    libdeflate_free_compressor(c);
+    EXPECT_GT(n, kCs);
+    std::copy(cluster.begin(), cluster.end(), expected.begin() + v * kCs);
+    return Append(packed);
+  }
+  void MapCompressed(uint64_t l2, uint64_t v, uint64_t host) {
+    Put64(bytes, l2 + 8 * (v % (kCs / 8)), host | (1ull << 62) | (1ull << 61));
   }
   void MapData(uint64_t l2, uint64_t v, uint64_t host) {
     Put64(bytes, l2 + 8 * (v % (kCs / 8)), host | kCopied);
@@ -212,6 +229,56 @@ TEST(Qcow2StreamReader, HostClusterMappedTwiceIsRefused) {
   Outcome o = RunWhole(l.bytes, sink);
   EXPECT_EQ(o.status.code(), Code::kInvalid);
   EXPECT_NE(o.status.detail().find("mapped twice"), std::string::npos) << o.status.detail();
+}
+
+TEST(Qcow2StreamReader, CompressedClusterMappedTwiceAfterItsTableFillsBoth) {
+  // Both mappings wait for the same bytes, which feed both as they pass.
+  Layout l(4 * kCs);
+  l.AddL1();
+  const uint64_t l2 = l.AddL2(0);
+  const uint64_t host = l.AppendCompressed(0, 7);
+  l.MapCompressed(l2, 0, host);
+  l.MapCompressed(l2, 2, host);
+  std::copy_n(l.expected.begin(), kCs, l.expected.begin() + 2 * kCs);
+  MemorySink sink(4 * kCs);
+  Outcome o = RunWhole(l.bytes, sink);
+  ASSERT_TRUE(o.status.ok()) << o.status.ToString();
+  EXPECT_EQ(sink.disk, l.expected);
+}
+
+TEST(Qcow2StreamReader, CompressedClustersBeforeTheirTableInflate) {
+  // Streams, then the table: their bytes wait, the disk is the same for any split.
+  Layout l(4 * kCs);
+  l.AddL1();
+  const uint64_t a = l.AppendCompressed(3, 1), b = l.AppendCompressed(1, 2);
+  const uint64_t l2 = l.AddL2(0);
+  l.MapCompressed(l2, 3, a);
+  l.MapCompressed(l2, 1, b);
+  for (size_t piece : {100, 512, 4096}) {
+    MemorySink sink(4 * kCs);
+    Outcome o = Feed(
+        l.bytes, sink, [&] { return piece; }, true);
+    ASSERT_TRUE(o.status.ok()) << o.status.ToString();
+    EXPECT_EQ(sink.disk, l.expected) << "pieces of " << piece;
+    EXPECT_EQ(o.info.compressed_bytes, 2 * kCs);
+  }
+}
+
+TEST(Qcow2StreamReader, CompressedClusterMappedTwiceBeforeItsTableIsRefused) {
+  // The bytes pass before any table maps them: the first mapping takes them.
+  Layout l(4 * kCs);
+  l.AddL1();
+  const uint64_t host = l.AppendCompressed(0, 7);
+  const uint64_t l2 = l.AddL2(0);
+  l.MapCompressed(l2, 0, host);
+  l.MapCompressed(l2, 2, host);
+  MemorySink sink(4 * kCs);
+  Outcome o = RunWhole(l.bytes, sink);
+  EXPECT_EQ(o.status.code(), Code::kInvalid);
+  EXPECT_EQ(o.status.detail(),
+            fmt::format("the compressed cluster at virtual 0x400 maps to {:#x}, whose bytes were "
+                        "already used by another mapping",
+                        host));
 }
 
 TEST(Qcow2StreamReader, TruncatedDataIsRefusedWithTheRamReadersWords) {

@@ -679,6 +679,33 @@ TEST(ManifestEfiPath, Rules) {
   MustParse(v1("\\EFI\\" + std::string(507, 'x')));  // 512 bytes
 }
 
+TEST(ManifestWriteMode, BothShapesElseTheAgentsSetting) {
+  const std::pair<const char*, WriteMode> modes[] = {
+      {"auto", WriteMode::kAuto}, {"ram", WriteMode::kRam}, {"stream", WriteMode::kStream}};
+  for (const auto& [text, mode] : modes) {
+    Manifest v1 = MustParse(V1(json::serialize(json::object{{"writeMode", text}})));
+    Manifest v3 = MustParse(V3(json::serialize(json::object{{"writeMode", text}})));
+    EXPECT_EQ(v1.write_mode, mode);
+    EXPECT_EQ(v3.write_mode, mode);
+    EXPECT_EQ(json::value_to<std::string>(ManifestToJson(v1).at("writeMode")), text);
+  }
+  EXPECT_EQ(MustParse(V1()).write_mode, std::nullopt);
+  EXPECT_EQ(MustParse(V3(R"({"writeMode": ""})")).write_mode, std::nullopt);
+  EXPECT_EQ(MustParse(V1(R"({"verifyWritten": true})")).verify_written, true);
+  EXPECT_EQ(MustParse(V3(R"({"verifyWritten": false})")).verify_written, false);
+  EXPECT_EQ(MustParse(V1()).verify_written, std::nullopt);
+  ExpectAll({
+      {V1(R"({"writeMode": "disk"})"), "Invalid manifest: writeMode: must be auto, ram or stream"},
+      {V3(R"({"writeMode": "RAM"})"),
+       "Invalid manifest: customizations.writeMode: must be auto, ram or stream"},
+      {V1(R"({"writeMode": 1})"), "Invalid manifest: writeMode: expected a string"},
+      {V1(R"({"verifyWritten": "yes"})"),
+       "Invalid manifest: verifyWritten: expected true or false"},
+      {V3(R"({"verifyWritten": 1})"),
+       "Invalid manifest: customizations.verifyWritten: expected true or false"},
+  });
+}
+
 TEST(ManifestEfiBootOrder, EveryPolicyInBothShapesElseTheAgentsSetting) {
   const std::pair<const char*, BootOrderPolicy> policies[] = {
       {"first", BootOrderPolicy::kFirst},
@@ -1092,7 +1119,7 @@ TEST(ManifestJson, DesignV1) {
     "checkSum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
     "description": "debian 12", "diskGroupId": 1,
     "httpHeaders": [{"name": "Authorization", "value": "***"}], "efiBootloaderPath": null,
-    "efiBootOrder": null,
+    "efiBootOrder": null, "writeMode": null, "verifyWritten": null,
     "configDrive": {"enabled": true, "hostname": "web-1", "sshKey": "ssh-ed25519 AAAAC3 me@host",
       "userData": {"bytes": 32, "decodedFrom": "text"}, "metadata": {"role": "web", "env": "prod"}}})");
   json::object got = ManifestToJson(MustParse(kDesignV1));
@@ -1107,6 +1134,7 @@ TEST(ManifestJson, DesignV3) {
     "description": "", "diskGroupId": 2,
     "httpHeaders": [{"name": "Authorization", "value": "***"}, {"name": "X-Trace", "value": "***"}],
     "efiBootloaderPath": "\\efi\\debian\\grubx64.efi", "efiBootOrder": null,
+    "writeMode": null, "verifyWritten": null,
     "configDrive": {"enabled": true, "hostname": "web-1", "sshKey": "ssh-ed25519 AAAAC3 me@host",
       "userData": {"bytes": 14, "decodedFrom": "base64 text"}, "metadata": {"role": "web"}}})");
   json::object got = ManifestToJson(MustParse(kDesignV3));
@@ -1117,7 +1145,7 @@ TEST(ManifestJson, Minimal) {
   json::value expected = json::parse(R"({"shape": "byoi-v1",
     "url": "https://example.net/debian-12.raw", "type": "raw", "checkSumType": null,
     "checkSum": null, "description": "", "diskGroupId": 1, "httpHeaders": [],
-    "efiBootloaderPath": null, "efiBootOrder": null,
+    "efiBootloaderPath": null, "efiBootOrder": null, "writeMode": null, "verifyWritten": null,
     "configDrive": {"enabled": false, "hostname": "", "sshKey": "",
       "userData": null, "metadata": {}}})");
   EXPECT_EQ(json::value(ManifestToJson(MustParse(V1()))), expected);
