@@ -48,6 +48,13 @@ Status VmdkStreamReader::TooBig() const {
                        msg::TooBigForMemory(options_.type));
 }
 
+Status VmdkStreamReader::TruncatedBeforeGrains(uint64_t file_bytes) const {
+  return Invalid(
+      fmt::format("the file is truncated: its grains start at sector {}, past its end "
+                  "({} bytes)",
+                  h_.grain_offset, file_bytes));
+}
+
 Status VmdkStreamReader::Charge(uint64_t n) {
   if (n > options_.memory_budget || used_ > options_.memory_budget - n) return TooBig();
   used_ += n;
@@ -96,6 +103,11 @@ Status VmdkStreamReader::Take(std::span<const uint8_t>& bytes) {
               "read it (ram mode can)");
         }
         if (h_.grain_offset == 0) return Invalid("the grains start at sector 0, in the header");
+        // A file whose length is known (an OVA member, a Content-Length) is refused as the RAM
+        // reader refuses it, before anything is held for it.
+        if (total_ && h_.grain_offset > (*total_ + kVmdkSector - 1) / kVmdkSector) {
+          return TruncatedBeforeGrains(*total_);
+        }
         // Everything before the first grain is held: the budget bounds it (and the arithmetic).
         if (h_.grain_offset > options_.memory_budget / kVmdkSector) return TooBig();
         if (h_.grain_offset > 1) continue;
@@ -420,10 +432,7 @@ Result<uint64_t> VmdkStreamReader::Finish() {
     if (!opened_) {
       if (!HasVmdkMagic(prefix_)) return ReadVmdk(prefix_).status();
       if (!header_read_) return DecodeVmdkHeader(prefix_).status();
-      return Invalid(
-          fmt::format("the file is truncated: its grains start at sector {}, past its "
-                      "end ({} bytes)",
-                      h_.grain_offset, pos_));
+      return TruncatedBeforeGrains(pos_);
     }
     if (phase_ == Phase::kGrain || phase_ == Phase::kMetadata ||
         (phase_ == Phase::kMarker && !marker_.empty())) {

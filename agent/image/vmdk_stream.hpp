@@ -84,6 +84,7 @@ class VmdkStreamReader : public ByteSink {
 
  private:
   Status Fail(Status s);
+  Status TruncatedBeforeGrains(uint64_t file_bytes) const;
   Status TooBig() const;
   Status Charge(uint64_t n);
   void Release(uint64_t n);

@@ -283,7 +283,7 @@ class StreamOnly(RefusalChecks, unittest.TestCase):
         with open(ova, "r+b") as f:
             f.truncate(os.path.getsize(ova) // 2)
         self.assertRefused(ova, "Can't write ova on disk.",
-                           "member disk1.vmdk: the archive ends inside its data")
+                           "member disk1.vmdk: Truncated tar archive")
 
 
 if __name__ == "__main__":

@@ -428,7 +428,10 @@ class StreamRefusals(Refusals):
         def metadata(v):
             index, sector = list(v.grains())[2]
             struct.pack_into("<QII", v.data, sector * SECTOR, 1, 0, 1)
-        self.refused_ova(self.patched(metadata), "the grain table at", "is shorter than a table")
+        # Metadata markers are passed over (the tables are read where the header says): the
+        # grain the entry names never came.
+        self.refused_ova(self.patched(metadata), "its table entry points to",
+                         "where no grain marker came")
 
     def test_grain_that_inflates_wrong(self):
         # A VMware stream whose grain 40 is bad, in its place in the stream (a grain appended at
