@@ -24,6 +24,12 @@ std::string ChecksumMismatch(std::string_view type, std::string_view actual,
                      expected);
 }
 
+std::string OvaChecksumMismatch(std::string_view file, std::string_view type,
+                                std::string_view actual, std::string_view expected) {
+  return fmt::format("Bad {} for {} in the OVA, got: {} while expecting {}.", type, file, actual,
+                     expected);
+}
+
 std::string FormatMismatch(std::string_view detected, std::string_view expected) {
   return fmt::format("image provided format is {} which does not match expected {} format",
                      detected, expected);

@@ -10,7 +10,7 @@
 
 namespace byoi::msg {
 
-inline constexpr std::string_view kBadFormat = "Bad format image, expected: qcow2, raw.";
+inline constexpr std::string_view kBadFormat = "Bad format image, expected: qcow2, raw, ova.";
 inline constexpr std::string_view kBadChecksumType =
     "Bad checkSumType, expected: md5, sha1, sha256, sha512.";
 inline constexpr std::string_view kChecksumPair =
@@ -28,6 +28,9 @@ std::string DownloadFailed(std::string_view url);
 std::string TooBigForMemory(std::string_view type);
 std::string ChecksumMismatch(std::string_view type, std::string_view actual,
                              std::string_view expected);
+// A file of an OVA whose digest differs from the one its `.mf` manifest gives.
+std::string OvaChecksumMismatch(std::string_view file, std::string_view type,
+                                std::string_view actual, std::string_view expected);
 std::string FormatMismatch(std::string_view detected, std::string_view expected);
 std::string NoPartitionTable(std::string_view contents);
 std::string ImageLargerThanDisk(uint64_t image_bytes, std::string_view device, uint64_t disk_bytes);

@@ -1,10 +1,12 @@
-// `byoi-agent convert SOURCE TARGET [--type qcow2|raw] [--write-mode auto|ram|stream]` and
-// `byoi-agent inspect IMAGE [--json]` (docs/cli.md): the image engine and the writer, outside a
-// job. convert writes an image's virtual disk to a block device or a file (created or resized to
+// `byoi-agent convert SOURCE TARGET [--type qcow2|raw|ova|vmdk] [--write-mode auto|ram|stream]`
+// and `byoi-agent inspect IMAGE [--json]` (docs/cli.md): the image engine and the writer, outside
+// a job. convert writes an image's virtual disk to a block device or a file (created or resized to
 // the virtual size), in one of the two write modes of a job (docs/pipeline.md): ram holds SOURCE
-// in memory under the same budget as a download and verifies it whole before the first write;
-// stream reads it front to back and writes while it reads, with bounded memory. inspect describes
-// an image, its partitions and the boot loader UEFI firmware would start from its ESP.
+// in memory under the same budget as a download and verifies it whole (metadata, an OVA's
+// manifest digests, every compressed cluster) before the first write; stream reads it front to
+// back and writes while it reads, with bounded memory. inspect describes an image (an OVA's files
+// and the disk it installs too), its partitions and the boot loader UEFI firmware would start from
+// its ESP.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/mman.h>
@@ -116,12 +118,14 @@ Result<Signature> ProbeVirtualDisk(VirtualReader& reader, uint64_t offset, uint6
       std::min(size, vsize - offset));
 }
 
-// "qcow2" or "raw" from the first bytes of a file too big to load, for the message.
+// "qcow2", "vmdk", "ova" or "raw" from the first bytes of a file too big to load, for the message.
 std::string SniffType(const std::string& path) {
-  uint8_t magic[4] = {};
   auto fd = OpenFile(path, O_RDONLY);
-  if (fd.ok() && PreadAll(fd->get(), magic, 0).ok() && HasQcow2Magic(magic)) return "qcow2";
-  return "raw";
+  auto size = fd.ok() ? FileSize(fd->get(), path) : Result<uint64_t>(fd.status());
+  if (!size.ok()) return "raw";
+  std::vector<uint8_t> head(std::min<uint64_t>(*size, 64 << 10));
+  if (!PreadAll(fd->get(), head, 0).ok()) return "raw";
+  return std::string(FormatName(SourceFormat(head)));
 }
 
 void PrintProgress(uint64_t done, uint64_t total) {
@@ -144,15 +148,22 @@ Result<BootLoader> FindImageBootLoader(VirtualReader& reader, const PartitionTab
   return FindBootLoader(read, esp, "", "the image");
 }
 
-// "qcow2" or "raw", the names of the catalogue messages, for what the head shows.
-std::string HeadType(const StreamHead& head) {
-  return head.format.format == ImageFormat::kQcow2 ? "qcow2" : "raw";
-}
+// "qcow2", "vmdk", "ova" or "raw", the names of the catalogue messages, for what the head shows.
+std::string HeadType(const StreamHead& head) { return std::string(FormatName(head.format.format)); }
 
-// The --type rule of a job (format.hpp CheckDeclaredType) for what the head shows.
+// The --type rule of a job (format.hpp CheckDeclaredType) for what the head shows; a declared
+// vmdk (no manifest type) must be one.
 Status CheckType(const std::string& declared, const StreamHead& head) {
   if (declared.empty()) return Status::Ok();
-  return CheckDeclaredType(head.format, declared == "qcow2" ? ImageType::kQcow2 : ImageType::kRaw);
+  if (declared == "vmdk") {
+    if (head.format.format == ImageFormat::kVmdk) return Status::Ok();
+    return Status::Error(Code::kInvalid, "detected " + head.format.contents,
+                         msg::FormatMismatch(head.format.name, "vmdk"));
+  }
+  const ImageType type = declared == "qcow2" ? ImageType::kQcow2
+                         : declared == "ova" ? ImageType::kOva
+                                             : ImageType::kRaw;
+  return CheckDeclaredType(head.format, type);
 }
 
 // Takes the virtual disk and drops it: the verify pass of a compressed file in ram mode.
@@ -426,6 +437,50 @@ Result<DecodedHead> DecodeHead(std::span<const uint8_t> file) {
   out.head = image.head();
   return out;
 }
+// inspect's view of an OVA: its files, each with its role, and the disk it installs.
+boost::json::object OvaJson(const OvaInfo& ova) {
+  boost::json::array files;
+  for (size_t i = 0; i < ova.members.size(); ++i) {
+    const OvaMember& m = ova.members[i];
+    std::string role = i == ova.descriptor                       ? "descriptor"
+                       : i == ova.manifest.value_or(SIZE_MAX)    ? "manifest"
+                       : i == ova.certificate.value_or(SIZE_MAX) ? "certificate"
+                       : std::find(ova.disks.begin(), ova.disks.end(), i) != ova.disks.end()
+                           ? "disk"
+                           : "other";
+    boost::json::object f{{"name", PrintableText(m.name)}, {"size", m.size}, {"role", role}};
+    f["installed"] = i == ova.disk;
+    f["digest"] = nullptr;
+    for (const OvaDigest& d : ova.digests) {
+      if (d.member == i) f["digest"] = d.algo;
+    }
+    files.push_back(std::move(f));
+  }
+  boost::json::object disk{{"file", PrintableText(ova.members[ova.disk].name)},
+                           {"id", PrintableText(ova.disk_id)},
+                           {"format", PrintableText(ova.disk_format)}};
+  disk["capacity"] = nullptr;
+  if (ova.disk_capacity) disk["capacity"] = *ova.disk_capacity;
+  return {{"files", std::move(files)},
+          {"virtualSystem", PrintableText(ova.system)},
+          {"disks", ova.disks.size()},
+          {"disk", std::move(disk)}};
+}
+
+boost::json::object VmdkJson(const VmdkInfo& v) {
+  return {{"subformat", v.subformat},
+          {"createType", v.create_type},
+          {"version", v.version},
+          {"flags", v.flags},
+          {"grainSize", v.grain_size},
+          {"footer", v.footer},
+          {"grainTables", v.grain_tables},
+          {"allocatedBytes", v.data_bytes},
+          {"compressedBytes", v.compressed_bytes},
+          {"zeroBytes", v.zero_bytes},
+          {"unallocatedBytes", v.unallocated_bytes}};
+}
+
 }  // namespace
 
 int RunConvert(const ConvertArgs& args) {
@@ -449,7 +504,7 @@ int RunConvert(const ConvertArgs& args) {
       Compressor::kNone) {
     return ConvertCompressed(args, buffer->bytes());
   }
-  std::string type = HasQcow2Magic(buffer->bytes()) ? "qcow2" : "raw";
+  std::string type(FormatName(SourceFormat(buffer->bytes())));
   // The rule of a job and of stream mode: a declared raw image needs a partition table.
   StreamHead head;
   head.format = DetectFormat(buffer->bytes());
@@ -466,15 +521,23 @@ int RunConvert(const ConvertArgs& args) {
   // failure policy: a job that fails before writing leaves the disk untouched).
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
+  if (image->ova) {
+    Status digests = VerifyOvaManifest(buffer->bytes(), *image->ova, g_cancel);
+    if (!digests.ok()) {
+      return Fail(std::move(digests)
+                      .Context("checking the manifest of " + args.source)
+                      .DefaultMessage(msg::CantWrite(type)));
+    }
+  }
   auto t0 = std::chrono::steady_clock::now();
   Status sound = VerifyCompressedClusters(image->layout, 0, g_cancel);
   if (!sound.ok()) {
     return Fail(
         std::move(sound).Context("reading " + args.source).DefaultMessage(msg::CantWrite(type)));
   }
-  if (image->qcow2 && image->qcow2->compressed_bytes > 0) {
+  if (image->compressed_bytes() > 0) {
     std::fprintf(stderr, "inflated %s of compressed clusters in %.2f s\n",
-                 HumanBytes(image->qcow2->compressed_bytes).c_str(),
+                 HumanBytes(image->compressed_bytes()).c_str(),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   Target::Options topts;
@@ -545,6 +608,8 @@ int RunInspect(const InspectArgs& args) {
     out["zeroBytes"] = q.zero_bytes;
     out["unallocatedBytes"] = q.unallocated_bytes;
   }
+  if (image->ova) out["ova"] = OvaJson(*image->ova);
+  if (image->vmdk) out["vmdk"] = VmdkJson(*image->vmdk);
   boost::json::object pt;
   if (!table.ok()) {
     pt["type"] = "invalid";
@@ -618,17 +683,49 @@ int RunInspect(const InspectArgs& args) {
   if (container != Compressor::kNone) {
     std::printf("container:       %s\n", std::string(CompressorName(container)).c_str());
   }
+  if (image->ova) {
+    const boost::json::object& ova = out["ova"].as_object();
+    std::printf("files:\n");
+    for (const auto& v : ova.at("files").as_array()) {
+      const auto& f = v.as_object();
+      std::string role = str(f.at("role"));
+      if (f.at("installed").as_bool()) role += ", installed";
+      if (f.at("digest").is_string()) role += ", " + str(f.at("digest")) + " in the manifest";
+      std::printf("  %-30s %10s  %s\n", str(f.at("name")).c_str(),
+                  HumanBytes(f.at("size").to_number<uint64_t>()).c_str(), role.c_str());
+    }
+    const auto& disk = ova.at("disk").as_object();
+    const std::string capacity =
+        disk.at("capacity").is_null()
+            ? std::string()
+            : ", capacity " + HumanBytes(disk.at("capacity").to_number<uint64_t>());
+    std::printf("installed disk:  %s (disk %s of virtual system %s; %s disk(s) in the OVA%s)\n",
+                str(disk.at("file")).c_str(), str(disk.at("id")).c_str(),
+                str(ova.at("virtualSystem")).c_str(), str(ova.at("disks")).c_str(),
+                capacity.c_str());
+  }
+  if (image->vmdk) {
+    const VmdkInfo& v = *image->vmdk;
+    std::printf("vmdk:            %s, version %u, grain %s%s\n", v.subformat.c_str(), v.version,
+                HumanBytes(v.grain_size).c_str(), v.footer ? ", directory in the footer" : "");
+  }
+
   if (virtual_size) {
     std::printf("virtual size:    %s (%llu bytes)\n", HumanBytes(*virtual_size).c_str(),
                 static_cast<unsigned long long>(*virtual_size));
   } else {
     std::printf("virtual size:    unknown (the container does not record it)\n");
   }
-  if (image->qcow2) {
-    const Qcow2Info& q = *image->qcow2;
+  auto print_allocated = [](uint64_t data, uint64_t compressed, uint64_t zero, uint64_t none) {
     std::printf("allocated:       %s data, %s compressed, %s zero, %s unallocated\n",
-                HumanBytes(q.data_bytes).c_str(), HumanBytes(q.compressed_bytes).c_str(),
-                HumanBytes(q.zero_bytes).c_str(), HumanBytes(q.unallocated_bytes).c_str());
+                HumanBytes(data).c_str(), HumanBytes(compressed).c_str(), HumanBytes(zero).c_str(),
+                HumanBytes(none).c_str());
+  };
+  if (const auto& q = image->qcow2) {
+    print_allocated(q->data_bytes, q->compressed_bytes, q->zero_bytes, q->unallocated_bytes);
+  }
+  if (const auto& v = image->vmdk) {
+    print_allocated(v->data_bytes, v->compressed_bytes, v->zero_bytes, v->unallocated_bytes);
   }
   if (!table.ok()) {
     std::printf("partition table: invalid (%s)\n", table.status().detail().c_str());

@@ -75,10 +75,11 @@ int main(int argc, char** argv) {
   std::string convert_memory;
   auto* convert_cmd =
       app.add_subcommand("convert", "Write an image's raw content to a file or device");
-  convert_cmd->add_option("SOURCE", convert.source, "qcow2 or raw image file")->required();
+  convert_cmd->add_option("SOURCE", convert.source, "qcow2, raw, vmdk or ova image file")
+      ->required();
   convert_cmd->add_option("TARGET", convert.target, "Block device or file")->required();
   convert_cmd->add_option("--type", convert.type, "Expected format")
-      ->check(CLI::IsMember({"qcow2", "raw"}));
+      ->check(CLI::IsMember({"qcow2", "raw", "ova", "vmdk"}));
   convert_cmd->add_option("--memory-limit", convert_memory, "RAM budget for the image")
       ->check(SizeValidator());
   convert_cmd

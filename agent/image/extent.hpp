@@ -15,15 +15,17 @@
 
 namespace byoi {
 
-enum class Compression { kNone, kDeflate, kZstd };
+// How a compressed cluster is stored: raw deflate (RFC 1951) or a zstd frame, as qcow2 stores them;
+// deflate in a zlib wrapper (RFC 1950, with its Adler-32), as VMDK stores grains (vmdk.hpp).
+enum class Compression { kNone, kDeflate, kZstd, kZlib };
 
 struct Extent {
   enum class Kind {
     kData,        // `length` bytes at `data`
     kZero,        // `length` zero bytes (must be written as zeros: never skipped)
     kCompressed,  // one compressed cluster: `compressed_length` bytes at `data` inflate to exactly
-                  // `cluster_size` bytes, of which the `length` bytes from `cluster_skip` on are
-                  // the disk's bytes at `offset`
+                  // `cluster_size` bytes (or `cluster_min`, see there), of which the `length`
+                  // bytes from `cluster_skip` on are the disk's bytes at `offset`
   };
   Kind kind = Kind::kZero;
   uint64_t offset = 0;  // in the virtual disk
@@ -32,6 +34,10 @@ struct Extent {
   uint64_t compressed_length = 0;
   uint32_t cluster_size = 0;
   uint32_t cluster_skip = 0;  // kCompressed: bytes of the inflated cluster before `offset`
+  // kCompressed: when not 0, the stream may also inflate to exactly this many bytes, the rest of
+  // the cluster reading as zeros: a VMDK's last grain, cut by the end of the disk, holds either the
+  // whole grain or only the part inside the disk (qemu-img writes the latter).
+  uint32_t cluster_min = 0;
   Compression compression = Compression::kNone;
 };
 

@@ -7,11 +7,22 @@
 
 #include "agent/base/bytes.hpp"
 #include "agent/base/messages.hpp"
+#include "agent/image/ova.hpp"
+#include "agent/image/vmdk.hpp"
+#include "agent/image/vmdk_format.hpp"
 
 namespace byoi {
 
 std::string_view ImageTypeName(ImageType type) {
-  return type == ImageType::kQcow2 ? "qcow2" : "raw";
+  switch (type) {
+    case ImageType::kQcow2:
+      return "qcow2";
+    case ImageType::kRaw:
+      return "raw";
+    case ImageType::kOva:
+      return "ova";
+  }
+  return "raw";
 }
 
 namespace {
@@ -74,8 +85,12 @@ FormatInfo DetectOther(std::span<const uint8_t> b) {
   if (HasAt(b, 0, "QFI\xfb") && b.size() >= 8 && Be32(&b[4]) == 1) {
     return Named(F::kContainer, "qcow", "a qcow (version 1) disk image");
   }
-  if (HasAt(b, 0, "KDMV") || HasAt(b, 0, "# Disk DescriptorFile")) {
-    return Named(F::kContainer, "vmdk", "a VMDK disk image");
+  if (LooksLikeVmdk(b)) {
+    FormatInfo info = Named(F::kVmdk, "vmdk", "a VMDK disk image");
+    if (HasVmdkMagic(b) && b.size() >= 20 && Le64(&b[12]) < (1ull << 55)) {
+      info.virtual_size = Le64(&b[12]) * 512;
+    }
+    return info;
   }
   if (HasAt(b, 0, "vhdxfile")) return Named(F::kContainer, "vhdx", "a VHDX disk image");
   if (HasAt(b, 0, "conectix")) return Named(F::kContainer, "vhd", "a VHD disk image");
@@ -93,6 +108,9 @@ FormatInfo DetectOther(std::span<const uint8_t> b) {
   if (HasAt(b, 0, "\x28\xb5\x2f\xfd")) return Named(F::kOther, "zstd", "zstd compressed data");
   if (HasAt(b, 0, "BZh") && b.size() > 3 && b[3] >= '1' && b[3] <= '9') {
     return Named(F::kOther, "bzip2", "bzip2 compressed data");
+  }
+  if (LooksLikeOva(b)) {
+    return Named(F::kOva, "ova", "an OVA (a tar archive led by an OVF descriptor)");
   }
   if (HasAt(b, 257, "ustar")) return Named(F::kOther, "tar", "a tar archive");
   // Volumes without a partition table.
@@ -132,7 +150,7 @@ FormatInfo DetectFormat(std::span<const uint8_t> b) {
   // Before the partition tables: a dynamic VHD or a VMDK starts with its own header, but a
   // hybrid ISO or a disk image whose first partition holds a filesystem is raw.
   FormatInfo info = DetectOther(b);
-  if (info.format == ImageFormat::kContainer) return info;
+  if (info.format != ImageFormat::kOther) return info;
   if (PartitionTableType table = FindPartitionTable(b); table != PartitionTableType::kNone) {
     info =
         Named(ImageFormat::kRaw, "raw",
@@ -145,15 +163,19 @@ FormatInfo DetectFormat(std::span<const uint8_t> b) {
 }
 
 Status CheckDeclaredType(const FormatInfo& info, ImageType declared) {
-  if (declared == ImageType::kQcow2) {
-    if (info.format == ImageFormat::kQcow2) return Status::Ok();
+  if (declared == ImageType::kQcow2 || declared == ImageType::kOva) {
+    const ImageFormat wanted =
+        declared == ImageType::kQcow2 ? ImageFormat::kQcow2 : ImageFormat::kOva;
+    if (info.format == wanted) return Status::Ok();
     return Status::Error(Code::kInvalid, "detected " + info.contents,
-                         msg::FormatMismatch(info.name, "qcow2"));
+                         msg::FormatMismatch(info.name, ImageTypeName(declared)));
   }
   switch (info.format) {
     case ImageFormat::kRaw:
       return Status::Ok();
     case ImageFormat::kQcow2:
+    case ImageFormat::kVmdk:
+    case ImageFormat::kOva:
     case ImageFormat::kContainer:
       return Status::Error(Code::kInvalid, "detected " + info.contents,
                            msg::FormatMismatch(info.name, "raw"));

@@ -5,9 +5,13 @@
 // safe on any input:
 //   qcow2      "QFI\xfb" at 0, version 2 or 3 at 4; virtual size = big-endian u64 at 24
 //              (QEMU docs/interop/qcow2.rst). Version 1 is the old "qcow" format.
+//   vmdk       "KDMV" at 0 (a sparse extent), a descriptor file, a VMDK3 or seSparse extent
+//              (vmdk.hpp LooksLikeVmdk); virtual size = capacity (u64 at 12) × 512 for "KDMV".
+//   ova        a tar archive whose first member is named *.ovf (ova.hpp LooksLikeOva: its first
+//              header is read with libarchive, within the first 64 KiB).
 //   raw        a GPT header ("EFI PART") in LBA 1 for 512- or 4096-byte sectors, or an MBR: 0x55AA
 //              at 510 and four well-formed partition entries with at least one in use.
-//   the rest   is named for the error message: other disk image formats (VMDK, VHD, VHDX, VDI),
+//   the rest   is named for the error message: other disk image formats (VHD, VHDX, VDI),
 //              compressed data (gzip, xz, zstd, bzip2), archives, bare filesystems (ext2/3/4, XFS,
 //              Btrfs, FAT, NTFS), ISO 9660, swap, LUKS, squashfs, an empty image, zeros, unknown.
 #pragma once
@@ -22,13 +26,15 @@
 namespace byoi {
 
 // The image types a manifest may declare (docs/manifest.md).
-enum class ImageType { kQcow2, kRaw };
-std::string_view ImageTypeName(ImageType type);  // "qcow2", "raw"
+enum class ImageType { kQcow2, kRaw, kOva };
+std::string_view ImageTypeName(ImageType type);  // "qcow2", "raw", "ova"
 
 enum class ImageFormat {
   kQcow2,      // a qcow2 image (version 2 or 3)
   kRaw,        // a raw disk image with an MBR or a GPT
-  kContainer,  // another disk image format: qcow (v1), VMDK, VHD, VHDX, VDI
+  kVmdk,       // a VMDK file (what vmdk.hpp reads, and what it refuses)
+  kOva,        // an OVA: a tar archive led by an OVF descriptor
+  kContainer,  // another disk image format: qcow (v1), VHD, VHDX, VDI
   kOther,      // anything else: a filesystem, compressed data, empty, unknown
 };
 
@@ -41,15 +47,15 @@ std::string_view PartitionTableTypeName(PartitionTableType t);  // "none", "mbr"
 struct FormatInfo {
   ImageFormat format = ImageFormat::kOther;
   PartitionTableType table = PartitionTableType::kNone;  // for kRaw
-  // Short name for "image provided format is <name> ...": "qcow2", "raw", "vmdk", "vhd", "vhdx",
-  // "vdi", "qcow", "gzip", "xz", "zstd", "bzip2", "tar", "iso9660", "ext4", "xfs", "btrfs",
+  // Short name for "image provided format is <name> ...": "qcow2", "raw", "vmdk", "ova", "vhd",
+  // "vhdx", "vdi", "qcow", "gzip", "xz", "zstd", "bzip2", "tar", "iso9660", "ext4", "xfs", "btrfs",
   // "vfat", "ntfs", "swap", "luks", "squashfs", "empty", "zeros", "unknown".
   std::string name;
   // What it seems to contain, for the no-partition-table message: "an ext4 filesystem",
   // "gzip compressed data", "a VMDK disk image", "nothing (the image is empty)".
   std::string contents;
-  // Bytes of the disk the image describes: the qcow2 header's size, a raw image's length; 0 for
-  // the others.
+  // Bytes of the disk the image describes: the qcow2 header's size, a sparse VMDK's capacity, a
+  // raw image's length; 0 for the others.
   uint64_t virtual_size = 0;
 };
 
@@ -57,9 +63,9 @@ struct FormatInfo {
 FormatInfo DetectFormat(std::span<const uint8_t> image);
 
 // The verify rule for the manifest's `type`: Ok when `info` is that type; otherwise kInvalid with
-// the catalogue message: the format mismatch for a declared qcow2 or for a declared raw that is
-// another disk image format, the no-partition-table message for a declared raw holding anything
-// else.
+// the catalogue message: the format mismatch for a declared qcow2 or ova, or for a declared raw
+// that is another disk image format (an OVA included), the no-partition-table message for a
+// declared raw holding anything else.
 Status CheckDeclaredType(const FormatInfo& info, ImageType declared);
 
 }  // namespace byoi

@@ -165,6 +165,8 @@ std::string_view CompressionName(Compression c) {
       return "zlib";
     case Compression::kZstd:
       return "zstd";
+    case Compression::kZlib:
+      return "zlib stream";
   }
   return "unknown";
 }

@@ -2,7 +2,10 @@
 
 #include <algorithm>
 
+#include "agent/image/open_image.hpp"
+#include "agent/image/ova_stream.hpp"
 #include "agent/image/qcow2_stream.hpp"
+#include "agent/image/vmdk_stream.hpp"
 
 namespace byoi {
 namespace {
@@ -19,7 +22,13 @@ StreamImage::StreamImage(VirtualDiskSink& sink, StreamImageOptions options, Head
 
 StreamImage::~StreamImage() = default;
 
-uint64_t StreamImage::memory_peak() const { return qcow2_ ? qcow2_->memory_peak() : 0; }
+const OvaInfo* StreamImage::ova() const { return ova_ ? &ova_->info() : nullptr; }
+
+uint64_t StreamImage::memory_peak() const {
+  if (qcow2_) return qcow2_->memory_peak();
+  if (ova_) return ova_->memory_peak();
+  return vmdk_ ? vmdk_->memory_peak() : 0;
+}
 
 Status StreamImage::Fail(Status s) {
   if (!s.ok() && error_.ok()) error_ = s;
@@ -89,6 +98,25 @@ Status StreamImage::Identify() {
     });
     // A decoded file's length is not known before its end.
     BYOI_RETURN_IF_ERROR(qcow2_->Start(decoder_ ? std::nullopt : total_));
+  } else if (const ImageFormat reader = SourceFormat(first);
+             reader == ImageFormat::kOva || reader == ImageFormat::kVmdk) {
+    // As OpenImage chooses (SourceFormat): an OVA's disk, or a VMDK file, through the VMDK reader.
+    auto on_disk = [this](const VmdkInfo& info) {
+      head_.vmdk = info;
+      head_.virtual_size = info.virtual_size;
+      return CallHead();
+    };
+    const std::optional<uint64_t> total = decoder_ ? std::nullopt : total_;
+    if (reader == ImageFormat::kOva) {
+      ova_ = std::make_unique<OvaStreamReader>(
+          sink_, OvaStreamOptions{.memory_budget = options_.memory_budget}, on_disk);
+      BYOI_RETURN_IF_ERROR(ova_->Start(total));
+    } else {
+      vmdk_ = std::make_unique<VmdkStreamReader>(
+          sink_, VmdkStreamOptions{.memory_budget = options_.memory_budget, .type = "vmdk"},
+          on_disk);
+      BYOI_RETURN_IF_ERROR(vmdk_->Start(total));
+    }
   } else {
     if (!decoder_ && total_) head_.virtual_size = RoundUpToSector(*total_);
     BYOI_RETURN_IF_ERROR(CallHead());
@@ -104,6 +132,8 @@ Status StreamImage::CallHead() {
 
 Status StreamImage::Forward(std::span<const uint8_t> bytes) {
   if (qcow2_) return qcow2_->Write(bytes);
+  if (ova_) return ova_->Write(bytes);
+  if (vmdk_) return vmdk_->Write(bytes);
   const uint64_t at = raw_pos_;
   raw_pos_ += bytes.size();
   return sink_.Write(at, bytes);
@@ -125,8 +155,8 @@ Result<uint64_t> StreamImage::Finish() {
     return Status::Ok();
   }();
   BYOI_RETURN_IF_ERROR(Fail(std::move(s)));
-  if (qcow2_) {
-    auto size = qcow2_->Finish();
+  if (qcow2_ || ova_ || vmdk_) {
+    auto size = qcow2_ ? qcow2_->Finish() : ova_ ? ova_->Finish() : vmdk_->Finish();
     if (!size.ok()) return Fail(size.status());
     return *size;
   }

@@ -8,7 +8,9 @@
 //   2. The content's first 64 KiB + 4 KiB (or all of it when shorter) are held back and named by
 //      DetectFormat, as the RAM path names a whole image.
 //   3. Content with the qcow2 magic goes through the qcow2 stream reader (qcow2_stream.hpp),
-//      which checks the first cluster before anything reaches the sink; anything else is raw:
+//      which checks the first cluster before anything reaches the sink; an OVA through the OVA
+//      stream reader (ova_stream.hpp) and a VMDK through the VMDK one (vmdk_stream.hpp), which
+//      check the descriptor and the VMDK's header first; anything else is raw:
 //      passed through in order (the virtual disk is the content, padded with zeros to a whole
 //      512-byte sector, as RawLayout does).
 //   4. Before the first byte reaches the sink, the head callback is called with what is known
@@ -33,12 +35,16 @@
 #include "agent/base/status.hpp"
 #include "agent/image/decompress.hpp"
 #include "agent/image/format.hpp"
+#include "agent/image/ova.hpp"
 #include "agent/image/qcow2.hpp"
 #include "agent/image/virtual_disk_sink.hpp"
+#include "agent/image/vmdk.hpp"
 
 namespace byoi {
 
+class OvaStreamReader;
 class Qcow2StreamReader;
+class VmdkStreamReader;
 
 // What is known of an image before its first byte is written.
 struct StreamHead {
@@ -50,6 +56,7 @@ struct StreamHead {
   // file's length from Start() rounded up to 512 bytes; unknown for a compressed raw file.
   std::optional<uint64_t> virtual_size;
   std::optional<Qcow2Info> qcow2;  // the qcow2 header's facts (the byte counts are still 0)
+  std::optional<VmdkInfo> vmdk;    // a VMDK's (an OVA's disk's) header facts, likewise
 };
 
 struct StreamImageOptions {
@@ -85,7 +92,9 @@ class StreamImage : public ByteSink {
   const StreamHead& head() const { return head_; }
   // File bytes taken so far (before decoding).
   uint64_t bytes_in() const { return in_; }
-  // The qcow2 reader's memory peak (0 for raw images).
+  // An OVA's members and the disk it installed, once Finish succeeded (nullptr for other images).
+  const OvaInfo* ova() const;
+  // The qcow2, OVA or VMDK reader's memory peak (0 for raw images).
   uint64_t memory_peak() const;
 
  private:
@@ -112,6 +121,8 @@ class StreamImage : public ByteSink {
   bool head_called_ = false;
   StreamHead head_;
   std::unique_ptr<Qcow2StreamReader> qcow2_;
+  std::unique_ptr<OvaStreamReader> ova_;
+  std::unique_ptr<VmdkStreamReader> vmdk_;
   uint64_t raw_pos_ = 0;  // raw: bytes of the virtual disk given so far
 };
 

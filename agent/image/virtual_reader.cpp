@@ -45,6 +45,27 @@ Status ClusterDecompressor::Decompress(const Extent& e, std::span<uint8_t> out,
     }
     return fail("corrupt deflate stream");
   }
+  if (e.compression == Compression::kZlib) {
+    // A VMDK grain: a zlib stream (the bytes after it are ignored, as zlib's uncompress() that
+    // qemu-img uses ignores them), which must fill the grain, or, for a last grain cut by the end
+    // of the disk, exactly the part inside the disk.
+    size_t in_bytes = 0;
+    size_t produced = 0;
+    auto r = libdeflate_zlib_decompress_ex(deflate_, e.data, e.compressed_length, out.data(),
+                                           out.size(), &in_bytes, &produced);
+    if (r == LIBDEFLATE_INSUFFICIENT_SPACE) {
+      return fail("zlib stream inflates to more than a grain");
+    }
+    if (r != LIBDEFLATE_SUCCESS) return fail("corrupt zlib stream");
+    if (produced != out.size()) {
+      if (produced != e.cluster_min) {
+        return fail(fmt::format("zlib stream inflates to {} bytes, less than a grain", produced));
+      }
+      std::memset(out.data() + produced, 0, out.size() - produced);
+    }
+    if (consumed) *consumed = in_bytes;
+    return Status::Ok();
+  }
   if (e.compression == Compression::kZstd) {
     // Like QEMU: stream until the cluster is full, then the frame must be complete; trailing
     // bytes after the frame are ignored.

@@ -1,7 +1,7 @@
 // Random access to the bytes of a virtual disk described by an ImageLayout: what the partition
 // table reader, `inspect` and the writer use to turn extents into bytes. Compressed clusters are
-// inflated on demand (libdeflate for raw deflate, libzstd for zstd) and must yield exactly one
-// cluster; anything else is kInvalid.
+// inflated on demand (libdeflate for raw deflate and zlib streams, libzstd for zstd) and must yield
+// exactly one cluster; anything else is kInvalid.
 #pragma once
 
 #include <cstdint>
@@ -28,9 +28,10 @@ class ClusterDecompressor {
 
   // Inflates the compressed cluster `e` (all of it, whatever its cluster_skip) into `out`, which
   // must be exactly e.cluster_size bytes. kInvalid (with the cluster's virtual offset in detail)
-  // when the stream is corrupt or does not produce exactly one cluster; `out` then holds
-  // unspecified bytes. On success, `consumed` (when given) is how many input bytes the stream
-  // took: the rest of its last sector is not its own.
+  // when the stream is corrupt or does not produce exactly one cluster (or e.cluster_min bytes,
+  // the rest of `out` then zeroed); `out` then holds unspecified bytes. On success, `consumed`
+  // (when given) is how many input bytes the stream took: the rest of its last sector is not its
+  // own.
   Status Decompress(const Extent& e, std::span<uint8_t> out, uint64_t* consumed = nullptr);
 
  private:

@@ -154,6 +154,7 @@ Result<ImageType> ParseImageType(const std::optional<std::string>& type) {
   std::string t = type ? Lower(*type) : "";
   if (t == "qcow2") return ImageType::kQcow2;
   if (t == "raw") return ImageType::kRaw;
+  if (t == "ova") return ImageType::kOva;
   return Status::Error(Code::kInvalid, "image type " + (type ? Quote(*type) : "missing"),
                        std::string(msg::kBadFormat));
 }

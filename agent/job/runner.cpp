@@ -139,9 +139,28 @@ Result<FetchResult> Download(const Manifest& manifest, const RunOptions& options
   return fetched;
 }
 
-// Step 3: the checksum, the format against the declared type, every qcow2 metadata table (a
-// corrupt image is refused here, before the disk is touched), and the virtual disk against the
-// target: its size and the sector size its GPT was made for.
+// What the verify step says of an OVA: the disk it installs and the manifest checked; a warning
+// when the OVA holds other disks, which are not installed (docs/status.md).
+std::string OvaNote(const OvaInfo& ova, const std::optional<VmdkInfo>& vmdk, StatusBoard& board) {
+  const std::string& disk = ova.members[ova.disk].name;
+  if (ova.disks.size() > 1) {
+    std::string warning = fmt::format(
+        "the OVA holds {} disks: only {}, the first that VirtualSystem {} attaches, is installed",
+        ova.disks.size(), disk, ova.system);
+    spdlog::warn("verify: {}", warning);
+    board.Warn(std::move(warning));
+  }
+  const auto number = std::find(ova.disks.begin(), ova.disks.end(), ova.disk) - ova.disks.begin();
+  const std::string digests = ova.digests.empty()
+                                  ? std::string("no manifest")
+                                  : fmt::format("manifest: {} digests match", ova.digests.size());
+  return fmt::format(" ({}, disk {} of {}, {} VMDK; {})", disk, number + 1, ova.disks.size(),
+                     vmdk ? vmdk->subformat : std::string("?"), digests);
+}
+
+// Step 3: the checksum, the format against the declared type, every qcow2 or VMDK metadata table
+// and an OVA's manifest digests (a corrupt image is refused here, before the disk is touched), and
+// the virtual disk against the target: its size and the sector size its GPT was made for.
 // The image's checksum against the manifest's, shown in the status; without one in the manifest
 // the operator is warned that nothing vouched for these bytes (docs/status.md, warnings).
 Status VerifyChecksum(const Manifest& manifest, const std::string& actual, uint64_t bytes,
@@ -164,8 +183,10 @@ Status VerifyChecksum(const Manifest& manifest, const std::string& actual, uint6
   return Status::Ok();
 }
 
-// The verify step's comment: what the image is, its virtual size and how it was checked.
-std::string VerifyComment(const FormatInfo& info, uint64_t vsize, const Manifest& manifest) {
+// The verify step's comment: what the image is (for an OVA, `ova_note`: its disk), its virtual size
+// and how it was checked.
+std::string VerifyComment(const FormatInfo& info, uint64_t vsize, const Manifest& manifest,
+                          std::string_view ova_note = {}) {
   const HashAlgo algo = ReportedHash(manifest);
   std::string table = info.table == PartitionTableType::kGpt   ? " (GPT)"
                       : info.table == PartitionTableType::kMbr ? " (MBR)"
@@ -173,8 +194,8 @@ std::string VerifyComment(const FormatInfo& info, uint64_t vsize, const Manifest
   std::string checksum = manifest.checksum
                              ? fmt::format("{} matches", HashAlgoName(algo))
                              : fmt::format("no checksum given, {} computed", HashAlgoName(algo));
-  return fmt::format("{}{}, virtual size {} ({} bytes); {}", info.name, table, HumanBytes(vsize),
-                     vsize, checksum);
+  return fmt::format("{}{}{}, virtual size {} ({} bytes); {}", info.name, ova_note, table,
+                     HumanBytes(vsize), vsize, checksum);
 }
 
 Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched, const Disk* disk,
@@ -185,7 +206,15 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
   FormatInfo info = DetectFormat(fetched.image.bytes());
   BYOI_RETURN_IF_ERROR(CheckDeclaredType(info, manifest.type));
   Result<OpenedImage> opened = OpenImage(fetched.image.bytes());
-  if (!opened.ok()) return std::move(opened).status().Context("reading the qcow2 metadata");
+  if (!opened.ok()) {
+    return std::move(opened).status().Context(fmt::format("reading the {} metadata", info.name));
+  }
+  std::string ova_note;
+  if (opened->ova) {
+    BYOI_RETURN_IF_ERROR(VerifyOvaManifest(fetched.image.bytes(), *opened->ova, cancel)
+                             .Context("checking the OVA's manifest"));
+    ova_note = OvaNote(*opened->ova, opened->vmdk, board);
+  }
   const uint64_t vsize = opened->layout.virtual_size();
   // The partition table of the virtual disk (a qcow2's first clusters may be compressed).
   std::vector<uint8_t> head(std::min(vsize, kHeadBytes));
@@ -197,15 +226,16 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
   }
   // Every compressed cluster is inflated once here, on all cores: the writer would find a corrupt
   // one only after the disk's old content is gone.
-  if (opened->qcow2 && opened->qcow2->compressed_bytes > 0) {
+  if (opened->compressed_bytes() > 0) {
     auto t0 = std::chrono::steady_clock::now();
     BYOI_RETURN_IF_ERROR(VerifyCompressedClusters(opened->layout, 0, cancel)
                              .Context("checking the compressed clusters"));
     spdlog::info("verify: {} of compressed clusters inflate in {:.1f} s",
-                 HumanBytes(opened->qcow2->compressed_bytes),
+                 HumanBytes(opened->compressed_bytes()),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  board.FinishStep(Step::kVerify, VerifyComment(info, vsize, manifest) + "; ram mode: " + why);
+  board.FinishStep(Step::kVerify,
+                   VerifyComment(info, vsize, manifest, ova_note) + "; ram mode: " + why);
   return opened;
 }
 
@@ -410,8 +440,10 @@ Status StreamToDisk(const Manifest& manifest, const JobOptions& job, const Targe
   board.BeginStep(Step::kVerify, "verifying image");
   BYOI_RETURN_IF_ERROR(
       VerifyChecksum(manifest, fetched->DigestOf(ReportedHash(manifest)), fetched->bytes, board));
-  board.FinishStep(Step::kVerify,
-                   VerifyComment(image.head().format, vsize, manifest) + "; stream mode: " + why);
+  const std::string ova_note =
+      image.ova() ? OvaNote(*image.ova(), image.head().vmdk, board) : std::string();
+  board.FinishStep(Step::kVerify, VerifyComment(image.head().format, vsize, manifest, ova_note) +
+                                      "; stream mode: " + why);
   if (!sink.writer) return Status::Ok();  // a dry run
 
   BYOI_RETURN_IF_ERROR(sink.Complete(

@@ -9,7 +9,8 @@ the same NVRAM file -- again without the rescue kernel and check on the host wha
 
 - UEFI, 512-byte sectors, BYOI v1 body POSTed to the agent's HTTP API: OVMF must load our Boot####
   (its `BdsDxe: loading Boot#### "<label>"` line) and GRUB must print the marker; GPT clean
-  (sgdisk -v), config-2 read back by cloud-init's own reader.
+  (sgdisk -v), config-2 read back by cloud-init's own reader. Twice: the image as qcow2, and as an
+  OVA (OVF descriptor, SHA256 manifest, streamOptimized VMDK).
 - legacy BIOS (SeaBIOS), MBR image with boot code, raw type, sha512, job taken by polling a
   backend: the final status (delivered before the reboot) has the bootloader step `skipped`; the
   MBR boot code prints its marker.
@@ -47,6 +48,7 @@ from lib_flow import (boot_installed, check_gpt, console_report, follow_job, htt
 from lib_nginx import NGINX, Nginx  # noqa: E402
 from lib_qemu import GUEST_HOST_ADDRESS, Disk, Vm, free_port, qemu_missing  # noqa: E402
 from lib_rescue import agent_path, build_rescue, rescue_cmdline, rescue_missing  # noqa: E402
+from ova_util import make_ova, vmdk_from_raw  # noqa: E402
 
 MIB = 1 << 20
 RESCUE_BOOT_TIMEOUT = 240  # rescue boot to a healthy API: about 20 s under TCG on 2 cores
@@ -256,25 +258,42 @@ class InstallTest(unittest.TestCase):
     # --- the flows ------------------------------------------------------------------------------------------------
 
     def test_uefi_512_over_api(self):
+        self.uefi_512_flow("qcow2")
+
+    def test_uefi_512_ova_over_api(self):
+        # An appliance as ovftool packs it (descriptor, SHA256 manifest, streamOptimized VMDK):
+        # installed through the agent's entry like the qcow2 above.
+        comments = self.uefi_512_flow("ova")
+        self.assertIn("ova (image.vmdk, disk 1 of 1, streamOptimized VMDK; manifest: 2 digests "
+                      "match)", comments["verify"])
+
+    def uefi_512_flow(self, image_type):
+        """UEFI, 512-byte sectors, v1 body over the API, the image served as `image_type` (qcow2 or
+        ova); returns the console's step comments."""
         work = self.workdir()
         marker = lib_images.new_marker("uefi")
+        served = os.path.join(work, "www", "image." + image_type)
         image = lib_images.make_uefi_image(os.path.join(work, "image.raw"), marker,
-                                           qcow2=os.path.join(work, "www", "image.qcow2"))
+                                           qcow2=served if image_type == "qcow2" else None)
+        if image_type == "ova":
+            vmdk = vmdk_from_raw(image.path, os.path.join(work, "image.vmdk"))
+            make_ova(served, [vmdk], name="byoi-e2e")
         disk_bytes = 512 * MIB
         disk = sparse_disk(os.path.join(work, "disk.raw"), 512)
         label = "byoi e2e " + uuid.uuid4().hex[:8]
         hostname = "e2e-uefi-1"
-        sha256 = file_hash(image.qcow2, "sha256")
+        sha256 = file_hash(served, "sha256")
 
         def manifest_for(web):
-            return {"URL": web.guest_url("image.qcow2"), "type": "qcow2", "checkSum": sha256,
+            return {"URL": web.guest_url(os.path.basename(served)), "type": image_type,
+                    "checkSum": sha256,
                     "checkSumType": "sha256", "description": label, "diskGroupId": 1,
                     "configdrive": {"enable": True, "hostname": hostname, "sshKey": SSH_KEY,
                                     "userData": USER_DATA,
                                     "userMetadatas": [{"key": k, "value": v} for k, v in METADATA.items()]}}
 
         seen, log, nvram, access = self.run_over_api(work, "uefi", disk, manifest_for)
-        self.assertServedOnce(access, "/image.qcow2", os.path.getsize(image.qcow2))
+        self.assertServedOnce(access, "/image." + image_type, os.path.getsize(served))
         comments = self.check_console_done(log, {s: "done" for s in STEPS})
         self.assertIn("sha256 matches", comments["verify"])
         for status in seen:  # the checksum shows from verify on
@@ -294,6 +313,7 @@ class InstallTest(unittest.TestCase):
         self.assertEqual(hashlib.sha256(read_range(disk, *span)).hexdigest(),
                          hashlib.sha256(read_range(image.path, *span)).hexdigest())
         self.check_config_drive(disk, hostname, instance_id, 3)
+        return comments
 
     def test_bios_mbr_over_backend_polling(self):
         work = self.workdir()

@@ -189,6 +189,108 @@ class Qcow2:
             f.write(self.data)
 
 
+TARGETS = ("file", 512, 4096)
+
+
+class ConversionChecks:
+    """For a unittest.TestCase with a `path(name)` method: `byoi-agent convert` onto a regular
+    file and onto loop devices of 512- and 4096-byte sectors, each pre-filled with random bytes
+    (so a zero range that is skipped, or a byte written past the virtual size, is caught), must
+    give exactly the bytes of a reference raw file (qemu-img's output). `mode` is convert's
+    --write-mode (None: its default)."""
+
+    n = 0
+    mode = None
+
+    def convert(self, image, target, *extra):
+        return convert(image, target, *extra, mode=self.mode)
+
+    def assertConvertsLike(self, image, ref, targets=TARGETS):
+        expected = read(ref)
+        vsize = len(expected)
+        for target in targets:
+            self.n += 1
+            with self.subTest(target=target):
+                if target == "file":
+                    out = self.path("out.raw")
+                    random_file(out, vsize + MIB, f"file{self.n}")  # convert truncates it
+                    r = self.convert(image, out)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    self.assertEqual(os.path.getsize(out), vsize)
+                    self.assertEqual(run("cmp", ref, out, check=False).returncode, 0,
+                                     "output differs from qemu-img")
+                    continue
+                backing = self.path("disk.img")
+                disk_size = (vsize + 4095) // 4096 * 4096 + 2 * MIB
+                random_file(backing, disk_size, f"disk{self.n}")
+                past_end = read(backing, vsize)
+                with loop_device(backing, target) as dev:
+                    r = self.convert(image, dev)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    got = read(dev, 0, vsize)
+                    self.assertTrue(got == expected, "device content differs from qemu-img")
+                    self.assertTrue(read(dev, vsize) == past_end, "bytes past the image changed")
+
+
+class RefusalChecks:
+    """For a unittest.TestCase class: a loop device's backing file (16 MiB) and a file (3 MiB),
+    pre-filled with random bytes once, that a refused conversion must leave byte for byte as they
+    were (assert_untouched: a subclass in stream mode may require less). `mode` is convert's
+    --write-mode (None: its default)."""
+
+    mode = None
+
+    def convert(self, image, target, *extra):
+        return convert(image, target, *extra, mode=self.mode)
+
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = tempdir()
+        cls.dir = cls._tmp.name
+        cls.backing = os.path.join(cls.dir, "disk.img")
+        random_file(cls.backing, 16 * MIB, "refusals")
+        cls.backing_hash = sha256(cls.backing)
+        cls.backing_first_mib = read(cls.backing, 0, MIB)
+        cls.file_target = os.path.join(cls.dir, "target.raw")
+        random_file(cls.file_target, 3 * MIB, "file-target")
+        cls.file_hash = sha256(cls.file_target)
+        cls.file_first_mib = read(cls.file_target, 0, MIB)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def assert_untouched(self, path, digest, first_mib):
+        """The target is byte for byte as it was (`digest`). Stream mode (subclasses) writes while
+        it reads, so a refusal the header does not show may come after bytes were written: there
+        only the first MiB (held back until the end) is required unchanged."""
+        self.assertEqual(sha256(path), digest, "the disk was touched")
+
+    def assertRefused(self, image, message, *reasons, args=()):
+        """`convert [args] image TARGET` fails (exit 1) with `message` and every reason in its
+        detail, on a loop device of 512-byte sectors and on a file, touching neither; returns
+        stderr."""
+        # Targets an earlier (failed) case wrote to are made again, so one failure stays one.
+        if sha256(self.backing) != self.backing_hash:
+            random_file(self.backing, 16 * MIB, "refusals")
+        if sha256(self.file_target) != self.file_hash:
+            random_file(self.file_target, 3 * MIB, "file-target")
+        with loop_device(self.backing, 512) as dev:
+            r = self.convert(image, dev, *args)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertTrue(r.stderr.startswith(message), r.stderr)
+        for reason in reasons:
+            self.assertIn(reason, r.stderr)
+        self.assert_untouched(self.backing, self.backing_hash, self.backing_first_mib)
+        r = self.convert(image, self.file_target, *args)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assert_untouched(self.file_target, self.file_hash, self.file_first_mib)
+        return r.stderr
+
+
 def tempdir():
     # Not /dev/shm: the writer's O_DIRECT and fallocate paths need a real file system.
     return tempfile.TemporaryDirectory(prefix="byoi-conformance-", dir="/var/tmp")

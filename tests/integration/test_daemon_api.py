@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon_harness as h  # noqa: E402
 
 BAD_MANIFESTS = [
-    ({"URL": "http://127.0.0.1:1/x", "type": "vmdk"}, "Bad format image, expected: qcow2, raw."),
+    ({"URL": "http://127.0.0.1:1/x", "type": "vmdk"}, "Bad format image, expected: qcow2, raw, ova."),
     ({"URL": "http://127.0.0.1:1/x", "type": "raw", "checkSum": "ab", "checkSumType": "crc32"},
      "Bad checkSumType, expected: md5, sha1, sha256, sha512."),
     ({"URL": "http://127.0.0.1:1/x", "type": "raw", "checkSum": "ab"},

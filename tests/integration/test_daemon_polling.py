@@ -90,7 +90,7 @@ class PollingTest(unittest.TestCase):
         self.assertTrue(b.wait(lambda b: b.statuses("job-2")), d.read_log())
         final = b.statuses("job-2")[-1]
         self.assertEqual(final["status"], "error")
-        self.assertEqual(final["message"], "Bad format image, expected: qcow2, raw.")
+        self.assertEqual(final["message"], "Bad format image, expected: qcow2, raw, ova.")
         self.assertEqual(d.status()[0], 404)  # nothing ran
 
     def test_a_job_interrupted_by_a_restart_is_reported_to_the_backend(self):

@@ -58,6 +58,7 @@ except ImportError:
 
 from conformance_util import MIB, Qcow2, loop_device, random_file, run  # noqa: E402
 from daemon_harness import ImageServer, step  # noqa: E402
+from ova_util import make_ova, vmdk_from_raw  # noqa: E402
 import lib_flow  # noqa: E402
 import lib_images  # noqa: E402
 
@@ -309,6 +310,23 @@ class Images:
         four = [(MIB + i * 3 * MIB, 3 * MIB, 0x83) for i in range(4)]
         self.mbr_full = make_mbr_image(os.path.join(workdir, "mbr-four.raw"), 512, four)
         self.corrupt = corrupt_qcow2(self.gpt[512].qcow2, os.path.join(workdir, "corrupt.qcow2"))
+        # OVAs: the GPT disks as streamOptimized (512) and monolithicSparse (4096) VMDKs; the
+        # first with a second disk after it; the first with a byte of its disk changed after the
+        # manifest was written.
+        for ss, subformat in ((512, "streamOptimized"), (4096, "monolithicSparse")):
+            image = self.gpt[ss]
+            image.vmdk = vmdk_from_raw(image.path, os.path.join(workdir, "uefi-%d.vmdk" % ss),
+                                       subformat)
+            image.ova = make_ova(os.path.join(workdir, "uefi-%d.ova" % ss), [image.vmdk])
+        second = vmdk_from_raw(self.mbr[512], os.path.join(workdir, "data.vmdk"))
+        self.ova_two_disks = make_ova(os.path.join(workdir, "two-disks.ova"),
+                                      [self.gpt[512].vmdk, second])
+
+        def flip(files):
+            return [(n, d[:-100] + bytes([d[-100] ^ 1]) + d[-99:] if n.endswith(".vmdk") else d)
+                    for n, d in files]
+        self.ova_bad_digest = make_ova(os.path.join(workdir, "bad-digest.ova"),
+                                       [self.gpt[512].vmdk], mangle=flip)
         self.ext4 = os.path.join(workdir, "ext4.raw")
         with open(self.ext4, "wb") as f:
             f.truncate(8 * MIB)
@@ -316,7 +334,8 @@ class Images:
         files = {}
         for path in (self.gpt[512].path, self.gpt[512].qcow2, self.gpt[4096].path,
                      self.gpt[4096].qcow2, self.mbr[512], self.mbr[4096], self.mbr_no_boot_code,
-                     self.mbr_full, self.corrupt, self.ext4):
+                     self.mbr_full, self.corrupt, self.ext4, self.gpt[512].ova,
+                     self.gpt[4096].ova, self.ova_two_disks, self.ova_bad_digest):
             with open(path, "rb") as f:
                 files["/" + os.path.basename(path)] = f.read()
         self.data = files
@@ -571,7 +590,8 @@ class DeployWritesImages(DeployTestCase):
 
     def deploy_gpt(self, sector_size, image_type):
         image = IMAGES.gpt[sector_size]
-        served = image.qcow2 if image_type == "qcow2" else image.path
+        served = {"qcow2": image.qcow2, "raw": image.path, "ova": getattr(image, "ova", "")}[
+            image_type]
         disk = self.loop_disk(128 * MIB, sector_size)
         efivars = self.efivars_dir()
         manifest = v1_manifest(IMAGES.url(served), image_type, checkSum=IMAGES.sha256(served),
@@ -589,6 +609,7 @@ class DeployWritesImages(DeployTestCase):
         esp = table.partitions[0]
         self.assertEqual(esp.type, lib_images.ESP_TYPE)
         self.check_boot_entry(efivars, esp, image.loader_path)
+        return out
 
     def deploy_mbr(self, sector_size):
         source = IMAGES.mbr[sector_size]
@@ -615,6 +636,27 @@ class DeployWritesImages(DeployTestCase):
 
     def test_raw_gpt_image_on_4096_byte_sector_disk(self):
         self.deploy_gpt(4096, "raw")
+
+    def test_ova_gpt_image_on_512_byte_sector_disk(self):
+        out = self.deploy_gpt(512, "ova")
+        self.assertIn("ova (uefi-512.vmdk, disk 1 of 1, streamOptimized VMDK; manifest: 2 "
+                      "digests match), virtual size 48 MiB (50331648 bytes); sha256 matches",
+                      step(out.status, "verify")["comment"])
+
+    def test_ova_gpt_image_on_4096_byte_sector_disk(self):
+        out = self.deploy_gpt(4096, "ova")
+        self.assertIn("monolithicSparse VMDK", step(out.status, "verify")["comment"])
+
+    def test_ova_with_two_disks_installs_the_first_and_says_so(self):
+        image = IMAGES.gpt[512]
+        disk = self.loop_disk(128 * MIB)
+        out = self.deploy(v1_manifest(IMAGES.url(IMAGES.ova_two_disks), "ova"), disk)
+        self.assertDone(out)
+        self.assertIn("the OVA holds 2 disks: only uefi-512.vmdk, the first that VirtualSystem "
+                      "appliance attaches, is installed", out.status["warnings"])
+        self.assertIn("(uefi-512.vmdk, disk 1 of 2, streamOptimized VMDK; manifest: 3 digests "
+                      "match)", step(out.status, "verify")["comment"])
+        self.check_gpt_disk(disk, 512, image.path)
 
     def test_mbr_image_on_512_byte_sector_disk_boots_legacy(self):
         self.deploy_mbr(512)
@@ -822,6 +864,31 @@ class Refusals(DeployTestCase):
                 v1_manifest(IMAGES.url(image.path), "qcow2"), disk,
                 "image provided format is raw which does not match expected qcow2 format")
 
+    def test_ova_manifest_mismatch(self):
+        served = IMAGES.ova_bad_digest
+        disk = self.loop_disk(64 * MIB)
+        with open(IMAGES.gpt[512].vmdk, "rb") as f:
+            original = f.read()
+        changed = original[:-100] + bytes([original[-100] ^ 1]) + original[-99:]
+        out = self.assertRefusedUntouched(
+            v1_manifest(IMAGES.url(served), "ova"), disk,
+            "Bad sha256 for uefi-512.vmdk in the OVA, got: %s while expecting %s."
+            % (hashlib.sha256(changed).hexdigest(), hashlib.sha256(original).hexdigest()))
+        self.assertEqual(step(out.status, "verify")["status"], "error")
+        self.assertIn("checking the OVA's manifest", out.status["detail"])
+
+    def test_ova_and_other_types_declared_for_each_other(self):
+        image = IMAGES.gpt[512]
+        disk = self.loop_disk(64 * MIB)
+        cases = ((image.ova, "raw", "ova", "raw"), (image.ova, "qcow2", "ova", "qcow2"),
+                 (image.path, "ova", "raw", "ova"), (image.qcow2, "ova", "qcow2", "ova"))
+        for served, declared, detected, expected in cases:
+            with self.subTest(served=os.path.basename(served), declared=declared):
+                self.assertRefusedUntouched(
+                    v1_manifest(IMAGES.url(served), declared), disk,
+                    "image provided format is %s which does not match expected %s format"
+                    % (detected, expected))
+
     def test_raw_image_without_partition_table(self):
         disk = self.loop_disk(64 * MIB)
         self.assertRefusedUntouched(
@@ -918,7 +985,7 @@ class Refusals(DeployTestCase):
         disk = self.loop_disk(64 * MIB)
         url = IMAGES.url(IMAGES.gpt[512].path)
         cases = [
-            ({"URL": url, "type": "vmdk"}, "Bad format image, expected: qcow2, raw."),
+            ({"URL": url, "type": "vmdk"}, "Bad format image, expected: qcow2, raw, ova."),
             ({"URL": url, "type": "raw", "checkSum": "ab", "checkSumType": "crc32"},
              "Bad checkSumType, expected: md5, sha1, sha256, sha512."),
             ({"URL": url, "type": "raw", "checkSum": "ab"},

@@ -612,7 +612,7 @@ class FetchTest(unittest.TestCase):
 
     def test_invalid_manifest(self):
         run = self.deploy({"URL": self.nginx.url("/image.raw"), "type": "vmdk"})
-        self.assertFailed(run, "Bad format image, expected: qcow2, raw.")
+        self.assertFailed(run, "Bad format image, expected: qcow2, raw, ova.")
 
 
 class HttpsTest(unittest.TestCase):

@@ -225,7 +225,7 @@ class Polling(CleanOutputs):
 
         self.assertTrue(backend.wait(ended, timeout=60), "log:\n" + d.read_log())
         refused = backend.statuses("refused")[-1]
-        self.assertEqual(refused["message"], "Bad format image, expected: qcow2, raw.")
+        self.assertEqual(refused["message"], "Bad format image, expected: qcow2, raw, ova.")
         self.assertEqual(refused["detail"], "image type '" + cut_type[:32] + "\\xc3'...")
         self.assertCleanStatus(backend.statuses("failed")[-1], self.origin.url)
         for status in backend.statuses():

@@ -8,10 +8,12 @@ import json
 import os
 import re
 import sys
+import tarfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conformance_util import AGENT, MIB, qemu_img, qemu_io, read, run, tempdir  # noqa: E402
+from ova_util import make_ova, vmdk_from_raw  # noqa: E402
 
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 
@@ -141,6 +143,62 @@ class InspectTest(unittest.TestCase):
         self.assertIn('"root" ext4 "rootfs" ' + root["guid"], text)
         self.assertIn("EFI system partition: 1\nboot loader:     \\EFI\\debian\\shimx64.efi "
                       "(BOOTX64.CSV)\n", text)
+
+    def test_ova_files_disk_and_partition_table(self):
+        raw = self.path("disk.raw")
+        table = gpt_disk(raw, "shim")
+        disk = vmdk_from_raw(raw, self.path("disk1.vmdk"), "streamOptimized")
+        data_raw = self.path("data.raw")
+        run("truncate", "-s", "3M", data_raw)
+        data = vmdk_from_raw(data_raw, self.path("data.vmdk"), "monolithicSparse")
+        ova = make_ova(self.path("appliance.ova"), [disk, data], algo="sha1")
+        got = inspect(ova, "--json")
+
+        self.assertEqual(got["format"], "ova")
+        self.assertEqual(got["virtualSize"], 64 * MIB)
+        self.assertEqual(got["fileSize"], os.path.getsize(ova))
+        with tarfile.open(ova) as t:
+            sizes = {m.name: m.size for m in t.getmembers()}
+        self.assertEqual(got["ova"]["files"], [
+            {"name": "appliance.ovf", "size": sizes["appliance.ovf"], "role": "descriptor",
+             "installed": False, "digest": "sha1"},
+            {"name": "appliance.mf", "size": sizes["appliance.mf"], "role": "manifest",
+             "installed": False, "digest": None},
+            {"name": "disk1.vmdk", "size": os.path.getsize(disk), "role": "disk",
+             "installed": True, "digest": "sha1"},
+            {"name": "data.vmdk", "size": os.path.getsize(data), "role": "disk",
+             "installed": False, "digest": "sha1"}])
+        self.assertEqual(got["ova"]["disk"], {
+            "file": "disk1.vmdk", "id": "vmdisk1", "capacity": 64 * MIB,
+            "format": "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"})
+        self.assertEqual((got["ova"]["virtualSystem"], got["ova"]["disks"]), ("appliance", 2))
+        vmdk = got["vmdk"]
+        self.assertEqual((vmdk["subformat"], vmdk["createType"], vmdk["version"],
+                          vmdk["grainSize"]), ("streamOptimized", "streamOptimized", 3, 65536))
+        # qemu-img compressed every grain that holds data and left out the zero ones.
+        compressed = nonzero_clusters(raw, 65536) * 65536
+        self.assertEqual(vmdk["compressedBytes"], compressed)
+        self.assertEqual(vmdk["unallocatedBytes"], 64 * MIB - compressed)
+        self.assertEqual(vmdk["allocatedBytes"] + vmdk["zeroBytes"], 0)
+        self.assertPartitionsMatch(got["partitionTable"], table)
+        self.assertEqual(got["bootLoader"], {"path": "\\EFI\\debian\\shimx64.efi",
+                                             "foundBy": "BOOTX64.CSV", "label": "debian"})
+
+        text = inspect(ova)
+        self.assertIn("format:          ova\nfiles:\n", text)
+        self.assertRegex(text, r"\n  disk1\.vmdk +\S+ \S+  disk, installed, sha1 in the "
+                               r"manifest\n")
+        self.assertIn("installed disk:  disk1.vmdk (disk vmdisk1 of virtual system appliance; 2 "
+                      "disk(s) in the OVA, capacity 64 MiB)\n", text)
+        self.assertIn("vmdk:            streamOptimized, version 3, grain 64 KiB\n", text)
+        self.assertIn("partition table: gpt", text)
+
+        # A bare VMDK: its own format, no "ova".
+        got = inspect(data, "--json")
+        self.assertEqual((got["format"], got["virtualSize"]), ("vmdk", 3 * MIB))
+        self.assertNotIn("ova", got)
+        self.assertEqual(got["vmdk"]["subformat"], "monolithicSparse")
+        self.assertEqual(got["vmdk"]["unallocatedBytes"], 3 * MIB)
 
     def test_raw_gpt_fallback_loader_and_an_empty_esp(self):
         raw = self.path("fallback.raw")

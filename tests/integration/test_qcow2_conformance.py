@@ -10,10 +10,9 @@ import unittest
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conformance_util import (MIB, Qcow2, convert, create, loop_device, qemu_img, qemu_io,  # noqa: E402
-                              random_file, read, reference, run, tempdir)
-
-TARGETS = ("file", 512, 4096)
+from conformance_util import (MIB, TARGETS, ConversionChecks, Qcow2, convert, create,  # noqa: E402
+                              qemu_img, qemu_io, random_file, read, reference, run,
+                              tempdir)
 
 
 def mixed_raw(path, size):
@@ -41,13 +40,10 @@ def half_compressible_raw(path, size, cluster_size):
     return path
 
 
-class Conformance(unittest.TestCase):
+class Conformance(ConversionChecks, unittest.TestCase):
     # The write mode every conversion runs in (test_qcow2_conformance_stream.py runs the suite in
     # stream mode).
     mode = "ram"
-
-    def convert(self, image, target, *extra):
-        return convert(image, target, *extra, mode=self.mode)
 
     def setUp(self):
         self._tmp = tempdir()
@@ -60,31 +56,7 @@ class Conformance(unittest.TestCase):
 
     def check(self, image, targets=TARGETS, fmt="qcow2"):
         """Converts `image` onto every target and compares with qemu-img's raw output."""
-        ref = reference(image, self.path("ref.raw"), fmt)
-        expected = read(ref)
-        vsize = len(expected)
-        for target in targets:
-            self.n += 1
-            with self.subTest(target=target):
-                if target == "file":
-                    out = self.path("out.raw")
-                    random_file(out, vsize + MIB, f"file{self.n}")  # convert truncates it
-                    r = self.convert(image, out)
-                    self.assertEqual(r.returncode, 0, r.stderr)
-                    self.assertEqual(os.path.getsize(out), vsize)
-                    self.assertEqual(run("cmp", ref, out, check=False).returncode, 0,
-                                     "output differs from qemu-img")
-                    continue
-                backing = self.path("disk.img")
-                disk_size = (vsize + 4095) // 4096 * 4096 + 2 * MIB
-                random_file(backing, disk_size, f"disk{self.n}")
-                past_end = read(backing, vsize)
-                with loop_device(backing, target) as dev:
-                    r = self.convert(image, dev)
-                    self.assertEqual(r.returncode, 0, r.stderr)
-                    got = read(dev, 0, vsize)
-                    self.assertTrue(got == expected, "device content differs from qemu-img")
-                    self.assertTrue(read(dev, vsize) == past_end, "bytes past the image changed")
+        self.assertConvertsLike(image, reference(image, self.path("ref.raw"), fmt), targets)
 
     def image(self, size, *writes, **opts):
         p = self.path("img.qcow2")

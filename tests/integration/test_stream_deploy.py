@@ -32,6 +32,7 @@ from conformance_util import (AGENT, MIB, create, loop_device,  # noqa: E402
 from fetch_servers import (FaultServer, MemoryCgroup, Nginx, Route, mbr_image,  # noqa: E402
                            write_mbr_image_file)
 from test_image_hardening import corrupt_last_compressed_cluster, mbr_disk  # noqa: E402
+from ova_util import make_ova, vmdk_from_raw  # noqa: E402
 
 DISK_BYTES = 64 * MIB
 SECTOR_SIZES = (512, 4096)
@@ -93,6 +94,19 @@ class StreamDeployTest(unittest.TestCase):
         move_first_l2_table_to_the_end(late)
         cls.images["late.qcow2"] = (slurp(late), None)
 
+        # OVAs of the same disk: a streamOptimized VMDK (what streams), with a manifest whose
+        # digest of the disk is wrong (found only at the end), and a monolithicSparse VMDK (which
+        # stream mode refuses when its header passes, before the first write).
+        vmdk = vmdk_from_raw(disk, cls.path("disk1.vmdk"))
+        cls.images["ova"] = (slurp(make_ova(cls.path("image.ova"), [vmdk])), slurp(disk))
+        wrong = "SHA256(disk1.vmdk)= " + "0" * 64 + "\n"
+        bad_digest = make_ova(cls.path("bad-digest.ova"), [vmdk], mangle=lambda files: [
+            (n, wrong.encode() if n.endswith(".mf") else d) for n, d in files])
+        cls.images["bad-digest.ova"] = (slurp(bad_digest), None)
+        cls.disk1_sha256 = sha256_bytes(slurp(vmdk))
+        sparse = vmdk_from_raw(disk, cls.path("sparse.vmdk"), "monolithicSparse")
+        cls.images["sparse.ova"] = (slurp(make_ova(cls.path("sparse.ova"), [sparse])), None)
+
         # A qcow2 larger than the disks.
         big = cls.path("big.qcow2")
         create(big, 2 * DISK_BYTES)
@@ -114,8 +128,9 @@ class StreamDeployTest(unittest.TestCase):
 
     def manifest(self, name, type_=None, checksum=None, route=None):
         data, _ = self.images[name]
+        kind = name.rsplit(".", 1)[-1]
         return {"URL": self.server.url(route or "/" + name),
-                "type": type_ or ("qcow2" if name.endswith("qcow2") else "raw"),
+                "type": type_ or (kind if kind in ("qcow2", "ova") else "raw"),
                 "checkSumType": "sha256", "checkSum": checksum or sha256_bytes(data)}
 
     def start(self, manifest, disk, *extra):
@@ -168,7 +183,7 @@ class StreamDeployTest(unittest.TestCase):
     def test_every_kind_of_image_streams_byte_identical(self):
         for ss in SECTOR_SIZES:
             dev, _ = self.fresh_disk(ss)
-            for name in ("raw", "raw.zst", "raw.xz", "raw.gz", "raw.bz2", "qcow2"):
+            for name in ("raw", "raw.zst", "raw.xz", "raw.gz", "raw.bz2", "qcow2", "ova"):
                 with self.subTest(sector_size=ss, image=name):
                     code, status, stderr = self.deploy(self.manifest(name), dev,
                                                        "--write-mode", "stream")
@@ -276,6 +291,9 @@ class StreamDeployTest(unittest.TestCase):
              ("--download-attempts", "2", "--connections", "1"),
              "Could not download image located: %s." % raw_url),
             ("a corrupt cluster", self.manifest("corrupt.qcow2"), (), "Can't write qcow2 on disk."),
+            ("an OVA's digest", self.manifest("bad-digest.ova"), (),
+             "Bad sha256 for disk1.vmdk in the OVA, got: %s while expecting %s."
+             % (self.disk1_sha256, "0" * 64)),
             ("clusters waiting past the budget", self.manifest("late.qcow2"),
              ("--memory-limit", "16M"), TOO_BIG),
         ]
@@ -322,6 +340,8 @@ class StreamDeployTest(unittest.TestCase):
             ("declared qcow2, is raw", self.manifest("raw", type_="qcow2"),
              lambda dev: "image provided format is raw which does not match expected qcow2 "
              "format"),
+            ("an OVA whose disk is monolithicSparse", self.manifest("sparse.ova"),
+             lambda dev: "Can't write ova on disk."),
         ]
         for ss in SECTOR_SIZES:
             for what, manifest, message in cases:

@@ -8,7 +8,7 @@ namespace byoi {
 namespace {
 
 TEST(Messages, Constants) {
-  EXPECT_EQ(msg::kBadFormat, "Bad format image, expected: qcow2, raw.");
+  EXPECT_EQ(msg::kBadFormat, "Bad format image, expected: qcow2, raw, ova.");
   EXPECT_EQ(msg::kBadChecksumType, "Bad checkSumType, expected: md5, sha1, sha256, sha512.");
   EXPECT_EQ(msg::kChecksumPair, "Please provide checkSum AND checkSumType or none of them");
   EXPECT_EQ(msg::kCancelled, "Deployment cancelled.");

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "agent/base/messages.hpp"
+#include "tests/unit/tar_builder.hpp"
 
 namespace byoi {
 namespace {
@@ -144,9 +145,16 @@ TEST(DetectFormat, NamesWhatIsNotADiskImage) {
       {With(4096, 0, std::string_view("LUKS\xba\xbe", 6)), "luks", "a LUKS encrypted volume",
        ImageFormat::kOther},
       {With(4096, 0, "hsqs"), "squashfs", "a squashfs filesystem", ImageFormat::kOther},
-      {With(4096, 0, "KDMV"), "vmdk", "a VMDK disk image", ImageFormat::kContainer},
-      {With(4096, 0, "# Disk DescriptorFile"), "vmdk", "a VMDK disk image",
-       ImageFormat::kContainer},
+      {With(4096, 0, "KDMV"), "vmdk", "a VMDK disk image", ImageFormat::kVmdk},
+      {With(4096, 0, "# Disk DescriptorFile"), "vmdk", "a VMDK disk image", ImageFormat::kVmdk},
+      {With(4096, 0, "# comment\nversion=1\n"), "vmdk", "a VMDK disk image", ImageFormat::kVmdk},
+      {With(4096, 0, "COWD"), "vmdk", "a VMDK disk image", ImageFormat::kVmdk},
+      {testing::Tar({{"disk.vmdk", "KDMV"}, {"a.ovf", "<Envelope/>"}}), "tar", "a tar archive",
+       ImageFormat::kOther},
+      {testing::Tar({{"a.ovf", "<Envelope/>"}}), "ova",
+       "an OVA (a tar archive led by an OVF descriptor)", ImageFormat::kOva},
+      {testing::Tar({{"dir/", "", '5'}, {"dir/A.OVF", "<Envelope/>"}}), "ova",
+       "an OVA (a tar archive led by an OVF descriptor)", ImageFormat::kOva},
       {With(4096, 0, "vhdxfile"), "vhdx", "a VHDX disk image", ImageFormat::kContainer},
       {With(4096, 0, "conectix"), "vhd", "a VHD disk image", ImageFormat::kContainer},
       {With(4096, 0x40, "\x7f\x10\xda\xbe"), "vdi", "a VDI disk image", ImageFormat::kContainer},
@@ -161,10 +169,22 @@ TEST(DetectFormat, NamesWhatIsNotADiskImage) {
   }
 }
 
+TEST(DetectFormat, VmdkCapacityIsTheVirtualSize) {
+  Bytes b = With(4096, 0, "KDMV");
+  PutLe32(b, 12, 2048);  // capacity: 2048 sectors
+  PutLe32(b, 16, 0);
+  EXPECT_EQ(DetectFormat(b).virtual_size, 1u << 20);
+}
+
 TEST(DetectFormat, TruncatedInputsAreSafe) {
   // Every prefix of every magic-bearing sample: no read past the end (ASan builds check this).
-  Bytes samples[] = {Qcow2(3, 1), Mbr(), Ext(0, 0x40), With(0x20000, 0x10040, "_BHRfS_M"),
-                     With(0x10000, 0x8001, "CD001")};
+  Bytes samples[] = {Qcow2(3, 1),
+                     Mbr(),
+                     Ext(0, 0x40),
+                     With(0x20000, 0x10040, "_BHRfS_M"),
+                     With(0x10000, 0x8001, "CD001"),
+                     With(4096, 0, "KDMV"),
+                     testing::Tar({{"a.ovf", "<Envelope/>"}})};
   for (const Bytes& s : samples) {
     for (size_t n : {0, 1, 3, 4, 7, 8, 31, 32, 511, 512, 520, 1100, 4096, 0x8005, 0x10047}) {
       if (n > s.size()) continue;
@@ -189,6 +209,20 @@ TEST(CheckDeclaredType, Messages) {
 
   s = CheckDeclaredType(DetectFormat(With(4096, 0, "KDMV")), ImageType::kRaw);
   EXPECT_EQ(s.message(), "image provided format is vmdk which does not match expected raw format");
+
+  // OVA, both ways, and a bare VMDK where an OVA is expected.
+  const Bytes ova = testing::Tar({{"appliance.ovf", "<Envelope/>"}});
+  EXPECT_TRUE(CheckDeclaredType(DetectFormat(ova), ImageType::kOva).ok());
+  s = CheckDeclaredType(DetectFormat(ova), ImageType::kRaw);
+  EXPECT_EQ(s.message(), "image provided format is ova which does not match expected raw format");
+  s = CheckDeclaredType(DetectFormat(ova), ImageType::kQcow2);
+  EXPECT_EQ(s.message(), "image provided format is ova which does not match expected qcow2 format");
+  s = CheckDeclaredType(DetectFormat(Mbr()), ImageType::kOva);
+  EXPECT_EQ(s.message(), "image provided format is raw which does not match expected ova format");
+  s = CheckDeclaredType(DetectFormat(Qcow2(3, 1 << 20)), ImageType::kOva);
+  EXPECT_EQ(s.message(), "image provided format is qcow2 which does not match expected ova format");
+  s = CheckDeclaredType(DetectFormat(With(4096, 0, "KDMV")), ImageType::kOva);
+  EXPECT_EQ(s.message(), "image provided format is vmdk which does not match expected ova format");
 
   s = CheckDeclaredType(DetectFormat(With(4096, 0, "\x1f\x8b")), ImageType::kQcow2);
   EXPECT_EQ(s.message(),

@@ -360,7 +360,7 @@ TEST(ManifestErrors, ImageType) {
   EXPECT_EQ(MustParse(V1(R"({"type": "QCOW2"})")).type, ImageType::kQcow2);
   EXPECT_EQ(MustParse(V1(R"({"type": "Raw"})")).type, ImageType::kRaw);
   EXPECT_EQ(MustParse(V3(R"({"imageType": "qcow2"})")).type, ImageType::kQcow2);
-  const std::string kMsg = "Bad format image, expected: qcow2, raw.";
+  const std::string kMsg = "Bad format image, expected: qcow2, raw, ova.";
   ExpectAll({
       {V1(R"({"type": "<absent>"})"), kMsg},
       {V1(R"({"type": null})"), kMsg},

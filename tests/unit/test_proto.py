@@ -238,7 +238,7 @@ class StatusExamples(unittest.TestCase):
 
     def test_every_catalogue_message_is_accepted_on_error(self):
         messages = [
-            "Bad format image, expected: qcow2, raw.",
+            "Bad format image, expected: qcow2, raw, ova.",
             "Bad checkSumType, expected: md5, sha1, sha256, sha512.",
             "Please provide checkSum AND checkSumType or none of them",
             "Invalid manifest: URL: missing",
