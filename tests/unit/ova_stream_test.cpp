@@ -3,6 +3,7 @@
 // show only at the end (a digest, a table that disagrees with the markers, an archive cut short).
 #include "agent/image/ova_stream.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -107,11 +108,23 @@ TEST(VmdkStreamReader, Refusals) {
   MemorySink marker_sink(10240);
   EXPECT_TRUE(FeedVmdk(with_marker, 512, marker_sink).ok());
   EXPECT_EQ(marker_sink.disk, RamDisk(with_marker));
-  // A first grain so far into the file that what comes before it passes the budget.
+  // A first grain past the end of a file whose length is known: refused as the RAM reader does,
+  // before anything is held.
   MemorySink far_sink(10240);
   Bytes far = testing::ContiguousStreamFile(testing::Zlib(2048, 1));
   testing::PutLe(far, 64, uint64_t{1} << 54, 8);  // grain_offset
-  Status too_big = FeedVmdk(far, 512, far_sink);
+  EXPECT_EQ(FeedVmdk(far, 512, far_sink).detail(),
+            fmt::format("the file is truncated: its grains start at sector {}, past its end ({} "
+                        "bytes)",
+                        uint64_t{1} << 54, far.size()));
+  // A first grain within the file, so far into it that what comes before it passes the budget.
+  MemorySink late_sink(10240);
+  Bytes late = testing::ContiguousStreamFile(testing::Zlib(2048, 1));
+  testing::PutLe(late, 64, 3, 8);  // grain_offset: 1536 bytes to hold, the budget is 1024
+  Status too_big = Feed<VmdkStreamReader>(late, 512, late_sink, [](MemorySink& sink, auto on) {
+    return std::make_unique<VmdkStreamReader>(
+        sink, VmdkStreamOptions{.memory_budget = 1024, .type = "vmdk"}, on);
+  });
   EXPECT_EQ(too_big.code(), Code::kTooBig);
   EXPECT_EQ(too_big.message(), "Could not download, vmdk image is too big to download in memory.");
   // monolithicSparse.
