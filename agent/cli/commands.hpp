@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace byoi {
 
@@ -54,6 +55,14 @@ struct ValidateArgs {
   std::string manifest;  // path, or "-"
 };
 
+struct TorrentArgs {
+  std::string image;                  // the image file to describe
+  std::string web_seed;               // --web-seed URL: where the image is published
+  std::vector<std::string> trackers;  // --tracker URL, repeatable
+  std::string output;                 // --output FILE; IMAGE.torrent when empty
+  std::string piece_length;           // --piece-length SIZE; empty: libtorrent's choice
+};
+
 struct StatusArgs {
   std::string url = "http://127.0.0.1:9999";
   std::string token;
@@ -66,5 +75,6 @@ int RunInspect(const InspectArgs& args);
 int RunDisks(const DisksArgs& args);
 int RunValidate(const ValidateArgs& args);
 int RunStatus(const StatusArgs& args);
+int RunTorrent(const TorrentArgs& args);
 
 }  // namespace byoi

@@ -105,6 +105,16 @@ int main(int argc, char** argv) {
   validate_cmd->add_option("MANIFEST", validate.manifest, "Manifest file, or - for stdin")
       ->required();
 
+  byoi::TorrentArgs torrent;
+  auto* torrent_cmd =
+      app.add_subcommand("torrent", "Write a .torrent for an image, its URL as the web seed");
+  torrent_cmd->add_option("IMAGE", torrent.image, "Image file")->required();
+  torrent_cmd->add_option("--web-seed", torrent.web_seed, "The image's http(s) URL")->required();
+  torrent_cmd->add_option("--tracker", torrent.trackers, "Tracker announce URL (repeatable)");
+  torrent_cmd->add_option("--output", torrent.output, "The .torrent to write (IMAGE.torrent)");
+  torrent_cmd->add_option("--piece-length", torrent.piece_length, "Piece size (e.g. 1M)")
+      ->check(SizeValidator());
+
   byoi::StatusArgs status;
   auto* status_cmd = app.add_subcommand("status", "Ask a running daemon for its status");
   status_cmd->add_option("--url", status.url, "Daemon URL")->capture_default_str();
@@ -127,5 +137,6 @@ int main(int argc, char** argv) {
   if (*disks_cmd) return byoi::RunDisks(disks);
   if (*validate_cmd) return byoi::RunValidate(validate);
   if (*status_cmd) return byoi::RunStatus(status);
+  if (*torrent_cmd) return byoi::RunTorrent(torrent);
   return byoi::kExitUsage;
 }

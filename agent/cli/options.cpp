@@ -161,6 +161,22 @@ const OptionSpec kOptions[] = {
      "Read the disk back after writing and compare it with what was written", "", true, "",
      [](std::string_view v, DaemonConfig& c) { return SetSwitch(v, c.job.verify_written); }},
 
+    {"seed_time", Scope::kJob,
+     "Seconds a job whose manifest names a torrent keeps seeding after it is done, before the "
+     "reboot (default 60)",
+     "Swarm", false, "SECONDS",
+     [](std::string_view v, DaemonConfig& c) { return SetSeconds(v, 0, 86400, c.job.seed_time); }},
+    {"upload_rate", Scope::kJob,
+     "Bytes per second the swarm may upload to the rack's other agents, e.g. 50M; 0: no limit "
+     "(default 0)",
+     "Swarm", false, "SIZE",
+     [](std::string_view v, DaemonConfig& c) {
+       std::optional<uint64_t> rate = ParseSize(v);
+       if (!rate || *rate > (1ull << 31) - 1) return Bad("must be a size below 2G, e.g. 50M");
+       c.job.upload_rate = *rate;
+       return Status::Ok();
+     }},
+
     // The daemon's own.
     {"listen", Scope::kDaemon, "ADDR:PORT of the HTTP API, or off (default 0.0.0.0:9999)", "",
      false, "ADDR:PORT",

@@ -55,6 +55,11 @@ struct JobOptions {
   // true asks for it too).
   bool verify_written =
       false;  // --connections N at once when the origin answers Range requests (1-16)
+  // The swarm (a manifest with `torrent`, docs/pipeline.md "Swarm downloads"): how long the job
+  // keeps seeding after it is done, before the reboot (--seed-time), and the upload limit in
+  // bytes per second, 0 for none (--upload-rate).
+  std::chrono::milliseconds seed_time{60000};
+  uint64_t upload_rate = 0;
 };
 
 }  // namespace byoi

@@ -239,6 +239,50 @@ Status SetWriteOptions(Manifest& m, const json::object& o, const std::string& pr
   return Status::Ok();
 }
 
+// A magnet link for the swarm (BEP 9): at most 8192 bytes, no spaces or control characters, and an
+// exact topic `xt=urn:btih:` of 40 hex or 32 base32 digits (the v1 info hash the swarm is
+// joined by).
+Status ValidateMagnet(const std::string& link, std::string_view field) {
+  if (link.size() > kMaxUrlBytes) return Invalid(field, "longer than 8192 bytes");
+  if (HasControl(link) || link.find(' ') != std::string::npos) {
+    return Invalid(field, "contains spaces or control characters");
+  }
+  const std::string lower = Lower(link);
+  size_t at = lower.find("xt=urn:btih:");
+  if (at == std::string::npos || (lower[at - 1] != '?' && lower[at - 1] != '&')) {
+    return Invalid(field, "a magnet link needs xt=urn:btih:");
+  }
+  at += std::string_view("xt=urn:btih:").size();
+  const size_t end = std::min(lower.find('&', at), lower.size());
+  const std::string hash = lower.substr(at, end - at);
+  const bool hex =
+      hash.size() == 40 && hash.find_first_not_of("0123456789abcdef") == std::string::npos;
+  const bool base32 =
+      hash.size() == 32 &&
+      hash.find_first_not_of("abcdefghijklmnopqrstuvwxyz234567") == std::string::npos;
+  if (!hex && !base32) return Invalid(field, "the btih must be 40 hex or 32 base32 digits");
+  return Status::Ok();
+}
+
+// torrent (ours, docs/manifest.md): the image's .torrent (an http or https URL) or a magnet link;
+// the swarm downloads the image, the manifest's URL being its web seed. `prefix` as for
+// SetWriteOptions.
+Status SetTorrent(Manifest& m, const json::object& o, const std::string& prefix) {
+  const std::string field = prefix + "torrent";
+  BYOI_ASSIGN_OR_RETURN(auto torrent, GetString(o, "torrent", field));
+  if (!torrent || torrent->empty()) return Status::Ok();
+  const std::string lower = Lower(torrent->substr(0, 8));
+  if (lower.starts_with("magnet:")) {
+    BYOI_RETURN_IF_ERROR(ValidateMagnet(*torrent, field));
+  } else if (lower.starts_with("http://") || lower.starts_with("https://")) {
+    BYOI_RETURN_IF_ERROR(ValidateUrl(*torrent, field));
+  } else {
+    return Invalid(field, "must be an http or https URL or a magnet link");
+  }
+  m.torrent = *torrent;
+  return Status::Ok();
+}
+
 // REQUIRES: !path.empty() (an empty path means "not given").
 Status ValidateEfiPath(const std::string& path, std::string_view field) {
   if (path.size() > kMaxEfiPathBytes) return Invalid(field, "longer than 512 bytes");
@@ -362,6 +406,7 @@ Result<Manifest> ParseV1(const json::object& o) {
   BYOI_ASSIGN_OR_RETURN(auto order, GetString(o, "efiBootOrder", "efiBootOrder"));
   BYOI_RETURN_IF_ERROR(SetBootOrder(m, order, "efiBootOrder"));
   BYOI_RETURN_IF_ERROR(SetWriteOptions(m, o, ""));
+  BYOI_RETURN_IF_ERROR(SetTorrent(m, o, ""));
   BYOI_ASSIGN_OR_RETURN(const json::object* cd, GetObject(o, "configdrive", "configdrive"));
   if (cd != nullptr) {
     BYOI_ASSIGN_OR_RETURN(auto enable, GetBool(*cd, "enable", "configdrive.enable"));
@@ -413,6 +458,7 @@ Result<Manifest> ParseV3(const json::object& o) {
   BYOI_ASSIGN_OR_RETURN(auto order, GetString(*c, "efiBootOrder", "customizations.efiBootOrder"));
   BYOI_RETURN_IF_ERROR(SetBootOrder(m, order, "customizations.efiBootOrder"));
   BYOI_RETURN_IF_ERROR(SetWriteOptions(m, *c, "customizations."));
+  BYOI_RETURN_IF_ERROR(SetTorrent(m, *c, "customizations."));
   BYOI_ASSIGN_OR_RETURN(auto description,
                         GetString(*c, "description", "customizations.description"));
   m.description = description.value_or("");
@@ -553,6 +599,10 @@ std::optional<std::pair<std::string, UserDataSource>> DecodeUserData(std::string
   return std::nullopt;
 }
 
+Status ValidateHttpUrl(const std::string& url, std::string_view field) {
+  return ValidateUrl(url, field);
+}
+
 Result<Manifest> ParseManifest(std::string_view body) {
   if (body.size() > kMaxManifestBytes) return Invalid("body", "larger than 1 MiB");
   json::parse_options options;
@@ -601,6 +651,10 @@ boost::json::object ManifestToJson(const Manifest& m) {
   out["writeMode"] =
       m.write_mode ? json::value(WriteModeName(*m.write_mode)) : json::value(nullptr);
   out["verifyWritten"] = m.verify_written ? json::value(*m.verify_written) : json::value(nullptr);
+  out["torrent"] = m.torrent.empty() ? json::value(nullptr)
+                   : Lower(m.torrent.substr(0, 7)) == "magnet:"
+                       ? json::value(m.torrent)
+                       : json::value(msg::ShownUrl(m.torrent, msg::UrlSecrets::kMasked));
   const ConfigDriveSpec& cd = m.config_drive;
   json::object drive;
   drive["enabled"] = cd.enabled;

@@ -50,6 +50,10 @@ struct Manifest {
   // --write-mode and --verify-written. Unset if not given.
   std::optional<WriteMode> write_mode;
   std::optional<bool> verify_written;
+  // torrent (ours, docs/manifest.md): the image's .torrent, an http(s) URL fetched like the
+  // image (may carry userinfo: a secret), or a magnet link with a btih; empty if not given. The
+  // image is then downloaded through the swarm, `url` being its web seed.
+  std::string torrent;
   ConfigDriveSpec config_drive;
 };
 
@@ -73,6 +77,10 @@ boost::json::object ManifestToJson(const Manifest& manifest);
 // decoding is gzip data (1f 8b 08) or UTF-8 text (no control characters but HT LF VT FF CR);
 // nullopt when `text` is to be used as given.
 std::optional<std::pair<std::string, UserDataSource>> DecodeUserData(std::string_view text);
+
+// The image URL rule of docs/manifest.md (http or https, a host, at most 8192 bytes, no spaces
+// or control characters); on failure `Invalid manifest: <field>: <reason>`, as for the URL member.
+Status ValidateHttpUrl(const std::string& url, std::string_view field);
 
 // RFC 1123 host name: labels of letters, digits and hyphens (not at either end), 1-63 characters
 // each, 253 in all.

@@ -32,6 +32,7 @@
 #include "agent/image/stream_image.hpp"
 #include "agent/image/verify_compressed.hpp"
 #include "agent/image/virtual_reader.hpp"
+#include "agent/swarm/swarm.hpp"
 
 namespace byoi {
 
@@ -117,9 +118,12 @@ Result<TargetDisk> Plan(const Manifest& manifest, const JobOptions& job) {
   return target;
 }
 
-// Step 2: the image into RAM, hashed on the way.
+// Step 2: the image into RAM, hashed on the way. With a manifest's `torrent`, through the swarm
+// (docs/pipeline.md, "Swarm downloads"): `*swarm` then holds the helper, seeding until the job
+// ends.
 Result<FetchResult> Download(const Manifest& manifest, const RunOptions& options,
-                             StatusBoard& board, const CancelToken& cancel) {
+                             StatusBoard& board, const CancelToken& cancel,
+                             std::unique_ptr<Swarm>* swarm) {
   board.BeginStep(Step::kDownload, "downloading image");
   BYOI_ASSIGN_OR_RETURN(FetchOptions opts, MakeFetchOptions(options.job));
   FetchRequest req;
@@ -131,6 +135,22 @@ Result<FetchResult> Download(const Manifest& manifest, const RunOptions& options
   auto progress = [&board](uint64_t done, uint64_t total) {
     board.StepProgress(Step::kDownload, done, total);
   };
+  if (!manifest.torrent.empty()) {
+    SwarmOptions swarm_opts;
+    swarm_opts.upload_rate = options.job.upload_rate;
+    BYOI_ASSIGN_OR_RETURN(FetchResult fetched, FetchSwarm({req, manifest.torrent}, opts, swarm_opts,
+                                                          progress, cancel, swarm));
+    const SwarmStats stats = (*swarm)->stats();
+    spdlog::info("download: {} through the swarm in {:.1f} s: {} from peers, {} from the web seed",
+                 HumanBytes(fetched.image.size()), fetched.seconds, HumanBytes(stats.from_peers),
+                 HumanBytes(stats.from_web_seed));
+    board.FinishStep(Step::kDownload,
+                     fmt::format("{} in {:.0f} s through the swarm: {} from peers, {} from the "
+                                 "web seed",
+                                 HumanBytes(fetched.image.size()), fetched.seconds,
+                                 HumanBytes(stats.from_peers), HumanBytes(stats.from_web_seed)));
+    return fetched;
+  }
   BYOI_ASSIGN_OR_RETURN(FetchResult fetched, FetchImage(req, opts, progress, cancel));
   spdlog::info("download: {} in {:.1f} s, {} request(s), {} restart(s) from byte 0",
                HumanBytes(fetched.image.size()), fetched.seconds, fetched.requests,
@@ -540,17 +560,30 @@ Status SetBootEntry(const Manifest& manifest, const JobOptions& job, const Disk&
 // Step 7: report done, then leave the rescue system. The final status reaches every listener
 // (status file, API, backend: the poller holds this thread until the backend has it) inside
 // board.Done(), before anything is flushed or rebooted.
-Status Finish(const JobOptions& job, const Disk& disk, PowerControl& power, StatusBoard& board) {
+// A swarm's helper keeps seeding for --seed-time after done, before the reboot (docs/pipeline.md,
+// "Swarm downloads"): the rack's later agents still find the image here.
+Status Finish(const JobOptions& job, const Disk& disk, PowerControl& power, StatusBoard& board,
+              Swarm* swarm, const CancelToken& cancel) {
+  auto seed = [&] {
+    if (swarm == nullptr) return;
+    const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(job.seed_time);
+    spdlog::info("swarm: seeding for {} s", seconds.count());
+    swarm->SeedThenStop(seconds, cancel);
+    const SwarmStats stats = swarm->stats();
+    spdlog::info("swarm: {} uploaded to peers", HumanBytes(stats.uploaded));
+  };
   const RebootMode mode = job.reboot;
   if (mode == RebootMode::kNone) {
     board.SkipStep(Step::kReboot, "--reboot none: the machine stays in the rescue system");
     board.Done();
+    seed();
     return Status::Ok();
   }
   board.BeginStep(Step::kReboot, "preparing the reboot");
   RebootPlan plan = PrepareReboot(power, mode, disk.path);
   board.FinishStep(Step::kReboot, plan.note);
   board.Done();
+  seed();
   spdlog::info("reboot: {}", plan.note);
   Status s = Reboot(power, plan, disk.path);
   // The job is done and reported: a reboot that fails leaves a working disk behind, so it is
@@ -673,8 +706,10 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
   std::string why = manifest.write_mode ? fmt::format("writeMode {}", WriteModeName(mode))
                                         : fmt::format("--write-mode {}", WriteModeName(mode));
   std::optional<FetchResult> fetched;
+  // The swarm's helper, while it seeds (a manifest with `torrent`, ram mode).
+  std::unique_ptr<Swarm> swarm;
   if (mode != WriteMode::kStream) {
-    Result<FetchResult> in_ram = Download(manifest, options, board, cancel);
+    Result<FetchResult> in_ram = Download(manifest, options, board, cancel, &swarm);
     if (mode == WriteMode::kAuto && !in_ram.ok() && in_ram.status().code() == Code::kTooBig) {
       why = "the image does not fit the RAM budget (" + in_ram.status().detail() + ")";
     } else {
@@ -705,6 +740,15 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
       s = Attach(Write(manifest, job, image, *target, board, cancel), cant_write);
     }
   } else {
+    if (!manifest.torrent.empty()) {
+      // The swarm fills the RAM buffer; stream mode takes the web seed over HTTP, as without a
+      // torrent (docs/pipeline.md, "Swarm downloads").
+      std::string warning =
+          "the manifest names a torrent but the job streams (" + why +
+          "): the image is downloaded from its URL over HTTP, not through the swarm";
+      spdlog::warn("download: {}", warning);
+      board.Warn(std::move(warning));
+    }
     s = Attach(
         StreamToDisk(manifest, job, target ? &*target : nullptr, why, board, cancel, &touched),
         cant_write);
@@ -732,7 +776,7 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
     return s;
   }
   RealPowerControl real_power;
-  return Finish(job, disk, options.power ? *options.power : real_power, board);
+  return Finish(job, disk, options.power ? *options.power : real_power, board, swarm.get(), cancel);
 }
 
 }  // namespace

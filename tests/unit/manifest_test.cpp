@@ -706,6 +706,48 @@ TEST(ManifestWriteMode, BothShapesElseTheAgentsSetting) {
   });
 }
 
+TEST(ManifestTorrent, UrlOrMagnetInBothShapes) {
+  const std::string magnet = "magnet:?xt=urn:btih:b35b557089042a2f4767d346204671fb235aebd8&dn=x";
+  const std::string base32 = "magnet:?dn=x&xt=urn:btih:WNNVK4EJAQVC6R3H2NDCARTR7MRVVPOY";
+  EXPECT_EQ(MustParse(V1(R"({"torrent": "https://h.example/i.torrent"})")).torrent,
+            "https://h.example/i.torrent");
+  EXPECT_EQ(MustParse(V3(json::serialize(json::object{{"torrent", magnet}}))).torrent, magnet);
+  EXPECT_EQ(MustParse(V1(json::serialize(json::object{{"torrent", base32}}))).torrent, base32);
+  EXPECT_EQ(MustParse(V1()).torrent, "");
+  EXPECT_EQ(MustParse(V1(R"({"torrent": ""})")).torrent, "");
+  EXPECT_EQ(MustParse(V3(R"({"torrent": null})")).torrent, "");
+  // The URL's secrets are never shown; a magnet link has none.
+  EXPECT_EQ(ManifestToJson(MustParse(V1(R"({"torrent": "http://u:pw@h.example/i.torrent?s=1"})")))
+                .at("torrent"),
+            json::value("http://***@h.example/i.torrent?***"));
+  EXPECT_EQ(ManifestToJson(MustParse(V3(json::serialize(json::object{{"torrent", magnet}}))))
+                .at("torrent"),
+            json::value(magnet));
+  ExpectAll({
+      {V1(R"({"torrent": "ftp://h.example/i.torrent"})"),
+       "Invalid manifest: torrent: must be an http or https URL or a magnet link"},
+      {V1(R"({"torrent": "/srv/i.torrent"})"),
+       "Invalid manifest: torrent: must be an http or https URL or a magnet link"},
+      {V3(R"({"torrent": 7})"), "Invalid manifest: customizations.torrent: expected a string"},
+      {V1(R"({"torrent": "https:///i.torrent"})"), "Invalid manifest: torrent: no host"},
+      {V1(R"({"torrent": "https://h.example/a b.torrent"})"),
+       "Invalid manifest: torrent: contains spaces or control characters"},
+      {V1(R"({"torrent": "magnet:?dn=image"})"),
+       "Invalid manifest: torrent: a magnet link needs xt=urn:btih:"},
+      {V1(R"({"torrent": "magnet:?dn=xt=urn:btih:b35b557089042a2f4767d346204671fb235aebd8"})"),
+       "Invalid manifest: torrent: a magnet link needs xt=urn:btih:"},
+      {V3(R"({"torrent": "magnet:?xt=urn:btih:b35b5570"})"),
+       "Invalid manifest: customizations.torrent: the btih must be 40 hex or 32 base32 digits"},
+      {V1(R"({"torrent": "magnet:?xt=urn:btih:g35b557089042a2f4767d346204671fb235aebd8"})"),
+       "Invalid manifest: torrent: the btih must be 40 hex or 32 base32 digits"},
+      {V1(R"({"torrent": "magnet:?xt=urn:btih:b35b557089042a2f4767d346204671fb235aebd8\u0001"})"),
+       "Invalid manifest: torrent: contains spaces or control characters"},
+      {V1(json::serialize(
+           json::object{{"torrent", "magnet:?xt=urn:btih:" + std::string(8200, 'a')}})),
+       "Invalid manifest: torrent: longer than 8192 bytes"},
+  });
+}
+
 TEST(ManifestEfiBootOrder, EveryPolicyInBothShapesElseTheAgentsSetting) {
   const std::pair<const char*, BootOrderPolicy> policies[] = {
       {"first", BootOrderPolicy::kFirst},
@@ -1119,7 +1161,7 @@ TEST(ManifestJson, DesignV1) {
     "checkSum": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
     "description": "debian 12", "diskGroupId": 1,
     "httpHeaders": [{"name": "Authorization", "value": "***"}], "efiBootloaderPath": null,
-    "efiBootOrder": null, "writeMode": null, "verifyWritten": null,
+    "efiBootOrder": null, "writeMode": null, "verifyWritten": null, "torrent": null,
     "configDrive": {"enabled": true, "hostname": "web-1", "sshKey": "ssh-ed25519 AAAAC3 me@host",
       "userData": {"bytes": 32, "decodedFrom": "text"}, "metadata": {"role": "web", "env": "prod"}}})");
   json::object got = ManifestToJson(MustParse(kDesignV1));
@@ -1134,7 +1176,7 @@ TEST(ManifestJson, DesignV3) {
     "description": "", "diskGroupId": 2,
     "httpHeaders": [{"name": "Authorization", "value": "***"}, {"name": "X-Trace", "value": "***"}],
     "efiBootloaderPath": "\\efi\\debian\\grubx64.efi", "efiBootOrder": null,
-    "writeMode": null, "verifyWritten": null,
+    "writeMode": null, "verifyWritten": null, "torrent": null,
     "configDrive": {"enabled": true, "hostname": "web-1", "sshKey": "ssh-ed25519 AAAAC3 me@host",
       "userData": {"bytes": 14, "decodedFrom": "base64 text"}, "metadata": {"role": "web"}}})");
   json::object got = ManifestToJson(MustParse(kDesignV3));
@@ -1145,7 +1187,7 @@ TEST(ManifestJson, Minimal) {
   json::value expected = json::parse(R"({"shape": "byoi-v1",
     "url": "https://example.net/debian-12.raw", "type": "raw", "checkSumType": null,
     "checkSum": null, "description": "", "diskGroupId": 1, "httpHeaders": [],
-    "efiBootloaderPath": null, "efiBootOrder": null, "writeMode": null, "verifyWritten": null,
+    "efiBootloaderPath": null, "efiBootOrder": null, "writeMode": null, "verifyWritten": null, "torrent": null,
     "configDrive": {"enabled": false, "hostname": "", "sshKey": "",
       "userData": null, "metadata": {}}})");
   EXPECT_EQ(json::value(ManifestToJson(MustParse(V1()))), expected);

@@ -1,0 +1,293 @@
+#include "agent/swarm/swarm.hpp"
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "agent/base/messages.hpp"
+#include "agent/fetch/hasher.hpp"
+
+namespace byoi {
+
+namespace {
+
+// A .torrent is small: 64 MiB of piece hashes describe a terabyte in 256 KiB pieces.
+constexpr uint64_t kMaxTorrentBytes = 64 << 20;
+
+// A memfd holding `bytes`, for the helper to read as /proc/self/fd/N: the .torrent and the web
+// seed's URL and headers (secrets: never on a command line, where any process could read them).
+Result<UniqueFd> MemfdWith(const char* name, std::string_view bytes) {
+  UniqueFd fd(::memfd_create(name, MFD_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno(std::string("memfd_create for ") + name, errno);
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(fd.get(), bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Status::FromErrno(std::string("writing ") + name, errno);
+    done += static_cast<size_t>(n);
+  }
+  return fd;
+}
+
+Result<std::string> FetchTorrentFile(const SwarmRequest& req, const FetchOptions& opts,
+                                     const CancelToken& cancel) {
+  FetchRequest t;
+  t.url = req.torrent;
+  t.headers = req.image.headers;
+  t.type = req.image.type;
+  FetchOptions small = opts;
+  small.memory_budget = kMaxTorrentBytes;
+  small.connections = 1;
+  Result<FetchResult> got = FetchImage(t, small, nullptr, cancel);
+  if (!got.ok()) {
+    Status s = std::move(got).status();
+    if (s.code() == Code::kCancelled) return s;
+    return Status::Error(s.code() == Code::kTooBig ? Code::kInvalid : s.code(),
+                         "fetching the torrent " +
+                             msg::ShownUrl(req.torrent, msg::UrlSecrets::kMasked) + ": " +
+                             (s.detail().empty() ? s.message() : s.detail()));
+  }
+  auto bytes = got->image.bytes();
+  return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+uint64_t Field(const std::map<std::string, std::string>& f, const std::string& key) {
+  auto it = f.find(key);
+  uint64_t v = 0;
+  if (it != f.end()) std::from_chars(it->second.data(), it->second.data() + it->second.size(), v);
+  return v;
+}
+
+}  // namespace
+
+Result<int> ImageBufferFd(const ImageBuffer& image) {
+  const auto addr = reinterpret_cast<uintptr_t>(image.data());
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  unsigned long inode = 0;
+  while (std::getline(maps, line)) {
+    unsigned long start = 0, end = 0, offset = 0, ino = 0;
+    char perms[8] = {}, dev[16] = {};
+    if (std::sscanf(line.c_str(), "%lx-%lx %7s %lx %15s %lu", &start, &end, perms, &offset, dev,
+                    &ino) == 6 &&
+        start <= addr && addr < end) {
+      inode = ino;
+      break;
+    }
+  }
+  if (inode == 0) return Status::Error(Code::kIo, "the image buffer's mapping is not a file");
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    int fd = -1;
+    const std::string name = entry.path().filename().string();
+    std::from_chars(name.data(), name.data() + name.size(), fd);
+    struct stat st {};
+    if (fd >= 0 && ::fstat(fd, &st) == 0 && st.st_ino == inode &&
+        static_cast<uint64_t>(st.st_size) == image.capacity()) {
+      return fd;
+    }
+  }
+  return Status::Error(Code::kIo, "the image buffer's memfd is not among the open files");
+}
+
+Swarm::~Swarm() {
+  helper_.in.Reset();  // the helper stops seeding and exits; its stdout ends
+  if (reader_.joinable()) reader_.join();
+  helper_.Stop();
+}
+
+SwarmStats Swarm::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+void Swarm::Read() {
+  std::string pending;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(helper_.out.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    pending.append(buf, static_cast<size_t>(n));
+    size_t nl;
+    while ((nl = pending.find('\n')) != std::string::npos) {
+      std::string line = pending.substr(0, nl);
+      pending.erase(0, nl + 1);
+      std::lock_guard lock(mu_);
+      Handle(line);
+      changed_.notify_all();
+    }
+    // A line longer than this is not the helper's.
+    if (pending.size() > 65536) pending.clear();
+  }
+  std::lock_guard lock(mu_);
+  ended_ = true;
+  changed_.notify_all();
+}
+
+void Swarm::Handle(const std::string& line) {
+  std::istringstream words(line);
+  std::string kind;
+  words >> kind;
+  if (kind == "error") {
+    std::string first;
+    words >> first;
+    error_kind_ = first.rfind("kind=", 0) == 0 ? first.substr(5) : "failed";
+    std::getline(words, error_detail_);
+    if (!error_detail_.empty() && error_detail_.front() == ' ') error_detail_.erase(0, 1);
+    return;
+  }
+  if (kind == "complete") {
+    complete_ = true;
+    return;
+  }
+  std::map<std::string, std::string> f;
+  std::string word;
+  while (words >> word) {
+    auto eq = word.find('=');
+    if (eq != std::string::npos) f[word.substr(0, eq)] = word.substr(eq + 1);
+  }
+  if (kind == "info") {
+    stats_.total = Field(f, "size");
+  } else if (kind == "progress") {
+    stats_.done = Field(f, "done");
+    if (Field(f, "total") > 0) stats_.total = Field(f, "total");
+    stats_.peers = static_cast<int>(Field(f, "peers"));
+    stats_.from_peers = Field(f, "from_peers");
+    stats_.from_web_seed = Field(f, "from_web_seed");
+    stats_.uploaded = Field(f, "uploaded");
+    stats_.hash_failures = static_cast<int>(Field(f, "hash_failures"));
+  }
+}
+
+void Swarm::SeedThenStop(std::chrono::seconds seed_time, const CancelToken& cancel) {
+  const auto until = std::chrono::steady_clock::now() + seed_time;
+  std::unique_lock lock(mu_);
+  while (!ended_ && !cancel.cancelled() && std::chrono::steady_clock::now() < until) {
+    changed_.wait_for(lock, std::chrono::milliseconds(200));
+  }
+  lock.unlock();
+  helper_.in.Reset();
+  if (reader_.joinable()) reader_.join();
+  helper_.Stop();
+}
+
+Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts,
+                               const SwarmOptions& swarm_opts, const ProgressFn& progress,
+                               const CancelToken& cancel, std::unique_ptr<Swarm>* swarm) {
+  const std::string failed = msg::DownloadFailed(req.image.url);
+  auto fail = [&failed](Status s) { return std::move(s).DefaultMessage(failed); };
+  const auto t0 = std::chrono::steady_clock::now();
+  BYOI_ASSIGN_OR_RETURN(std::string helper, SwarmHelperPath());
+
+  std::vector<std::string> argv = {helper, "fetch"};
+  UniqueFd torrent_fd;
+  if (req.torrent.rfind("magnet:", 0) == 0) {
+    argv.insert(argv.end(), {"--magnet", req.torrent});
+  } else {
+    Result<std::string> torrent = FetchTorrentFile(req, opts, cancel);
+    if (!torrent.ok()) return fail(std::move(torrent).status());
+    BYOI_ASSIGN_OR_RETURN(torrent_fd, MemfdWith("byoi-torrent", *torrent));
+    argv.insert(argv.end(), {"--torrent", "/proc/self/fd/4"});
+  }
+  std::string seed = req.image.url + "\n";
+  for (const HttpHeader& h : req.image.headers) seed += h.name + ": " + h.value + "\n";
+  BYOI_ASSIGN_OR_RETURN(UniqueFd seed_fd, MemfdWith("byoi-web-seed", seed));
+  argv.insert(argv.end(), {"--web-seed-file", "/proc/self/fd/5"});
+
+  BYOI_ASSIGN_OR_RETURN(ImageBuffer image, ImageBuffer::Create(opts.memory_budget));
+  BYOI_ASSIGN_OR_RETURN(int image_fd, ImageBufferFd(image));
+  argv.insert(argv.end(),
+              {"--capacity", std::to_string(image.capacity()), "--upload-rate",
+               std::to_string(swarm_opts.upload_rate), "--lsd", swarm_opts.lsd ? "1" : "0", "--dht",
+               swarm_opts.dht ? "1" : "0", "--listen", swarm_opts.listen, "--max-hash-failures",
+               std::to_string(swarm_opts.max_hash_failures)});
+  for (const std::string& peer : swarm_opts.peers) argv.insert(argv.end(), {"--peer", peer});
+
+  auto s = std::unique_ptr<Swarm>(new Swarm());
+  // fd 4 must be the torrent even without one: a magnet link passes the image's memfd again.
+  BYOI_RETURN_IF_ERROR(
+      StartHelper(argv, {image_fd, torrent_fd.valid() ? torrent_fd.get() : image_fd, seed_fd.get()},
+                  s->helper_));
+  s->reader_ = std::thread([raw = s.get()] { raw->Read(); });
+
+  // Until complete: progress, the stall timer, cancellation.
+  uint64_t last_done = 0;
+  auto last_new = std::chrono::steady_clock::now();
+  SwarmStats now;
+  {
+    std::unique_lock lock(s->mu_);
+    for (;;) {
+      s->changed_.wait_for(lock, std::chrono::milliseconds(200));
+      now = s->stats_;
+      if (s->complete_ || !s->error_kind_.empty() || s->ended_) break;
+      if (cancel.cancelled()) break;
+      if (now.done > last_done) {
+        last_done = now.done;
+        last_new = std::chrono::steady_clock::now();
+      } else if (std::chrono::steady_clock::now() - last_new > opts.stall_timeout) {
+        break;
+      }
+      lock.unlock();
+      if (progress) progress(now.done, now.total);
+      lock.lock();
+    }
+  }
+  std::unique_lock lock(s->mu_);
+  if (!s->complete_) {
+    const std::string kind = s->error_kind_, detail = s->error_detail_;
+    const bool ended = s->ended_;
+    lock.unlock();
+    s.reset();  // stops the helper
+    BYOI_RETURN_IF_ERROR(cancel.Check());
+    if (kind == "too_big") {
+      return Status::Error(Code::kTooBig, detail,
+                           msg::TooBigForMemory(ImageTypeName(req.image.type)));
+    }
+    if (!kind.empty()) {
+      return Status::Error(kind == "invalid" ? Code::kInvalid : Code::kIo, "swarm: " + detail,
+                           failed);
+    }
+    if (ended) return Status::Error(Code::kIo, "swarm: the helper exited unexpectedly", failed);
+    return Status::Error(
+        Code::kIo,
+        "swarm: no new piece for " +
+            std::to_string(
+                std::chrono::duration_cast<std::chrono::seconds>(opts.stall_timeout).count()) +
+            " s (" + std::to_string(now.done) + " of " + std::to_string(now.total) + " bytes)",
+        failed);
+  }
+  lock.unlock();
+  if (progress) progress(now.total, now.total);
+
+  // The helper wrote into the memfd; the buffer learns its size from the last byte.
+  if (now.total == 0) return Status::Error(Code::kIo, "swarm: an empty image", failed);
+  const uint8_t last = image.data()[now.total - 1];
+  BYOI_RETURN_IF_ERROR(image.WriteAt(now.total - 1, {&last, 1}));
+
+  FetchResult result;
+  for (HashAlgo algo : req.image.hashes) {
+    BYOI_ASSIGN_OR_RETURN(Hasher hasher, Hasher::Create(algo));
+    constexpr size_t kStep = 16 << 20;
+    for (uint64_t pos = 0; pos < image.size(); pos += kStep) {
+      BYOI_RETURN_IF_ERROR(cancel.Check());
+      hasher.Update(image.bytes().subspan(pos, std::min<uint64_t>(kStep, image.size() - pos)));
+    }
+    BYOI_ASSIGN_OR_RETURN(std::string hex, hasher.FinalHex());
+    result.digests.push_back(Digest{algo, hex});
+  }
+  result.image = std::move(image);
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  *swarm = std::move(s);
+  return result;
+}
+
+}  // namespace byoi

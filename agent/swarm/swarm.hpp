@@ -1,0 +1,101 @@
+// Step 2 of a job through a BitTorrent swarm (docs/pipeline.md, "Swarm downloads"): the image's
+// pieces from the rack's other agents, and from the manifest's URL as the torrent's web seed
+// (BEP 19), into the RAM image buffer; then this agent seeds what it holds while it writes, and for
+// a bounded time after the job is done.
+//
+// The peer is byoi-swarm (swarm_helper_main.cpp), a program that writes the pieces into the image
+// buffer's memfd itself, libtorrent checking each against the torrent's hashes (a peer that sent a
+// bad one is banned). Nothing from the swarm is trusted more than an HTTP download: the caller
+// checks the whole image against the manifest's checksum as it does for FetchImage's.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/base/cancel.hpp"
+#include "agent/base/status.hpp"
+#include "agent/fetch/fetch.hpp"
+#include "agent/swarm/swarm_helper.hpp"
+
+namespace byoi {
+
+struct SwarmRequest {
+  FetchRequest image;   // the image: its URL is the web seed, its headers go with it
+  std::string torrent;  // the manifest's `torrent`: an http(s) URL of a .torrent, or a magnet link
+};
+
+struct SwarmOptions {
+  // Upload limit in bytes per second, 0 for none (--upload-rate).
+  uint64_t upload_rate = 0;
+  // Local Service Discovery (multicast on the rack's LAN) on; DHT off (docs/pipeline.md).
+  bool lsd = true;
+  bool dht = false;
+  // libtorrent's listen_interfaces ("0.0.0.0:0,[::]:0": every address, a free port).
+  std::string listen = "0.0.0.0:0,[::]:0";
+  // Peers to connect to at once, IP:PORT (tests; a rack finds its peers through its tracker).
+  std::vector<std::string> peers;
+  // A piece that fails its hash check this many times has no good source: the download fails.
+  int max_hash_failures = 3;
+};
+
+// What the swarm did, for the status and /metrics (docs/status.md).
+struct SwarmStats {
+  uint64_t done = 0;           // bytes of the image held, checked
+  uint64_t total = 0;          // the image's size (0 until the torrent is known)
+  int peers = 0;               // BitTorrent peers connected now (web seeds not counted)
+  uint64_t from_peers = 0;     // bytes received from peers
+  uint64_t from_web_seed = 0;  // bytes received from the web seed (the origin, or its cache)
+  uint64_t uploaded = 0;       // bytes sent to peers
+  int hash_failures = 0;       // pieces that failed their hash check (their senders banned)
+};
+
+// The helper while it runs: it downloads, then seeds until Stop.
+class Swarm {
+ public:
+  ~Swarm();
+  SwarmStats stats() const;
+  // Seeds for at most `seed_time` more (returning early when `cancel` is set), then stops the
+  // helper. Idempotent.
+  void SeedThenStop(std::chrono::seconds seed_time, const CancelToken& cancel);
+
+ private:
+  friend Result<FetchResult> FetchSwarm(const SwarmRequest&, const FetchOptions&,
+                                        const SwarmOptions&, const ProgressFn&, const CancelToken&,
+                                        std::unique_ptr<Swarm>*);
+  // The reader thread: the helper's events, one a line, until its stdout ends.
+  void Read();
+  void Handle(const std::string& line);  // REQUIRES: mu_ held
+
+  HelperProcess helper_;
+  std::thread reader_;
+  mutable std::mutex mu_;
+  std::condition_variable changed_;  // an event arrived, or the helper's stdout ended
+  SwarmStats stats_;
+  bool complete_ = false;
+  bool ended_ = false;      // the helper's stdout ended: it exited
+  std::string error_kind_;  // from an `error` event: invalid, too_big, failed
+  std::string error_detail_;
+};
+
+// Downloads the image through the swarm into a new ImageBuffer of `opts.memory_budget` bytes,
+// digests as FetchImage computes them (over the whole image once it is complete). The .torrent is
+// fetched with FetchImage's rules (the image request's headers, TLS and redirects), at most 64 MiB.
+// `progress` and `cancel` as for FetchImage; the download fails when no new byte arrived for
+// `opts.stall_timeout`. On success `*swarm` holds the running helper, seeding; on failure there
+// is no helper left and nothing is kept, and the Status has the catalogue message (download
+// failed with the image's URL, too big, cancelled) and the cause in `detail`.
+Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts,
+                               const SwarmOptions& swarm_opts, const ProgressFn& progress,
+                               const CancelToken& cancel, std::unique_ptr<Swarm>* swarm);
+
+// The file descriptor of `image`'s memfd in this process, found through /proc/self/maps (the inode
+// of the mapping at image.data()) and /proc/self/fd. kIo when it is not found.
+Result<int> ImageBufferFd(const ImageBuffer& image);
+
+}  // namespace byoi

@@ -1,0 +1,420 @@
+// byoi-swarm: the agent's BitTorrent peer (docs/pipeline.md, "Swarm downloads"), a program of its
+// own so that libtorrent and the Boost 1.74 it was built with never share a process with the
+// agent's Boost 1.81 (libtorrent's ABI carries Boost types: error_code changed layout in 1.78).
+// The agent runs it with an argument vector (agent/swarm/swarm.hpp) and reads its events; nothing
+// else should run it.
+//
+//   byoi-swarm create IMAGE OUT --web-seed URL [--tracker URL]... [--piece-length BYTES]
+//       writes a single-file .torrent of IMAGE (v1 + v2 hashes), prints `infohash <hex>`.
+//   byoi-swarm fetch (--torrent FILE | --magnet URI) --capacity BYTES --web-seed-file FILE
+//       [--upload-rate B/s] [--listen IFACES] [--lsd 0|1] [--dht 0|1]
+//       [--peer IP:PORT]... [--max-hash-failures N]
+//       downloads into file descriptor 3 (the agent's RAM image, a memfd) and seeds it until its
+//       standard input is closed. Events on stdout, one a line, space-separated key=value:
+//         info size= pieces= piece_length= infohash=
+//         progress done= total= peers= seeds= from_peers= from_web_seed= uploaded= hash_failures=
+//         complete
+//         error kind=<invalid|too_big|failed> <detail...>
+//       then exits 0 after `complete` and the end of stdin, 1 after `error`, 2 on usage.
+//
+// Pieces: libtorrent's POSIX disk I/O, the torrent's one file renamed to `image` in a private
+// directory where `image` is a symlink to /proc/self/fd/3: every block lands in the memfd with
+// pwrite-like stdio calls (fopen "rb+" never truncates), and libtorrent reads the piece back from
+// there to check it against the torrent's hash before it counts it, banning a peer that sent a
+// bad one (smart ban). The agent checks the whole image against the manifest's checksum after.
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <libtorrent/add_torrent_params.hpp>
+#include <libtorrent/alert_types.hpp>
+#include <libtorrent/bencode.hpp>
+#include <libtorrent/create_torrent.hpp>
+#include <libtorrent/error_code.hpp>
+#include <libtorrent/hex.hpp>
+#include <libtorrent/magnet_uri.hpp>
+#include <libtorrent/peer_info.hpp>
+#include <libtorrent/posix_disk_io.hpp>
+#include <libtorrent/session.hpp>
+#include <libtorrent/session_params.hpp>
+#include <libtorrent/torrent_handle.hpp>
+#include <libtorrent/torrent_info.hpp>
+#include <libtorrent/torrent_status.hpp>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace lt = libtorrent;
+
+namespace {
+
+constexpr int kImageFd = 3;
+// A .torrent is small: 64 MiB of piece hashes describe a terabyte in 256 KiB pieces.
+constexpr int kMaxTorrentBytes = 64 << 20;
+
+[[noreturn]] void Usage(const std::string& why) {
+  std::fprintf(stderr, "byoi-swarm: %s\n", why.c_str());
+  std::exit(2);
+}
+
+void Event(const std::string& line) {
+  std::fputs(line.c_str(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+}
+
+[[noreturn]] void Fail(const std::string& kind, const std::string& detail) {
+  std::string one_line = detail;
+  for (char& c : one_line) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  Event("error kind=" + kind + " " + one_line);
+  std::exit(1);
+}
+
+struct Args {
+  std::vector<std::string> positional;
+  std::multimap<std::string, std::string> named;
+  std::string Get(const std::string& key, const std::string& fallback = {}) const {
+    auto it = named.find(key);
+    return it == named.end() ? fallback : it->second;
+  }
+  std::vector<std::string> All(const std::string& key) const {
+    std::vector<std::string> out;
+    for (auto [it, end] = named.equal_range(key); it != end; ++it) out.push_back(it->second);
+    return out;
+  }
+};
+
+Args ParseArgs(int argc, char** argv, int first) {
+  Args args;
+  for (int i = first; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) == 0) {
+      if (i + 1 >= argc) Usage("missing value for " + a);
+      args.named.emplace(a.substr(2), argv[++i]);
+    } else {
+      args.positional.push_back(a);
+    }
+  }
+  return args;
+}
+
+int64_t Number(const std::string& text, const std::string& what) {
+  char* end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || errno != 0 || v < 0) Usage("bad " + what + ": " + text);
+  return v;
+}
+
+int Create(const Args& args) {
+  if (args.positional.size() != 2) Usage("create IMAGE OUT --web-seed URL [--tracker URL]...");
+  const std::string& image = args.positional[0];
+  const std::string& out = args.positional[1];
+  struct stat st {};
+  if (::stat(image.c_str(), &st) != 0) Fail("invalid", image + ": " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) Fail("invalid", image + ": not a regular file");
+  if (st.st_size == 0) Fail("invalid", image + ": empty file");
+  lt::file_storage fs;
+  lt::add_files(fs, image);
+  const int piece_length = static_cast<int>(Number(args.Get("piece-length", "0"), "piece length"));
+  lt::create_torrent ct(fs, piece_length);
+  for (const std::string& url : args.All("web-seed")) ct.add_url_seed(url);
+  int tier = 0;
+  for (const std::string& url : args.All("tracker")) ct.add_tracker(url, tier++);
+  ct.set_creator("byoi-agent");
+  lt::error_code ec;
+  std::string parent =
+      image.find('/') == std::string::npos ? "." : image.substr(0, image.rfind('/'));
+  if (parent.empty()) parent = "/";
+  lt::set_piece_hashes(ct, parent, ec);
+  if (ec) Fail("failed", "hashing " + image + ": " + ec.message());
+  std::vector<char> bytes;
+  lt::bencode(std::back_inserter(bytes), ct.generate());
+  std::ofstream f(out, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  f.close();
+  if (!f) Fail("failed", "writing " + out + ": " + std::strerror(errno));
+  lt::torrent_info ti(bytes.data(), static_cast<int>(bytes.size()), ec);
+  if (ec) Fail("failed", "reading back " + out + ": " + ec.message());
+  Event("infohash v1=" + lt::aux::to_hex(ti.info_hashes().v1.to_string()) +
+        " v2=" + lt::aux::to_hex(ti.info_hashes().v2.to_string()));
+  return 0;
+}
+
+std::vector<char> ReadTorrentFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) Fail("failed", "opening " + path + ": " + std::strerror(errno));
+  std::vector<char> bytes;
+  char buf[65536];
+  while (f.read(buf, sizeof buf) || f.gcount() > 0) {
+    bytes.insert(bytes.end(), buf, buf + f.gcount());
+    if (bytes.size() > static_cast<size_t>(kMaxTorrentBytes)) {
+      Fail("invalid", "the .torrent is larger than 64 MiB");
+    }
+  }
+  return bytes;
+}
+
+// Bytes received from peers, summed over every connection seen: a connection's counter is
+// remembered until it closes (or restarts below what it had), then kept in `closed`. Web seed
+// connections are short (one request of up to 16 MiB may end between two samples): their bytes
+// are the torrent's payload less the peers'.
+class ByteCounter {
+ public:
+  void Update(const std::vector<lt::peer_info>& peers) {
+    std::set<std::string> now;
+    for (const lt::peer_info& p : peers) {
+      const bool web = p.connection_type == lt::peer_info::web_seed ||
+                       p.connection_type == lt::peer_info::http_seed;
+      std::string key =
+          (web ? "w " : "p ") + p.ip.address().to_string() + ":" + std::to_string(p.ip.port());
+      now.insert(key);
+      auto [it, fresh] = live_.emplace(key, Seen{web, 0});
+      if (!fresh && p.total_download < it->second.bytes) Close(it->second);
+      it->second.bytes = p.total_download;
+    }
+    for (auto it = live_.begin(); it != live_.end();) {
+      if (now.count(it->first) == 0) {
+        Close(it->second);
+        it = live_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  int64_t from_peers() const { return closed_peers_ + Live(false); }
+
+ private:
+  struct Seen {
+    bool web;
+    int64_t bytes;
+  };
+  void Close(Seen& s) {
+    (s.web ? closed_web_ : closed_peers_) += s.bytes;
+    s.bytes = 0;
+  }
+  int64_t Live(bool web) const {
+    int64_t sum = 0;
+    for (const auto& [key, s] : live_) {
+      if (s.web == web) sum += s.bytes;
+    }
+    return sum;
+  }
+  std::map<std::string, Seen> live_;
+  int64_t closed_peers_ = 0;
+  int64_t closed_web_ = 0;
+};
+
+// True once the agent closed our standard input (or wrote "stop"): time to leave.
+bool StdinClosed() {
+  pollfd p{0, POLLIN, 0};
+  if (::poll(&p, 1, 0) <= 0) return false;
+  char buf[256];
+  ssize_t n = ::read(0, buf, sizeof buf);
+  return n <= 0 || std::string(buf, static_cast<size_t>(n)).find("stop") != std::string::npos;
+}
+
+int Fetch(const Args& args) {
+  const int64_t capacity = Number(args.Get("capacity", "0"), "capacity");
+  if (capacity <= 0) Usage("fetch needs --capacity");
+  struct stat st {};
+  if (::fstat(kImageFd, &st) != 0) Usage("file descriptor 3 is not open");
+  const int max_hash_failures =
+      static_cast<int>(Number(args.Get("max-hash-failures", "3"), "max hash failures"));
+
+  // The directory libtorrent believes it saves into: one symlink, `image`, to the memfd.
+  char dir_template[] = "/tmp/byoi-swarm-XXXXXX";
+  const char* dir = ::mkdtemp(dir_template);
+  if (dir == nullptr) Fail("failed", std::string("mkdtemp: ") + std::strerror(errno));
+  const std::string link = std::string(dir) + "/image";
+  if (::symlink("/proc/self/fd/3", link.c_str()) != 0) {
+    Fail("failed", std::string("symlink: ") + std::strerror(errno));
+  }
+  struct Cleanup {
+    std::string dir, link;
+    ~Cleanup() {
+      ::unlink(link.c_str());
+      ::rmdir(dir.c_str());
+    }
+  } cleanup{dir, link};
+
+  // The web seed: its URL on the first line of --web-seed-file, then its headers, `Name: value`
+  // (secrets: never on our command line).
+  std::string web_seed;
+  std::vector<std::pair<std::string, std::string>> headers;
+  {
+    std::ifstream f(args.Get("web-seed-file"));
+    if (!f || !std::getline(f, web_seed) || web_seed.empty()) Usage("fetch needs --web-seed-file");
+    std::string h;
+    while (std::getline(f, h)) {
+      auto colon = h.find(':');
+      if (colon == std::string::npos) Usage("bad header line in --web-seed-file");
+      std::string value = h.substr(colon + 1);
+      while (!value.empty() && value.front() == ' ') value.erase(0, 1);
+      headers.emplace_back(h.substr(0, colon), value);
+    }
+  }
+
+  lt::add_torrent_params atp;
+  lt::error_code ec;
+  if (!args.Get("torrent").empty()) {
+    std::vector<char> bytes = ReadTorrentFile(args.Get("torrent"));
+    lt::load_torrent_limits limits;
+    limits.max_buffer_size = kMaxTorrentBytes;
+    try {
+      atp.ti = std::make_shared<lt::torrent_info>(
+          lt::span<char const>(bytes.data(), static_cast<long>(bytes.size())), limits,
+          lt::from_span);
+    } catch (const std::system_error& e) {
+      Fail("invalid", std::string("reading the .torrent: ") + e.what());
+    }
+  } else if (!args.Get("magnet").empty()) {
+    lt::parse_magnet_uri(args.Get("magnet"), atp, ec);
+    if (ec) Fail("invalid", "reading the magnet link: " + ec.message());
+  } else {
+    Usage("fetch needs --torrent or --magnet");
+  }
+  // Peers, trackers and web seeds come from the torrent and from us only: the manifest's URL is
+  // the web seed (BEP 19), with the manifest's headers.
+  atp.url_seeds.clear();
+  atp.save_path = dir;
+  atp.renamed_files[lt::file_index_t{0}] = "image";
+  atp.flags &= ~lt::torrent_flags::auto_managed;
+  atp.flags &= ~lt::torrent_flags::paused;
+
+  auto check_files = [&](const lt::torrent_info& ti) {
+    if (ti.num_files() != 1) {
+      Fail("invalid", "the torrent holds " + std::to_string(ti.num_files()) +
+                          " files: an image torrent holds one");
+    }
+    if (ti.total_size() > capacity) {
+      Fail("too_big", "the torrent's image is " + std::to_string(ti.total_size()) +
+                          " bytes, more than the RAM budget of " + std::to_string(capacity));
+    }
+    Event("info size=" + std::to_string(ti.total_size()) + " pieces=" +
+          std::to_string(ti.num_pieces()) + " piece_length=" + std::to_string(ti.piece_length()) +
+          " infohash=" + lt::aux::to_hex(ti.info_hashes().get_best().to_string()));
+  };
+  if (atp.ti) {
+    check_files(*atp.ti);
+    atp.ti->add_url_seed(web_seed, "", headers);
+  }
+
+  lt::settings_pack sp;
+  sp.set_int(lt::settings_pack::alert_mask,
+             lt::alert_category::error | lt::alert_category::status | lt::alert_category::storage);
+  sp.set_bool(lt::settings_pack::enable_dht, args.Get("dht", "0") == "1");
+  sp.set_bool(lt::settings_pack::enable_lsd, args.Get("lsd", "1") == "1");
+  sp.set_bool(lt::settings_pack::enable_upnp, false);
+  sp.set_bool(lt::settings_pack::enable_natpmp, false);
+  sp.set_str(lt::settings_pack::listen_interfaces, args.Get("listen", "0.0.0.0:0,[::]:0"));
+  sp.set_int(lt::settings_pack::upload_rate_limit,
+             static_cast<int>(Number(args.Get("upload-rate", "0"), "upload rate")));
+  // A rack's agents may sit behind one address (and tests run on 127.0.0.1).
+  sp.set_bool(lt::settings_pack::allow_multiple_connections_per_ip, true);
+  // Announce to the torrent's trackers at once and often enough for a rack that boots together.
+  sp.set_int(lt::settings_pack::min_announce_interval, 5);
+  sp.set_bool(lt::settings_pack::announce_to_all_trackers, true);
+  sp.set_bool(lt::settings_pack::announce_to_all_tiers, true);
+  sp.set_int(lt::settings_pack::aio_threads, 2);
+  lt::session_params params(std::move(sp));
+  params.disk_io_constructor = lt::posix_disk_io_constructor;
+  lt::session ses(std::move(params));
+  lt::torrent_handle h = ses.add_torrent(std::move(atp), ec);
+  if (ec) Fail("invalid", "adding the torrent: " + ec.message());
+  for (const std::string& peer : args.All("peer")) {
+    auto colon = peer.rfind(':');
+    if (colon == std::string::npos) Usage("bad peer: " + peer);
+    lt::error_code pec;
+    auto addr = lt::make_address(peer.substr(0, colon), pec);
+    if (pec) Usage("bad peer: " + peer);
+    h.connect_peer(
+        lt::tcp::endpoint(addr, static_cast<uint16_t>(Number(peer.substr(colon + 1), "port"))));
+  }
+
+  ByteCounter counter;
+  std::map<int, int> failures;  // piece -> hash failures
+  int hash_failures = 0;
+  bool complete = false;
+  bool reported = false;
+  auto last_report = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+  for (;;) {
+    if (StdinClosed()) break;
+    std::vector<lt::alert*> alerts;
+    ses.pop_alerts(&alerts);
+    for (lt::alert* a : alerts) {
+      if (auto* m = lt::alert_cast<lt::metadata_received_alert>(a)) {
+        auto ti = m->handle.torrent_file();
+        check_files(*ti);
+        m->handle.add_url_seed(web_seed);
+      } else if (auto* f = lt::alert_cast<lt::hash_failed_alert>(a)) {
+        ++hash_failures;
+        int n = ++failures[static_cast<int>(f->piece_index)];
+        // libtorrent bans the peer that sent a bad piece; a piece that keeps failing has no good
+        // source: the torrent does not describe the web seed's bytes.
+        if (n >= max_hash_failures) {
+          Fail("failed", "piece " + std::to_string(static_cast<int>(f->piece_index)) +
+                             " failed its hash check " + std::to_string(n) +
+                             " times: the torrent does not match the image its web seed serves");
+        }
+      } else if (auto* e = lt::alert_cast<lt::torrent_error_alert>(a)) {
+        Fail("failed", e->message());
+      } else if (auto* fe = lt::alert_cast<lt::file_error_alert>(a)) {
+        Fail("failed", fe->message());
+      } else if (lt::alert_cast<lt::torrent_finished_alert>(a)) {
+        complete = true;
+      }
+    }
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_report >= std::chrono::milliseconds(200) || (complete && !reported)) {
+      last_report = now;
+      lt::torrent_status s = h.status();
+      std::vector<lt::peer_info> peers;
+      h.get_peer_info(peers);
+      counter.Update(peers);
+      int npeers = 0;
+      for (const auto& p : peers) {
+        if (p.connection_type == lt::peer_info::standard_bittorrent) ++npeers;
+      }
+      Event("progress done=" + std::to_string(s.total_wanted_done) +
+            " total=" + std::to_string(s.total_wanted) + " peers=" + std::to_string(npeers) +
+            " seeds=" + std::to_string(s.num_seeds) +
+            " from_peers=" + std::to_string(counter.from_peers()) +
+            " from_web_seed=" +
+            std::to_string(std::max<int64_t>(0, s.total_payload_download - counter.from_peers())) +
+            " uploaded=" + std::to_string(s.total_payload_upload) +
+            " hash_failures=" + std::to_string(hash_failures));
+      if (complete && !reported) {
+        Event("complete");
+        reported = true;
+      }
+    }
+    ses.wait_for_alert(std::chrono::milliseconds(100));
+  }
+  // The agent closed our stdin: seeding is over.
+  ses.abort();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) Usage("create or fetch");
+  const std::string cmd = argv[1];
+  Args args = ParseArgs(argc, argv, 2);
+  if (cmd == "create") return Create(args);
+  if (cmd == "fetch") return Fetch(args);
+  Usage("unknown command " + cmd);
+}
