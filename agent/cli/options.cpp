@@ -166,6 +166,16 @@ const OptionSpec kOptions[] = {
      "reboot (default 60)",
      "Swarm", false, "SECONDS",
      [](std::string_view v, DaemonConfig& c) { return SetSeconds(v, 0, 86400, c.job.seed_time); }},
+    {"swarm_listen", Scope::kJob,
+     "Where the swarm listens, libtorrent's listen_interfaces: ADDR:PORT, comma-separated, port 0 "
+     "for any (default 0.0.0.0:0,[::]:0; Local Service Discovery runs on these networks)",
+     "Swarm", false, "ADDRS",
+     [](std::string_view v, DaemonConfig& c) {
+       if (v.empty() || v.find_first_of(" \t\r\n") != std::string_view::npos) {
+         return Bad("expected ADDR:PORT[,ADDR:PORT...] such as 10.0.0.5:6881");
+       }
+       return SetText(v, c.job.swarm_listen);
+     }},
     {"upload_rate", Scope::kJob,
      "Bytes per second the swarm may upload to the rack's other agents, e.g. 50M; 0: no limit "
      "(default 0)",

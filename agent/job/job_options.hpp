@@ -60,6 +60,9 @@ struct JobOptions {
   // bytes per second, 0 for none (--upload-rate).
   std::chrono::milliseconds seed_time{60000};
   uint64_t upload_rate = 0;
+  // --swarm-listen: libtorrent's listen_interfaces, where peers reach this agent (and the networks
+  // Local Service Discovery announces on).
+  std::string swarm_listen = "0.0.0.0:0,[::]:0";
 };
 
 }  // namespace byoi

@@ -138,17 +138,22 @@ Result<FetchResult> Download(const Manifest& manifest, const RunOptions& options
   if (!manifest.torrent.empty()) {
     SwarmOptions swarm_opts;
     swarm_opts.upload_rate = options.job.upload_rate;
+    swarm_opts.listen = options.job.swarm_listen;
     BYOI_ASSIGN_OR_RETURN(FetchResult fetched, FetchSwarm({req, manifest.torrent}, opts, swarm_opts,
                                                           progress, cancel, swarm));
     const SwarmStats stats = (*swarm)->stats();
     spdlog::info("download: {} through the swarm in {:.1f} s: {} from peers, {} from the web seed",
                  HumanBytes(fetched.image.size()), fetched.seconds, HumanBytes(stats.from_peers),
                  HumanBytes(stats.from_web_seed));
-    board.FinishStep(Step::kDownload,
-                     fmt::format("{} in {:.0f} s through the swarm: {} from peers, {} from the "
-                                 "web seed",
-                                 HumanBytes(fetched.image.size()), fetched.seconds,
-                                 HumanBytes(stats.from_peers), HumanBytes(stats.from_web_seed)));
+    std::string comment =
+        fmt::format("{} in {:.0f} s through the swarm: {} from peers, {} from the web seed",
+                    HumanBytes(fetched.image.size()), fetched.seconds, HumanBytes(stats.from_peers),
+                    HumanBytes(stats.from_web_seed));
+    if (stats.hash_failures > 0) {
+      comment += fmt::format("; {} piece(s) failed their hash check, their senders banned",
+                             stats.hash_failures);
+    }
+    board.FinishStep(Step::kDownload, std::move(comment));
     return fetched;
   }
   BYOI_ASSIGN_OR_RETURN(FetchResult fetched, FetchImage(req, opts, progress, cancel));

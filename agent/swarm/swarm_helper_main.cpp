@@ -22,7 +22,9 @@
 // pwrite-like stdio calls (fopen "rb+" never truncates), and libtorrent reads the piece back from
 // there to check it against the torrent's hash before it counts it, banning a peer that sent a
 // bad one (smart ban). The agent checks the whole image against the manifest's checksum after.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -59,6 +61,7 @@ namespace lt = libtorrent;
 namespace {
 
 constexpr int kImageFd = 3;
+constexpr int kMaxWebSeedBans = 5;
 // A .torrent is small: 64 MiB of piece hashes describe a terabyte in 256 KiB pieces.
 constexpr int kMaxTorrentBytes = 64 << 20;
 
@@ -167,55 +170,51 @@ std::vector<char> ReadTorrentFile(const std::string& path) {
   return bytes;
 }
 
-// Bytes received from peers, summed over every connection seen: a connection's counter is
-// remembered until it closes (or restarts below what it had), then kept in `closed`. Web seed
-// connections are short (one request of up to 16 MiB may end between two samples): their bytes
-// are the torrent's payload less the peers'.
-class ByteCounter {
- public:
-  void Update(const std::vector<lt::peer_info>& peers) {
-    std::set<std::string> now;
-    for (const lt::peer_info& p : peers) {
-      const bool web = p.connection_type == lt::peer_info::web_seed ||
-                       p.connection_type == lt::peer_info::http_seed;
-      std::string key =
-          (web ? "w " : "p ") + p.ip.address().to_string() + ":" + std::to_string(p.ip.port());
-      now.insert(key);
-      auto [it, fresh] = live_.emplace(key, Seen{web, 0});
-      if (!fresh && p.total_download < it->second.bytes) Close(it->second);
-      it->second.bytes = p.total_download;
-    }
-    for (auto it = live_.begin(); it != live_.end();) {
-      if (now.count(it->first) == 0) {
-        Close(it->second);
-        it = live_.erase(it);
-      } else {
-        ++it;
-      }
+// The addresses the web seed's URL resolves to, with its port: a block from one of them came from
+// the web seed (a web seed sends no peer id of its own to tell it by).
+std::set<std::string> WebSeedEndpoints(const std::string& url) {
+  std::set<std::string> out;
+  const size_t scheme_end = url.find("://");
+  if (scheme_end == std::string::npos) return out;
+  const bool https = url.compare(0, scheme_end, "https") == 0;
+  std::string authority = url.substr(scheme_end + 3);
+  authority = authority.substr(0, authority.find_first_of("/?#"));
+  authority =
+      authority.substr(authority.rfind('@') == std::string::npos ? 0 : authority.rfind('@') + 1);
+  std::string host = authority, port = https ? "443" : "80";
+  if (!host.empty() && host.front() == '[') {
+    const size_t close = host.find(']');
+    if (close == std::string::npos) return out;
+    if (close + 1 < host.size() && host[close + 1] == ':') port = host.substr(close + 2);
+    host = host.substr(1, close - 1);
+  } else if (const size_t colon = host.rfind(':'); colon != std::string::npos) {
+    port = host.substr(colon + 1);
+    host = host.substr(0, colon);
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0) return out;
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    char text[INET6_ADDRSTRLEN] = {};
+    const void* addr =
+        ai->ai_family == AF_INET6
+            ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(ai->ai_addr)->sin6_addr)
+            : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(ai->ai_addr)->sin_addr);
+    if (::inet_ntop(ai->ai_family, addr, text, sizeof text) != nullptr) {
+      out.insert(lt::make_address(text).to_string() + " " + port);
     }
   }
-  int64_t from_peers() const { return closed_peers_ + Live(false); }
+  ::freeaddrinfo(res);
+  return out;
+}
 
- private:
-  struct Seen {
-    bool web;
-    int64_t bytes;
-  };
-  void Close(Seen& s) {
-    (s.web ? closed_web_ : closed_peers_) += s.bytes;
-    s.bytes = 0;
-  }
-  int64_t Live(bool web) const {
-    int64_t sum = 0;
-    for (const auto& [key, s] : live_) {
-      if (s.web == web) sum += s.bytes;
-    }
-    return sum;
-  }
-  std::map<std::string, Seen> live_;
-  int64_t closed_peers_ = 0;
-  int64_t closed_web_ = 0;
-};
+std::string EndpointKey(const lt::tcp::endpoint& ep) {
+  lt::address a = ep.address();
+  if (a.is_v6() && a.to_v6().is_v4_mapped())
+    a = boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, a.to_v6());
+  return a.to_string() + " " + std::to_string(ep.port());
+}
 
 // True once the agent closed our standard input (or wrote "stop"): time to leave.
 bool StdinClosed() {
@@ -242,13 +241,14 @@ int Fetch(const Args& args) {
   if (::symlink("/proc/self/fd/3", link.c_str()) != 0) {
     Fail("failed", std::string("symlink: ") + std::strerror(errno));
   }
-  struct Cleanup {
-    std::string dir, link;
-    ~Cleanup() {
-      ::unlink(link.c_str());
-      ::rmdir(dir.c_str());
-    }
-  } cleanup{dir, link};
+  // Removed at exit, whichever way (Fail exits without unwinding).
+  static std::string cleanup_dir, cleanup_link;
+  cleanup_dir = dir;
+  cleanup_link = link;
+  std::atexit([] {
+    ::unlink(cleanup_link.c_str());
+    ::rmdir(cleanup_dir.c_str());
+  });
 
   // The web seed: its URL on the first line of --web-seed-file, then its headers, `Name: value`
   // (secrets: never on our command line).
@@ -277,7 +277,7 @@ int Fetch(const Args& args) {
       atp.ti = std::make_shared<lt::torrent_info>(
           lt::span<char const>(bytes.data(), static_cast<long>(bytes.size())), limits,
           lt::from_span);
-    } catch (const std::system_error& e) {
+    } catch (const std::exception& e) {
       Fail("invalid", std::string("reading the .torrent: ") + e.what());
     }
   } else if (!args.Get("magnet").empty()) {
@@ -313,8 +313,14 @@ int Fetch(const Args& args) {
   }
 
   lt::settings_pack sp;
+  // block_progress: each block's source, for the byte counts; BYOI_SWARM_DEBUG=1: every alert.
   sp.set_int(lt::settings_pack::alert_mask,
-             lt::alert_category::error | lt::alert_category::status | lt::alert_category::storage);
+             std::getenv("BYOI_SWARM_DEBUG") != nullptr
+                 ? lt::alert_category::all
+                 : lt::alert_category::error | lt::alert_category::status |
+                       lt::alert_category::storage | lt::alert_category::block_progress);
+  // Room for every block alert of a second at 10 Gbit/s between two reads of the queue.
+  sp.set_int(lt::settings_pack::alert_queue_size, 200000);
   sp.set_bool(lt::settings_pack::enable_dht, args.Get("dht", "0") == "1");
   sp.set_bool(lt::settings_pack::enable_lsd, args.Get("lsd", "1") == "1");
   sp.set_bool(lt::settings_pack::enable_upnp, false);
@@ -344,9 +350,17 @@ int Fetch(const Args& args) {
         lt::tcp::endpoint(addr, static_cast<uint16_t>(Number(peer.substr(colon + 1), "port"))));
   }
 
-  ByteCounter counter;
+  // BYOI_SWARM_DEBUG=1 in the agent's environment: every libtorrent alert on stderr.
+  const bool verbose = std::getenv("BYOI_SWARM_DEBUG") != nullptr;
+  // Bytes of the blocks that arrived whole, by source (the web seed's addresses, or a peer's).
+  // Counted per block as it finishes: connections come
+  // and go faster than any sampling (two seeds disconnect as soon as they are both complete).
+  int64_t from_peers = 0;
+  int64_t from_web_seed = 0;
+  const std::set<std::string> web_seed_endpoints = WebSeedEndpoints(web_seed);
   std::map<int, int> failures;  // piece -> hash failures
   int hash_failures = 0;
+  int web_seed_bans = 0;
   bool complete = false;
   bool reported = false;
   auto last_report = std::chrono::steady_clock::now() - std::chrono::seconds(1);
@@ -355,7 +369,17 @@ int Fetch(const Args& args) {
     std::vector<lt::alert*> alerts;
     ses.pop_alerts(&alerts);
     for (lt::alert* a : alerts) {
-      if (auto* m = lt::alert_cast<lt::metadata_received_alert>(a)) {
+      if (verbose) std::fprintf(stderr, "byoi-swarm: %s\n", a->message().c_str());
+      if (auto* b = lt::alert_cast<lt::block_finished_alert>(a)) {
+        const auto ti = h.torrent_file();
+        if (ti) {
+          const int64_t block = 16 << 10;
+          const int64_t piece = ti->piece_size(b->piece_index);
+          const int64_t bytes = std::min(block, piece - int64_t{b->block_index} * block);
+          (web_seed_endpoints.count(EndpointKey(b->endpoint)) != 0 ? from_web_seed : from_peers) +=
+              std::max<int64_t>(bytes, 0);
+        }
+      } else if (auto* m = lt::alert_cast<lt::metadata_received_alert>(a)) {
         auto ti = m->handle.torrent_file();
         check_files(*ti);
         m->handle.add_url_seed(web_seed);
@@ -368,6 +392,22 @@ int Fetch(const Args& args) {
           Fail("failed", "piece " + std::to_string(static_cast<int>(f->piece_index)) +
                              " failed its hash check " + std::to_string(n) +
                              " times: the torrent does not match the image its web seed serves");
+        }
+      } else if (auto* u = lt::alert_cast<lt::url_seed_alert>(a)) {
+        // libtorrent bans a web seed that had a part in a piece that failed its hash check, even
+        // when a lying peer sent the bad block. The web seed is the origin, the provider's own
+        // copy: it is taken back, up to kMaxWebSeedBans times; past that its bytes keep failing,
+        // and the torrent does not describe the image it serves.
+        if (u->error == lt::errors::peer_banned) {
+          if (++web_seed_bans >= kMaxWebSeedBans) {
+            Fail("failed", "the web seed sent pieces that failed their hash check " +
+                               std::to_string(web_seed_bans) +
+                               " times: the torrent does not match the image its web seed serves");
+          }
+          h.remove_url_seed(web_seed);
+          h.add_url_seed(web_seed);
+        } else {
+          std::fprintf(stderr, "byoi-swarm: web seed: %s\n", u->message().c_str());
         }
       } else if (auto* e = lt::alert_cast<lt::torrent_error_alert>(a)) {
         Fail("failed", e->message());
@@ -383,17 +423,14 @@ int Fetch(const Args& args) {
       lt::torrent_status s = h.status();
       std::vector<lt::peer_info> peers;
       h.get_peer_info(peers);
-      counter.Update(peers);
       int npeers = 0;
       for (const auto& p : peers) {
         if (p.connection_type == lt::peer_info::standard_bittorrent) ++npeers;
       }
       Event("progress done=" + std::to_string(s.total_wanted_done) +
             " total=" + std::to_string(s.total_wanted) + " peers=" + std::to_string(npeers) +
-            " seeds=" + std::to_string(s.num_seeds) +
-            " from_peers=" + std::to_string(counter.from_peers()) +
-            " from_web_seed=" +
-            std::to_string(std::max<int64_t>(0, s.total_payload_download - counter.from_peers())) +
+            " seeds=" + std::to_string(s.num_seeds) + " from_peers=" + std::to_string(from_peers) +
+            " from_web_seed=" + std::to_string(from_web_seed) +
             " uploaded=" + std::to_string(s.total_payload_upload) +
             " hash_failures=" + std::to_string(hash_failures));
       if (complete && !reported) {

@@ -1,0 +1,232 @@
+"""Real parts of a swarm for the swarm tests (test_swarm.py, tests/fleet): a tracker (Debian's
+opentracker), a seeder (python3-libtorrent, the same libtorrent as the agent's helper), .torrent
+files made by `byoi-agent torrent`, and the bytes an origin served, read from its request log.
+
+Everything listens on 127.0.0.1 (or in a network namespace of the fleet test); close() stops it.
+"""
+import http.server
+import os
+import shutil
+import socketserver
+import subprocess
+import tempfile
+import threading
+import time
+
+import libtorrent as lt
+
+from fetch_servers import AGENT, free_port, wait_listening
+
+
+class Tracker:
+    """opentracker on `ip`:PORT (HTTP and UDP), in network namespace `netns` when given.
+
+    Debian's opentracker serves only the info hashes of its whitelist: the port is chosen first
+    (`announce` is known, for the torrents), then start(hashes) writes the list and starts it."""
+
+    def __init__(self, ip="127.0.0.1", netns=None):
+        self.ip = ip
+        self.netns = netns
+        # opentracker reads its whitelist as nobody: a directory of its own that nobody may enter
+        # (a test's mkdtemp directory is 0700).
+        self.dir = tempfile.mkdtemp(prefix="byoi-tracker-")
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        self.proc = None
+
+    @property
+    def announce(self):
+        return f"http://{self.ip}:{self.port}/announce"
+
+    def start(self, hashes):
+        """`hashes`: the 40-hex-digit info hashes to serve (a v2 hash is cut to 40 digits, as
+        BitTorrent v2 announces it)."""
+        with open(os.path.join(self.dir, "whitelist"), "w") as f:
+            for h in hashes:
+                f.write(h[:40] + "\n")
+        argv = ["opentracker", "-i", self.ip, "-p", str(self.port), "-P", str(self.port),
+                "-w", os.path.join(self.dir, "whitelist")]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns] + argv
+        # opentracker chroots to its working directory and drops to nobody.
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     cwd=self.dir)
+        if self.netns is None:
+            wait_listening(self.port, self.proc, "opentracker")
+
+    def close(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def make_torrent(image, web_seed, out, trackers=(), piece_length=None):
+    """`byoi-agent torrent IMAGE --web-seed URL [--tracker T]... --output OUT`; returns its
+    stdout lines (the path, the info hashes, the magnet link)."""
+    argv = [AGENT, "torrent", image, "--web-seed", web_seed, "--output", out]
+    for t in trackers:
+        argv += ["--tracker", t]
+    if piece_length:
+        argv += ["--piece-length", str(piece_length)]
+    r = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return r.stdout.splitlines()
+
+
+def info_hashes(lines):
+    """The v1 and v2 info hashes of make_torrent's output."""
+    return [line.split()[-1] for line in lines if line.startswith("info hash ")]
+
+
+class Seeder:
+    """A python3-libtorrent seed of `torrent` whose data is `data` (bytes), on 127.0.0.1.
+
+    The torrent is checked against `data` (so the seeder has what it announces) unless
+    `claim_all` is set: then it starts in seed mode and announces every piece whatever its file
+    holds, as a lying peer would. After start, `corrupt(offsets)` alters its file: it then serves
+    bad bytes for pieces it announced good. Trackers come from the torrent; `web_seeds` off."""
+
+    def __init__(self, torrent, data, workdir, claim_all=False, name="seeder"):
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.ti = lt.torrent_info(torrent)
+        self.path = os.path.join(self.dir, self.ti.files().file_path(0))
+        with open(self.path, "wb") as f:
+            f.write(data)
+        self.port = free_port()
+        self.session = lt.session({
+            "listen_interfaces": f"127.0.0.1:{self.port}", "enable_dht": False,
+            "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+            "allow_multiple_connections_per_ip": True, "alert_mask": 0,
+            "min_announce_interval": 5})
+        atp = lt.add_torrent_params()
+        atp.ti = self.ti
+        atp.save_path = self.dir
+        atp.url_seeds = []
+        if claim_all:
+            atp.flags |= lt.torrent_flags.seed_mode
+        self.handle = self.session.add_torrent(atp)
+        self.handle.remove_url_seed(self.ti.web_seeds()[0]["url"]) if self.ti.web_seeds() else None
+        if not claim_all:
+            deadline = time.monotonic() + 30
+            while not self.handle.status().is_seeding:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the seeder did not finish checking its file")
+                time.sleep(0.05)
+
+    @property
+    def endpoint(self):
+        return f"127.0.0.1:{self.port}"
+
+    def corrupt(self, offsets):
+        """Flips the byte at each offset of the seeder's file (after it checked it)."""
+        with open(self.path, "r+b") as f:
+            for off in offsets:
+                f.seek(off)
+                b = f.read(1)
+                f.seek(off)
+                f.write(bytes([b[0] ^ 0xFF]))
+
+    def uploaded(self):
+        return self.handle.status().total_payload_upload
+
+    def close(self):
+        self.session.pause()
+        del self.handle
+        del self.session
+
+
+class Origin:
+    """The image's origin on 127.0.0.1: GET (with `Range: bytes=N-M` answered 206) of `files`
+    ({path: bytes}), each connection limited to `rate` bytes per second when given. `served`
+    counts the body bytes actually written to the sockets, per path."""
+
+    def __init__(self, files, rate=None):
+        self.files = dict(files)
+        self.rate = rate
+        self.served = {p: 0 for p in self.files}
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                path = self.path.split("?")[0]
+                body = owner.files.get(path)
+                if body is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start, end = 0, len(body)
+                rng = self.headers.get("Range", "")
+                if rng.startswith("bytes=") and "," not in rng:
+                    first, _, last = rng[6:].partition("-")
+                    start = int(first)
+                    end = min(int(last) + 1, len(body)) if last else len(body)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(end - start))
+                self.end_headers()
+                pos = start
+                began = time.monotonic()
+                try:
+                    while pos < end:
+                        n = min(16 << 10, end - pos)
+                        self.wfile.write(body[pos:pos + n])
+                        pos += n
+                        with owner.lock:
+                            owner.served[path] += n
+                        if owner.rate:
+                            ahead = (pos - start) / owner.rate - (time.monotonic() - began)
+                            if ahead > 0:
+                                time.sleep(ahead)  # pacing, not synchronisation
+                except OSError:
+                    self.close_connection = True
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+            request_queue_size = 64
+
+            def handle_error(self, request, client_address):
+                pass
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def origin_bytes(server, path, size):
+    """Bytes the FaultServer was asked for on `path`: the sum of the ranges requested (a whole
+    body for a request without Range)."""
+    total = 0
+    for e in server.log:
+        if e["path"].split("?")[0] != path:
+            continue
+        rng = e["range"]
+        if not rng or not rng.startswith("bytes="):
+            total += size
+            continue
+        first, _, last = rng[len("bytes="):].partition("-")
+        first = int(first)
+        last = int(last) if last else size - 1
+        total += min(last, size - 1) - first + 1
+    return total
+
+
+__all__ = ["Tracker", "Seeder", "Origin", "make_torrent", "info_hashes", "origin_bytes"]

@@ -1,0 +1,298 @@
+"""The swarm (docs/pipeline.md, "Swarm downloads") with real parts on 127.0.0.1: `byoi-agent
+torrent` read back by python3-libtorrent, and `deploy` of a manifest with `torrent` against an
+origin that counts what it served, opentracker, and python3-libtorrent seeders, honest or not.
+Each deploy writes a regular file standing for a disk, pre-filled with random bytes, and
+compares it with the image (or with its old bytes when the job must leave it untouched).
+
+Run by CTest with BYOI_AGENT set; /usr/bin/python3 only.
+"""
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import libtorrent as lt  # noqa: E402
+
+from fetch_servers import AGENT, FaultServer, Route, mbr_image, run_deploy  # noqa: E402
+from swarm_util import Origin, Seeder, Tracker, info_hashes, make_torrent, origin_bytes  # noqa: E402
+
+MiB = 1 << 20
+SIZE = 16 * MiB
+PIECE = 256 << 10
+
+
+class TorrentCommand(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="byoi-swarm-")
+        self.image = os.path.join(self.dir, "debian.raw")
+        self.data = mbr_image(3 * MiB + 12345, seed=7)
+        with open(self.image, "wb") as f:
+            f.write(self.data)
+
+    def tearDown(self):
+        shutil.rmtree(self.dir)
+
+    def test_the_torrent_describes_the_image_its_web_seed_and_trackers(self):
+        out = os.path.join(self.dir, "out.torrent")
+        lines = make_torrent(self.image, "https://images.example.net/debian.raw", out,
+                             trackers=["http://tracker.example.net:6969/announce",
+                                       "udp://tracker2.example.net:6969/announce"],
+                             piece_length=64 << 10)
+        ti = lt.torrent_info(out)
+        v1 = str(ti.info_hashes().v1)
+        self.assertEqual(lines, [out, "info hash v1 " + v1,
+                                 "info hash v2 " + str(ti.info_hashes().v2),
+                                 "magnet:?xt=urn:btih:" + v1])
+        self.assertEqual(ti.num_files(), 1)
+        self.assertEqual(ti.files().file_path(0), "debian.raw")
+        self.assertEqual(ti.total_size(), len(self.data))
+        self.assertEqual(ti.piece_length(), 64 << 10)
+        hashes = [bytes(ti.hash_for_piece(i)) for i in range(ti.num_pieces())]
+        expected = [hashlib.sha1(self.data[i:i + (64 << 10)]).digest()
+                    for i in range(0, len(self.data), 64 << 10)]
+        self.assertEqual(hashes, expected)
+        self.assertEqual([w["url"] for w in ti.web_seeds()],
+                         ["https://images.example.net/debian.raw"])
+        self.assertEqual([(t.url, t.tier) for t in ti.trackers()],
+                         [("http://tracker.example.net:6969/announce", 0),
+                          ("udp://tracker2.example.net:6969/announce", 1)])
+
+    def test_the_output_defaults_to_the_image_name_dot_torrent(self):
+        r = subprocess.run([AGENT, "torrent", self.image, "--web-seed", "http://h.example/i.raw"],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.splitlines()[0], self.image + ".torrent")
+        self.assertEqual(lt.torrent_info(self.image + ".torrent").total_size(), len(self.data))
+
+    def test_bad_inputs_have_clear_answers(self):
+        empty = os.path.join(self.dir, "empty.raw")
+        open(empty, "wb").close()
+        missing = os.path.join(self.dir, "missing.raw")
+        cases = [
+            ([missing, "--web-seed", "http://h.example/i.raw"], 2,
+             f"byoi-agent torrent: {missing}: No such file or directory\n"),
+            ([empty, "--web-seed", "http://h.example/i.raw"], 2,
+             f"byoi-agent torrent: {empty}: an empty file\n"),
+            ([self.dir, "--web-seed", "http://h.example/i.raw"], 2,
+             f"byoi-agent torrent: {self.dir}: not a regular file\n"),
+            ([self.image, "--web-seed", "ftp://h.example/i.raw"], 2,
+             "byoi-agent torrent: --web-seed: scheme must be http or https\n"),
+            ([self.image, "--web-seed", "http:///i.raw"], 2,
+             "byoi-agent torrent: --web-seed: no host\n"),
+            ([self.image, "--web-seed", "http://h.example/i.raw", "--tracker", "tracker:6969"], 2,
+             "byoi-agent torrent: --tracker: tracker:6969 is not an http, https or udp URL\n"),
+            ([self.image, "--web-seed", "http://h.example/i.raw", "--piece-length", "1000"], 2,
+             "byoi-agent torrent: the piece length must be a power of two of at least 16 KiB\n"),
+            ([self.image, "--web-seed", "http://h.example/i.raw", "--output",
+              "/nonexistent/x.torrent"], 1,
+             "byoi-agent torrent: writing the torrent /nonexistent/x.torrent: writing "
+             "/nonexistent/x.torrent: No such file or directory\n"),
+        ]
+        for args, code, message in cases:
+            with self.subTest(args=args):
+                r = subprocess.run([AGENT, "torrent"] + args, capture_output=True, text=True)
+                self.assertEqual((r.returncode, r.stderr), (code, message))
+                self.assertFalse(os.path.exists(missing + ".torrent"))
+
+
+class SwarmDeploy(unittest.TestCase):
+    """deploy with a manifest's `torrent`, ram mode, --seed-time 0."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="byoi-swarm-")
+        self.data = mbr_image(SIZE, seed=11)
+        self.sha = hashlib.sha256(self.data).hexdigest()
+        self.server = FaultServer()
+        self.tracker = Tracker()
+        self.seeders = []
+        self.disk = os.path.join(self.dir, "disk.img")
+        self.old = random.Random(3).randbytes(SIZE + 4 * MiB)
+        with open(self.disk, "wb") as f:
+            f.write(self.old)
+
+    def tearDown(self):
+        for s in self.seeders:
+            s.close()
+        self.tracker.close()
+        self.server.close()
+        shutil.rmtree(self.dir)
+
+    def publish(self, route, torrent_data=None, name="image.raw"):
+        """Serves `route` at /NAME and a torrent of `torrent_data` (default: the image) at
+        /NAME.torrent, the tracker in it; returns (image URL, torrent URL, torrent path)."""
+        url = self.server.add("/" + name, route)
+        src = os.path.join(self.dir, name)
+        with open(src, "wb") as f:
+            f.write(self.data if torrent_data is None else torrent_data)
+        path = os.path.join(self.dir, name + ".torrent")
+        lines = make_torrent(src, url, path, trackers=[self.tracker.announce],
+                             piece_length=PIECE)
+        self.tracker.start(info_hashes(lines))
+        with open(path, "rb") as f:
+            turl = self.server.add("/" + name + ".torrent", Route(f.read()))
+        return url, turl, path
+
+    def deploy(self, url, torrent, sha=None, *extra):
+        manifest = {"URL": url, "type": "raw", "checkSum": sha or self.sha,
+                    "checkSumType": "sha256", "torrent": torrent}
+        # Loopback only: no Local Service Discovery multicast leaves this machine.
+        return run_deploy(self.dir, manifest, "--disk", self.disk, "--seed-time", "0",
+                          "--swarm-listen", "127.0.0.1:0", "--stall-timeout", "20", *extra,
+                          dry_run=False, timeout=120)
+
+    def disk_bytes(self):
+        with open(self.disk, "rb") as f:
+            return f.read()
+
+    def assert_installed(self, run):
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        self.assertEqual(run.status["status"], "done")
+        self.assertEqual(run.status["checksum"], self.sha)
+        self.assertEqual(self.disk_bytes()[:SIZE], self.data)
+
+    def assert_untouched(self, run, message):
+        self.assertEqual(run.returncode, 1, run.stderr[-3000:])
+        self.assertEqual(run.status["status"], "error")
+        self.assertEqual(run.status["message"], message)
+        self.assertEqual(self.disk_bytes(), self.old)
+
+    def test_a_swarm_of_one_downloads_from_the_web_seed_and_verifies(self):
+        url, turl, _ = self.publish(Route(self.data))
+        run = self.deploy(url, turl)
+        self.assert_installed(run)
+        comment = run.step("download")["comment"]
+        self.assertRegex(comment, r"^16 MiB in \d+ s through the swarm: 0 B from peers, "
+                                  r"16 MiB from the web seed$")
+        # The image, and a few blocks libtorrent asks for twice at most.
+        served = origin_bytes(self.server, "/image.raw", SIZE)
+        self.assertGreaterEqual(served, SIZE)
+        self.assertLess(served, SIZE + MiB)
+
+    def publish_counted(self, rate):
+        """The image on an Origin that counts what it sends, at `rate` bytes per second per
+        connection; its torrent beside it. Returns (origin, image URL, torrent URL, path)."""
+        src = os.path.join(self.dir, "image.raw")
+        with open(src, "wb") as f:
+            f.write(self.data)
+        origin = Origin({"/image.raw": self.data}, rate=rate)
+        self.addCleanup(origin.close)
+        path = os.path.join(self.dir, "image.raw.torrent")
+        lines = make_torrent(src, origin.url("/image.raw"), path,
+                             trackers=[self.tracker.announce], piece_length=PIECE)
+        self.tracker.start(info_hashes(lines))
+        with open(path, "rb") as f:
+            origin.files["/image.raw.torrent"] = f.read()
+        origin.served["/image.raw.torrent"] = 0
+        return origin, origin.url("/image.raw"), origin.url("/image.raw.torrent"), path
+
+    def test_a_seeder_spares_the_origin(self):
+        # The origin gives 2 MB/s per connection; the peer on loopback is much faster.
+        origin, url, turl, path = self.publish_counted(2_000_000)
+        self.seeders.append(Seeder(path, self.data, self.dir))
+        run = self.deploy(url, turl)
+        self.assert_installed(run)
+        served = origin.served["/image.raw"]
+        self.assertLess(served, SIZE // 2, run.step("download")["comment"])
+        self.assertGreater(self.seeders[0].uploaded(), SIZE // 2)
+        self.assertRegex(run.step("download")["comment"],
+                         r"through the swarm: \d+(\.\d)? MiB from peers, ")
+
+    def test_a_magnet_link_takes_the_metadata_from_the_seeder(self):
+        origin, url, _, path = self.publish_counted(2_000_000)
+        self.seeders.append(Seeder(path, self.data, self.dir))
+        ti = lt.torrent_info(path)
+        # Both info hashes (BEP 9, BEP 52): a hybrid torrent known by its v1 hash alone is
+        # restarted when its metadata arrives, and its peers found again.
+        magnet = (f"magnet:?xt=urn:btih:{ti.info_hashes().v1}"
+                  f"&xt=urn:btmh:1220{ti.info_hashes().v2}&tr={self.tracker.announce}")
+        run = self.deploy(url, magnet)
+        # The metadata came from the seeder (the web seed cannot give it); the pieces, on
+        # loopback with libtorrent 2.0.8, mostly from the web seed (docs/pipeline.md).
+        self.assert_installed(run)
+        self.assertLessEqual(origin.served["/image.raw"], SIZE + MiB)
+
+    def test_a_seeder_serving_corrupt_pieces_is_banned_and_the_image_verifies(self):
+        url, turl, path = self.publish(Route(self.data, rate=4_000_000))
+        bad = Seeder(path, self.data, self.dir)
+        self.seeders.append(bad)
+        # One byte in each of 8 pieces, after the seeder checked its file: it announces them
+        # good and serves them bad.
+        bad.corrupt([i * 2 * PIECE + 1000 for i in range(8)])
+        run = self.deploy(url, turl)
+        self.assert_installed(run)
+        self.assertRegex(run.step("download")["comment"],
+                         r"; \d+ piece\(s\) failed their hash check, their senders banned$")
+
+    def test_a_seeder_announcing_pieces_it_does_not_have_changes_nothing(self):
+        url, turl, path = self.publish(Route(self.data, rate=4_000_000))
+        # Seed mode: it claims every piece; its file holds zeros.
+        self.seeders.append(Seeder(path, bytes(SIZE), self.dir, claim_all=True))
+        run = self.deploy(url, turl)
+        self.assert_installed(run)
+
+    def test_a_torrent_that_does_not_describe_the_web_seeds_bytes_fails_the_download(self):
+        other = mbr_image(SIZE, seed=12)
+        url, turl, _ = self.publish(Route(self.data), torrent_data=other)
+        run = self.deploy(url, turl)
+        self.assert_untouched(run, f"Could not download image located: {url}.")
+        self.assertRegex(run.status["detail"],
+                         r"^swarm: (piece \d+ failed its hash check 3 times|the web seed sent "
+                         r"pieces that failed their hash check 5 times): the torrent does not "
+                         r"match the image its web seed serves$")
+
+    def test_a_swarm_serving_another_image_fails_the_checksum(self):
+        # Everything agrees (torrent, web seed, seeder) on an image the manifest does not name.
+        other = mbr_image(SIZE, seed=13)
+        url = self.server.add("/other.raw", Route(other))
+        src = os.path.join(self.dir, "other.raw")
+        with open(src, "wb") as f:
+            f.write(other)
+        path = os.path.join(self.dir, "other.torrent")
+        lines = make_torrent(src, url, path, trackers=[self.tracker.announce],
+                             piece_length=PIECE)
+        self.tracker.start(info_hashes(lines))
+        with open(path, "rb") as f:
+            turl = self.server.add("/other.torrent", Route(f.read()))
+        self.seeders.append(Seeder(path, other, self.dir))
+        run = self.deploy(url, turl)
+        got = hashlib.sha256(other).hexdigest()
+        self.assert_untouched(run, f"Bad sha256 for downloaded file, got: {got} while "
+                                   f"expecting {self.sha}.")
+
+    def test_a_torrent_url_that_fails_is_the_download_message(self):
+        url = self.server.add("/image.raw", Route(self.data))
+        turl = self.server.add("/image.raw.torrent", Route(status=404))
+        run = self.deploy(url, turl)
+        self.assert_untouched(run, f"Could not download image located: {url}.")
+        self.assertIn("fetching the torrent", run.status["detail"])
+
+    def test_a_torrent_url_that_is_not_a_torrent_is_the_download_message(self):
+        url = self.server.add("/image.raw", Route(self.data))
+        turl = self.server.add("/image.raw.torrent", Route(b"<html>not a torrent</html>"))
+        run = self.deploy(url, turl)
+        self.assert_untouched(run, f"Could not download image located: {url}.")
+        self.assertIn("reading the .torrent", run.status["detail"])
+
+    def test_a_torrent_larger_than_the_ram_budget_is_too_big(self):
+        url, turl, _ = self.publish(Route(self.data))
+        run = self.deploy(url, turl, None, "--memory-limit", "8M", "--write-mode", "ram")
+        self.assert_untouched(run, "Could not download, raw image is too big to download in "
+                                   "memory.")
+
+    def test_stream_mode_takes_the_web_seed_over_http_and_says_so(self):
+        url, turl, _ = self.publish(Route(self.data))
+        run = self.deploy(url, turl, None, "--write-mode", "stream")
+        self.assert_installed(run)
+        self.assertIn("the manifest names a torrent but the job streams (--write-mode stream): "
+                      "the image is downloaded from its URL over HTTP, not through the swarm",
+                      run.status["warnings"])
+
+
+if __name__ == "__main__":
+    unittest.main()
