@@ -28,6 +28,7 @@ void Metrics::OnEvent(const JobEvent& event) {
     if (p.step == Step::kDownload) downloaded_now_ = p.bytes_done;
     if (p.step == Step::kWrite) written_now_ = p.bytes_done;
   }
+  if (s.swarm) swarm_ = *s.swarm;
   running_ = s.state == JobState::kDoing;
   if (s.state == JobState::kDoing) {
     current_doing_ = true;
@@ -66,6 +67,18 @@ std::string Metrics::Render() const {
   out += fmt::format("byoi_downloaded_bytes_total {}\n", downloaded_before_ + downloaded_now_);
   header("byoi_written_bytes_total", "counter", "Bytes written to disk since the agent started.");
   out += fmt::format("byoi_written_bytes_total {}\n", written_before_ + written_now_);
+  header("byoi_swarm_peers", "gauge",
+         "BitTorrent peers of the last swarm download, connected now.");
+  out += fmt::format("byoi_swarm_peers {}\n", swarm_.peers);
+  header("byoi_swarm_received_bytes", "gauge",
+         "Bytes of the last swarm download, by source: peers or the web seed (the image's URL).");
+  out += fmt::format("byoi_swarm_received_bytes{{source=\"peers\"}} {}\n", swarm_.from_peers);
+  out += fmt::format("byoi_swarm_received_bytes{{source=\"web_seed\"}} {}\n", swarm_.from_web_seed);
+  header("byoi_swarm_uploaded_bytes", "gauge", "Bytes the last swarm download sent to peers.");
+  out += fmt::format("byoi_swarm_uploaded_bytes {}\n", swarm_.uploaded);
+  header("byoi_swarm_hash_failures", "gauge",
+         "Pieces of the last swarm download that failed their hash check.");
+  out += fmt::format("byoi_swarm_hash_failures {}\n", swarm_.hash_failures);
   header("byoi_step_duration_seconds", "gauge",
          "Time spent in each step of the current or last deployment.");
   for (Step step : kAllSteps) {

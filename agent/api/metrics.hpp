@@ -39,6 +39,7 @@ class Metrics {
   std::map<std::string, uint64_t> outcomes_{{"done", 0}, {"error", 0}, {"cancelled", 0}};
   std::map<unsigned, uint64_t> requests_;
   uint64_t unauthorized_ = 0;
+  SwarmStatus swarm_;  // the last swarm download's figures (docs/api.md)
 };
 
 }  // namespace byoi

@@ -139,6 +139,10 @@ Result<FetchResult> Download(const Manifest& manifest, const RunOptions& options
     SwarmOptions swarm_opts;
     swarm_opts.upload_rate = options.job.upload_rate;
     swarm_opts.listen = options.job.swarm_listen;
+    swarm_opts.on_stats = [&board](const SwarmStats& stats, bool seeding) {
+      board.SetSwarm(SwarmStatus{stats.peers, stats.from_peers, stats.from_web_seed, stats.uploaded,
+                                 stats.hash_failures, seeding});
+    };
     BYOI_ASSIGN_OR_RETURN(FetchResult fetched, FetchSwarm({req, manifest.torrent}, opts, swarm_opts,
                                                           progress, cancel, swarm));
     const SwarmStats stats = (*swarm)->stats();

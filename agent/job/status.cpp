@@ -96,6 +96,14 @@ json::object StatusToJson(const JobStatus& s) {
   json::array warnings;
   for (const auto& w : s.warnings) warnings.push_back(json::string(w));
   out["warnings"] = std::move(warnings);
+  if (s.swarm) {
+    out["swarm"] = json::object{{"peers", s.swarm->peers},
+                                {"fromPeers", s.swarm->from_peers},
+                                {"fromWebSeed", s.swarm->from_web_seed},
+                                {"uploaded", s.swarm->uploaded},
+                                {"hashFailures", s.swarm->hash_failures},
+                                {"seeding", s.swarm->seeding}};
+  }
   return out;
 }
 
@@ -180,6 +188,21 @@ Result<JobStatus> StatusFromJson(std::string_view text) {
     }
     if (auto* v = o.if_contains("warnings")) {
       for (const json::value& w : v->as_array()) s.warnings.emplace_back(w.as_string());
+    }
+    if (auto* v = o.if_contains("swarm")) {
+      const json::object& w = v->as_object();
+      SwarmStatus swarm;
+      // Counts: a negative or huge one throws (to_number is exact), and is refused below.
+      const auto peers = w.at("peers").to_number<uint64_t>();
+      const auto failures = w.at("hashFailures").to_number<uint64_t>();
+      if (peers > 1000000 || failures > 1000000000) return bad("swarm counts out of range");
+      swarm.peers = static_cast<int>(peers);
+      swarm.hash_failures = static_cast<int>(failures);
+      swarm.from_peers = w.at("fromPeers").to_number<uint64_t>();
+      swarm.from_web_seed = w.at("fromWebSeed").to_number<uint64_t>();
+      swarm.uploaded = w.at("uploaded").to_number<uint64_t>();
+      swarm.seeding = w.at("seeding").as_bool();
+      s.swarm = swarm;
     }
   } catch (const std::exception& e) {  // Boost.JSON's accessors throw on a wrong type
     return bad(e.what());
@@ -297,6 +320,11 @@ void StatusBoard::SkipStep(Step step, std::string why) {
     s.comment = PrintableText(why);
   }
   Publish(true);
+}
+
+void StatusBoard::SetSwarm(const SwarmStatus& swarm) {
+  std::lock_guard lock(mu_);
+  status_.swarm = swarm;
 }
 
 void StatusBoard::SetChecksum(std::string checksum) {

@@ -46,6 +46,17 @@ struct StepStatus {
   double seconds = 0;        // time spent in the step so far
 };
 
+// A swarm download's figures (docs/status.md, `swarm`): present only for a job whose manifest
+// names a torrent.
+struct SwarmStatus {
+  int peers = 0;               // BitTorrent peers connected now
+  uint64_t from_peers = 0;     // bytes received from peers
+  uint64_t from_web_seed = 0;  // bytes received from the web seed (the image's URL)
+  uint64_t uploaded = 0;       // bytes sent to peers
+  int hash_failures = 0;       // pieces that failed their hash check
+  bool seeding = false;        // the image is complete and served to the rack
+};
+
 struct JobStatus {
   JobState state = JobState::kDoing;
   std::string message = "starting";  // a catalogue sentence on error
@@ -57,6 +68,7 @@ struct JobStatus {
   int64_t started_at = 0;  // Unix time the job was accepted
   std::vector<StepStatus> progress;
   std::vector<std::string> warnings;  // non-fatal findings, e.g. "image has no ESP"
+  std::optional<SwarmStatus> swarm;   // a swarm download's figures, when the job has one
 };
 
 // Every string of `status` (message, detail, checksum, servername, step comments, warnings) made
@@ -90,6 +102,9 @@ class StatusBoard {
   void FinishStep(Step step, std::string comment = {});
   void SkipStep(Step step, std::string why);
   void SetChecksum(std::string checksum);
+  // The swarm's figures, replaced as they change (several times a second): kept for the next
+  // Snapshot and publication, not published by themselves.
+  void SetSwarm(const SwarmStatus& swarm);
   void Warn(std::string warning);
   // The steps that are `doing` become `error`; the job takes the status's code, message and
   // detail. REQUIRES: the status carries a catalogue sentence (docs/status.md): the runner and

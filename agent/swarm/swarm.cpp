@@ -121,9 +121,16 @@ void Swarm::Read() {
     while ((nl = pending.find('\n')) != std::string::npos) {
       std::string line = pending.substr(0, nl);
       pending.erase(0, nl + 1);
-      std::lock_guard lock(mu_);
-      Handle(line);
-      changed_.notify_all();
+      SwarmStats now;
+      bool complete = false;
+      {
+        std::lock_guard lock(mu_);
+        Handle(line);
+        now = stats_;
+        complete = complete_;
+        changed_.notify_all();
+      }
+      if (on_stats_) on_stats_(now, complete);
     }
     // A line longer than this is not the helper's.
     if (pending.size() > 65536) pending.clear();
@@ -213,6 +220,7 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
   for (const std::string& peer : swarm_opts.peers) argv.insert(argv.end(), {"--peer", peer});
 
   auto s = std::unique_ptr<Swarm>(new Swarm());
+  s->on_stats_ = swarm_opts.on_stats;
   // fd 4 must be the torrent even without one: a magnet link passes the image's memfd again.
   BYOI_RETURN_IF_ERROR(
       StartHelper(argv, {image_fd, torrent_fd.valid() ? torrent_fd.get() : image_fd, seed_fd.get()},

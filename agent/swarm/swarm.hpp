@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -30,6 +31,8 @@ struct SwarmRequest {
   std::string torrent;  // the manifest's `torrent`: an http(s) URL of a .torrent, or a magnet link
 };
 
+struct SwarmStats;
+
 struct SwarmOptions {
   // Upload limit in bytes per second, 0 for none (--upload-rate).
   uint64_t upload_rate = 0;
@@ -42,6 +45,9 @@ struct SwarmOptions {
   std::vector<std::string> peers;
   // A piece that fails its hash check this many times has no good source: the download fails.
   int max_hash_failures = 3;
+  // Told the figures at each of the helper's reports (about 5 a second) until it stops, from the
+  // swarm's reader thread; `seeding` once the image is complete. May be empty.
+  std::function<void(const SwarmStats& stats, bool seeding)> on_stats;
 };
 
 // What the swarm did, for the status and /metrics (docs/status.md).
@@ -73,6 +79,7 @@ class Swarm {
   void Handle(const std::string& line);  // REQUIRES: mu_ held
 
   HelperProcess helper_;
+  std::function<void(const SwarmStats&, bool)> on_stats_;
   std::thread reader_;
   mutable std::mutex mu_;
   std::condition_variable changed_;  // an event arrived, or the helper's stdout ended

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -200,8 +201,51 @@ class SwarmDeploy(unittest.TestCase):
         served = origin.served["/image.raw"]
         self.assertLess(served, SIZE // 2, run.step("download")["comment"])
         self.assertGreater(self.seeders[0].uploaded(), SIZE // 2)
+        swarm = run.status["swarm"]
+        self.assertGreater(swarm["fromPeers"], SIZE // 2)
+        self.assertEqual(swarm["fromPeers"] + swarm["fromWebSeed"], SIZE)
+        self.assertEqual((swarm["hashFailures"], swarm["seeding"]), (0, True))
         self.assertRegex(run.step("download")["comment"],
                          r"through the swarm: \d+(\.\d)? MiB from peers, ")
+
+    def test_a_done_agent_seeds_for_its_seed_time(self):
+        # Agent A deploys from the origin alone and seeds for up to 60 s after done; agent B,
+        # started once A is done, takes the image from A. B's end closes A's seeding early only
+        # by A's own clock: A is stopped by the test once B is done.
+        origin, url, turl, _ = self.publish_counted(4_000_000)
+        a_dir = os.path.join(self.dir, "a")
+        os.makedirs(a_dir)
+        a_disk = os.path.join(a_dir, "disk.img")
+        with open(a_disk, "wb") as f:
+            f.write(self.old)
+        manifest = os.path.join(a_dir, "manifest.json")
+        status = os.path.join(a_dir, "status.json")
+        with open(manifest, "w") as f:
+            json.dump({"URL": url, "type": "raw", "checkSum": self.sha, "checkSumType": "sha256",
+                       "torrent": turl}, f)
+        a = subprocess.Popen([AGENT, "deploy", "--manifest", manifest, "--disk", a_disk,
+                              "--status-file", status, "--seed-time", "60", "--swarm-listen",
+                              "127.0.0.1:0"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: a.poll() is None and (a.terminate(), a.wait()))
+        deadline = time.monotonic() + 60
+        while True:  # A's status file says done: it seeds from now on
+            self.assertLess(time.monotonic(), deadline, "agent A did not finish")
+            self.assertIsNone(a.poll(), "agent A ended before seeding")
+            try:
+                with open(status) as f:
+                    if json.load(f)["status"] == "done":
+                        break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        a_served = origin.served["/image.raw"]
+        self.assertGreaterEqual(a_served, SIZE)
+        run = self.deploy(url, turl)
+        self.assert_installed(run)
+        self.assertIsNone(a.poll(), "agent A stopped seeding before its seed time")
+        self.assertLess(origin.served["/image.raw"] - a_served, SIZE // 2)
+        self.assertGreater(run.status["swarm"]["fromPeers"], SIZE // 2)
 
     def test_a_magnet_link_takes_the_metadata_from_the_seeder(self):
         origin, url, _, path = self.publish_counted(2_000_000)
@@ -228,6 +272,7 @@ class SwarmDeploy(unittest.TestCase):
         self.assert_installed(run)
         self.assertRegex(run.step("download")["comment"],
                          r"; \d+ piece\(s\) failed their hash check, their senders banned$")
+        self.assertGreater(run.status["swarm"]["hashFailures"], 0)
 
     def test_a_seeder_announcing_pieces_it_does_not_have_changes_nothing(self):
         url, turl, path = self.publish(Route(self.data, rate=4_000_000))
