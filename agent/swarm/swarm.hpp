@@ -3,7 +3,7 @@
 // (BEP 19), into the RAM image buffer; then this agent seeds what it holds while it writes, and for
 // a bounded time after the job is done.
 //
-// The peer is byoi-swarm (swarm_helper_main.cpp), a program that writes the pieces into the image
+// The peer is byoi-swarm (main.cpp), a program that writes the pieces into the image
 // buffer's memfd itself, libtorrent checking each against the torrent's hashes (a peer that sent a
 // bad one is banned). Nothing from the swarm is trusted more than an HTTP download: the caller
 // checks the whole image against the manifest's checksum as it does for FetchImage's.

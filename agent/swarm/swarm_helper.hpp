@@ -1,4 +1,4 @@
-// The BitTorrent peer program, byoi-swarm (swarm_helper_main.cpp), seen from the agent: where it
+// The BitTorrent peer program, byoi-swarm (main.cpp), seen from the agent: where it
 // is and how it is started. libtorrent lives in that program only (it says why).
 #pragma once
 
