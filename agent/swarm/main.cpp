@@ -62,6 +62,7 @@ namespace {
 
 constexpr int kImageFd = 3;
 constexpr int kMaxWebSeedBans = 5;
+constexpr std::chrono::seconds kReannounce{3};
 // A .torrent is small: 64 MiB of piece hashes describe a terabyte in 256 KiB pieces.
 constexpr int kMaxTorrentBytes = 64 << 20;
 
@@ -335,6 +336,17 @@ int Fetch(const Args& args) {
   sp.set_bool(lt::settings_pack::announce_to_all_trackers, true);
   sp.set_bool(lt::settings_pack::announce_to_all_tiers, true);
   sp.set_int(lt::settings_pack::aio_threads, 2);
+  // One piece per web seed request (libtorrent asks for up to 16 MiB at once by default): the
+  // rack's agents, all starting empty, would each take the same long runs from the origin before
+  // they hear what their peers hold. Short requests leave the rest to the peers.
+  sp.set_int(lt::settings_pack::urlseed_max_request_bytes,
+             static_cast<int>(Number(args.Get("web-seed-request", "1048576"), "request size")));
+  // TCP between agents, not uTP: uTP's congestion control (LEDBAT) yields to TCP by design, so
+  // peers would step aside for the very web seed download they are meant to spare.
+  sp.set_bool(lt::settings_pack::enable_outgoing_utp, false);
+  sp.set_bool(lt::settings_pack::enable_incoming_utp, false);
+  // Every peer of the rack may download from us at once (the default unchokes 8 at a time).
+  sp.set_int(lt::settings_pack::unchoke_slots_limit, -1);
   lt::session_params params(std::move(sp));
   params.disk_io_constructor = lt::posix_disk_io_constructor;
   lt::session ses(std::move(params));
@@ -364,6 +376,7 @@ int Fetch(const Args& args) {
   bool complete = false;
   bool reported = false;
   auto last_report = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+  auto last_announce = std::chrono::steady_clock::now();
   for (;;) {
     if (StdinClosed()) break;
     std::vector<lt::alert*> alerts;
@@ -418,6 +431,13 @@ int Fetch(const Args& args) {
       }
     }
     auto now = std::chrono::steady_clock::now();
+    // A rack's agents start within seconds of each other: a tracker's answer holds only those
+    // that announced before. Until the image is complete, ask again every few seconds (whatever
+    // interval the tracker asks for) so that every agent soon knows every other.
+    if (!complete && now - last_announce >= kReannounce) {
+      last_announce = now;
+      h.force_reannounce(0, -1, lt::torrent_handle::ignore_min_interval);
+    }
     if (now - last_report >= std::chrono::milliseconds(200) || (complete && !reported)) {
       last_report = now;
       lt::torrent_status s = h.status();
