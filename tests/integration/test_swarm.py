@@ -330,6 +330,31 @@ class SwarmDeploy(unittest.TestCase):
         self.assert_untouched(run, "Could not download, raw image is too big to download in "
                                    "memory.")
 
+    def test_a_cancel_stops_the_swarm_and_its_helper(self):
+        origin, url, turl, _ = self.publish_counted(1_000_000)
+        helper = os.path.join(os.path.dirname(os.path.realpath(AGENT)), "byoi-swarm")
+
+        def helpers():
+            found = []
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    if os.readlink(f"/proc/{pid}/exe") == helper:
+                        found.append(pid)
+                except OSError:
+                    pass
+            return found
+
+        def helper_runs(_):
+            self.assertNotEqual(helpers(), [], "no helper while the swarm downloads")
+
+        manifest = {"URL": url, "type": "raw", "checkSum": self.sha, "checkSumType": "sha256",
+                    "torrent": turl}
+        run = run_deploy(self.dir, manifest, "--disk", self.disk, "--swarm-listen",
+                         "127.0.0.1:0", dry_run=False, signal_after=2, before_signal=helper_runs)
+        self.assert_untouched(run, "Deployment cancelled.")
+        self.assertLess(run.seconds, 5)
+        self.assertEqual(helpers(), [])
+
     def test_stream_mode_takes_the_web_seed_over_http_and_says_so(self):
         url, turl, _ = self.publish(Route(self.data))
         run = self.deploy(url, turl, None, "--write-mode", "stream")
