@@ -166,6 +166,12 @@ void StreamHasher::WaitFor(uint64_t ticket) {
   done_cv_.wait(lock, [this, ticket] { return hashed_ >= ticket; });
 }
 
+bool StreamHasher::Done(uint64_t ticket) {
+  if (!threaded_ || ticket == 0) return true;
+  std::lock_guard lock(mu_);
+  return hashed_ >= ticket;
+}
+
 void StreamHasher::Wait() {
   if (!threaded_) return;
   std::unique_lock lock(mu_);

@@ -82,6 +82,8 @@ class StreamHasher {
   uint64_t Update(std::span<const uint8_t> bytes);
   // Returns once the span of `ticket`, and every one before it, is hashed. 0 returns at once.
   void WaitFor(uint64_t ticket);
+  // True once the span of `ticket`, and every one before it, is hashed; never blocks.
+  bool Done(uint64_t ticket);
   // Returns once every byte given to Update is hashed.
   void Wait();
   // Forgets every byte given so far (a download that restarts from byte 0).

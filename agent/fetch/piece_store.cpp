@@ -104,21 +104,33 @@ Status RingStore::Advance(uint64_t prefix, std::optional<uint64_t> total, bool f
   while (due()) {
     const uint64_t at = taken_ % window_;
     const uint64_t n = std::min({prefix - taken_, kBatch, window_ - at});
-    // The hasher reads the block on its thread while the sink takes it here; the block's room
-    // is reused only once both are done.
+    // The hasher reads the block on its thread while the sink takes it here and the download
+    // goes on; the block's room is reused once the hasher is done (limit()).
     std::span<const uint8_t> block(ring_.get() + at, static_cast<size_t>(n));
-    uint64_t ticket = hasher_.Update(block);
-    Status s = sink_.Write(block);
-    hasher_.WaitFor(ticket);
-    if (!s.ok()) {
+    const uint64_t ticket = hasher_.Update(block);
+    if (Status s = sink_.Write(block); !s.ok()) {
       failed_ = true;
       return s;
     }
+    if (ticket != 0) hashing_.push_back({.start = taken_, .ticket = ticket});
     taken_ += n;
+  }
+  if (flush) {
+    // The window is full (or the body ended): its room is needed now.
+    hasher_.Wait();
+    hashing_.clear();
   }
   return Status::Ok();
 }
 
-void RingStore::StartOver() { hasher_.Reset(); }
+uint64_t RingStore::limit() const {
+  while (!hashing_.empty() && hasher_.Done(hashing_.front().ticket)) hashing_.pop_front();
+  return (hashing_.empty() ? taken_ : hashing_.front().start) + window_;
+}
+
+void RingStore::StartOver() {
+  hasher_.Reset();
+  hashing_.clear();
+}
 
 }  // namespace byoi

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -93,6 +94,10 @@ class RamStore : public PieceStore {
 
 // FetchStream's store. `sink` and `hasher` must outlive it. Memory: the ring, `window` bytes,
 // allocated at Create and committed by the kernel as it is first written.
+//
+// The prefix goes to the sink in 1 MiB blocks while the hasher's thread hashes the same blocks:
+// the download does not wait for the hasher (SHA-256 costs about as much CPU as receiving the
+// bytes), a block's room is reused only once both are done with it.
 class RingStore : public PieceStore {
  public:
   // `window` > 0. kIo when the ring cannot be allocated.
@@ -104,7 +109,7 @@ class RingStore : public PieceStore {
 
   uint64_t capacity() const override { return kUnlimited; }
   uint64_t window() const override { return window_; }
-  uint64_t limit() const override { return taken_ + window_; }
+  uint64_t limit() const override;
   Status Write(uint64_t offset, std::span<const uint8_t> bytes) override;
   Status Advance(uint64_t prefix, std::optional<uint64_t> total, bool flush) override;
   bool CanStartOver() const override { return !started_; }
@@ -120,7 +125,14 @@ class RingStore : public PieceStore {
   std::unique_ptr<uint8_t[]> ring_;  // byte o of the body is at ring_[o % window_]
   ByteSink& sink_;
   StreamHasher& hasher_;
-  uint64_t taken_ = 0;    // bytes given to the sink; their room is free
+  struct Hashing {
+    uint64_t start;   // the block's first byte
+    uint64_t ticket;  // the hasher's
+  };
+  uint64_t taken_ = 0;  // bytes given to the sink; their room is free once hashed
+  // Blocks given to the sink that the hasher may still read, oldest first (limit() drops those
+  // it finished).
+  mutable std::deque<Hashing> hashing_;
   bool started_ = false;  // ByteSink::Start was called
   bool failed_ = false;   // the sink refused: it gets no further call
 };

@@ -140,6 +140,10 @@ class FetchTest(unittest.TestCase):
         self.assertDone(run)
         self.assertEqual(run.status["checksum"], SHA256)
         self.assertIn("no checksum given, sha256 computed", run.step("verify")["comment"])
+        # The status warns that nothing vouched for these bytes (docs/status.md, warnings).
+        self.assertEqual(run.status["warnings"],
+                         ["no checksum given: the image was not verified against a known checksum "
+                          f"(sha256 {SHA256} computed)"])
 
     def test_json_output(self):
         run = self.deploy(manifest(self.nginx.url("/image.raw")), "--json")

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "agent/image/image_buffer.hpp"
+#include "agent/swarm/swarm.hpp"
 #include "agent/swarm/swarm_helper.hpp"
 
 namespace byoi {

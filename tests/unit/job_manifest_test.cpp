@@ -1,8 +1,6 @@
 // The manifest contract of docs/manifest.md and docs/status.md: both shapes, every validation rule
 // and the exact message each failure produces, the user-data decoding rule in both directions, and
 // the normalised JSON that `validate` prints.
-#include "agent/job/manifest.hpp"
-
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 #include <time.h>
@@ -17,6 +15,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "agent/job/manifest.hpp"
 
 namespace byoi {
 namespace {

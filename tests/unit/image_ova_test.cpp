@@ -1,13 +1,12 @@
 // The OVA reader's parts on archives and descriptors built here: OVF parsing and the choice of the
 // disk, `.mf` lines, the archive's rules and the digest check (tests/integration/test_ova_*.py run
 // the same on OVAs packed by tarfile and GNU tar around VMDKs made by qemu-img).
-#include "agent/image/ova.hpp"
-
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
+#include "agent/image/ova.hpp"
 #include "agent/image/ova_manifest.hpp"
 #include "agent/image/ovf.hpp"
 #include "tests/unit/tar_builder.hpp"

@@ -1,7 +1,5 @@
 // The status model of docs/status.md: names, JSON field names, the round trip through the state
 // file form, and how the board moves a job through its steps.
-#include "agent/job/status.hpp"
-
 #include <gtest/gtest.h>
 
 #include <boost/json.hpp>
@@ -14,6 +12,7 @@
 
 #include "agent/base/messages.hpp"
 #include "agent/base/text.hpp"
+#include "agent/job/status.hpp"
 
 namespace byoi {
 namespace {

@@ -1,8 +1,6 @@
 // The VMDK reader on files built here byte by byte (tests/integration/test_ova_conformance.py
 // compares it with qemu-img on files qemu-img makes): header checks, markers, the descriptor, the
 // layout of each kind of grain, and the last grain cut by the end of the disk.
-#include "agent/image/vmdk.hpp"
-
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -11,6 +9,7 @@
 
 #include "agent/image/verify_compressed.hpp"
 #include "agent/image/virtual_reader.hpp"
+#include "agent/image/vmdk.hpp"
 #include "agent/image/vmdk_format.hpp"
 #include "tests/unit/vmdk_builder.hpp"
 

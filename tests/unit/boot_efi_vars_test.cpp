@@ -1,9 +1,8 @@
-#include "agent/boot/efi_vars.hpp"
-
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
+#include "agent/boot/efi_vars.hpp"
 #include "tests/unit/boot_test_disk.hpp"
 
 namespace byoi {

@@ -1,8 +1,6 @@
 // Stream mode's VMDK and OVA readers on files built here: any split of the input gives the disk
 // the RAM reader gives, the header callback comes before the sink is used, and the refusals that
 // show only at the end (a digest, a table that disagrees with the markers, an archive cut short).
-#include "agent/image/ova_stream.hpp"
-
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -11,6 +9,7 @@
 
 #include "agent/image/open_image.hpp"
 #include "agent/image/ova_manifest.hpp"
+#include "agent/image/ova_stream.hpp"
 #include "agent/image/stream_image.hpp"
 #include "agent/image/virtual_reader.hpp"
 #include "agent/image/vmdk_stream.hpp"

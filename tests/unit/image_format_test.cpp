@@ -1,5 +1,3 @@
-#include "agent/image/format.hpp"
-
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -7,6 +5,7 @@
 #include <vector>
 
 #include "agent/base/messages.hpp"
+#include "agent/image/format.hpp"
 #include "tests/unit/tar_builder.hpp"
 
 namespace byoi {
