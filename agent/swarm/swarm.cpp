@@ -193,7 +193,9 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
   const std::string failed = msg::DownloadFailed(req.image.url);
   auto fail = [&failed](Status s) { return std::move(s).DefaultMessage(failed); };
   const auto t0 = std::chrono::steady_clock::now();
-  BYOI_ASSIGN_OR_RETURN(std::string helper, SwarmHelperPath());
+  Result<std::string> helper_path = SwarmHelperPath();
+  if (!helper_path.ok()) return fail(std::move(helper_path).status());
+  const std::string helper = *helper_path;
 
   std::vector<std::string> argv = {helper, "fetch"};
   UniqueFd torrent_fd;
@@ -202,16 +204,24 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
   } else {
     Result<std::string> torrent = FetchTorrentFile(req, opts, cancel);
     if (!torrent.ok()) return fail(std::move(torrent).status());
-    BYOI_ASSIGN_OR_RETURN(torrent_fd, MemfdWith("byoi-torrent", *torrent));
+    Result<UniqueFd> torrent_fd_or = MemfdWith("byoi-torrent", *torrent);
+    if (!torrent_fd_or.ok()) return fail(std::move(torrent_fd_or).status());
+    torrent_fd = std::move(*torrent_fd_or);
     argv.insert(argv.end(), {"--torrent", "/proc/self/fd/4"});
   }
   std::string seed = req.image.url + "\n";
   for (const HttpHeader& h : req.image.headers) seed += h.name + ": " + h.value + "\n";
-  BYOI_ASSIGN_OR_RETURN(UniqueFd seed_fd, MemfdWith("byoi-web-seed", seed));
+  Result<UniqueFd> seed_fd_or = MemfdWith("byoi-web-seed", seed);
+  if (!seed_fd_or.ok()) return fail(std::move(seed_fd_or).status());
+  UniqueFd seed_fd = std::move(*seed_fd_or);
   argv.insert(argv.end(), {"--web-seed-file", "/proc/self/fd/5"});
 
-  BYOI_ASSIGN_OR_RETURN(ImageBuffer image, ImageBuffer::Create(opts.memory_budget));
-  BYOI_ASSIGN_OR_RETURN(int image_fd, ImageBufferFd(image));
+  Result<ImageBuffer> image_or = ImageBuffer::Create(opts.memory_budget);
+  if (!image_or.ok()) return fail(std::move(image_or).status());
+  ImageBuffer image = std::move(*image_or);
+  Result<int> image_fd_or = ImageBufferFd(image);
+  if (!image_fd_or.ok()) return fail(std::move(image_fd_or).status());
+  const int image_fd = *image_fd_or;
   argv.insert(argv.end(),
               {"--capacity", std::to_string(image.capacity()), "--upload-rate",
                std::to_string(swarm_opts.upload_rate), "--lsd", swarm_opts.lsd ? "1" : "0", "--dht",
@@ -279,7 +289,9 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
   // The helper wrote into the memfd; the buffer learns its size from the last byte.
   if (now.total == 0) return Status::Error(Code::kIo, "swarm: an empty image", failed);
   const uint8_t last = image.data()[now.total - 1];
-  BYOI_RETURN_IF_ERROR(image.WriteAt(now.total - 1, {&last, 1}));
+  if (Status size = image.WriteAt(now.total - 1, {&last, 1}); !size.ok()) {
+    return fail(std::move(size));
+  }
 
   FetchResult result;
   for (HashAlgo algo : req.image.hashes) {

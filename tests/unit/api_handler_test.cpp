@@ -342,6 +342,23 @@ TEST_F(ApiHandlerTest, MetricsArePrometheusText) {
   }
 }
 
+TEST(MetricsSwarm, TheLastSwarmDownloadsFigures) {
+  Metrics metrics;
+  EXPECT_NE(metrics.Render().find("byoi_swarm_peers 0\n"), std::string::npos);
+  JobStatus status;
+  status.started_at = 1;
+  status.swarm = SwarmStatus{4, 3000, 1000, 9000, 2, true};
+  const std::string id = "job";
+  metrics.OnEvent(JobEvent{&status, id, true});
+  const std::string text = metrics.Render();
+  for (const char* line : {"# TYPE byoi_swarm_peers gauge\nbyoi_swarm_peers 4\n",
+                           "byoi_swarm_received_bytes{source=\"peers\"} 3000\n",
+                           "byoi_swarm_received_bytes{source=\"web_seed\"} 1000\n",
+                           "byoi_swarm_uploaded_bytes 9000\n", "byoi_swarm_hash_failures 2\n"}) {
+    EXPECT_NE(text.find(line), std::string::npos) << line << "\n---\n" << text;
+  }
+}
+
 TEST_F(ApiHandlerTest, KeepAliveFollowsTheRequest) {
   HttpRequest req{http::verb::get, "/healthz", 11};
   req.keep_alive(false);
