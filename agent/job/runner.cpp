@@ -118,6 +118,37 @@ Result<TargetDisk> Plan(const Manifest& manifest, const JobOptions& job) {
   return target;
 }
 
+// Step 2 through the swarm (docs/pipeline.md, "Swarm downloads"): the swarm's figures reach the
+// status as the helper reports them, the download step's comment says where the bytes came from.
+Result<FetchResult> DownloadThroughSwarm(const std::string& torrent, const FetchRequest& req,
+                                         const FetchOptions& opts, const JobOptions& job,
+                                         const ProgressFn& progress, StatusBoard& board,
+                                         const CancelToken& cancel, std::unique_ptr<Swarm>* swarm) {
+  SwarmOptions swarm_opts;
+  swarm_opts.upload_rate = job.upload_rate;
+  swarm_opts.listen = job.swarm_listen;
+  swarm_opts.on_stats = [&board](const SwarmStats& stats, bool seeding) {
+    board.SetSwarm(SwarmStatus{stats.peers, stats.from_peers, stats.from_web_seed, stats.uploaded,
+                               stats.hash_failures, seeding});
+  };
+  BYOI_ASSIGN_OR_RETURN(FetchResult fetched,
+                        FetchSwarm({req, torrent}, opts, swarm_opts, progress, cancel, swarm));
+  const SwarmStats stats = (*swarm)->stats();
+  spdlog::info("download: {} through the swarm in {:.1f} s: {} from peers, {} from the web seed",
+               HumanBytes(fetched.image.size()), fetched.seconds, HumanBytes(stats.from_peers),
+               HumanBytes(stats.from_web_seed));
+  std::string comment =
+      fmt::format("{} in {:.0f} s through the swarm: {} from peers, {} from the web seed",
+                  HumanBytes(fetched.image.size()), fetched.seconds, HumanBytes(stats.from_peers),
+                  HumanBytes(stats.from_web_seed));
+  if (stats.hash_failures > 0) {
+    comment += fmt::format("; {} piece(s) failed their hash check, their senders banned",
+                           stats.hash_failures);
+  }
+  board.FinishStep(Step::kDownload, std::move(comment));
+  return fetched;
+}
+
 // Step 2: the image into RAM, hashed on the way. With a manifest's `torrent`, through the swarm
 // (docs/pipeline.md, "Swarm downloads"): `*swarm` then holds the helper, seeding until the job
 // ends.
@@ -136,29 +167,8 @@ Result<FetchResult> Download(const Manifest& manifest, const RunOptions& options
     board.StepProgress(Step::kDownload, done, total);
   };
   if (!manifest.torrent.empty()) {
-    SwarmOptions swarm_opts;
-    swarm_opts.upload_rate = options.job.upload_rate;
-    swarm_opts.listen = options.job.swarm_listen;
-    swarm_opts.on_stats = [&board](const SwarmStats& stats, bool seeding) {
-      board.SetSwarm(SwarmStatus{stats.peers, stats.from_peers, stats.from_web_seed, stats.uploaded,
-                                 stats.hash_failures, seeding});
-    };
-    BYOI_ASSIGN_OR_RETURN(FetchResult fetched, FetchSwarm({req, manifest.torrent}, opts, swarm_opts,
-                                                          progress, cancel, swarm));
-    const SwarmStats stats = (*swarm)->stats();
-    spdlog::info("download: {} through the swarm in {:.1f} s: {} from peers, {} from the web seed",
-                 HumanBytes(fetched.image.size()), fetched.seconds, HumanBytes(stats.from_peers),
-                 HumanBytes(stats.from_web_seed));
-    std::string comment =
-        fmt::format("{} in {:.0f} s through the swarm: {} from peers, {} from the web seed",
-                    HumanBytes(fetched.image.size()), fetched.seconds, HumanBytes(stats.from_peers),
-                    HumanBytes(stats.from_web_seed));
-    if (stats.hash_failures > 0) {
-      comment += fmt::format("; {} piece(s) failed their hash check, their senders banned",
-                             stats.hash_failures);
-    }
-    board.FinishStep(Step::kDownload, std::move(comment));
-    return fetched;
+    return DownloadThroughSwarm(manifest.torrent, req, opts, options.job, progress, board, cancel,
+                                swarm);
   }
   BYOI_ASSIGN_OR_RETURN(FetchResult fetched, FetchImage(req, opts, progress, cancel));
   spdlog::info("download: {} in {:.1f} s, {} request(s), {} restart(s) from byte 0",
