@@ -41,6 +41,7 @@
 #include <libtorrent/create_torrent.hpp>
 #include <libtorrent/error_code.hpp>
 #include <libtorrent/hex.hpp>
+#include <libtorrent/ip_filter.hpp>
 #include <libtorrent/magnet_uri.hpp>
 #include <libtorrent/peer_info.hpp>
 #include <libtorrent/posix_disk_io.hpp>
@@ -350,6 +351,17 @@ int Fetch(const Args& args) {
   lt::session_params params(std::move(sp));
   params.disk_io_constructor = lt::posix_disk_io_constructor;
   lt::session ses(std::move(params));
+  if (Number(args.Get("upload-rate", "0"), "upload rate") > 0) {
+    // libtorrent exempts peers on local networks from rate limits (its local peer class); a rack
+    // is one: every peer goes in the global class, which --upload-rate limits.
+    lt::ip_filter classes;
+    const std::uint32_t global = 1u
+                                 << static_cast<std::uint32_t>(lt::session::global_peer_class_id);
+    classes.add_rule(lt::make_address("0.0.0.0"), lt::make_address("255.255.255.255"), global);
+    classes.add_rule(lt::make_address("::"),
+                     lt::make_address("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), global);
+    ses.set_peer_class_filter(classes);
+  }
   lt::torrent_handle h = ses.add_torrent(std::move(atp), ec);
   if (ec) Fail("invalid", "adding the torrent: " + ec.message());
   for (const std::string& peer : args.All("peer")) {

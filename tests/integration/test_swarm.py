@@ -208,11 +208,10 @@ class SwarmDeploy(unittest.TestCase):
         self.assertRegex(run.step("download")["comment"],
                          r"through the swarm: \d+(\.\d)? MiB from peers, ")
 
-    def test_a_done_agent_seeds_for_its_seed_time(self):
-        # Agent A deploys from the origin alone and seeds for up to 60 s after done; agent B,
-        # started once A is done, takes the image from A. B's end closes A's seeding early only
-        # by A's own clock: A is stopped by the test once B is done.
-        origin, url, turl, _ = self.publish_counted(4_000_000)
+    def start_seeding_agent(self, url, turl, *extra):
+        """Agent A: deploys from the origin alone, then seeds for up to 60 s after done (the
+        test's cleanup stops it). Returns (its process, the bytes the origin sent it) once its
+        status file says done."""
         a_dir = os.path.join(self.dir, "a")
         os.makedirs(a_dir)
         a_disk = os.path.join(a_dir, "disk.img")
@@ -225,7 +224,7 @@ class SwarmDeploy(unittest.TestCase):
                        "torrent": turl}, f)
         a = subprocess.Popen([AGENT, "deploy", "--manifest", manifest, "--disk", a_disk,
                               "--status-file", status, "--seed-time", "60", "--swarm-listen",
-                              "127.0.0.1:0"], stdout=subprocess.DEVNULL,
+                              "127.0.0.1:0", *extra], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         self.addCleanup(lambda: a.poll() is None and (a.terminate(), a.wait()))
         deadline = time.monotonic() + 60
@@ -235,10 +234,15 @@ class SwarmDeploy(unittest.TestCase):
             try:
                 with open(status) as f:
                     if json.load(f)["status"] == "done":
-                        break
+                        return a
             except (OSError, ValueError):
                 pass
             time.sleep(0.05)
+
+    def test_a_done_agent_seeds_for_its_seed_time(self):
+        # Agent B, started once A is done, takes the image from A, which is still seeding.
+        origin, url, turl, _ = self.publish_counted(4_000_000)
+        a = self.start_seeding_agent(url, turl)
         a_served = origin.served["/image.raw"]
         self.assertGreaterEqual(a_served, SIZE)
         run = self.deploy(url, turl)
@@ -246,6 +250,18 @@ class SwarmDeploy(unittest.TestCase):
         self.assertIsNone(a.poll(), "agent A stopped seeding before its seed time")
         self.assertLess(origin.served["/image.raw"] - a_served, SIZE // 2)
         self.assertGreater(run.status["swarm"]["fromPeers"], SIZE // 2)
+
+    def test_the_upload_rate_caps_what_a_seeding_agent_sends(self):
+        # A sends at most 4 MB/s; the origin gives B 1 MB/s. Whatever B took from A took at least
+        # that long (a lower bound only: the machine may be slower, never faster).
+        rate = 4_000_000
+        origin, url, turl, _ = self.publish_counted(1_000_000)
+        self.start_seeding_agent(url, turl, "--upload-rate", str(rate))
+        run = self.deploy(url, turl)
+        self.assert_installed(run)
+        from_a = run.status["swarm"]["fromPeers"]
+        self.assertGreater(from_a, SIZE // 2)
+        self.assertGreaterEqual(run.step("download")["seconds"], 0.8 * from_a / rate)
 
     def test_a_magnet_link_takes_the_metadata_from_the_seeder(self):
         origin, url, _, path = self.publish_counted(2_000_000)
