@@ -4,11 +4,11 @@ namespace of its own on a bridge, deploys one image from an origin whose uplink 
 
 The targets are: through the swarm the origin sends at most 1.5 x the image, and the rack's p95
 deploy time is at most 2 x a single agent alone. Measured here (5 agents, 64 MiB, 2 cores shared)
-the swarm sends 1.8 to 2.9 x the image and its p95 is 1.9 to 2.8 x one agent alone, where HTTP
-alone sends 5 x and takes 5 x as long: the test holds the rack to what it does (at most 3.5 x the
-image, at most 3.5 x one agent's time, less than HTTP alone on both counts), prints the figures,
-and says when the targets are missed. Without a torrent nothing changes: every agent takes the
-whole image from the origin. Every disk must hold the image. The benchmark for larger racks is
+the swarm sends 1.33 to 1.45 x the image with a p95 of 1.4 to 1.5 x one agent alone on a quiet
+machine, up to 2.2 x and 2.1 x while other work loads it; HTTP alone sends 5 x and takes 5 x as
+long. The test holds the rack to 2.5 x on both counts and to beating HTTP, prints the figures and
+says whether the targets were met. Without a torrent nothing changes: every agent takes the whole
+image from the origin. Every disk must hold the image. The benchmark for larger racks is
 tests/bench/fleet_bench.py.
 
 Root (namespaces, veths, tc); run by CTest (label fleet) with BYOI_AGENT set.
@@ -60,9 +60,9 @@ class SmallRack(unittest.TestCase):
                           swarm["origin_bytes"] <= 1.5 * self.rack.image_size),
                          ("p95 <= 2 x one agent alone", swarm["p95"] <= 2 * alone["max"])):
             print(f"target {what}: {'met' if ok else 'MISSED'}")
-        self.assertLessEqual(swarm["origin_bytes"], 3.5 * self.rack.image_size)
+        self.assertLessEqual(swarm["origin_bytes"], 2.5 * self.rack.image_size)
         self.assertLess(swarm["origin_bytes"], http["origin_bytes"])
-        self.assertLessEqual(swarm["p95"], 3.5 * alone["max"])
+        self.assertLessEqual(swarm["p95"], 2.5 * alone["max"])
         self.assertLess(swarm["p95"], http["p95"])
 
 
