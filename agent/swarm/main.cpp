@@ -432,7 +432,8 @@ int Fetch(const Args& args) {
           h.remove_url_seed(web_seed);
           h.add_url_seed(web_seed);
         } else {
-          std::fprintf(stderr, "byoi-swarm: web seed: %s\n", u->message().c_str());
+          // The error only: the alert's text holds the URL, which may carry userinfo (a secret).
+          std::fprintf(stderr, "byoi-swarm: web seed: %s\n", u->error.message().c_str());
         }
       } else if (auto* e = lt::alert_cast<lt::torrent_error_alert>(a)) {
         Fail("failed", e->message());

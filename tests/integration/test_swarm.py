@@ -263,6 +263,17 @@ class SwarmDeploy(unittest.TestCase):
         self.assertGreater(from_a, SIZE // 2)
         self.assertGreaterEqual(run.step("download")["seconds"], 0.8 * from_a / rate)
 
+    def test_the_web_seeds_userinfo_never_reaches_the_log_or_the_status(self):
+        # The web seed answers 404 (the seeder serves the image): libtorrent's web seed error
+        # names the URL, userinfo included; the agent must not pass it on.
+        origin, _, turl, path = self.publish_counted(2_000_000)
+        self.seeders.append(Seeder(path, self.data, self.dir))
+        url = f"http://user:s3cr3t-pw@127.0.0.1:{origin.port}/missing.raw"
+        run = self.deploy(url, turl)
+        self.assert_installed(run)
+        self.assertNotIn("s3cr3t-pw", run.stderr + run.stdout + json.dumps(run.status))
+        self.assertIn("byoi-swarm: web seed: ", run.stderr)
+
     def test_a_magnet_link_takes_the_metadata_from_the_seeder(self):
         origin, url, _, path = self.publish_counted(2_000_000)
         self.seeders.append(Seeder(path, self.data, self.dir))
