@@ -311,6 +311,9 @@ int Fetch(const Args& args) {
   };
   if (atp.ti) {
     check_files(*atp.ti);
+    // The manifest's URL is the one web seed: a url-list in the torrent names servers the
+    // manifest did not (and the same server twice would split the origin's share in two).
+    atp.ti->set_web_seeds({});
     atp.ti->add_url_seed(web_seed, "", headers);
   }
 

@@ -274,6 +274,24 @@ class SwarmDeploy(unittest.TestCase):
         self.assertNotIn("s3cr3t-pw", run.stderr + run.stdout + json.dumps(run.status))
         self.assertIn("byoi-swarm: web seed: ", run.stderr)
 
+    def test_the_manifests_url_is_the_only_web_seed(self):
+        # The torrent's url-list names another server: the agent never asks it.
+        other = Origin({"/image.raw": self.data})
+        self.addCleanup(other.close)
+        url = self.server.add("/image.raw", Route(self.data))
+        src = os.path.join(self.dir, "image.raw")
+        with open(src, "wb") as f:
+            f.write(self.data)
+        path = os.path.join(self.dir, "image.raw.torrent")
+        lines = make_torrent(src, other.url("/image.raw"), path, piece_length=PIECE)
+        self.tracker.start(info_hashes(lines))
+        with open(path, "rb") as f:
+            turl = self.server.add("/image.raw.torrent", Route(f.read()))
+        run = self.deploy(url, turl)
+        self.assert_installed(run)
+        self.assertEqual(other.served["/image.raw"], 0)
+        self.assertGreaterEqual(origin_bytes(self.server, "/image.raw", SIZE), SIZE)
+
     def test_a_magnet_link_takes_the_metadata_from_the_seeder(self):
         origin, url, _, path = self.publish_counted(2_000_000)
         self.seeders.append(Seeder(path, self.data, self.dir))
