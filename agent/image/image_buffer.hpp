@@ -41,6 +41,9 @@ class ImageBuffer {
   // Drops bytes past `size` and gives their pages back to the kernel (a download restarted at 0).
   void Truncate(uint64_t size);
 
+  // The memfd behind the mapping, owned by the buffer: another process given it (the swarm helper)
+  // writes pieces that data() shows.
+  int fd() const { return fd_; }
   const uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
   uint64_t capacity() const { return capacity_; }

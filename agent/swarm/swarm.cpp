@@ -1,14 +1,10 @@
 #include "agent/swarm/swarm.hpp"
 
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <sstream>
 
@@ -67,36 +63,6 @@ uint64_t Field(const std::map<std::string, std::string>& f, const std::string& k
 }
 
 }  // namespace
-
-Result<int> ImageBufferFd(const ImageBuffer& image) {
-  const auto addr = reinterpret_cast<uintptr_t>(image.data());
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  unsigned long inode = 0;
-  while (std::getline(maps, line)) {
-    unsigned long start = 0, end = 0, offset = 0, ino = 0;
-    char perms[8] = {}, dev[16] = {};
-    if (std::sscanf(line.c_str(), "%lx-%lx %7s %lx %15s %lu", &start, &end, perms, &offset, dev,
-                    &ino) == 6 &&
-        start <= addr && addr < end) {
-      inode = ino;
-      break;
-    }
-  }
-  if (inode == 0) return Status::Error(Code::kIo, "the image buffer's mapping is not a file");
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
-    int fd = -1;
-    const std::string name = entry.path().filename().string();
-    std::from_chars(name.data(), name.data() + name.size(), fd);
-    struct stat st {};
-    if (fd >= 0 && ::fstat(fd, &st) == 0 && st.st_ino == inode &&
-        static_cast<uint64_t>(st.st_size) == image.capacity()) {
-      return fd;
-    }
-  }
-  return Status::Error(Code::kIo, "the image buffer's memfd is not among the open files");
-}
 
 Swarm::~Swarm() {
   helper_.in.Reset();  // the helper stops seeding and exits; its stdout ends
@@ -219,9 +185,7 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
   Result<ImageBuffer> image_or = ImageBuffer::Create(opts.memory_budget);
   if (!image_or.ok()) return fail(std::move(image_or).status());
   ImageBuffer image = std::move(*image_or);
-  Result<int> image_fd_or = ImageBufferFd(image);
-  if (!image_fd_or.ok()) return fail(std::move(image_fd_or).status());
-  const int image_fd = *image_fd_or;
+  const int image_fd = image.fd();
   argv.insert(argv.end(),
               {"--capacity", std::to_string(image.capacity()), "--upload-rate",
                std::to_string(swarm_opts.upload_rate), "--lsd", swarm_opts.lsd ? "1" : "0", "--dht",

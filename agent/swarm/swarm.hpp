@@ -101,8 +101,4 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
                                const SwarmOptions& swarm_opts, const ProgressFn& progress,
                                const CancelToken& cancel, std::unique_ptr<Swarm>* swarm);
 
-// The file descriptor of `image`'s memfd in this process, found through /proc/self/maps (the inode
-// of the mapping at image.data()) and /proc/self/fd. kIo when it is not found.
-Result<int> ImageBufferFd(const ImageBuffer& image);
-
 }  // namespace byoi

@@ -17,24 +17,20 @@
 namespace byoi {
 namespace {
 
-TEST(SwarmImageBufferFd, IsTheBuffersOwnMemfd) {
+TEST(SwarmImageBuffer, ItsFdIsTheMemfdBehindTheMapping) {
   Result<ImageBuffer> a = ImageBuffer::Create(64 << 20);
   Result<ImageBuffer> b = ImageBuffer::Create(32 << 20);
   ASSERT_TRUE(a.ok() && b.ok());
   const uint8_t bytes[] = {1, 2, 3};
   ASSERT_TRUE(a->WriteAt(4096, bytes).ok());
-  Result<int> fd = ImageBufferFd(*a);
-  ASSERT_TRUE(fd.ok()) << fd.status().ToString();
   // What is written through the descriptor is what the buffer's mapping shows.
   const uint8_t other[] = {9, 8, 7};
-  ASSERT_EQ(::pwrite(*fd, other, sizeof other, 4096), 3);
+  ASSERT_EQ(::pwrite(a->fd(), other, sizeof other, 4096), 3);
   EXPECT_EQ(a->data()[4096], 9);
   EXPECT_EQ(a->data()[4098], 7);
-  Result<int> fd_b = ImageBufferFd(*b);
-  ASSERT_TRUE(fd_b.ok());
-  EXPECT_NE(*fd, *fd_b);
+  EXPECT_NE(a->fd(), b->fd());
   struct stat st {};
-  ASSERT_EQ(::fstat(*fd_b, &st), 0);
+  ASSERT_EQ(::fstat(b->fd(), &st), 0);
   EXPECT_EQ(static_cast<uint64_t>(st.st_size), b->capacity());
 }
 
@@ -64,12 +60,11 @@ TEST(SwarmStartHelper, GivesTheDescriptorsInOrderAndStopsOnStdinClose) {
   ASSERT_TRUE(image.ok());
   const uint8_t x[] = {'X'};
   ASSERT_TRUE(image->WriteAt(0, x).ok());
-  Result<int> fd = ImageBufferFd(*image);
-  ASSERT_TRUE(fd.ok());
+  const int fd = image->fd();
   HelperProcess helper;
   ASSERT_TRUE(StartHelper({"/bin/sh", "-c",
                            "head -c 1 <&3; head -c 1 /proc/self/fd/4; cat >/dev/null; exit 7"},
-                          {*fd, *fd}, helper)
+                          {fd, fd}, helper)
                   .ok());
   helper.in.Reset();
   char out[8] = {};
