@@ -11,16 +11,18 @@
 #include "agent/base/text.hpp"
 #include "agent/image/ova_manifest.hpp"
 #include "agent/image/ovf.hpp"
+#include "agent/image/refusal.hpp"
 
 namespace byoi {
+
+using image_refusal::Invalid;
+
 namespace {
 
 constexpr size_t kMaxMembers = 4096;
 constexpr size_t kMaxNameBytes = 1024;
 // LooksLikeOva reads the first header through libarchive in this much of the archive.
 constexpr size_t kSniffBytes = 64 << 10;
-
-Status Invalid(std::string detail) { return Status::Error(Code::kInvalid, std::move(detail)); }
 
 std::string Shown(std::string_view name) { return PrintableText(name, 256); }
 

@@ -5,16 +5,18 @@
 #include <algorithm>
 
 #include "agent/base/text.hpp"
+#include "agent/image/refusal.hpp"
 
 namespace byoi {
+
+using image_refusal::Invalid;
+
 namespace {
 
 constexpr uint64_t kBlock = 512;
 // A member's header with its extensions (a pax record set, a GNU long name): libarchive refuses
 // larger ones too ("Special header too large").
 constexpr uint64_t kMaxHeaderBytes = (1 << 20) + 2 * kBlock;
-
-Status Invalid(std::string detail) { return Status::Error(Code::kInvalid, std::move(detail)); }
 
 std::string Shown(std::string_view name) { return PrintableText(name, 256); }
 

@@ -11,8 +11,13 @@
 #include <mutex>
 
 #include "agent/base/text.hpp"
+#include "agent/image/refusal.hpp"
 
 namespace byoi {
+
+using image_refusal::Invalid;
+using image_refusal::Unsupported;
+
 namespace {
 
 constexpr std::string_view kOvf1 = "http://schemas.dmtf.org/ovf/envelope/1";
@@ -21,11 +26,6 @@ constexpr std::string_view kRasd =
     "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData";
 constexpr std::string_view kSasd =
     "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_StorageAllocationSettingData";
-
-Status Invalid(std::string detail) { return Status::Error(Code::kInvalid, std::move(detail)); }
-Status Unsupported(std::string detail) {
-  return Status::Error(Code::kUnsupported, std::move(detail));
-}
 
 std::string_view Str(const xmlChar* s) {
   return s == nullptr ? std::string_view() : reinterpret_cast<const char*>(s);

@@ -10,17 +10,18 @@
 #include "agent/base/bytes.hpp"
 #include "agent/image/qcow2_header.hpp"
 #include "agent/image/qcow2_map.hpp"
+#include "agent/image/refusal.hpp"
 
 namespace byoi {
+
+using image_refusal::Hex;
+using image_refusal::Invalid;
+
 namespace {
 
 constexpr uint32_t kMagic = 0x514649fb;  // "QFI\xfb"
 using Geometry = Qcow2Geometry;
 using Piece = Qcow2Piece;
-
-std::string Hex(uint64_t v) { return fmt::format("{:#x}", v); }
-
-Status Invalid(std::string detail) { return Status::Error(Code::kInvalid, std::move(detail)); }
 
 // Calls on_table(L1 index, table start, table end, L2 table offset or 0) for the L2 tables
 // covering [begin, end), then decodes their entries from the one holding `begin` up to `end`

@@ -8,8 +8,13 @@
 #include <vector>
 
 #include "agent/base/bytes.hpp"
+#include "agent/image/refusal.hpp"
 
 namespace byoi {
+
+using image_refusal::Hex;
+using image_refusal::Invalid;
+
 namespace {
 
 constexpr uint32_t kMagic = 0x514649fb;  // "QFI\xfb"
@@ -47,9 +52,6 @@ constexpr uint8_t kBitmapTypeDirtyTracking = 1;
 constexpr uint64_t kBitmapTableReserved = 0xff000000000001feull;
 constexpr uint64_t kBitmapTableOffsetMask = 0x00fffffffffffe00ull;
 constexpr uint64_t kBitmapTableAllOnes = 1;
-
-std::string Hex(uint64_t v) { return fmt::format("{:#x}", v); }
-Status Invalid(std::string detail) { return Status::Error(Code::kInvalid, std::move(detail)); }
 
 // Copies out.size() bytes from file offset `offset` out of `bytes`, which hold the file's bytes
 // from `base` on; what lies outside them reads as zeros, as qemu's block layer returns bytes past

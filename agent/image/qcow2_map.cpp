@@ -2,7 +2,14 @@
 
 #include <cstring>
 
+#include "agent/image/refusal.hpp"
+
 namespace byoi {
+
+using image_refusal::Hex;
+using image_refusal::Invalid;
+using image_refusal::Unsupported;
+
 namespace {
 
 constexpr uint64_t kMaxL1Bytes = 32ull << 20;  // QEMU's implementation limit (qcow2.rst)
@@ -11,13 +18,6 @@ constexpr uint64_t kIncompatKnown = kQcow2IncompatDirty | kQcow2IncompatCorrupt 
                                     kQcow2IncompatDataFile | kQcow2IncompatCompression |
                                     kQcow2IncompatExtendedL2;
 constexpr uint64_t kCompatLazyRefcounts = 1ull << 0;
-
-std::string Hex(uint64_t v) { return fmt::format("{:#x}", v); }
-
-Status Invalid(std::string detail) { return Status::Error(Code::kInvalid, std::move(detail)); }
-Status Unsupported(std::string detail) {
-  return Status::Error(Code::kUnsupported, std::move(detail));
-}
 
 // Names of unknown incompatible bits from the feature name table, when the image has one, so
 // the refusal says what the image needs ("unknown incompatible features 0x20 (foo)").

@@ -8,17 +8,19 @@
 
 #include "agent/base/bytes.hpp"
 #include "agent/base/messages.hpp"
+#include "agent/image/refusal.hpp"
 #include "agent/image/virtual_reader.hpp"
 
 namespace byoi {
+
+using image_refusal::Hex;
+using image_refusal::Invalid;
+
 namespace {
 
 constexpr uint32_t kMagic = 0x514649fb;  // "QFI\xfb"
 constexpr uint64_t kV3HeaderLength = 104;
 constexpr uint32_t kNoBadWord = UINT32_MAX;
-
-std::string Hex(uint64_t v) { return fmt::format("{:#x}", v); }
-Status Invalid(std::string detail) { return Status::Error(Code::kInvalid, std::move(detail)); }
 
 Status Truncated(uint64_t virt, std::string_view what, uint64_t host, uint64_t size) {
   return Invalid(fmt::format(
@@ -35,7 +37,7 @@ Status CompressedUsedTwice(uint64_t virt, uint64_t host) {
 
 // A compressed stream may end inside its last sector when the file ends there (qemu-img ends
 // the file where the stream ends); a file that ends before that sector lost data.
-bool CompressedInFile(uint64_t host, uint64_t compressed_length, uint64_t size) {
+bool CompressedInRange(uint64_t host, uint64_t compressed_length, uint64_t size) {
   const uint64_t last_sector = host + compressed_length - 512;
   return host < size && size > last_sector;
 }
@@ -511,7 +513,7 @@ Status Qcow2StreamReader::AddPiece(uint64_t offset, const Qcow2Piece& p) {
       info_.data_bytes += p.length;
       return AddData(p.host, p.length, offset + p.start);
     case Qcow2Piece::Kind::kCompressed:
-      if (total_ && !CompressedInFile(p.host, p.compressed_length, *total_)) {
+      if (total_ && !CompressedInRange(p.host, p.compressed_length, *total_)) {
         return Truncated(offset, "compressed cluster", p.host, *total_);
       }
       info_.compressed_bytes += p.length;
@@ -803,7 +805,7 @@ Status Qcow2StreamReader::FinishTruncation() {
     }
   }
   for (const auto& [host, n] : compressed_) {
-    if (!CompressedInFile(host, n.compressed_length, pos_) && n.virt < first_virt) {
+    if (!CompressedInRange(host, n.compressed_length, pos_) && n.virt < first_virt) {
       first_virt = n.virt;
       first = Truncated(n.virt, "compressed cluster", host, pos_);
     }

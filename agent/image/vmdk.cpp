@@ -9,26 +9,22 @@
 
 #include "agent/base/bytes.hpp"
 #include "agent/base/text.hpp"
+#include "agent/image/refusal.hpp"
 #include "agent/image/vmdk_format.hpp"
 
 namespace byoi {
+
+using image_refusal::Hex;
+using image_refusal::InRange;
+using image_refusal::Invalid;
+using image_refusal::Unsupported;
+
 namespace {
 
 // QEMU's bound on a directory ("L1 size too big"): 32 Mi entries.
 constexpr uint64_t kMaxGdEntries = 32ull << 20;
 // The first bytes of an seSparse extent (little-endian u64 0xcafebabe) and of a VMDK3 one.
 constexpr uint8_t kSeSparseMagic[8] = {0xbe, 0xba, 0xfe, 0xca, 0, 0, 0, 0};
-
-std::string Hex(uint64_t v) { return fmt::format("{:#x}", v); }
-
-Status Invalid(std::string detail) { return Status::Error(Code::kInvalid, std::move(detail)); }
-Status Unsupported(std::string detail) {
-  return Status::Error(Code::kUnsupported, std::move(detail));
-}
-
-bool InFile(uint64_t offset, uint64_t length, uint64_t size) {
-  return offset <= size && length <= size - offset;
-}
 
 // What the map's decoding needs, fixed once the header is validated.
 struct Geometry {
@@ -62,7 +58,7 @@ Status DecodeGrain(std::span<const uint8_t> file, const Geometry& g, uint32_t en
   }
   const uint64_t host = uint64_t{entry} * kVmdkSector;
   if (!g.compressed) {
-    if (!InFile(host, length, file.size())) {
+    if (!InRange(host, length, file.size())) {
       return Invalid(fmt::format("the grain at {} maps past the end of the file ({} bytes)",
                                  Hex(host), file.size()));
     }
@@ -83,7 +79,7 @@ Status DecodeGrain(std::span<const uint8_t> file, const Geometry& g, uint32_t en
                                offset / kVmdkSector));
   }
   BYOI_RETURN_IF_ERROR(CheckVmdkGrainSize(m, host, g.grain_bytes));
-  if (!InFile(host + m.header_bytes, m.size, file.size())) {
+  if (!InRange(host + m.header_bytes, m.size, file.size())) {
     return Invalid(fmt::format("the compressed grain at {} ({} bytes) passes the end of the file",
                                Hex(host), m.size));
   }
@@ -190,7 +186,7 @@ Status ValidateMap(std::span<const uint8_t> file, const Geometry& g, const uint8
       return Status::Ok();
     }
     const std::string where = fmt::format("the grain table at {} (directory entry {})", Hex(gt), i);
-    if (!InFile(gt, table_bytes, file.size())) return Invalid(where + " lies outside the file");
+    if (!InRange(gt, table_bytes, file.size())) return Invalid(where + " lies outside the file");
     if (seen[gt / kVmdkSector]) return Invalid(where + " is referenced twice");
     seen[gt / kVmdkSector] = true;
     ++info.grain_tables;
@@ -294,7 +290,7 @@ Result<VmdkImage> ReadVmdk(std::span<const uint8_t> file) {
     return Invalid(gd_where + " is larger than 32 Mi entries");
   }
   if (h.gd_offset >= file_sectors ||
-      !InFile(h.gd_offset * kVmdkSector, g.gd_entries * 4, file.size())) {
+      !InRange(h.gd_offset * kVmdkSector, g.gd_entries * 4, file.size())) {
     return Invalid(gd_where + " lies outside the file");
   }
   const uint8_t* gd = file.data() + h.gd_offset * kVmdkSector;

@@ -8,8 +8,13 @@
 
 #include "agent/base/bytes.hpp"
 #include "agent/base/text.hpp"
+#include "agent/image/refusal.hpp"
 
 namespace byoi {
+
+using image_refusal::Invalid;
+using image_refusal::Unsupported;
+
 namespace {
 
 constexpr uint32_t kKnownFlags = kVmdkFlagNewlineCheck | kVmdkFlagRedundantGd | kVmdkFlagZeroGrain |
@@ -22,11 +27,6 @@ constexpr uint32_t kMaxGtesPerGt = 512;
 // capacity * 512 must not overflow, with room for the arithmetic on top.
 constexpr uint64_t kMaxCapacity = 1ull << 55;
 constexpr size_t kMaxExtentLines = 1024;
-
-Status Invalid(std::string detail) { return Status::Error(Code::kInvalid, std::move(detail)); }
-Status Unsupported(std::string detail) {
-  return Status::Error(Code::kUnsupported, std::move(detail));
-}
 
 bool StartsWith(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && s.substr(0, prefix.size()) == prefix;

@@ -8,25 +8,21 @@
 #include "agent/base/bytes.hpp"
 #include "agent/base/messages.hpp"
 #include "agent/base/text.hpp"
+#include "agent/image/refusal.hpp"
 
 namespace byoi {
+
+using image_refusal::Hex;
+using image_refusal::InRange;
+using image_refusal::Invalid;
+using image_refusal::Unsupported;
+
 namespace {
 
 constexpr uint64_t kGrainMarkerBytes = 12;
 // What a file that is not a sparse extent may show of itself before it is refused (a descriptor
 // file's text, naming its extents).
 constexpr uint64_t kVmdkDescriptorSniff = 64 << 10;
-
-std::string Hex(uint64_t v) { return fmt::format("{:#x}", v); }
-
-Status Invalid(std::string detail) { return Status::Error(Code::kInvalid, std::move(detail)); }
-Status Unsupported(std::string detail) {
-  return Status::Error(Code::kUnsupported, std::move(detail));
-}
-
-bool InRange(uint64_t offset, uint64_t length, uint64_t size) {
-  return offset <= size && length <= size - offset;
-}
 
 }  // namespace
 
