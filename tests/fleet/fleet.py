@@ -25,7 +25,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "integration"))
 
-from fetch_servers import AGENT, mbr_image  # noqa: E402
+from fetch_servers import AGENT, mbr_image, nginx_conf  # noqa: E402
 from swarm_util import Tracker, info_hashes, make_torrent  # noqa: E402
 
 SUBNET = "10.231.0"
@@ -120,24 +120,9 @@ class Rack:
         os.makedirs(os.path.join(ng, "tmp"))
         self.access_log = os.path.join(ng, "access.log")
         conf = os.path.join(ng, "nginx.conf")
-        t = os.path.join(ng, "tmp")
         with open(conf, "w") as f:
-            f.write(f"""daemon off;
-worker_processes 1;
-pid {ng}/nginx.pid;
-error_log {ng}/error.log;
-events {{ worker_connections 256; }}
-http {{
-  log_format bytes '$uri $status $body_bytes_sent';
-  access_log {self.access_log} bytes;
-  sendfile on;
-  client_body_temp_path {t}; proxy_temp_path {t}; fastcgi_temp_path {t};
-  uwsgi_temp_path {t}; scgi_temp_path {t};
-  types {{ }}
-  default_type application/octet-stream;
-  server {{ listen {ORIGIN_IP}:{HTTP_PORT}; root {self.www}; }}
-}}
-""")
+            f.write(nginx_conf(ng, "$uri $status $body_bytes_sent", self.access_log,
+                               f"{ORIGIN_IP}:{HTTP_PORT}", self.www, worker_connections=256))
         self.nginx = subprocess.Popen(["ip", "netns", "exec", self.origin_ns, "nginx", "-c", conf,
                                        "-p", ng], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)

@@ -84,6 +84,33 @@ def digest(algo, data):
 
 # --- nginx --------------------------------------------------------------------------------------
 
+def nginx_conf(prefix, log_format, access_log, listen, root, extra="", worker_connections=64):
+    """An nginx configuration serving `root` on `listen` (one worker, sendfile, its pid, error log
+    and temporary files under `prefix`), logging every request to `access_log` as `log_format`.
+    `extra` goes inside the server block."""
+    t = os.path.join(prefix, "tmp")
+    return f"""daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections {worker_connections}; }}
+http {{
+  log_format byoi '{log_format}';
+  access_log {access_log} byoi;
+  sendfile on;
+  client_body_temp_path {t}; proxy_temp_path {t}; fastcgi_temp_path {t};
+  uwsgi_temp_path {t}; scgi_temp_path {t};
+  types {{ }}
+  default_type application/octet-stream;
+  server {{
+    listen {listen};
+    root {root};
+    {extra}
+  }}
+}}
+"""
+
+
 class Nginx:
     """nginx serving `root` on 127.0.0.1, access log with the Range header of every request.
 
@@ -98,28 +125,9 @@ class Nginx:
         for _ in range(5):  # the port may be taken between free_port() and nginx's bind
             self.port = free_port()
             conf = os.path.join(self.dir, "nginx.conf")
-            t = os.path.join(self.dir, "tmp")
             with open(conf, "w") as f:
-                f.write(f"""daemon off;
-worker_processes 1;
-pid {self.dir}/nginx.pid;
-error_log {self.dir}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  log_format byoi '$status "$request" range="$http_range"';
-  access_log {self.access_log} byoi;
-  sendfile on;
-  client_body_temp_path {t}; proxy_temp_path {t}; fastcgi_temp_path {t};
-  uwsgi_temp_path {t}; scgi_temp_path {t};
-  types {{ }}
-  default_type application/octet-stream;
-  server {{
-    listen 127.0.0.1:{self.port};
-    root {root};
-    {extra}
-  }}
-}}
-""")
+                f.write(nginx_conf(self.dir, '$status "$request" range="$http_range"',
+                                   self.access_log, f"127.0.0.1:{self.port}", root, extra))
             self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", self.dir],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
