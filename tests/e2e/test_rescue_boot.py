@@ -66,7 +66,8 @@ class RescueBootTest(unittest.TestCase):
                                  stdout=subprocess.PIPE, text=True).stdout
         names = {line.split()[-1] if " -> " not in line else line.split(" -> ")[0].split()[-1]
                  for line in listing.splitlines()}
-        for name in ("init", "dev/console", "usr/bin/busybox", "usr/bin/byoi-agent", "usr/sbin/mkfs.fat",
+        for name in ("init", "dev/console", "usr/bin/busybox", "usr/bin/byoi-agent",
+                     "usr/lib/byoi-agent/byoi-swarm", "usr/sbin/mkfs.fat",
                      "usr/bin/mtools", "usr/bin/mcopy", "usr/bin/sh", "usr/sbin/udhcpc",
                      "usr/lib/byoi-rescue/run-agent", "usr/lib/byoi-rescue/udhcpc.script",
                      "etc/ssl/certs/ca-certificates.crt", "etc/ld.so.cache",
@@ -104,6 +105,7 @@ class RescueBootTest(unittest.TestCase):
         lines = init_test_lines(log)
         self.assertEqual(lines.get("agent-version"), self.agent_version, log)
         self.assertEqual(lines.get("tools"), "mkfs.fat mcopy ok", log)
+        self.assertEqual(lines.get("swarm"), "torrent ok", log)
         self.assertEqual(lines.get("boot-mode"), "UEFI", log)
         self.assertRegex(lines.get("efivars", ""), r"^\d+ boot entries$", log)
         self.assertIn("vda:512:%d" % (64 << 20), lines.get("disks", ""), log)
