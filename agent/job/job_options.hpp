@@ -49,12 +49,11 @@ struct JobOptions {
   std::chrono::milliseconds stall_timeout{60000};  // without a byte before an attempt is retried
   std::chrono::milliseconds retry_delay{1000};     // before the 2nd attempt, doubling up to 30 s
   int download_attempts = 10;  // --download-attempts N in a row without progress before giving up
-  int connections = 4;
+  int connections = 4;  // --connections N at once when the origin answers Range requests (1-16)
   WriteMode write_mode = WriteMode::kAuto;  // --write-mode; a manifest's writeMode wins
   // --verify-written: read the disk back after writing and compare (a manifest's verifyWritten
   // true asks for it too).
-  bool verify_written =
-      false;  // --connections N at once when the origin answers Range requests (1-16)
+  bool verify_written = false;
   // The swarm (a manifest with `torrent`, docs/pipeline.md "Swarm downloads"): how long the job
   // keeps seeding after it is done, before the reboot (--seed-time), and the upload limit in
   // bytes per second, 0 for none (--upload-rate).
