@@ -24,8 +24,11 @@ RamStore::RamStore(ImageBuffer& image, StreamHasher& hasher)
 
 Status RamStore::Write(uint64_t offset, std::span<const uint8_t> bytes) {
   // Only the first unfinished piece writes right after the gathered bytes: every other piece
-  // starts past the prefix.
-  while (!bytes.empty() && offset == hashed_ + fill_) {
+  // starts past the prefix. When the hasher still reads the next block (it may be hashing a
+  // long run of pieces from the mapping), the bytes go straight into the image and are hashed
+  // from there later: the download never waits for the hasher.
+  while (!bytes.empty() && offset == hashed_ + fill_ &&
+         (fill_ > 0 || hasher_.Done(tickets_[current_]))) {
     const size_t n = std::min(bytes.size(), kBlock - fill_);
     std::memcpy(blocks_[current_].data() + fill_, bytes.data(), n);
     fill_ += n;
@@ -43,7 +46,6 @@ Status RamStore::StoreBlock() {
   hashed_ += fill_;
   fill_ = 0;
   current_ = (current_ + 1) % kBlocks;
-  hasher_.WaitFor(tickets_[current_]);  // the block filled next is hashed
   return s;
 }
 

@@ -57,7 +57,8 @@ class PieceStore {
 // blocks; each block is written into the image while the hasher's thread hashes the same block,
 // hot in cache (hashing the mapping instead costs a third more CPU: page faults and cold lines).
 // A piece that arrives ahead of the prefix is written at its offset at once, and hashed from the
-// image's mapping when the prefix reaches it.
+// image's mapping when the prefix reaches it; so are the prefix's bytes while no block is free
+// (the hasher is behind): the download never waits for the hasher.
 class RamStore : public PieceStore {
  public:
   RamStore(ImageBuffer& image, StreamHasher& hasher);
@@ -80,7 +81,7 @@ class RamStore : public PieceStore {
   static constexpr size_t kBlocks = 8;
 
   // Writes the current block at hashed_ while the hasher hashes it, and moves to the next block
-  // once the hasher is done with that one.
+  // (Write fills it only once the hasher is done with it).
   Status StoreBlock();
 
   ImageBuffer& image_;

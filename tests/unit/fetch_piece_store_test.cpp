@@ -1,5 +1,7 @@
-// The stream's ring of pieces (piece_store.hpp): the sink gets the prefix in order and the hasher
-// every byte, while the download goes on; no room is reused before the hasher has read it.
+// The stores of pieces (piece_store.hpp). The stream's ring: the sink gets the prefix in order and
+// the hasher every byte, while the download goes on; no room is reused before the hasher has read
+// it. The RAM store: every byte lands at its offset and is hashed once, in order, whether it came
+// through a block, straight into the image while the hasher was behind, or in a piece ahead.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -73,6 +75,44 @@ TEST(RingStore, RoomIsReusedOnlyOnceTheHasherReadIt) {
   ASSERT_TRUE(ring.Advance(pos, body.size(), /*flush=*/true).ok());
   EXPECT_EQ(sink.started_with, body.size());
   EXPECT_TRUE(sink.got == body);
+  auto digests = (*hasher)->Finish();
+  ASSERT_TRUE(digests.ok());
+  EXPECT_EQ((*digests)[0].hex, Sha256(body));
+}
+
+// Four connections' use of the RAM store: the first unfinished piece extends the prefix while the
+// pieces after it arrive ahead; each time the first one ends, the prefix jumps over the pieces
+// that arrived whole (the hasher reads those from the image) and the next one goes on at once,
+// often while the hasher is still behind.
+TEST(RamStore, EveryByteLandsAndIsHashedOnceInOrderWhateverTheHasherLags) {
+  const std::vector<uint8_t> body = RandomBytes(96 * kMiB, 12);
+  const uint64_t piece = 8 * kMiB;
+  const HashAlgo algos[] = {HashAlgo::kSha256};
+  auto hasher = StreamHasher::Create(algos, /*threaded=*/true);
+  ASSERT_TRUE(hasher.ok());
+  auto image = ImageBuffer::Create(body.size());
+  ASSERT_TRUE(image.ok());
+  {
+    RamStore store(*image, **hasher);
+    for (uint64_t round = 0; round < body.size(); round += 4 * piece) {
+      // The three pieces ahead first, whole; then the first one, in uneven slices, the prefix
+      // advanced after each.
+      for (uint64_t ahead = round + piece; ahead < round + 4 * piece; ahead += piece) {
+        ASSERT_TRUE(store.Write(ahead, std::span(body).subspan(ahead, piece)).ok());
+      }
+      for (uint64_t pos = round; pos < round + piece;) {
+        const uint64_t n = std::min<uint64_t>(77'777, round + piece - pos);
+        ASSERT_TRUE(store.Write(pos, std::span(body).subspan(pos, n)).ok());
+        pos += n;
+        ASSERT_TRUE(store.Advance(pos, body.size(), /*flush=*/false).ok());
+      }
+      ASSERT_TRUE(store.Advance(round + 4 * piece, body.size(), /*flush=*/false).ok());
+    }
+    ASSERT_TRUE(store.Advance(body.size(), body.size(), /*flush=*/true).ok());
+    EXPECT_EQ(store.taken(), body.size());
+  }
+  ASSERT_EQ(image->size(), body.size());
+  EXPECT_TRUE(std::equal(body.begin(), body.end(), image->data()));
   auto digests = (*hasher)->Finish();
   ASSERT_TRUE(digests.ok());
   EXPECT_EQ((*digests)[0].hex, Sha256(body));
