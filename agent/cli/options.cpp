@@ -61,6 +61,31 @@ Status SetSwitch(std::string_view v, bool& out) {
   return Status::Ok();
 }
 
+// HOST:PORT[,HOST:PORT...]: a name or IPv4 address, or an IPv6 address in brackets, and a port
+// from 1 to 65535 (libtorrent's dht_bootstrap_nodes).
+bool ValidNodeList(std::string_view v) {
+  size_t begin = 0;
+  for (;;) {
+    const size_t comma = std::min(v.find(',', begin), v.size());
+    const std::string_view node = v.substr(begin, comma - begin);
+    const size_t colon = node.rfind(':');
+    if (colon == std::string_view::npos || colon == 0) return false;
+    std::string_view host = node.substr(0, colon);
+    if (host.front() == '[') {
+      if (host.size() < 3 || host.back() != ']') return false;
+      host = host.substr(1, host.size() - 2);
+      if (host.find_first_not_of("0123456789abcdefABCDEF:.") != std::string_view::npos)
+        return false;
+    } else if (host.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                      "0123456789.-") != std::string_view::npos) {
+      return false;
+    }
+    if (!ParseWhole(node.substr(colon + 1), 1, 65535)) return false;
+    if (comma == v.size()) return true;
+    begin = comma + 1;
+  }
+}
+
 Status SetText(std::string_view v, std::string& out) {
   out = std::string(v);
   return Status::Ok();
@@ -175,6 +200,16 @@ const OptionSpec kOptions[] = {
          return Bad("expected ADDR:PORT[,ADDR:PORT...] such as 10.0.0.5:6881");
        }
        return SetText(v, c.job.swarm_listen);
+     }},
+    {"swarm_dht", Scope::kJob,
+     "The rack's private DHT: its bootstrap nodes, HOST:PORT, comma-separated, for magnet links "
+     "and torrents without a tracker (default: no DHT; never the public one)",
+     "Swarm", false, "NODES",
+     [](std::string_view v, DaemonConfig& c) {
+       if (!v.empty() && !ValidNodeList(v)) {
+         return Bad("expected HOST:PORT[,HOST:PORT...] such as 10.0.0.2:6881");
+       }
+       return SetText(v, c.job.swarm_dht);
      }},
     {"upload_rate", Scope::kJob,
      "Bytes per second the swarm may upload to the rack's other agents, e.g. 50M; 0: no limit "

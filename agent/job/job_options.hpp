@@ -62,6 +62,9 @@ struct JobOptions {
   // --swarm-listen: libtorrent's listen_interfaces, where peers reach this agent (and the networks
   // Local Service Discovery announces on).
   std::string swarm_listen = "0.0.0.0:0,[::]:0";
+  // --swarm-dht: the rack's private DHT's bootstrap nodes, HOST:PORT comma-separated; empty: no
+  // DHT.
+  std::string swarm_dht;
 };
 
 }  // namespace byoi

@@ -127,6 +127,7 @@ Result<FetchResult> DownloadThroughSwarm(const std::string& torrent, const Fetch
   SwarmOptions swarm_opts;
   swarm_opts.upload_rate = job.upload_rate;
   swarm_opts.listen = job.swarm_listen;
+  swarm_opts.dht_nodes = job.swarm_dht;
   swarm_opts.on_stats = [&board](const SwarmStats& stats, bool seeding) {
     board.SetSwarm(SwarmStatus{stats.peers, stats.from_peers, stats.from_web_seed, stats.uploaded,
                                stats.hash_failures, seeding});

@@ -7,7 +7,7 @@
 //   byoi-swarm create IMAGE OUT --web-seed URL [--tracker URL]... [--piece-length BYTES]
 //       writes a single-file .torrent of IMAGE (v1 + v2 hashes), prints `infohash <hex>`.
 //   byoi-swarm fetch (--torrent FILE | --magnet URI) --capacity BYTES --web-seed-file FILE
-//       [--upload-rate B/s] [--listen IFACES] [--lsd 0|1] [--dht 0|1]
+//       [--upload-rate B/s] [--listen IFACES] [--lsd 0|1] [--dht-nodes HOST:PORT,...]
 //       [--peer IP:PORT]... [--max-hash-failures N]
 //       downloads into file descriptor 3 (the agent's RAM image, a memfd) and seeds it until its
 //       standard input is closed. Events on stdout, one a line, space-separated key=value:
@@ -326,7 +326,18 @@ int Fetch(const Args& args) {
                        lt::alert_category::storage | lt::alert_category::block_progress);
   // Room for every block alert of a second at 10 Gbit/s between two reads of the queue.
   sp.set_int(lt::settings_pack::alert_queue_size, 200000);
-  sp.set_bool(lt::settings_pack::enable_dht, args.Get("dht", "0") == "1");
+  // The DHT only as the rack's private one, from the nodes given (libtorrent would otherwise
+  // bootstrap from the public DHT's routers). A rack's nodes share a subnet, which libtorrent's
+  // defaults against Sybil attacks on the public DHT refuse as routing entries; what a DHT node
+  // says is only a peer's address, and pieces are checked whoever sends them.
+  const std::string dht_nodes = args.Get("dht-nodes");
+  sp.set_bool(lt::settings_pack::enable_dht, !dht_nodes.empty());
+  sp.set_str(lt::settings_pack::dht_bootstrap_nodes, dht_nodes);
+  if (!dht_nodes.empty()) {
+    sp.set_bool(lt::settings_pack::dht_restrict_routing_ips, false);
+    sp.set_bool(lt::settings_pack::dht_restrict_search_ips, false);
+    sp.set_bool(lt::settings_pack::dht_ignore_dark_internet, false);
+  }
   sp.set_bool(lt::settings_pack::enable_lsd, args.Get("lsd", "1") == "1");
   sp.set_bool(lt::settings_pack::enable_upnp, false);
   sp.set_bool(lt::settings_pack::enable_natpmp, false);

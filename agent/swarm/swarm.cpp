@@ -188,9 +188,9 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
   const int image_fd = image.fd();
   argv.insert(argv.end(),
               {"--capacity", std::to_string(image.capacity()), "--upload-rate",
-               std::to_string(swarm_opts.upload_rate), "--lsd", swarm_opts.lsd ? "1" : "0", "--dht",
-               swarm_opts.dht ? "1" : "0", "--listen", swarm_opts.listen, "--max-hash-failures",
-               std::to_string(swarm_opts.max_hash_failures)});
+               std::to_string(swarm_opts.upload_rate), "--lsd", swarm_opts.lsd ? "1" : "0",
+               "--dht-nodes", swarm_opts.dht_nodes, "--listen", swarm_opts.listen,
+               "--max-hash-failures", std::to_string(swarm_opts.max_hash_failures)});
   for (const std::string& peer : swarm_opts.peers) argv.insert(argv.end(), {"--peer", peer});
 
   auto s = std::unique_ptr<Swarm>(new Swarm());

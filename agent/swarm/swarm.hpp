@@ -36,9 +36,11 @@ struct SwarmStats;
 struct SwarmOptions {
   // Upload limit in bytes per second, 0 for none (--upload-rate).
   uint64_t upload_rate = 0;
-  // Local Service Discovery (multicast on the rack's LAN) on; DHT off (docs/pipeline.md).
+  // Local Service Discovery (multicast on the rack's LAN) on (docs/pipeline.md).
   bool lsd = true;
-  bool dht = false;
+  // The rack's private DHT: its bootstrap nodes, HOST:PORT comma-separated (--swarm-dht); empty:
+  // the DHT is off. Never the public DHT's routers.
+  std::string dht_nodes;
   // libtorrent's listen_interfaces ("0.0.0.0:0,[::]:0": every address, a free port).
   std::string listen = "0.0.0.0:0,[::]:0";
   // Peers to connect to at once, IP:PORT (tests; a rack finds its peers through its tracker).

@@ -84,9 +84,10 @@ class Seeder:
     The torrent is checked against `data` (so the seeder has what it announces) unless
     `claim_all` is set: then it starts in seed mode and announces every piece whatever its file
     holds, as a lying peer would. After start, `corrupt(offsets)` alters its file: it then serves
-    bad bytes for pieces it announced good. Trackers come from the torrent; `web_seeds` off."""
+    bad bytes for pieces it announced good. Trackers come from the torrent; `web_seeds` off.
+    `settings`: more libtorrent settings for its session (a DHT, say)."""
 
-    def __init__(self, torrent, data, workdir, claim_all=False, name="seeder"):
+    def __init__(self, torrent, data, workdir, claim_all=False, name="seeder", settings=None):
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.ti = lt.torrent_info(torrent)
@@ -98,7 +99,7 @@ class Seeder:
             "listen_interfaces": f"127.0.0.1:{self.port}", "enable_dht": False,
             "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
             "allow_multiple_connections_per_ip": True, "alert_mask": 0,
-            "min_announce_interval": 5})
+            "min_announce_interval": 5, **(settings or {})})
         atp = lt.add_torrent_params()
         atp.ti = self.ti
         atp.save_path = self.dir

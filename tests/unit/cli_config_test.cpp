@@ -191,6 +191,14 @@ TEST_F(DaemonConfigTest, DownloadOptionsComeFromEverySource) {
   EXPECT_FALSE(Load()->job.insecure);
 }
 
+TEST_F(DaemonConfigTest, TheSwarmsDhtIsOffUnlessItsNodesAreGiven) {
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->job.swarm_dht, "");
+  Write("cmdline", "byoi.swarm_dht=10.0.0.2:6881,dht.rack.example:6881,[fd00::2]:6881\n");
+  ASSERT_TRUE(Load().ok());
+  EXPECT_EQ(Load()->job.swarm_dht, "10.0.0.2:6881,dht.rack.example:6881,[fd00::2]:6881");
+}
+
 TEST_F(DaemonConfigTest, UnknownKernelWordsAreWarningsNotErrors) {
   Write("cmdline", "byoi.tokn=x\n");
   Result<DaemonConfig> c = Load();
@@ -230,6 +238,11 @@ TEST_F(DaemonConfigTest, BadValuesNameTheKeyAndItsSource) {
       {"token = 0123456789 abcdef\n", "must be printable ASCII"},
       {"token = 0123456789abcdef\ntls_cert = /c.pem\n",
        "tls_cert and tls_key must be given together"},
+      {"token = 0123456789abcdef\nswarm_dht = 10.0.0.2\n", "expected HOST:PORT[,HOST:PORT...]"},
+      {"token = 0123456789abcdef\nswarm_dht = 10.0.0.2:6881,\n", "expected HOST:PORT"},
+      {"token = 0123456789abcdef\nswarm_dht = 10.0.0.2:0\n", "expected HOST:PORT"},
+      {"token = 0123456789abcdef\nswarm_dht = a b:6881\n", "expected HOST:PORT"},
+      {"token = 0123456789abcdef\nswarm_dht = [::1:6881\n", "expected HOST:PORT"},
       {"listen = 0.0.0.0:1\n", "no API token"},
       {"listen = off\ntoken = 0123456789abcdef\n", "nothing to do"},
   };
