@@ -63,7 +63,7 @@ ImageBuffer::~ImageBuffer() {
 
 Status ImageBuffer::Append(std::span<const uint8_t> bytes) { return WriteAt(size_, bytes); }
 
-Status ImageBuffer::WriteAt(uint64_t offset, std::span<const uint8_t> bytes) {
+Status ImageBuffer::StoreAt(uint64_t offset, std::span<const uint8_t> bytes) const {
   if (offset > capacity_ || bytes.size() > capacity_ - offset) {
     return Status::Error(
         Code::kTooBig, "image passes the memory budget of " + std::to_string(capacity_) + " bytes");
@@ -80,6 +80,11 @@ Status ImageBuffer::WriteAt(uint64_t offset, std::span<const uint8_t> bytes) {
     }
     done += static_cast<size_t>(n);
   }
+  return Status::Ok();
+}
+
+Status ImageBuffer::WriteAt(uint64_t offset, std::span<const uint8_t> bytes) {
+  BYOI_RETURN_IF_ERROR(StoreAt(offset, bytes));
   size_ = std::max<uint64_t>(size_, offset + bytes.size());
   return Status::Ok();
 }

@@ -38,6 +38,8 @@ class ImageBuffer {
   // when the end would pass the capacity; kIo when the machine runs out of RAM (part may be
   // written).
   Status WriteAt(uint64_t offset, std::span<const uint8_t> bytes);
+  // WriteAt for threads that fill disjoint ranges at once: size() does not follow.
+  Status StoreAt(uint64_t offset, std::span<const uint8_t> bytes) const;
   // Drops bytes past `size` and gives their pages back to the kernel (a download restarted at 0).
   void Truncate(uint64_t size);
 

@@ -15,10 +15,35 @@ namespace {
 // A multiple of the largest cluster (2 MiB), so no compressed cluster spans two slices.
 constexpr uint64_t kSlice = 16ull << 20;
 
+// The compressed extents of a layout read from the clusters kept at their virtual offsets.
+class InflatedSource : public ExtentSource {
+ public:
+  InflatedSource(ImageLayout layout, ImageBuffer kept)
+      : layout_(std::move(layout)), kept_(std::move(kept)) {}
+  Status Visit(uint64_t begin, uint64_t end, const ExtentVisitor& visit) const override {
+    return layout_.ForEachExtent(begin, end - begin, [&](const Extent& e) -> Status {
+      if (e.kind != Extent::Kind::kCompressed) return visit(e);
+      return visit(Extent{.kind = Extent::Kind::kData,
+                          .offset = e.offset,
+                          .length = e.length,
+                          .data = kept_.data() + e.offset});
+    });
+  }
+
+ private:
+  ImageLayout layout_;
+  ImageBuffer kept_;
+};
+
 }  // namespace
 
+ImageLayout InflatedLayout(ImageLayout layout, ImageBuffer kept) {
+  const uint64_t size = layout.virtual_size();
+  return ImageLayout(size, std::make_unique<InflatedSource>(std::move(layout), std::move(kept)));
+}
+
 Status VerifyCompressedClusters(const ImageLayout& layout, unsigned threads,
-                                const CancelToken& cancel) {
+                                const CancelToken& cancel, ImageBuffer* keep) {
   const uint64_t size = layout.virtual_size();
   const uint64_t slices = (size + kSlice - 1) / kSlice;
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
@@ -38,12 +63,17 @@ Status VerifyCompressedClusters(const ImageLayout& layout, unsigned threads,
       const uint64_t begin = i * kSlice;
       Status s = cancel.Check();
       if (s.ok())
-        s = layout.ForEachExtent(begin, std::min(kSlice, size - begin),
-                                 [&](const Extent& e) -> Status {
-                                   if (e.kind != Extent::Kind::kCompressed) return Status::Ok();
-                                   cluster.resize(e.cluster_size);
-                                   return decompressor.Decompress(e, cluster);
-                                 });
+        s = layout.ForEachExtent(
+            begin, std::min(kSlice, size - begin), [&](const Extent& e) -> Status {
+              if (e.kind != Extent::Kind::kCompressed) return Status::Ok();
+              cluster.resize(e.cluster_size);
+              BYOI_RETURN_IF_ERROR(decompressor.Decompress(e, cluster));
+              // Stored whole pages go into the memfd without being cleared first, where
+              // inflating through its mapping faults and clears each page (a third more time).
+              if (keep == nullptr) return Status::Ok();
+              return keep->StoreAt(
+                  e.offset, std::span<const uint8_t>(cluster).subspan(e.cluster_skip, e.length));
+            });
       if (s.ok()) continue;
       std::lock_guard lock(mu);
       if (begin < failed_at) {

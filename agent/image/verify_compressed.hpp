@@ -1,11 +1,13 @@
 // Proof, before the first byte is written, that every compressed cluster of an image inflates
 // (docs/pipeline.md step 3): the writer inflates clusters as it writes, so a corrupt one found then
-// would leave a half-written disk; found here, the disk stays untouched.
+// would leave a half-written disk; found here, the disk stays untouched. When RAM allows, the
+// clusters inflated here are kept, and the writer copies them instead of inflating them again.
 #pragma once
 
 #include "agent/base/cancel.hpp"
 #include "agent/base/status.hpp"
 #include "agent/image/extent.hpp"
+#include "agent/image/image_buffer.hpp"
 
 namespace byoi {
 
@@ -16,7 +18,16 @@ namespace byoi {
 // virtual offset 0x280000: corrupt deflate stream"), or kCancelled. Memory: one cluster and one
 // decompressor per thread. Images without compressed clusters cost one walk of their map.
 // `layout` and its bytes must outlive the call.
+// With `keep` (an empty buffer of at least the virtual size), each cluster's bytes of the virtual
+// disk are also stored in it at their virtual offset, for InflatedLayout; its memory grows by the
+// virtual bytes stored compressed (OpenedImage::compressed_bytes), which the caller checks
+// against the RAM budget first.
 Status VerifyCompressedClusters(const ImageLayout& layout, unsigned threads,
-                                const CancelToken& cancel);
+                                const CancelToken& cancel, ImageBuffer* keep = nullptr);
+
+// `layout` whose compressed extents read, as data extents, the clusters VerifyCompressedClusters
+// kept in `kept` (at their virtual offsets): the same virtual disk, written without a second
+// inflate. Owns both; the image bytes `layout` borrows must outlive the result.
+ImageLayout InflatedLayout(ImageLayout layout, ImageBuffer kept);
 
 }  // namespace byoi

@@ -701,5 +701,37 @@ TEST(VerifyCompressedClusters, AcceptsSoundImagesAndStopsWhenCancelled) {
   EXPECT_EQ(VerifyCompressedClusters(img->layout, 2, cancel).code(), Code::kCancelled);
 }
 
+// Kept clusters: the inflated layout reads as the original, byte for byte, with no compressed
+// extent left, a last cluster cut by the disk's end included.
+TEST(VerifyCompressedClusters, KeptClustersReadAsTheImageWithoutAnInflate) {
+  const uint64_t size = (64 << 20) - 1024;
+  Builder b(3, 16, size);
+  auto stream = Deflate(Pattern(65536));
+  for (uint64_t c : {0, 8, 9, 500, 1023})
+    b.SetL2(c, Descriptor(16, b.AddBytes(stream), stream.size()));
+  auto img = ReadQcow2(b.bytes);
+  ASSERT_TRUE(img.ok()) << img.status().ToString();
+  std::vector<uint8_t> expected(size);
+  Status read = VirtualReader(img->layout).Read(0, expected);
+  ASSERT_TRUE(read.ok()) << read.ToString();
+  auto kept = ImageBuffer::Create(size);
+  ASSERT_TRUE(kept.ok());
+  CancelToken cancel;
+  ASSERT_TRUE(VerifyCompressedClusters(img->layout, 2, cancel, &*kept).ok());
+  ImageLayout inflated = InflatedLayout(std::move(img->layout), std::move(*kept));
+  int compressed = 0;
+  ASSERT_TRUE(inflated
+                  .ForEachExtent(0, size,
+                                 [&](const Extent& e) {
+                                   compressed += e.kind == Extent::Kind::kCompressed;
+                                   return Status::Ok();
+                                 })
+                  .ok());
+  EXPECT_EQ(compressed, 0);
+  std::vector<uint8_t> got(size);
+  ASSERT_TRUE(VirtualReader(inflated).Read(0, got).ok());
+  EXPECT_TRUE(got == expected);
+}
+
 }  // namespace
 }  // namespace byoi
