@@ -12,9 +12,12 @@ Variants, each timed from launch to exit:
   ram       byoi-agent deploy --write-mode ram (download into RAM, verify, write)
   stream    byoi-agent deploy --write-mode stream (download, convert and write at once)
   curl+qemu curl -o /dev/shm/x && qemu-img convert -n -W -t none (OVHcloud's guide, by hand)
-  curl|dd   curl | dd oflag=direct (raw only: what coreos-installer-style streaming costs)
+  curl|dd   curl | dd oflag=direct conv=fdatasync (raw only: what coreos-installer-style
+            streaming costs)
   curl      curl -o /dev/null (the network's floor)
-  dd        dd of the image's data to the device, O_DIRECT, from the page cache (the disk's floor)
+  dd        dd of the image's data to the device, O_DIRECT, from the page cache, then fdatasync
+            (the disk's floor: a job ends with the same flush, and on a loop device over a file
+            the flush is where its bytes reach the disk under the file)
 Each agent run happens in a memory cgroup of its own; its peak (memory.max_usage_in_bytes) is
 reported. The job's config drive, boot entry and reboot are off (a bare disk, --reboot none, no
 efivars) so the figures are the image's path only.
@@ -171,7 +174,7 @@ def main():
                                                 scratch),
                     "curl": lambda: (timed("curl", "-sSf", "-o", "/dev/null", url), None),
                     "dd": lambda: (timed("dd", f"if={path}", f"of={dev}", "bs=4M",
-                                         "oflag=direct", "status=none"), None),
+                                         "oflag=direct", "conv=fdatasync", "status=none"), None),
                 }
                 if name in ("raw", "qcow2", "zlib"):
                     fmt_ = "raw" if type_ == "raw" else "qcow2"
@@ -183,7 +186,8 @@ def main():
                     variants["curl|dd"] = lambda: (
                         timed(pipe=(["curl", "-sSf", url],
                                           ["dd", f"of={dev}", "bs=4M", "iflag=fullblock",
-                                           "oflag=direct", "status=none"])), None)
+                                           "oflag=direct", "conv=fdatasync", "status=none"])),
+                        None)
                 order = list(variants)
                 order = order[rep % len(order):] + order[:rep % len(order)]
                 for variant in order:
