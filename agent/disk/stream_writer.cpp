@@ -265,9 +265,11 @@ Status StreamWriter::RunJob(const Job& job) {
   BYOI_RETURN_IF_ERROR(PwriteAll(fd, {job.data, job.length}, job.offset)
                            .Context(fmt::format("writing {:#x}+{:#x}", job.offset, job.length)));
   Remember(job.offset, job.length, false, job.data);
-  std::lock_guard lock(mu_);
-  stats_.bytes_written += job.length;
-  return Status::Ok();
+  {
+    std::lock_guard lock(mu_);
+    stats_.bytes_written += job.length;
+  }
+  return target_.Written(job.length);
 }
 
 void StreamWriter::Remember(uint64_t offset, uint64_t length, bool zero, const uint8_t* data) {

@@ -161,6 +161,15 @@ Status Target::WriteZeros(uint64_t offset, uint64_t length) {
   return Status::Ok();
 }
 
+Status Target::Written(uint64_t bytes) {
+  if (unflushed_->bytes.fetch_add(bytes) + bytes < kFlushEvery) return Status::Ok();
+  if (unflushed_->flushing.exchange(true)) return Status::Ok();  // another thread flushes
+  unflushed_->bytes = 0;
+  Status s = Sync();
+  unflushed_->flushing = false;
+  return s;
+}
+
 Status Target::Sync() {
   if (direct_fd_.valid() && ::fdatasync(direct_fd_.get()) != 0) {
     return Status::FromErrno("syncing " + path_, errno);
