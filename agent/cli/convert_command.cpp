@@ -530,15 +530,21 @@ int RunConvert(const ConvertArgs& args) {
     }
   }
   auto t0 = std::chrono::steady_clock::now();
-  Status sound = VerifyCompressedClusters(image->layout, 0, g_cancel);
-  if (!sound.ok()) {
-    return Fail(
-        std::move(sound).Context("reading " + args.source).DefaultMessage(msg::CantWrite(type)));
+  // The file is mapped, not copied: the budget beside it may hold its inflated clusters.
+  Result<uint64_t> budget = Budget(args.memory_limit);
+  if (!budget.ok()) return Fail(budget.status());
+  Result<bool> kept =
+      VerifyAndKeepCompressedClusters(*image, *budget - buffer->bytes().size(), g_cancel);
+  if (!kept.ok()) {
+    return Fail(Status(kept.status())
+                    .Context("reading " + args.source)
+                    .DefaultMessage(msg::CantWrite(type)));
   }
   if (image->compressed_bytes() > 0) {
-    std::fprintf(stderr, "inflated %s of compressed clusters in %.2f s\n",
+    std::fprintf(stderr, "inflated %s of compressed clusters in %.2f s%s\n",
                  HumanBytes(image->compressed_bytes()).c_str(),
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                 *kept ? ", kept for the writer" : "");
   }
   Target::Options topts;
   topts.file_size = image->layout.virtual_size();

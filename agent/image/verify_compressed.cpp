@@ -4,6 +4,7 @@
 #include <atomic>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -40,6 +41,21 @@ class InflatedSource : public ExtentSource {
 ImageLayout InflatedLayout(ImageLayout layout, ImageBuffer kept) {
   const uint64_t size = layout.virtual_size();
   return ImageLayout(size, std::make_unique<InflatedSource>(std::move(layout), std::move(kept)));
+}
+
+Result<bool> VerifyAndKeepCompressedClusters(OpenedImage& image, uint64_t room,
+                                             const CancelToken& cancel) {
+  const uint64_t inflated = image.compressed_bytes();
+  std::optional<ImageBuffer> kept;
+  if (inflated > 0 && inflated <= room) {
+    // Without the address space for it, the clusters are inflated again by the writer.
+    Result<ImageBuffer> buffer = ImageBuffer::Create(image.layout.virtual_size());
+    if (buffer.ok()) kept = std::move(*buffer);
+  }
+  BYOI_RETURN_IF_ERROR(VerifyCompressedClusters(image.layout, 0, cancel, kept ? &*kept : nullptr));
+  if (!kept) return false;
+  image.layout = InflatedLayout(std::move(image.layout), std::move(*kept));
+  return true;
 }
 
 Status VerifyCompressedClusters(const ImageLayout& layout, unsigned threads,

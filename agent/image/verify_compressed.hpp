@@ -8,6 +8,7 @@
 #include "agent/base/status.hpp"
 #include "agent/image/extent.hpp"
 #include "agent/image/image_buffer.hpp"
+#include "agent/image/open_image.hpp"
 
 namespace byoi {
 
@@ -29,5 +30,12 @@ Status VerifyCompressedClusters(const ImageLayout& layout, unsigned threads,
 // kept in `kept` (at their virtual offsets): the same virtual disk, written without a second
 // inflate. Owns both; the image bytes `layout` borrows must outlive the result.
 ImageLayout InflatedLayout(ImageLayout layout, ImageBuffer kept);
+
+// Ram mode's verify of an opened image: VerifyCompressedClusters on all cores, keeping what they
+// inflate to when it fits in `room` bytes (the RAM budget left beside the image): `image.layout`
+// then reads the kept clusters (InflatedLayout). Returns whether they were kept; errors as
+// VerifyCompressedClusters, `image` unchanged.
+Result<bool> VerifyAndKeepCompressedClusters(OpenedImage& image, uint64_t room,
+                                             const CancelToken& cancel);
 
 }  // namespace byoi

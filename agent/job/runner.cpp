@@ -267,21 +267,16 @@ Result<OpenedImage> Verify(const Manifest& manifest, const FetchResult& fetched,
   // Every compressed cluster is inflated once here, on all cores: the writer would find a corrupt
   // one only after the disk's old content is gone. What they inflate to is kept for the writer
   // when it fits the RAM budget beside the image (else the writer inflates them again).
-  if (const uint64_t inflated = opened->compressed_bytes(); inflated > 0) {
+  if (opened->compressed_bytes() > 0) {
     auto t0 = std::chrono::steady_clock::now();
-    std::optional<ImageBuffer> kept;
-    // The image buffer's capacity is the RAM budget.
-    if (disk != nullptr && inflated <= fetched.image.capacity() - fetched.image.size()) {
-      Result<ImageBuffer> buffer = ImageBuffer::Create(vsize);
-      if (buffer.ok()) kept = std::move(*buffer);
-    }
-    BYOI_RETURN_IF_ERROR(
-        VerifyCompressedClusters(opened->layout, 0, cancel, kept ? &*kept : nullptr)
-            .Context("checking the compressed clusters"));
-    spdlog::info("verify: {} of compressed clusters inflate in {:.1f} s{}", HumanBytes(inflated),
+    // The image buffer's capacity is the RAM budget; a dry run writes nothing and keeps nothing.
+    const uint64_t room = disk ? fetched.image.capacity() - fetched.image.size() : 0;
+    Result<bool> kept = VerifyAndKeepCompressedClusters(*opened, room, cancel);
+    if (!kept.ok()) return std::move(kept).status().Context("checking the compressed clusters");
+    spdlog::info("verify: {} of compressed clusters inflate in {:.1f} s{}",
+                 HumanBytes(opened->compressed_bytes()),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-                 kept ? ", kept for the writer" : "");
-    if (kept) opened->layout = InflatedLayout(std::move(opened->layout), std::move(*kept));
+                 *kept ? ", kept for the writer" : "");
   }
   board.FinishStep(Step::kVerify,
                    VerifyComment(info, vsize, manifest, ova_note) + "; ram mode: " + why);
