@@ -295,12 +295,11 @@ int Fetch(const Args& args) {
   atp.flags &= ~lt::torrent_flags::auto_managed;
   atp.flags &= ~lt::torrent_flags::paused;
   if (window) {
-    // Nothing is served (stream_window.hpp says why); no piece is wanted before the window is
-    // set: a .torrent's from the start, a magnet's once its metadata arrived.
+    // Nothing is served (stream_window.hpp says why). No piece is asked for until the window
+    // is set (upload mode, which StreamWindow::Start leaves): a magnet's pieces would all be
+    // wanted the moment its metadata arrived.
     atp.extensions.push_back(&byoi_swarm::NoUploadPlugin);
-    if (atp.ti) {
-      atp.piece_priorities.assign(static_cast<size_t>(atp.ti->num_pieces()), lt::dont_download);
-    }
+    atp.flags |= lt::torrent_flags::upload_mode;
   }
 
   // Stream mode: the torrent's pieces against the window.

@@ -72,10 +72,14 @@ std::string StreamWindow::Start(const lt::torrent_info& ti, const lt::torrent_ha
   window_pieces_ = static_cast<int>(window_bytes_ / piece_length_);
   passed_.assign(static_cast<size_t>(ti.num_pieces()), false);
   started_ = true;
-  // In order: the agent can take only the front. Every piece starts unwanted
-  // (default_dont_download), so nothing outside the window was asked for before this.
+  // In order: the agent can take only the front. The torrent was added in upload mode, so
+  // nothing was asked for before the window was set.
+  std::vector<lt::download_priority_t> wanted(passed_.size(), lt::dont_download);
+  wanted_end_ = std::min(window_pieces_, ti.num_pieces());
+  std::fill_n(wanted.begin(), wanted_end_, lt::default_priority);
+  h.prioritize_pieces(wanted);
   h.set_flags(lt::torrent_flags::sequential_download);
-  Want(0, std::min(window_pieces_, ti.num_pieces()), h);
+  h.unset_flags(lt::torrent_flags::upload_mode);
   return {};
 }
 

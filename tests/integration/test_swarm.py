@@ -583,6 +583,18 @@ class SwarmStreamDeploy(unittest.TestCase):
         self.assertLess(peak, BUDGET)
         self.assertLess(origin.served["/" + name], BIG // 2)
 
+    def test_a_magnet_link_streams_with_the_metadata_from_the_seeder(self):
+        name = "image.raw"
+        origin, url, _, path = self.publish(name)
+        ti = lt.torrent_info(path)
+        magnet = f"magnet:?xt=urn:btih:{ti.info_hashes().v1}&tr={next(iter(ti.trackers())).url}"
+        dev = self.fresh_disk(4096)
+        status = self.assertInstalled(
+            self.deploy(self.manifest(name, url, magnet), dev, "--write-mode", "stream"), name,
+            dev)
+        self.assertIn("stream mode: --write-mode stream", self.step(status, "verify")["comment"])
+        self.assertLess(origin.served["/" + name], len(self.images[name][0]) // 2)
+
     # --- what a peer gets from a streaming agent ------------------------------------------------
 
     def test_a_peer_never_gets_a_piece_from_a_streaming_agent(self):
