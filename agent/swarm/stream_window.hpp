@@ -42,8 +42,11 @@ class StreamWindow {
   // `window_bytes` > 0: RAM the agent grants the pieces ahead of its front.
   explicit StreamWindow(int64_t window_bytes) : window_bytes_(window_bytes) {}
 
-  // The torrent is known (from the .torrent, or its metadata from peers): wants the first pieces.
-  // Returns why stream mode cannot take it (a piece larger than the window), else empty.
+  // The torrent is known (from the .torrent, or its metadata from peers). REQUIRES: it was added
+  // in upload mode (nothing asked for yet). Sets every piece's priority (the window's wanted,
+  // the others not), sequential download, and leaves upload mode. Returns why stream mode
+  // cannot take the torrent (a piece larger than the window, `h` then left as it was), else
+  // empty.
   std::string Start(const lt::torrent_info& ti, const lt::torrent_handle& h);
   // The agent took every piece before `front`: the window moves on. A front that goes back or
   // past the end is ignored.

@@ -169,6 +169,8 @@ Result<FetchStreamResult> StreamSwarm(const SwarmRequest& req, const FetchOption
           .DefaultMessage(failed);
     }
     front = end;
+    // A slow disk is not a stalled swarm: the window was full while the sink worked.
+    last_new = std::chrono::steady_clock::now();
     if (front == pieces) break;
     SendFront(s->helper_.in.get(), front);
   }
