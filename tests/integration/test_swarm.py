@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -24,7 +25,8 @@ from conformance_util import loop_device, qemu_img, random_file, read  # noqa: E
 from daemon_harness import Daemon  # noqa: E402
 from fetch_servers import (AGENT, FaultServer, MemoryCgroup, Route, free_port,  # noqa: E402
                            mbr_image, run_deploy)
-from swarm_util import Origin, Seeder, Tracker, info_hashes, make_torrent, origin_bytes  # noqa: E402
+from swarm_util import (Leecher, Origin, Seeder, Tracker, info_hashes,  # noqa: E402
+                        make_torrent, origin_bytes)
 
 MiB = 1 << 20
 SIZE = 16 * MiB
@@ -480,29 +482,12 @@ class SwarmStreamDeploy(unittest.TestCase):
         random_file(backing, DISK_BYTES, f"{seed}{sector_size}")
         return self.enterContext(loop_device(backing, sector_size))
 
-    def start(self, manifest, disk, *extra, cgroup=None, listen="127.0.0.1:0"):
-        work = tempfile.mkdtemp(dir=self.work)
-        mpath, spath = os.path.join(work, "manifest.json"), os.path.join(work, "status.json")
-        with open(mpath, "w") as f:
-            json.dump(manifest, f)
-        err = open(os.path.join(work, "stderr"), "w+")
-        self.addCleanup(err.close)
-        argv = [AGENT, "deploy", "--manifest", mpath, "--disk", disk, "--status-file", spath,
-                "--efivars", os.path.join(work, "no-efivars"), "--seed-time", "0",
-                "--swarm-listen", listen, "--stall-timeout", "20", *extra]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err,
-                                preexec_fn=cgroup.enter if cgroup else None)
-        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
-        return proc, spath, err
-
-    def finish(self, proc, spath, err, timeout=180):
-        proc.wait(timeout=timeout)
-        err.seek(0)
-        with open(spath) as f:
-            return proc.returncode, json.load(f), err.read()
-
-    def deploy(self, manifest, disk, *extra, cgroup=None):
-        return self.finish(*self.start(manifest, disk, *extra, cgroup=cgroup))
+    def deploy(self, manifest, disk, *extra, cgroup=None, listen="127.0.0.1:0"):
+        """Returns (exit code, final status, stderr)."""
+        run = run_deploy(tempfile.mkdtemp(dir=self.work), manifest, "--disk", disk,
+                         "--seed-time", "0", "--swarm-listen", listen, "--stall-timeout", "20",
+                         *extra, dry_run=False, timeout=180, cgroup=cgroup)
+        return run.returncode, run.status, run.stderr
 
     def step(self, status, name):
         return next(p for p in status["progress"] if p["step"] == name)
@@ -606,12 +591,15 @@ class SwarmStreamDeploy(unittest.TestCase):
         leecher = Leecher(path, os.path.join(self.work, "leecher"))
         self.addCleanup(leecher.close)
         dev = self.fresh_disk(512)
-        proc, spath, err = self.start(self.manifest(name, url, turl), dev, "--write-mode",
-                                      "stream", listen=f"127.0.0.1:{port}")
-        while proc.poll() is None:
+        result = []
+        job = threading.Thread(target=lambda: result.append(self.deploy(
+            self.manifest(name, url, turl), dev, "--write-mode", "stream",
+            listen=f"127.0.0.1:{port}")))
+        job.start()
+        while job.is_alive():
             leecher.poll(("127.0.0.1", port))
             time.sleep(0.05)
-        self.assertInstalled(self.finish(proc, spath, err), name, dev)
+        self.assertInstalled(result[0], name, dev)
         leecher.poll(None)
         self.assertGreater(leecher.max_pieces_seen, 0, "the leecher never saw the agent's pieces")
         self.assertEqual((leecher.hash_failures, leecher.downloaded()), (0, 0))
@@ -680,47 +668,6 @@ class SwarmStreamDeploy(unittest.TestCase):
                 self.assertIn("byoi-agent: ERROR: Deployment cancelled.\n", d.read_console())
                 self.assertUnbootable(dev)
                 d.stop()
-
-
-class Leecher:
-    """A python3-libtorrent peer of `torrent` without trackers or web seeds: its one source is
-    the peer poll() connects it to. Counts the pieces it saw that peer announce, and the pieces
-    that failed their hash check."""
-
-    def __init__(self, torrent, workdir):
-        os.makedirs(workdir, exist_ok=True)
-        self.session = lt.session({
-            "listen_interfaces": f"127.0.0.1:{free_port()}", "enable_dht": False,
-            "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
-            "allow_multiple_connections_per_ip": True, "enable_outgoing_utp": False,
-            "alert_mask": lt.alert.category_t.status_notification})
-        atp = lt.add_torrent_params()
-        atp.ti = lt.torrent_info(torrent)
-        atp.save_path = workdir
-        atp.url_seeds = []
-        self.handle = self.session.add_torrent(atp)
-        self.handle.replace_trackers([])
-        for w in atp.ti.web_seeds():
-            self.handle.remove_url_seed(w["url"])
-        self.max_pieces_seen = 0
-        self.hash_failures = 0
-
-    def poll(self, endpoint):
-        if endpoint and not self.handle.get_peer_info():
-            self.handle.connect_peer(endpoint)
-        for p in self.handle.get_peer_info():
-            self.max_pieces_seen = max(self.max_pieces_seen, sum(1 for b in p.pieces if b))
-        for a in self.session.pop_alerts():
-            if isinstance(a, lt.hash_failed_alert):
-                self.hash_failures += 1
-
-    def downloaded(self):
-        return self.handle.status().total_payload_download
-
-    def close(self):
-        self.session.pause()
-        del self.handle
-        del self.session
 
 
 if __name__ == "__main__":
