@@ -428,7 +428,8 @@ class WriteErrors final : public ByteSink {
 };
 
 // Steps 2-4 at once in stream mode (docs/pipeline.md, "Write modes"): the image flows from the
-// connection through the hasher and the image reader to the disk. Everything the first bytes show
+// connection (or the swarm's window of pieces: "Swarm downloads") through the hasher and the
+// image reader to the disk. Everything the first bytes show
 // (the format against the declared type, the virtual size against the disk, a qcow2 header's
 // refusals) is checked before the first write; the first MiB reaches the disk only once the whole
 // image arrived and its checksum matched. `*touched` tells the caller whether the disk was
