@@ -1,7 +1,8 @@
 // Step 2 of a job through a BitTorrent swarm (docs/pipeline.md, "Swarm downloads"): the image's
 // pieces from the rack's other agents, and from the manifest's URL as the torrent's web seed
 // (BEP 19), into the RAM image buffer; then this agent seeds what it holds while it writes, and for
-// a bounded time after the job is done.
+// a bounded time after the job is done (FetchSwarm, ram mode). In stream mode (StreamSwarm) only
+// a window of pieces ahead of the write is held, streamed to the disk, and nothing is seeded.
 //
 // The peer is byoi-swarm (main.cpp), a program that writes the pieces into the image
 // buffer's memfd itself, libtorrent checking each against the torrent's hashes (a peer that sent a
