@@ -139,7 +139,7 @@ class Seeder:
 class Leecher:
     """A python3-libtorrent peer of `torrent` without trackers or web seeds: its one source is
     the peer poll() connects it to. Counts the pieces it saw that peer announce, and the pieces
-    that failed their hash check."""
+    that failed their hash check; notes whether that peer ever unchoked it."""
 
     def __init__(self, torrent, workdir):
         os.makedirs(workdir, exist_ok=True)
@@ -157,6 +157,7 @@ class Leecher:
         for w in atp.ti.web_seeds():
             self.handle.remove_url_seed(w["url"])
         self.max_pieces_seen = 0
+        self.unchoked = False  # the peer unchoked us at some poll
         self.hash_failures = 0
 
     def poll(self, endpoint):
@@ -164,6 +165,8 @@ class Leecher:
             self.handle.connect_peer(endpoint)
         for p in self.handle.get_peer_info():
             self.max_pieces_seen = max(self.max_pieces_seen, sum(1 for b in p.pieces if b))
+            if not p.flags & lt.peer_info.connecting and not p.flags & lt.peer_info.remote_choked:
+                self.unchoked = True
         for a in self.session.pop_alerts():
             if isinstance(a, lt.hash_failed_alert):
                 self.hash_failures += 1
