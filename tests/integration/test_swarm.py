@@ -612,7 +612,8 @@ class SwarmStreamDeploy(unittest.TestCase):
         name = "image.raw"
         data = self.images[name][0]
         # The torrent describes the image but for its last 4 MiB: the first pieces pass and are
-        # written, then a piece fails its hash check from every source.
+        # written, then a piece fails its hash check from every source. A budget of 32M makes
+        # the window 8 MiB: the bad pieces are not asked for before the front was written.
         tail_differs = data[:-4 * MiB] + random.Random(23).randbytes(4 * MiB)
         for ss in SECTOR_SIZES:
             with self.subTest(sector_size=ss, case="checksum mismatch"):
@@ -629,7 +630,8 @@ class SwarmStreamDeploy(unittest.TestCase):
                                                seeder=False)
                 dev = self.fresh_disk(ss, seed="fail")
                 status = self.assertFailed(
-                    self.deploy(self.manifest(name, url, turl), dev, "--write-mode", "stream"),
+                    self.deploy(self.manifest(name, url, turl), dev, "--write-mode", "stream",
+                                "--memory-limit", "32M"),
                     f"Could not download image located: {url}.")
                 self.assertRegex(status["detail"],
                                  r"^swarm: (piece \d+ failed its hash check 3 times|the web seed "
