@@ -118,12 +118,8 @@ Result<TargetDisk> Plan(const Manifest& manifest, const JobOptions& job) {
   return target;
 }
 
-// Step 2 through the swarm (docs/pipeline.md, "Swarm downloads"): the swarm's figures reach the
-// status as the helper reports them, the download step's comment says where the bytes came from.
-Result<FetchResult> DownloadThroughSwarm(const std::string& torrent, const FetchRequest& req,
-                                         const FetchOptions& opts, const JobOptions& job,
-                                         const ProgressFn& progress, StatusBoard& board,
-                                         const CancelToken& cancel, std::unique_ptr<Swarm>* swarm) {
+// The swarm's options for a job: its figures reach the status as the helper reports them.
+SwarmOptions MakeSwarmOptions(const JobOptions& job, StatusBoard& board) {
   SwarmOptions swarm_opts;
   swarm_opts.upload_rate = job.upload_rate;
   swarm_opts.listen = job.swarm_listen;
@@ -132,21 +128,35 @@ Result<FetchResult> DownloadThroughSwarm(const std::string& torrent, const Fetch
     board.SetSwarm(SwarmStatus{stats.peers, stats.from_peers, stats.from_web_seed, stats.uploaded,
                                stats.hash_failures, seeding});
   };
-  BYOI_ASSIGN_OR_RETURN(FetchResult fetched,
-                        FetchSwarm({req, torrent}, opts, swarm_opts, progress, cancel, swarm));
-  const SwarmStats stats = (*swarm)->stats();
+  return swarm_opts;
+}
+
+// The download step's comment (and log line) after a swarm download: where the bytes came from.
+std::string SwarmComment(uint64_t bytes, double seconds, const SwarmStats& stats) {
   spdlog::info("download: {} through the swarm in {:.1f} s: {} from peers, {} from the web seed",
-               HumanBytes(fetched.image.size()), fetched.seconds, HumanBytes(stats.from_peers),
+               HumanBytes(bytes), seconds, HumanBytes(stats.from_peers),
                HumanBytes(stats.from_web_seed));
-  std::string comment =
-      fmt::format("{} in {:.0f} s through the swarm: {} from peers, {} from the web seed",
-                  HumanBytes(fetched.image.size()), fetched.seconds, HumanBytes(stats.from_peers),
-                  HumanBytes(stats.from_web_seed));
+  std::string comment = fmt::format(
+      "{} in {:.0f} s through the swarm: {} from peers, {} from the web seed", HumanBytes(bytes),
+      seconds, HumanBytes(stats.from_peers), HumanBytes(stats.from_web_seed));
   if (stats.hash_failures > 0) {
     comment += fmt::format("; {} piece(s) failed their hash check, their senders banned",
                            stats.hash_failures);
   }
-  board.FinishStep(Step::kDownload, std::move(comment));
+  return comment;
+}
+
+// Step 2 through the swarm (docs/pipeline.md, "Swarm downloads"): the swarm's figures reach the
+// status as the helper reports them, the download step's comment says where the bytes came from.
+Result<FetchResult> DownloadThroughSwarm(const std::string& torrent, const FetchRequest& req,
+                                         const FetchOptions& opts, const JobOptions& job,
+                                         const ProgressFn& progress, StatusBoard& board,
+                                         const CancelToken& cancel, std::unique_ptr<Swarm>* swarm) {
+  BYOI_ASSIGN_OR_RETURN(
+      FetchResult fetched,
+      FetchSwarm({req, torrent}, opts, MakeSwarmOptions(job, board), progress, cancel, swarm));
+  board.FinishStep(Step::kDownload,
+                   SwarmComment(fetched.image.size(), fetched.seconds, (*swarm)->stats()));
   return fetched;
 }
 
@@ -423,7 +433,8 @@ class WriteErrors final : public ByteSink {
 };
 
 // Steps 2-4 at once in stream mode (docs/pipeline.md, "Write modes"): the image flows from the
-// connection through the hasher and the image reader to the disk. Everything the first bytes show
+// connection (or the swarm's window of pieces: "Swarm downloads") through the hasher and the
+// image reader to the disk. Everything the first bytes show
 // (the format against the declared type, the virtual size against the disk, a qcow2 header's
 // refusals) is checked before the first write; the first MiB reaches the disk only once the whole
 // image arrived and its checksum matched. `*touched` tells the caller whether the disk was
@@ -471,7 +482,14 @@ Status StreamToDisk(const Manifest& manifest, const JobOptions& job, const Targe
     if (sink.writer) board.StepProgress(Step::kWrite, sink.accepted(), vsize_known.value_or(0));
   };
   WriteErrors image_errors(image, msg::CantWrite(TypeName(manifest)));
-  Result<FetchStreamResult> fetched = FetchStream(req, opts, image_errors, progress, cancel);
+  // Through the swarm (docs/pipeline.md, "Swarm downloads"): the window of pieces ahead of the
+  // front is the HTTP download's window; libtorrent's buffers take the receive buffers' share.
+  SwarmStats swarm_stats;
+  Result<FetchStreamResult> fetched =
+      manifest.torrent.empty()
+          ? FetchStream(req, opts, image_errors, progress, cancel)
+          : StreamSwarm({req, manifest.torrent}, opts, MakeSwarmOptions(job, board), mem.window,
+                        image_errors, progress, cancel, &swarm_stats);
   if (!fetched.ok()) {
     return std::move(fetched).status().DefaultMessage(msg::DownloadFailed(manifest.url));
   }
@@ -479,7 +497,10 @@ Status StreamToDisk(const Manifest& manifest, const JobOptions& job, const Targe
   spdlog::info("download: {} in {:.1f} s, {} request(s); image reader peak {}",
                HumanBytes(fetched->bytes), fetched->seconds, fetched->requests,
                HumanBytes(image.memory_peak()));
-  board.FinishStep(Step::kDownload);
+  board.FinishStep(Step::kDownload,
+                   manifest.torrent.empty()
+                       ? std::string()
+                       : SwarmComment(fetched->bytes, fetched->seconds, swarm_stats));
 
   board.BeginStep(Step::kVerify, "verifying image");
   BYOI_RETURN_IF_ERROR(
@@ -730,7 +751,8 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
   std::string why = manifest.write_mode ? fmt::format("writeMode {}", WriteModeName(mode))
                                         : fmt::format("--write-mode {}", WriteModeName(mode));
   std::optional<FetchResult> fetched;
-  // The swarm's helper, while it seeds (a manifest with `torrent`, ram mode).
+  // The swarm's helper, while it seeds (a manifest with `torrent`, ram mode; in stream mode it
+  // stops with the download: what it held is on the disk, not in RAM).
   std::unique_ptr<Swarm> swarm;
   if (mode != WriteMode::kStream) {
     Result<FetchResult> in_ram = Download(manifest, options, board, cancel, &swarm);
@@ -764,15 +786,6 @@ Status RunSteps(const Manifest& manifest, const RunOptions& options, StatusBoard
       s = Attach(Write(manifest, job, image, *target, board, cancel), cant_write);
     }
   } else {
-    if (!manifest.torrent.empty()) {
-      // The swarm fills the RAM buffer; stream mode takes the web seed over HTTP, as without a
-      // torrent (docs/pipeline.md, "Swarm downloads").
-      std::string warning =
-          "the manifest names a torrent but the job streams (" + why +
-          "): the image is downloaded from its URL over HTTP, not through the swarm";
-      spdlog::warn("download: {}", warning);
-      board.Warn(std::move(warning));
-    }
     s = Attach(
         StreamToDisk(manifest, job, target ? &*target : nullptr, why, board, cancel, &touched),
         cant_write);

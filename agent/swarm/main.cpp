@@ -8,11 +8,14 @@
 //       writes a single-file .torrent of IMAGE (v1 + v2 hashes), prints `infohash <hex>`.
 //   byoi-swarm fetch (--torrent FILE | --magnet URI) --capacity BYTES --web-seed-file FILE
 //       [--upload-rate B/s] [--listen IFACES] [--lsd 0|1] [--dht-nodes HOST:PORT,...]
-//       [--peer IP:PORT]... [--max-hash-failures N]
+//       [--peer IP:PORT]... [--max-hash-failures N] [--stream-window BYTES]
 //       downloads into file descriptor 3 (the agent's RAM image, a memfd) and seeds it until its
-//       standard input is closed. Events on stdout, one a line, space-separated key=value:
+//       standard input is closed. With --stream-window (stream mode, stream_window.hpp): only
+//       the window of pieces ahead of the agent's `front N` (read on stdin), uploading nothing.
+//       Events on stdout, one a line, space-separated key=value:
 //         info size= pieces= piece_length= infohash=
 //         progress done= total= peers= seeds= from_peers= from_web_seed= uploaded= hash_failures=
+//         piece N       (stream mode: piece N passed its hash check and is in the memfd)
 //         complete
 //         error kind=<invalid|too_big|failed> <detail...>
 //       then exits 0 after `complete` and the end of stdin, 1 after `error`, 2 on usage.
@@ -56,6 +59,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "agent/swarm/stream_window.hpp"
 
 namespace lt = libtorrent;
 
@@ -218,15 +223,6 @@ std::string EndpointKey(const lt::tcp::endpoint& ep) {
   return a.to_string() + " " + std::to_string(ep.port());
 }
 
-// True once the agent closed our standard input (or wrote "stop"): time to leave.
-bool StdinClosed() {
-  pollfd p{0, POLLIN, 0};
-  if (::poll(&p, 1, 0) <= 0) return false;
-  char buf[256];
-  ssize_t n = ::read(0, buf, sizeof buf);
-  return n <= 0 || std::string(buf, static_cast<size_t>(n)).find("stop") != std::string::npos;
-}
-
 int Fetch(const Args& args) {
   const int64_t capacity = Number(args.Get("capacity", "0"), "capacity");
   if (capacity <= 0) Usage("fetch needs --capacity");
@@ -234,6 +230,9 @@ int Fetch(const Args& args) {
   if (::fstat(kImageFd, &st) != 0) Usage("file descriptor 3 is not open");
   const int max_hash_failures =
       static_cast<int>(Number(args.Get("max-hash-failures", "3"), "max hash failures"));
+  const int64_t stream_window = Number(args.Get("stream-window", "0"), "stream window");
+  std::unique_ptr<byoi_swarm::StreamWindow> window;
+  if (stream_window > 0) window = std::make_unique<byoi_swarm::StreamWindow>(stream_window);
 
   // The directory libtorrent believes it saves into: one symlink, `image`, to the memfd.
   char dir_template[] = "/tmp/byoi-swarm-XXXXXX";
@@ -295,7 +294,20 @@ int Fetch(const Args& args) {
   atp.renamed_files[lt::file_index_t{0}] = "image";
   atp.flags &= ~lt::torrent_flags::auto_managed;
   atp.flags &= ~lt::torrent_flags::paused;
+  if (window) {
+    // Nothing is served (stream_window.hpp says why). No piece is asked for until the window
+    // is set (upload mode, which StreamWindow::Start leaves): a magnet's pieces would all be
+    // wanted the moment its metadata arrived.
+    atp.extensions.push_back(&byoi_swarm::NoUploadPlugin);
+    atp.flags |= lt::torrent_flags::upload_mode;
+  }
 
+  // Stream mode: the torrent's pieces against the window.
+  auto start_window = [&](const lt::torrent_info& ti, const lt::torrent_handle& th) {
+    if (!window) return;
+    const std::string refused = window->Start(ti, th);
+    if (!refused.empty()) Fail("invalid", refused);
+  };
   auto check_files = [&](const lt::torrent_info& ti) {
     if (ti.num_files() != 1) {
       Fail("invalid", "the torrent holds " + std::to_string(ti.num_files()) +
@@ -362,12 +374,25 @@ int Fetch(const Args& args) {
   sp.set_bool(lt::settings_pack::enable_incoming_utp, false);
   // Every peer of the rack may download from us at once (the default unchokes 8 at a time).
   sp.set_int(lt::settings_pack::unchoke_slots_limit, -1);
+  if (window) {
+    // Stream mode: the pieces behind the front are gone (stream_window.hpp). Every peer stays
+    // choked and gets no allowed-fast piece, so none asks; NoUploadPlugin drops what asks anyway.
+    sp.set_int(lt::settings_pack::unchoke_slots_limit, 0);
+    sp.set_int(lt::settings_pack::allowed_fast_set_size, 0);
+    // The window drains whenever the agent is slower than the swarm: libtorrent then counts the
+    // torrent finished, and would close its connections to seeds (and tell them upload-only,
+    // on which they close theirs) just before the window moves on.
+    sp.set_bool(lt::settings_pack::close_redundant_connections, false);
+    sp.set_int(lt::settings_pack::alert_mask,
+               sp.get_int(lt::settings_pack::alert_mask) | lt::alert_category::piece_progress);
+  }
   lt::session_params params(std::move(sp));
   params.disk_io_constructor = lt::posix_disk_io_constructor;
   lt::session ses(std::move(params));
-  if (Number(args.Get("upload-rate", "0"), "upload rate") > 0) {
-    // libtorrent exempts peers on local networks from rate limits (its local peer class); a rack
-    // is one: every peer goes in the global class, which --upload-rate limits.
+  if (Number(args.Get("upload-rate", "0"), "upload rate") > 0 || window) {
+    // libtorrent exempts peers on local networks from rate limits (its local peer class) and
+    // from the unchoke slots; a rack is one: every peer goes in the global class, which
+    // --upload-rate limits and stream mode's 0 unchoke slots choke.
     lt::ip_filter classes;
     const std::uint32_t global = 1u
                                  << static_cast<std::uint32_t>(lt::session::global_peer_class_id);
@@ -378,6 +403,7 @@ int Fetch(const Args& args) {
   }
   lt::torrent_handle h = ses.add_torrent(std::move(atp), ec);
   if (ec) Fail("invalid", "adding the torrent: " + ec.message());
+  if (const auto ti = h.torrent_file()) start_window(*ti, h);
   for (const std::string& peer : args.All("peer")) {
     auto colon = peer.rfind(':');
     if (colon == std::string::npos) Usage("bad peer: " + peer);
@@ -403,8 +429,11 @@ int Fetch(const Args& args) {
   bool reported = false;
   auto last_report = std::chrono::steady_clock::now() - std::chrono::seconds(1);
   auto last_announce = std::chrono::steady_clock::now();
+  byoi_swarm::CommandReader commands;
   for (;;) {
-    if (StdinClosed()) break;
+    const byoi_swarm::CommandReader::Commands c = commands.Poll();
+    if (c.stop) break;
+    if (window && c.front >= 0) window->MoveFront(c.front, h);
     std::vector<lt::alert*> alerts;
     ses.pop_alerts(&alerts);
     for (lt::alert* a : alerts) {
@@ -421,6 +450,7 @@ int Fetch(const Args& args) {
       } else if (auto* m = lt::alert_cast<lt::metadata_received_alert>(a)) {
         auto ti = m->handle.torrent_file();
         check_files(*ti);
+        start_window(*ti, m->handle);
         m->handle.add_url_seed(web_seed);
       } else if (auto* f = lt::alert_cast<lt::hash_failed_alert>(a)) {
         ++hash_failures;
@@ -453,8 +483,14 @@ int Fetch(const Args& args) {
         Fail("failed", e->message());
       } else if (auto* fe = lt::alert_cast<lt::file_error_alert>(a)) {
         Fail("failed", fe->message());
+      } else if (auto* p = lt::alert_cast<lt::piece_finished_alert>(a)) {
+        if (window && window->Passed(static_cast<int>(p->piece_index))) {
+          Event("piece " + std::to_string(static_cast<int>(p->piece_index)));
+          complete = window->complete();
+        }
       } else if (lt::alert_cast<lt::torrent_finished_alert>(a)) {
-        complete = true;
+        // Stream mode: finished means the window is, not the image.
+        if (!window) complete = true;
       }
     }
     auto now = std::chrono::steady_clock::now();
@@ -474,11 +510,13 @@ int Fetch(const Args& args) {
       for (const auto& p : peers) {
         if (p.connection_type == lt::peer_info::standard_bittorrent) ++npeers;
       }
-      Event("progress done=" + std::to_string(s.total_wanted_done) +
-            " total=" + std::to_string(s.total_wanted) + " peers=" + std::to_string(npeers) +
-            " seeds=" + std::to_string(s.num_seeds) + " from_peers=" + std::to_string(from_peers) +
-            " from_web_seed=" + std::to_string(from_web_seed) +
-            " uploaded=" + std::to_string(s.total_payload_upload) +
+      // Stream mode wants the window only: what passed of the whole image.
+      const int64_t done = window ? window->bytes_passed() : s.total_wanted_done;
+      const int64_t total = window ? window->total() : s.total_wanted;
+      Event("progress done=" + std::to_string(done) + " total=" + std::to_string(total) +
+            " peers=" + std::to_string(npeers) + " seeds=" + std::to_string(s.num_seeds) +
+            " from_peers=" + std::to_string(from_peers) + " from_web_seed=" +
+            std::to_string(from_web_seed) + " uploaded=" + std::to_string(s.total_payload_upload) +
             " hash_failures=" + std::to_string(hash_failures));
       if (complete && !reported) {
         Event("complete");

@@ -122,6 +122,13 @@ void Swarm::Handle(const std::string& line) {
     complete_ = true;
     return;
   }
+  if (kind == "piece") {
+    int piece = -1;
+    words >> piece;
+    // At most one event per piece of the image: bounded by the torrent's piece count.
+    if (piece >= 0 && static_cast<uint64_t>(piece) < pieces_) passed_.push_back(piece);
+    return;
+  }
   std::map<std::string, std::string> f;
   std::string word;
   while (words >> word) {
@@ -130,6 +137,8 @@ void Swarm::Handle(const std::string& line) {
   }
   if (kind == "info") {
     stats_.total = Field(f, "size");
+    piece_length_ = Field(f, "piece_length");
+    pieces_ = Field(f, "pieces");
   } else if (kind == "progress") {
     stats_.done = Field(f, "done");
     if (Field(f, "total") > 0) stats_.total = Field(f, "total");
@@ -153,12 +162,13 @@ void Swarm::SeedThenStop(std::chrono::seconds seed_time, const CancelToken& canc
   helper_.Stop();
 }
 
-Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts,
-                               const SwarmOptions& swarm_opts, const ProgressFn& progress,
-                               const CancelToken& cancel, std::unique_ptr<Swarm>* swarm) {
+Result<std::unique_ptr<Swarm>> Swarm::Start(const SwarmRequest& req, const FetchOptions& opts,
+                                            const SwarmOptions& swarm_opts, int image_fd,
+                                            uint64_t capacity,
+                                            const std::vector<std::string>& extra,
+                                            const CancelToken& cancel) {
   const std::string failed = msg::DownloadFailed(req.image.url);
   auto fail = [&failed](Status s) { return std::move(s).DefaultMessage(failed); };
-  const auto t0 = std::chrono::steady_clock::now();
   Result<std::string> helper_path = SwarmHelperPath();
   if (!helper_path.ok()) return fail(std::move(helper_path).status());
   const std::string helper = *helper_path;
@@ -181,17 +191,13 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
   if (!seed_fd_or.ok()) return fail(std::move(seed_fd_or).status());
   UniqueFd seed_fd = std::move(*seed_fd_or);
   argv.insert(argv.end(), {"--web-seed-file", "/proc/self/fd/5"});
-
-  Result<ImageBuffer> image_or = ImageBuffer::Create(opts.memory_budget);
-  if (!image_or.ok()) return fail(std::move(image_or).status());
-  ImageBuffer image = std::move(*image_or);
-  const int image_fd = image.fd();
   argv.insert(argv.end(),
-              {"--capacity", std::to_string(image.capacity()), "--upload-rate",
+              {"--capacity", std::to_string(capacity), "--upload-rate",
                std::to_string(swarm_opts.upload_rate), "--lsd", swarm_opts.lsd ? "1" : "0",
                "--dht-nodes", swarm_opts.dht_nodes, "--listen", swarm_opts.listen,
                "--max-hash-failures", std::to_string(swarm_opts.max_hash_failures)});
   for (const std::string& peer : swarm_opts.peers) argv.insert(argv.end(), {"--peer", peer});
+  argv.insert(argv.end(), extra.begin(), extra.end());
 
   auto s = std::unique_ptr<Swarm>(new Swarm());
   s->on_stats_ = swarm_opts.on_stats;
@@ -200,6 +206,50 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
       StartHelper(argv, {image_fd, torrent_fd.valid() ? torrent_fd.get() : image_fd, seed_fd.get()},
                   s->helper_));
   s->reader_ = std::thread([raw = s.get()] { raw->Read(); });
+  return s;
+}
+
+Status Swarm::Failure(const SwarmRequest& req, const FetchOptions& opts,
+                      const CancelToken& cancel) {
+  std::unique_lock lock(mu_);
+  const std::string kind = error_kind_, detail = error_detail_;
+  const bool ended = ended_;
+  const SwarmStats now = stats_;
+  lock.unlock();
+  helper_.in.Reset();  // stops the helper
+  if (reader_.joinable()) reader_.join();
+  helper_.Stop();
+  BYOI_RETURN_IF_ERROR(cancel.Check());
+  const std::string failed = msg::DownloadFailed(req.image.url);
+  if (kind == "too_big") {
+    return Status::Error(Code::kTooBig, detail,
+                         msg::TooBigForMemory(ImageTypeName(req.image.type)));
+  }
+  if (!kind.empty()) {
+    return Status::Error(kind == "invalid" ? Code::kInvalid : Code::kIo, "swarm: " + detail,
+                         failed);
+  }
+  if (ended) return Status::Error(Code::kIo, "swarm: the helper exited unexpectedly", failed);
+  return Status::Error(
+      Code::kIo,
+      "swarm: no new piece for " +
+          std::to_string(
+              std::chrono::duration_cast<std::chrono::seconds>(opts.stall_timeout).count()) +
+          " s (" + std::to_string(now.done) + " of " + std::to_string(now.total) + " bytes)",
+      failed);
+}
+
+Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts,
+                               const SwarmOptions& swarm_opts, const ProgressFn& progress,
+                               const CancelToken& cancel, std::unique_ptr<Swarm>* swarm) {
+  const std::string failed = msg::DownloadFailed(req.image.url);
+  auto fail = [&failed](Status s) { return std::move(s).DefaultMessage(failed); };
+  const auto t0 = std::chrono::steady_clock::now();
+  Result<ImageBuffer> image_or = ImageBuffer::Create(opts.memory_budget);
+  if (!image_or.ok()) return fail(std::move(image_or).status());
+  ImageBuffer image = std::move(*image_or);
+  BYOI_ASSIGN_OR_RETURN(std::unique_ptr<Swarm> s, Swarm::Start(req, opts, swarm_opts, image.fd(),
+                                                               image.capacity(), {}, cancel));
 
   // Until complete: progress, the stall timer, cancellation.
   uint64_t last_done = 0;
@@ -222,32 +272,11 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
       if (progress) progress(now.done, now.total);
       lock.lock();
     }
-  }
-  std::unique_lock lock(s->mu_);
-  if (!s->complete_) {
-    const std::string kind = s->error_kind_, detail = s->error_detail_;
-    const bool ended = s->ended_;
-    lock.unlock();
-    s.reset();  // stops the helper
-    BYOI_RETURN_IF_ERROR(cancel.Check());
-    if (kind == "too_big") {
-      return Status::Error(Code::kTooBig, detail,
-                           msg::TooBigForMemory(ImageTypeName(req.image.type)));
+    if (!s->complete_) {
+      lock.unlock();
+      return s->Failure(req, opts, cancel);
     }
-    if (!kind.empty()) {
-      return Status::Error(kind == "invalid" ? Code::kInvalid : Code::kIo, "swarm: " + detail,
-                           failed);
-    }
-    if (ended) return Status::Error(Code::kIo, "swarm: the helper exited unexpectedly", failed);
-    return Status::Error(
-        Code::kIo,
-        "swarm: no new piece for " +
-            std::to_string(
-                std::chrono::duration_cast<std::chrono::seconds>(opts.stall_timeout).count()) +
-            " s (" + std::to_string(now.done) + " of " + std::to_string(now.total) + " bytes)",
-        failed);
   }
-  lock.unlock();
   if (progress) progress(now.total, now.total);
 
   // The helper wrote into the memfd; the buffer learns its size from the last byte.

@@ -1,7 +1,8 @@
 // Step 2 of a job through a BitTorrent swarm (docs/pipeline.md, "Swarm downloads"): the image's
 // pieces from the rack's other agents, and from the manifest's URL as the torrent's web seed
 // (BEP 19), into the RAM image buffer; then this agent seeds what it holds while it writes, and for
-// a bounded time after the job is done.
+// a bounded time after the job is done (FetchSwarm, ram mode). In stream mode (StreamSwarm) only
+// a window of pieces ahead of the write is held, streamed to the disk, and nothing is seeded.
 //
 // The peer is byoi-swarm (main.cpp), a program that writes the pieces into the image
 // buffer's memfd itself, libtorrent checking each against the torrent's hashes (a peer that sent a
@@ -19,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/base/byte_sink.hpp"
 #include "agent/base/cancel.hpp"
 #include "agent/base/status.hpp"
 #include "agent/fetch/fetch.hpp"
@@ -76,6 +78,20 @@ class Swarm {
   friend Result<FetchResult> FetchSwarm(const SwarmRequest&, const FetchOptions&,
                                         const SwarmOptions&, const ProgressFn&, const CancelToken&,
                                         std::unique_ptr<Swarm>*);
+  friend Result<FetchStreamResult> StreamSwarm(const SwarmRequest&, const FetchOptions&,
+                                               const SwarmOptions&, uint64_t, ByteSink&,
+                                               const ProgressFn&, const CancelToken&, SwarmStats*);
+  // Fetches the .torrent (a magnet link goes as it is) and starts the helper with `image_fd` as
+  // its descriptor 3 and `extra` arguments after the common ones; the reader thread runs.
+  // Errors carry the download failed message.
+  static Result<std::unique_ptr<Swarm>> Start(const SwarmRequest& req, const FetchOptions& opts,
+                                              const SwarmOptions& swarm_opts, int image_fd,
+                                              uint64_t capacity,
+                                              const std::vector<std::string>& extra,
+                                              const CancelToken& cancel);
+  // Why the helper stopped before the image was complete: its error, its exit, a stall after
+  // `stall_timeout`, the cancel. Stops the helper first. REQUIRES: mu_ not held.
+  Status Failure(const SwarmRequest& req, const FetchOptions& opts, const CancelToken& cancel);
   // The reader thread: the helper's events, one a line, until its stdout ends.
   void Read();
   void Handle(const std::string& line);  // REQUIRES: mu_ held
@@ -87,8 +103,11 @@ class Swarm {
   std::condition_variable changed_;  // an event arrived, or the helper's stdout ended
   SwarmStats stats_;
   bool complete_ = false;
-  bool ended_ = false;      // the helper's stdout ended: it exited
-  std::string error_kind_;  // from an `error` event: invalid, too_big, failed
+  uint64_t piece_length_ = 0;  // from the `info` event
+  uint64_t pieces_ = 0;        // from the `info` event
+  std::vector<int> passed_;    // stream mode: `piece N` events not yet taken by StreamSwarm
+  bool ended_ = false;         // the helper's stdout ended: it exited
+  std::string error_kind_;     // from an `error` event: invalid, too_big, failed
   std::string error_detail_;
 };
 
@@ -102,5 +121,19 @@ class Swarm {
 Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts,
                                const SwarmOptions& swarm_opts, const ProgressFn& progress,
                                const CancelToken& cancel, std::unique_ptr<Swarm>* swarm);
+
+// Stream mode through the swarm (docs/pipeline.md, "Swarm downloads"): the helper downloads into
+// a sparse memfd only the pieces of a window of `window_bytes` ahead of the front; the front goes
+// to `sink` in byte order (ByteSink's contract), with the digests computed over the same bytes,
+// and is then punched out of the memfd. The helper uploads nothing and is stopped on return:
+// there is nothing whole to seed. `progress` and `cancel` as for FetchSwarm; `*stats` (may be
+// null) gets the swarm's figures at the end, on success or failure.
+// Errors: the sink's as they are; the swarm's as FetchSwarm's (download failed, cancelled), with
+// the sink holding a prefix of the image. Memory: at most `window_bytes` of pieces (a torrent
+// whose piece is larger fails), plus the helper's own (libtorrent's buffers).
+Result<FetchStreamResult> StreamSwarm(const SwarmRequest& req, const FetchOptions& opts,
+                                      const SwarmOptions& swarm_opts, uint64_t window_bytes,
+                                      ByteSink& sink, const ProgressFn& progress,
+                                      const CancelToken& cancel, SwarmStats* stats);
 
 }  // namespace byoi

@@ -137,6 +137,50 @@ class Seeder:
         del self.session
 
 
+class Leecher:
+    """A python3-libtorrent peer of `torrent` without trackers or web seeds: its one source is
+    the peer poll() connects it to. Counts the pieces it saw that peer announce, and the pieces
+    that failed their hash check; notes whether that peer ever unchoked it."""
+
+    def __init__(self, torrent, workdir):
+        os.makedirs(workdir, exist_ok=True)
+        self.session = lt.session({
+            "listen_interfaces": f"127.0.0.1:{free_port()}", "enable_dht": False,
+            "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+            "allow_multiple_connections_per_ip": True, "enable_outgoing_utp": False,
+            "alert_mask": lt.alert.category_t.status_notification})
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(torrent)
+        atp.save_path = workdir
+        atp.url_seeds = []
+        self.handle = self.session.add_torrent(atp)
+        self.handle.replace_trackers([])
+        for w in atp.ti.web_seeds():
+            self.handle.remove_url_seed(w["url"])
+        self.max_pieces_seen = 0
+        self.unchoked = False  # the peer unchoked us at some poll
+        self.hash_failures = 0
+
+    def poll(self, endpoint):
+        if endpoint and not self.handle.get_peer_info():
+            self.handle.connect_peer(endpoint)
+        for p in self.handle.get_peer_info():
+            self.max_pieces_seen = max(self.max_pieces_seen, sum(1 for b in p.pieces if b))
+            if not p.flags & lt.peer_info.connecting and not p.flags & lt.peer_info.remote_choked:
+                self.unchoked = True
+        for a in self.session.pop_alerts():
+            if isinstance(a, lt.hash_failed_alert):
+                self.hash_failures += 1
+
+    def downloaded(self):
+        return self.handle.status().total_payload_download
+
+    def close(self):
+        self.session.pause()
+        del self.handle
+        del self.session
+
+
 class Origin:
     """The image's origin on 127.0.0.1: GET (with `Range: bytes=N-M` answered 206) of `files`
     ({path: bytes}), each connection limited to `rate` bytes per second when given. `served`
@@ -230,4 +274,4 @@ def origin_bytes(server, path, size):
     return total
 
 
-__all__ = ["Tracker", "Seeder", "Origin", "make_torrent", "info_hashes", "origin_bytes"]
+__all__ = ["Tracker", "Seeder", "Leecher", "Origin", "make_torrent", "info_hashes", "origin_bytes"]

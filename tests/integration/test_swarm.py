@@ -14,18 +14,26 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import libtorrent as lt  # noqa: E402
 
-from fetch_servers import AGENT, FaultServer, Route, mbr_image, run_deploy  # noqa: E402
-from swarm_util import Origin, Seeder, Tracker, info_hashes, make_torrent, origin_bytes  # noqa: E402
+from conformance_util import loop_device, qemu_img, random_file, read  # noqa: E402
+from daemon_harness import Daemon  # noqa: E402
+from fetch_servers import (AGENT, FaultServer, MemoryCgroup, Route, free_port,  # noqa: E402
+                           mbr_image, run_deploy)
+from swarm_util import (Leecher, Origin, Seeder, Tracker, info_hashes,  # noqa: E402
+                        make_torrent, origin_bytes)
 
 MiB = 1 << 20
 SIZE = 16 * MiB
 PIECE = 256 << 10
+# The auto stream test: an image over the RAM budget.
+BIG = 160 * MiB
+BUDGET = 96 * MiB
 
 
 class TorrentCommand(unittest.TestCase):
@@ -398,13 +406,272 @@ class SwarmDeploy(unittest.TestCase):
         self.assertLess(run.seconds, 5)
         self.assertEqual(helpers(), [])
 
-    def test_stream_mode_takes_the_web_seed_over_http_and_says_so(self):
-        url, turl, _ = self.publish(Route(self.data))
-        run = self.deploy(url, turl, None, "--write-mode", "stream")
-        self.assert_installed(run)
-        self.assertIn("the manifest names a torrent but the job streams (--write-mode stream): "
-                      "the image is downloaded from its URL over HTTP, not through the swarm",
-                      run.status["warnings"])
+
+DISK_BYTES = 64 * MiB
+SECTOR_SIZES = (512, 4096)
+
+
+class SwarmStreamDeploy(unittest.TestCase):
+    """Stream mode through the swarm (docs/pipeline.md, "Swarm downloads"): onto loop devices of
+    512- and 4096-byte sectors pre-filled with random bytes, a raw image and a qcow2 image from
+    an origin that counts what it sends, a seeder holding the image file."""
+
+    @classmethod
+    def setUpClass(cls):
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root (loop devices)")
+        cls._tmp = tempfile.TemporaryDirectory(prefix="byoi-swarm-stream-", dir="/var/tmp")
+        cls.dir = cls._tmp.name
+        cls.images = {}  # name -> (bytes of the file, bytes of its virtual disk per qemu-img)
+        # One MBR partition at LBA 256 of 2048 sectors: within the disk whether its sectors are
+        # 512 or 4096 bytes, so the same images deploy onto both kinds of loop device.
+        raw = bytearray(mbr_image(24 * MiB, seed=21))
+        raw[446 + 8:446 + 16] = (256).to_bytes(4, "little") + (2048).to_bytes(4, "little")
+        cls.images["image.raw"] = (bytes(raw), bytes(raw))
+        disk = os.path.join(cls.dir, "qcow2-source.raw")
+        random_file(disk, 40 * MiB, "swarm-stream-qcow2")
+        subprocess.run(["sfdisk", "-q", disk], input="label: dos\nstart=256, size=2048, type=83\n",
+                       text=True, check=True, capture_output=True)
+        qcow2 = os.path.join(cls.dir, "image.qcow2")
+        qemu_img("convert", "-f", "raw", "-O", "qcow2", disk, qcow2)
+        virtual = os.path.join(cls.dir, "qcow2-virtual.raw")
+        qemu_img("convert", "-f", "qcow2", "-O", "raw", qcow2, virtual)
+        cls.images["image.qcow2"] = (read(qcow2), read(virtual))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def setUp(self):
+        self.seeders = []
+        self.addCleanup(lambda: [s.close() for s in self.seeders])
+        self.work = tempfile.mkdtemp(dir=self.dir)
+
+    def publish(self, name, rate=2_000_000, torrent_data=None, seeder=True, piece=PIECE):
+        """`name` on an Origin at `rate` bytes per second per connection, its torrent beside it
+        (made from `torrent_data` when given), a seeder of it when asked. Returns (origin, image
+        URL, torrent URL, torrent path)."""
+        data = self.images[name][0]
+        work = tempfile.mkdtemp(dir=self.work)
+        src = os.path.join(work, name)
+        with open(src, "wb") as f:
+            f.write(data if torrent_data is None else torrent_data)
+        origin = Origin({"/" + name: data}, rate=rate)
+        self.addCleanup(origin.close)
+        tracker = Tracker()
+        self.addCleanup(tracker.close)
+        path = src + ".torrent"
+        lines = make_torrent(src, origin.url("/" + name), path, trackers=[tracker.announce],
+                             piece_length=piece)
+        tracker.start(info_hashes(lines))
+        with open(path, "rb") as f:
+            origin.files["/" + name + ".torrent"] = f.read()
+        origin.served["/" + name + ".torrent"] = 0
+        if seeder:
+            self.seeders.append(Seeder(path, data, work))
+        return origin, origin.url("/" + name), origin.url("/" + name + ".torrent"), path
+
+    def manifest(self, name, url, turl, checksum=None):
+        data = self.images[name][0]
+        return {"URL": url, "type": name.rsplit(".", 1)[-1], "checkSumType": "sha256",
+                "checkSum": checksum or hashlib.sha256(data).hexdigest(), "torrent": turl}
+
+    def fresh_disk(self, sector_size, seed="disk"):
+        """A loop device over DISK_BYTES of random bytes (the same for the same seed)."""
+        backing = os.path.join(self.work, f"{seed}-{sector_size}-{time.monotonic_ns()}.img")
+        random_file(backing, DISK_BYTES, f"{seed}{sector_size}")
+        return self.enterContext(loop_device(backing, sector_size))
+
+    def deploy(self, manifest, disk, *extra, cgroup=None, listen="127.0.0.1:0"):
+        """Returns (exit code, final status, stderr)."""
+        run = run_deploy(tempfile.mkdtemp(dir=self.work), manifest, "--disk", disk,
+                         "--seed-time", "0", "--swarm-listen", listen, "--stall-timeout", "20",
+                         *extra, dry_run=False, timeout=180, cgroup=cgroup)
+        return run.returncode, run.status, run.stderr
+
+    def step(self, status, name):
+        return next(p for p in status["progress"] if p["step"] == name)
+
+    def assertInstalled(self, result, name, disk):
+        code, status, stderr = result
+        self.assertEqual(code, 0, stderr[-3000:])
+        self.assertEqual(status["status"], "done")
+        virtual = self.images[name][1]
+        self.assertTrue(read(disk, 0, len(virtual)) == virtual, "the disk differs from qemu-img's")
+        return status
+
+    def assertFailed(self, result, message):
+        code, status, stderr = result
+        self.assertEqual(code, 1, stderr[-3000:])
+        self.assertEqual((status["status"], status["message"]), ("error", message), stderr[-3000:])
+        return status
+
+    def assertUnbootable(self, dev):
+        zeros = bytes(MiB)
+        self.assertEqual(read(dev, 0, MiB), zeros, "first MiB not zeroed")
+        self.assertEqual(read(dev, DISK_BYTES - MiB, MiB), zeros, "last MiB not zeroed")
+
+    # --- what lands ----------------------------------------------------------------------------
+
+    def test_stream_mode_through_the_swarm_writes_what_ram_mode_writes(self):
+        for name in ("image.raw", "image.qcow2"):
+            origin, url, turl, _ = self.publish(name)
+            size = len(self.images[name][0])
+            for ss in SECTOR_SIZES:
+                with self.subTest(image=name, sector_size=ss):
+                    disks = {}
+                    for mode in ("stream", "ram"):
+                        before = origin.served["/" + name]
+                        disks[mode] = self.fresh_disk(ss, seed="same")
+                        status = self.assertInstalled(
+                            self.deploy(self.manifest(name, url, turl), disks[mode],
+                                        "--write-mode", mode), name, disks[mode])
+                        self.assertIn(f"{mode} mode: --write-mode {mode}",
+                                      self.step(status, "verify")["comment"])
+                        self.assertRegex(self.step(status, "download")["comment"],
+                                         r" through the swarm: \d+(\.\d)? MiB from peers, ")
+                        # The seeder spares the origin.
+                        self.assertLess(origin.served["/" + name] - before, size // 2)
+                        self.assertGreater(status["swarm"]["fromPeers"], size // 2)
+                        self.assertEqual(status["swarm"]["fromPeers"] +
+                                         status["swarm"]["fromWebSeed"], size)
+                        if mode == "stream":
+                            # Nothing whole to seed, nothing sent (docs/pipeline.md).
+                            self.assertEqual((status["swarm"]["seeding"],
+                                              status["swarm"]["uploaded"]), (False, 0))
+                            self.assertEqual(status["warnings"], [])
+                    self.assertTrue(read(disks["stream"]) == read(disks["ram"]),
+                                    "stream mode's disk differs from ram mode's")
+
+    def test_auto_streams_an_image_over_the_budget_through_the_swarm_within_it(self):
+        cgroup = MemoryCgroup()
+        self.addCleanup(cgroup.close)
+        if cgroup.peak() is None:
+            self.skipTest("no memory cgroup on this machine")
+        name = "big.raw"
+        data = mbr_image(BIG, seed=22)
+        self.images[name] = (data, data)
+        self.addCleanup(self.images.pop, name)
+        origin, url, turl, _ = self.publish(name, rate=8_000_000)
+        disk = os.path.join(self.work, "big-disk.img")
+        with open(disk, "wb") as f:
+            f.truncate(BIG + 16 * MiB)
+        status = self.assertInstalled(
+            self.deploy(self.manifest(name, url, turl), disk, "--memory-limit", str(BUDGET),
+                        cgroup=cgroup), name, disk)
+        self.assertIn("stream mode: the image does not fit the RAM budget",
+                      self.step(status, "verify")["comment"])
+        peak = cgroup.peak()
+        print(f"\n{BIG // MiB} MiB image through the swarm, --memory-limit {BUDGET // MiB}M: "
+              f"peak {peak / MiB:.1f} MiB; {origin.served['/' + name] / MiB:.1f} MiB from the "
+              f"origin", file=sys.stderr)
+        self.assertLess(peak, BUDGET)
+        self.assertLess(origin.served["/" + name], BIG // 2)
+
+    def test_a_magnet_link_streams_with_the_metadata_from_the_seeder(self):
+        name = "image.raw"
+        origin, url, _, path = self.publish(name)
+        ti = lt.torrent_info(path)
+        magnet = f"magnet:?xt=urn:btih:{ti.info_hashes().v1}&tr={next(iter(ti.trackers())).url}"
+        dev = self.fresh_disk(4096)
+        status = self.assertInstalled(
+            self.deploy(self.manifest(name, url, magnet), dev, "--write-mode", "stream"), name,
+            dev)
+        self.assertIn("stream mode: --write-mode stream", self.step(status, "verify")["comment"])
+        self.assertLess(origin.served["/" + name], len(self.images[name][0]) // 2)
+
+    # --- what a peer gets from a streaming agent ------------------------------------------------
+
+    def test_a_peer_never_gets_a_piece_from_a_streaming_agent(self):
+        # The only source of a leecher is the streaming agent, which sends HAVEs as pieces pass
+        # and punches them out of RAM once written: it must send nothing, never zeros.
+        name = "image.raw"
+        _, url, turl, path = self.publish(name, rate=6_000_000, seeder=False)
+        port = free_port()
+        leecher = Leecher(path, os.path.join(self.work, "leecher"))
+        self.addCleanup(leecher.close)
+        dev = self.fresh_disk(512)
+        result = []
+        job = threading.Thread(target=lambda: result.append(self.deploy(
+            self.manifest(name, url, turl), dev, "--write-mode", "stream",
+            listen=f"127.0.0.1:{port}")))
+        job.start()
+        while job.is_alive():
+            leecher.poll(("127.0.0.1", port))
+            time.sleep(0.05)
+        self.assertInstalled(result[0], name, dev)
+        leecher.poll(None)
+        self.assertGreater(leecher.max_pieces_seen, 0, "the leecher never saw the agent's pieces")
+        # Choked throughout (so it never asks); a request would be dropped unanswered anyway.
+        self.assertEqual((leecher.unchoked, leecher.hash_failures, leecher.downloaded()),
+                         (False, 0, 0))
+
+    # --- failures --------------------------------------------------------------------------------
+
+    def test_failures_once_writing_began_leave_nothing_bootable(self):
+        name = "image.raw"
+        data = self.images[name][0]
+        # The torrent describes the image but for its last 4 MiB: the first pieces pass and are
+        # written, then a piece fails its hash check from every source. A budget of 32M makes
+        # the window 8 MiB: the bad pieces are not asked for before the front was written.
+        tail_differs = data[:-4 * MiB] + random.Random(23).randbytes(4 * MiB)
+        for ss in SECTOR_SIZES:
+            with self.subTest(sector_size=ss, case="checksum mismatch"):
+                _, url, turl, _ = self.publish(name)
+                dev = self.fresh_disk(ss, seed="fail")
+                self.assertFailed(
+                    self.deploy(self.manifest(name, url, turl, checksum="0" * 64), dev,
+                                "--write-mode", "stream"),
+                    f"Bad sha256 for downloaded file, got: {hashlib.sha256(data).hexdigest()} "
+                    f"while expecting {'0' * 64}.")
+                self.assertUnbootable(dev)
+            with self.subTest(sector_size=ss, case="a torrent that does not match the web seed"):
+                _, url, turl, _ = self.publish(name, rate=None, torrent_data=tail_differs,
+                                               seeder=False)
+                dev = self.fresh_disk(ss, seed="fail")
+                status = self.assertFailed(
+                    self.deploy(self.manifest(name, url, turl), dev, "--write-mode", "stream",
+                                "--memory-limit", "32M"),
+                    f"Could not download image located: {url}.")
+                self.assertRegex(status["detail"],
+                                 r"^swarm: (piece \d+ failed its hash check 3 times|the web seed "
+                                 r"sent pieces that failed their hash check 5 times): the torrent "
+                                 r"does not match the image its web seed serves$")
+                self.assertGreater(self.step(status, "write")["bytesDone"], 0)
+                self.assertUnbootable(dev)
+
+    def test_a_piece_larger_than_the_window_is_refused_before_the_first_write(self):
+        name = "image.raw"
+        _, url, turl, _ = self.publish(name, seeder=False, piece=4 * MiB)
+        dev = self.fresh_disk(4096, seed="untouched")
+        before = read(dev)
+        status = self.assertFailed(
+            self.deploy(self.manifest(name, url, turl), dev, "--write-mode", "stream",
+                        "--memory-limit", "8M"),
+            f"Could not download image located: {url}.")
+        self.assertEqual(status["detail"], "swarm: the torrent's pieces are 4194304 bytes, "
+                                           "larger than stream mode's window of 2097152 bytes")
+        self.assertTrue(read(dev) == before, "the disk was touched")
+
+    def test_a_delete_mid_stream_leaves_nothing_bootable(self):
+        name = "image.raw"
+        _, url, turl, _ = self.publish(name, rate=1_000_000, seeder=False)
+        for ss in SECTOR_SIZES:
+            with self.subTest(sector_size=ss):
+                dev = self.fresh_disk(ss, seed="cancel")
+                workdir = tempfile.mkdtemp(dir=self.work)
+                d = Daemon(workdir, disk=dev, extra_args=["--swarm-listen", "127.0.0.1:0"])
+                self.addCleanup(d.stop)
+                manifest = dict(self.manifest(name, url, turl), writeMode="stream")
+                code, _, body = d.request("POST", "/v1/bringYourOwnImage", manifest)
+                self.assertEqual(code, 202, body)
+                d.wait_status(lambda s: s["status"] != "doing" or
+                              self.step(s, "write")["bytesDone"] > 0, timeout=60)
+                code, _, body = d.request("DELETE", "/v1/bringYourOwnImage")
+                self.assertEqual((code, body), (204, b""))
+                self.assertIn("byoi-agent: ERROR: Deployment cancelled.\n", d.read_console())
+                self.assertUnbootable(dev)
+                d.stop()
 
 
 if __name__ == "__main__":
