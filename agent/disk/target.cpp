@@ -40,6 +40,7 @@ AlignedBuffer::~AlignedBuffer() { std::free(data_); }
 Result<Target> Target::Open(const std::string& path, const Options& options) {
   Target t;
   t.path_ = path;
+  t.flush_every_ = options.flush_every;
   struct stat st {};
   bool exists = ::stat(path.c_str(), &st) == 0;
   if (!exists && (errno != ENOENT || !options.file_size)) {
@@ -162,7 +163,9 @@ Status Target::WriteZeros(uint64_t offset, uint64_t length) {
 }
 
 Status Target::Written(uint64_t bytes) {
-  if (unflushed_->bytes.fetch_add(bytes) + bytes < kFlushEvery) return Status::Ok();
+  if (flush_every_ == 0 || unflushed_->bytes.fetch_add(bytes) + bytes < flush_every_) {
+    return Status::Ok();
+  }
   if (unflushed_->flushing.exchange(true)) return Status::Ok();  // another thread flushes
   unflushed_->bytes = 0;
   Status s = Sync();
