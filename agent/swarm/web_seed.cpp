@@ -23,8 +23,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-// A unit of the origin's work: whole pieces, about this many bytes.
-constexpr int64_t kUnitBytes = 1 << 20;
+// A unit of the origin's work: whole pieces, at least this many bytes. Small units divide the
+// work finely (an agent's first picks, made before it sees the whole rack, rarely collide).
+constexpr int64_t kUnitBytes = 256 << 10;
 // In a rack, a request asks for at most this many bytes: a unit taken by the wrong agent (two that
 // do not yet see each other) costs the origin little.
 constexpr int64_t kRackRunBytes = 4 << 20;
@@ -35,6 +36,9 @@ constexpr int64_t kAloneRunMax = 64 << 20;
 // A rack's agents start within a second or two of each other and only then see each other: until
 // an agent has been alone this long it asks for one unit at a time on one connection.
 constexpr auto kAloneAfter = 2s;
+// An agent that knows (from its tracker's answer) of more agents downloading than it is connected
+// to waits at most this long for them before its first request.
+constexpr auto kMaxSettle = 1s;
 // The agent ranked r for a unit takes it once it stayed open r x this (at least; 3 x a recent
 // unit's time from the origin when that is longer).
 constexpr auto kStealAfter = 3s;
@@ -149,6 +153,7 @@ struct WebSeed::Transfer {
   std::optional<ContentRange> range;
   bool complete = false;
   bool got_piece = false;
+  int kind = 0;     // what the pieces count as: kAlone, kOwned, kTakenOver
   std::string bad;  // why the answer was refused, when it was
   Clock::time_point began;
   char errbuf[CURL_ERROR_SIZE] = {};
@@ -245,9 +250,15 @@ void WebSeed::Refresh() {
     lt::torrent_status s = handle_.status(lt::torrent_handle::query_pieces);
     if (s.is_seeding || s.is_finished) {
       finished_ = true;
+      // For the agent's log (tests/fleet reads it): how the origin's work was shared.
+      Log("fetched " + std::to_string(fetched_[kAlone]) + " bytes alone, " +
+          std::to_string(fetched_[kOwned]) + " as the owner, " +
+          std::to_string(fetched_[kTakenOver]) + " taken over");
       return;
     }
     if (s.state != lt::torrent_status::downloading) return;
+    if (started_ == Clock::time_point::max()) started_ = now;
+    incomplete_ = s.num_incomplete;
     std::vector<int> avail;
     handle_.piece_availability(avail);
     std::vector<lt::partial_piece_info> queue = handle_.get_download_queue();
@@ -290,21 +301,17 @@ void WebSeed::Refresh() {
     members.erase(std::unique(members.begin(), members.end()), members.end());
     if (members.size() > 1) alone_since_ = Clock::time_point::max();
     if (members.size() == 1 && alone_since_ == Clock::time_point::max()) alone_since_ = now;
+    if (debug_ && members != members_) {
+      Log("agents " + std::to_string(members.size()) + " at " +
+          std::to_string(
+              std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch())
+                  .count() %
+              100000));
+    }
     members_ = std::move(members);
     agents_ = static_cast<int>(members_.size());
   } catch (const std::exception&) {
     return;  // the torrent is being removed: the helper is stopping
-  }
-  if (std::getenv("BYOI_SWARM_DEBUG") != nullptr) {
-    for (int i = 0; i < static_cast<int>(pieces_.size()); ++i) {
-      const Piece& p = pieces_[i];
-      if (p.have) continue;
-      std::fprintf(stderr,
-                   "byoi-swarm: web seed: piece %d wanted=%d available=%d downloading=%d "
-                   "in_flight=%d handed=%d\n",
-                   i, p.wanted, p.available, p.downloading, p.in_flight,
-                   p.handed != Clock::time_point::max());
-    }
   }
   for (size_t u = 0; u < open_since_.size(); ++u) {
     bool open = false;
@@ -322,16 +329,28 @@ void WebSeed::Refresh() {
 
 void WebSeed::StartTransfers() {
   const auto now = Clock::now();
-  if (finished_ || now < retry_at_) return;
+  if (finished_ || now < retry_at_ || started_ == Clock::time_point::max()) return;
+  // The tracker counts more agents downloading than we see: they are connecting; asking now would
+  // take units that are theirs.
+  if (transfers_.empty() && fetched_[kAlone] + fetched_[kOwned] + fetched_[kTakenOver] == 0 &&
+      agents_ < incomplete_ && now - started_ < kMaxSettle) {
+    return;
+  }
   const bool alone =
       agents_ == 1 && alone_since_ != Clock::time_point::max() && now - alone_since_ >= kAloneAfter;
-  const int slots = alone ? config_.connections : std::max(1, config_.connections / agents_);
+  const int slots = alone          ? config_.connections
+                    : agents_ == 1 ? 1
+                                   : std::max(1, config_.connections / agents_);
   const int64_t total = ti_->total_size();
   const int64_t max_run =
       alone ? std::clamp<int64_t>(total / (4 * config_.connections), kAloneRunMin, kAloneRunMax)
       : agents_ == 1 ? kUnitBytes
                      : kRackRunBytes;
-  const auto steal_after = std::max<Clock::duration>(kStealAfter, 3 * unit_time_);
+  // The owner of an open unit may have this many to fetch before it: the wait before another
+  // takes it over grows with them.
+  const int64_t open_units = std::count_if(open_since_.begin(), open_since_.end(),
+                                           [](auto t) { return t != Clock::time_point::max(); });
+  const auto steal_after = kStealAfter + unit_time_ * (2 * open_units / agents_ + 1);
   // Which open units may this agent take now: its own, and others' that stayed open long enough.
   auto may_take = [&](int u) -> int {  // its rank, or -1
     if (open_since_[u] == Clock::time_point::max()) return -1;
@@ -343,20 +362,25 @@ void WebSeed::StartTransfers() {
     if (rank > 0 && now - open_since_[u] < rank * steal_after) return -1;
     return rank;
   };
-  static thread_local std::mt19937 rng{std::random_device{}()};
   while (static_cast<int>(transfers_.size()) < slots) {
-    // An own unit first, in random order; else the one of the lowest rank.
-    std::vector<int> best;
+    // An own unit first, else the one of the lowest rank; among those, the one this agent's
+    // weight is highest for. That order differs from agent to agent (as a random one would),
+    // and it starts with the units this agent stays the owner of as more agents appear: a
+    // rack's agents see each other over a second or two, and until then each of them thinks
+    // it owns units that will turn out to be another's.
+    int unit = -1;
     int best_rank = std::numeric_limits<int>::max();
+    uint64_t best_weight = 0;
     for (int u = 0; u < static_cast<int>(open_since_.size()); ++u) {
       const int rank = may_take(u);
       if (rank < 0 || rank > best_rank) continue;
-      if (rank < best_rank) best.clear();
+      const uint64_t w = Weight(self_id_, u);
+      if (rank == best_rank && w <= best_weight) continue;
+      unit = u;
       best_rank = rank;
-      best.push_back(u);
+      best_weight = w;
     }
-    if (best.empty()) return;
-    const int unit = best[std::uniform_int_distribution<size_t>(0, best.size() - 1)(rng)];
+    if (unit < 0) return;
     int first = unit * unit_pieces_;
     while (!pieces_[first].Open()) ++first;  // the unit is open: one of its pieces is
     int last = first;
@@ -373,6 +397,15 @@ void WebSeed::StartTransfers() {
     t->pos = static_cast<int64_t>(first) * ti_->piece_length();
     t->end = std::min<int64_t>(static_cast<int64_t>(last) * ti_->piece_length(), total);
     t->began = now;
+    t->kind = agents_ == 1 ? kAlone : best_rank == 0 ? kOwned : kTakenOver;
+    if (debug_) {
+      Log("ask pieces " + std::to_string(first) + "-" + std::to_string(last - 1) + " rank " +
+          std::to_string(best_rank) + " of " + std::to_string(agents_) + " at " +
+          std::to_string(
+              std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch())
+                  .count() %
+              100000));
+    }
     Result<RedirectChain> chain = RedirectChain::Create(config_.url);
     if (!chain.ok()) {
       Log("the URL cannot be parsed");
@@ -515,7 +548,7 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
     t.at += static_cast<int64_t>(take);
     t.pos += static_cast<int64_t>(take);
     if (t.pos == piece_end) {
-      Hand(piece, t.piece);
+      Hand(piece, t.piece, t.kind);
       t.piece.clear();
       t.got_piece = true;
     }
@@ -524,7 +557,7 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
   return size;
 }
 
-void WebSeed::Hand(int piece, const std::vector<char>& bytes) {
+void WebSeed::Hand(int piece, const std::vector<char>& bytes, int kind) {
   Piece& p = pieces_[piece];
   p.in_flight = false;
   if (p.have) return;
@@ -533,6 +566,7 @@ void WebSeed::Hand(int piece, const std::vector<char>& bytes) {
     handed_.insert(piece);
   }
   p.handed = Clock::now();
+  fetched_[kind] += static_cast<int64_t>(bytes.size());
   try {
     // The blocking overload: it returns once libtorrent copied the piece, so a fast origin
     // cannot pile pieces up in memory ahead of the disk.

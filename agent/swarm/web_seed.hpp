@@ -25,6 +25,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <libtorrent/torrent_handle.hpp>
 #include <libtorrent/torrent_info.hpp>
 #include <memory>
@@ -88,7 +89,7 @@ class WebSeed {
   void StartTransfers();
   Status Launch(Transfer& t);
   void Finish(Transfer& t, int curl_code);
-  void Hand(int piece, const std::vector<char>& bytes);
+  void Hand(int piece, const std::vector<char>& bytes, int kind);
   size_t Write(Transfer& t, const char* data, size_t size);
   void Log(const std::string& what);
 
@@ -101,6 +102,7 @@ class WebSeed {
   std::shared_ptr<const lt::torrent_info> ti_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
+  const bool debug_ = std::getenv("BYOI_SWARM_WEB_SEED_DEBUG") != nullptr;
 
   std::mutex mu_;         // guards handed_
   std::set<int> handed_;  // pieces handed to libtorrent, not yet finished or failed
@@ -110,7 +112,9 @@ class WebSeed {
   std::vector<Piece> pieces_;
   std::vector<std::chrono::steady_clock::time_point> open_since_;  // per unit; max(): not open
   int unit_pieces_ = 1;
-  int agents_ = 1;  // this agent and the connected agents still downloading
+  int agents_ = 1;       // this agent and the connected agents still downloading
+  int incomplete_ = -1;  // peers downloading, by the tracker's last answer (-1: none yet)
+  std::chrono::steady_clock::time_point started_{std::chrono::steady_clock::time_point::max()};
   std::chrono::steady_clock::time_point alone_since_;
   std::vector<std::string> members_;  // peer ids of those agents, this one's included
   std::vector<std::unique_ptr<Transfer>> transfers_;
@@ -119,6 +123,9 @@ class WebSeed {
   std::chrono::steady_clock::time_point retry_at_;
   std::chrono::steady_clock::duration unit_time_{};  // a recent unit's time from the origin
   void* multi_ = nullptr;                            // CURLM*
+  // Bytes handed over, by how they were taken: while alone, as a unit's owner, from another's.
+  enum { kAlone, kOwned, kTakenOver };
+  int64_t fetched_[3] = {};
 };
 
 }  // namespace byoi

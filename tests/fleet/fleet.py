@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -220,13 +221,18 @@ class Rack:
         verified = all(self._disk_holds_image(r["disk"]) for r in runs)
         times = [r["done"] for r in runs]
         swarm = []
+        shares = [0, 0, 0]  # bytes the agents took from the origin alone, as owners, taken over
         for r in runs:
             with open(r["status"]) as f:
                 swarm.append(json.load(f).get("swarm"))
+            with open(os.path.join(os.path.dirname(r["status"]), "log")) as f:
+                for m in re.finditer(r"web seed: fetched (\d+) bytes alone, (\d+) as the owner, "
+                                     r"(\d+) taken over", f.read()):
+                    shares = [a + int(b) for a, b in zip(shares, m.groups())]
         return {"agents": len(runs), "torrent": torrent, "origin_bytes": self.origin_bytes(),
                 "image_bytes": self.image_size, "times": times,
                 "p50": statistics.median(times), "p95": percentile(times, 95),
-                "max": max(times), "verified": verified, "swarm": swarm}
+                "max": max(times), "verified": verified, "swarm": swarm, "shares": shares}
 
     def _disk_holds_image(self, disk):
         with open(disk, "rb") as f:
@@ -252,7 +258,9 @@ def describe(figures):
     return (f"{f['agents']} agent(s), {'swarm' if f['torrent'] else 'HTTP only'}: origin sent "
             f"{f['origin_bytes'] / (1 << 20):.1f} MiB ({f['origin_bytes'] / f['image_bytes']:.2f} "
             f"x the image); deploy time p50 {f['p50']:.1f} s, p95 {f['p95']:.1f} s, "
-            f"max {f['max']:.1f} s")
+            f"max {f['max']:.1f} s" + (
+                "; web seed requests: {:.0f} MiB alone, {:.0f} as owners, {:.0f} taken over".format(
+                    *(b / (1 << 20) for b in f["shares"])) if f["torrent"] else ""))
 
 
 __all__ = ["Rack", "describe", "percentile", "random"]
