@@ -247,6 +247,13 @@ void WebSeed::Refresh() {
   if (finished_) return;
   const auto now = Clock::now();
   try {
+    // The pieces awaiting libtorrent's verdict, read before its status: a piece gone from them
+    // passed (and the status says so) or failed.
+    std::set<int> handed;
+    {
+      std::lock_guard lock(mu_);
+      handed = handed_;
+    }
     lt::torrent_status s = handle_.status(lt::torrent_handle::query_pieces);
     if (s.is_seeding || s.is_finished) {
       finished_ = true;
@@ -273,11 +280,6 @@ void WebSeed::Refresh() {
       if (q.requested == 0 && q.writing == 0) continue;
       const int i = static_cast<int>(q.piece_index);
       if (i >= 0 && i < static_cast<int>(pieces_.size())) pieces_[i].downloading = true;
-    }
-    std::set<int> handed;
-    {
-      std::lock_guard lock(mu_);
-      handed = handed_;
     }
     for (int i = 0; i < static_cast<int>(pieces_.size()); ++i) {
       Piece& p = pieces_[i];
