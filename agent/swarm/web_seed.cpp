@@ -303,12 +303,28 @@ void WebSeed::Refresh() {
     members.erase(std::unique(members.begin(), members.end()), members.end());
     if (members.size() > 1) alone_since_ = Clock::time_point::max();
     if (members.size() == 1 && alone_since_ == Clock::time_point::max()) alone_since_ = now;
+    if (debug_ && (peers.size() != debug_peers_ || s.num_incomplete != incomplete_)) {
+      debug_peers_ = peers.size();
+      Log("peers " + std::to_string(peers.size()) +
+          ", tracker: " + std::to_string(s.num_incomplete) + " downloading, " +
+          std::to_string(s.num_complete) + " complete, " + std::to_string(s.list_peers) + " known");
+    }
     if (debug_ && members != members_) {
       Log("agents " + std::to_string(members.size()) + " at " +
           std::to_string(
               std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch())
                   .count() %
               100000));
+    }
+    if (members != members_ || ranks_.empty()) {
+      // This agent's rank for each unit among the agents it sees (0: the owner).
+      ranks_.assign(open_since_.size(), 0);
+      for (size_t u = 0; u < ranks_.size(); ++u) {
+        const uint64_t mine = Weight(self_id_, static_cast<int>(u));
+        for (const std::string& m : members) {
+          if (m != self_id_ && Weight(m, static_cast<int>(u)) > mine) ++ranks_[u];
+        }
+      }
     }
     members_ = std::move(members);
     agents_ = static_cast<int>(members_.size());
@@ -356,11 +372,7 @@ void WebSeed::StartTransfers() {
   // Which open units may this agent take now: its own, and others' that stayed open long enough.
   auto may_take = [&](int u) -> int {  // its rank, or -1
     if (open_since_[u] == Clock::time_point::max()) return -1;
-    const uint64_t mine = Weight(self_id_, u);
-    int rank = 0;
-    for (const std::string& m : members_) {
-      if (m != self_id_ && Weight(m, u) > mine) ++rank;
-    }
+    const int rank = ranks_[u];
     if (rank > 0 && now - open_since_[u] < rank * steal_after) return -1;
     return rank;
   };
@@ -583,13 +595,12 @@ void WebSeed::Finish(Transfer& t, int curl_code) {
   const bool redirect =
       t.status == 301 || t.status == 302 || t.status == 303 || t.status == 307 || t.status == 308;
   if (redirect && curl_code == CURLE_OK && !t.location.empty()) {
-    if (Status s = t.chain->Follow(t.location); s.ok()) {
-      if (Status l = Launch(t); l.ok())
-        return;
-      else
-        Log(l.detail());
+    if (Status s = t.chain->Follow(t.location); !s.ok()) {
+      t.bad = "redirect refused: " + s.detail();
+    } else if (Status l = Launch(t); !l.ok()) {
+      t.bad = l.detail();
     } else {
-      Log("redirect refused: " + s.detail());
+      return;
     }
   }
   // The pieces the request did not bring are open again (a piece cut short is asked again whole).

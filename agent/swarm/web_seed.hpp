@@ -103,6 +103,7 @@ class WebSeed {
   std::thread thread_;
   std::atomic<bool> stop_{false};
   const bool debug_ = std::getenv("BYOI_SWARM_WEB_SEED_DEBUG") != nullptr;
+  size_t debug_peers_ = 0;
 
   std::mutex mu_;         // guards handed_
   std::set<int> handed_;  // pieces handed to libtorrent, not yet finished or failed
@@ -117,6 +118,7 @@ class WebSeed {
   std::chrono::steady_clock::time_point started_{std::chrono::steady_clock::time_point::max()};
   std::chrono::steady_clock::time_point alone_since_;
   std::vector<std::string> members_;  // peer ids of those agents, this one's included
+  std::vector<int> ranks_;            // per unit: this agent's rank among them (0: the owner)
   std::vector<std::unique_ptr<Transfer>> transfers_;
   bool finished_ = false;
   int failures_ = 0;  // requests in a row that brought no piece
