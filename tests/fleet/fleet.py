@@ -96,7 +96,25 @@ class Rack:
         sh("ip", "route", "add", "224.0.0.0/4", "dev", inner, netns=ns)
         return inner
 
+    def _neighbour_table(self):
+        """The kernel's ARP table is one for every namespace, 1024 entries by default
+        (net.ipv4.neigh.default.gc_thresh3): n agents that all talk to each other need n x n.
+        Past it the kernel drops packets to new neighbours ("neighbor table overflow"): 50
+        agents saw most of their peer connections time out and took the image alone. Raised for
+        the rack's life when too low, put back by close()."""
+        self.neigh_saved = {}
+        need = 4 * (self.n + 2) ** 2
+        for key, value in (("gc_thresh2", need // 2), ("gc_thresh3", need)):
+            path = f"/proc/sys/net/ipv4/neigh/default/{key}"
+            with open(path) as f:
+                old = int(f.read())
+            if old < value:
+                self.neigh_saved[path] = old
+                with open(path, "w") as f:
+                    f.write(str(value))
+
     def _network(self):
+        self._neighbour_table()
         self.switch = self._ns("sw")
         sh("ip", "link", "add", "br0", "type", "bridge", netns=self.switch)
         sh("ip", "link", "set", "br0", "up", netns=self.switch)
@@ -250,6 +268,9 @@ class Rack:
             self.tracker.close()
         for ns in reversed(self.namespaces):
             sh("ip", "netns", "del", ns, check=False)
+        for path, old in getattr(self, "neigh_saved", {}).items():
+            with open(path, "w") as f:
+                f.write(str(old))
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
