@@ -173,7 +173,16 @@ void WebSeed::Start(std::shared_ptr<const lt::torrent_info> ti) {
 
 void WebSeed::Stop() {
   stop_ = true;
-  if (thread_.joinable()) thread_.join();
+  if (!thread_.joinable()) return;
+  thread_.join();
+  if (!finished_) LogShares();
+}
+
+void WebSeed::LogShares() {
+  // For the agent's log (tests/fleet reads it): how the origin's work was shared.
+  Log("fetched " + std::to_string(fetched_[kAlone]) + " bytes alone, " +
+      std::to_string(fetched_[kOwned]) + " as the owner, " + std::to_string(fetched_[kTakenOver]) +
+      " taken over");
 }
 
 bool WebSeed::TakeHanded(int piece) {
@@ -257,10 +266,7 @@ void WebSeed::Refresh() {
     lt::torrent_status s = handle_.status(lt::torrent_handle::query_pieces);
     if (s.is_seeding || s.is_finished) {
       finished_ = true;
-      // For the agent's log (tests/fleet reads it): how the origin's work was shared.
-      Log("fetched " + std::to_string(fetched_[kAlone]) + " bytes alone, " +
-          std::to_string(fetched_[kOwned]) + " as the owner, " +
-          std::to_string(fetched_[kTakenOver]) + " taken over");
+      LogShares();
       return;
     }
     if (s.state != lt::torrent_status::downloading) return;

@@ -92,6 +92,7 @@ class WebSeed {
   void Hand(int piece, const std::vector<char>& bytes, int kind);
   size_t Write(Transfer& t, const char* data, size_t size);
   void Log(const std::string& what);
+  void LogShares();
 
   static size_t WriteThunk(char* data, size_t size, size_t n, void* user);
   static size_t HeaderThunk(char* data, size_t size, size_t n, void* user);

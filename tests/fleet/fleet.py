@@ -40,6 +40,15 @@ def sh(*argv, netns=None, check=True):
     return subprocess.run(argv, check=check, capture_output=True, text=True)
 
 
+def cpu_seconds():
+    """(busy, total) CPU seconds of the machine since boot, every core (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields) - idle) / hz, sum(fields) / hz
+
+
 def percentile(values, p):
     """The p-th percentile (nearest rank) of `values`."""
     ordered = sorted(values)
@@ -185,6 +194,7 @@ class Rack:
         """Deploys on `agents` (default all) at once; returns a dict of the figures."""
         agents = list(range(self.n)) if agents is None else agents
         self.origin_bytes()  # from zero
+        cpu0 = cpu_seconds()
         manifest = {"URL": self.image_url, "type": "raw", "checkSum": self.sha,
                     "checkSumType": "sha256"}
         if torrent:
@@ -229,6 +239,7 @@ class Rack:
                         tail = f.read()[-2000:]
                     raise RuntimeError(f"agent {r['i']} failed: {tail}")
             time.sleep(0.05)
+        cpu1 = cpu_seconds()
         # Every agent is done: their seeding ends now.
         for r in runs:
             if r["proc"].poll() is None:
@@ -250,7 +261,8 @@ class Rack:
         return {"agents": len(runs), "torrent": torrent, "origin_bytes": self.origin_bytes(),
                 "image_bytes": self.image_size, "times": times,
                 "p50": statistics.median(times), "p95": percentile(times, 95),
-                "max": max(times), "verified": verified, "swarm": swarm, "shares": shares}
+                "max": max(times), "verified": verified, "swarm": swarm, "shares": shares,
+                "cpu_busy": (cpu1[0] - cpu0[0]) / max(1e-9, cpu1[1] - cpu0[1])}
 
     def _disk_holds_image(self, disk):
         with open(disk, "rb") as f:
@@ -279,7 +291,7 @@ def describe(figures):
     return (f"{f['agents']} agent(s), {'swarm' if f['torrent'] else 'HTTP only'}: origin sent "
             f"{f['origin_bytes'] / (1 << 20):.1f} MiB ({f['origin_bytes'] / f['image_bytes']:.2f} "
             f"x the image); deploy time p50 {f['p50']:.1f} s, p95 {f['p95']:.1f} s, "
-            f"max {f['max']:.1f} s" + (
+            f"max {f['max']:.1f} s; CPU {100 * f['cpu_busy']:.0f} % busy" + (
                 "; web seed requests: {:.0f} MiB alone, {:.0f} as owners, {:.0f} taken over".format(
                     *(b / (1 << 20) for b in f["shares"])) if f["torrent"] else ""))
 
