@@ -11,8 +11,10 @@
 // not asked of the origin by us. The rack's agents that are still downloading (connected peers
 // whose peer id carries kAgentPeerIdPrefix, not seeds, and this agent) rank themselves for each
 // unit by hash(peer id, unit): the first takes it from the origin; the one ranked r takes it only
-// after it stayed open r x kStealAfter (its owner is gone, slow or stuck). An owner leaving the
-// peer set gives its units to the next. Every other piece comes from the peers.
+// after it stayed open r x (3 s + the owner's expected queue): its owner is gone, slow or stuck.
+// An owner leaving the peer set gives its units to the next. Each agent takes its own units
+// highest hash first: those it stays the owner of as more agents appear (a rack's agents see
+// each other over a second or two). Every other piece comes from the peers.
 //
 // Connections: alone (no other agent connected for kAloneAfter), `connections` at once, each a
 // long contiguous run, as a plain HTTP download; in a rack, connections / agents (at least one),

@@ -127,10 +127,12 @@ class SwarmDeploy(unittest.TestCase):
         self.server.close()
         shutil.rmtree(self.dir)
 
-    def publish(self, route, torrent_data=None, name="image.raw"):
+    def publish(self, route, torrent_data=None, name="image.raw", server=None):
         """Serves `route` at /NAME and a torrent of `torrent_data` (default: the image) at
-        /NAME.torrent, the tracker in it; returns (image URL, torrent URL, torrent path)."""
-        url = self.server.add("/" + name, route)
+        /NAME.torrent, the tracker in it, on `server` (default: self.server); returns (image URL,
+        torrent URL, torrent path)."""
+        server = server or self.server
+        url = server.add("/" + name, route)
         src = os.path.join(self.dir, name)
         with open(src, "wb") as f:
             f.write(self.data if torrent_data is None else torrent_data)
@@ -139,7 +141,7 @@ class SwarmDeploy(unittest.TestCase):
                              piece_length=PIECE)
         self.tracker.start(info_hashes(lines))
         with open(path, "rb") as f:
-            turl = self.server.add("/" + name + ".torrent", Route(f.read()))
+            turl = server.add("/" + name + ".torrent", Route(f.read()))
         return url, turl, path
 
     def deploy(self, url, torrent, sha=None, *extra, headers=None, stall_timeout=20):
@@ -322,15 +324,7 @@ class SwarmDeploy(unittest.TestCase):
         tls = FaultServer(tls=self_signed_cert(self.dir))
         self.addCleanup(tls.close)
         plain = self.server.add("/image.raw", Route(self.data))
-        src = os.path.join(self.dir, "image.raw")
-        with open(src, "wb") as f:
-            f.write(self.data)
-        path = os.path.join(self.dir, "image.raw.torrent")
-        url = tls.add("/image.raw", Route(redirect=plain))
-        lines = make_torrent(src, url, path, trackers=[self.tracker.announce], piece_length=PIECE)
-        self.tracker.start(info_hashes(lines))
-        with open(path, "rb") as f:
-            turl = tls.add("/image.raw.torrent", Route(f.read()))
+        url, turl, _ = self.publish(Route(redirect=plain), server=tls)
         run = self.deploy(url, turl, None, "--ca-bundle", os.path.join(self.dir, "cert.pem"),
                           stall_timeout=3)
         self.assert_untouched(run, f"Could not download image located: {url}.")
