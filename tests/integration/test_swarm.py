@@ -22,6 +22,7 @@ import libtorrent as lt  # noqa: E402
 
 from fetch_servers import (AGENT, FaultServer, Route, mbr_image, run_deploy,  # noqa: E402
                            self_signed_cert)
+from proxy_servers import NginxCache  # noqa: E402
 from swarm_util import Origin, Seeder, Tracker, info_hashes, make_torrent, origin_bytes  # noqa: E402
 
 MiB = 1 << 20
@@ -331,6 +332,23 @@ class SwarmDeploy(unittest.TestCase):
         self.assertIn("byoi-swarm: web seed: redirect refused: ", run.stderr)
         self.assertEqual(self.server.ranges("/image.raw"), [])
         self.assertGreater(len(tls.ranges("/image.raw")), 0)
+
+    def test_the_web_seed_goes_through_the_agents_proxy(self):
+        # --proxy with credentials, handed to the helper in its web seed file (never on its
+        # command line) and never shown: the web seed's Range requests go through it.
+        workdir = tempfile.mkdtemp(prefix="byoi-swarm-proxy-")
+        self.addCleanup(shutil.rmtree, workdir, True)
+        os.chmod(workdir, 0o755)  # nginx's worker runs as nobody
+        cache = NginxCache(workdir, name="auth-cache", auth=("byoi", "pr0xy-pw"))
+        self.addCleanup(cache.close)
+        url, turl, _ = self.publish(Route(self.data))
+        run = self.deploy(url, turl, None, "--proxy", cache.url("byoi:pr0xy-pw@"))
+        self.assert_installed(run)
+        self.assertEqual(run.status["swarm"]["fromWebSeed"], SIZE)
+        through = [r for r in cache.requests() if r[1].startswith(f"GET {url} ")]
+        self.assertGreater(len(through), 0)
+        self.assertTrue(all(status in ("200", "206") for status, _, _ in through))
+        self.assertNotIn("pr0xy-pw", run.stderr + run.stdout + json.dumps(run.status))
 
     def test_the_manifests_url_is_the_only_web_seed(self):
         # The torrent's url-list names another server: the agent never asks it.
