@@ -290,8 +290,8 @@ int Fetch(const Args& args) {
   // peers would step aside for the very web seed download they are meant to spare.
   sp.set_bool(lt::settings_pack::enable_outgoing_utp, false);
   sp.set_bool(lt::settings_pack::enable_incoming_utp, false);
-  // A rack's agents all connect to each other at once: libtorrent's listen backlog of 5 drops
-  // their SYNs (measured: 50 agents, most connections timed out after 15 s, each agent alone).
+  // A rack's agents all connect to each other at once: past libtorrent's listen backlog of 5 the
+  // kernel drops their SYNs, which then wait a second or more for their retransmission.
   sp.set_int(lt::settings_pack::listen_queue_size, 256);
   // Every peer of the rack may download from us at once (the default unchokes 8 at a time).
   sp.set_int(lt::settings_pack::unchoke_slots_limit, -1);
