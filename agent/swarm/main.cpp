@@ -20,14 +20,15 @@
 //         error kind=<invalid|too_big|failed> <detail...>
 //       then exits 0 after `complete` and the end of stdin, 1 after `error`, 2 on usage.
 //
+// The web seed is ours, not libtorrent's (web_seed.hpp says how the rack divides the origin's
+// work): it hands libtorrent whole pieces (add_piece), checked against the torrent like a peer's.
+//
 // Pieces: libtorrent's POSIX disk I/O, the torrent's one file renamed to `image` in a private
 // directory where `image` is a symlink to /proc/self/fd/3: every block lands in the memfd with
 // pwrite-like stdio calls (fopen "rb+" never truncates), and libtorrent reads the piece back from
 // there to check it against the torrent's hash before it counts it, banning a peer that sent a
 // bad one (smart ban). The agent checks the whole image against the manifest's checksum after.
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -61,13 +62,13 @@
 #include <vector>
 
 #include "agent/swarm/stream_window.hpp"
+#include "agent/swarm/web_seed.hpp"
 
 namespace lt = libtorrent;
 
 namespace {
 
 constexpr int kImageFd = 3;
-constexpr int kMaxWebSeedBans = 5;
 constexpr std::chrono::seconds kReannounce{3};
 // A .torrent is small: 64 MiB of piece hashes describe a terabyte in 256 KiB pieces.
 constexpr int kMaxTorrentBytes = 64 << 20;
@@ -177,52 +178,6 @@ std::vector<char> ReadTorrentFile(const std::string& path) {
   return bytes;
 }
 
-// The addresses the web seed's URL resolves to, with its port: a block from one of them came from
-// the web seed (a web seed sends no peer id of its own to tell it by).
-std::set<std::string> WebSeedEndpoints(const std::string& url) {
-  std::set<std::string> out;
-  const size_t scheme_end = url.find("://");
-  if (scheme_end == std::string::npos) return out;
-  const bool https = url.compare(0, scheme_end, "https") == 0;
-  std::string authority = url.substr(scheme_end + 3);
-  authority = authority.substr(0, authority.find_first_of("/?#"));
-  authority =
-      authority.substr(authority.rfind('@') == std::string::npos ? 0 : authority.rfind('@') + 1);
-  std::string host = authority, port = https ? "443" : "80";
-  if (!host.empty() && host.front() == '[') {
-    const size_t close = host.find(']');
-    if (close == std::string::npos) return out;
-    if (close + 1 < host.size() && host[close + 1] == ':') port = host.substr(close + 2);
-    host = host.substr(1, close - 1);
-  } else if (const size_t colon = host.rfind(':'); colon != std::string::npos) {
-    port = host.substr(colon + 1);
-    host = host.substr(0, colon);
-  }
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0) return out;
-  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    char text[INET6_ADDRSTRLEN] = {};
-    const void* addr =
-        ai->ai_family == AF_INET6
-            ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(ai->ai_addr)->sin6_addr)
-            : static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(ai->ai_addr)->sin_addr);
-    if (::inet_ntop(ai->ai_family, addr, text, sizeof text) != nullptr) {
-      out.insert(lt::make_address(text).to_string() + " " + port);
-    }
-  }
-  ::freeaddrinfo(res);
-  return out;
-}
-
-std::string EndpointKey(const lt::tcp::endpoint& ep) {
-  lt::address a = ep.address();
-  if (a.is_v6() && a.to_v6().is_v4_mapped())
-    a = boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, a.to_v6());
-  return a.to_string() + " " + std::to_string(ep.port());
-}
-
 int Fetch(const Args& args) {
   const int64_t capacity = Number(args.Get("capacity", "0"), "capacity");
   if (capacity <= 0) Usage("fetch needs --capacity");
@@ -251,22 +206,10 @@ int Fetch(const Args& args) {
     ::rmdir(cleanup_dir.c_str());
   });
 
-  // The web seed: its URL on the first line of --web-seed-file, then its headers, `Name: value`
-  // (secrets: never on our command line).
-  std::string web_seed;
-  std::vector<std::pair<std::string, std::string>> headers;
-  {
-    std::ifstream f(args.Get("web-seed-file"));
-    if (!f || !std::getline(f, web_seed) || web_seed.empty()) Usage("fetch needs --web-seed-file");
-    std::string h;
-    while (std::getline(f, h)) {
-      auto colon = h.find(':');
-      if (colon == std::string::npos) Usage("bad header line in --web-seed-file");
-      std::string value = h.substr(colon + 1);
-      while (!value.empty() && value.front() == ' ') value.erase(0, 1);
-      headers.emplace_back(h.substr(0, colon), value);
-    }
-  }
+  // The web seed: the manifest's URL, headers and the agent's download settings (secrets: never
+  // on our command line).
+  byoi::Result<byoi::WebSeedConfig> web_seed = byoi::ReadWebSeedFile(args.Get("web-seed-file"));
+  if (!web_seed.ok()) Usage("fetch needs --web-seed-file: " + web_seed.status().detail());
 
   lt::add_torrent_params atp;
   lt::error_code ec;
@@ -287,8 +230,8 @@ int Fetch(const Args& args) {
   } else {
     Usage("fetch needs --torrent or --magnet");
   }
-  // Peers, trackers and web seeds come from the torrent and from us only: the manifest's URL is
-  // the web seed (BEP 19), with the manifest's headers.
+  // Peers and trackers come from the torrent and from us; the one web seed, the manifest's URL,
+  // is ours (web_seed.hpp), not libtorrent's: a url-list names servers the manifest did not.
   atp.url_seeds.clear();
   atp.save_path = dir;
   atp.renamed_files[lt::file_index_t{0}] = "image";
@@ -323,11 +266,11 @@ int Fetch(const Args& args) {
   };
   if (atp.ti) {
     check_files(*atp.ti);
-    // The manifest's URL is the one web seed: a url-list in the torrent names servers the
-    // manifest did not (and the same server twice would split the origin's share in two).
     atp.ti->set_web_seeds({});
-    atp.ti->add_url_seed(web_seed, "", headers);
   }
+  // Our peer id, whole (a 20-byte fingerprint is the id): the rack's agents rank themselves by it
+  // for each unit of the origin's work.
+  const std::string peer_id = byoi::NewAgentPeerId();
 
   lt::settings_pack sp;
   // block_progress: each block's source, for the byte counts; BYOI_SWARM_DEBUG=1: every alert.
@@ -335,7 +278,9 @@ int Fetch(const Args& args) {
              std::getenv("BYOI_SWARM_DEBUG") != nullptr
                  ? lt::alert_category::all
                  : lt::alert_category::error | lt::alert_category::status |
-                       lt::alert_category::storage | lt::alert_category::block_progress);
+                       lt::alert_category::storage | lt::alert_category::block_progress |
+                       lt::alert_category::piece_progress);
+  sp.set_str(lt::settings_pack::peer_fingerprint, peer_id);
   // Room for every block alert of a second at 10 Gbit/s between two reads of the queue.
   sp.set_int(lt::settings_pack::alert_queue_size, 200000);
   // The DHT only as the rack's private one, from the nodes given (libtorrent would otherwise
@@ -363,15 +308,13 @@ int Fetch(const Args& args) {
   sp.set_bool(lt::settings_pack::announce_to_all_trackers, true);
   sp.set_bool(lt::settings_pack::announce_to_all_tiers, true);
   sp.set_int(lt::settings_pack::aio_threads, 2);
-  // One piece per web seed request (libtorrent asks for up to 16 MiB at once by default): the
-  // rack's agents, all starting empty, would each take the same long runs from the origin before
-  // they hear what their peers hold. Short requests leave the rest to the peers.
-  sp.set_int(lt::settings_pack::urlseed_max_request_bytes,
-             static_cast<int>(Number(args.Get("web-seed-request", "1048576"), "request size")));
   // TCP between agents, not uTP: uTP's congestion control (LEDBAT) yields to TCP by design, so
   // peers would step aside for the very web seed download they are meant to spare.
   sp.set_bool(lt::settings_pack::enable_outgoing_utp, false);
   sp.set_bool(lt::settings_pack::enable_incoming_utp, false);
+  // A rack's agents all connect to each other at once: past libtorrent's listen backlog of 5 the
+  // kernel drops their SYNs, which then wait a second or more for their retransmission.
+  sp.set_int(lt::settings_pack::listen_queue_size, 256);
   // Every peer of the rack may download from us at once (the default unchokes 8 at a time).
   sp.set_int(lt::settings_pack::unchoke_slots_limit, -1);
   if (window) {
@@ -403,7 +346,11 @@ int Fetch(const Args& args) {
   }
   lt::torrent_handle h = ses.add_torrent(std::move(atp), ec);
   if (ec) Fail("invalid", "adding the torrent: " + ec.message());
-  if (const auto ti = h.torrent_file()) start_window(*ti, h);
+  byoi::WebSeed web(std::move(*web_seed), h, peer_id);
+  if (const auto ti = h.torrent_file()) {
+    start_window(*ti, h);
+    web.Start(ti);
+  }
   for (const std::string& peer : args.All("peer")) {
     auto colon = peer.rfind(':');
     if (colon == std::string::npos) Usage("bad peer: " + peer);
@@ -416,15 +363,14 @@ int Fetch(const Args& args) {
 
   // BYOI_SWARM_DEBUG=1 in the agent's environment: every libtorrent alert on stderr.
   const bool verbose = std::getenv("BYOI_SWARM_DEBUG") != nullptr;
-  // Bytes of the blocks that arrived whole, by source (the web seed's addresses, or a peer's).
-  // Counted per block as it finishes: connections come
-  // and go faster than any sampling (two seeds disconnect as soon as they are both complete).
+  // Bytes of the pieces that passed, by source: a piece's blocks from peers as they arrived
+  // (connections come and go faster than any sampling), the rest of a piece the web seed handed
+  // over from it.
   int64_t from_peers = 0;
   int64_t from_web_seed = 0;
-  const std::set<std::string> web_seed_endpoints = WebSeedEndpoints(web_seed);
-  std::map<int, int> failures;  // piece -> hash failures
+  std::map<int, int64_t> peer_bytes;  // piece -> bytes of its blocks from peers, until it passes
+  std::map<int, int> failures;        // piece -> hash failures
   int hash_failures = 0;
-  int web_seed_bans = 0;
   bool complete = false;
   bool reported = false;
   auto last_report = std::chrono::steady_clock::now() - std::chrono::seconds(1);
@@ -440,20 +386,33 @@ int Fetch(const Args& args) {
       if (verbose) std::fprintf(stderr, "byoi-swarm: %s\n", a->message().c_str());
       if (auto* b = lt::alert_cast<lt::block_finished_alert>(a)) {
         const auto ti = h.torrent_file();
-        if (ti) {
+        // A block of a piece the web seed handed over (add_piece) has no peer: port 0.
+        if (ti && b->endpoint.port() != 0) {
           const int64_t block = 16 << 10;
           const int64_t piece = ti->piece_size(b->piece_index);
           const int64_t bytes = std::min(block, piece - int64_t{b->block_index} * block);
-          (web_seed_endpoints.count(EndpointKey(b->endpoint)) != 0 ? from_web_seed : from_peers) +=
-              std::max<int64_t>(bytes, 0);
+          peer_bytes[static_cast<int>(b->piece_index)] += std::max<int64_t>(bytes, 0);
+        }
+      } else if (auto* pf = lt::alert_cast<lt::piece_finished_alert>(a)) {
+        const int piece = static_cast<int>(pf->piece_index);
+        const int64_t size = h.torrent_file() ? h.torrent_file()->piece_size(pf->piece_index) : 0;
+        const int64_t peers = std::min(size, peer_bytes[piece]);
+        peer_bytes.erase(piece);
+        if (web.TakeHanded(piece)) {
+          from_peers += peers;
+          from_web_seed += size - peers;
+        } else {
+          from_peers += size;
         }
       } else if (auto* m = lt::alert_cast<lt::metadata_received_alert>(a)) {
         auto ti = m->handle.torrent_file();
         check_files(*ti);
         start_window(*ti, m->handle);
-        m->handle.add_url_seed(web_seed);
+        web.Start(ti);
       } else if (auto* f = lt::alert_cast<lt::hash_failed_alert>(a)) {
         ++hash_failures;
+        peer_bytes.erase(static_cast<int>(f->piece_index));
+        web.HashFailed(static_cast<int>(f->piece_index));
         int n = ++failures[static_cast<int>(f->piece_index)];
         // libtorrent bans the peer that sent a bad piece; a piece that keeps failing has no good
         // source: the torrent does not describe the web seed's bytes.
@@ -461,23 +420,6 @@ int Fetch(const Args& args) {
           Fail("failed", "piece " + std::to_string(static_cast<int>(f->piece_index)) +
                              " failed its hash check " + std::to_string(n) +
                              " times: the torrent does not match the image its web seed serves");
-        }
-      } else if (auto* u = lt::alert_cast<lt::url_seed_alert>(a)) {
-        // libtorrent bans a web seed that had a part in a piece that failed its hash check, even
-        // when a lying peer sent the bad block. The web seed is the origin, the provider's own
-        // copy: it is taken back, up to kMaxWebSeedBans times; past that its bytes keep failing,
-        // and the torrent does not describe the image it serves.
-        if (u->error == lt::errors::peer_banned) {
-          if (++web_seed_bans >= kMaxWebSeedBans) {
-            Fail("failed", "the web seed sent pieces that failed their hash check " +
-                               std::to_string(web_seed_bans) +
-                               " times: the torrent does not match the image its web seed serves");
-          }
-          h.remove_url_seed(web_seed);
-          h.add_url_seed(web_seed);
-        } else {
-          // The error only: the alert's text holds the URL, which may carry userinfo (a secret).
-          std::fprintf(stderr, "byoi-swarm: web seed: %s\n", u->error.message().c_str());
         }
       } else if (auto* e = lt::alert_cast<lt::torrent_error_alert>(a)) {
         Fail("failed", e->message());
@@ -526,6 +468,7 @@ int Fetch(const Args& args) {
     ses.wait_for_alert(std::chrono::milliseconds(100));
   }
   // The agent closed our stdin: seeding is over.
+  web.Stop();
   ses.abort();
   return 0;
 }

@@ -187,6 +187,12 @@ Result<std::unique_ptr<Swarm>> Swarm::Start(const SwarmRequest& req, const Fetch
   }
   std::string seed = req.image.url + "\n";
   for (const HttpHeader& h : req.image.headers) seed += h.name + ": " + h.value + "\n";
+  // Then the download settings the helper's web seed follows as FetchImage does (the proxy may
+  // hold credentials: never on the command line). agent/swarm/web_seed.hpp reads them.
+  seed += "\nconnections " + std::to_string(opts.connections) + "\n";
+  if (!opts.proxy.empty()) seed += "proxy " + opts.proxy + "\n";
+  if (!opts.ca_bundle.empty()) seed += "ca-bundle " + opts.ca_bundle + "\n";
+  if (opts.insecure) seed += "insecure 1\n";
   Result<UniqueFd> seed_fd_or = MemfdWith("byoi-web-seed", seed);
   if (!seed_fd_or.ok()) return fail(std::move(seed_fd_or).status());
   UniqueFd seed_fd = std::move(*seed_fd_or);

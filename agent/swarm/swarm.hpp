@@ -1,8 +1,9 @@
 // Step 2 of a job through a BitTorrent swarm (docs/pipeline.md, "Swarm downloads"): the image's
 // pieces from the rack's other agents, and from the manifest's URL as the torrent's web seed
-// (BEP 19), into the RAM image buffer; then this agent seeds what it holds while it writes, and for
-// a bounded time after the job is done (FetchSwarm, ram mode). In stream mode (StreamSwarm) only
-// a window of pieces ahead of the write is held, streamed to the disk, and nothing is seeded.
+// (the helper's own, under FetchImage's rules: agent/swarm/web_seed.hpp), into the RAM image
+// buffer; then this agent seeds what it holds while it writes, and for a bounded time after the
+// job is done (FetchSwarm, ram mode). In stream mode (StreamSwarm) only a window of pieces ahead
+// of the write is held, streamed to the disk, and nothing is seeded.
 //
 // The peer is byoi-swarm (main.cpp), a program that writes the pieces into the image
 // buffer's memfd itself, libtorrent checking each against the torrent's hashes (a peer that sent a
@@ -113,7 +114,8 @@ class Swarm {
 
 // Downloads the image through the swarm into a new ImageBuffer of `opts.memory_budget` bytes,
 // digests as FetchImage computes them (over the whole image once it is complete). The .torrent is
-// fetched with FetchImage's rules (the image request's headers, TLS and redirects), at most 64 MiB.
+// fetched with FetchImage's rules (the image request's headers, TLS and redirects), at most 64 MiB;
+// the web seed follows them too (opts.proxy, ca_bundle, insecure, connections go to the helper).
 // `progress` and `cancel` as for FetchImage; the download fails when no new byte arrived for
 // `opts.stall_timeout`. On success `*swarm` holds the running helper, seeding; on failure there
 // is no helper left and nothing is kept, and the Status has the catalogue message (download

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -37,6 +38,15 @@ def sh(*argv, netns=None, check=True):
     if netns:
         argv = ("ip", "netns", "exec", netns) + argv
     return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+def cpu_seconds():
+    """(busy, total) CPU seconds of the machine since boot, every core (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields) - idle) / hz, sum(fields) / hz
 
 
 def percentile(values, p):
@@ -95,7 +105,25 @@ class Rack:
         sh("ip", "route", "add", "224.0.0.0/4", "dev", inner, netns=ns)
         return inner
 
+    def _neighbour_table(self):
+        """The kernel's ARP table is one for every namespace, 1024 entries by default
+        (net.ipv4.neigh.default.gc_thresh3): n agents that all talk to each other need n x n.
+        Past it the kernel drops packets to new neighbours ("neighbor table overflow"): 50
+        agents saw most of their peer connections time out and took the image alone. Raised for
+        the rack's life when too low, put back by close()."""
+        self.neigh_saved = {}
+        need = 4 * (self.n + 2) ** 2
+        for key, value in (("gc_thresh2", need // 2), ("gc_thresh3", need)):
+            path = f"/proc/sys/net/ipv4/neigh/default/{key}"
+            with open(path) as f:
+                old = int(f.read())
+            if old < value:
+                self.neigh_saved[path] = old
+                with open(path, "w") as f:
+                    f.write(str(value))
+
     def _network(self):
+        self._neighbour_table()
         self.switch = self._ns("sw")
         sh("ip", "link", "add", "br0", "type", "bridge", netns=self.switch)
         sh("ip", "link", "set", "br0", "up", netns=self.switch)
@@ -166,6 +194,7 @@ class Rack:
         """Deploys on `agents` (default all) at once; returns a dict of the figures."""
         agents = list(range(self.n)) if agents is None else agents
         self.origin_bytes()  # from zero
+        cpu0 = cpu_seconds()
         manifest = {"URL": self.image_url, "type": "raw", "checkSum": self.sha,
                     "checkSumType": "sha256"}
         if torrent:
@@ -210,6 +239,7 @@ class Rack:
                         tail = f.read()[-2000:]
                     raise RuntimeError(f"agent {r['i']} failed: {tail}")
             time.sleep(0.05)
+        cpu1 = cpu_seconds()
         # Every agent is done: their seeding ends now.
         for r in runs:
             if r["proc"].poll() is None:
@@ -220,13 +250,19 @@ class Rack:
         verified = all(self._disk_holds_image(r["disk"]) for r in runs)
         times = [r["done"] for r in runs]
         swarm = []
+        shares = [0, 0, 0]  # bytes the agents took from the origin alone, as owners, taken over
         for r in runs:
             with open(r["status"]) as f:
                 swarm.append(json.load(f).get("swarm"))
+            with open(os.path.join(os.path.dirname(r["status"]), "log")) as f:
+                for m in re.finditer(r"web seed: fetched (\d+) bytes alone, (\d+) as the owner, "
+                                     r"(\d+) taken over", f.read()):
+                    shares = [a + int(b) for a, b in zip(shares, m.groups())]
         return {"agents": len(runs), "torrent": torrent, "origin_bytes": self.origin_bytes(),
                 "image_bytes": self.image_size, "times": times,
                 "p50": statistics.median(times), "p95": percentile(times, 95),
-                "max": max(times), "verified": verified, "swarm": swarm}
+                "max": max(times), "verified": verified, "swarm": swarm, "shares": shares,
+                "cpu_busy": (cpu1[0] - cpu0[0]) / max(1e-9, cpu1[1] - cpu0[1])}
 
     def _disk_holds_image(self, disk):
         with open(disk, "rb") as f:
@@ -244,6 +280,9 @@ class Rack:
             self.tracker.close()
         for ns in reversed(self.namespaces):
             sh("ip", "netns", "del", ns, check=False)
+        for path, old in getattr(self, "neigh_saved", {}).items():
+            with open(path, "w") as f:
+                f.write(str(old))
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -252,7 +291,9 @@ def describe(figures):
     return (f"{f['agents']} agent(s), {'swarm' if f['torrent'] else 'HTTP only'}: origin sent "
             f"{f['origin_bytes'] / (1 << 20):.1f} MiB ({f['origin_bytes'] / f['image_bytes']:.2f} "
             f"x the image); deploy time p50 {f['p50']:.1f} s, p95 {f['p95']:.1f} s, "
-            f"max {f['max']:.1f} s")
+            f"max {f['max']:.1f} s; CPU {100 * f['cpu_busy']:.0f} % busy" + (
+                "; web seed requests: {:.0f} MiB alone, {:.0f} as owners, {:.0f} taken over".format(
+                    *(b / (1 << 20) for b in f["shares"])) if f["torrent"] else ""))
 
 
 __all__ = ["Rack", "describe", "percentile", "random"]

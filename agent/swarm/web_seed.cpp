@@ -1,0 +1,640 @@
+#include "agent/swarm/web_seed.hpp"
+
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <libtorrent/peer_info.hpp>
+#include <libtorrent/torrent_status.hpp>
+#include <limits>
+#include <optional>
+#include <random>
+
+#include "agent/base/text.hpp"
+#include "agent/fetch/curl_handles.hpp"
+#include "agent/fetch/proxy.hpp"
+#include "agent/fetch/redirect_chain.hpp"
+
+namespace byoi {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+// A unit of the origin's work: whole pieces, at least this many bytes. Small units divide the
+// work finely (an agent's first picks, made before it sees the whole rack, rarely collide).
+constexpr int64_t kUnitBytes = 256 << 10;
+// In a rack, a request asks for at most this many bytes: a unit taken by the wrong agent (two that
+// do not yet see each other) costs the origin little.
+constexpr int64_t kRackRunBytes = 4 << 20;
+// Alone, a request asks for a long run (between these, about 4 per connection), as FetchImage's
+// piece plan does.
+constexpr int64_t kAloneRunMin = 4 << 20;
+constexpr int64_t kAloneRunMax = 64 << 20;
+// A rack's agents start within a second or two of each other and only then see each other: until
+// an agent has been alone this long it asks for one unit at a time on one connection.
+constexpr auto kAloneAfter = 2s;
+// An agent that knows (from its tracker's answer) of more agents downloading than it is connected
+// to waits at most this long for them before its first request.
+constexpr auto kMaxSettle = 1s;
+// The agent ranked r for a unit takes it once it stayed open r x this (at least; 3 x a recent
+// unit's time from the origin when that is longer).
+constexpr auto kStealAfter = 3s;
+constexpr auto kRefreshEvery = 200ms;
+// A piece handed to libtorrent that neither passed nor failed in this time is open again.
+constexpr auto kHandedTimeout = 10s;
+constexpr auto kMaxBackOff = 30s;
+constexpr long kConnectTimeoutMs = 30000;
+constexpr long kStallSeconds = 30;
+constexpr size_t kMaxSettingsBytes = 1 << 20;
+
+uint64_t Mix(uint64_t x) {  // splitmix64's finaliser
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// hash(peer id, unit), the same in every agent.
+uint64_t Weight(const std::string& id, int unit) {
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a
+  for (unsigned char c : id) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  return Mix(h ^ Mix(static_cast<uint64_t>(unit)));
+}
+
+}  // namespace
+
+std::string NewAgentPeerId() {
+  static constexpr char kAlphabet[] =
+      "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+  std::random_device rd;
+  std::string id = kAgentPeerIdPrefix;
+  std::uniform_int_distribution<int> pick(0, sizeof kAlphabet - 2);
+  while (id.size() < 20) id += kAlphabet[pick(rd)];
+  return id;
+}
+
+Result<WebSeedConfig> ReadWebSeedFile(const std::string& path) {
+  std::ifstream f(path);
+  WebSeedConfig c;
+  if (!f || !std::getline(f, c.url) || c.url.empty()) {
+    return Status::Error(Code::kInvalid, "the web seed file has no URL");
+  }
+  std::string line;
+  size_t read = c.url.size();
+  bool settings = false;
+  while (std::getline(f, line)) {
+    read += line.size() + 1;
+    if (read > kMaxSettingsBytes)
+      return Status::Error(Code::kInvalid, "the web seed file is too long");
+    if (!settings && line.empty()) {
+      settings = true;
+      continue;
+    }
+    if (!settings) {
+      const size_t colon = line.find(':');
+      if (colon == std::string::npos || colon == 0) {
+        return Status::Error(Code::kInvalid, "a header line of the web seed file has no name");
+      }
+      c.headers.push_back({line.substr(0, colon),
+                           std::string(TrimBlanks(std::string_view(line).substr(colon + 1)))});
+      continue;
+    }
+    const size_t space = line.find(' ');
+    const std::string key = line.substr(0, space);
+    const std::string value = space == std::string::npos ? "" : line.substr(space + 1);
+    if (key == "proxy") {
+      c.proxy = value;
+    } else if (key == "ca-bundle") {
+      c.ca_bundle = value;
+    } else if (key == "insecure") {
+      c.insecure = value == "1";
+    } else if (key == "connections") {
+      c.connections = std::clamp(std::atoi(value.c_str()), 1, 16);
+    } else {
+      return Status::Error(Code::kInvalid,
+                           "unknown setting in the web seed file: " + PrintableText(key, 64));
+    }
+  }
+  return c;
+}
+
+// What the thread knows of each piece, from its last look at the torrent.
+struct WebSeed::Piece {
+  bool have = false;
+  bool wanted = true;                                  // priority > 0
+  bool available = false;                              // a connected peer has it
+  bool downloading = false;                            // libtorrent asks a peer for it
+  bool in_flight = false;                              // one of our requests will bring it
+  Clock::time_point handed{Clock::time_point::max()};  // handed to libtorrent, not yet confirmed
+  bool Open() const {
+    return !have && wanted && !available && !downloading && !in_flight &&
+           handed == Clock::time_point::max();
+  }
+};
+
+// One request to the origin: pieces [first, last), bytes [pos, end) still to come.
+struct WebSeed::Transfer {
+  WebSeed* owner = nullptr;
+  CurlPtr curl;
+  CurlSlistPtr headers;
+  std::optional<RedirectChain> chain;
+  int first = 0, last = 0;
+  int64_t pos = 0, end = 0;
+  int64_t at = -1;  // the offset in the image of the answer's next body byte; -1 before the body
+  std::vector<char> piece;  // the bytes of the piece at `pos` received so far
+  long status = 0;
+  std::string location;
+  std::optional<ContentRange> range;
+  bool complete = false;
+  bool got_piece = false;
+  int kind = 0;     // what the pieces count as: kAlone, kOwned, kTakenOver
+  std::string bad;  // why the answer was refused, when it was
+  Clock::time_point began;
+  char errbuf[CURL_ERROR_SIZE] = {};
+};
+
+WebSeed::WebSeed(WebSeedConfig config, lt::torrent_handle handle, std::string self_id)
+    : config_(std::move(config)), handle_(std::move(handle)), self_id_(std::move(self_id)) {}
+
+WebSeed::~WebSeed() { Stop(); }
+
+void WebSeed::Start(std::shared_ptr<const lt::torrent_info> ti) {
+  if (thread_.joinable() || !ti) return;
+  ti_ = std::move(ti);
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  thread_ = std::thread([this] { Run(); });
+}
+
+void WebSeed::Stop() {
+  stop_ = true;
+  if (!thread_.joinable()) return;
+  thread_.join();
+  if (!finished_) LogShares();
+}
+
+void WebSeed::LogShares() {
+  // For the agent's log (tests/fleet reads it): how the origin's work was shared.
+  Log("fetched " + std::to_string(fetched_[kAlone]) + " bytes alone, " +
+      std::to_string(fetched_[kOwned]) + " as the owner, " + std::to_string(fetched_[kTakenOver]) +
+      " taken over");
+}
+
+bool WebSeed::TakeHanded(int piece) {
+  std::lock_guard lock(mu_);
+  return handed_.erase(piece) != 0;
+}
+
+void WebSeed::HashFailed(int piece) {
+  std::lock_guard lock(mu_);
+  handed_.erase(piece);
+}
+
+void WebSeed::Log(const std::string& what) {
+  std::fprintf(stderr, "byoi-swarm: web seed: %s\n", what.c_str());
+}
+
+void WebSeed::Run() {
+  const int n = ti_->num_pieces();
+  pieces_.assign(static_cast<size_t>(n), Piece{});
+  unit_pieces_ = static_cast<int>(
+      std::max<int64_t>(1, (kUnitBytes + ti_->piece_length() - 1) / ti_->piece_length()));
+  open_since_.assign(static_cast<size_t>((n + unit_pieces_ - 1) / unit_pieces_),
+                     Clock::time_point::max());
+  alone_since_ = Clock::now();
+  members_ = {self_id_};
+  CurlMultiPtr multi(curl_multi_init());
+  multi_ = multi.get();
+  auto next_refresh = Clock::now();
+  while (!stop_) {
+    const auto now = Clock::now();
+    if (now >= next_refresh) {
+      next_refresh = now + kRefreshEvery;
+      Refresh();
+      StartTransfers();
+    }
+    int running = 0;
+    curl_multi_perform(multi.get(), &running);
+    bool ended = false;
+    int left = 0;
+    while (CURLMsg* m = curl_multi_info_read(multi.get(), &left)) {
+      if (m->msg != CURLMSG_DONE) continue;
+      for (auto& t : transfers_) {
+        if (t->curl.get() == m->easy_handle) {
+          const CURLcode code = m->data.result;
+          curl_multi_remove_handle(multi.get(), t->curl.get());
+          Finish(*t, code);
+          ended = true;
+          break;
+        }
+      }
+    }
+    if (ended) {
+      transfers_.erase(std::remove_if(transfers_.begin(), transfers_.end(),
+                                      [](const auto& t) { return !t->curl; }),
+                       transfers_.end());
+      // The next request at once, not at the next look: in a rack a unit takes about a second.
+      Refresh();
+      StartTransfers();
+      next_refresh = Clock::now() + kRefreshEvery;
+    }
+    curl_multi_poll(multi.get(), nullptr, 0, 50, nullptr);
+  }
+  for (auto& t : transfers_) {
+    if (t->curl) curl_multi_remove_handle(multi.get(), t->curl.get());
+  }
+  transfers_.clear();
+  multi_ = nullptr;
+}
+
+void WebSeed::Refresh() {
+  if (finished_) return;
+  const auto now = Clock::now();
+  try {
+    // The pieces awaiting libtorrent's verdict, read before its status: a piece gone from them
+    // passed (and the status says so) or failed.
+    std::set<int> handed;
+    {
+      std::lock_guard lock(mu_);
+      handed = handed_;
+    }
+    lt::torrent_status s = handle_.status(lt::torrent_handle::query_pieces);
+    if (s.is_seeding || s.is_finished) {
+      finished_ = true;
+      LogShares();
+      return;
+    }
+    if (s.state != lt::torrent_status::downloading) return;
+    if (started_ == Clock::time_point::max()) started_ = now;
+    incomplete_ = s.num_incomplete;
+    std::vector<int> avail;
+    handle_.piece_availability(avail);
+    std::vector<lt::partial_piece_info> queue = handle_.get_download_queue();
+    std::vector<lt::download_priority_t> prio = handle_.get_piece_priorities();
+    std::vector<lt::peer_info> peers;
+    handle_.get_peer_info(peers);
+
+    for (auto& p : pieces_) p.downloading = false;
+    for (const auto& q : queue) {
+      // A piece some of whose blocks came from a peer that is gone (banned, disconnected) stays
+      // in the queue with no block asked of anyone: it is open (add_piece keeps those blocks).
+      if (q.requested == 0 && q.writing == 0) continue;
+      const int i = static_cast<int>(q.piece_index);
+      if (i >= 0 && i < static_cast<int>(pieces_.size())) pieces_[i].downloading = true;
+    }
+    for (int i = 0; i < static_cast<int>(pieces_.size()); ++i) {
+      Piece& p = pieces_[i];
+      p.have = s.pieces.size() > i && s.pieces[lt::piece_index_t{i}];
+      p.available = i < static_cast<int>(avail.size()) && avail[i] > 0;
+      p.wanted = i >= static_cast<int>(prio.size()) || prio[i] > lt::dont_download;
+      // Confirmed (finished or failed: no longer in handed_), or lost: open again.
+      if (p.handed != Clock::time_point::max() &&
+          (p.have || handed.count(i) == 0 || now - p.handed > kHandedTimeout)) {
+        p.handed = Clock::time_point::max();
+      }
+    }
+    std::vector<std::string> members = {self_id_};
+    for (const auto& peer : peers) {
+      if (peer.connection_type != lt::peer_info::standard_bittorrent) continue;
+      if (peer.flags & lt::peer_info::seed) continue;
+      std::string id = peer.pid.to_string();
+      if (id.rfind(kAgentPeerIdPrefix, 0) == 0) members.push_back(std::move(id));
+    }
+    std::sort(members.begin(), members.end());
+    members.erase(std::unique(members.begin(), members.end()), members.end());
+    if (members.size() > 1) alone_since_ = Clock::time_point::max();
+    if (members.size() == 1 && alone_since_ == Clock::time_point::max()) alone_since_ = now;
+    if (debug_ && (peers.size() != debug_peers_ || s.num_incomplete != incomplete_)) {
+      debug_peers_ = peers.size();
+      Log("peers " + std::to_string(peers.size()) +
+          ", tracker: " + std::to_string(s.num_incomplete) + " downloading, " +
+          std::to_string(s.num_complete) + " complete, " + std::to_string(s.list_peers) + " known");
+    }
+    if (debug_ && members != members_) {
+      Log("agents " + std::to_string(members.size()) + " at " +
+          std::to_string(
+              std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch())
+                  .count() %
+              100000));
+    }
+    if (members != members_ || ranks_.empty()) {
+      // This agent's rank for each unit among the agents it sees (0: the owner).
+      ranks_.assign(open_since_.size(), 0);
+      for (size_t u = 0; u < ranks_.size(); ++u) {
+        const uint64_t mine = Weight(self_id_, static_cast<int>(u));
+        for (const std::string& m : members) {
+          if (m != self_id_ && Weight(m, static_cast<int>(u)) > mine) ++ranks_[u];
+        }
+      }
+    }
+    members_ = std::move(members);
+    agents_ = static_cast<int>(members_.size());
+  } catch (const std::exception&) {
+    return;  // the torrent is being removed: the helper is stopping
+  }
+  for (size_t u = 0; u < open_since_.size(); ++u) {
+    bool open = false;
+    const int first = static_cast<int>(u) * unit_pieces_;
+    for (int i = first; i < std::min<int>(first + unit_pieces_, pieces_.size()) && !open; ++i) {
+      open = pieces_[i].Open();
+    }
+    if (!open) {
+      open_since_[u] = Clock::time_point::max();
+    } else if (open_since_[u] == Clock::time_point::max()) {
+      open_since_[u] = now;
+    }
+  }
+}
+
+void WebSeed::StartTransfers() {
+  const auto now = Clock::now();
+  if (finished_ || now < retry_at_ || started_ == Clock::time_point::max()) return;
+  // The tracker counts more agents downloading than we see: they are connecting; asking now would
+  // take units that are theirs.
+  if (transfers_.empty() && fetched_[kAlone] + fetched_[kOwned] + fetched_[kTakenOver] == 0 &&
+      agents_ < incomplete_ && now - started_ < kMaxSettle) {
+    return;
+  }
+  const bool alone =
+      agents_ == 1 && alone_since_ != Clock::time_point::max() && now - alone_since_ >= kAloneAfter;
+  const int slots = alone          ? config_.connections
+                    : agents_ == 1 ? 1
+                                   : std::max(1, config_.connections / agents_);
+  const int64_t total = ti_->total_size();
+  const int64_t max_run =
+      alone ? std::clamp<int64_t>(total / (4 * config_.connections), kAloneRunMin, kAloneRunMax)
+      : agents_ == 1 ? kUnitBytes
+                     : kRackRunBytes;
+  // The owner of an open unit may have this many to fetch before it: the wait before another
+  // takes it over grows with them.
+  const int64_t open_units = std::count_if(open_since_.begin(), open_since_.end(),
+                                           [](auto t) { return t != Clock::time_point::max(); });
+  const auto steal_after = kStealAfter + unit_time_ * (2 * open_units / agents_ + 1);
+  // Which open units may this agent take now: its own, and others' that stayed open long enough.
+  auto may_take = [&](int u) -> int {  // its rank, or -1
+    if (open_since_[u] == Clock::time_point::max()) return -1;
+    const int rank = ranks_[u];
+    if (rank > 0 && now - open_since_[u] < rank * steal_after) return -1;
+    return rank;
+  };
+  while (static_cast<int>(transfers_.size()) < slots) {
+    // An own unit first, else the one of the lowest rank; among those, the one this agent's
+    // weight is highest for. That order differs from agent to agent (as a random one would),
+    // and it starts with the units this agent stays the owner of as more agents appear: a
+    // rack's agents see each other over a second or two, and until then each of them thinks
+    // it owns units that will turn out to be another's.
+    int unit = -1;
+    int best_rank = std::numeric_limits<int>::max();
+    uint64_t best_weight = 0;
+    for (int u = 0; u < static_cast<int>(open_since_.size()); ++u) {
+      const int rank = may_take(u);
+      if (rank < 0 || rank > best_rank) continue;
+      const uint64_t w = Weight(self_id_, u);
+      if (rank == best_rank && w <= best_weight) continue;
+      unit = u;
+      best_rank = rank;
+      best_weight = w;
+    }
+    if (unit < 0) return;
+    int first = unit * unit_pieces_;
+    while (!pieces_[first].Open()) ++first;  // the unit is open: one of its pieces is
+    int last = first;
+    int64_t bytes = 0;
+    while (last < static_cast<int>(pieces_.size()) && pieces_[last].Open() && bytes < max_run &&
+           (last / unit_pieces_ == unit || may_take(last / unit_pieces_) >= 0)) {
+      bytes += ti_->piece_size(lt::piece_index_t{last});
+      ++last;
+    }
+    auto t = std::make_unique<Transfer>();
+    t->owner = this;
+    t->first = first;
+    t->last = last;
+    t->pos = static_cast<int64_t>(first) * ti_->piece_length();
+    t->end = std::min<int64_t>(static_cast<int64_t>(last) * ti_->piece_length(), total);
+    t->began = now;
+    t->kind = agents_ == 1 ? kAlone : best_rank == 0 ? kOwned : kTakenOver;
+    if (debug_) {
+      Log("ask pieces " + std::to_string(first) + "-" + std::to_string(last - 1) + " rank " +
+          std::to_string(best_rank) + " of " + std::to_string(agents_) + " at " +
+          std::to_string(
+              std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch())
+                  .count() %
+              100000));
+    }
+    Result<RedirectChain> chain = RedirectChain::Create(config_.url);
+    if (!chain.ok()) {
+      Log("the URL cannot be parsed");
+      finished_ = true;
+      return;
+    }
+    t->chain.emplace(std::move(*chain));
+    for (int i = first; i < last; ++i) pieces_[i].in_flight = true;
+    for (int u = first / unit_pieces_; u <= (last - 1) / unit_pieces_; ++u) {
+      open_since_[u] = Clock::time_point::max();
+    }
+    if (Status s = Launch(*t); !s.ok()) {
+      for (int i = first; i < last; ++i) pieces_[i].in_flight = false;
+      Log(s.detail());
+      retry_at_ = now + kMaxBackOff;
+      return;
+    }
+    transfers_.push_back(std::move(t));
+  }
+}
+
+size_t WebSeed::HeaderThunk(char* data, size_t size, size_t n, void* user) {
+  auto& t = *static_cast<Transfer*>(user);
+  const std::string_view line(data, size * n);
+  if (auto sl = ParseStatusLine(line)) {
+    // Each answer of the request (a proxy's, a redirect's) starts afresh.
+    t.status = sl->code;
+    t.location.clear();
+    t.range.reset();
+  } else if (auto loc = HeaderValue(line, "Location")) {
+    t.location = std::string(*loc);
+  } else if (auto cr = HeaderValue(line, "Content-Range")) {
+    t.range = ParseContentRange(*cr);
+  }
+  return size * n;
+}
+
+size_t WebSeed::WriteThunk(char* data, size_t size, size_t n, void* user) {
+  auto& t = *static_cast<Transfer*>(user);
+  return t.owner->Write(t, data, size * n);
+}
+
+Status WebSeed::Launch(Transfer& t) {
+  t.curl.reset(curl_easy_init());
+  if (!t.curl) return Status::Error(Code::kInternal, "curl_easy_init failed");
+  t.status = 0;
+  t.location.clear();
+  t.range.reset();
+  t.at = -1;
+  t.piece.clear();
+  CURL* c = t.curl.get();
+  const bool https = config_.url.rfind("https:", 0) == 0;
+  // As the agent's downloads (agent/fetch/download.cpp): http and https only, from an https URL
+  // https only; redirects are RedirectChain's; the proxy is chosen per request; TLS verified.
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, https ? "https" : "http,https");
+  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 1L << 20);
+  curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(c, CURLOPT_USERAGENT, "byoi-agent/" BYOI_VERSION);
+  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, t.errbuf);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, &HeaderThunk);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, &t);
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &WriteThunk);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &t);
+  curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, config_.insecure ? 0L : 1L);
+  curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, config_.insecure ? 0L : 2L);
+  curl_easy_setopt(c, CURLOPT_NOPROXY, "");
+  curl_easy_setopt(c, CURLOPT_HEADEROPT, CURLHEADER_SEPARATE);
+  curl_easy_setopt(c, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+  curl_easy_setopt(c, CURLOPT_PROXYAUTH, CURLAUTH_BASIC);
+  curl_easy_setopt(c, CURLOPT_PROXY_SSL_VERIFYPEER, config_.insecure ? 0L : 1L);
+  curl_easy_setopt(c, CURLOPT_PROXY_SSL_VERIFYHOST, config_.insecure ? 0L : 2L);
+  if (!config_.ca_bundle.empty()) {
+    curl_easy_setopt(c, CURLOPT_CAINFO, config_.ca_bundle.c_str());
+    curl_easy_setopt(c, CURLOPT_PROXY_CAINFO, config_.ca_bundle.c_str());
+  }
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, kConnectTimeoutMs);
+  curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, kStallSeconds);
+
+  // The manifest's headers go to its URL's origin only (redirect_chain.hpp), on every request.
+  curl_slist* list = nullptr;
+  auto add = [&list](const std::string& line) {
+    if (curl_slist* next = curl_slist_append(list, line.c_str())) list = next;
+  };
+  if (t.chain->at_origin()) {
+    for (const HttpHeader& h : config_.headers) add(h.name + ": " + h.value);
+  }
+  add("Range: bytes=" + std::to_string(t.pos) + "-" + std::to_string(t.end - 1));
+  t.headers.reset(list);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, t.headers.get());
+  static const ProxyEnvironment env = ProxyEnvironment::FromProcess();
+  Result<ProxyChoice> proxy = ChooseProxy(t.chain->url(), config_.proxy, env);
+  if (!proxy.ok()) return Status::Error(Code::kInvalid, proxy.status().detail());
+  curl_easy_setopt(c, CURLOPT_PROXY, proxy->url.c_str());
+  if (curl_easy_setopt(c, CURLOPT_URL, t.chain->url().c_str()) != CURLE_OK) {
+    return Status::Error(Code::kInvalid, "the URL cannot be parsed");
+  }
+  if (curl_multi_add_handle(static_cast<CURLM*>(multi_), c) != CURLM_OK) {
+    return Status::Error(Code::kInternal, "curl_multi_add_handle failed");
+  }
+  return Status::Ok();
+}
+
+size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
+  if (t.status != 200 && t.status != 206) return size;  // a redirect's body
+  const int64_t total = ti_->total_size();
+  if (t.at < 0) {
+    if (t.status == 206) {
+      if (!t.range || t.range->first != static_cast<uint64_t>(t.pos) ||
+          t.range->complete != static_cast<uint64_t>(total)) {
+        t.bad = "the origin answered another range than asked (or the image's size differs)";
+        return 0;
+      }
+      t.at = t.pos;
+    } else {
+      t.at = 0;  // no ranges: the whole image, of which we take the run
+    }
+  }
+  size_t i = 0;
+  while (i < size) {
+    if (t.pos >= t.end) {
+      t.complete = true;
+      return 0;  // past the run (a 200's whole image): enough
+    }
+    if (t.at < t.pos) {
+      const size_t skip = static_cast<size_t>(std::min<int64_t>(size - i, t.pos - t.at));
+      i += skip;
+      t.at += skip;
+      continue;
+    }
+    const int piece = static_cast<int>(t.pos / ti_->piece_length());
+    const int64_t piece_end = static_cast<int64_t>(piece) * ti_->piece_length() +
+                              ti_->piece_size(lt::piece_index_t{piece});
+    const size_t take = static_cast<size_t>(std::min<int64_t>(size - i, piece_end - t.pos));
+    t.piece.insert(t.piece.end(), data + i, data + i + take);
+    i += take;
+    t.at += static_cast<int64_t>(take);
+    t.pos += static_cast<int64_t>(take);
+    if (t.pos == piece_end) {
+      Hand(piece, t.piece, t.kind);
+      t.piece.clear();
+      t.got_piece = true;
+    }
+  }
+  if (t.pos >= t.end) t.complete = true;
+  return size;
+}
+
+void WebSeed::Hand(int piece, const std::vector<char>& bytes, int kind) {
+  Piece& p = pieces_[piece];
+  p.in_flight = false;
+  if (p.have) return;
+  {
+    std::lock_guard lock(mu_);
+    handed_.insert(piece);
+  }
+  p.handed = Clock::now();
+  fetched_[kind] += static_cast<int64_t>(bytes.size());
+  try {
+    // The blocking overload: it returns once libtorrent copied the piece, so a fast origin
+    // cannot pile pieces up in memory ahead of the disk.
+    handle_.add_piece(lt::piece_index_t{piece}, bytes.data());
+  } catch (const std::exception&) {
+    // The torrent is being removed: the helper is stopping.
+  }
+}
+
+void WebSeed::Finish(Transfer& t, int curl_code) {
+  const auto now = Clock::now();
+  const bool redirect =
+      t.status == 301 || t.status == 302 || t.status == 303 || t.status == 307 || t.status == 308;
+  if (redirect && curl_code == CURLE_OK && !t.location.empty()) {
+    if (Status s = t.chain->Follow(t.location); !s.ok()) {
+      t.bad = "redirect refused: " + s.detail();
+    } else if (Status l = Launch(t); !l.ok()) {
+      t.bad = l.detail();
+    } else {
+      return;
+    }
+  }
+  // The pieces the request did not bring are open again (a piece cut short is asked again whole).
+  for (int i = static_cast<int>(t.pos / ti_->piece_length()); i < t.last; ++i) {
+    pieces_[i].in_flight = false;
+  }
+  t.curl.reset();
+  t.headers.reset();
+  if (t.complete) {
+    failures_ = 0;
+    const int units = std::max(1, (t.last - t.first) / unit_pieces_);
+    unit_time_ = (now - t.began) / units;
+    return;
+  }
+  if (t.got_piece) failures_ = 0;
+  ++failures_;
+  retry_at_ = now + std::min<Clock::duration>(
+                        kMaxBackOff, std::chrono::seconds(1LL << std::min(failures_ - 1, 5)));
+  // Never the URL: it may hold userinfo or a presigned query.
+  if (!t.bad.empty()) {
+    Log(t.bad);
+  } else if (t.status >= 400) {
+    Log("the origin answered HTTP " + std::to_string(t.status));
+  } else if (curl_code != CURLE_OK) {
+    Log(curl_easy_strerror(static_cast<CURLcode>(curl_code)));
+  } else {
+    Log("the origin's answer (HTTP " + std::to_string(t.status) + ") ended before the run");
+  }
+}
+
+}  // namespace byoi

@@ -1,0 +1,136 @@
+// The swarm's web seed (docs/pipeline.md, "Swarm downloads"), in byoi-swarm: the manifest's URL,
+// asked for pieces with HTTP Range requests by the helper itself (libcurl), each piece handed to
+// libtorrent with torrent_handle::add_piece, which checks it against the torrent's hash like a
+// peer's. It replaces libtorrent's BEP 19 url seed, which picks pieces knowing nothing of what
+// the rack's other agents ask the origin for (a rack that starts together made the origin send
+// about 3 x the image for 20 agents) and cannot carry the manifest's headers after a ban.
+//
+// Dividing the origin's work without talking (rendezvous hashing): the image is cut into units of
+// about 1 MiB (whole pieces). A unit is "open" while one of its pieces is wanted (priority > 0),
+// not held, not held by any connected peer (availability 0), not being downloaded from a peer and
+// not asked of the origin by us. The rack's agents that are still downloading (connected peers
+// whose peer id carries kAgentPeerIdPrefix, not seeds, and this agent) rank themselves for each
+// unit by hash(peer id, unit): the first takes it from the origin; the one ranked r takes it only
+// after it stayed open r x (3 s + the owner's expected queue): its owner is gone, slow or stuck.
+// An owner leaving the peer set gives its units to the next. Each agent takes its own units
+// highest hash first: those it stays the owner of as more agents appear (a rack's agents see
+// each other over a second or two). Every other piece comes from the peers.
+//
+// Connections: alone (no other agent connected for kAloneAfter), `connections` at once, each a
+// long contiguous run, as a plain HTTP download; in a rack, connections / agents (at least one),
+// runs of at most 4 MiB. Every request follows the agent's download rules (agent/fetch/fetch.hpp):
+// redirects through RedirectChain (the manifest's headers to the URL's origin only, https never
+// to http, at most 5), the proxy chosen by ChooseProxy, TLS verification unless `insecure`, the
+// CA bundle. Nothing it writes to stderr holds the URL's secrets.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <libtorrent/torrent_handle.hpp>
+#include <libtorrent/torrent_info.hpp>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/base/status.hpp"
+#include "agent/fetch/http_headers.hpp"
+
+namespace byoi {
+
+// The start of the peer id of every byoi-swarm (the rest is random): how an agent tells the
+// rack's other agents, which share the origin's work, from other peers.
+inline constexpr char kAgentPeerIdPrefix[] = "-BY0100-";
+
+// A fresh 20-byte peer id: kAgentPeerIdPrefix and 12 random letters and digits.
+std::string NewAgentPeerId();
+
+struct WebSeedConfig {
+  std::string url;                  // the manifest's URL: may hold userinfo, never shown
+  std::vector<HttpHeader> headers;  // the manifest's headers (secrets)
+  std::string proxy;                // the agent's --proxy (may hold credentials), or empty
+  std::string ca_bundle;            // PEM file of CAs to trust, or empty for the system's
+  bool insecure = false;            // no TLS verification (--insecure)
+  int connections = 4;              // at once when alone (--connections, 1-16)
+};
+
+// Reads the helper's --web-seed-file: the URL on the first line; then the headers, `Name: value`
+// one a line; then optionally an empty line and settings, `key value` one a line: `proxy URL`,
+// `ca-bundle PATH`, `insecure 1`, `connections N`. kInvalid with the reason (never a value) when
+// the file is missing or a line is malformed.
+Result<WebSeedConfig> ReadWebSeedFile(const std::string& path);
+
+class WebSeed {
+ public:
+  // The web seed of `handle`, whose peer id is `self_id`. It asks nothing until Start.
+  WebSeed(WebSeedConfig config, lt::torrent_handle handle, std::string self_id);
+  ~WebSeed();  // Stop()
+  WebSeed(const WebSeed&) = delete;
+  WebSeed& operator=(const WebSeed&) = delete;
+
+  // Starts fetching pieces of `ti` (the torrent's metadata, once known) on a thread of its own.
+  void Start(std::shared_ptr<const lt::torrent_info> ti);
+  // Abandons the transfers and joins the thread. Idempotent.
+  void Stop();
+
+  // From the alert loop: true when `piece`, just finished, was handed over by the web seed (once
+  // per hand-over).
+  bool TakeHanded(int piece);
+  // From the alert loop: `piece` failed its hash check; if it came from the web seed, it is open
+  // again.
+  void HashFailed(int piece);
+
+ private:
+  struct Transfer;
+  void Run();
+  void Refresh();
+  void StartTransfers();
+  Status Launch(Transfer& t);
+  void Finish(Transfer& t, int curl_code);
+  void Hand(int piece, const std::vector<char>& bytes, int kind);
+  size_t Write(Transfer& t, const char* data, size_t size);
+  void Log(const std::string& what);
+  void LogShares();
+
+  static size_t WriteThunk(char* data, size_t size, size_t n, void* user);
+  static size_t HeaderThunk(char* data, size_t size, size_t n, void* user);
+
+  const WebSeedConfig config_;
+  lt::torrent_handle handle_;
+  const std::string self_id_;
+  std::shared_ptr<const lt::torrent_info> ti_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  const bool debug_ = std::getenv("BYOI_SWARM_WEB_SEED_DEBUG") != nullptr;
+  size_t debug_peers_ = 0;
+
+  std::mutex mu_;         // guards handed_
+  std::set<int> handed_;  // pieces handed to libtorrent, not yet finished or failed
+
+  // The thread's own state.
+  struct Piece;
+  std::vector<Piece> pieces_;
+  std::vector<std::chrono::steady_clock::time_point> open_since_;  // per unit; max(): not open
+  int unit_pieces_ = 1;
+  int agents_ = 1;       // this agent and the connected agents still downloading
+  int incomplete_ = -1;  // peers downloading, by the tracker's last answer (-1: none yet)
+  std::chrono::steady_clock::time_point started_{std::chrono::steady_clock::time_point::max()};
+  std::chrono::steady_clock::time_point alone_since_;
+  std::vector<std::string> members_;  // peer ids of those agents, this one's included
+  std::vector<int> ranks_;            // per unit: this agent's rank among them (0: the owner)
+  std::vector<std::unique_ptr<Transfer>> transfers_;
+  bool finished_ = false;
+  int failures_ = 0;  // requests in a row that brought no piece
+  std::chrono::steady_clock::time_point retry_at_;
+  std::chrono::steady_clock::duration unit_time_{};  // a recent unit's time from the origin
+  void* multi_ = nullptr;                            // CURLM*
+  // Bytes handed over, by how they were taken: while alone, as a unit's owner, from another's.
+  enum { kAlone, kOwned, kTakenOver };
+  int64_t fetched_[3] = {};
+};
+
+}  // namespace byoi
