@@ -404,6 +404,10 @@ int Fetch(const Args& args) {
         } else {
           from_peers += size;
         }
+        if (window && window->Passed(piece)) {
+          Event("piece " + std::to_string(piece));
+          complete = window->complete();
+        }
       } else if (auto* m = lt::alert_cast<lt::metadata_received_alert>(a)) {
         auto ti = m->handle.torrent_file();
         check_files(*ti);
@@ -425,11 +429,6 @@ int Fetch(const Args& args) {
         Fail("failed", e->message());
       } else if (auto* fe = lt::alert_cast<lt::file_error_alert>(a)) {
         Fail("failed", fe->message());
-      } else if (auto* p = lt::alert_cast<lt::piece_finished_alert>(a)) {
-        if (window && window->Passed(static_cast<int>(p->piece_index))) {
-          Event("piece " + std::to_string(static_cast<int>(p->piece_index)));
-          complete = window->complete();
-        }
       } else if (lt::alert_cast<lt::torrent_finished_alert>(a)) {
         // Stream mode: finished means the window is, not the image.
         if (!window) complete = true;

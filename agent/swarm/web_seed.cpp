@@ -264,7 +264,9 @@ void WebSeed::Refresh() {
       handed = handed_;
     }
     lt::torrent_status s = handle_.status(lt::torrent_handle::query_pieces);
-    if (s.is_seeding || s.is_finished) {
+    // Seeding: every piece is held. Not is_finished, which a stream-mode window makes true
+    // each time it drains (every wanted piece held), with more pieces to come.
+    if (s.is_seeding) {
       finished_ = true;
       LogShares();
       return;
