@@ -376,7 +376,14 @@ void WebSeed::StartTransfers() {
   // takes it over grows with them.
   const int64_t open_units = std::count_if(open_since_.begin(), open_since_.end(),
                                            [](auto t) { return t != Clock::time_point::max(); });
-  const auto steal_after = kStealAfter + unit_time_ * (2 * open_units / agents_ + 1);
+  // A unit takes the origin at least as long as ours in flight have taken so far: before the
+  // first one ends (its time unknown) a slow origin would otherwise look like stuck owners.
+  auto unit_time = unit_time_;
+  for (const auto& t : transfers_) {
+    const int units = std::max(1, (t->last - t->first) / unit_pieces_);
+    unit_time = std::max<Clock::duration>(unit_time, (now - t->began) / units);
+  }
+  const auto steal_after = kStealAfter + unit_time * (2 * open_units / agents_ + 1);
   // Which open units may this agent take now: its own, and others' that stayed open long enough.
   auto may_take = [&](int u) -> int {  // its rank, or -1
     if (open_since_[u] == Clock::time_point::max()) return -1;
