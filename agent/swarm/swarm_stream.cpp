@@ -174,6 +174,12 @@ Result<FetchStreamResult> StreamSwarm(const SwarmRequest& req, const FetchOption
     if (front == pieces) break;
     SendFront(s->helper_.in.get(), front);
   }
+  {
+    // The helper's last figures come with its `complete`, right after the last piece's event.
+    std::unique_lock lock(s->mu_);
+    s->changed_.wait_for(lock, std::chrono::seconds(2),
+                         [&] { return s->complete_ || s->ended_ || !s->error_kind_.empty(); });
+  }
   figures();
   s.reset();  // stops the helper: nothing whole is left to seed
   BYOI_ASSIGN_OR_RETURN(std::vector<Digest> digests, hasher->Finish());
