@@ -90,7 +90,9 @@ void Event(const std::string& line) {
     if (c == '\n' || c == '\r') c = ' ';
   }
   Event("error kind=" + kind + " " + one_line);
-  std::exit(1);
+  // Not exit(): the web seed's thread may still run, and static destructors would pull what
+  // it reads from under it.
+  std::_Exit(1);
 }
 
 struct Args {

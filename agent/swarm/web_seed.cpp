@@ -42,7 +42,11 @@ constexpr auto kMaxSettle = 1s;
 // The agent ranked r for a unit takes it once it stayed open r x this (at least; 3 x a recent
 // unit's time from the origin when that is longer).
 constexpr auto kStealAfter = 3s;
+constexpr Clock::duration kMaxStealAfter = 2min;
 constexpr auto kRefreshEvery = 200ms;
+// A peer that kept us choked this long while we wanted its pieces does not serve us: what it holds
+// is open to the origin, and it is no rack agent to leave units to.
+constexpr auto kRefusalAfter = 3s;
 // A piece handed to libtorrent that neither passed nor failed in this time is open again.
 constexpr auto kHandedTimeout = 10s;
 constexpr auto kMaxBackOff = 30s;
@@ -196,7 +200,8 @@ void WebSeed::HashFailed(int piece) {
 }
 
 void WebSeed::Log(const std::string& what) {
-  std::fprintf(stderr, "byoi-swarm: web seed: %s\n", what.c_str());
+  // What the origin sent (a refused Location, say) reaches the agent's log: printable only.
+  std::fprintf(stderr, "byoi-swarm: web seed: %s\n", PrintableText(what, 300).c_str());
 }
 
 void WebSeed::Run() {
@@ -252,6 +257,27 @@ void WebSeed::Run() {
   multi_ = nullptr;
 }
 
+// A peer serves us unless it kept us choked for kRefusalAfter while we wanted what it has: a
+// streaming agent (it uploads nothing), or a peer that announces pieces it will never send. The
+// rack's agents unchoke every peer at once, so the refusal lasts until it unchokes us.
+bool WebSeed::Serves(const lt::peer_info& peer, Clock::time_point now,
+                     std::map<std::string, Refusal>& refusals) const {
+  const std::string key =
+      peer.ip.address().to_string() + ":" + std::to_string(peer.ip.port()) + peer.pid.to_string();
+  Refusal r;
+  if (auto it = refusals_.find(key); it != refusals_.end()) r = it->second;
+  if (!(peer.flags & lt::peer_info::remote_choked)) {
+    r = Refusal{};
+  } else if (peer.flags & lt::peer_info::interesting) {
+    if (r.choked_since == Clock::time_point::max()) r.choked_since = now;
+    if (now - r.choked_since >= kRefusalAfter) r.refuses = true;
+  } else {
+    r.choked_since = Clock::time_point::max();
+  }
+  if (r.refuses || r.choked_since != Clock::time_point::max()) refusals[key] = r;
+  return !r.refuses;
+}
+
 void WebSeed::Refresh() {
   if (finished_) return;
   const auto now = Clock::now();
@@ -273,13 +299,26 @@ void WebSeed::Refresh() {
     }
     if (s.state != lt::torrent_status::downloading) return;
     if (started_ == Clock::time_point::max()) started_ = now;
-    incomplete_ = s.num_incomplete;
-    std::vector<int> avail;
-    handle_.piece_availability(avail);
-    std::vector<lt::partial_piece_info> queue = handle_.get_download_queue();
-    std::vector<lt::download_priority_t> prio = handle_.get_piece_priorities();
+    const int incomplete_before = std::exchange(incomplete_, s.num_incomplete);
     std::vector<lt::peer_info> peers;
     handle_.get_peer_info(peers);
+    // What the peers that serve us hold (libtorrent's own availability counts every peer's).
+    std::vector<int> avail(pieces_.size(), 0);
+    std::map<std::string, Refusal> refusals;
+    std::vector<std::string> members = {self_id_};
+    for (const auto& peer : peers) {
+      if (peer.connection_type != lt::peer_info::standard_bittorrent) continue;
+      if (!Serves(peer, now, refusals)) continue;
+      for (int i = 0; i < static_cast<int>(avail.size()) && i < peer.pieces.size(); ++i) {
+        if (peer.pieces[lt::piece_index_t{i}]) ++avail[i];
+      }
+      if (peer.flags & lt::peer_info::seed) continue;
+      std::string id = peer.pid.to_string();
+      if (id.rfind(kAgentPeerIdPrefix, 0) == 0) members.push_back(std::move(id));
+    }
+    refusals_ = std::move(refusals);
+    std::vector<lt::partial_piece_info> queue = handle_.get_download_queue();
+    std::vector<lt::download_priority_t> prio = handle_.get_piece_priorities();
 
     for (auto& p : pieces_) p.downloading = false;
     for (const auto& q : queue) {
@@ -292,7 +331,7 @@ void WebSeed::Refresh() {
     for (int i = 0; i < static_cast<int>(pieces_.size()); ++i) {
       Piece& p = pieces_[i];
       p.have = s.pieces.size() > i && s.pieces[lt::piece_index_t{i}];
-      p.available = i < static_cast<int>(avail.size()) && avail[i] > 0;
+      p.available = avail[i] > 0;
       p.wanted = i >= static_cast<int>(prio.size()) || prio[i] > lt::dont_download;
       // Confirmed (finished or failed: no longer in handed_), or lost: open again.
       if (p.handed != Clock::time_point::max() &&
@@ -300,18 +339,11 @@ void WebSeed::Refresh() {
         p.handed = Clock::time_point::max();
       }
     }
-    std::vector<std::string> members = {self_id_};
-    for (const auto& peer : peers) {
-      if (peer.connection_type != lt::peer_info::standard_bittorrent) continue;
-      if (peer.flags & lt::peer_info::seed) continue;
-      std::string id = peer.pid.to_string();
-      if (id.rfind(kAgentPeerIdPrefix, 0) == 0) members.push_back(std::move(id));
-    }
     std::sort(members.begin(), members.end());
     members.erase(std::unique(members.begin(), members.end()), members.end());
     if (members.size() > 1) alone_since_ = Clock::time_point::max();
     if (members.size() == 1 && alone_since_ == Clock::time_point::max()) alone_since_ = now;
-    if (debug_ && (peers.size() != debug_peers_ || s.num_incomplete != incomplete_)) {
+    if (debug_ && (peers.size() != debug_peers_ || s.num_incomplete != incomplete_before)) {
       debug_peers_ = peers.size();
       Log("peers " + std::to_string(peers.size()) +
           ", tracker: " + std::to_string(s.num_incomplete) + " downloading, " +
@@ -383,7 +415,10 @@ void WebSeed::StartTransfers() {
     const int units = std::max(1, (t->last - t->first) / unit_pieces_);
     unit_time = std::max<Clock::duration>(unit_time, (now - t->began) / units);
   }
-  const auto steal_after = kStealAfter + unit_time * (2 * open_units / agents_ + 1);
+  // Capped: an hour-long transfer times a large image's units must not overflow.
+  const auto steal_after = std::min<Clock::duration>(
+      kMaxStealAfter, kStealAfter + std::min<Clock::duration>(kMaxStealAfter, unit_time) *
+                                        std::min<int64_t>(2 * open_units / agents_ + 1, 1000));
   // Which open units may this agent take now: its own, and others' that stayed open long enough.
   auto may_take = [&](int u) -> int {  // its rank, or -1
     if (open_since_[u] == Clock::time_point::max()) return -1;
@@ -552,6 +587,16 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
         return 0;
       }
       t.at = t.pos;
+      // An origin that caps what one answer carries: the run ends with the last whole piece it
+      // sends, the rest is asked again.
+      const int64_t sent_end = static_cast<int64_t>(t.range->last) + 1;
+      if (sent_end < t.end) {
+        t.end = sent_end / ti_->piece_length() * ti_->piece_length();
+        if (t.end <= t.pos) {
+          t.bad = "the origin's ranges are shorter than a piece";
+          return 0;
+        }
+      }
     } else {
       t.at = 0;  // no ranges: the whole image, of which we take the run
     }

@@ -6,10 +6,12 @@
 // about 3 x the image for 20 agents) and cannot carry the manifest's headers after a ban.
 //
 // Dividing the origin's work without talking (rendezvous hashing): the image is cut into units of
-// about 1 MiB (whole pieces). A unit is "open" while one of its pieces is wanted (priority > 0),
-// not held, not held by any connected peer (availability 0), not being downloaded from a peer and
-// not asked of the origin by us. The rack's agents that are still downloading (connected peers
-// whose peer id carries kAgentPeerIdPrefix, not seeds, and this agent) rank themselves for each
+// at least 256 KiB (whole pieces). A unit is "open" while one of its pieces is wanted (priority >
+// 0), not held, not held by any connected peer that serves us, not being downloaded from a peer
+// and not asked of the origin by us. A peer serves us unless it kept us choked for 3 s while we
+// wanted its pieces (a streaming agent, or a peer announcing what it will never send). The rack's
+// agents that are still downloading (connected peers that serve us whose peer id carries
+// kAgentPeerIdPrefix, not seeds, and this agent) rank themselves for each
 // unit by hash(peer id, unit): the first takes it from the origin; the one ranked r takes it only
 // after it stayed open r x (3 s + the owner's expected queue): its owner is gone, slow or stuck.
 // An owner leaving the peer set gives its units to the next. Each agent takes its own units
@@ -28,8 +30,10 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <libtorrent/peer_info.hpp>
 #include <libtorrent/torrent_handle.hpp>
 #include <libtorrent/torrent_info.hpp>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -87,6 +91,13 @@ class WebSeed {
  private:
   struct Transfer;
   void Run();
+  struct Refusal {
+    std::chrono::steady_clock::time_point choked_since{
+        std::chrono::steady_clock::time_point::max()};
+    bool refuses = false;
+  };
+  bool Serves(const lt::peer_info& peer, std::chrono::steady_clock::time_point now,
+              std::map<std::string, Refusal>& refusals) const;
   void Refresh();
   void StartTransfers();
   Status Launch(Transfer& t);
@@ -121,7 +132,9 @@ class WebSeed {
   std::chrono::steady_clock::time_point started_{std::chrono::steady_clock::time_point::max()};
   std::chrono::steady_clock::time_point alone_since_;
   std::vector<std::string> members_;  // peer ids of those agents, this one's included
-  std::vector<int> ranks_;            // per unit: this agent's rank among them (0: the owner)
+  // Peers (by endpoint and id) choking us while we want their pieces, or refusing to serve us.
+  std::map<std::string, Refusal> refusals_;
+  std::vector<int> ranks_;  // per unit: this agent's rank among them (0: the owner)
   std::vector<std::unique_ptr<Transfer>> transfers_;
   bool finished_ = false;
   int failures_ = 0;  // requests in a row that brought no piece

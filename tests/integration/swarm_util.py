@@ -84,10 +84,12 @@ class Seeder:
     The torrent is checked against `data` (so the seeder has what it announces) unless
     `claim_all` is set: then it starts in seed mode and announces every piece whatever its file
     holds, as a lying peer would. After start, `corrupt(offsets)` alters its file: it then serves
-    bad bytes for pieces it announced good. Trackers come from the torrent; `web_seeds` off.
-    `settings`: more libtorrent settings for its session (a DHT, say)."""
+    bad bytes for pieces it announced good. With `choke_all`, it never unchokes a peer (nor
+    offers an allowed-fast piece), as a streaming agent does. Trackers come from the torrent;
+    `web_seeds` off. `settings`: more libtorrent settings for its session (a DHT, say)."""
 
-    def __init__(self, torrent, data, workdir, claim_all=False, name="seeder", settings=None):
+    def __init__(self, torrent, data, workdir, claim_all=False, name="seeder", settings=None,
+                 choke_all=False):
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         self.ti = lt.torrent_info(torrent)
@@ -100,6 +102,13 @@ class Seeder:
             "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
             "allow_multiple_connections_per_ip": True, "alert_mask": 0,
             "min_announce_interval": 5, **(settings or {})})
+        if choke_all:
+            self.session.apply_settings({"unchoke_slots_limit": 0, "allowed_fast_set_size": 0,
+                                         "alert_mask": lt.alert.category_t.connect_notification})
+            # Peers on loopback are in the "local" class, which ignores the unchoke slots.
+            local = self.session.get_peer_class(lt.session.local_peer_class_id)
+            local["ignore_unchoke_slots"] = False
+            self.session.set_peer_class(lt.session.local_peer_class_id, local)
         atp = lt.add_torrent_params()
         atp.ti = self.ti
         atp.save_path = self.dir
@@ -108,12 +117,17 @@ class Seeder:
             atp.flags |= lt.torrent_flags.seed_mode
         self.handle = self.session.add_torrent(atp)
         self.handle.remove_url_seed(self.ti.web_seeds()[0]["url"]) if self.ti.web_seeds() else None
-        if not claim_all:
-            deadline = time.monotonic() + 30
-            while not self.handle.status().is_seeding:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the seeder did not finish checking its file")
-                time.sleep(0.05)
+        # Seeding, and known to its tracker (when the torrent names one): an agent started now
+        # finds it in its first announce's answer.
+        deadline = time.monotonic() + 30
+        while not self.handle.status().is_seeding or not self._announced():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the seeder did not check its file and announce it")
+            time.sleep(0.05)
+
+    def _announced(self):
+        trackers = self.handle.trackers()
+        return not trackers or any(t["verified"] for t in trackers)
 
     @property
     def endpoint(self):
@@ -127,6 +141,10 @@ class Seeder:
                 b = f.read(1)
                 f.seek(off)
                 f.write(bytes([b[0] ^ 0xFF]))
+
+    def peers_connected(self):
+        """Peers that connected since the last call (counted with `choke_all` only)."""
+        return sum(isinstance(a, lt.peer_connect_alert) for a in self.session.pop_alerts())
 
     def uploaded(self):
         return self.handle.status().total_payload_upload

@@ -407,6 +407,17 @@ class SwarmDeploy(unittest.TestCase):
         run = self.deploy(url, turl)
         self.assert_installed(run)
 
+    def test_a_peer_announcing_every_piece_and_never_unchoking_changes_nothing(self):
+        # It holds nothing the agent can get (it chokes everyone, like a streaming agent): its
+        # pieces are no reason to leave them to it, the web seed brings them.
+        url, turl, path = self.publish(Route(self.data, rate=4_000_000))
+        liar = Seeder(path, bytes(SIZE), self.dir, claim_all=True, choke_all=True)
+        self.seeders.append(liar)
+        run = self.deploy(url, turl)
+        self.assert_installed(run)
+        self.assertEqual(run.status["swarm"]["fromWebSeed"], SIZE)
+        self.assertGreater(liar.peers_connected(), 0, "the agent never met the liar")
+
     def test_a_torrent_that_does_not_describe_the_web_seeds_bytes_fails_the_download(self):
         other = mbr_image(SIZE, seed=12 + 1000 * os.getpid())
         url, turl, _ = self.publish(Route(self.data), torrent_data=other)
@@ -679,6 +690,30 @@ class SwarmStreamDeploy(unittest.TestCase):
         # Choked throughout (so it never asks); a request would be dropped unanswered anyway.
         self.assertEqual((leecher.unchoked, leecher.hash_failures, leecher.downloaded()),
                          (False, 0, 0))
+
+    def test_two_streaming_agents_each_get_the_whole_image(self):
+        # Neither sends the other a byte (a streaming agent chokes every peer), though each
+        # announces the pieces it holds: each takes from the origin what the other holds.
+        name = "image.raw"
+        origin, url, turl, _ = self.publish(name, rate=4_000_000, seeder=False)
+        devs = [self.fresh_disk(512, seed=f"agent{i}") for i in range(2)]
+        results = [None, None]
+
+        def run(i):
+            results[i] = self.deploy(self.manifest(name, url, turl), devs[i], "--write-mode",
+                                     "stream")
+
+        jobs = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join()
+        for i in range(2):
+            with self.subTest(agent=i):
+                status = self.assertInstalled(results[i], name, devs[i])
+                self.assertEqual(status["swarm"]["fromPeers"], 0)
+        size = len(self.images[name][0])
+        self.assertEqual(origin.served["/" + name], 2 * size)
 
     # --- failures --------------------------------------------------------------------------------
 
