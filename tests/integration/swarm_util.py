@@ -201,12 +201,14 @@ class Leecher:
 
 class Origin:
     """The image's origin on 127.0.0.1: GET (with `Range: bytes=N-M` answered 206) of `files`
-    ({path: bytes}), each connection limited to `rate` bytes per second when given. `served`
-    counts the body bytes actually written to the sockets, per path."""
+    ({path: bytes}), each connection limited to `rate` bytes per second when given, each 206
+    carrying at most `max_range` bytes when given (as some CDNs cap a range). `served` counts the
+    body bytes actually written to the sockets, per path."""
 
-    def __init__(self, files, rate=None):
+    def __init__(self, files, rate=None, max_range=None):
         self.files = dict(files)
         self.rate = rate
+        self.max_range = max_range
         self.served = {p: 0 for p in self.files}
         self.lock = threading.Lock()
         owner = self
@@ -231,6 +233,8 @@ class Origin:
                     first, _, last = rng[6:].partition("-")
                     start = int(first)
                     end = min(int(last) + 1, len(body)) if last else len(body)
+                    if owner.max_range:
+                        end = min(end, start + owner.max_range)
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(body)}")
                 else:

@@ -190,13 +190,14 @@ class SwarmDeploy(unittest.TestCase):
         self.assertEqual(origin_bytes(self.server, "/image.raw", SIZE), SIZE)
         self.assertTrue(all(r.startswith("bytes=") for r in self.server.ranges("/image.raw")))
 
-    def publish_counted(self, rate):
+    def publish_counted(self, rate, max_range=None):
         """The image on an Origin that counts what it sends, at `rate` bytes per second per
-        connection; its torrent beside it. Returns (origin, image URL, torrent URL, path)."""
+        connection, `max_range` bytes per 206 at most; its torrent beside it. Returns (origin,
+        image URL, torrent URL, path)."""
         src = os.path.join(self.dir, "image.raw")
         with open(src, "wb") as f:
             f.write(self.data)
-        origin = Origin({"/image.raw": self.data}, rate=rate)
+        origin = Origin({"/image.raw": self.data}, rate=rate, max_range=max_range)
         self.addCleanup(origin.close)
         path = os.path.join(self.dir, "image.raw.torrent")
         lines = make_torrent(src, origin.url("/image.raw"), path,
@@ -206,6 +207,19 @@ class SwarmDeploy(unittest.TestCase):
             origin.files["/image.raw.torrent"] = f.read()
         origin.served["/image.raw.torrent"] = 0
         return origin, origin.url("/image.raw"), origin.url("/image.raw.torrent"), path
+
+    def test_an_origin_that_caps_its_ranges_is_asked_again_for_the_rest(self):
+        # A 206 shorter than asked is a complete answer, not an error to back off from: the
+        # image comes once, with no failed request in the log.
+        # 4 MB/s: after 2 s alone, the agent asks for runs of 4 MiB and more.
+        origin, url, turl, _ = self.publish_counted(4_000_000, max_range=PIECE + 1000)
+        run = self.deploy(url, turl)
+        self.assert_installed(run)
+        # Each answer's bytes past its first piece are all that is taken twice.
+        self.assertLessEqual(origin.served["/image.raw"], SIZE + (SIZE // PIECE) * 1000)
+        self.assertGreater(origin.served["/image.raw"], SIZE)
+        self.assertNotIn("byoi-swarm: web seed:", run.stderr.replace(
+            "byoi-swarm: web seed: fetched", ""))
 
     def test_a_seeder_spares_the_origin(self):
         # The origin gives 2 MB/s per connection; the peer on loopback is much faster.
