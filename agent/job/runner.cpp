@@ -351,7 +351,9 @@ StreamMemory PlanStreamMemory(uint64_t budget, int connections) {
   const uint64_t b = std::min(budget, kMaxStreamMemory);
   StreamMemory m;
   m.writer_threads = b >= 64 * kMiB ? 4 : 2;
-  m.chunk = std::clamp<uint64_t>(b / 32 / kMiB * kMiB, kMiB, 4 * kMiB);
+  // Large writes: a loop device over a file copies each request as it comes, and 16 MiB ones
+  // took a stream raw deploy 0.92 x the time of 4 MiB ones (5 pairs, 0.87-0.95).
+  m.chunk = std::clamp<uint64_t>(b / 32 / kMiB * kMiB, kMiB, 16 * kMiB);
   m.window = std::clamp<uint64_t>(b / 4, 2 * kMiB, 64 * kMiB);
   m.receive_buffer = std::clamp<uint64_t>(b / 16 / std::max(connections, 1), 64 << 10, 8 * kMiB);
   const uint64_t fixed = (m.writer_threads + 2) * m.chunk + kMiB /* held */ + m.window +
