@@ -258,6 +258,11 @@ int Fetch(const Args& args) {
       Fail("invalid", "the torrent holds " + std::to_string(ti.num_files()) +
                           " files: an image torrent holds one");
     }
+    if (ti.piece_length() > byoi::kMaxPieceBytes) {
+      Fail("invalid", "the torrent's pieces are " + std::to_string(ti.piece_length()) +
+                          " bytes, more than the " + std::to_string(byoi::kMaxPieceBytes) +
+                          " taken");
+    }
     if (ti.total_size() > capacity) {
       Fail("too_big", "the torrent's image is " + std::to_string(ti.total_size()) +
                           " bytes, more than the RAM budget of " + std::to_string(capacity));

@@ -43,6 +43,8 @@ constexpr auto kMaxSettle = 1s;
 // unit's time from the origin when that is longer).
 constexpr auto kStealAfter = 3s;
 constexpr Clock::duration kMaxStealAfter = 2min;
+// The pieces being received from the origin, all transfers together (each holds one whole).
+constexpr int64_t kPieceBuffers = kMaxPieceBytes;
 constexpr auto kRefreshEvery = 200ms;
 // A peer that kept us choked this long while we wanted its pieces does not serve us: what it holds
 // is open to the origin, and it is no rack agent to leave units to.
@@ -396,9 +398,13 @@ void WebSeed::StartTransfers() {
   }
   const bool alone =
       agents_ == 1 && alone_since_ != Clock::time_point::max() && now - alone_since_ >= kAloneAfter;
-  const int slots = alone          ? config_.connections
-                    : agents_ == 1 ? 1
-                                   : std::max(1, config_.connections / agents_);
+  // Each transfer holds the piece it is receiving: at most kPieceBuffers in all, whatever the
+  // torrent's piece size (one transfer at least).
+  const int by_memory = static_cast<int>(std::max<int64_t>(1, kPieceBuffers / ti_->piece_length()));
+  const int slots =
+      std::min(by_memory, alone          ? config_.connections
+                          : agents_ == 1 ? 1
+                                         : std::max(1, config_.connections / agents_));
   const int64_t total = ti_->total_size();
   const int64_t max_run =
       alone ? std::clamp<int64_t>(total / (4 * config_.connections), kAloneRunMin, kAloneRunMax)
@@ -617,6 +623,7 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
     const int64_t piece_end = static_cast<int64_t>(piece) * ti_->piece_length() +
                               ti_->piece_size(lt::piece_index_t{piece});
     const size_t take = static_cast<size_t>(std::min<int64_t>(size - i, piece_end - t.pos));
+    if (t.piece.empty()) t.piece.reserve(static_cast<size_t>(piece_end - t.pos));
     t.piece.insert(t.piece.end(), data + i, data + i + take);
     i += take;
     t.at += static_cast<int64_t>(take);

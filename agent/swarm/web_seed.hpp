@@ -50,6 +50,9 @@ namespace byoi {
 // rack's other agents, which share the origin's work, from other peers.
 inline constexpr char kAgentPeerIdPrefix[] = "-BY0100-";
 
+// The largest piece taken: the web seed holds whole pieces while they arrive, as does libtorrent.
+inline constexpr int64_t kMaxPieceBytes = 64 << 20;
+
 // A fresh 20-byte peer id: kAgentPeerIdPrefix and 12 random letters and digits.
 std::string NewAgentPeerId();
 

@@ -203,13 +203,16 @@ class Origin:
     """The image's origin on 127.0.0.1: GET (with `Range: bytes=N-M` answered 206) of `files`
     ({path: bytes}), each connection limited to `rate` bytes per second when given, each 206
     carrying at most `max_range` bytes when given (as some CDNs cap a range). `served` counts the
-    body bytes actually written to the sockets, per path."""
+    body bytes actually written to the sockets, per path; `most_at_once` the most bodies of a path
+    being sent at the same time."""
 
     def __init__(self, files, rate=None, max_range=None):
         self.files = dict(files)
         self.rate = rate
         self.max_range = max_range
         self.served = {p: 0 for p in self.files}
+        self.sending = {}
+        self.most_at_once = {}
         self.lock = threading.Lock()
         owner = self
 
@@ -243,6 +246,10 @@ class Origin:
                 self.end_headers()
                 pos = start
                 began = time.monotonic()
+                with owner.lock:
+                    owner.sending[path] = owner.sending.get(path, 0) + 1
+                    owner.most_at_once[path] = max(owner.most_at_once.get(path, 0),
+                                                   owner.sending[path])
                 try:
                     while pos < end:
                         n = min(16 << 10, end - pos)
@@ -256,6 +263,9 @@ class Origin:
                                 time.sleep(ahead)  # pacing, not synchronisation
                 except OSError:
                     self.close_connection = True
+                finally:
+                    with owner.lock:
+                        owner.sending[path] -= 1
 
         class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
             daemon_threads = True

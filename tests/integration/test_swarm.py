@@ -135,7 +135,7 @@ class SwarmDeploy(unittest.TestCase):
         self.server.close()
         shutil.rmtree(self.dir)
 
-    def publish(self, route, torrent_data=None, name="image.raw", server=None):
+    def publish(self, route, torrent_data=None, name="image.raw", server=None, piece=PIECE):
         """Serves `route` at /NAME and a torrent of `torrent_data` (default: the image) at
         /NAME.torrent, the tracker in it, on `server` (default: self.server); returns (image URL,
         torrent URL, torrent path)."""
@@ -146,7 +146,7 @@ class SwarmDeploy(unittest.TestCase):
             f.write(self.data if torrent_data is None else torrent_data)
         path = os.path.join(self.dir, name + ".torrent")
         lines = make_torrent(src, url, path, trackers=[self.tracker.announce],
-                             piece_length=PIECE)
+                             piece_length=piece)
         self.tracker.start(info_hashes(lines))
         with open(path, "rb") as f:
             turl = server.add("/" + name + ".torrent", Route(f.read()))
@@ -190,10 +190,10 @@ class SwarmDeploy(unittest.TestCase):
         self.assertEqual(origin_bytes(self.server, "/image.raw", SIZE), SIZE)
         self.assertTrue(all(r.startswith("bytes=") for r in self.server.ranges("/image.raw")))
 
-    def publish_counted(self, rate, max_range=None):
+    def publish_counted(self, rate, max_range=None, piece=PIECE):
         """The image on an Origin that counts what it sends, at `rate` bytes per second per
-        connection, `max_range` bytes per 206 at most; its torrent beside it. Returns (origin,
-        image URL, torrent URL, path)."""
+        connection, `max_range` bytes per 206 at most; its torrent (of `piece`-byte pieces) beside
+        it. Returns (origin, image URL, torrent URL, path)."""
         src = os.path.join(self.dir, "image.raw")
         with open(src, "wb") as f:
             f.write(self.data)
@@ -201,7 +201,7 @@ class SwarmDeploy(unittest.TestCase):
         self.addCleanup(origin.close)
         path = os.path.join(self.dir, "image.raw.torrent")
         lines = make_torrent(src, origin.url("/image.raw"), path,
-                             trackers=[self.tracker.announce], piece_length=PIECE)
+                             trackers=[self.tracker.announce], piece_length=piece)
         self.tracker.start(info_hashes(lines))
         with open(path, "rb") as f:
             origin.files["/image.raw.torrent"] = f.read()
@@ -220,6 +220,19 @@ class SwarmDeploy(unittest.TestCase):
         self.assertGreater(origin.served["/image.raw"], SIZE)
         self.assertNotIn("byoi-swarm: web seed:", run.stderr.replace(
             "byoi-swarm: web seed: fetched", ""))
+
+    def test_the_web_seed_receives_at_most_64_mib_of_pieces_at_once(self):
+        # 32 MiB pieces, 16 connections: each request holds one whole piece while it arrives, so
+        # two at once, not four (the image's pieces) or sixteen.
+        self.data = mbr_image(4 * 32 * MiB, seed=13 + 1000 * os.getpid())
+        self.sha = hashlib.sha256(self.data).hexdigest()
+        with open(self.disk, "r+b") as f:
+            f.truncate(len(self.data) + 4 * MiB)
+        origin, url, turl, _ = self.publish_counted(16_000_000, piece=32 * MiB)
+        run = self.deploy(url, turl, None, "--connections", "16")
+        self.assertEqual((run.returncode, run.status["status"]), (0, "done"), run.stderr[-3000:])
+        self.assertEqual(origin.served["/image.raw"], len(self.data))
+        self.assertEqual(origin.most_at_once["/image.raw"], 2)
 
     def test_a_seeder_spares_the_origin(self):
         # The origin gives 2 MB/s per connection; the peer on loopback is much faster.
@@ -473,6 +486,14 @@ class SwarmDeploy(unittest.TestCase):
         run = self.deploy(url, turl)
         self.assert_untouched(run, f"Could not download image located: {url}.")
         self.assertIn("reading the .torrent", run.status["detail"])
+
+    def test_a_torrent_of_pieces_over_64_mib_is_refused_before_the_first_write(self):
+        # The web seed and libtorrent hold whole pieces while they arrive: not without bound.
+        url, turl, _ = self.publish(Route(self.data), piece=128 * MiB)
+        run = self.deploy(url, turl)
+        self.assert_untouched(run, f"Could not download image located: {url}.")
+        self.assertEqual(run.status["detail"], "swarm: the torrent's pieces are 134217728 bytes, "
+                                               "more than the 67108864 taken")
 
     def test_a_torrent_larger_than_the_ram_budget_is_too_big(self):
         url, turl, _ = self.publish(Route(self.data))
