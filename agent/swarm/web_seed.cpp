@@ -29,6 +29,8 @@ constexpr int64_t kUnitBytes = 256 << 10;
 // In a rack, a request asks for at most this many bytes: a unit taken by the wrong agent (two that
 // do not yet see each other) costs the origin little.
 constexpr int64_t kRackRunBytes = 4 << 20;
+// Units taken together by an agent that sees no other (about 4 MiB of 256 KiB units).
+constexpr int kGroupUnits = 16;
 // Alone, a request asks for a long run (between these, about 4 per connection), as FetchImage's
 // piece plan does.
 constexpr int64_t kAloneRunMin = 4 << 20;
@@ -438,13 +440,20 @@ void WebSeed::StartTransfers() {
     // and it starts with the units this agent stays the owner of as more agents appear: a
     // rack's agents see each other over a second or two, and until then each of them thinks
     // it owns units that will turn out to be another's.
+    // Before this agent sees another, every unit is its own: it takes them a group at a time,
+    // groups in its weights' order, so that if it turns out to be alone what is left is a few
+    // long runs (random single units cut the rest into as many short requests). A unit it may
+    // lose to another agent then costs nothing: the other sees it held.
+    const bool by_group = agents_ == 1;
     int unit = -1;
     int best_rank = std::numeric_limits<int>::max();
     uint64_t best_weight = 0;
     for (int u = 0; u < static_cast<int>(open_since_.size()); ++u) {
       const int rank = may_take(u);
       if (rank < 0 || rank > best_rank) continue;
-      const uint64_t w = Weight(self_id_, u);
+      // Within a group, the first unit: its weight is the group's less its index.
+      const uint64_t w =
+          by_group ? Weight(self_id_, -1 - u / kGroupUnits) - u % kGroupUnits : Weight(self_id_, u);
       if (rank == best_rank && w <= best_weight) continue;
       unit = u;
       best_rank = rank;

@@ -16,7 +16,8 @@
 // after it stayed open r x (3 s + the owner's expected queue): its owner is gone, slow or stuck.
 // An owner leaving the peer set gives its units to the next. Each agent takes its own units
 // highest hash first: those it stays the owner of as more agents appear (a rack's agents see
-// each other over a second or two). Every other piece comes from the peers.
+// each other over a second or two); before it sees another, groups of units in that order, so
+// that alone it is left with long runs. Every other piece comes from the peers.
 //
 // Connections: alone (no other agent connected for kAloneAfter), `connections` at once, each a
 // long contiguous run, as a plain HTTP download; in a rack, connections / agents (at least one),

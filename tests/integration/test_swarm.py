@@ -32,6 +32,8 @@ from swarm_util import (Leecher, Origin, Seeder, Tracker, info_hashes,  # noqa: 
 MiB = 1 << 20
 SIZE = 16 * MiB
 PIECE = 256 << 10
+# What byoi-swarm says when libtorrent hashes its storage to find the pieces it holds.
+HASHING = "byoi-swarm: hashing the storage to find the pieces it holds"
 # The auto stream test: an image over the RAM budget.
 BIG = 160 * MiB
 BUDGET = 96 * MiB
@@ -188,6 +190,9 @@ class SwarmDeploy(unittest.TestCase):
                                   r"16 MiB from the web seed$")
         # The image once, in Range requests (the web seed is the helper's own: no piece twice).
         self.assertEqual(origin_bytes(self.server, "/image.raw", SIZE), SIZE)
+        # The agent's fresh buffer holds no piece: libtorrent is told so, it hashes nothing
+        # (a magnet link's storage is hashed once its metadata arrived: the test below).
+        self.assertNotIn(HASHING, run.stderr)
         self.assertTrue(all(r.startswith("bytes=") for r in self.server.ranges("/image.raw")))
 
     def publish_counted(self, rate, max_range=None, piece=PIECE):
@@ -413,6 +418,7 @@ class SwarmDeploy(unittest.TestCase):
         self.assert_installed(run)
         self.assertLess(origin.served["/image.raw"], SIZE // 2)
         self.assertGreater(run.status["swarm"]["fromPeers"], SIZE // 2)
+        self.assertIn(HASHING, run.stderr)
 
     def test_a_seeder_serving_corrupt_pieces_is_banned_and_the_image_verifies(self):
         url, turl, path = self.publish(Route(self.data, rate=4_000_000))
