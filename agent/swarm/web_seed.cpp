@@ -437,13 +437,12 @@ void WebSeed::StartTransfers() {
   while (static_cast<int>(transfers_.size()) < slots) {
     // An own unit first, else the one of the lowest rank; among those, the one this agent's
     // weight is highest for. That order differs from agent to agent (as a random one would),
-    // and it starts with the units this agent stays the owner of as more agents appear: a
-    // rack's agents see each other over a second or two, and until then each of them thinks
-    // it owns units that will turn out to be another's.
-    // Before this agent sees another, every unit is its own: it takes them a group at a time,
-    // groups in its weights' order, so that if it turns out to be alone what is left is a few
-    // long runs (random single units cut the rest into as many short requests). A unit it may
-    // lose to another agent then costs nothing: the other sees it held.
+    // and it starts with the units this agent stays the owner of as more agents appear.
+    // Before this agent sees another (a rack's agents see each other over a second or two),
+    // every unit is its own: it takes them a group at a time, groups in its weights' order, so
+    // that if it turns out to be alone what is left is a few long runs (random single units cut
+    // the rest into as many short requests). A held unit that turns out to be another's costs
+    // nothing: the other sees it held.
     const bool by_group = agents_ == 1;
     int unit = -1;
     int best_rank = std::numeric_limits<int>::max();
