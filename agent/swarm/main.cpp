@@ -239,6 +239,13 @@ int Fetch(const Args& args) {
   atp.renamed_files[lt::file_index_t{0}] = "image";
   atp.flags &= ~lt::torrent_flags::auto_managed;
   atp.flags &= ~lt::torrent_flags::paused;
+  if (atp.ti) {
+    // The storage is the agent's fresh memfd: it holds no piece. Said so, libtorrent does not
+    // hash the whole file to find out (a 4 GiB image: seconds before the first request). A
+    // magnet's metadata comes later, and its storage is checked then.
+    atp.have_pieces.resize(atp.ti->num_pieces(), false);
+    atp.flags |= lt::torrent_flags::no_verify_files;
+  }
   if (window) {
     // Nothing is served (stream_window.hpp says why). No piece is asked for until the window
     // is set (upload mode, which StreamWindow::Start leaves): a magnet's pieces would all be
@@ -353,6 +360,9 @@ int Fetch(const Args& args) {
   }
   lt::torrent_handle h = ses.add_torrent(std::move(atp), ec);
   if (ec) Fail("invalid", "adding the torrent: " + ec.message());
+  // A torrent that skips the storage check leaves its first DHT announce (the one that finds
+  // the rack's peers) to libtorrent's timer, minutes away: now.
+  if (!dht_nodes.empty()) h.force_dht_announce();
   byoi::WebSeed web(std::move(*web_seed), h, peer_id);
   if (const auto ti = h.torrent_file()) {
     start_window(*ti, h);

@@ -36,7 +36,7 @@ constexpr int kGroupUnits = 16;
 constexpr int64_t kAloneRunMin = 4 << 20;
 constexpr int64_t kAloneRunMax = 64 << 20;
 // A rack's agents start within a second or two of each other and only then see each other: until
-// an agent has been alone this long it asks for one unit at a time on one connection.
+// an agent has been alone this long it asks for one group at a time on one connection.
 constexpr auto kAloneAfter = 2s;
 // An agent that knows (from its tracker's answer) of more agents downloading than it is connected
 // to waits at most this long for them before its first request.
@@ -48,6 +48,9 @@ constexpr Clock::duration kMaxStealAfter = 2min;
 // The pieces being received from the origin, all transfers together (each holds one whole).
 constexpr int64_t kPieceBuffers = kMaxPieceBytes;
 constexpr auto kRefreshEvery = 200ms;
+// Until the first request: the download starts as soon as libtorrent has checked its storage and
+// the tracker answered.
+constexpr auto kRefreshBeforeFirst = 10ms;
 // A peer that kept us choked this long while we wanted its pieces does not serve us: what it holds
 // is open to the origin, and it is no rack agent to leave units to.
 constexpr auto kRefusalAfter = 3s;
@@ -175,6 +178,7 @@ WebSeed::~WebSeed() { Stop(); }
 void WebSeed::Start(std::shared_ptr<const lt::torrent_info> ti) {
   if (thread_.joinable() || !ti) return;
   ti_ = std::move(ti);
+  has_tracker_ = !handle_.trackers().empty();
   curl_global_init(CURL_GLOBAL_DEFAULT);
   thread_ = std::thread([this] { Run(); });
 }
@@ -223,9 +227,9 @@ void WebSeed::Run() {
   while (!stop_) {
     const auto now = Clock::now();
     if (now >= next_refresh) {
-      next_refresh = now + kRefreshEvery;
       Refresh();
       StartTransfers();
+      next_refresh = now + (asked_ ? kRefreshEvery : kRefreshBeforeFirst);
     }
     int running = 0;
     curl_multi_perform(multi.get(), &running);
@@ -392,10 +396,10 @@ void WebSeed::Refresh() {
 void WebSeed::StartTransfers() {
   const auto now = Clock::now();
   if (finished_ || now < retry_at_ || started_ == Clock::time_point::max()) return;
-  // The tracker counts more agents downloading than we see: they are connecting; asking now would
-  // take units that are theirs.
-  if (transfers_.empty() && fetched_[kAlone] + fetched_[kOwned] + fetched_[kTakenOver] == 0 &&
-      agents_ < incomplete_ && now - started_ < kMaxSettle) {
+  // Before the tracker answered, or while it counts more agents downloading than we see (they
+  // are connecting): asking now would take units that are theirs.
+  if (!asked_ && now - started_ < kMaxSettle &&
+      (agents_ < incomplete_ || (incomplete_ < 0 && has_tracker_))) {
     return;
   }
   const bool alone =
@@ -408,9 +412,11 @@ void WebSeed::StartTransfers() {
                           : agents_ == 1 ? 1
                                          : std::max(1, config_.connections / agents_));
   const int64_t total = ti_->total_size();
+  // Before it sees another agent, a group of units per request: if one appears, the run is cut
+  // at the first unit that is not this agent's (Write).
   const int64_t max_run =
       alone ? std::clamp<int64_t>(total / (4 * config_.connections), kAloneRunMin, kAloneRunMax)
-      : agents_ == 1 ? kUnitBytes
+      : agents_ == 1 ? kGroupUnits * kUnitBytes
                      : kRackRunBytes;
   // The owner of an open unit may have this many to fetch before it: the wait before another
   // takes it over grows with them.
@@ -478,7 +484,16 @@ void WebSeed::StartTransfers() {
     t->kind = agents_ == 1 ? kAlone : best_rank == 0 ? kOwned : kTakenOver;
     if (debug_) {
       Log("ask pieces " + std::to_string(first) + "-" + std::to_string(last - 1) + " rank " +
-          std::to_string(best_rank) + " of " + std::to_string(agents_) + " at " +
+          std::to_string(best_rank) + " of " + std::to_string(agents_) + " steal " +
+          std::to_string(
+              std::chrono::duration_cast<std::chrono::milliseconds>(steal_after).count()) +
+          " unit " +
+          std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(unit_time).count()) +
+          " open " + std::to_string(open_units) + " waited " +
+          std::to_string(
+              std::chrono::duration_cast<std::chrono::milliseconds>(now - open_since_[unit])
+                  .count()) +
+          " at " +
           std::to_string(
               std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch())
                   .count() %
@@ -502,6 +517,7 @@ void WebSeed::StartTransfers() {
       return;
     }
     transfers_.push_back(std::move(t));
+    asked_ = true;
   }
 }
 
@@ -640,6 +656,16 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
       Hand(piece, t.piece, t.kind);
       t.piece.clear();
       t.got_piece = true;
+      if (t.kind == kAlone && t.pos < t.end && agents_ > 1 &&
+          ranks_[static_cast<size_t>(piece + 1) / unit_pieces_] > 0) {
+        // Taken before this agent saw the rack: the rest of the run, from the first unit that is
+        // another's, is left to its owner (the connection is closed).
+        for (int p = piece + 1; p < t.last; ++p) pieces_[p].in_flight = false;
+        t.last = piece + 1;
+        t.end = t.pos;
+        t.complete = true;
+        return 0;
+      }
     }
   }
   if (t.pos >= t.end) t.complete = true;

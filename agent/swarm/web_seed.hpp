@@ -16,8 +16,9 @@
 // after it stayed open r x (3 s + the owner's expected queue): its owner is gone, slow or stuck.
 // An owner leaving the peer set gives its units to the next. Each agent takes its own units
 // highest hash first: those it stays the owner of as more agents appear (a rack's agents see
-// each other over a second or two); before it sees another, groups of units in that order, so
-// that alone it is left with long runs. Every other piece comes from the peers.
+// each other over a second or two); before it sees another, groups of units in that order, a
+// request each, so that alone it is left with long runs (such a run is cut at the first unit
+// that is another's once another appears). Every other piece comes from the peers.
 //
 // Connections: alone (no other agent connected for kAloneAfter), `connections` at once, each a
 // long contiguous run, as a plain HTTP download; in a rack, connections / agents (at least one),
@@ -131,8 +132,10 @@ class WebSeed {
   std::vector<Piece> pieces_;
   std::vector<std::chrono::steady_clock::time_point> open_since_;  // per unit; max(): not open
   int unit_pieces_ = 1;
-  int agents_ = 1;       // this agent and the connected agents still downloading
-  int incomplete_ = -1;  // peers downloading, by the tracker's last answer (-1: none yet)
+  int agents_ = 1;            // this agent and the connected agents still downloading
+  int incomplete_ = -1;       // peers downloading, by the tracker's last answer (-1: none yet)
+  bool has_tracker_ = false;  // the torrent names a tracker: its first answer is awaited
+  bool asked_ = false;        // a request went to the origin
   std::chrono::steady_clock::time_point started_{std::chrono::steady_clock::time_point::max()};
   std::chrono::steady_clock::time_point alone_since_;
   std::vector<std::string> members_;  // peer ids of those agents, this one's included

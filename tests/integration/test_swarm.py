@@ -190,6 +190,9 @@ class SwarmDeploy(unittest.TestCase):
                                   r"16 MiB from the web seed$")
         # The image once, in Range requests (the web seed is the helper's own: no piece twice).
         self.assertEqual(origin_bytes(self.server, "/image.raw", SIZE), SIZE)
+        # The agent's fresh buffer holds no piece: libtorrent is told so, it hashes nothing
+        # (a magnet link's storage is hashed once its metadata arrived: the test below).
+        self.assertNotIn(HASHING, run.stderr)
         self.assertTrue(all(r.startswith("bytes=") for r in self.server.ranges("/image.raw")))
 
     def publish_counted(self, rate, max_range=None, piece=PIECE):
