@@ -15,7 +15,8 @@
 //       Events on stdout, one a line, space-separated key=value:
 //         info size= pieces= piece_length= infohash=
 //         progress done= total= peers= seeds= from_peers= from_web_seed= uploaded= hash_failures=
-//         piece N       (stream mode: piece N passed its hash check and is in the memfd)
+//         piece N       (piece N passed its hash check and is in the memfd; in stream mode,
+//                       once, for a piece of the window)
 //         complete
 //         error kind=<invalid|too_big|failed> <detail...>
 //       then exits 0 after `complete` and the end of stdin, 1 after `error`, 2 on usage.
@@ -331,15 +332,15 @@ int Fetch(const Args& args) {
   sp.set_int(lt::settings_pack::listen_queue_size, 256);
   // Every peer of the rack may download from us at once (the default unchokes 8 at a time).
   sp.set_int(lt::settings_pack::unchoke_slots_limit, -1);
+  // An agent that finished keeps every connection: libtorrent would close those to the peers it
+  // counts upload-only, and a rack's agents that finished then no longer reached some still
+  // downloading, whose last units stayed open until dozens of agents asked the origin for them.
+  sp.set_bool(lt::settings_pack::close_redundant_connections, false);
   if (window) {
     // Stream mode: the pieces behind the front are gone (stream_window.hpp). Every peer stays
     // choked and gets no allowed-fast piece, so none asks; NoUploadPlugin drops what asks anyway.
     sp.set_int(lt::settings_pack::unchoke_slots_limit, 0);
     sp.set_int(lt::settings_pack::allowed_fast_set_size, 0);
-    // The window drains whenever the agent is slower than the swarm: libtorrent then counts the
-    // torrent finished, and would close its connections to seeds (and tell them upload-only,
-    // on which they close theirs) just before the window moves on.
-    sp.set_bool(lt::settings_pack::close_redundant_connections, false);
     sp.set_int(lt::settings_pack::alert_mask,
                sp.get_int(lt::settings_pack::alert_mask) | lt::alert_category::piece_progress);
   }
@@ -421,7 +422,9 @@ int Fetch(const Args& args) {
         } else {
           from_peers += size;
         }
-        if (window && window->Passed(piece)) {
+        if (!window) {
+          Event("piece " + std::to_string(piece));  // the agent hashes the in-order front
+        } else if (window->Passed(piece)) {
           Event("piece " + std::to_string(piece));
           complete = window->complete();
         }

@@ -257,6 +257,24 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
   BYOI_ASSIGN_OR_RETURN(std::unique_ptr<Swarm> s, Swarm::Start(req, opts, swarm_opts, image.fd(),
                                                                image.capacity(), {}, cancel));
 
+  // The image is hashed as it arrives, as an HTTP download's is: the in-order front of the pieces
+  // that passed their hash check (the helper reports each), on the hasher's thread.
+  BYOI_ASSIGN_OR_RETURN(auto hasher, StreamHasher::Create(req.image.hashes, /*threaded=*/true));
+  uint64_t total = 0, piece_length = 0;
+  std::vector<bool> passed;  // by piece, once the torrent is known
+  uint64_t front = 0;        // pieces before it went to the hasher
+  std::vector<int> arrived;
+  auto hash_front = [&] {
+    for (int piece : arrived) {
+      if (piece >= 0 && static_cast<uint64_t>(piece) < passed.size()) passed[piece] = true;
+    }
+    arrived.clear();
+    const uint64_t from = std::min(total, front * piece_length);
+    while (front < passed.size() && passed[front]) ++front;
+    const uint64_t to = std::min(total, front * piece_length);
+    if (to > from) hasher->Update({image.data() + from, static_cast<size_t>(to - from)});
+  };
+
   // Until complete: progress, the stall timer, cancellation.
   uint64_t last_done = 0;
   auto last_new = std::chrono::steady_clock::now();
@@ -264,8 +282,16 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
   {
     std::unique_lock lock(s->mu_);
     for (;;) {
-      s->changed_.wait_for(lock, std::chrono::milliseconds(200));
+      if (s->passed_.empty()) s->changed_.wait_for(lock, std::chrono::milliseconds(200));
       now = s->stats_;
+      arrived.swap(s->passed_);
+      s->passed_.clear();
+      if (passed.empty() && s->pieces_ > 0 && s->piece_length_ > 0 &&
+          s->stats_.total <= image.capacity()) {
+        total = s->stats_.total;
+        piece_length = s->piece_length_;
+        passed.assign(s->pieces_, false);
+      }
       if (s->complete_ || !s->error_kind_.empty() || s->ended_) break;
       if (cancel.cancelled()) break;
       if (now.done > last_done) {
@@ -275,6 +301,7 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
         break;
       }
       lock.unlock();
+      hash_front();
       if (progress) progress(now.done, now.total);
       lock.lock();
     }
@@ -292,17 +319,13 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
     return fail(std::move(size));
   }
 
+  // What the front had not reached: the rest, whatever the helper reported.
+  hash_front();
+  const uint64_t hashed = total == now.total ? std::min(total, front * piece_length) : 0;
+  if (hashed == 0) hasher->Reset();
+  hasher->Update(image.bytes().subspan(hashed));
   FetchResult result;
-  for (HashAlgo algo : req.image.hashes) {
-    BYOI_ASSIGN_OR_RETURN(Hasher hasher, Hasher::Create(algo));
-    constexpr size_t kStep = 16 << 20;
-    for (uint64_t pos = 0; pos < image.size(); pos += kStep) {
-      BYOI_RETURN_IF_ERROR(cancel.Check());
-      hasher.Update(image.bytes().subspan(pos, std::min<uint64_t>(kStep, image.size() - pos)));
-    }
-    BYOI_ASSIGN_OR_RETURN(std::string hex, hasher.FinalHex());
-    result.digests.push_back(Digest{algo, hex});
-  }
+  BYOI_ASSIGN_OR_RETURN(result.digests, hasher->Finish());
   result.image = std::move(image);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   *swarm = std::move(s);

@@ -106,14 +106,15 @@ class Swarm {
   bool complete_ = false;
   uint64_t piece_length_ = 0;  // from the `info` event
   uint64_t pieces_ = 0;        // from the `info` event
-  std::vector<int> passed_;    // stream mode: `piece N` events not yet taken by StreamSwarm
+  std::vector<int> passed_;    // `piece N` events not yet taken by FetchSwarm or StreamSwarm
   bool ended_ = false;         // the helper's stdout ended: it exited
   std::string error_kind_;     // from an `error` event: invalid, too_big, failed
   std::string error_detail_;
 };
 
 // Downloads the image through the swarm into a new ImageBuffer of `opts.memory_budget` bytes,
-// digests as FetchImage computes them (over the whole image once it is complete). The .torrent is
+// digests as FetchImage computes them (the in-order front of the pieces that passed, as they
+// pass). The .torrent is
 // fetched with FetchImage's rules (the image request's headers, TLS and redirects), at most 64 MiB;
 // the web seed follows them too (opts.proxy, ca_bundle, insecure, connections go to the helper).
 // `progress` and `cancel` as for FetchImage; the download fails when no new byte arrived for

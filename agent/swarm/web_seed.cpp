@@ -412,12 +412,11 @@ void WebSeed::StartTransfers() {
                           : agents_ == 1 ? 1
                                          : std::max(1, config_.connections / agents_));
   const int64_t total = ti_->total_size();
-  // Before it sees another agent, a group of units per request: if one appears, the run is cut
-  // at the first unit that is not this agent's (Write).
-  const int64_t max_run =
-      alone ? std::clamp<int64_t>(total / (4 * config_.connections), kAloneRunMin, kAloneRunMax)
-      : agents_ == 1 ? kGroupUnits * kUnitBytes
-                     : kRackRunBytes;
+  // Seeing no other agent, long runs (from the start of a group before it is alone): if one
+  // appears, a run is cut at the first unit that is not this agent's (Write).
+  const int64_t max_run = agents_ == 1 ? std::clamp<int64_t>(total / (4 * config_.connections),
+                                                             kAloneRunMin, kAloneRunMax)
+                                       : kRackRunBytes;
   // The owner of an open unit may have this many to fetch before it: the wait before another
   // takes it over grows with them.
   const int64_t open_units = std::count_if(open_since_.begin(), open_since_.end(),
@@ -448,7 +447,8 @@ void WebSeed::StartTransfers() {
     // every unit is its own: it takes them a group at a time, groups in its weights' order, so
     // that if it turns out to be alone what is left is a few long runs (random single units cut
     // the rest into as many short requests). A held unit that turns out to be another's costs
-    // nothing: the other sees it held.
+    // nothing: the other sees it held. Alone, the lowest open unit: each run reaches the next
+    // held one, and the image is hashed as its in-order front arrives.
     const bool by_group = agents_ == 1;
     int unit = -1;
     int best_rank = std::numeric_limits<int>::max();
@@ -457,8 +457,9 @@ void WebSeed::StartTransfers() {
       const int rank = may_take(u);
       if (rank < 0 || rank > best_rank) continue;
       // Within a group, the first unit: its weight is the group's less its index.
-      const uint64_t w =
-          by_group ? Weight(self_id_, -1 - u / kGroupUnits) - u % kGroupUnits : Weight(self_id_, u);
+      const uint64_t w = alone      ? std::numeric_limits<uint64_t>::max() - u
+                         : by_group ? Weight(self_id_, -1 - u / kGroupUnits) - u % kGroupUnits
+                                    : Weight(self_id_, u);
       if (rank == best_rank && w <= best_weight) continue;
       unit = u;
       best_rank = rank;

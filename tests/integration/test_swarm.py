@@ -753,8 +753,11 @@ class SwarmStreamDeploy(unittest.TestCase):
             with self.subTest(agent=i):
                 status = self.assertInstalled(results[i], name, devs[i])
                 self.assertEqual(status["swarm"]["fromPeers"], 0)
+        # Twice the image, and what was in flight when a run asked before the other agent was seen
+        # was cut at the other's first unit (the connection closed).
         size = len(self.images[name][0])
-        self.assertEqual(origin.served["/" + name], 2 * size)
+        self.assertGreaterEqual(origin.served["/" + name], 2 * size)
+        self.assertLessEqual(origin.served["/" + name], 2 * size + (1 << 20))
 
     # --- failures --------------------------------------------------------------------------------
 
