@@ -29,14 +29,15 @@ constexpr int64_t kUnitBytes = 256 << 10;
 // In a rack, a request asks for at most this many bytes: a unit taken by the wrong agent (two that
 // do not yet see each other) costs the origin little.
 constexpr int64_t kRackRunBytes = 4 << 20;
-// Units taken together by an agent that sees no other (about 4 MiB of 256 KiB units).
+// Before it sees another agent, an agent starts its runs at groups of this many units, groups in
+// its weights' order (about 4 MiB of 256 KiB units).
 constexpr int kGroupUnits = 16;
-// Alone, a request asks for a long run (between these, about 4 per connection), as FetchImage's
-// piece plan does.
+// Seeing no other agent, a request asks for a long run (between these, about 4 per connection),
+// as FetchImage's piece plan does.
 constexpr int64_t kAloneRunMin = 4 << 20;
 constexpr int64_t kAloneRunMax = 64 << 20;
 // A rack's agents start within a second or two of each other and only then see each other: until
-// an agent has been alone this long it asks for one group at a time on one connection.
+// an agent has been alone this long it asks for one run at a time, on one connection.
 constexpr auto kAloneAfter = 2s;
 // An agent that knows (from its tracker's answer) of more agents downloading than it is connected
 // to waits at most this long for them before its first request.

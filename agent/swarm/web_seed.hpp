@@ -16,9 +16,9 @@
 // after it stayed open r x (3 s + the owner's expected queue): its owner is gone, slow or stuck.
 // An owner leaving the peer set gives its units to the next. Each agent takes its own units
 // highest hash first: those it stays the owner of as more agents appear (a rack's agents see
-// each other over a second or two); before it sees another, groups of units in that order, a
-// request each, so that alone it is left with long runs (such a run is cut at the first unit
-// that is another's once another appears). Every other piece comes from the peers.
+// each other over a second or two); before it sees another, long runs from the start of groups
+// of units taken in that order, and alone the lowest open unit first (a run asked before another
+// appears is cut at the first unit that is the other's). Every other piece comes from the peers.
 //
 // Connections: alone (no other agent connected for kAloneAfter), `connections` at once, each a
 // long contiguous run, as a plain HTTP download; in a rack, connections / agents (at least one),
