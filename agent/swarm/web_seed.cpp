@@ -57,6 +57,8 @@ constexpr auto kRefreshBeforeFirst = 10ms;
 constexpr auto kRefusalAfter = 3s;
 // A piece handed to libtorrent that neither passed nor failed in this time is open again.
 constexpr auto kHandedTimeout = 10s;
+// Pieces handed to libtorrent and not yet confirmed, at most (one piece at least).
+constexpr int64_t kMaxHandedBytes = 32 << 20;
 constexpr auto kMaxBackOff = 30s;
 constexpr long kConnectTimeoutMs = 30000;
 constexpr long kStallSeconds = 30;
@@ -185,7 +187,11 @@ void WebSeed::Start(std::shared_ptr<const lt::torrent_info> ti) {
 }
 
 void WebSeed::Stop() {
-  stop_ = true;
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+    handed_changed_.notify_all();  // a hand-over waiting for room
+  }
   if (!thread_.joinable()) return;
   thread_.join();
   if (!finished_) LogShares();
@@ -200,12 +206,14 @@ void WebSeed::LogShares() {
 
 bool WebSeed::TakeHanded(int piece) {
   std::lock_guard lock(mu_);
-  return handed_.erase(piece) != 0;
+  const bool handed = handed_.count(piece) != 0;
+  Forget(piece);
+  return handed;
 }
 
 void WebSeed::HashFailed(int piece) {
   std::lock_guard lock(mu_);
-  handed_.erase(piece);
+  Forget(piece);
 }
 
 void WebSeed::Log(const std::string& what) {
@@ -296,7 +304,7 @@ void WebSeed::Refresh() {
     std::set<int> handed;
     {
       std::lock_guard lock(mu_);
-      handed = handed_;
+      for (const auto& [piece, size] : handed_) handed.insert(piece);
     }
     lt::torrent_status s = handle_.status(lt::torrent_handle::query_pieces);
     // Seeding: every piece is held. Not is_finished, which a stream-mode window makes true
@@ -345,6 +353,10 @@ void WebSeed::Refresh() {
       // Confirmed (finished or failed: no longer in handed_), or lost: open again.
       if (p.handed != Clock::time_point::max() &&
           (p.have || handed.count(i) == 0 || now - p.handed > kHandedTimeout)) {
+        if (!p.have && handed.count(i) != 0) {
+          std::lock_guard lock(mu_);
+          Forget(i);  // lost: its room is free again
+        }
         p.handed = Clock::time_point::max();
       }
     }
@@ -655,14 +667,16 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
     t.at += static_cast<int64_t>(take);
     t.pos += static_cast<int64_t>(take);
     if (t.pos == piece_end) {
-      Hand(piece, t.piece, t.kind);
-      t.piece.clear();
+      Hand(piece, std::move(t.piece), t.kind);
+      t.piece = {};
       t.got_piece = true;
       if (t.kind == kAlone && t.pos < t.end && agents_ > 1 &&
           ranks_[static_cast<size_t>(piece + 1) / unit_pieces_] > 0) {
         // Taken before this agent saw the rack: the rest of the run, from the first unit that is
         // another's, is left to its owner (the connection is closed).
         for (int p = piece + 1; p < t.last; ++p) pieces_[p].in_flight = false;
+        Log("another agent appeared: pieces " + std::to_string(piece + 1) + "-" +
+            std::to_string(t.last - 1) + " of a run are left to their owners");
         t.last = piece + 1;
         t.end = t.pos;
         t.complete = true;
@@ -674,22 +688,37 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
   return size;
 }
 
-void WebSeed::Hand(int piece, const std::vector<char>& bytes, int kind) {
+void WebSeed::Hand(int piece, std::vector<char>&& bytes, int kind) {
   Piece& p = pieces_[piece];
   p.in_flight = false;
   if (p.have) return;
+  const int64_t size = static_cast<int64_t>(bytes.size());
   {
-    std::lock_guard lock(mu_);
-    handed_.insert(piece);
+    // A fast origin must not pile pieces up ahead of libtorrent: at most kMaxHandedBytes wait
+    // for its verdict (a lost one is forgotten after kHandedTimeout).
+    std::unique_lock lock(mu_);
+    handed_changed_.wait_for(lock, kHandedTimeout, [&] {
+      return stop_ || handed_bytes_ + size <= std::max(kMaxHandedBytes, size);
+    });
+    if (handed_.emplace(piece, size).second) handed_bytes_ += size;
   }
   p.handed = Clock::now();
-  fetched_[kind] += static_cast<int64_t>(bytes.size());
+  fetched_[kind] += size;
   try {
-    // The blocking overload: it returns once libtorrent copied the piece, so a fast origin
-    // cannot pile pieces up in memory ahead of the disk.
-    handle_.add_piece(lt::piece_index_t{piece}, bytes.data());
+    // The overload that moves the piece to libtorrent's thread and returns at once: the
+    // blocking one waited for that thread on every piece (a swarm of one on a fast origin
+    // spent most of its time there).
+    handle_.add_piece(lt::piece_index_t{piece}, std::move(bytes));
   } catch (const std::exception&) {
     // The torrent is being removed: the helper is stopping.
+  }
+}
+
+void WebSeed::Forget(int piece) {  // REQUIRES: mu_ held
+  if (auto it = handed_.find(piece); it != handed_.end()) {
+    handed_bytes_ -= it->second;
+    handed_.erase(it);
+    handed_changed_.notify_all();
   }
 }
 

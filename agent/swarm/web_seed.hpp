@@ -30,6 +30,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <libtorrent/peer_info.hpp>
@@ -107,7 +108,8 @@ class WebSeed {
   void StartTransfers();
   Status Launch(Transfer& t);
   void Finish(Transfer& t, int curl_code);
-  void Hand(int piece, const std::vector<char>& bytes, int kind);
+  void Hand(int piece, std::vector<char>&& bytes, int kind);
+  void Forget(int piece);  // REQUIRES: mu_ held
   size_t Write(Transfer& t, const char* data, size_t size);
   void Log(const std::string& what);
   void LogShares();
@@ -124,8 +126,10 @@ class WebSeed {
   const bool debug_ = std::getenv("BYOI_SWARM_WEB_SEED_DEBUG") != nullptr;
   size_t debug_peers_ = 0;
 
-  std::mutex mu_;         // guards handed_
-  std::set<int> handed_;  // pieces handed to libtorrent, not yet finished or failed
+  std::mutex mu_;  // guards handed_, handed_bytes_
+  std::condition_variable handed_changed_;
+  std::map<int, int64_t> handed_;  // pieces handed to libtorrent, not yet finished or failed: size
+  int64_t handed_bytes_ = 0;
 
   // The thread's own state.
   struct Piece;

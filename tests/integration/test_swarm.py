@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -758,6 +759,36 @@ class SwarmStreamDeploy(unittest.TestCase):
         size = len(self.images[name][0])
         self.assertGreaterEqual(origin.served["/" + name], 2 * size)
         self.assertLessEqual(origin.served["/" + name], 2 * size + (1 << 20))
+
+    def test_an_agent_that_meets_another_mid_run_leaves_it_the_rest(self):
+        # Alone, the first agent asks for a long run; the second appears while it arrives: the
+        # first stops at the first unit the second ranks above it for and leaves it the rest.
+        name = "image.raw"
+        origin, url, turl, _ = self.publish(name, rate=2_000_000, seeder=False)
+        devs = [self.fresh_disk(512, seed=f"agent{i}") for i in range(2)]
+        results = [None, None]
+
+        def run(i):
+            results[i] = self.deploy(self.manifest(name, url, turl), devs[i], "--write-mode", "ram")
+
+        first = threading.Thread(target=run, args=(0,))
+        first.start()
+        deadline = time.monotonic() + 30
+        while origin.served["/" + name] == 0 and first.is_alive():
+            self.assertLess(time.monotonic(), deadline, "the first agent never asked the origin")
+            time.sleep(0.01)
+        second = threading.Thread(target=run, args=(1,))
+        second.start()
+        first.join()
+        second.join()
+        for i in range(2):
+            with self.subTest(agent=i):
+                self.assertInstalled(results[i], name, devs[i])
+        self.assertRegex(results[0][2], r"web seed: another agent appeared: pieces \d+-\d+ of a "
+                                        r"run are left to their owners")
+        fetched = re.search(r"web seed: fetched (\d+) bytes alone, (\d+) as the owner, (\d+) taken",
+                            results[0][2])
+        self.assertLess(sum(int(g) for g in fetched.groups()), len(self.images[name][0]))
 
     # --- failures --------------------------------------------------------------------------------
 
