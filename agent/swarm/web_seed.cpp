@@ -706,8 +706,8 @@ void WebSeed::Hand(int piece, std::vector<char>&& bytes, int kind) {
   fetched_[kind] += size;
   try {
     // The overload that moves the piece to libtorrent's thread and returns at once: the
-    // blocking one waited for that thread on every piece (a swarm of one on a fast origin
-    // spent most of its time there).
+    // blocking one waited for that thread on every piece (about a quarter of a swarm of one's
+    // time on a fast origin).
     handle_.add_piece(lt::piece_index_t{piece}, std::move(bytes));
   } catch (const std::exception&) {
     // The torrent is being removed: the helper is stopping.

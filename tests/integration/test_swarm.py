@@ -763,13 +763,16 @@ class SwarmStreamDeploy(unittest.TestCase):
     def test_an_agent_that_meets_another_mid_run_leaves_it_the_rest(self):
         # Alone, the first agent asks for a long run; the second appears while it arrives: the
         # first stops at the first unit the second ranks above it for and leaves it the rest.
+        # One connection at 1 MB/s: alone, the first would take 24 s, time enough for the second
+        # to start on a loaded machine.
         name = "image.raw"
-        origin, url, turl, _ = self.publish(name, rate=2_000_000, seeder=False)
+        origin, url, turl, _ = self.publish(name, rate=1_000_000, seeder=False)
         devs = [self.fresh_disk(512, seed=f"agent{i}") for i in range(2)]
         results = [None, None]
 
         def run(i):
-            results[i] = self.deploy(self.manifest(name, url, turl), devs[i], "--write-mode", "ram")
+            results[i] = self.deploy(self.manifest(name, url, turl), devs[i], "--write-mode", "ram",
+                                     "--connections", "1")
 
         first = threading.Thread(target=run, args=(0,))
         first.start()
