@@ -335,6 +335,9 @@ int Fetch(const Args& args) {
   // An agent that finished keeps every connection: libtorrent would close those to the peers it
   // counts upload-only, and a rack's agents that finished then no longer reached some still
   // downloading, whose last units stayed open until dozens of agents asked the origin for them.
+  // In stream mode the window drains whenever the agent is slower than the swarm: libtorrent then
+  // counts the torrent finished, and would close its connections to seeds just before the window
+  // moves on.
   sp.set_bool(lt::settings_pack::close_redundant_connections, false);
   if (window) {
     // Stream mode: the pieces behind the front are gone (stream_window.hpp). Every peer stays
