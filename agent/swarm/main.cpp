@@ -318,6 +318,12 @@ int Fetch(const Args& args) {
              static_cast<int>(Number(args.Get("upload-rate", "0"), "upload rate")));
   // A rack's agents may sit behind one address (and tests run on 127.0.0.1).
   sp.set_bool(lt::settings_pack::allow_multiple_connections_per_ip, true);
+  // Two agents that connect to each other at once (one learns of the other from the tracker as
+  // the other learns of it from LSD) may each keep a different one of the two connections: the
+  // handshake's rule (by peer id) and the listen port's (by endpoint) disagree, and both close.
+  // libtorrent waits min_reconnect_time (60 s by default) before it dials a peer again: on a
+  // rack's network, a second.
+  sp.set_int(lt::settings_pack::min_reconnect_time, 1);
   // Announce to the torrent's trackers at once and often enough for a rack that boots together.
   sp.set_int(lt::settings_pack::min_announce_interval, 5);
   sp.set_bool(lt::settings_pack::announce_to_all_trackers, true);
