@@ -245,6 +245,16 @@ Status Swarm::Failure(const SwarmRequest& req, const FetchOptions& opts,
       failed);
 }
 
+uint64_t PassedFront::Advance(std::vector<int>& arrived) {
+  for (int piece : arrived) {
+    if (piece >= 0 && static_cast<uint64_t>(piece) < passed_.size()) passed_[piece] = true;
+  }
+  arrived.clear();
+  const uint64_t was = front_;
+  while (front_ < passed_.size() && passed_[front_]) ++front_;
+  return was;
+}
+
 Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts,
                                const SwarmOptions& swarm_opts, const ProgressFn& progress,
                                const CancelToken& cancel, std::unique_ptr<Swarm>* swarm) {
@@ -261,17 +271,11 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
   // that passed their hash check (the helper reports each), on the hasher's thread.
   BYOI_ASSIGN_OR_RETURN(auto hasher, StreamHasher::Create(req.image.hashes, /*threaded=*/true));
   uint64_t total = 0, piece_length = 0;
-  std::vector<bool> passed;  // by piece, once the torrent is known
-  uint64_t front = 0;        // pieces before it went to the hasher
+  PassedFront front;  // started once the torrent is known
   std::vector<int> arrived;
   auto hash_front = [&] {
-    for (int piece : arrived) {
-      if (piece >= 0 && static_cast<uint64_t>(piece) < passed.size()) passed[piece] = true;
-    }
-    arrived.clear();
-    const uint64_t from = std::min(total, front * piece_length);
-    while (front < passed.size() && passed[front]) ++front;
-    const uint64_t to = std::min(total, front * piece_length);
+    const uint64_t from = std::min(total, front.Advance(arrived) * piece_length);
+    const uint64_t to = std::min(total, front.front() * piece_length);
     if (to > from) hasher->Update({image.data() + from, static_cast<size_t>(to - from)});
   };
 
@@ -286,11 +290,11 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
       now = s->stats_;
       arrived.swap(s->passed_);
       s->passed_.clear();
-      if (passed.empty() && s->pieces_ > 0 && s->piece_length_ > 0 &&
+      if (!front.started() && s->pieces_ > 0 && s->piece_length_ > 0 &&
           s->stats_.total <= image.capacity()) {
         total = s->stats_.total;
         piece_length = s->piece_length_;
-        passed.assign(s->pieces_, false);
+        front.Start(s->pieces_);
       }
       if (s->complete_ || !s->error_kind_.empty() || s->ended_) break;
       if (cancel.cancelled()) break;
@@ -321,7 +325,7 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
 
   // What the front had not reached: the rest, whatever the helper reported.
   hash_front();
-  const uint64_t hashed = total == now.total ? std::min(total, front * piece_length) : 0;
+  const uint64_t hashed = total == now.total ? std::min(total, front.front() * piece_length) : 0;
   if (hashed == 0) hasher->Reset();
   hasher->Update(image.bytes().subspan(hashed));
   FetchResult result;

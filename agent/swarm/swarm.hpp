@@ -66,6 +66,23 @@ struct SwarmStats {
   int hash_failures = 0;       // pieces that failed their hash check (their senders banned)
 };
 
+// The pieces that passed their hash check (the helper's `piece N` events) and the front: the
+// first piece that has not. Both fetches hash, and stream mode writes, the bytes before the front
+// as it moves.
+class PassedFront {
+ public:
+  void Start(uint64_t pieces) { passed_.assign(pieces, false); }
+  bool started() const { return !passed_.empty(); }
+  // Marks `arrived` (pieces outside the image ignored) and clears it; moves the front past every
+  // passed piece. Returns where the front was.
+  uint64_t Advance(std::vector<int>& arrived);
+  uint64_t front() const { return front_; }
+
+ private:
+  std::vector<bool> passed_;
+  uint64_t front_ = 0;
+};
+
 // The helper while it runs: it downloads, then seeds until Stop.
 class Swarm {
  public:

@@ -90,8 +90,7 @@ Result<FetchStreamResult> StreamSwarm(const SwarmRequest& req, const FetchOption
 
   Mapping map;
   uint64_t total = 0, piece_length = 0, pieces = 0;
-  std::vector<bool> passed;  // by piece, once the torrent is known
-  uint64_t front = 0;        // pieces before it went to the sink and out of the memfd
+  PassedFront front;  // before it: gone to the sink and out of the memfd
   uint64_t last_done = 0;
   auto last_new = std::chrono::steady_clock::now();
   std::vector<int> arrived;
@@ -126,7 +125,7 @@ Result<FetchStreamResult> StreamSwarm(const SwarmRequest& req, const FetchOption
     }
     if (progress) progress(now.done, now.total);
     if (pieces == 0) continue;  // a magnet link's metadata has not arrived yet
-    if (passed.empty()) {
+    if (!front.started()) {
       // The helper's figures are its own, but a mapping is sized on them: they must agree.
       if (total == 0 || piece_length == 0 || (total + piece_length - 1) / piece_length != pieces) {
         figures();
@@ -140,17 +139,14 @@ Result<FetchStreamResult> StreamSwarm(const SwarmRequest& req, const FetchOption
         figures();
         return std::move(mapped).DefaultMessage(failed);
       }
-      passed.assign(pieces, false);
+      front.Start(pieces);
       BYOI_RETURN_IF_ERROR(sink.Start(total));
     }
-    for (int piece : arrived) passed[static_cast<size_t>(piece)] = true;
-    arrived.clear();
     // The in-order front: to the hasher and the sink, then out of the memfd.
-    uint64_t end = front;
-    while (end < pieces && passed[end]) ++end;
-    if (end == front) continue;
-    const uint64_t from = front * piece_length;
-    const uint64_t to = std::min(total, end * piece_length);
+    const uint64_t start = front.Advance(arrived);
+    if (front.front() == start) continue;
+    const uint64_t from = start * piece_length;
+    const uint64_t to = std::min(total, front.front() * piece_length);
     for (uint64_t pos = from; pos < to; pos += kSpan) {
       BYOI_RETURN_IF_ERROR(cancel.Check());
       const std::span<const uint8_t> span(map.data() + pos, std::min(kSpan, to - pos));
@@ -168,11 +164,10 @@ Result<FetchStreamResult> StreamSwarm(const SwarmRequest& req, const FetchOption
       return Status::FromErrno("freeing the pieces taken from the swarm's memfd", errno)
           .DefaultMessage(failed);
     }
-    front = end;
     // A slow disk is not a stalled swarm: the window was full while the sink worked.
     last_new = std::chrono::steady_clock::now();
-    if (front == pieces) break;
-    SendFront(s->helper_.in.get(), front);
+    if (front.front() == pieces) break;
+    SendFront(s->helper_.in.get(), front.front());
   }
   {
     // The helper's last figures come with its `complete`, right after the last piece's event.

@@ -1,6 +1,6 @@
-// The swarm stage's own parts (agent/swarm/): finding the image buffer's memfd, finding and
-// starting the helper. The swarm itself is tested with real peers in
-// tests/integration/test_swarm.py.
+// The swarm stage's own parts (agent/swarm/): finding the image buffer's memfd, the in-order
+// front of the pieces that passed, finding and starting the helper. The swarm itself is tested with
+// real peers in tests/integration/test_swarm.py.
 #include "agent/swarm/swarm.hpp"
 
 #include <gtest/gtest.h>
@@ -9,6 +9,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "agent/image/image_buffer.hpp"
 #include "agent/swarm/swarm.hpp"
@@ -32,6 +33,23 @@ TEST(SwarmImageBuffer, ItsFdIsTheMemfdBehindTheMapping) {
   struct stat st {};
   ASSERT_EQ(::fstat(b->fd(), &st), 0);
   EXPECT_EQ(static_cast<uint64_t>(st.st_size), b->capacity());
+}
+
+TEST(SwarmPassedFront, MovesPastWhatPassedInOrderOnly) {
+  PassedFront front;
+  EXPECT_FALSE(front.started());
+  front.Start(5);
+  ASSERT_TRUE(front.started());
+  std::vector<int> arrived = {1, 3, -1, 5, 99};  // out of order; outside the image: ignored
+  EXPECT_EQ(front.Advance(arrived), 0u);
+  EXPECT_TRUE(arrived.empty());
+  EXPECT_EQ(front.front(), 0u);  // piece 0 has not passed
+  arrived = {0};
+  EXPECT_EQ(front.Advance(arrived), 0u);
+  EXPECT_EQ(front.front(), 2u);  // 0 and 1
+  arrived = {2, 4};
+  EXPECT_EQ(front.Advance(arrived), 2u);
+  EXPECT_EQ(front.front(), 5u);  // the whole image
 }
 
 TEST(SwarmHelperPath, TheEnvironmentWinsAndAMissingHelperIsNamed) {
