@@ -167,8 +167,9 @@ struct WebSeed::Transfer {
   std::optional<ContentRange> range;
   bool complete = false;
   bool got_piece = false;
-  int kind = 0;     // what the pieces count as: kAlone, kOwned, kTakenOver
-  std::string bad;  // why the answer was refused, when it was
+  bool whole = false;  // the origin ignored Range: the answer is the whole image, all taken
+  int kind = 0;        // what the pieces count as: kAlone, kOwned, kTakenOver
+  std::string bad;     // why the answer was refused, when it was
   Clock::time_point began;
   char errbuf[CURL_ERROR_SIZE] = {};
 };
@@ -452,7 +453,8 @@ void WebSeed::StartTransfers() {
     if (rank > 0 && now - open_since_[u] < rank * steal_after) return -1;
     return rank;
   };
-  while (static_cast<int>(transfers_.size()) < slots) {
+  // An origin that ignores Range: one answer at a time brings the whole image (Write).
+  while (static_cast<int>(transfers_.size()) < (no_ranges_ ? 1 : slots)) {
     // An own unit first, else the one of the lowest rank; among those, the one this agent's
     // weight is highest for. That order differs from agent to agent (as a random one would),
     // and it starts with the units this agent stays the owner of as more agents appear.
@@ -642,7 +644,30 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
         }
       }
     } else {
-      t.at = 0;  // no ranges: the whole image, of which we take the run
+      t.at = 0;
+      // An origin that ignores Range sends the whole image from byte 0 whatever was asked: every
+      // request would start there again (a run at the end costing the whole image). In ram mode
+      // (every piece wanted) one answer takes every piece not held, in order, and no other
+      // request is made while it runs; in stream mode the window takes only the run.
+      no_ranges_ = true;
+      const bool all_wanted =
+          std::all_of(pieces_.begin(), pieces_.end(), [](const Piece& p) { return p.wanted; });
+      if (all_wanted) {
+        for (int p = t.first; p < t.last; ++p) pieces_[p].in_flight = false;
+        const bool taken = std::any_of(transfers_.begin(), transfers_.end(),
+                                       [](const auto& other) { return other->whole; });
+        if (taken) {
+          t.complete = true;  // another answer brings the image
+          t.pos = t.end;
+          return 0;
+        }
+        t.whole = true;
+        t.first = 0;
+        t.last = static_cast<int>(pieces_.size());
+        t.pos = 0;
+        t.end = total;
+        for (Piece& p : pieces_) p.in_flight = !p.have;
+      }
     }
   }
   size_t i = 0;
@@ -658,6 +683,20 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
       continue;
     }
     const int piece = static_cast<int>(t.pos / ti_->piece_length());
+    if (t.whole && t.piece.empty()) {
+      // The pieces held by now (from peers) pass by; once every piece is held, the answer ends.
+      int next = piece;
+      while (next < t.last && pieces_[next].have) pieces_[next++].in_flight = false;
+      if (next == t.last) {
+        t.complete = true;
+        t.pos = t.end;
+        return 0;
+      }
+      if (next > piece) {
+        t.pos = static_cast<int64_t>(next) * ti_->piece_length();
+        continue;
+      }
+    }
     const int64_t piece_end = static_cast<int64_t>(piece) * ti_->piece_length() +
                               ti_->piece_size(lt::piece_index_t{piece});
     const size_t take = static_cast<size_t>(std::min<int64_t>(size - i, piece_end - t.pos));
@@ -670,7 +709,7 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
       Hand(piece, std::move(t.piece), t.kind);
       t.piece = {};
       t.got_piece = true;
-      if (t.kind == kAlone && t.pos < t.end && agents_ > 1 &&
+      if (t.kind == kAlone && !t.whole && t.pos < t.end && agents_ > 1 &&
           ranks_[static_cast<size_t>(piece + 1) / unit_pieces_] > 0) {
         // Taken before this agent saw the rack: the rest of the run, from the first unit that is
         // another's, is left to its owner (the connection is closed).

@@ -22,10 +22,11 @@
 //
 // Connections: alone (no other agent connected for kAloneAfter), `connections` at once, each a
 // long contiguous run, as a plain HTTP download; in a rack, connections / agents (at least one),
-// runs of at most 4 MiB. Every request follows the agent's download rules (agent/fetch/fetch.hpp):
-// redirects through RedirectChain (the manifest's headers to the URL's origin only, https never
-// to http, at most 5), the proxy chosen by ChooseProxy, TLS verification unless `insecure`, the
-// CA bundle. Nothing it writes to stderr holds the URL's secrets.
+// runs of at most 4 MiB. An origin that ignores Range: one request at a time, whose answer in
+// ram mode takes the whole image. Every request follows the agent's download rules
+// (agent/fetch/fetch.hpp): redirects through RedirectChain (the manifest's headers to the URL's
+// origin only, https never to http, at most 5), the proxy chosen by ChooseProxy, TLS verification
+// unless `insecure`, the CA bundle. Nothing it writes to stderr holds the URL's secrets.
 #pragma once
 
 #include <atomic>
@@ -140,6 +141,7 @@ class WebSeed {
   int incomplete_ = -1;       // peers downloading, by the tracker's last answer (-1: none yet)
   bool has_tracker_ = false;  // the torrent names a tracker: its first answer is awaited
   bool asked_ = false;        // a request went to the origin
+  bool no_ranges_ = false;    // the origin answered a Range request with the whole image
   std::chrono::steady_clock::time_point started_{std::chrono::steady_clock::time_point::max()};
   std::chrono::steady_clock::time_point alone_since_;
   std::vector<std::string> members_;  // peer ids of those agents, this one's included

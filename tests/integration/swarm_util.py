@@ -202,14 +202,16 @@ class Leecher:
 class Origin:
     """The image's origin on 127.0.0.1: GET (with `Range: bytes=N-M` answered 206) of `files`
     ({path: bytes}), each connection limited to `rate` bytes per second when given, each 206
-    carrying at most `max_range` bytes when given (as some CDNs cap a range). `served` counts the
-    body bytes actually written to the sockets, per path; `most_at_once` the most bodies of a path
-    being sent at the same time."""
+    carrying at most `max_range` bytes when given (as some CDNs cap a range); with `ranges=False`
+    every GET gets the whole file (200), Range or not. `served` counts the body bytes actually
+    written to the sockets, per path; `most_at_once` the most bodies of a path being sent at the
+    same time."""
 
-    def __init__(self, files, rate=None, max_range=None):
+    def __init__(self, files, rate=None, max_range=None, ranges=True):
         self.files = dict(files)
         self.rate = rate
         self.max_range = max_range
+        self.ranges = ranges
         self.served = {p: 0 for p in self.files}
         self.sending = {}
         self.most_at_once = {}
@@ -232,7 +234,7 @@ class Origin:
                     return
                 start, end = 0, len(body)
                 rng = self.headers.get("Range", "")
-                if rng.startswith("bytes=") and "," not in rng:
+                if owner.ranges and rng.startswith("bytes=") and "," not in rng:
                     first, _, last = rng[6:].partition("-")
                     start = int(first)
                     end = min(int(last) + 1, len(body)) if last else len(body)

@@ -196,14 +196,14 @@ class SwarmDeploy(unittest.TestCase):
         self.assertNotIn(HASHING, run.stderr)
         self.assertTrue(all(r.startswith("bytes=") for r in self.server.ranges("/image.raw")))
 
-    def publish_counted(self, rate, max_range=None, piece=PIECE):
+    def publish_counted(self, rate, max_range=None, piece=PIECE, ranges=True):
         """The image on an Origin that counts what it sends, at `rate` bytes per second per
-        connection, `max_range` bytes per 206 at most; its torrent (of `piece`-byte pieces) beside
-        it. Returns (origin, image URL, torrent URL, path)."""
+        connection, `max_range` bytes per 206 at most, or ignoring Range; its torrent (of
+        `piece`-byte pieces) beside it. Returns (origin, image URL, torrent URL, path)."""
         src = os.path.join(self.dir, "image.raw")
         with open(src, "wb") as f:
             f.write(self.data)
-        origin = Origin({"/image.raw": self.data}, rate=rate, max_range=max_range)
+        origin = Origin({"/image.raw": self.data}, rate=rate, max_range=max_range, ranges=ranges)
         self.addCleanup(origin.close)
         path = os.path.join(self.dir, "image.raw.torrent")
         lines = make_torrent(src, origin.url("/image.raw"), path,
@@ -213,6 +213,18 @@ class SwarmDeploy(unittest.TestCase):
             origin.files["/image.raw.torrent"] = f.read()
         origin.served["/image.raw.torrent"] = 0
         return origin, origin.url("/image.raw"), origin.url("/image.raw.torrent"), path
+
+    def test_an_origin_that_ignores_range_sends_the_image_once(self):
+        # Each answer is the whole image from byte 0: one answer brings every piece, in order
+        # (a request for each run would have the origin send the image from its start each time).
+        # 4 MB/s: after 2 s alone, the agent would open more connections.
+        origin, url, turl, _ = self.publish_counted(4_000_000, ranges=False)
+        run = self.deploy(url, turl)
+        self.assert_installed(run)
+        self.assertEqual(origin.served["/image.raw"], SIZE)
+        # Stream mode takes only its window's runs, each answer from byte 0 (docs/pipeline.md).
+        origin, url, turl, _ = self.publish_counted(None, ranges=False)
+        self.assert_installed(self.deploy(url, turl, None, "--write-mode", "stream"))
 
     def test_an_origin_that_caps_its_ranges_is_asked_again_for_the_rest(self):
         # A 206 shorter than asked is a complete answer, not an error to back off from: the
