@@ -745,65 +745,56 @@ class SwarmStreamDeploy(unittest.TestCase):
         self.assertEqual((leecher.unchoked, leecher.hash_failures, leecher.downloaded()),
                          (False, 0, 0))
 
-    def test_two_streaming_agents_each_get_the_whole_image(self):
-        # Neither sends the other a byte (a streaming agent chokes every peer), though each
-        # announces the pieces it holds: each takes from the origin what the other holds.
+    def deploy_two(self, rate, *extra, staggered=False):
+        """Two agents deploy image.raw (from an origin at `rate` bytes per second per connection,
+        no seeder) on fresh disks with `extra` arguments, at once or, `staggered`, the second once
+        the origin sent the first a byte. Both must install it: returns (origin, image size,
+        results)."""
         name = "image.raw"
-        origin, url, turl, _ = self.publish(name, rate=4_000_000, seeder=False)
+        origin, url, turl, _ = self.publish(name, rate=rate, seeder=False)
         devs = [self.fresh_disk(512, seed=f"agent{i}") for i in range(2)]
         results = [None, None]
 
         def run(i):
-            results[i] = self.deploy(self.manifest(name, url, turl), devs[i], "--write-mode",
-                                     "stream")
+            results[i] = self.deploy(self.manifest(name, url, turl), devs[i], *extra)
 
         jobs = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-        for job in jobs:
-            job.start()
+        jobs[0].start()
+        deadline = time.monotonic() + 30
+        while staggered and origin.served["/" + name] == 0 and jobs[0].is_alive():
+            self.assertLess(time.monotonic(), deadline, "the first agent never asked the origin")
+            time.sleep(0.01)
+        jobs[1].start()
         for job in jobs:
             job.join()
         for i in range(2):
             with self.subTest(agent=i):
-                status = self.assertInstalled(results[i], name, devs[i])
-                self.assertEqual(status["swarm"]["fromPeers"], 0)
+                self.assertInstalled(results[i], name, devs[i])
+        return origin, len(self.images[name][0]), results
+
+    def test_two_streaming_agents_each_get_the_whole_image(self):
+        # Neither sends the other a byte (a streaming agent chokes every peer), though each
+        # announces the pieces it holds: each takes from the origin what the other holds.
+        origin, size, results = self.deploy_two(4_000_000, "--write-mode", "stream")
+        for i in range(2):
+            self.assertEqual(results[i][1]["swarm"]["fromPeers"], 0)
         # Twice the image, and what was in flight when a run asked before the other agent was seen
         # was cut at the other's first unit (the connection closed).
-        size = len(self.images[name][0])
-        self.assertGreaterEqual(origin.served["/" + name], 2 * size)
-        self.assertLessEqual(origin.served["/" + name], 2 * size + (1 << 20))
+        self.assertGreaterEqual(origin.served["/image.raw"], 2 * size)
+        self.assertLessEqual(origin.served["/image.raw"], 2 * size + (1 << 20))
 
     def test_an_agent_that_meets_another_mid_run_leaves_it_the_rest(self):
         # Alone, the first agent asks for a long run; the second appears while it arrives: the
         # first stops at the first unit the second ranks above it for and leaves it the rest.
         # One connection at 1 MB/s: alone, the first would take 24 s, time enough for the second
         # to start on a loaded machine.
-        name = "image.raw"
-        origin, url, turl, _ = self.publish(name, rate=1_000_000, seeder=False)
-        devs = [self.fresh_disk(512, seed=f"agent{i}") for i in range(2)]
-        results = [None, None]
-
-        def run(i):
-            results[i] = self.deploy(self.manifest(name, url, turl), devs[i], "--write-mode", "ram",
-                                     "--connections", "1")
-
-        first = threading.Thread(target=run, args=(0,))
-        first.start()
-        deadline = time.monotonic() + 30
-        while origin.served["/" + name] == 0 and first.is_alive():
-            self.assertLess(time.monotonic(), deadline, "the first agent never asked the origin")
-            time.sleep(0.01)
-        second = threading.Thread(target=run, args=(1,))
-        second.start()
-        first.join()
-        second.join()
-        for i in range(2):
-            with self.subTest(agent=i):
-                self.assertInstalled(results[i], name, devs[i])
+        _, size, results = self.deploy_two(1_000_000, "--write-mode", "ram", "--connections", "1",
+                                           staggered=True)
         self.assertRegex(results[0][2], r"web seed: another agent appeared: pieces \d+-\d+ of a "
                                         r"run are left to their owners")
         fetched = re.search(r"web seed: fetched (\d+) bytes alone, (\d+) as the owner, (\d+) taken",
                             results[0][2])
-        self.assertLess(sum(int(g) for g in fetched.groups()), len(self.images[name][0]))
+        self.assertLess(sum(int(g) for g in fetched.groups()), size)
 
     # --- failures --------------------------------------------------------------------------------
 
