@@ -15,7 +15,7 @@
 //       Events on stdout, one a line, space-separated key=value:
 //         info size= pieces= piece_length= infohash=
 //         progress done= total= peers= seeds= from_peers= from_web_seed= uploaded= hash_failures=
-//         piece N       (piece N passed its hash check and is in the memfd; in stream mode,
+//         piece N       (piece N passed its hash check and is written in the memfd; in stream mode,
 //                       once, for a piece of the window)
 //         complete
 //         error kind=<invalid|too_big|failed> <detail...>
@@ -24,11 +24,11 @@
 // The web seed is ours, not libtorrent's (web_seed.hpp says how the rack divides the origin's
 // work): it hands libtorrent whole pieces (add_piece), checked against the torrent like a peer's.
 //
-// Pieces: libtorrent's POSIX disk I/O, the torrent's one file renamed to `image` in a private
-// directory where `image` is a symlink to /proc/self/fd/3: every block lands in the memfd with
-// pwrite-like stdio calls (fopen "rb+" never truncates), and libtorrent reads the piece back from
-// there to check it against the torrent's hash before it counts it, banning a peer that sent a
-// bad one (smart ban). The agent checks the whole image against the manifest's checksum after.
+// Pieces: libtorrent's mmap disk I/O, the torrent's one file renamed to `image` in a private
+// directory where `image` is a symlink to /proc/self/fd/3: libtorrent maps the memfd and every
+// block lands in it, each piece checked against the torrent's hash before it counts (a peer that
+// sent a bad one is banned: smart ban). `piece N` is sent once the piece passed and all its
+// blocks are in the memfd. The agent checks the whole image against the manifest's checksum.
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
@@ -48,8 +48,8 @@
 #include <libtorrent/hex.hpp>
 #include <libtorrent/ip_filter.hpp>
 #include <libtorrent/magnet_uri.hpp>
+#include <libtorrent/mmap_disk_io.hpp>
 #include <libtorrent/peer_info.hpp>
-#include <libtorrent/posix_disk_io.hpp>
 #include <libtorrent/session.hpp>
 #include <libtorrent/session_params.hpp>
 #include <libtorrent/torrent_handle.hpp>
@@ -71,6 +71,8 @@ namespace {
 
 constexpr int kImageFd = 3;
 constexpr std::chrono::seconds kReannounce{3};
+// While pieces that passed are being written to the memfd: how often the download queue is read.
+constexpr std::chrono::milliseconds kFlushLook{10};
 // A .torrent is small: 64 MiB of piece hashes describe a terabyte in 256 KiB pieces.
 constexpr int kMaxTorrentBytes = 64 << 20;
 
@@ -354,11 +356,11 @@ int Fetch(const Args& args) {
                sp.get_int(lt::settings_pack::alert_mask) | lt::alert_category::piece_progress);
   }
   lt::session_params params(std::move(sp));
-  // POSIX disk I/O writes each block and hashes each piece on libtorrent's network thread, in
-  // order: a piece that passed is in the memfd, as `piece N` tells the agent. libtorrent's mmap
-  // disk I/O (its default) may pass a piece still in its store buffer, not yet written: stream
-  // mode then wrote stale bytes that its hasher, reading a moment later, had seen right.
-  params.disk_io_constructor = lt::posix_disk_io_constructor;
+  // libtorrent's default disk I/O maps the memfd and hashes on threads of its own (its POSIX one
+  // does every write and hash on the network thread: a swarm of one from a fast origin took about
+  // twice as long). A piece passes from its store buffer, maybe before its blocks are in the
+  // memfd: `piece N` waits for that (`flushing` below).
+  params.disk_io_constructor = lt::mmap_disk_io_constructor;
   lt::session ses(std::move(params));
   if (Number(args.Get("upload-rate", "0"), "upload rate") > 0 || window) {
     // libtorrent exempts peers on local networks from rate limits (its local peer class) and
@@ -402,7 +404,13 @@ int Fetch(const Args& args) {
   std::map<int, int64_t> peer_bytes;  // piece -> bytes of its blocks from peers, until it passes
   std::map<int, int> failures;        // piece -> hash failures
   int hash_failures = 0;
-  bool complete = false;
+  // Pieces that passed with blocks still being written to the memfd (they stay in the picker's
+  // download queue until the last is): told the agent once written, as the agent reads a piece
+  // from the memfd as soon as it is told.
+  std::set<int> flushing;
+  auto last_flush_look = std::chrono::steady_clock::now();
+  bool finished = false;  // every piece passed (ram mode)
+  bool complete = false;  // ... and is in the memfd, or the stream window's every piece is
   bool reported = false;
   auto last_report = std::chrono::steady_clock::now() - std::chrono::seconds(1);
   auto last_announce = std::chrono::steady_clock::now();
@@ -435,12 +443,7 @@ int Fetch(const Args& args) {
         } else {
           from_peers += size;
         }
-        // The agent hashes (and in stream mode writes) the in-order front; a window reports a
-        // piece once.
-        if (!window || window->Passed(piece)) {
-          Event("piece " + std::to_string(piece));
-          if (window) complete = window->complete();
-        }
+        flushing.insert(piece);
       } else if (auto* m = lt::alert_cast<lt::metadata_received_alert>(a)) {
         auto ti = m->handle.torrent_file();
         check_files(*ti);
@@ -468,10 +471,30 @@ int Fetch(const Args& args) {
         }
       } else if (lt::alert_cast<lt::torrent_finished_alert>(a)) {
         // Stream mode: finished means the window is, not the image.
-        if (!window) complete = true;
+        if (!window) finished = true;
       }
     }
     auto now = std::chrono::steady_clock::now();
+    if (!flushing.empty() && now - last_flush_look >= kFlushLook) {
+      last_flush_look = now;
+      std::set<int> writing;
+      for (const auto& q : h.get_download_queue()) writing.insert(static_cast<int>(q.piece_index));
+      for (auto it = flushing.begin(); it != flushing.end();) {
+        const int piece = *it;
+        if (writing.count(piece) != 0) {
+          ++it;
+          continue;
+        }
+        it = flushing.erase(it);
+        // The agent hashes (and in stream mode writes) the in-order front; a window reports a
+        // piece once.
+        if (!window || window->Passed(piece)) {
+          Event("piece " + std::to_string(piece));
+          if (window) complete = window->complete();
+        }
+      }
+    }
+    if (finished && flushing.empty()) complete = true;
     // A rack's agents start within seconds of each other: a tracker's answer holds only those
     // that announced before. Until the image is complete, ask again every few seconds (whatever
     // interval the tracker asks for) so that every agent soon knows every other.
@@ -501,7 +524,7 @@ int Fetch(const Args& args) {
         reported = true;
       }
     }
-    ses.wait_for_alert(std::chrono::milliseconds(100));
+    ses.wait_for_alert(flushing.empty() ? std::chrono::milliseconds(100) : kFlushLook);
   }
   // The agent closed our stdin: seeding is over.
   web.Stop();
