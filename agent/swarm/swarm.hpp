@@ -131,9 +131,9 @@ class Swarm {
 
 // Downloads the image through the swarm into a new ImageBuffer of `opts.memory_budget` bytes,
 // digests as FetchImage computes them (the in-order front of the pieces that passed, as they
-// pass). The .torrent is
-// fetched with FetchImage's rules (the image request's headers, TLS and redirects), at most 64 MiB;
-// the web seed follows them too (opts.proxy, ca_bundle, insecure, connections go to the helper).
+// pass). The .torrent is fetched with FetchImage's rules (the image request's headers, TLS and
+// redirects), at most 64 MiB; the web seed follows them too (opts.proxy, ca_bundle, insecure,
+// connections go to the helper).
 // `progress` and `cancel` as for FetchImage; the download fails when no new byte arrived for
 // `opts.stall_timeout`. On success `*swarm` holds the running helper, seeding; on failure there
 // is no helper left and nothing is kept, and the Status has the catalogue message (download

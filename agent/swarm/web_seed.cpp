@@ -207,9 +207,7 @@ void WebSeed::LogShares() {
 
 bool WebSeed::TakeHanded(int piece) {
   std::lock_guard lock(mu_);
-  const bool handed = handed_.count(piece) != 0;
-  Forget(piece);
-  return handed;
+  return Forget(piece);
 }
 
 void WebSeed::HashFailed(int piece) {
@@ -753,12 +751,13 @@ void WebSeed::Hand(int piece, std::vector<char>&& bytes, int kind) {
   }
 }
 
-void WebSeed::Forget(int piece) {  // REQUIRES: mu_ held
-  if (auto it = handed_.find(piece); it != handed_.end()) {
-    handed_bytes_ -= it->second;
-    handed_.erase(it);
-    handed_changed_.notify_all();
-  }
+bool WebSeed::Forget(int piece) {  // REQUIRES: mu_ held
+  auto it = handed_.find(piece);
+  if (it == handed_.end()) return false;
+  handed_bytes_ -= it->second;
+  handed_.erase(it);
+  handed_changed_.notify_all();
+  return true;
 }
 
 void WebSeed::Finish(Transfer& t, int curl_code) {

@@ -110,7 +110,7 @@ class WebSeed {
   Status Launch(Transfer& t);
   void Finish(Transfer& t, int curl_code);
   void Hand(int piece, std::vector<char>&& bytes, int kind);
-  void Forget(int piece);  // REQUIRES: mu_ held
+  bool Forget(int piece);  // REQUIRES: mu_ held. Whether `piece` was awaiting a verdict.
   size_t Write(Transfer& t, const char* data, size_t size);
   void Log(const std::string& what);
   void LogShares();
