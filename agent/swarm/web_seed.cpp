@@ -45,6 +45,9 @@ constexpr auto kMaxSettle = 1s;
 // The agent ranked r for a unit takes it once it stayed open r x this (at least; 3 x a recent
 // unit's time from the origin when that is longer).
 constexpr auto kStealAfter = 3s;
+// The unit whose rank orders the agents for taking the whole image (from an origin that ignores
+// Range): no unit of an image has this index.
+constexpr int kWholeImage = std::numeric_limits<int>::min();
 constexpr Clock::duration kMaxStealAfter = 2min;
 // The pieces being received from the origin, all transfers together (each holds one whole).
 constexpr int64_t kPieceBuffers = kMaxPieceBytes;
@@ -168,8 +171,12 @@ struct WebSeed::Transfer {
   bool complete = false;
   bool got_piece = false;
   bool whole = false;  // the origin ignored Range: the answer is the whole image, all taken
-  int kind = 0;        // what the pieces count as: kAlone, kOwned, kTakenOver
-  std::string bad;     // why the answer was refused, when it was
+  bool probe = false;  // asked before the origin was known to ignore Range
+  // With `whole`: the pieces held when the answer began, and, unless it is a probe (then a
+  // take-over, asked once the rack's front stood still), those offered by peers.
+  std::vector<bool> held_before;
+  int kind = 0;     // what the pieces count as: kAlone, kOwned, kTakenOver
+  std::string bad;  // why the answer was refused, when it was
   Clock::time_point began;
   char errbuf[CURL_ERROR_SIZE] = {};
 };
@@ -228,6 +235,7 @@ void WebSeed::Run() {
   open_since_.assign(static_cast<size_t>((n + unit_pieces_ - 1) / unit_pieces_),
                      Clock::time_point::max());
   alone_since_ = Clock::now();
+  front_moved_ = alone_since_;
   members_ = {self_id_};
   CurlMultiPtr multi(curl_multi_init());
   multi_ = multi.get();
@@ -378,13 +386,21 @@ void WebSeed::Refresh() {
     }
     if (members != members_ || ranks_.empty()) {
       // This agent's rank for each unit among the agents it sees (0: the owner).
-      ranks_.assign(open_since_.size(), 0);
-      for (size_t u = 0; u < ranks_.size(); ++u) {
-        const uint64_t mine = Weight(self_id_, static_cast<int>(u));
-        for (const std::string& m : members) {
-          if (m != self_id_ && Weight(m, static_cast<int>(u)) > mine) ++ranks_[u];
-        }
-      }
+      auto rank = [&](int unit) {
+        const uint64_t mine = Weight(self_id_, unit);
+        return static_cast<int>(std::count_if(members.begin(), members.end(), [&](const auto& m) {
+          return m != self_id_ && Weight(m, unit) > mine;
+        }));
+      };
+      ranks_.resize(open_since_.size());
+      for (size_t u = 0; u < ranks_.size(); ++u) ranks_[u] = rank(static_cast<int>(u));
+      whole_rank_ = rank(kWholeImage);
+    }
+    const int front = static_cast<int>(std::count_if(
+        pieces_.begin(), pieces_.end(), [](const Piece& p) { return p.have || p.available; }));
+    if (front > front_) {
+      front_ = front;
+      front_moved_ = now;
     }
     members_ = std::move(members);
     agents_ = static_cast<int>(members_.size());
@@ -451,6 +467,7 @@ void WebSeed::StartTransfers() {
     if (rank > 0 && now - open_since_[u] < rank * steal_after) return -1;
     return rank;
   };
+  if (RackFeedsWhole(now)) return;
   // An origin that ignores Range: one answer at a time brings the whole image (Write).
   while (static_cast<int>(transfers_.size()) < (no_ranges_ ? 1 : slots)) {
     // An own unit first, else the one of the lowest rank; among those, the one this agent's
@@ -496,6 +513,7 @@ void WebSeed::StartTransfers() {
     t->end = std::min<int64_t>(static_cast<int64_t>(last) * ti_->piece_length(), total);
     t->began = now;
     t->kind = agents_ == 1 ? kAlone : best_rank == 0 ? kOwned : kTakenOver;
+    t->probe = !no_ranges_;
     if (debug_) {
       Log("ask pieces " + std::to_string(first) + "-" + std::to_string(last - 1) + " rank " +
           std::to_string(best_rank) + " of " + std::to_string(agents_) + " steal " +
@@ -533,6 +551,28 @@ void WebSeed::StartTransfers() {
     transfers_.push_back(std::move(t));
     asked_ = true;
   }
+}
+
+bool WebSeed::AllWanted() const {
+  return std::all_of(pieces_.begin(), pieces_.end(), [](const Piece& p) { return p.wanted; });
+}
+
+// An origin that ignores Range sends the whole image to each request: in a rack one answer at a
+// time feeds every agent. Another's answer runs while the rack's front moves; once it stood still,
+// the agents take the image from the origin in turn, the one ranked r after (r + 1) x (3 s + two
+// units' time), each turn after the first also leaving time for the new answer to bring the held
+// prefix again before it brings new pieces. Times are the front's own pace so far.
+bool WebSeed::RackFeedsWhole(Clock::time_point now) const {
+  if (!no_ranges_ || agents_ == 1 || !transfers_.empty() || !AllWanted()) return false;
+  const auto held =
+      std::find_if(pieces_.begin(), pieces_.end(), [](const Piece& p) { return !p.have; }) -
+      pieces_.begin();
+  const auto per_piece = front_ > 0 && front_moved_ > started_ ? (front_moved_ - started_) / front_
+                                                               : Clock::duration::zero();
+  const auto unit_time = std::min<Clock::duration>(kMaxStealAfter, per_piece * unit_pieces_);
+  const auto prefix_time = std::min<Clock::duration>(kMaxStealAfter, per_piece * held);
+  return now - front_moved_ <
+         (whole_rank_ + 1) * (kStealAfter + 2 * unit_time) + whole_rank_ * prefix_time;
 }
 
 size_t WebSeed::HeaderThunk(char* data, size_t size, size_t n, void* user) {
@@ -648,9 +688,7 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
       // (every piece wanted) one answer takes every piece not held, in order, and no other
       // request is made while it runs; in stream mode the window takes only the run.
       no_ranges_ = true;
-      const bool all_wanted =
-          std::all_of(pieces_.begin(), pieces_.end(), [](const Piece& p) { return p.wanted; });
-      if (all_wanted) {
+      if (AllWanted()) {
         for (int p = t.first; p < t.last; ++p) pieces_[p].in_flight = false;
         const bool taken = std::any_of(transfers_.begin(), transfers_.end(),
                                        [](const auto& other) { return other->whole; });
@@ -659,12 +697,21 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
           t.pos = t.end;
           return 0;
         }
+        // The rack's first answers: the one of the agent ranked first for the image goes on
+        // and feeds the others (RackFeedsWhole says when to take over from it).
+        if (t.probe && agents_ > 1 && whole_rank_ > 0) {
+          return LeaveToRack(t, "another agent ranks first");
+        }
         t.whole = true;
         t.first = 0;
         t.last = static_cast<int>(pieces_.size());
         t.pos = 0;
         t.end = total;
-        for (Piece& p : pieces_) p.in_flight = !p.have;
+        t.held_before.resize(pieces_.size());
+        for (size_t p = 0; p < pieces_.size(); ++p) {
+          t.held_before[p] = pieces_[p].have || (!t.probe && pieces_[p].available);
+          pieces_[p].in_flight = !pieces_[p].have;
+        }
       }
     }
   }
@@ -684,7 +731,9 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
     if (t.whole && t.piece.empty()) {
       // The pieces held by now (from peers) pass by; once every piece is held, the answer ends.
       int next = piece;
-      while (next < t.last && pieces_[next].have) pieces_[next++].in_flight = false;
+      while (next < t.last && pieces_[next].have && !Overtaken(t, next)) {
+        pieces_[next++].in_flight = false;
+      }
       if (next == t.last) {
         t.complete = true;
         t.pos = t.end;
@@ -695,6 +744,7 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
         continue;
       }
     }
+    if (t.whole && Overtaken(t, piece)) return LeaveToRack(t, "another answer is ahead");
     const int64_t piece_end = static_cast<int64_t>(piece) * ti_->piece_length() +
                               ti_->piece_size(lt::piece_index_t{piece});
     const size_t take = static_cast<size_t>(std::min<int64_t>(size - i, piece_end - t.pos));
@@ -707,6 +757,8 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
       Hand(piece, std::move(t.piece), t.kind);
       t.piece = {};
       t.got_piece = true;
+      // Answers that run side by side: the one that brings a piece first goes on.
+      if (t.whole && Overtaken(t, piece)) return LeaveToRack(t, "another answer is ahead");
       if (t.kind == kAlone && !t.whole && t.pos < t.end && agents_ > 1 &&
           ranks_[static_cast<size_t>(piece + 1) / unit_pieces_] > 0) {
         // Taken before this agent saw the rack: the rest of the run, from the first unit that is
@@ -723,6 +775,26 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
   }
   if (t.pos >= t.end) t.complete = true;
   return size;
+}
+
+// In a rack, a piece of a whole-image answer that a peer came to hold or offer since the answer
+// began: another agent's answer is ahead and feeds this one. A take-over's prefix, and the pieces
+// offered when it began (a stalled answer's, a partial seed's), are no sign of it.
+bool WebSeed::Overtaken(const Transfer& t, int piece) const {
+  const Piece& p = pieces_[piece];
+  return agents_ > 1 && (p.have || p.available) && !t.held_before[piece];
+}
+
+size_t WebSeed::LeaveToRack(Transfer& t, const char* why) {
+  Log(std::string(why) + ": this answer from the origin ends, the image comes from the swarm");
+  // Its turn to take the image again starts now (RackFeedsWhole).
+  front_moved_ = Clock::now();
+  const int next = static_cast<int>(t.pos / ti_->piece_length());
+  for (int p = next; p < t.last; ++p) pieces_[p].in_flight = false;
+  t.last = next;
+  t.end = t.pos;
+  t.complete = true;
+  return 0;
 }
 
 void WebSeed::Hand(int piece, std::vector<char>&& bytes, int kind) {

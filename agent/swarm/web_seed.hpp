@@ -23,10 +23,14 @@
 // Connections: alone (no other agent connected for kAloneAfter), `connections` at once, each a
 // long contiguous run, as a plain HTTP download; in a rack, connections / agents (at least one),
 // runs of at most 4 MiB. An origin that ignores Range: one request at a time, whose answer in
-// ram mode takes the whole image. Every request follows the agent's download rules
-// (agent/fetch/fetch.hpp): redirects through RedirectChain (the manifest's headers to the URL's
-// origin only, https never to http, at most 5), the proxy chosen by ChooseProxy, TLS verification
-// unless `insecure`, the CA bundle. Nothing it writes to stderr holds the URL's secrets.
+// ram mode takes the whole image, in order. In a rack one such answer feeds the others: an answer
+// that reaches a piece a peer already holds (another's is ahead) ends, and the next request waits
+// until the rack's front (the pieces held or offered by peers) stood still for this agent's turn
+// (by rank of hash(peer id) among the agents, with time for re-reading the held prefix). Every
+// request follows the agent's download rules (agent/fetch/fetch.hpp): redirects through
+// RedirectChain (the manifest's headers to the URL's origin only, https never to http, at most 5),
+// the proxy chosen by ChooseProxy, TLS verification unless `insecure`, the CA bundle. Nothing it
+// writes to stderr holds the URL's secrets.
 #pragma once
 
 #include <atomic>
@@ -110,6 +114,10 @@ class WebSeed {
   Status Launch(Transfer& t);
   void Finish(Transfer& t, int curl_code);
   void Hand(int piece, std::vector<char>&& bytes, int kind);
+  bool AllWanted() const;
+  bool Overtaken(const Transfer& t, int piece) const;
+  size_t LeaveToRack(Transfer& t, const char* why);  // ends a whole-image answer, for another's
+  bool RackFeedsWhole(std::chrono::steady_clock::time_point now) const;
   bool Forget(int piece);  // REQUIRES: mu_ held. Whether `piece` was awaiting a verdict.
   size_t Write(Transfer& t, const char* data, size_t size);
   void Log(const std::string& what);
@@ -148,6 +156,9 @@ class WebSeed {
   // Peers (by endpoint and id) choking us while we want their pieces, or refusing to serve us.
   std::map<std::string, Refusal> refusals_;
   std::vector<int> ranks_;  // per unit: this agent's rank among them (0: the owner)
+  int whole_rank_ = 0;      // its rank for the whole image, from an origin that ignores Range
+  int front_ = 0;           // pieces held or offered by peers that serve us, at the last look
+  std::chrono::steady_clock::time_point front_moved_;  // when front_ last grew
   std::vector<std::unique_ptr<Transfer>> transfers_;
   bool finished_ = false;
   int failures_ = 0;  // requests in a row that brought no piece

@@ -33,9 +33,11 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--no-http", action="store_true", help="skip the HTTP-only rack (N x the image "
                    "over the capped link)")
+    p.add_argument("--origin-ignores-range", action="store_true",
+                   help="the origin answers every request with the whole image (HTTP 200)")
     a = p.parse_args()
     rack = Rack(a.agents, image_mib=a.image_mib, origin_mbit=a.origin_mbit,
-                piece_length=a.piece_kib << 10)
+                piece_length=a.piece_kib << 10, ranges=not a.origin_ignores_range)
     try:
         alone = rack.run(torrent=False, agents=[0])
         print("alone:       ", describe(alone), flush=True)

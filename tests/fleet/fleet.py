@@ -57,8 +57,10 @@ def percentile(values, p):
 
 
 class Rack:
-    def __init__(self, agents, image_mib=64, origin_mbit=200, seed=1, piece_length=1 << 20):
+    def __init__(self, agents, image_mib=64, origin_mbit=200, seed=1, piece_length=1 << 20,
+                 ranges=True):
         self.n = agents
+        self.ranges = ranges  # False: the origin ignores Range (nginx's max_ranges 0)
         self.tag = f"bf{os.getpid() % 100000}"
         self.dir = tempfile.mkdtemp(prefix="byoi-fleet-")
         os.chmod(self.dir, 0o755)  # nginx's worker runs as nobody
@@ -150,7 +152,8 @@ class Rack:
         conf = os.path.join(ng, "nginx.conf")
         with open(conf, "w") as f:
             f.write(nginx_conf(ng, "$uri $status $body_bytes_sent", self.access_log,
-                               f"{ORIGIN_IP}:{HTTP_PORT}", self.www, worker_connections=256))
+                               f"{ORIGIN_IP}:{HTTP_PORT}", self.www, worker_connections=256,
+                               extra="" if self.ranges else "max_ranges 0;"))
         self.nginx = subprocess.Popen(["ip", "netns", "exec", self.origin_ns, "nginx", "-c", conf,
                                        "-p", ng], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)

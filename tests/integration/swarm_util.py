@@ -203,12 +203,17 @@ class Origin:
     """The image's origin on 127.0.0.1: GET (with `Range: bytes=N-M` answered 206) of `files`
     ({path: bytes}), each connection limited to `rate` bytes per second when given, each 206
     carrying at most `max_range` bytes when given (as some CDNs cap a range); with `ranges=False`
-    every GET gets the whole file (200), Range or not. `served` counts the body bytes actually
+    every GET gets the whole file (200), Range or not; with `stall_after`, the first answer to
+    reach that many body bytes sends nothing more until close (a stuck origin). `served` counts the body bytes actually
     written to the sockets, per path; `most_at_once` the most bodies of a path being sent at the
     same time."""
 
-    def __init__(self, files, rate=None, max_range=None, ranges=True):
+    def __init__(self, files, rate=None, max_range=None, ranges=True, stall_after=None):
         self.files = dict(files)
+        self.stall_after = stall_after  # the first answer sends this many bytes, then nothing
+        self.stalled = threading.Event()
+        self.served_at_stall = {}  # `served` when the answer stalled
+        self.closing = threading.Event()
         self.rate = rate
         self.max_range = max_range
         self.ranges = ranges
@@ -254,6 +259,13 @@ class Origin:
                                                    owner.sending[path])
                 try:
                     while pos < end:
+                        if owner.stall_after is not None and pos - start >= owner.stall_after \
+                                and not owner.stalled.is_set():
+                            with owner.lock:
+                                owner.served_at_stall = dict(owner.served)
+                            owner.stalled.set()
+                            owner.closing.wait()  # a stuck origin: the connection stays open
+                            break
                         n = min(16 << 10, end - pos)
                         self.wfile.write(body[pos:pos + n])
                         pos += n
@@ -286,6 +298,7 @@ class Origin:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def close(self):
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

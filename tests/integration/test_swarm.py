@@ -586,16 +586,17 @@ class SwarmStreamDeploy(unittest.TestCase):
         self.addCleanup(lambda: [s.close() for s in self.seeders])
         self.work = tempfile.mkdtemp(dir=self.dir)
 
-    def publish(self, name, rate=2_000_000, torrent_data=None, seeder=True, piece=PIECE):
-        """`name` on an Origin at `rate` bytes per second per connection, its torrent beside it
-        (made from `torrent_data` when given), a seeder of it when asked. Returns (origin, image
-        URL, torrent URL, torrent path)."""
+    def publish(self, name, rate=2_000_000, torrent_data=None, seeder=True, piece=PIECE,
+                **origin_args):
+        """`name` on an Origin at `rate` bytes per second per connection (with `origin_args`),
+        its torrent beside it (made from `torrent_data` when given), a seeder of it when asked.
+        Returns (origin, image URL, torrent URL, torrent path)."""
         data = self.images[name][0]
         work = tempfile.mkdtemp(dir=self.work)
         src = os.path.join(work, name)
         with open(src, "wb") as f:
             f.write(data if torrent_data is None else torrent_data)
-        origin = Origin({"/" + name: data}, rate=rate)
+        origin = Origin({"/" + name: data}, rate=rate, **origin_args)
         self.addCleanup(origin.close)
         tracker = Tracker()
         self.addCleanup(tracker.close)
@@ -621,10 +622,10 @@ class SwarmStreamDeploy(unittest.TestCase):
         random_file(backing, DISK_BYTES, f"{seed}{sector_size}")
         return self.enterContext(loop_device(backing, sector_size))
 
-    def deploy(self, manifest, disk, *extra, cgroup=None, listen="127.0.0.1:0"):
+    def deploy(self, manifest, disk, *extra, cgroup=None, listen="127.0.0.1:0", seed_time=0):
         """Returns (exit code, final status, stderr)."""
         run = run_deploy(tempfile.mkdtemp(dir=self.work), manifest, "--disk", disk,
-                         "--seed-time", "0", "--swarm-listen", listen, "--stall-timeout", "20",
+                         "--seed-time", str(seed_time), "--swarm-listen", listen, "--stall-timeout", "20",
                          *extra, dry_run=False, timeout=180, cgroup=cgroup)
         return run.returncode, run.status, run.stderr
 
@@ -745,29 +746,31 @@ class SwarmStreamDeploy(unittest.TestCase):
         self.assertEqual((leecher.unchoked, leecher.hash_failures, leecher.downloaded()),
                          (False, 0, 0))
 
-    def deploy_two(self, rate, *extra, staggered=False):
-        """Two agents deploy image.raw (from an origin at `rate` bytes per second per connection,
-        no seeder) on fresh disks with `extra` arguments, at once or, `staggered`, the second once
-        the origin sent the first a byte. Both must install it: returns (origin, image size,
-        results)."""
+    def deploy_together(self, count, rate, *extra, staggered=False, seed_time=0, **origin_args):
+        """`count` agents deploy image.raw (from an origin at `rate` bytes per second per
+        connection, with `origin_args`, no seeder) on fresh disks with `extra` arguments, at once
+        or, `staggered`, the others once the origin sent the first a byte. All must install it:
+        returns (origin, image size, results)."""
         name = "image.raw"
-        origin, url, turl, _ = self.publish(name, rate=rate, seeder=False)
-        devs = [self.fresh_disk(512, seed=f"agent{i}") for i in range(2)]
-        results = [None, None]
+        origin, url, turl, _ = self.publish(name, rate=rate, seeder=False, **origin_args)
+        devs = [self.fresh_disk(512, seed=f"agent{i}") for i in range(count)]
+        results = [None] * count
 
         def run(i):
-            results[i] = self.deploy(self.manifest(name, url, turl), devs[i], *extra)
+            results[i] = self.deploy(self.manifest(name, url, turl), devs[i], *extra,
+                                     seed_time=seed_time)
 
-        jobs = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        jobs = [threading.Thread(target=run, args=(i,)) for i in range(count)]
         jobs[0].start()
         deadline = time.monotonic() + 30
         while staggered and origin.served["/" + name] == 0 and jobs[0].is_alive():
             self.assertLess(time.monotonic(), deadline, "the first agent never asked the origin")
             time.sleep(0.01)
-        jobs[1].start()
+        for job in jobs[1:]:
+            job.start()
         for job in jobs:
             job.join()
-        for i in range(2):
+        for i in range(count):
             with self.subTest(agent=i):
                 self.assertInstalled(results[i], name, devs[i])
         return origin, len(self.images[name][0]), results
@@ -775,7 +778,7 @@ class SwarmStreamDeploy(unittest.TestCase):
     def test_two_streaming_agents_each_get_the_whole_image(self):
         # Neither sends the other a byte (a streaming agent chokes every peer), though each
         # announces the pieces it holds: each takes from the origin what the other holds.
-        origin, size, results = self.deploy_two(4_000_000, "--write-mode", "stream")
+        origin, size, results = self.deploy_together(2, 4_000_000, "--write-mode", "stream")
         for i in range(2):
             self.assertEqual(results[i][1]["swarm"]["fromPeers"], 0)
         # Twice the image, and what was in flight when a run asked before the other agent was seen
@@ -783,13 +786,42 @@ class SwarmStreamDeploy(unittest.TestCase):
         self.assertGreaterEqual(origin.served["/image.raw"], 2 * size)
         self.assertLessEqual(origin.served["/image.raw"], 2 * size + (1 << 20))
 
+    def test_a_rack_takes_the_image_once_from_an_origin_that_ignores_range(self):
+        # Each answer is the whole image from byte 0. Three agents start together and each takes
+        # an answer; once they see each other, one answer goes on and feeds the others, whose own
+        # end (each would otherwise bring the whole image: 3 x). 2 MB/s a connection: 12 s for the
+        # image, the agents see each other within a second or two. Seeding 5 s after done: the
+        # last pieces reach the others before the first leaves.
+        origin, size, results = self.deploy_together(3, 2_000_000, "--write-mode", "ram",
+                                                     ranges=False, seed_time=5)
+        left = [r[2].count("this answer from the origin ends, the image comes from the swarm")
+                for r in results]
+        print(f"\n3 agents, an origin that ignores Range: {origin.served['/image.raw'] / size:.2f}"
+              f" x the image from it; answers left to another: {left}", file=sys.stderr)
+        self.assertGreaterEqual(sum(left), 2)
+        self.assertLessEqual(origin.served["/image.raw"], 1.5 * size)
+
+    def test_a_rack_takes_over_one_at_a_time_from_an_answer_that_stalls(self):
+        # The origin ignores Range, and the answer that feeds the rack stops after 8 MiB with its
+        # connection open. The rack's front stands still; the agents take the image from the
+        # origin in turn: one new answer brings the 8 MiB again and the rest (two at once would
+        # both bring the 8 MiB again before one is ahead: 32 MiB).
+        stall = 8 * MiB
+        origin, size, results = self.deploy_together(3, 2_000_000, "--write-mode", "ram",
+                                                     ranges=False, seed_time=5, stall_after=stall)
+        self.assertTrue(origin.stalled.is_set())
+        after = origin.served["/image.raw"] - origin.served_at_stall["/image.raw"]
+        print(f"\n3 agents, an answer that stalls after {stall // MiB} MiB: {after / size:.2f} x "
+              f"the image from the origin after the stall", file=sys.stderr)
+        self.assertLessEqual(after, 1.15 * size)
+
     def test_an_agent_that_meets_another_mid_run_leaves_it_the_rest(self):
         # Alone, the first agent asks for a long run; the second appears while it arrives: the
         # first stops at the first unit the second ranks above it for and leaves it the rest.
         # One connection at 1 MB/s: alone, the first would take 24 s, time enough for the second
         # to start on a loaded machine.
-        _, size, results = self.deploy_two(1_000_000, "--write-mode", "ram", "--connections", "1",
-                                           staggered=True)
+        _, size, results = self.deploy_together(2, 1_000_000, "--write-mode", "ram",
+                                                "--connections", "1", staggered=True)
         self.assertRegex(results[0][2], r"web seed: another agent appeared: pieces \d+-\d+ of a "
                                         r"run are left to their owners")
         fetched = re.search(r"web seed: fetched (\d+) bytes alone, (\d+) as the owner, (\d+) taken",
