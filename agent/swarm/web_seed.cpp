@@ -170,8 +170,11 @@ struct WebSeed::Transfer {
   std::optional<ContentRange> range;
   bool complete = false;
   bool got_piece = false;
-  bool whole = false;  // the origin ignored Range: the answer is the whole image, all taken
-  bool probe = false;  // asked before the origin was known to ignore Range
+  bool whole = false;        // the origin ignored Range: the answer is the whole image, all taken
+  bool probe = false;        // asked before the origin was known to ignore Range
+  bool feeds_rack = false;   // with `whole`: in ram mode, where the agent serves the rack
+  bool paused = false;       // with `whole`: waiting for a streaming agent's window to move
+  size_t taken_of_next = 0;  // bytes taken of those curl passes first after the pause
   // With `whole`: the pieces held when the answer began, and, unless it is a probe (then a
   // take-over, asked once the rack's front stood still), those offered by peers.
   std::vector<bool> held_before;
@@ -244,6 +247,7 @@ void WebSeed::Run() {
     const auto now = Clock::now();
     if (now >= next_refresh) {
       Refresh();
+      Resume();
       StartTransfers();
       next_refresh = now + (asked_ ? kRefreshEvery : kRefreshBeforeFirst);
     }
@@ -662,6 +666,7 @@ Status WebSeed::Launch(Transfer& t) {
 
 size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
   if (t.status != 200 && t.status != 206) return size;  // a redirect's body
+  if (t.paused) return CURL_WRITEFUNC_PAUSE;
   const int64_t total = ti_->total_size();
   if (t.at < 0) {
     if (t.status == 206) {
@@ -684,38 +689,39 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
     } else {
       t.at = 0;
       // An origin that ignores Range sends the whole image from byte 0 whatever was asked: every
-      // request would start there again (a run at the end costing the whole image). In ram mode
-      // (every piece wanted) one answer takes every piece not held, in order, and no other
-      // request is made while it runs; in stream mode the window takes only the run.
+      // request would start there again (a run at the end costing the whole image). One answer
+      // takes every piece not held, in order, and no other request is made while it runs; in
+      // stream mode it pauses at the window's end (TCP holds the origin back) until the window
+      // moves (Resume).
       no_ranges_ = true;
-      if (AllWanted()) {
-        for (int p = t.first; p < t.last; ++p) pieces_[p].in_flight = false;
-        const bool taken = std::any_of(transfers_.begin(), transfers_.end(),
-                                       [](const auto& other) { return other->whole; });
-        if (taken) {
-          t.complete = true;  // another answer brings the image
-          t.pos = t.end;
-          return 0;
-        }
-        // The rack's first answers: the one of the agent ranked first for the image goes on
-        // and feeds the others (RackFeedsWhole says when to take over from it).
-        if (t.probe && agents_ > 1 && whole_rank_ > 0) {
-          return LeaveToRack(t, "another agent ranks first");
-        }
-        t.whole = true;
-        t.first = 0;
-        t.last = static_cast<int>(pieces_.size());
-        t.pos = 0;
-        t.end = total;
-        t.held_before.resize(pieces_.size());
-        for (size_t p = 0; p < pieces_.size(); ++p) {
-          t.held_before[p] = pieces_[p].have || (!t.probe && pieces_[p].available);
-          pieces_[p].in_flight = !pieces_[p].have;
-        }
+      for (int p = t.first; p < t.last; ++p) pieces_[p].in_flight = false;
+      const bool taken = std::any_of(transfers_.begin(), transfers_.end(),
+                                     [](const auto& other) { return other->whole; });
+      if (taken) {
+        t.complete = true;  // another answer brings the image
+        t.pos = t.end;
+        return 0;
+      }
+      // In ram mode the agent serves the rack: of the rack's first answers, the one of the
+      // agent ranked first for the image goes on and feeds the others (RackFeedsWhole says when
+      // to take over from it). A streaming agent serves nobody and keeps its own.
+      t.feeds_rack = AllWanted();
+      if (t.feeds_rack && t.probe && agents_ > 1 && whole_rank_ > 0) {
+        return LeaveToRack(t, "another agent ranks first");
+      }
+      t.whole = true;
+      t.first = 0;
+      t.last = static_cast<int>(pieces_.size());
+      t.pos = 0;
+      t.end = total;
+      t.held_before.resize(pieces_.size());
+      for (size_t p = 0; p < pieces_.size(); ++p) {
+        t.held_before[p] = pieces_[p].have || (!t.probe && pieces_[p].available);
+        pieces_[p].in_flight = !pieces_[p].have;
       }
     }
   }
-  size_t i = 0;
+  size_t i = std::min(size, std::exchange(t.taken_of_next, 0));
   while (i < size) {
     if (t.pos >= t.end) {
       t.complete = true;
@@ -742,6 +748,13 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
       if (next > piece) {
         t.pos = static_cast<int64_t>(next) * ti_->piece_length();
         continue;
+      }
+      if (!pieces_[piece].wanted) {
+        // Past a streaming agent's window: the answer pauses until it moves (Resume). curl
+        // passes these bytes again then; the first i are taken already.
+        t.paused = true;
+        t.taken_of_next = i;
+        return CURL_WRITEFUNC_PAUSE;
       }
     }
     if (t.whole && Overtaken(t, piece)) return LeaveToRack(t, "another answer is ahead");
@@ -782,7 +795,19 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
 // offered when it began (a stalled answer's, a partial seed's), are no sign of it.
 bool WebSeed::Overtaken(const Transfer& t, int piece) const {
   const Piece& p = pieces_[piece];
-  return agents_ > 1 && (p.have || p.available) && !t.held_before[piece];
+  return t.feeds_rack && agents_ > 1 && (p.have || p.available) && !t.held_before[piece];
+}
+
+// A whole-image answer paused at a streaming agent's window goes on once the window reaches the
+// piece it stopped at.
+void WebSeed::Resume() {
+  for (auto& t : transfers_) {
+    if (!t->paused || !t->curl) continue;
+    const Piece& next = pieces_[static_cast<size_t>(t->pos / ti_->piece_length())];
+    if (!next.wanted && !next.have) continue;
+    t->paused = false;
+    curl_easy_pause(t->curl.get(), CURLPAUSE_CONT);  // may call Write at once
+  }
 }
 
 size_t WebSeed::LeaveToRack(Transfer& t, const char* why) {

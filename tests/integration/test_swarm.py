@@ -222,9 +222,10 @@ class SwarmDeploy(unittest.TestCase):
         run = self.deploy(url, turl)
         self.assert_installed(run)
         self.assertEqual(origin.served["/image.raw"], SIZE)
-        # Stream mode takes only its window's runs, each answer from byte 0 (docs/pipeline.md).
+        # Stream mode too (SwarmStreamDeploy has one with a window smaller than the image).
         origin, url, turl, _ = self.publish_counted(None, ranges=False)
         self.assert_installed(self.deploy(url, turl, None, "--write-mode", "stream"))
+        self.assertEqual(origin.served["/image.raw"], SIZE)
 
     def test_an_origin_that_caps_its_ranges_is_asked_again_for_the_rest(self):
         # A 206 shorter than asked is a complete answer, not an error to back off from: the
@@ -785,6 +786,17 @@ class SwarmStreamDeploy(unittest.TestCase):
         # was cut at the other's first unit (the connection closed).
         self.assertGreaterEqual(origin.served["/image.raw"], 2 * size)
         self.assertLessEqual(origin.served["/image.raw"], 2 * size + (1 << 20))
+
+    def test_stream_mode_takes_the_image_once_from_an_origin_that_ignores_range(self):
+        # Each answer is the whole image from byte 0, and the window (a 16 MiB budget) is smaller
+        # than the image: one answer pauses at the window's end until it moves (asking for each
+        # run would have the origin send from byte 0 to the run's end each time).
+        name = "image.raw"
+        origin, url, turl, _ = self.publish(name, rate=None, seeder=False, ranges=False)
+        dev = self.fresh_disk(4096)
+        self.assertInstalled(self.deploy(self.manifest(name, url, turl), dev, "--write-mode",
+                                         "stream", "--memory-limit", "16M"), name, dev)
+        self.assertEqual(origin.served["/" + name], len(self.images[name][0]))
 
     def test_a_rack_takes_the_image_once_from_an_origin_that_ignores_range(self):
         # Each answer is the whole image from byte 0. Three agents start together and each takes
