@@ -287,7 +287,7 @@ int Fetch(const Args& args) {
   }
   // Our peer id, whole (a 20-byte fingerprint is the id): the rack's agents rank themselves by it
   // for each unit of the origin's work.
-  const std::string peer_id = byoi::NewAgentPeerId();
+  const std::string peer_id = byoi::NewAgentPeerId(window != nullptr);
 
   lt::settings_pack sp;
   // block_progress: each block's source, for the byte counts; BYOI_SWARM_DEBUG=1: every alert.
@@ -379,6 +379,7 @@ int Fetch(const Args& args) {
   // A torrent that skips the storage check leaves its first DHT announce (the one that finds
   // the rack's peers) to libtorrent's timer, minutes away: now.
   if (!dht_nodes.empty()) h.force_dht_announce();
+  web_seed->streaming = window != nullptr;
   byoi::WebSeed web(std::move(*web_seed), h, peer_id);
   if (const auto ti = h.torrent_file()) {
     start_window(*ti, h);

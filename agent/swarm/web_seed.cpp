@@ -86,11 +86,11 @@ uint64_t Weight(const std::string& id, int unit) {
 
 }  // namespace
 
-std::string NewAgentPeerId() {
+std::string NewAgentPeerId(bool streaming) {
   static constexpr char kAlphabet[] =
       "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
   std::random_device rd;
-  std::string id = kAgentPeerIdPrefix;
+  std::string id = streaming ? kStreamingPeerIdPrefix : kAgentPeerIdPrefix;
   std::uniform_int_distribution<int> pick(0, sizeof kAlphabet - 2);
   while (id.size() < 20) id += kAlphabet[pick(rd)];
   return id;
@@ -149,6 +149,7 @@ struct WebSeed::Piece {
   bool downloading = false;                            // libtorrent asks a peer for it
   bool in_flight = false;                              // one of our requests will bring it
   Clock::time_point handed{Clock::time_point::max()};  // handed to libtorrent, not yet confirmed
+  bool Held() const { return have || handed != Clock::time_point::max(); }  // or awaiting a verdict
   bool Open() const {
     return !have && wanted && !available && !downloading && !in_flight &&
            handed == Clock::time_point::max();
@@ -168,6 +169,7 @@ struct WebSeed::Transfer {
   long status = 0;
   std::string location;
   std::optional<ContentRange> range;
+  std::optional<uint64_t> length;  // Content-Length
   bool complete = false;
   bool got_piece = false;
   bool whole = false;        // the origin ignored Range: the answer is the whole image, all taken
@@ -241,6 +243,8 @@ void WebSeed::Run() {
   front_moved_ = alone_since_;
   members_ = {self_id_};
   CurlMultiPtr multi(curl_multi_init());
+  // One request per TCP connection, as the agent's downloads (HTTP/2 would put every run on one).
+  curl_multi_setopt(multi.get(), CURLMOPT_PIPELINING, static_cast<long>(CURLPIPE_NOTHING));
   multi_ = multi.get();
   auto next_refresh = Clock::now();
   while (!stop_) {
@@ -336,6 +340,7 @@ void WebSeed::Refresh() {
     std::vector<std::string> members = {self_id_};
     for (const auto& peer : peers) {
       if (peer.connection_type != lt::peer_info::standard_bittorrent) continue;
+      if (peer.pid.to_string().rfind(kStreamingPeerIdPrefix, 0) == 0) continue;
       if (!Serves(peer, now, refusals)) continue;
       for (int i = 0; i < static_cast<int>(avail.size()) && i < peer.pieces.size(); ++i) {
         if (peer.pieces[lt::piece_index_t{i}]) ++avail[i];
@@ -467,6 +472,9 @@ void WebSeed::StartTransfers() {
   // Which open units may this agent take now: its own, and others' that stayed open long enough.
   auto may_take = [&](int u) -> int {  // its rank, or -1
     if (open_since_[u] == Clock::time_point::max()) return -1;
+    // From an origin that ignores Range every answer is the whole image: RackFeedsWhole orders
+    // the agents, not the units.
+    if (no_ranges_) return 0;
     const int rank = ranks_[u];
     if (rank > 0 && now - open_since_[u] < rank * steal_after) return -1;
     return rank;
@@ -557,25 +565,18 @@ void WebSeed::StartTransfers() {
   }
 }
 
-bool WebSeed::AllWanted() const {
-  return std::all_of(pieces_.begin(), pieces_.end(), [](const Piece& p) { return p.wanted; });
-}
-
 // An origin that ignores Range sends the whole image to each request: in a rack one answer at a
-// time feeds every agent. Another's answer runs while the rack's front moves; once it stood still,
-// the agents take the image from the origin in turn, the one ranked r after (r + 1) x (3 s + two
-// units' time), each turn after the first also leaving time for the new answer to bring the held
-// prefix again before it brings new pieces. Times are the front's own pace so far.
+// time feeds every agent (a seed may too). Another's answer runs while the front moves; once it
+// stood still, the agents take the image from the origin in turn, the one ranked r after
+// (r + 1) x (3 s + two units' time) + r x the time the front took so far (the new answer brings
+// that prefix again before it brings new pieces). Times are the front's own pace. An agent whose
+// answer gave way waits a whole turn from then.
 bool WebSeed::RackFeedsWhole(Clock::time_point now) const {
-  if (!no_ranges_ || agents_ == 1 || !transfers_.empty() || !AllWanted()) return false;
-  const auto held =
-      std::find_if(pieces_.begin(), pieces_.end(), [](const Piece& p) { return !p.have; }) -
-      pieces_.begin();
-  const auto per_piece = front_ > 0 && front_moved_ > started_ ? (front_moved_ - started_) / front_
-                                                               : Clock::duration::zero();
-  const auto unit_time = std::min<Clock::duration>(kMaxStealAfter, per_piece * unit_pieces_);
-  const auto prefix_time = std::min<Clock::duration>(kMaxStealAfter, per_piece * held);
-  return now - front_moved_ <
+  if (!no_ranges_ || config_.streaming || !transfers_.empty()) return false;
+  const auto prefix_time =
+      front_ > 0 && front_moved_ > started_ ? front_moved_ - started_ : Clock::duration::zero();
+  const auto unit_time = front_ > 0 ? prefix_time / front_ * unit_pieces_ : prefix_time;
+  return now - std::max(front_moved_, left_at_) <
          (whole_rank_ + 1) * (kStealAfter + 2 * unit_time) + whole_rank_ * prefix_time;
 }
 
@@ -587,10 +588,13 @@ size_t WebSeed::HeaderThunk(char* data, size_t size, size_t n, void* user) {
     t.status = sl->code;
     t.location.clear();
     t.range.reset();
+    t.length.reset();
   } else if (auto loc = HeaderValue(line, "Location")) {
     t.location = std::string(*loc);
   } else if (auto cr = HeaderValue(line, "Content-Range")) {
     t.range = ParseContentRange(*cr);
+  } else if (auto cl = HeaderValue(line, "Content-Length")) {
+    t.length = ParseContentLength(*cl);
   }
   return size * n;
 }
@@ -606,6 +610,7 @@ Status WebSeed::Launch(Transfer& t) {
   t.status = 0;
   t.location.clear();
   t.range.reset();
+  t.length.reset();
   t.at = -1;
   t.piece.clear();
   CURL* c = t.curl.get();
@@ -614,6 +619,8 @@ Status WebSeed::Launch(Transfer& t) {
   // https only; redirects are RedirectChain's; the proxy is chosen per request; TLS verified.
   curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, https ? "https" : "http,https");
   curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+  // HTTP/1.1: a paused whole-image answer holds its origin back by TCP's own flow control.
+  curl_easy_setopt(c, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1));
   curl_easy_setopt(c, CURLOPT_FAILONERROR, 1L);
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 1L << 20);
@@ -705,10 +712,15 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
       // In ram mode the agent serves the rack: of the rack's first answers, the one of the
       // agent ranked first for the image goes on and feeds the others (RackFeedsWhole says when
       // to take over from it). A streaming agent serves nobody and keeps its own.
-      t.feeds_rack = AllWanted();
+      if (t.length && *t.length != static_cast<uint64_t>(total)) {
+        t.bad = "the origin's whole image is not the torrent's size";
+        return 0;
+      }
+      t.feeds_rack = !config_.streaming;
       if (t.feeds_rack && t.probe && agents_ > 1 && whole_rank_ > 0) {
         return LeaveToRack(t, "another agent ranks first");
       }
+      t.kind = agents_ == 1 ? kAlone : whole_rank_ == 0 ? kOwned : kTakenOver;
       t.whole = true;
       t.first = 0;
       t.last = static_cast<int>(pieces_.size());
@@ -716,8 +728,8 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
       t.end = total;
       t.held_before.resize(pieces_.size());
       for (size_t p = 0; p < pieces_.size(); ++p) {
-        t.held_before[p] = pieces_[p].have || (!t.probe && pieces_[p].available);
-        pieces_[p].in_flight = !pieces_[p].have;
+        t.held_before[p] = pieces_[p].Held() || (!t.probe && pieces_[p].available);
+        pieces_[p].in_flight = !pieces_[p].Held();
       }
     }
   }
@@ -737,7 +749,7 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
     if (t.whole && t.piece.empty()) {
       // The pieces held by now (from peers) pass by; once every piece is held, the answer ends.
       int next = piece;
-      while (next < t.last && pieces_[next].have && !Overtaken(t, next)) {
+      while (next < t.last && pieces_[next].Held() && !Overtaken(t, next)) {
         pieces_[next++].in_flight = false;
       }
       if (next == t.last) {
@@ -790,30 +802,48 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
   return size;
 }
 
-// In a rack, a piece of a whole-image answer that a peer came to hold or offer since the answer
-// began: another agent's answer is ahead and feeds this one. A take-over's prefix, and the pieces
-// offered when it began (a stalled answer's, a partial seed's), are no sign of it.
+// A piece of a ram-mode whole-image answer that came to be held or offered by a peer since the
+// answer began: another answer (or a seed) is ahead and feeds this agent. For a take-over, the
+// pieces offered when it began (a stalled answer's, a partial seed's) are no sign of it; for the
+// rack's first answers they are.
 bool WebSeed::Overtaken(const Transfer& t, int piece) const {
   const Piece& p = pieces_[piece];
-  return t.feeds_rack && agents_ > 1 && (p.have || p.available) && !t.held_before[piece];
+  return t.feeds_rack && (p.Held() || p.available) && !t.held_before[piece];
 }
 
 // A whole-image answer paused at a streaming agent's window goes on once the window reaches the
-// piece it stopped at.
+// piece it stopped at. One with a wanted piece open behind it (it failed its hash check) ends:
+// the window cannot move past that piece, and only a new answer brings it.
 void WebSeed::Resume() {
   for (auto& t : transfers_) {
     if (!t->paused || !t->curl) continue;
-    const Piece& next = pieces_[static_cast<size_t>(t->pos / ti_->piece_length())];
-    if (!next.wanted && !next.have) continue;
+    const int at = static_cast<int>(t->pos / ti_->piece_length());
+    if (std::any_of(pieces_.begin(), pieces_.begin() + at,
+                    [](const Piece& p) { return p.Open(); })) {
+      t->complete = true;  // not the origin's failure
+      Abandon(*t, CURLE_OK);
+      continue;
+    }
+    if (!pieces_[at].wanted && !pieces_[at].have) continue;
     t->paused = false;
-    curl_easy_pause(t->curl.get(), CURLPAUSE_CONT);  // may call Write at once
+    // curl passes the kept bytes to Write at once; a Write that ended the answer makes this
+    // CURLE_WRITE_ERROR, and the transfer ends at the next curl_multi_perform.
+    const CURLcode code = curl_easy_pause(t->curl.get(), CURLPAUSE_CONT);
+    if (code != CURLE_OK && code != CURLE_WRITE_ERROR) Abandon(*t, code);
   }
+  transfers_.erase(
+      std::remove_if(transfers_.begin(), transfers_.end(), [](const auto& t) { return !t->curl; }),
+      transfers_.end());
+}
+
+void WebSeed::Abandon(Transfer& t, int curl_code) {
+  curl_multi_remove_handle(static_cast<CURLM*>(multi_), t.curl.get());
+  Finish(t, curl_code);
 }
 
 size_t WebSeed::LeaveToRack(Transfer& t, const char* why) {
   Log(std::string(why) + ": this answer from the origin ends, the image comes from the swarm");
-  // Its turn to take the image again starts now (RackFeedsWhole).
-  front_moved_ = Clock::now();
+  left_at_ = Clock::now();  // its next turn counts from now (RackFeedsWhole)
   const int next = static_cast<int>(t.pos / ti_->piece_length());
   for (int p = next; p < t.last; ++p) pieces_[p].in_flight = false;
   t.last = next;
@@ -878,8 +908,10 @@ void WebSeed::Finish(Transfer& t, int curl_code) {
   t.headers.reset();
   if (t.complete) {
     failures_ = 0;
-    const int units = std::max(1, (t.last - t.first) / unit_pieces_);
-    unit_time_ = (now - t.began) / units;
+    if (!no_ranges_) {
+      const int units = std::max(1, (t.last - t.first) / unit_pieces_);
+      unit_time_ = (now - t.began) / units;
+    }
     return;
   }
   if (t.got_piece) failures_ = 0;

@@ -54,15 +54,19 @@
 
 namespace byoi {
 
-// The start of the peer id of every byoi-swarm (the rest is random): how an agent tells the
-// rack's other agents, which share the origin's work, from other peers.
+// The start of the peer id of every byoi-swarm in ram mode (the rest is random): how an agent
+// tells the rack's other agents, which share the origin's work, from other peers.
 inline constexpr char kAgentPeerIdPrefix[] = "-BY0100-";
+// The start of a streaming agent's peer id: it serves nobody (stream_window.hpp), so its pieces
+// are never counted as offered and it takes no share of the origin's work.
+inline constexpr char kStreamingPeerIdPrefix[] = "-BY0101-";
 
 // The largest piece taken: the web seed holds whole pieces while they arrive, as does libtorrent.
 inline constexpr int64_t kMaxPieceBytes = 64 << 20;
 
-// A fresh 20-byte peer id: kAgentPeerIdPrefix and 12 random letters and digits.
-std::string NewAgentPeerId();
+// A fresh 20-byte peer id: kAgentPeerIdPrefix (kStreamingPeerIdPrefix when `streaming`) and 12
+// random letters and digits.
+std::string NewAgentPeerId(bool streaming);
 
 struct WebSeedConfig {
   std::string url;                  // the manifest's URL: may hold userinfo, never shown
@@ -71,6 +75,7 @@ struct WebSeedConfig {
   std::string ca_bundle;            // PEM file of CAs to trust, or empty for the system's
   bool insecure = false;            // no TLS verification (--insecure)
   int connections = 4;              // at once when alone (--connections, 1-16)
+  bool streaming = false;           // stream mode (not from the file): the window only
 };
 
 // Reads the helper's --web-seed-file: the URL on the first line; then the headers, `Name: value`
@@ -114,9 +119,9 @@ class WebSeed {
   Status Launch(Transfer& t);
   void Finish(Transfer& t, int curl_code);
   void Hand(int piece, std::vector<char>&& bytes, int kind);
-  bool AllWanted() const;
   bool Overtaken(const Transfer& t, int piece) const;
   void Resume();
+  void Abandon(Transfer& t, int curl_code);          // ends a transfer outside curl's callbacks
   size_t LeaveToRack(Transfer& t, const char* why);  // ends a whole-image answer, for another's
   bool RackFeedsWhole(std::chrono::steady_clock::time_point now) const;
   bool Forget(int piece);  // REQUIRES: mu_ held. Whether `piece` was awaiting a verdict.
@@ -160,6 +165,7 @@ class WebSeed {
   int whole_rank_ = 0;      // its rank for the whole image, from an origin that ignores Range
   int front_ = 0;           // pieces held or offered by peers that serve us, at the last look
   std::chrono::steady_clock::time_point front_moved_;  // when front_ last grew
+  std::chrono::steady_clock::time_point left_at_;      // when a whole answer last gave way
   std::vector<std::unique_ptr<Transfer>> transfers_;
   bool finished_ = false;
   int failures_ = 0;  // requests in a row that brought no piece

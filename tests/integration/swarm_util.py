@@ -204,12 +204,15 @@ class Origin:
     ({path: bytes}), each connection limited to `rate` bytes per second when given, each 206
     carrying at most `max_range` bytes when given (as some CDNs cap a range); with `ranges=False`
     every GET gets the whole file (200), Range or not; with `stall_after`, the first answer to
-    reach that many body bytes sends nothing more until close (a stuck origin). `served` counts the body bytes actually
+    reach that many body bytes sends nothing more until close (a stuck origin); with
+    `corrupt_once`, the first answer holding that offset sends its byte flipped. `served` counts the body bytes actually
     written to the sockets, per path; `most_at_once` the most bodies of a path being sent at the
     same time."""
 
-    def __init__(self, files, rate=None, max_range=None, ranges=True, stall_after=None):
+    def __init__(self, files, rate=None, max_range=None, ranges=True, stall_after=None,
+                 corrupt_once=None):
         self.files = dict(files)
+        self.corrupt_once = corrupt_once  # the first answer that holds this offset has it wrong
         self.stall_after = stall_after  # the first answer sends this many bytes, then nothing
         self.stalled = threading.Event()
         self.served_at_stall = {}  # `served` when the answer stalled
@@ -267,7 +270,14 @@ class Origin:
                             owner.closing.wait()  # a stuck origin: the connection stays open
                             break
                         n = min(16 << 10, end - pos)
-                        self.wfile.write(body[pos:pos + n])
+                        chunk = body[pos:pos + n]
+                        with owner.lock:
+                            bad = owner.corrupt_once
+                            if bad is not None and pos <= bad < pos + n:
+                                owner.corrupt_once = None
+                                chunk = bytearray(chunk)
+                                chunk[bad - pos] ^= 0xFF
+                        self.wfile.write(chunk)
                         pos += n
                         with owner.lock:
                             owner.served[path] += n

@@ -798,6 +798,21 @@ class SwarmStreamDeploy(unittest.TestCase):
                                          "stream", "--memory-limit", "16M"), name, dev)
         self.assertEqual(origin.served["/" + name], len(self.images[name][0]))
 
+    def test_stream_mode_asks_again_for_a_piece_that_failed_behind_a_paused_answer(self):
+        # The origin ignores Range and its first answer has a byte of piece 5 wrong: the answer
+        # goes on to the window's end and pauses there, and the window cannot move past the
+        # piece that failed. That answer ends and a new one, from byte 0, brings the piece.
+        name = "image.raw"
+        size = len(self.images[name][0])
+        origin, url, turl, _ = self.publish(name, rate=None, seeder=False, ranges=False,
+                                            corrupt_once=5 * PIECE + 100)
+        dev = self.fresh_disk(512)
+        self.assertInstalled(self.deploy(self.manifest(name, url, turl), dev, "--write-mode",
+                                         "stream", "--memory-limit", "16M"), name, dev)
+        self.assertIsNone(origin.corrupt_once)
+        self.assertGreater(origin.served["/" + name], size)
+        self.assertLess(origin.served["/" + name], 2 * size)
+
     def test_a_rack_takes_the_image_once_from_an_origin_that_ignores_range(self):
         # Each answer is the whole image from byte 0. Three agents start together and each takes
         # an answer; once they see each other, one answer goes on and feeds the others, whose own
