@@ -808,7 +808,7 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
 // rack's first answers they are.
 bool WebSeed::Overtaken(const Transfer& t, int piece) const {
   const Piece& p = pieces_[piece];
-  return t.feeds_rack && (p.Held() || p.available) && !t.held_before[piece];
+  return t.feeds_rack && (p.have || p.available) && !t.held_before[piece];
 }
 
 // A whole-image answer paused at a streaming agent's window goes on once the window reaches the
