@@ -709,13 +709,13 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
         t.pos = t.end;
         return 0;
       }
-      // In ram mode the agent serves the rack: of the rack's first answers, the one of the
-      // agent ranked first for the image goes on and feeds the others (RackFeedsWhole says when
-      // to take over from it). A streaming agent serves nobody and keeps its own.
       if (t.length && *t.length != static_cast<uint64_t>(total)) {
         t.bad = "the origin's whole image is not the torrent's size";
         return 0;
       }
+      // In ram mode the agent serves the rack: of the rack's first answers, the one of the
+      // agent ranked first for the image goes on and feeds the others (RackFeedsWhole says when
+      // to take over from it). A streaming agent serves nobody and keeps its own.
       t.feeds_rack = !config_.streaming;
       if (t.feeds_rack && t.probe && agents_ > 1 && whole_rank_ > 0) {
         return LeaveToRack(t, "another agent ranks first");

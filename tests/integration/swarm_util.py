@@ -205,9 +205,9 @@ class Origin:
     carrying at most `max_range` bytes when given (as some CDNs cap a range); with `ranges=False`
     every GET gets the whole file (200), Range or not; with `stall_after`, the first answer to
     reach that many body bytes sends nothing more until close (a stuck origin); with
-    `corrupt_once`, the first answer holding that offset sends its byte flipped. `served` counts the body bytes actually
-    written to the sockets, per path; `most_at_once` the most bodies of a path being sent at the
-    same time."""
+    `corrupt_once`, the first answer holding that offset sends its byte flipped. `served` counts
+    the body bytes actually written to the sockets, per path; `most_at_once` the most bodies of
+    a path being sent at the same time."""
 
     def __init__(self, files, rate=None, max_range=None, ranges=True, stall_after=None,
                  corrupt_once=None):

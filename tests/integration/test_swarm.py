@@ -626,7 +626,8 @@ class SwarmStreamDeploy(unittest.TestCase):
     def deploy(self, manifest, disk, *extra, cgroup=None, listen="127.0.0.1:0", seed_time=0):
         """Returns (exit code, final status, stderr)."""
         run = run_deploy(tempfile.mkdtemp(dir=self.work), manifest, "--disk", disk,
-                         "--seed-time", str(seed_time), "--swarm-listen", listen, "--stall-timeout", "20",
+                         "--seed-time", str(seed_time), "--swarm-listen", listen,
+                         "--stall-timeout", "20",
                          *extra, dry_run=False, timeout=180, cgroup=cgroup)
         return run.returncode, run.status, run.stderr
 
@@ -815,10 +816,10 @@ class SwarmStreamDeploy(unittest.TestCase):
 
     def test_a_rack_takes_the_image_once_from_an_origin_that_ignores_range(self):
         # Each answer is the whole image from byte 0. Three agents start together and each takes
-        # an answer; once they see each other, one answer goes on and feeds the others, whose own
-        # end (each would otherwise bring the whole image: 3 x). 2 MB/s a connection: 12 s for the
-        # image, the agents see each other within a second or two. Seeding 5 s after done: the
-        # last pieces reach the others before the first leaves.
+        # an answer; once they see each other, one answer goes on and feeds the others, whose
+        # answers end (each would otherwise bring the whole image: 3 x). 2 MB/s a connection: 12 s
+        # for the image, the agents see each other within a second or two. Seeding 5 s after
+        # done: the last pieces reach the others before the first leaves.
         origin, size, results = self.deploy_together(3, 2_000_000, "--write-mode", "ram",
                                                      ranges=False, seed_time=5)
         left = [r[2].count("this answer from the origin ends, the image comes from the swarm")
