@@ -150,10 +150,7 @@ struct WebSeed::Piece {
   bool in_flight = false;                              // one of our requests will bring it
   Clock::time_point handed{Clock::time_point::max()};  // handed to libtorrent, not yet confirmed
   bool Held() const { return have || handed != Clock::time_point::max(); }  // or awaiting a verdict
-  bool Open() const {
-    return !have && wanted && !available && !downloading && !in_flight &&
-           handed == Clock::time_point::max();
-  }
+  bool Open() const { return !Held() && wanted && !available && !downloading && !in_flight; }
 };
 
 // One request to the origin: pieces [first, last), bytes [pos, end) still to come.
@@ -272,9 +269,7 @@ void WebSeed::Run() {
       }
     }
     if (ended) {
-      transfers_.erase(std::remove_if(transfers_.begin(), transfers_.end(),
-                                      [](const auto& t) { return !t->curl; }),
-                       transfers_.end());
+      DropEnded();
       // The next request at once, not at the next look: in a rack a unit takes about a second.
       Refresh();
       StartTransfers();
@@ -673,7 +668,6 @@ Status WebSeed::Launch(Transfer& t) {
 
 size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
   if (t.status != 200 && t.status != 206) return size;  // a redirect's body
-  if (t.paused) return CURL_WRITEFUNC_PAUSE;
   const int64_t total = ti_->total_size();
   if (t.at < 0) {
     if (t.status == 206) {
@@ -805,7 +799,8 @@ size_t WebSeed::Write(Transfer& t, const char* data, size_t size) {
 // A piece of a ram-mode whole-image answer that came to be held or offered by a peer since the
 // answer began: another answer (or a seed) is ahead and feeds this agent. For a take-over, the
 // pieces offered when it began (a stalled answer's, a partial seed's) are no sign of it; for the
-// rack's first answers they are.
+// rack's first answers they are. Confirmed pieces only: the one this answer just handed over
+// awaits libtorrent's verdict and is its own.
 bool WebSeed::Overtaken(const Transfer& t, int piece) const {
   const Piece& p = pieces_[piece];
   return t.feeds_rack && (p.have || p.available) && !t.held_before[piece];
@@ -831,6 +826,10 @@ void WebSeed::Resume() {
     const CURLcode code = curl_easy_pause(t->curl.get(), CURLPAUSE_CONT);
     if (code != CURLE_OK && code != CURLE_WRITE_ERROR) Abandon(*t, code);
   }
+  DropEnded();
+}
+
+void WebSeed::DropEnded() {
   transfers_.erase(
       std::remove_if(transfers_.begin(), transfers_.end(), [](const auto& t) { return !t->curl; }),
       transfers_.end());

@@ -24,8 +24,9 @@
 // long contiguous run, as a plain HTTP download; in a rack, connections / agents (at least one),
 // runs of at most 4 MiB. An origin that ignores Range: one request at a time, whose answer takes
 // the whole image, in order (in stream mode pausing at the window's end). In a rack one such answer
-// feeds the others: an answer that reaches a piece a peer already holds (another's is ahead) ends,
-// and the next request waits until the rack's front (the pieces held or offered by peers) stood
+// feeds the others: of the rack's first answers only the agent ranked first for the image keeps
+// its own, an answer that reaches a piece a peer came to hold (another's is ahead) ends, and the
+// next request waits until the rack's front (the pieces held or offered by peers) stood
 // still for this agent's turn (by rank of hash(peer id) among the agents, with time for re-reading
 // the held prefix). Every request follows the agent's download rules (agent/fetch/fetch.hpp):
 // redirects through RedirectChain (the manifest's headers to the URL's origin only, https never to
@@ -122,6 +123,7 @@ class WebSeed {
   bool Overtaken(const Transfer& t, int piece) const;
   void Resume();
   void Abandon(Transfer& t, int curl_code);          // ends a transfer outside curl's callbacks
+  void DropEnded();                                  // forgets the transfers that ended
   size_t LeaveToRack(Transfer& t, const char* why);  // ends a whole-image answer, for another's
   bool RackFeedsWhole(std::chrono::steady_clock::time_point now) const;
   bool Forget(int piece);  // REQUIRES: mu_ held. Whether `piece` was awaiting a verdict.
