@@ -1,8 +1,11 @@
 #include "agent/fetch/hasher.hpp"
 
 #include <openssl/evp.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <string>
 #include <utility>
 
 namespace byoi {
@@ -137,22 +140,51 @@ StreamHasher::~StreamHasher() {
   }
 }
 
-void StreamHasher::HashSpan(std::span<const uint8_t> bytes) {
-  for (Hasher& h : hashers_) h.Update(bytes);
+void StreamHasher::HashWork(const Work& work) {
+  if (work.fd < 0) {
+    for (Hasher& h : hashers_) h.Update(work.bytes);
+    return;
+  }
+  constexpr size_t kRead = 1 << 20;
+  if (file_buffer_.empty()) file_buffer_.resize(kRead);
+  uint64_t offset = work.offset;
+  const uint64_t end = work.offset + work.length;
+  while (offset < end && read_error_.ok()) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(kRead, end - offset));
+    const ssize_t n = ::pread(work.fd, file_buffer_.data(), want, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      read_error_ = Status::FromErrno(
+          "reading the image to hash it at byte " + std::to_string(offset), n < 0 ? errno : EIO);
+      return;
+    }
+    for (Hasher& h : hashers_) h.Update({file_buffer_.data(), static_cast<size_t>(n)});
+    offset += static_cast<uint64_t>(n);
+  }
 }
 
 uint64_t StreamHasher::Update(std::span<const uint8_t> bytes) {
   if (hashers_.empty() || bytes.empty()) return 0;
-  if (!threaded_ || bytes.size() < kHandOverBytes) {
+  return Queue({.bytes = bytes});
+}
+
+uint64_t StreamHasher::UpdateFromFile(int fd, uint64_t offset, uint64_t length) {
+  if (hashers_.empty() || length == 0) return 0;
+  return Queue({.bytes = {}, .fd = fd, .offset = offset, .length = length});
+}
+
+uint64_t StreamHasher::Queue(const Work& work) {
+  const uint64_t size = work.fd < 0 ? work.bytes.size() : work.length;
+  if (!threaded_ || size < kHandOverBytes) {
     Wait();
-    HashSpan(bytes);
+    HashWork(work);
     return 0;
   }
   bool wake = false;
   uint64_t ticket = 0;
   {
     std::lock_guard lock(mu_);
-    queue_.push_back(bytes);
+    queue_.push_back(work);
     ticket = ++given_;
     wake = idle_;
   }
@@ -183,9 +215,9 @@ void StreamHasher::Loop() {
   for (;;) {
     // Spans handed over are hashed even when stopping: the destructor waits for them.
     while (!queue_.empty()) {
-      std::span<const uint8_t> bytes = queue_.front();
+      const Work work = queue_.front();
       lock.unlock();
-      HashSpan(bytes);
+      HashWork(work);
       lock.lock();
       queue_.pop_front();
       ++hashed_;
@@ -201,10 +233,15 @@ void StreamHasher::Loop() {
 void StreamHasher::Reset() {
   Wait();
   for (Hasher& h : hashers_) h.Reset();
+  read_error_ = Status::Ok();
 }
 
 Result<std::vector<Digest>> StreamHasher::Finish() {
   Wait();
+  if (!read_error_.ok()) {
+    for (Hasher& h : hashers_) h.Reset();
+    return std::exchange(read_error_, Status::Ok());
+  }
   std::vector<Digest> out;
   for (Hasher& h : hashers_) {
     BYOI_ASSIGN_OR_RETURN(std::string hex, h.FinalHex());

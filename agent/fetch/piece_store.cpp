@@ -54,9 +54,9 @@ Status RamStore::Advance(uint64_t prefix, std::optional<uint64_t>, bool flush) {
     // Pieces written at their offsets joined the prefix: the gathered bytes come before them.
     if (fill_ > 0) BYOI_RETURN_IF_ERROR(StoreBlock());
     if (flush || prefix - hashed_ >= kBatch) {
-      // The mapping stays valid and these bytes unchanged until StartOver, which waits for the
-      // hasher first: no ticket to wait for here.
-      (void)hasher_.Update({image_.data() + hashed_, static_cast<size_t>(prefix - hashed_)});
+      // These bytes stay unchanged until StartOver, which waits for the hasher first: no ticket
+      // to wait for here.
+      (void)hasher_.UpdateFromFile(image_.fd(), hashed_, prefix - hashed_);
       hashed_ = prefix;
     }
   }

@@ -276,7 +276,7 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
   auto hash_front = [&] {
     const uint64_t from = std::min(total, front.Advance(arrived) * piece_length);
     const uint64_t to = std::min(total, front.front() * piece_length);
-    if (to > from) hasher->Update({image.data() + from, static_cast<size_t>(to - from)});
+    if (to > from) hasher->UpdateFromFile(image.fd(), from, to - from);
   };
 
   // Until complete: progress, the stall timer, cancellation.
@@ -327,7 +327,7 @@ Result<FetchResult> FetchSwarm(const SwarmRequest& req, const FetchOptions& opts
   hash_front();
   const uint64_t hashed = total == now.total ? std::min(total, front.front() * piece_length) : 0;
   if (hashed == 0) hasher->Reset();
-  hasher->Update(image.bytes().subspan(hashed));
+  hasher->UpdateFromFile(image.fd(), hashed, image.size() - hashed);
   FetchResult result;
   BYOI_ASSIGN_OR_RETURN(result.digests, hasher->Finish());
   result.image = std::move(image);
