@@ -1,12 +1,12 @@
 #include "agent/fetch/hasher.hpp"
 
 #include <openssl/evp.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <string>
 #include <utility>
+
+#include "agent/base/fd.hpp"
 
 namespace byoi {
 
@@ -145,21 +145,18 @@ void StreamHasher::HashWork(const Work& work) {
     for (Hasher& h : hashers_) h.Update(work.bytes);
     return;
   }
+  if (!read_error_.ok()) return;  // the first failed read is the one reported
   constexpr size_t kRead = 1 << 20;
   if (file_buffer_.empty()) file_buffer_.resize(kRead);
-  uint64_t offset = work.offset;
-  const uint64_t end = work.offset + work.length;
-  while (offset < end && read_error_.ok()) {
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(kRead, end - offset));
-    const ssize_t n = ::pread(work.fd, file_buffer_.data(), want, static_cast<off_t>(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      read_error_ = Status::FromErrno(
-          "reading the image to hash it at byte " + std::to_string(offset), n < 0 ? errno : EIO);
+  for (uint64_t offset = work.offset, end = work.offset + work.length; offset < end;) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(kRead, end - offset));
+    const std::span<uint8_t> block(file_buffer_.data(), n);
+    if (Status read = PreadAll(work.fd, block, offset); !read.ok()) {
+      read_error_ = std::move(read).Context("reading the image to hash it");
       return;
     }
-    for (Hasher& h : hashers_) h.Update({file_buffer_.data(), static_cast<size_t>(n)});
-    offset += static_cast<uint64_t>(n);
+    for (Hasher& h : hashers_) h.Update(block);
+    offset += n;
   }
 }
 
