@@ -147,10 +147,10 @@ void StreamHasher::HashWork(const Work& work) {
   }
   if (!read_error_.ok()) return;  // the first failed read is the one reported
   constexpr size_t kRead = 1 << 20;
-  if (file_buffer_.empty()) file_buffer_.resize(kRead);
+  if (!file_buffer_) file_buffer_.reset(new uint8_t[kRead]);  // pread fills it: no zeroing
   for (uint64_t offset = work.offset, end = work.offset + work.length; offset < end;) {
     const size_t n = static_cast<size_t>(std::min<uint64_t>(kRead, end - offset));
-    const std::span<uint8_t> block(file_buffer_.data(), n);
+    const std::span<uint8_t> block(file_buffer_.get(), n);
     if (Status read = PreadAll(work.fd, block, offset); !read.ok()) {
       read_error_ = std::move(read).Context("reading the image to hash it");
       return;

@@ -115,15 +115,15 @@ class StreamHasher {
   bool threaded_ = false;
 
   std::mutex mu_;
-  std::condition_variable work_cv_;   // the thread waits for a span or stop
-  std::condition_variable done_cv_;   // WaitFor waits for spans to be hashed
-  std::deque<Work> queue_;            // guarded by mu_: handed over, not yet hashed
-  uint64_t given_ = 0;                // guarded by mu_: tickets handed out
-  uint64_t hashed_ = 0;               // guarded by mu_: tickets done
-  bool idle_ = false;                 // guarded by mu_: the thread sleeps on work_cv_
-  bool stop_ = false;                 // guarded by mu_
-  std::vector<uint8_t> file_buffer_;  // the hashing side's: for file ranges
-  Status read_error_;                 // the hashing side's: the first failed read
+  std::condition_variable work_cv_;         // the thread waits for a span or stop
+  std::condition_variable done_cv_;         // WaitFor waits for spans to be hashed
+  std::deque<Work> queue_;                  // guarded by mu_: handed over, not yet hashed
+  uint64_t given_ = 0;                      // guarded by mu_: tickets handed out
+  uint64_t hashed_ = 0;                     // guarded by mu_: tickets done
+  bool idle_ = false;                       // guarded by mu_: the thread sleeps on work_cv_
+  bool stop_ = false;                       // guarded by mu_
+  std::unique_ptr<uint8_t[]> file_buffer_;  // the hashing side's: for file ranges
+  Status read_error_;                       // the hashing side's: the first failed read
   std::thread thread_;
 };
 

@@ -6,6 +6,7 @@
 //     prefix; the prefix goes to the hasher and the ByteSink in order, and its room is reused.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -86,7 +87,7 @@ class RamStore : public PieceStore {
 
   ImageBuffer& image_;
   StreamHasher& hasher_;
-  std::vector<std::vector<uint8_t>> blocks_;
+  std::array<std::unique_ptr<uint8_t[]>, kBlocks> blocks_;
   std::vector<uint64_t> tickets_;  // the hasher's ticket of each block's bytes
   size_t current_ = 0;
   size_t fill_ = 0;      // bytes in blocks_[current_]: the body's bytes from hashed_ on
