@@ -58,6 +58,9 @@ def main():
         print(f"over {a.runs} swarm run(s) of {a.agents} agents:")
         print("  origin / image:     ", spread([s["origin_bytes"] / size for s in swarms],
                                                "{:.2f}"), "(target <= 1.5)")
+        print("  CPU-s per agent:    ", spread([s["cpu_per_agent"] for s in swarms], "{:.2f}"),
+              f"(alone: {alone_swarm['cpu_per_agent']:.2f}; the machine's busy time until the "
+              "last agent was done, over the agents)")
         for key in ("p50", "p95", "max"):
             line = f"  {key} / alone:".ljust(24) + spread([s[key] / alone["max"] for s in swarms],
                                                           "{:.2f}")

@@ -265,7 +265,8 @@ class Rack:
                 "image_bytes": self.image_size, "times": times,
                 "p50": statistics.median(times), "p95": percentile(times, 95),
                 "max": max(times), "verified": verified, "swarm": swarm, "shares": shares,
-                "cpu_busy": (cpu1[0] - cpu0[0]) / max(1e-9, cpu1[1] - cpu0[1])}
+                "cpu_busy": (cpu1[0] - cpu0[0]) / max(1e-9, cpu1[1] - cpu0[1]),
+                "cpu_per_agent": (cpu1[0] - cpu0[0]) / len(runs)}
 
     def _disk_holds_image(self, disk):
         with open(disk, "rb") as f:
@@ -294,7 +295,8 @@ def describe(figures):
     return (f"{f['agents']} agent(s), {'swarm' if f['torrent'] else 'HTTP only'}: origin sent "
             f"{f['origin_bytes'] / (1 << 20):.1f} MiB ({f['origin_bytes'] / f['image_bytes']:.2f} "
             f"x the image); deploy time p50 {f['p50']:.1f} s, p95 {f['p95']:.1f} s, "
-            f"max {f['max']:.1f} s; CPU {100 * f['cpu_busy']:.0f} % busy" + (
+            f"max {f['max']:.1f} s; CPU {100 * f['cpu_busy']:.0f} % busy, "
+            f"{f['cpu_per_agent']:.2f} CPU-s per agent (the machine's, until the last done)" + (
                 "; web seed requests: {:.0f} MiB alone, {:.0f} as owners, {:.0f} taken over".format(
                     *(b / (1 << 20) for b in f["shares"])) if f["torrent"] else ""))
 
