@@ -381,7 +381,11 @@ int Fetch(const Args& args) {
   if (!dht_nodes.empty()) h.force_dht_announce();
   web_seed->streaming = window != nullptr;
   byoi::WebSeed web(std::move(*web_seed), h, peer_id);
-  if (const auto ti = h.torrent_file()) {
+  // The torrent's metadata, once known (a magnet link's comes from peers). Kept here: the
+  // handle's torrent_file() is a round trip to libtorrent's network thread, too dear for each
+  // block's alert.
+  std::shared_ptr<const lt::torrent_info> ti = h.torrent_file();
+  if (ti) {
     start_window(*ti, h);
     web.Start(ti);
   }
@@ -425,7 +429,6 @@ int Fetch(const Args& args) {
     for (lt::alert* a : alerts) {
       if (verbose) std::fprintf(stderr, "byoi-swarm: %s\n", a->message().c_str());
       if (auto* b = lt::alert_cast<lt::block_finished_alert>(a)) {
-        const auto ti = h.torrent_file();
         // A block of a piece the web seed handed over (add_piece) has no peer: port 0.
         if (ti && b->endpoint.port() != 0) {
           const int64_t block = 16 << 10;
@@ -435,7 +438,7 @@ int Fetch(const Args& args) {
         }
       } else if (auto* pf = lt::alert_cast<lt::piece_finished_alert>(a)) {
         const int piece = static_cast<int>(pf->piece_index);
-        const int64_t size = h.torrent_file() ? h.torrent_file()->piece_size(pf->piece_index) : 0;
+        const int64_t size = ti ? ti->piece_size(pf->piece_index) : 0;
         const int64_t peers = std::min(size, peer_bytes[piece]);
         peer_bytes.erase(piece);
         if (web.TakeHanded(piece)) {
@@ -446,7 +449,7 @@ int Fetch(const Args& args) {
         }
         flushing.insert(piece);
       } else if (auto* m = lt::alert_cast<lt::metadata_received_alert>(a)) {
-        auto ti = m->handle.torrent_file();
+        ti = m->handle.torrent_file();
         check_files(*ti);
         start_window(*ti, m->handle);
         web.Start(ti);
