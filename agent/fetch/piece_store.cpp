@@ -16,8 +16,7 @@ constexpr uint64_t kBatch = 1 << 20;
 
 }  // namespace
 
-RamStore::RamStore(ImageBuffer& image, StreamHasher& hasher)
-    : image_(image), hasher_(hasher), tickets_(kBlocks, 0) {
+RamStore::RamStore(ImageBuffer& image, StreamHasher& hasher) : image_(image), hasher_(hasher) {
   // Not value-initialised: the kernel commits a block's pages as they are first written, so a
   // small body (a .torrent) costs a page, not 8 MiB of zeroing and copying.
   for (auto& block : blocks_) block.reset(new uint8_t[kBlock]);

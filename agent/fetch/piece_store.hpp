@@ -12,7 +12,6 @@
 #include <memory>
 #include <optional>
 #include <span>
-#include <vector>
 
 #include "agent/base/byte_sink.hpp"
 #include "agent/base/status.hpp"
@@ -88,7 +87,7 @@ class RamStore : public PieceStore {
   ImageBuffer& image_;
   StreamHasher& hasher_;
   std::array<std::unique_ptr<uint8_t[]>, kBlocks> blocks_;
-  std::vector<uint64_t> tickets_;  // the hasher's ticket of each block's bytes
+  std::array<uint64_t, kBlocks> tickets_{};  // the hasher's ticket of each block's bytes
   size_t current_ = 0;
   size_t fill_ = 0;      // bytes in blocks_[current_]: the body's bytes from hashed_ on
   uint64_t hashed_ = 0;  // handed to the hasher

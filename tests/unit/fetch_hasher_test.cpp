@@ -1,13 +1,11 @@
 #include <gtest/gtest.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <string>
 #include <vector>
 
-#include "agent/base/fd.hpp"
 #include "agent/fetch/hasher.hpp"
+#include "agent/image/image_buffer.hpp"
 
 namespace byoi {
 namespace {
@@ -122,17 +120,18 @@ TEST_P(StreamHasherTest, FileRangesAndSpansHashInTheOrderGiven) {
   // memfd before the hasher reached them, read back from it; ranges larger and smaller than the
   // hasher's read buffer, one ending inside it.
   std::vector<uint8_t> data = Pattern((5 << 20) + 12345);
-  UniqueFd fd(::memfd_create("hasher-test", MFD_CLOEXEC));
-  ASSERT_TRUE(fd.valid());
-  ASSERT_EQ(::pwrite(fd.get(), data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
+  auto image = ImageBuffer::Create(data.size());
+  ASSERT_TRUE(image.ok());
+  ASSERT_TRUE(image->Append(data).ok());
+  const int fd = image->fd();
   const HashAlgo algos[] = {HashAlgo::kSha256, HashAlgo::kSha1};
   auto s = StreamHasher::Create(algos, GetParam());
   ASSERT_TRUE(s.ok());
   (*s)->Update(std::span(data).subspan(0, 100));
-  (*s)->UpdateFromFile(fd.get(), 100, (3 << 20) + 7);
+  (*s)->UpdateFromFile(fd, 100, (3 << 20) + 7);
   (*s)->Update(std::span(data).subspan((3 << 20) + 107, 1 << 20));
-  (*s)->UpdateFromFile(fd.get(), (4 << 20) + 107, 10);
-  (*s)->UpdateFromFile(fd.get(), (4 << 20) + 117, data.size() - (4 << 20) - 117);
+  (*s)->UpdateFromFile(fd, (4 << 20) + 107, 10);
+  (*s)->UpdateFromFile(fd, (4 << 20) + 117, data.size() - (4 << 20) - 117);
   auto digests = (*s)->Finish();
   ASSERT_TRUE(digests.ok()) << digests.status().ToString();
   EXPECT_EQ((*digests)[0].hex, OneShot(HashAlgo::kSha256, data));
@@ -141,14 +140,15 @@ TEST_P(StreamHasherTest, FileRangesAndSpansHashInTheOrderGiven) {
 
 TEST_P(StreamHasherTest, AFileRangeThatCannotBeReadFailsTheFinish) {
   std::vector<uint8_t> data = Pattern(1 << 20);
-  UniqueFd fd(::memfd_create("hasher-test", MFD_CLOEXEC));
-  ASSERT_TRUE(fd.valid());
-  ASSERT_EQ(::pwrite(fd.get(), data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
+  auto image = ImageBuffer::Create(data.size());
+  ASSERT_TRUE(image.ok());
+  ASSERT_TRUE(image->Append(data).ok());
+  const int fd = image->fd();
   const HashAlgo algos[] = {HashAlgo::kSha256};
   auto s = StreamHasher::Create(algos, GetParam());
   ASSERT_TRUE(s.ok());
   // Past the file's end: a read of 0 bytes, as a truncated image buffer would give.
-  (*s)->UpdateFromFile(fd.get(), 512 << 10, 1 << 20);
+  (*s)->UpdateFromFile(fd, 512 << 10, 1 << 20);
   auto digests = (*s)->Finish();
   ASSERT_FALSE(digests.ok());
   EXPECT_EQ(digests.status().code(), Code::kIo);
