@@ -264,7 +264,15 @@ TEST_F(PollerTest, AJobRunningFromTheApiIsNotPolledOverOrReported) {
   EXPECT_EQ(backend.polls(), 0);
   EXPECT_TRUE(backend.puts().empty());
   release = true;
-  ASSERT_TRUE(WaitFor([&] { return backend.polls() >= 1; }));  // free again: it polls
+  // Free again: it polls, takes the backend's job and reports it to its end. The job's thread
+  // calls into the poller until then (and holds `done` for the backend): Stop only after it.
+  ASSERT_TRUE(WaitFor([&] {
+    auto p = backend.puts();
+    return !p.empty() && p.back().status == "done";
+  }));
+  ASSERT_TRUE(WaitFor([&] { return !jobs.busy(); }));
+  EXPECT_GE(backend.polls(), 1);
+  for (const Put& p : backend.puts()) EXPECT_EQ(p.path, "/v1/agents/agent%3A1/jobs/job%2F1/status");
   poller.Stop();
 }
 
