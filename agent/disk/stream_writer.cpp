@@ -52,7 +52,8 @@ Result<std::unique_ptr<StreamWriter>> StreamWriter::Create(Target& target, uint6
   unsigned threads = w->options_.threads != 0 ? w->options_.threads
                                               : std::max(4u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < threads + 2; ++i) {
-    w->buffers_.emplace_back(w->chunk_, kBufferAlignment);
+    // Only bytes a piece put there are ever written from a chunk buffer.
+    w->buffers_.push_back(AlignedBuffer::Uninitialized(w->chunk_, kBufferAlignment));
     w->free_buffers_.push_back(static_cast<int>(i));
   }
   for (unsigned i = 0; i < threads; ++i)

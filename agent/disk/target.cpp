@@ -16,11 +16,18 @@
 
 namespace byoi {
 
-AlignedBuffer::AlignedBuffer(size_t size, size_t alignment) : size_(size) {
+AlignedBuffer::AlignedBuffer(size_t size, size_t alignment)
+    : AlignedBuffer(size, alignment, /*zero=*/true) {}
+
+AlignedBuffer AlignedBuffer::Uninitialized(size_t size, size_t alignment) {
+  return AlignedBuffer(size, alignment, /*zero=*/false);
+}
+
+AlignedBuffer::AlignedBuffer(size_t size, size_t alignment, bool zero) : size_(size) {
   void* p = nullptr;
   if (::posix_memalign(&p, alignment, std::max<size_t>(size, 1)) != 0) throw std::bad_alloc();
   data_ = static_cast<uint8_t*>(p);
-  std::memset(data_, 0, size);
+  if (zero) std::memset(data_, 0, size);
 }
 
 AlignedBuffer::AlignedBuffer(AlignedBuffer&& o) noexcept

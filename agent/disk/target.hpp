@@ -95,6 +95,9 @@ class AlignedBuffer {
   // `size` bytes aligned to `alignment` (a power of two); zero-filled. Aborts on out of memory,
   // like operator new.
   AlignedBuffer(size_t size, size_t alignment);
+  // The same, not zero-filled: for buffers whose bytes are each written before they are read, so
+  // that the kernel commits the pages as they are first written, not all at once here.
+  static AlignedBuffer Uninitialized(size_t size, size_t alignment);
   AlignedBuffer(AlignedBuffer&& o) noexcept;
   AlignedBuffer& operator=(AlignedBuffer&& o) noexcept;
   AlignedBuffer(const AlignedBuffer&) = delete;
@@ -105,6 +108,8 @@ class AlignedBuffer {
   size_t size() const { return size_; }
 
  private:
+  AlignedBuffer(size_t size, size_t alignment, bool zero);
+
   uint8_t* data_ = nullptr;
   size_t size_ = 0;
 };
