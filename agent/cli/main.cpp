@@ -1,5 +1,6 @@
 // byoi-agent: installs a customer's own image on a bare-metal server from a rescue system.
-// This file only parses the command line (docs/cli.md) and dispatches to one Run* function.
+// This file parses the command line (docs/cli.md), dispatches to one Run* function, and sets the
+// allocator up for a process that receives gigabytes through libcurl.
 #include <malloc.h>
 
 #include <CLI/CLI.hpp>
