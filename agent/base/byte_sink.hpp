@@ -17,9 +17,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
+#include <string>
 
+#include "agent/base/cancel.hpp"
 #include "agent/base/status.hpp"
 
 namespace byoi {
@@ -35,5 +38,26 @@ class ByteSink {
   // The next bytes of the body (never empty). `bytes` is valid during the call only.
   virtual Status Write(std::span<const uint8_t> bytes) = 0;
 };
+
+struct FeedOptions {
+  // What the file is, for a failed read's context ("reading <source>").
+  std::string source = "the image";
+  // Bytes per Write.
+  size_t piece = 4 << 20;
+  // Drop the pages read from the page cache as the feed goes (a file read once must not end up
+  // held there, whatever its size).
+  bool drop_cache = false;
+  // Told the offset reached after each Write.
+  std::function<void(uint64_t)> progress;
+};
+
+// Feeds `sink` the bytes [0, size) of the file `fd` (an image on disk, or the memfd of an image in
+// RAM): Start(size), then one Write per piece, `cancel` checked before each. The pieces are read
+// with pread into a buffer, never taken from a mapping of the file: a decoder reads every byte,
+// and pages read through a mapping are faulted in 4 KiB at a time (a memfd decoded at half the
+// speed). Errors: the sink's and cancel's as they are; kIo, in the context of `source`, when a
+// read fails or the file ends before `size`.
+Status FeedFile(int fd, uint64_t size, ByteSink& sink, const CancelToken& cancel,
+                const FeedOptions& options = {});
 
 }  // namespace byoi

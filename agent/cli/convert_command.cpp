@@ -63,7 +63,9 @@ class MappedFile {
  public:
   MappedFile() = default;
   MappedFile(MappedFile&& o) noexcept
-      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+      : fd_(std::move(o.fd_)),
+        data_(std::exchange(o.data_, nullptr)),
+        size_(std::exchange(o.size_, 0)) {}
   MappedFile& operator=(MappedFile&&) = delete;
   ~MappedFile() {
     if (data_ != nullptr) ::munmap(data_, size_);
@@ -81,9 +83,10 @@ class MappedFile {
                                                       path, size, budget));
     }
     MappedFile m;
+    m.fd_ = std::move(fd);
     if (size == 0) return m;
     // Not MAP_POPULATE: the writer's threads fault pages in as they write them, in parallel.
-    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, m.fd_.get(), 0);
     if (p == MAP_FAILED) return Status::FromErrno("mapping " + path, errno);
     m.data_ = static_cast<uint8_t*>(p);
     m.size_ = size;
@@ -92,8 +95,11 @@ class MappedFile {
 
   std::span<const uint8_t> bytes() const { return {data_, static_cast<size_t>(size_)}; }
   uint64_t size() const { return size_; }
+  // The file, open: for a decoder, which reads it with FeedFile rather than through the mapping.
+  int fd() const { return fd_.get(); }
 
  private:
+  UniqueFd fd_;
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
 };
@@ -242,37 +248,6 @@ class TargetSink : public VirtualDiskSink {
   bool cut_ = false;
 };
 
-// Feeds `image` with the file `fd` of `size` bytes, front to back in 4 MiB reads, telling the
-// kernel to drop the pages behind (the page cache must not end up holding the file).
-Status ReadInto(int fd, const std::string& path, uint64_t size, StreamImage& image) {
-  BYOI_RETURN_IF_ERROR(image.Start(size));
-  constexpr size_t kPiece = 4 << 20;
-  std::vector<uint8_t> buf(kPiece);
-  uint64_t done = 0, dropped = 0;
-  while (true) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno("reading " + path, errno);
-    }
-    if (n == 0) break;
-    BYOI_RETURN_IF_ERROR(g_cancel.Check());
-    BYOI_RETURN_IF_ERROR(image.Write({buf.data(), static_cast<size_t>(n)}));
-    done += static_cast<uint64_t>(n);
-    if (done - dropped >= (64u << 20)) {
-      ::posix_fadvise(fd, static_cast<off_t>(dropped), static_cast<off_t>(done - dropped),
-                      POSIX_FADV_DONTNEED);
-      dropped = done;
-    }
-  }
-  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-  if (done != size) {
-    return Status::Error(
-        Code::kIo, fmt::format("{} changed while it was read ({} of {} bytes)", path, done, size));
-  }
-  return Status::Ok();
-}
-
 void PrintWritten(const std::string& target, uint64_t vsize, double seconds,
                   const StreamWriteStats& stats) {
   double rate = seconds > 0 ? vsize / seconds : 0;
@@ -315,7 +290,10 @@ int ConvertStream(const ConvertArgs& args) {
     return Fail(
         std::move(s).Context("reading " + args.source).DefaultMessage(msg::CantWrite(type)));
   };
-  Status read = ReadInto(fd->get(), args.source, static_cast<uint64_t>(st.st_size), image);
+  FeedOptions feed;
+  feed.source = args.source;
+  feed.drop_cache = true;  // the page cache must not end up holding the file
+  Status read = FeedFile(fd->get(), static_cast<uint64_t>(st.st_size), image, g_cancel, feed);
   if (!read.ok()) return fail(std::move(read));
   auto vsize = image.Finish();
   if (!vsize.ok()) return fail(vsize.status());
@@ -332,7 +310,7 @@ int ConvertStream(const ConvertArgs& args) {
 // Ram mode for a compressed file (the RAM reader cannot seek into it): decoded once from memory
 // into nothing, to prove it decodes whole and to learn its size, then again into the target. A
 // corrupt stream never reaches the target.
-int ConvertCompressed(const ConvertArgs& args, std::span<const uint8_t> file) {
+int ConvertCompressed(const ConvertArgs& args, const MappedFile& file) {
   auto budget = Budget(args.memory_limit);
   if (!budget.ok()) return Fail(budget.status());
   std::signal(SIGINT, OnSignal);
@@ -340,12 +318,9 @@ int ConvertCompressed(const ConvertArgs& args, std::span<const uint8_t> file) {
   StreamImageOptions options;
   options.memory_budget = *budget;
   auto decode = [&](StreamImage& image) -> Result<uint64_t> {
-    BYOI_RETURN_IF_ERROR(image.Start(file.size()));
-    constexpr size_t kPiece = 4 << 20;
-    for (size_t at = 0; at < file.size(); at += kPiece) {
-      BYOI_RETURN_IF_ERROR(g_cancel.Check());
-      BYOI_RETURN_IF_ERROR(image.Write(file.subspan(at, std::min(kPiece, file.size() - at))));
-    }
+    FeedOptions feed;
+    feed.source = args.source;
+    BYOI_RETURN_IF_ERROR(FeedFile(file.fd(), file.size(), image, g_cancel, feed));
     return image.Finish();
   };
   auto t0 = std::chrono::steady_clock::now();
@@ -396,7 +371,7 @@ struct DecodedHead {
   uint64_t size = 0;
 };
 
-Result<DecodedHead> DecodeHead(std::span<const uint8_t> file) {
+Result<DecodedHead> DecodeHead(const MappedFile& file) {
   constexpr uint64_t kKeep = 1 << 20;
   class KeepSink : public VirtualDiskSink {
    public:
@@ -421,11 +396,9 @@ Result<DecodedHead> DecodeHead(std::span<const uint8_t> file) {
   DecodedHead out;
   KeepSink sink(out.bytes);
   StreamImage image(sink, {}, nullptr);
-  Status s = image.Start(file.size());
-  constexpr size_t kPiece = 1 << 20;
-  for (size_t at = 0; s.ok() && at < file.size(); at += kPiece) {
-    s = image.Write(file.subspan(at, std::min(kPiece, file.size() - at)));
-  }
+  FeedOptions feed;
+  feed.piece = 1 << 20;  // a large file is decoded no further than its head needs
+  Status s = FeedFile(file.fd(), file.size(), image, g_cancel, feed);
   if (s.ok()) {
     auto size = image.Finish();
     if (!size.ok() && size.status().code() != Code::kCancelled) return size.status();
@@ -502,7 +475,7 @@ int RunConvert(const ConvertArgs& args) {
   }
   if (DetectCompressor(buffer->bytes().first(std::min<size_t>(buffer->size(), 6))) !=
       Compressor::kNone) {
-    return ConvertCompressed(args, buffer->bytes());
+    return ConvertCompressed(args, *buffer);
   }
   std::string type(FormatName(SourceFormat(buffer->bytes())));
   // The rule of a job and of stream mode: a declared raw image needs a partition table.
@@ -574,7 +547,7 @@ int RunInspect(const InspectArgs& args) {
   DecodedHead decoded;
   std::optional<uint64_t> virtual_size;
   if (container != Compressor::kNone) {
-    auto d = DecodeHead(buffer->bytes());
+    auto d = DecodeHead(*buffer);
     if (!d.ok()) return Fail(Status(d.status()).Context("reading " + args.image));
     decoded = std::move(*d);
     if (decoded.complete) {

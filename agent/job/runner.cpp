@@ -408,26 +408,6 @@ class DiskSink : public VirtualDiskSink {
   bool verify_written = false;
 };
 
-// Gives `image` the bytes of the image held in RAM, in 4 MiB pieces, checking `cancel` between
-// them. The pieces are read with pread into a buffer, not taken from the image's mapping: the
-// memfd's pages read at half speed through it (hasher.hpp), and a decoder reads every byte.
-Status FeedFromMemory(const ImageBuffer& buffer, ByteSink& image, const CancelToken& cancel,
-                      const std::function<void(uint64_t)>& progress) {
-  constexpr size_t kPiece = 4 << 20;
-  const uint64_t size = buffer.size();
-  std::unique_ptr<uint8_t[]> piece(new uint8_t[kPiece]);  // pread fills it: no zeroing
-  BYOI_RETURN_IF_ERROR(image.Start(size));
-  for (uint64_t pos = 0; pos < size; pos += kPiece) {
-    BYOI_RETURN_IF_ERROR(cancel.Check());
-    std::span<uint8_t> bytes(piece.get(),
-                             static_cast<size_t>(std::min<uint64_t>(kPiece, size - pos)));
-    BYOI_RETURN_IF_ERROR(PreadAll(buffer.fd(), bytes, pos).Context("reading the image from RAM"));
-    BYOI_RETURN_IF_ERROR(image.Write(bytes));
-    if (progress) progress(pos);
-  }
-  return Status::Ok();
-}
-
 // The image reader's and the disk's errors, met while the download feeds them, carry the write's
 // message: a failed transfer carries the download's (docs/status.md).
 class WriteErrors final : public ByteSink {
@@ -697,7 +677,9 @@ Status WriteCompressedFromRam(const Manifest& manifest, const JobOptions& job,
     return CheckDeclaredType(head.format, manifest.type);
   });
   auto t0 = std::chrono::steady_clock::now();
-  BYOI_RETURN_IF_ERROR(FeedFromMemory(fetched.image, check, cancel, nullptr));
+  FeedOptions feed;
+  feed.source = "the image from RAM";
+  BYOI_RETURN_IF_ERROR(FeedFile(fetched.image.fd(), fetched.image.size(), check, cancel, feed));
   BYOI_ASSIGN_OR_RETURN(uint64_t vsize, check.Finish());
   spdlog::info("verify: {} {} decodes to {} in {:.1f} s", CompressorName(check.head().container),
                HumanBytes(fetched.image.size()), HumanBytes(vsize),
@@ -720,9 +702,8 @@ Status WriteCompressedFromRam(const Manifest& manifest, const JobOptions& job,
   DiskSink sink;
   BYOI_RETURN_IF_ERROR(sink.Open(*target, vsize, manifest, job, mem, cancel));
   StreamImage image(sink, reader_options, nullptr);
-  BYOI_RETURN_IF_ERROR(FeedFromMemory(fetched.image, image, cancel, [&](uint64_t) {
-    board.StepProgress(Step::kWrite, sink.accepted(), vsize);
-  }));
+  feed.progress = [&](uint64_t) { board.StepProgress(Step::kWrite, sink.accepted(), vsize); };
+  BYOI_RETURN_IF_ERROR(FeedFile(fetched.image.fd(), fetched.image.size(), image, cancel, feed));
   BYOI_RETURN_IF_ERROR(image.Finish().status());
   BYOI_RETURN_IF_ERROR(sink.Complete(
       vsize, target->disk, TypeName(manifest),
