@@ -54,9 +54,9 @@ struct FeedOptions {
 // Feeds `sink` the bytes [0, size) of the file `fd` (an image on disk, or the memfd of an image in
 // RAM): Start(size), then one Write per piece, `cancel` checked before each. The pieces are read
 // with pread into a buffer, never taken from a mapping of the file: a decoder reads every byte,
-// and pages read through a mapping are faulted in 4 KiB at a time (a memfd decoded at half the
-// speed). Errors: the sink's and cancel's as they are; kIo, in the context of `source`, when a
-// read fails or the file ends before `size`.
+// and through a mapping it read them at a third to half of the speed (a memfd, and a file in the
+// page cache alike). Errors: the sink's and cancel's as they are; kIo, in the context of
+// `source`, when a read fails or the file ends before `size`.
 Status FeedFile(int fd, uint64_t size, ByteSink& sink, const CancelToken& cancel,
                 const FeedOptions& options = {});
 
