@@ -1,13 +1,12 @@
 // byoi-agent: installs a customer's own image on a bare-metal server from a rescue system.
 // This file parses the command line (docs/cli.md), dispatches to one Run* function, and sets the
-// allocator up for a process that receives gigabytes through libcurl.
-#include <malloc.h>
-
+// heap policy (agent/base/heap.hpp) for a process that receives gigabytes through libcurl.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
 #include <map>
 
+#include "agent/base/heap.hpp"
 #include "agent/base/units.hpp"
 #include "agent/cli/commands.hpp"
 #include "agent/cli/options.hpp"
@@ -53,13 +52,7 @@ std::optional<uint64_t> OptionalSize(const std::string& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // libcurl (7.88) allocates each transfer's receive buffer (8 MiB, fetch.hpp) and frees it when
-  // the transfer ends, and a download is one transfer per piece. With glibc's default thresholds
-  // the freed buffer went back to the kernel each time, so every piece's bytes were received into
-  // fresh pages: a fault per page, more CPU than the copy itself. Freed memory is kept for reuse
-  // up to 64 MiB (the buffers of 8 connections); blocks of 32 MiB and more are mapped and unmapped.
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 64 << 20);
+  byoi::SetHeapPolicy();  // before libcurl allocates its first receive buffer
 
   CLI::App app{"byoi-agent: install your own image on a bare-metal server from its rescue system"};
   app.set_version_flag("--version", std::string("byoi-agent ") + BYOI_VERSION);
