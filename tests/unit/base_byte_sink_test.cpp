@@ -11,6 +11,7 @@
 
 #include "agent/base/byte_sink.hpp"
 #include "agent/base/fd.hpp"
+#include "tests/unit/random_bytes.hpp"
 
 namespace byoi {
 namespace {
@@ -38,12 +39,6 @@ class Recorder : public ByteSink {
   std::vector<uint8_t> got;
 };
 
-std::vector<uint8_t> Pattern(size_t n) {
-  std::vector<uint8_t> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(i * 7 + i / 251);
-  return v;
-}
-
 UniqueFd MemfdWith(const std::vector<uint8_t>& bytes) {
   UniqueFd fd(::memfd_create("feed-test", MFD_CLOEXEC));
   EXPECT_TRUE(fd.valid());
@@ -52,7 +47,7 @@ UniqueFd MemfdWith(const std::vector<uint8_t>& bytes) {
 }
 
 TEST(FeedFile, GivesEveryByteInOrderInPieces) {
-  const auto bytes = Pattern(10 * 1000 + 3);
+  const auto bytes = RandomBytes(10 * 1000 + 3, 1);
   UniqueFd fd = MemfdWith(bytes);
   Recorder sink;
   CancelToken cancel;
@@ -79,7 +74,7 @@ TEST(FeedFile, AnEmptyFileIsStartedAndNothingElse) {
 }
 
 TEST(FeedFile, AFileShorterThanSaidIsAnIoErrorNamingTheSource) {
-  const auto bytes = Pattern(6000);
+  const auto bytes = RandomBytes(6000, 2);
   UniqueFd fd = MemfdWith(bytes);
   Recorder sink;
   CancelToken cancel;
@@ -94,7 +89,7 @@ TEST(FeedFile, AFileShorterThanSaidIsAnIoErrorNamingTheSource) {
 }
 
 TEST(FeedFile, TheSinksErrorStopsTheFeedAndIsReturnedAsItIs) {
-  const auto bytes = Pattern(5 * 4096);
+  const auto bytes = RandomBytes(5 * 4096, 3);
   UniqueFd fd = MemfdWith(bytes);
   Recorder sink;
   sink.fail_at = 2;
@@ -110,7 +105,7 @@ TEST(FeedFile, TheSinksErrorStopsTheFeedAndIsReturnedAsItIs) {
 }
 
 TEST(FeedFile, ACancelledFeedWritesNothing) {
-  UniqueFd fd = MemfdWith(Pattern(4096));
+  UniqueFd fd = MemfdWith(RandomBytes(4096, 4));
   Recorder sink;
   CancelToken cancel;
   cancel.Cancel();
@@ -131,7 +126,7 @@ TEST(FeedFile, DropCacheLeavesTheFileOutOfThePageCache) {
   struct statfs fs {};
   ASSERT_EQ(::fstatfs(fd.get(), &fs), 0);
   if (fs.f_type == TMPFS_MAGIC) GTEST_SKIP() << ::testing::TempDir() << " is a tmpfs";
-  const auto bytes = Pattern(8 << 20);
+  const auto bytes = RandomBytes(8 << 20, 5);
   ASSERT_TRUE(PwriteAll(fd.get(), bytes, 0).ok());
   ASSERT_EQ(::fdatasync(fd.get()), 0);
   auto resident = [&] {

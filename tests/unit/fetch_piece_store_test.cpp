@@ -5,11 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "agent/fetch/piece_store.hpp"
+#include "tests/unit/random_bytes.hpp"
 
 namespace byoi {
 namespace {
@@ -28,13 +28,6 @@ struct RecordingSink : ByteSink {
   std::optional<uint64_t> started_with;
   std::vector<uint8_t> got;
 };
-
-std::vector<uint8_t> RandomBytes(size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::vector<uint8_t> v(n);
-  for (auto& b : v) b = static_cast<uint8_t>(gen());
-  return v;
-}
 
 std::string Sha256(std::span<const uint8_t> data) {
   auto h = Hasher::Create(HashAlgo::kSha256);
