@@ -19,6 +19,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <span>
 #include <utility>
@@ -361,43 +362,73 @@ int ConvertCompressed(const ConvertArgs& args, const MappedFile& file) {
   return kExitOk;
 }
 
-// The first bytes of a compressed file's virtual disk, for inspect: what a partition table and the
-// file systems' superblocks need. Decoding stops once they are in (a large file is not decoded
-// whole); `complete` says whether the whole file was decoded, and then `size` is exact.
-struct DecodedHead {
-  std::vector<uint8_t> bytes;
+// The parts of a compressed file's virtual disk that inspect reads, decoded into a sparse buffer
+// where every other byte reads as zeros: decoding stops once each kept byte came (a large file is
+// decoded no further than its last kept range). `complete` says whether the whole file was
+// decoded, and then `size` is exact.
+struct DecodedDisk {
+  ImageBuffer bytes;  // [0, end of the last kept range), or less when the disk ended before
   StreamHead head;
   bool complete = false;
   uint64_t size = 0;
 };
 
-Result<DecodedHead> DecodeHead(const MappedFile& file) {
-  constexpr uint64_t kKeep = 1 << 20;
+// A range of the virtual disk: [begin, end).
+struct KeptRange {
+  uint64_t begin = 0;
+  uint64_t end = 0;
+};
+
+Result<DecodedDisk> DecodeRanges(const MappedFile& file, std::vector<KeptRange> keep) {
+  std::sort(keep.begin(), keep.end(), [](auto& a, auto& b) { return a.begin < b.begin; });
+  std::vector<KeptRange> merged;
+  for (const KeptRange& r : keep) {
+    if (r.end <= r.begin) continue;
+    if (!merged.empty() && r.begin <= merged.back().end) {
+      merged.back().end = std::max(merged.back().end, r.end);
+    } else {
+      merged.push_back(r);
+    }
+  }
+  if (merged.empty()) return Status::Error(Code::kInternal, "nothing to decode");
+  BYOI_ASSIGN_OR_RETURN(ImageBuffer buffer, ImageBuffer::Create(merged.back().end));
+
   class KeepSink : public VirtualDiskSink {
    public:
-    explicit KeepSink(std::vector<uint8_t>& out) : out_(out) {}
+    KeepSink(const std::vector<KeptRange>& keep, ImageBuffer& out) : keep_(keep), out_(out) {
+      for (const KeptRange& r : keep) wanted_ += r.end - r.begin;
+    }
     Status Write(uint64_t offset, std::span<const uint8_t> bytes) override {
       return Keep(offset, bytes.size(), bytes.data());
     }
     Status Zero(uint64_t offset, uint64_t length) override { return Keep(offset, length, nullptr); }
 
    private:
+    // Pieces never overlap (VirtualDiskSink), so the kept bytes that came can be counted.
     Status Keep(uint64_t offset, uint64_t length, const uint8_t* data) {
-      if (offset < kKeep) {
-        const uint64_t n = std::min(length, kKeep - offset);
-        if (out_.size() < offset + n) out_.resize(offset + n);
-        if (data != nullptr) std::memcpy(out_.data() + offset, data, n);
+      for (const KeptRange& r : keep_) {
+        const uint64_t a = std::max(offset, r.begin);
+        const uint64_t b = std::min(offset + length, r.end);
+        if (a >= b) continue;
+        if (data != nullptr) {
+          BYOI_RETURN_IF_ERROR(out_.WriteAt(a, {data + (a - offset), static_cast<size_t>(b - a)}));
+        }
+        came_ += b - a;
       }
-      if (offset + length >= kKeep) return Status::Error(Code::kCancelled, "enough");
+      if (came_ == wanted_) return Status::Error(Code::kCancelled, "enough");
       return Status::Ok();
     }
-    std::vector<uint8_t>& out_;
+    const std::vector<KeptRange>& keep_;
+    ImageBuffer& out_;
+    uint64_t wanted_ = 0;
+    uint64_t came_ = 0;
   };
-  DecodedHead out;
-  KeepSink sink(out.bytes);
+
+  DecodedDisk out;
+  KeepSink sink(merged, buffer);
   StreamImage image(sink, {}, nullptr);
   FeedOptions feed;
-  feed.piece = 1 << 20;  // a large file is decoded no further than its head needs
+  feed.piece = 1 << 20;  // pieces small enough that a large file stops soon after its last range
   Status s = FeedFile(file.fd(), file.size(), image, g_cancel, feed);
   if (s.ok()) {
     auto size = image.Finish();
@@ -407,9 +438,38 @@ Result<DecodedHead> DecodeHead(const MappedFile& file) {
   } else if (s.code() != Code::kCancelled) {
     return s;
   }
+  // The buffer spans the kept ranges (zero ranges wrote nothing), unless the disk ended first.
+  const uint64_t end = out.complete ? std::min(out.size, merged.back().end) : merged.back().end;
+  if (buffer.size() < end) {
+    const uint8_t zero = 0;
+    BYOI_RETURN_IF_ERROR(buffer.WriteAt(end - 1, {&zero, 1}));
+  }
+  out.bytes = std::move(buffer);
   out.head = image.head();
   return out;
 }
+
+// What inspect reads of a compressed file's virtual disk, given its first MiB: that MiB (the
+// partition table), each partition's first MiB (the file systems' superblocks) and the ESP's
+// first GiB (its loaders; an ESP is a few hundred MiB). Ranges past `limit` (the virtual size
+// when the container or a qcow2 header records it) are left out.
+std::vector<KeptRange> InspectRanges(std::span<const uint8_t> head, uint64_t limit) {
+  constexpr uint64_t kHead = 1 << 20;
+  constexpr uint64_t kEsp = 1ull << 30;
+  std::vector<KeptRange> keep = {{0, kHead}};
+  auto image = OpenImage(head);
+  if (!image.ok()) return keep;
+  auto table = ReadPartitionTable(image->layout);
+  if (!table.ok()) return keep;
+  for (const auto& p : table->partitions) {
+    const uint64_t begin = p.offset_bytes();
+    if (begin >= limit) continue;
+    const uint64_t size = std::min(p.size_bytes(), limit - begin);
+    keep.push_back({begin, begin + std::min(size, p.esp ? kEsp : kHead)});
+  }
+  return keep;
+}
+
 // inspect's view of an OVA: its files, each with its role, and the disk it installs.
 boost::json::object OvaJson(const OvaInfo& ova) {
   boost::json::array files;
@@ -539,25 +599,43 @@ int RunConvert(const ConvertArgs& args) {
 }
 
 int RunInspect(const InspectArgs& args) {
-  auto buffer = Load(args.image, std::nullopt);
+  // No memory budget: the mapping is read only where inspect looks (the file's pages come and go
+  // with the page cache), and a compressed file's decoded parts are bounded by InspectRanges.
+  auto buffer = MappedFile::Open(args.image, std::numeric_limits<uint64_t>::max());
   if (!buffer.ok()) return Fail(buffer.status());
-  // A compressed file: its virtual disk's first MiB, decoded (the partition table is there).
+  // A compressed file: the parts of its virtual disk that inspect reads, decoded.
   const Compressor container =
       DetectCompressor(buffer->bytes().first(std::min<size_t>(buffer->size(), 6)));
-  DecodedHead decoded;
+  DecodedDisk decoded;
   std::optional<uint64_t> virtual_size;
   if (container != Compressor::kNone) {
-    auto d = DecodeHead(*buffer);
-    if (!d.ok()) return Fail(Status(d.status()).Context("reading " + args.image));
-    decoded = std::move(*d);
-    if (decoded.complete) {
-      virtual_size = decoded.size;
-    } else if (auto n = RecordedDecodedSize(container, buffer->bytes())) {
+    // The head first, for the partition table; then what the table says inspect reads.
+    auto head = DecodeRanges(*buffer, {{0, 1 << 20}});
+    if (!head.ok()) return Fail(Status(head.status()).Context("reading " + args.image));
+    // The container's recorded size is the decoded file's: a raw disk's size, not a qcow2's,
+    // VMDK's or OVA's (a qcow2's header says its own).
+    const ImageFormat inner = head->head.format.format;
+    const bool raw = inner == ImageFormat::kRaw || inner == ImageFormat::kOther;
+    if (head->complete) {
+      virtual_size = head->size;
+    } else if (head->head.virtual_size) {
+      virtual_size = head->head.virtual_size;
+    } else if (auto n = RecordedDecodedSize(container, buffer->bytes()); n && raw) {
       virtual_size = (*n + 511) / 512 * 512;
     }
+    decoded = std::move(*head);
+    // Partitions far past any real disk (a hostile table) are not decoded.
+    constexpr uint64_t kMaxSpan = 1ull << 46;
+    std::vector<KeptRange> keep =
+        InspectRanges(decoded.bytes.bytes(), std::min(virtual_size.value_or(kMaxSpan), kMaxSpan));
+    if (!decoded.complete && keep.size() > 1) {
+      auto disk = DecodeRanges(*buffer, std::move(keep));
+      if (!disk.ok()) return Fail(Status(disk.status()).Context("reading " + args.image));
+      decoded = std::move(*disk);
+      if (decoded.complete) virtual_size = decoded.size;
+    }
   }
-  auto image = OpenImage(container == Compressor::kNone ? buffer->bytes()
-                                                        : std::span<const uint8_t>(decoded.bytes));
+  auto image = OpenImage(container == Compressor::kNone ? buffer->bytes() : decoded.bytes.bytes());
   if (container == Compressor::kNone) virtual_size = image.ok() ? image->layout.virtual_size() : 0;
   if (!image.ok()) return Fail(Status(image.status()).Context("reading " + args.image));
   auto table = ReadPartitionTable(image->layout);

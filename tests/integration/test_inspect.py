@@ -7,6 +7,7 @@ qemu-img, qemu-io); nothing binary is checked in."""
 import json
 import os
 import re
+import subprocess
 import sys
 import tarfile
 import unittest
@@ -216,6 +217,71 @@ class InspectTest(unittest.TestCase):
         self.assertIsNone(got["bootLoader"])
         self.assertNotIn("bootLoaderError", got)
         self.assertIn("boot loader:     none found\n", inspect(empty))
+
+    def test_compressed_files_show_what_the_plain_file_shows(self):
+        # The ESP's loader and every partition's file system lie past the first MiB: inspect
+        # decodes what it reads of them, for every container and for a qcow2 inside one.
+        raw = self.path("disk.raw")
+        gpt_disk(raw, "shim")
+        plain = inspect(raw, "--json")
+        self.assertEqual(plain["bootLoader"]["foundBy"], "BOOTX64.CSV")
+        self.assertEqual([p["filesystem"] for p in plain["partitionTable"]["partitions"]],
+                         ["vfat", "ext4"])
+        qcow2 = self.path("disk.qcow2")
+        qemu_img("convert", "-O", "qcow2", raw, qcow2)
+        files = []
+        for tool, ext in (("xz", "xz"), ("zstd", "zst"), ("gzip", "gz"), ("bzip2", "bz2")):
+            files.append((tool, raw, self.path(f"disk.raw.{ext}")))
+        files.append(("zstd", qcow2, self.path("disk.qcow2.zst")))
+        for tool, source, image in files:
+            with self.subTest(image=os.path.basename(image)):
+                with open(image, "wb") as f:
+                    f.write(subprocess.run([tool, "-c", source], capture_output=True,
+                                           check=True).stdout)
+                got = inspect(image, "--json")
+                self.assertEqual(got["container"], tool)
+                for key in ("partitionTable", "esp", "bootLoader"):
+                    self.assertEqual(got[key], plain[key], key)
+                # gzip and bzip2 do not record the decoded size; a qcow2's header says its own.
+                self.assertEqual(got["virtualSize"],
+                                 None if tool in ("gzip", "bzip2") else plain["virtualSize"])
+                self.assertNotIn("bootLoaderError", got)
+
+    def test_a_compressed_file_is_decoded_only_as_far_as_inspect_reads(self):
+        # Random bytes from 40 MiB on (inside the root partition, past its superblock), and the
+        # compressed file cut in their middle: inspect stops after the root's first MiB and shows
+        # everything; convert, which needs the whole stream, finds the cut.
+        raw = self.path("cut.raw")
+        gpt_disk(raw, "fallback")
+        with open(raw, "r+b") as f:
+            f.seek(40 * MIB)
+            f.write(os.urandom(24 * MIB))
+        image = self.path("cut.raw.gz")
+        data = subprocess.run(["gzip", "-c", raw], capture_output=True, check=True).stdout
+        with open(image, "wb") as f:
+            f.write(data[: len(data) - 12 * MIB])
+        got = inspect(image, "--json")
+        self.assertEqual([p["filesystem"] for p in got["partitionTable"]["partitions"]],
+                         ["vfat", "ext4"])
+        self.assertEqual(got["bootLoader"], {"path": "\\EFI\\BOOT\\BOOTX64.EFI",
+                                             "foundBy": "fallback", "label": ""})
+        r = run(AGENT, "convert", image, self.path("out.raw"), check=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("Can't write raw on disk.", r.stderr)
+
+    def test_a_file_larger_than_the_memory_budget(self):
+        # inspect maps the file and reads only what it shows: a sparse raw disk larger than RAM.
+        with open("/proc/meminfo") as f:
+            mem_total = int(re.search(r"MemTotal:\s+(\d+) kB", f.read()).group(1)) * 1024
+        size = (mem_total // MIB + 1024) * MIB
+        raw = self.path("large.raw")
+        run("truncate", "-s", str(size), raw)
+        run("sgdisk", "-n1:2048:+64M", f"-t1:{ESP_TYPE}", "-c1:EFI", "-n2:0:0", "-t2:8300",
+            "-c2:data", raw)
+        table = json.loads(run("sfdisk", "--json", raw).stdout)["partitiontable"]
+        got = inspect(raw, "--json")
+        self.assertEqual(got["virtualSize"], size)
+        self.assertPartitionsMatch(got["partitionTable"], table)
 
     def test_qcow2_counts_data_and_zero_clusters(self):
         image = self.path("counts.qcow2")
