@@ -3,11 +3,11 @@
 // (a qcow2 whose clusters are out of order), and goes to the Target as it comes, with bounded
 // memory.
 //
-// How: contiguous pieces are gathered into chunk buffers (4 MiB) that worker threads write with
-// O_DIRECT, several at a time; a chunk of zeros becomes a zeroing request (BLKZEROOUT, fallocate),
-// like every range of zeros. The bytes of a piece that do not fill whole blocks of the target's
-// alignment wait in a small per-block buffer until the rest of the block arrives. Memory: the chunk
-// buffers (threads + 2) × chunk, the held-back first MiB, and the blocks still partial.
+// How: contiguous pieces are gathered into chunk buffers (chunk_size) that worker threads write
+// with O_DIRECT, several at a time; a chunk of zeros becomes a zeroing request (BLKZEROOUT,
+// fallocate), like every range of zeros. The bytes of a piece that do not fill whole blocks of the
+// target's alignment wait in a small per-block buffer until the rest of the block arrives. Memory:
+// the chunk buffers (threads + 2) × chunk, the held-back first MiB, and the blocks still partial.
 //
 // Safety order: the first MiB of the virtual disk (boot code, the protective MBR, the primary
 // partition table) is held back in RAM and written only by Commit(), which the runner calls after

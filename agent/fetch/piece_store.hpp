@@ -1,7 +1,7 @@
 // Where the download engine (download.hpp) puts the pieces it receives, and who takes the complete
 // prefix of the image in order. Two stores, one engine:
 //   - RamStore (FetchImage): the ImageBuffer is the window: each piece is written at its offset in
-//     the memfd, and the hasher reads the prefix from the buffer's mapping as it grows;
+//     the memfd, and the hasher reads the prefix from the memfd (pread) as it grows;
 //   - RingStore (FetchStream): a ring of `window` bytes holds the pieces that arrived ahead of the
 //     prefix; the prefix goes to the hasher and the ByteSink in order, and its room is reused.
 #pragma once
@@ -51,13 +51,13 @@ class PieceStore {
 };
 
 // FetchImage's store. `image` and `hasher` must outlive it; its destructor waits for the hasher,
-// which reads the image's mapping and the store's blocks.
+// which reads the memfd and the store's blocks.
 //
 // The bytes that extend the prefix (all of them with one connection) are gathered into 1 MiB
 // blocks; each block is written into the image while the hasher's thread hashes the same block,
 // hot in cache (hashing the mapping instead costs a third more CPU: page faults and cold lines).
 // A piece that arrives ahead of the prefix is written at its offset at once, and hashed from the
-// image's mapping when the prefix reaches it; so are the prefix's bytes while no block is free
+// memfd (pread) when the prefix reaches it; so are the prefix's bytes while no block is free
 // (the hasher is behind): the download never waits for the hasher.
 class RamStore : public PieceStore {
  public:
