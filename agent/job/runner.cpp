@@ -658,7 +658,10 @@ Status WriteCompressedFromRam(const Manifest& manifest, const JobOptions& job,
   BYOI_RETURN_IF_ERROR(VerifyChecksum(manifest, fetched.DigestOf(ReportedHash(manifest)),
                                       fetched.image.size(), board));
   BYOI_ASSIGN_OR_RETURN(FetchOptions opts, MakeFetchOptions(job));
-  const StreamMemory mem = PlanStreamMemory(opts.memory_budget, opts.connections);
+  // The image in RAM takes its share of the budget; the decode's buffers plan with what is left
+  // (at the least, their floor: a few MiB).
+  const uint64_t left = opts.memory_budget - std::min(opts.memory_budget, fetched.image.size());
+  const StreamMemory mem = PlanStreamMemory(left, opts.connections);
   StreamImageOptions reader_options;
   reader_options.memory_budget = mem.reader;
 
