@@ -184,7 +184,9 @@ class ZstdDecoder : public StreamDecoder {
       size_t rc = ZSTD_decompressStream(d_, &output, &input);
       in_ += input.pos - before;
       if (ZSTD_isError(rc)) return Corrupt("zstd", in_, ZSTD_getErrorName(rc));
-      frame_open_ = rc != 0;
+      // A call that took nothing and gave nothing says nothing of the frame: after a frame ended
+      // on a full output buffer, the next call finds no input and asks for the next header.
+      if (input.pos > before || output.pos > 0) frame_open_ = rc != 0;
       if (output.pos > 0) {
         out_ += output.pos;
         BYOI_RETURN_IF_ERROR(out(std::span<const uint8_t>(out_buf_.data(), output.pos)));

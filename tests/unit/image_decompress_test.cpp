@@ -89,9 +89,9 @@ const Format kFormats[] = {{Compressor::kGzip, Gzip},
                            {Compressor::kZstd, Zstd},
                            {Compressor::kBzip2, Bzip2}};
 
-// Feeds `in` in pieces of random sizes (1 byte to 64 KiB) and returns the decoded bytes, or the
-// first error.
-Result<Bytes> Decode(Compressor c, const Bytes& in, uint32_t seed = 7) {
+// Feeds `in` in pieces of `piece` bytes, or of random sizes (1 byte to 64 KiB) when 0, and returns
+// the decoded bytes, or the first error.
+Result<Bytes> Decode(Compressor c, const Bytes& in, uint32_t seed = 7, size_t piece = 0) {
   BYOI_ASSIGN_OR_RETURN(std::unique_ptr<StreamDecoder> d, StreamDecoder::Create(c));
   Bytes out;
   DecodedFn sink = [&](std::span<const uint8_t> b) {
@@ -101,7 +101,7 @@ Result<Bytes> Decode(Compressor c, const Bytes& in, uint32_t seed = 7) {
   std::mt19937 rng(seed);
   size_t pos = 0;
   while (pos < in.size()) {
-    size_t n = std::min<size_t>(in.size() - pos, 1 + rng() % 65536);
+    size_t n = std::min<size_t>(in.size() - pos, piece != 0 ? piece : 1 + rng() % 65536);
     BYOI_RETURN_IF_ERROR(d->Feed(std::span(in).subspan(pos, n), sink));
     pos += n;
   }
@@ -128,6 +128,29 @@ TEST(StreamDecoderTest, DecodesWhateverTheInputPiecesAre) {
     Result<Bytes> out = Decode(f.c, f.compress(data));
     ASSERT_TRUE(out.ok()) << CompressorName(f.c) << ": " << out.status().ToString();
     EXPECT_TRUE(*out == data) << CompressorName(f.c);
+  }
+}
+
+// The decoders hand their output over 1 MiB at a time: a stream whose end fills the last of those
+// exactly (a disk image of whole MiB that compresses well, one ending in zeros) is whole, fed in
+// one piece as a small file is, or in any other, and so is one followed by another stream.
+TEST(StreamDecoderTest, AStreamEndingOnAFullOutputPieceIsWhole) {
+  Bytes data = Sample(1 << 20, 5);
+  data.resize(4 << 20, 0);
+  for (const Format& f : kFormats) {
+    const Bytes in = f.compress(data);
+    Bytes twice = in;
+    twice.insert(twice.end(), in.begin(), in.end());
+    for (size_t piece : {in.size(), size_t{1}, size_t{4096}}) {
+      Result<Bytes> out = Decode(f.c, in, 7, piece);
+      ASSERT_TRUE(out.ok()) << CompressorName(f.c) << ", pieces of " << piece << ": "
+                            << out.status().ToString();
+      EXPECT_TRUE(*out == data) << CompressorName(f.c);
+      Result<Bytes> both = Decode(f.c, twice, 7, piece);
+      ASSERT_TRUE(both.ok()) << CompressorName(f.c) << ", two streams in pieces of " << piece
+                             << ": " << both.status().ToString();
+      EXPECT_EQ(both->size(), 2 * data.size()) << CompressorName(f.c);
+    }
   }
 }
 
