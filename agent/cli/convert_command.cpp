@@ -373,6 +373,9 @@ struct DecodedDisk {
   uint64_t size = 0;
 };
 
+// The head of a compressed file's virtual disk that inspect decodes first: its partition table.
+constexpr uint64_t kInspectHead = 1 << 20;
+
 // A range of the virtual disk: [begin, end).
 struct KeptRange {
   uint64_t begin = 0;
@@ -454,9 +457,8 @@ Result<DecodedDisk> DecodeRanges(const MappedFile& file, std::vector<KeptRange> 
 // first GiB (its loaders; an ESP is a few hundred MiB). Ranges past `limit` (the virtual size
 // when the container or a qcow2 header records it) are left out.
 std::vector<KeptRange> InspectRanges(std::span<const uint8_t> head, uint64_t limit) {
-  constexpr uint64_t kHead = 1 << 20;
   constexpr uint64_t kEsp = 1ull << 30;
-  std::vector<KeptRange> keep = {{0, kHead}};
+  std::vector<KeptRange> keep = {{0, kInspectHead}};
   auto image = OpenImage(head);
   if (!image.ok()) return keep;
   auto table = ReadPartitionTable(image->layout);
@@ -465,7 +467,7 @@ std::vector<KeptRange> InspectRanges(std::span<const uint8_t> head, uint64_t lim
     const uint64_t begin = p.offset_bytes();
     if (begin >= limit) continue;
     const uint64_t size = std::min(p.size_bytes(), limit - begin);
-    keep.push_back({begin, begin + std::min(size, p.esp ? kEsp : kHead)});
+    keep.push_back({begin, begin + std::min(size, p.esp ? kEsp : kInspectHead)});
   }
   return keep;
 }
@@ -610,7 +612,7 @@ int RunInspect(const InspectArgs& args) {
   std::optional<uint64_t> virtual_size;
   if (container != Compressor::kNone) {
     // The head first, for the partition table; then what the table says inspect reads.
-    auto head = DecodeRanges(*buffer, {{0, 1 << 20}});
+    auto head = DecodeRanges(*buffer, {{0, kInspectHead}});
     if (!head.ok()) return Fail(Status(head.status()).Context("reading " + args.image));
     // The container's recorded size is the decoded file's: a raw disk's size, not a qcow2's,
     // VMDK's or OVA's (a qcow2's header says its own).
