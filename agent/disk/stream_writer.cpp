@@ -65,6 +65,7 @@ StreamWriter::~StreamWriter() {
   {
     std::lock_guard lock(mu_);
     stopping_ = true;
+    for (Job& job : queue_) ReleaseLocked(job);
     queue_.clear();
   }
   work_cv_.notify_all();
@@ -99,8 +100,25 @@ Status StreamWriter::Write(uint64_t offset, std::span<const uint8_t> bytes) {
   BYOI_RETURN_IF_ERROR(CheckFits(offset + bytes.size()));
   accepted_ += bytes.size();
   uint64_t held = TakeHeld(offset, bytes.data(), bytes.size());
-  if (held == bytes.size()) return Status::Ok();
-  return AppendRun(offset + held, bytes.data() + held, bytes.size() - held);
+  offset += held;
+  const uint8_t* data = bytes.data() + held;
+  uint64_t n = bytes.size() - held;
+  // Whole blocks of lent bytes, at an aligned offset and address, go to the disk from where they
+  // are; the loan is returned once they are written.
+  const uint64_t lent = n / align_ * align_;
+  if (lent > 0 && options_.loans != nullptr && target_.direct() && offset % align_ == 0 &&
+      reinterpret_cast<uintptr_t>(data) % align_ == 0 && options_.loans->Lends(data, lent)) {
+    Job job;
+    job.offset = offset;
+    job.length = lent;
+    job.data = data;
+    job.loan = options_.loans->Borrow();
+    BYOI_RETURN_IF_ERROR(Enqueue(std::move(job)));
+    offset += lent;
+    data += lent;
+    n -= lent;
+  }
+  return n == 0 ? Status::Ok() : AppendRun(offset, data, n);
 }
 
 Status StreamWriter::Zero(uint64_t offset, uint64_t length) {
@@ -222,7 +240,7 @@ Status StreamWriter::Enqueue(Job job) {
   {
     std::lock_guard lock(mu_);
     if (!error_.ok()) {
-      if (job.buffer >= 0) free_buffers_.push_back(job.buffer);
+      ReleaseLocked(job);
       return error_;
     }
     queue_.push_back(std::move(job));
@@ -241,16 +259,28 @@ void StreamWriter::WorkerLoop() {
     ++busy_;
     const bool skip = !error_.ok();
     lock.unlock();
-    Status s = skip ? Status::Ok() : RunJob(job);
+    Result<uint64_t> written = skip ? Result<uint64_t>(uint64_t{0}) : RunJob(job);
+    lock.lock();
+    // The buffer and the loan come back before a flush of the device (Written) that may take
+    // seconds: the converter and the download go on meanwhile.
+    ReleaseLocked(job);
+    done_cv_.notify_all();
+    lock.unlock();
+    Status s = written.ok() ? (*written > 0 ? target_.Written(*written) : Status::Ok())
+                            : std::move(written).status();
     lock.lock();
     --busy_;
-    if (job.buffer >= 0) free_buffers_.push_back(job.buffer);
     if (!s.ok() && error_.ok()) error_ = std::move(s);
     done_cv_.notify_all();
   }
 }
 
-Status StreamWriter::RunJob(const Job& job) {
+void StreamWriter::ReleaseLocked(Job& job) {
+  if (job.buffer >= 0) free_buffers_.push_back(std::exchange(job.buffer, -1));
+  if (job.loan != 0) options_.loans->Return(std::exchange(job.loan, 0));
+}
+
+Result<uint64_t> StreamWriter::RunJob(const Job& job) {
   BYOI_RETURN_IF_ERROR(cancel_.Check());
   const bool zero = job.zero || IsAllZero(job.data, job.length);
   if (zero && !job.buffered) {
@@ -260,7 +290,7 @@ Status StreamWriter::RunJob(const Job& job) {
     Remember(job.offset, job.length, true, nullptr);
     std::lock_guard lock(mu_);
     stats_.bytes_zeroed += job.length;
-    return Status::Ok();
+    return uint64_t{0};
   }
   int fd = job.buffered ? target_.buffered_fd() : target_.fd();
   BYOI_RETURN_IF_ERROR(PwriteAll(fd, {job.data, job.length}, job.offset)
@@ -270,7 +300,7 @@ Status StreamWriter::RunJob(const Job& job) {
     std::lock_guard lock(mu_);
     stats_.bytes_written += job.length;
   }
-  return target_.Written(job.length);
+  return job.length;
 }
 
 void StreamWriter::Remember(uint64_t offset, uint64_t length, bool zero, const uint8_t* data) {

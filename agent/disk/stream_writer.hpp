@@ -5,9 +5,11 @@
 //
 // How: contiguous pieces are gathered into chunk buffers (chunk_size) that worker threads write
 // with O_DIRECT, several at a time; a chunk of zeros becomes a zeroing request (BLKZEROOUT,
-// fallocate), like every range of zeros. The bytes of a piece that do not fill whole blocks of the
-// target's alignment wait in a small per-block buffer until the rest of the block arrives. Memory:
-// the chunk buffers (threads + 2) × chunk, the held-back first MiB, and the blocks still partial.
+// fallocate), like every range of zeros. A piece of whole aligned blocks whose bytes are lent
+// (options.loans: a download's window) is written from where it is, without a copy. The bytes of
+// a piece that do not fill whole blocks of the target's alignment wait in a small per-block buffer
+// until the rest of the block arrives. Memory: the chunk buffers (threads + 2) × chunk, committed
+// as they are first used, the held-back first MiB, and the blocks still partial.
 //
 // Safety order: the first MiB of the virtual disk (boot code, the protective MBR, the primary
 // partition table) is held back in RAM and written only by Commit(), which the runner calls after
@@ -28,6 +30,7 @@
 #include <vector>
 
 #include "agent/base/cancel.hpp"
+#include "agent/base/loans.hpp"
 #include "agent/base/status.hpp"
 #include "agent/disk/target.hpp"
 #include "agent/image/virtual_disk_sink.hpp"
@@ -46,6 +49,10 @@ struct StreamWriteOptions {
   uint64_t hold_bytes = 1ull << 20;
   // Keep a CRC-32 of every write, so that VerifyWritten() can read the disk back.
   bool verify_written = false;
+  // Bytes lent by the stage that gives them (loans.hpp): a piece inside the lent region is written
+  // from there, and its loan returned once written. Null: every piece is copied. Must outlive the
+  // writer.
+  Loans* loans = nullptr;
 };
 
 struct StreamWriteStats {
@@ -67,10 +74,11 @@ class StreamWriter : public VirtualDiskSink {
   StreamWriter(const StreamWriter&) = delete;
   StreamWriter& operator=(const StreamWriter&) = delete;
 
-  // The virtual disk's bytes at [offset, offset + bytes.size()), copied before return. Pieces must
-  // not overlap each other or zero ranges. Blocks while every chunk buffer is in flight.
-  // Errors: kTooBig (msg::ImageLargerThanDisk) when the piece passes the target's end; the first
-  // error of an earlier write (kIo), or kCancelled. Single-threaded: one caller at a time.
+  // The virtual disk's bytes at [offset, offset + bytes.size()), copied before return unless lent
+  // (options.loans). Pieces must not overlap each other or zero ranges. Blocks while every chunk
+  // buffer is in flight. Errors: kTooBig (msg::ImageLargerThanDisk) when the piece passes the
+  // target's end; the first error of an earlier write (kIo), or kCancelled. Single-threaded: one
+  // caller at a time.
   Status Write(uint64_t offset, std::span<const uint8_t> bytes) override;
   // [offset, offset + length) of the virtual disk reads as zeros. Errors as Write.
   Status Zero(uint64_t offset, uint64_t length) override;
@@ -101,6 +109,7 @@ class StreamWriter : public VirtualDiskSink {
     uint64_t length = 0;
     const uint8_t* data = nullptr;
     int buffer = -1;        // index into buffers_, returned to the pool when done; -1: none
+    uint64_t loan = 0;      // `data` is lent (Loans::Borrow), returned when written; 0: none
     bool buffered = false;  // through the page cache (the unaligned end of the virtual disk)
     std::unique_ptr<AlignedBuffer> owned;  // a completed partial block
   };
@@ -128,7 +137,10 @@ class StreamWriter : public VirtualDiskSink {
   Status Enqueue(Job job);
   Result<int> TakeBuffer();
   void WorkerLoop();
-  Status RunJob(const Job& job);
+  // Writes (or zeroes) the job's range; returns the bytes written, for Target::Written.
+  Result<uint64_t> RunJob(const Job& job);
+  // Gives the job's buffer and loan back. REQUIRES: mu_ held.
+  void ReleaseLocked(Job& job);
   void Remember(uint64_t offset, uint64_t length, bool zero, const uint8_t* data);
   Status WaitIdle();
 

@@ -72,7 +72,7 @@ Result<FetchStreamResult> FetchStream(const FetchRequest& req, const FetchOption
   {
     BYOI_ASSIGN_OR_RETURN(
         std::unique_ptr<RingStore> store,
-        RingStore::Create(std::max(opts.window_bytes, kMinWindow), sink, *hasher));
+        RingStore::Create(std::max(opts.window_bytes, kMinWindow), sink, *hasher, opts.loans));
     BYOI_ASSIGN_OR_RETURN(stats, RunDownload(req, opts, *store, progress, cancel));
   }
   BYOI_ASSIGN_OR_RETURN(std::vector<Digest> digests, hasher->Finish());

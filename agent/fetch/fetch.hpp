@@ -53,6 +53,7 @@
 
 #include "agent/base/byte_sink.hpp"
 #include "agent/base/cancel.hpp"
+#include "agent/base/loans.hpp"
 #include "agent/base/status.hpp"
 #include "agent/fetch/hasher.hpp"
 #include "agent/fetch/http_headers.hpp"
@@ -78,6 +79,9 @@ struct FetchOptions {
   // FetchStream: RAM for the pieces that arrived ahead of the bytes the sink has taken, in bytes
   // (>= 1 MiB); no connection asks for a piece that would end past it.
   uint64_t window_bytes = 64 << 20;
+  // FetchStream: when set, the window's bytes are lent to the sink's stages (loans.hpp): the stream
+  // writer writes them to the disk from the window instead of copying them. Must outlive the call.
+  Loans* loans = nullptr;
   // Requests tried in a row without a single new byte before giving up (>= 1). An attempt that
   // brings new bytes starts the count (and the back-off) again, so a long download over a flaky
   // link finishes as long as it moves; `deadline` bounds the whole.

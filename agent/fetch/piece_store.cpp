@@ -13,6 +13,8 @@ namespace {
 // The prefix goes to the hasher (and a sink) 1 MiB at a time: a hand-over to the hasher's thread
 // costs more than hashing a few KiB (hasher.hpp), and a sink writes large blocks best.
 constexpr uint64_t kBatch = 1 << 20;
+// The ring's alignment: O_DIRECT's rule on every device and file system.
+constexpr size_t kRingAlignment = 4096;
 
 }  // namespace
 
@@ -72,14 +74,22 @@ void RamStore::StartOver() {
 }
 
 Result<std::unique_ptr<RingStore>> RingStore::Create(uint64_t window, ByteSink& sink,
-                                                     StreamHasher& hasher) {
-  // Not value-initialised: the kernel commits the ring's pages as they are first written.
-  std::unique_ptr<uint8_t[]> ring(new (std::nothrow) uint8_t[window]);
-  if (!ring) {
+                                                     StreamHasher& hasher, Loans* loans) {
+  // Not value-initialised: the kernel commits the ring's pages as they are first written. Aligned
+  // for O_DIRECT on any device: a borrower writes blocks to the disk from here.
+  void* p = nullptr;
+  if (::posix_memalign(&p, kRingAlignment, window) != 0) {
     return Status::Error(Code::kIo,
                          "allocating the download window of " + HumanBytes(window) + " in RAM");
   }
-  return std::unique_ptr<RingStore>(new RingStore(window, std::move(ring), sink, hasher));
+  std::unique_ptr<uint8_t, Free> ring(static_cast<uint8_t*>(p));
+  if (loans != nullptr) loans->Open({ring.get(), static_cast<size_t>(window)});
+  return std::unique_ptr<RingStore>(new RingStore(window, std::move(ring), sink, hasher, loans));
+}
+
+RingStore::~RingStore() {
+  hasher_.Wait();
+  if (loans_ != nullptr) loans_->Close();
 }
 
 Status RingStore::Write(uint64_t offset, std::span<const uint8_t> bytes) {
@@ -114,25 +124,35 @@ Status RingStore::Advance(uint64_t prefix, std::optional<uint64_t> total, bool f
       failed_ = true;
       return s;
     }
-    if (ticket != 0) hashing_.push_back({.start = taken_, .ticket = ticket});
+    const uint64_t mark = loans_ != nullptr ? loans_->Mark() : 0;
+    if (ticket != 0 || mark != 0)
+      given_.push_back({.start = taken_, .ticket = ticket, .mark = mark});
     taken_ += n;
   }
   if (flush) {
-    // The window is full (or the body ended): its room is needed now.
+    // The window is full (or the body ended): room is needed now. The oldest lent block's is
+    // enough; waiting for every write would leave the disk idle until the ring refills.
     hasher_.Wait();
-    hashing_.clear();
+    if (loans_ != nullptr && limit() <= prefix && !given_.empty()) {
+      loans_->WaitReturned(given_.front().mark);
+    }
   }
   return Status::Ok();
 }
 
+bool RingStore::Done(const Given& g) const {
+  return hasher_.Done(g.ticket) && (loans_ == nullptr || loans_->Returned(g.mark));
+}
+
 uint64_t RingStore::limit() const {
-  while (!hashing_.empty() && hasher_.Done(hashing_.front().ticket)) hashing_.pop_front();
-  return (hashing_.empty() ? taken_ : hashing_.front().start) + window_;
+  while (!given_.empty() && Done(given_.front())) given_.pop_front();
+  return (given_.empty() ? taken_ : given_.front().start) + window_;
 }
 
 void RingStore::StartOver() {
+  // Nothing reached the sink (CanStartOver), so nothing was lent either.
   hasher_.Reset();
-  hashing_.clear();
+  given_.clear();
 }
 
 }  // namespace byoi

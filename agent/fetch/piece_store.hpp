@@ -8,12 +8,14 @@
 
 #include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <memory>
 #include <optional>
 #include <span>
 
 #include "agent/base/byte_sink.hpp"
+#include "agent/base/loans.hpp"
 #include "agent/base/status.hpp"
 #include "agent/fetch/hasher.hpp"
 #include "agent/image/image_buffer.hpp"
@@ -93,20 +95,23 @@ class RamStore : public PieceStore {
   uint64_t hashed_ = 0;  // handed to the hasher
 };
 
-// FetchStream's store. `sink` and `hasher` must outlive it. Memory: the ring, `window` bytes,
-// allocated at Create and committed by the kernel as it is first written.
+// FetchStream's store. `sink`, `hasher` and `loans` must outlive it. Memory: the ring, `window`
+// bytes, allocated at Create (aligned for O_DIRECT) and committed by the kernel as it is first
+// written.
 //
 // The prefix goes to the sink in 1 MiB blocks while the hasher's thread hashes the same blocks:
 // the download does not wait for the hasher (SHA-256 costs about as much CPU as receiving the
-// bytes), a block's room is reused only once both are done with it.
+// bytes). With `loans`, the ring's bytes are lent to the stages after the sink (the stream writer
+// writes them to the disk from the ring). A block's room is reused only once the hasher and every
+// borrower are done with it; the destructor waits for both.
 class RingStore : public PieceStore {
  public:
-  // `window` > 0. kIo when the ring cannot be allocated.
+  // `window` > 0. kIo when the ring cannot be allocated. `loans` may be null (nothing lent).
   static Result<std::unique_ptr<RingStore>> Create(uint64_t window, ByteSink& sink,
-                                                   StreamHasher& hasher);
+                                                   StreamHasher& hasher, Loans* loans);
   RingStore(const RingStore&) = delete;
   RingStore& operator=(const RingStore&) = delete;
-  ~RingStore() override { hasher_.Wait(); }
+  ~RingStore() override;
 
   uint64_t capacity() const override { return kUnlimited; }
   uint64_t window() const override { return window_; }
@@ -119,21 +124,28 @@ class RingStore : public PieceStore {
 
  private:
   static constexpr uint64_t kUnlimited = ~uint64_t{0};
-  RingStore(uint64_t window, std::unique_ptr<uint8_t[]> ring, ByteSink& sink, StreamHasher& hasher)
-      : window_(window), ring_(std::move(ring)), sink_(sink), hasher_(hasher) {}
-
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  RingStore(uint64_t window, std::unique_ptr<uint8_t, Free> ring, ByteSink& sink,
+            StreamHasher& hasher, Loans* loans)
+      : window_(window), ring_(std::move(ring)), sink_(sink), hasher_(hasher), loans_(loans) {}
   const uint64_t window_;
-  std::unique_ptr<uint8_t[]> ring_;  // byte o of the body is at ring_[o % window_]
+  std::unique_ptr<uint8_t, Free> ring_;  // byte o of the body is at ring_[o % window_]
   ByteSink& sink_;
   StreamHasher& hasher_;
-  struct Hashing {
+  Loans* const loans_;
+  struct Given {
     uint64_t start;   // the block's first byte
     uint64_t ticket;  // the hasher's
+    uint64_t mark;    // the loans taken until the sink returned
   };
-  uint64_t taken_ = 0;  // bytes given to the sink; their room is free once hashed
-  // Blocks given to the sink that the hasher may still read, oldest first (limit() drops those
-  // it finished).
-  mutable std::deque<Hashing> hashing_;
+  // True once the hasher and every borrower are done with the block.
+  bool Done(const Given& g) const;
+  uint64_t taken_ = 0;  // bytes given to the sink; their room is free once hashed and returned
+  // Blocks given to the sink that the hasher or a borrower may still read, oldest first
+  // (limit() drops the finished ones).
+  mutable std::deque<Given> given_;
   bool started_ = false;  // ByteSink::Start was called
   bool failed_ = false;   // the sink refused: it gets no further call
 };

@@ -376,15 +376,17 @@ class DiskSink : public VirtualDiskSink {
   uint64_t accepted() const { return writer ? writer->bytes_accepted() : 0; }
 
   // The first writes: the disk prepared (PrepareDisk) and the writer made, its memory from `mem`.
-  // `virtual_size` 0: not known yet (a compressed raw image).
+  // `virtual_size` 0: not known yet (a compressed raw image). `loans`: the download's (or null).
   Status Open(const TargetDisk& disk, uint64_t virtual_size, const Manifest& manifest,
-              const JobOptions& job, const StreamMemory& mem, const CancelToken& cancel) {
+              const JobOptions& job, const StreamMemory& mem, Loans* loans,
+              const CancelToken& cancel) {
     BYOI_ASSIGN_OR_RETURN(target, PrepareDisk(disk));
     StreamWriteOptions options;
     options.image_type = TypeName(manifest);
     options.chunk_size = mem.chunk;
     options.threads = mem.writer_threads;
     options.verify_written = manifest.verify_written.value_or(job.verify_written);
+    options.loans = loans;
     verify_written = options.verify_written;
     BYOI_ASSIGN_OR_RETURN(writer, StreamWriter::Create(target, virtual_size, options, cancel));
     return Status::Ok();
@@ -441,6 +443,10 @@ Status StreamToDisk(const Manifest& manifest, const JobOptions& job, const Targe
   spdlog::info("download: stream mode ({}); memory: {} window, {} for the image reader", why,
                HumanBytes(mem.window), HumanBytes(mem.reader));
 
+  // The download's window lends its bytes to the writer, which writes them from there (outlives
+  // both).
+  Loans loans;
+  opts.loans = &loans;
   DiskSink sink;
   std::optional<uint64_t> vsize_known;
   auto on_head = [&](const StreamHead& head) -> Status {
@@ -454,7 +460,7 @@ Status StreamToDisk(const Manifest& manifest, const JobOptions& job, const Targe
     // Until here the disk is untouched, byte for byte.
     *touched = true;
     BYOI_RETURN_IF_ERROR(
-        sink.Open(*target, head.virtual_size.value_or(0), manifest, job, mem, cancel));
+        sink.Open(*target, head.virtual_size.value_or(0), manifest, job, mem, &loans, cancel));
     board.BeginStep(Step::kWrite, "writing image while it downloads");
     return Status::Ok();
   };
@@ -703,7 +709,7 @@ Status WriteCompressedFromRam(const Manifest& manifest, const JobOptions& job,
   board.BeginStep(Step::kWrite, "writing image");
   *touched = true;
   DiskSink sink;
-  BYOI_RETURN_IF_ERROR(sink.Open(*target, vsize, manifest, job, mem, cancel));
+  BYOI_RETURN_IF_ERROR(sink.Open(*target, vsize, manifest, job, mem, nullptr, cancel));
   StreamImage image(sink, reader_options, nullptr);
   feed.progress = [&](uint64_t) { board.StepProgress(Step::kWrite, sink.accepted(), vsize); };
   BYOI_RETURN_IF_ERROR(FeedFile(fetched.image.fd(), fetched.image.size(), image, cancel, feed));
