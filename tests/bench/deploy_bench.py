@@ -26,7 +26,7 @@ Prints min / median / max per variant and image, and the ratios the stream issue
 stream / max(curl, dd) (target <= 1.15) and ram / (curl+qemu) (target < 1).
 
 Usage: sudo tests/bench/deploy_bench.py [--agent build/byoi-agent] [--reps 3] [--dir /var/tmp]
-                                        [--images raw,qcow2,zlib,raw.zst]
+                                        [--images raw,qcow2,zlib,raw.zst] [--direct-io]
 """
 
 import argparse
@@ -144,6 +144,10 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dir", default="/var/tmp")
     ap.add_argument("--images", default="raw,qcow2,zlib,raw.zst")
+    ap.add_argument("--direct-io", action="store_true",
+                    help="the loop device reads and writes its file with O_DIRECT (losetup "
+                         "--direct-io=on): what is written reaches the file's disk as it comes, "
+                         "as on a real disk, instead of waiting in the page cache for the flush")
     args = ap.parse_args()
     agent = os.path.abspath(args.agent)
     work = os.path.join(args.dir, "byoi-bench")
@@ -159,8 +163,13 @@ def main():
     disk = os.path.join(scratch, "disk.img")
     with open(disk, "wb") as f:
         f.truncate(4 * GIB + 64 * MIB)
-    dev = subprocess.run(["losetup", "-f", "--show", disk], check=True, capture_output=True,
-                         text=True).stdout.strip()
+    loop_opts = ["--direct-io=on"] if args.direct_io else []
+    dev = subprocess.run(["losetup", "-f", "--show", *loop_opts, disk], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    if args.direct_io:
+        with open(f"/sys/block/{os.path.basename(dev)}/loop/dio") as f:
+            if f.read().strip() != "1":
+                sys.exit(f"{dev}: the kernel did not turn direct I/O on")
     shm = "/dev/shm/byoi-deploy-bench.img"
     results = {}  # (image, variant) -> [seconds]
     peaks = {}  # (image, mode) -> [bytes]
@@ -208,7 +217,8 @@ def main():
         if os.path.exists(shm):
             os.unlink(shm)
 
-    print(f"\n{args.reps} runs each; nginx on 127.0.0.1 -> loop device over {disk} (O_DIRECT)")
+    print(f"\n{args.reps} runs each; nginx on 127.0.0.1 -> loop device over {disk} (O_DIRECT)"
+          + (", the loop device with direct I/O" if args.direct_io else ""))
     print(f"{'image':9} {'variant':10} {'min':>7} {'median':>7} {'max':>7} {'peak MiB':>9}")
     for (name, variant), times in results.items():
         peak = peaks.get((name, variant))
