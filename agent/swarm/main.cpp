@@ -87,6 +87,15 @@ void Event(const std::string& line) {
   std::fflush(stdout);
 }
 
+// The directory libtorrent believes it saves into, and its one symlink (Fetch): removed at any
+// exit, a failure's included.
+std::string work_dir, work_link;
+
+void RemoveWorkDir() {
+  if (!work_link.empty()) ::unlink(work_link.c_str());
+  if (!work_dir.empty()) ::rmdir(work_dir.c_str());
+}
+
 [[noreturn]] void Fail(const std::string& kind, const std::string& detail) {
   std::string one_line = detail;
   for (char& c : one_line) {
@@ -94,7 +103,8 @@ void Event(const std::string& line) {
   }
   Event("error kind=" + kind + " " + one_line);
   // Not exit(): the web seed's thread may still run, and static destructors would pull what
-  // it reads from under it.
+  // it reads from under it. _Exit runs no atexit handler: the work directory goes here.
+  RemoveWorkDir();
   std::_Exit(1);
 }
 
@@ -194,22 +204,21 @@ int Fetch(const Args& args) {
   std::unique_ptr<byoi_swarm::StreamWindow> window;
   if (stream_window > 0) window = std::make_unique<byoi_swarm::StreamWindow>(stream_window);
 
-  // The directory libtorrent believes it saves into: one symlink, `image`, to the memfd.
-  char dir_template[] = "/tmp/byoi-swarm-XXXXXX";
-  const char* dir = ::mkdtemp(dir_template);
-  if (dir == nullptr) Fail("failed", std::string("mkdtemp: ") + std::strerror(errno));
-  const std::string link = std::string(dir) + "/image";
+  // The directory libtorrent believes it saves into, under $TMPDIR (else /tmp): one symlink,
+  // `image`, to the memfd.
+  const char* tmp = std::getenv("TMPDIR");
+  std::string dir_template =
+      std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/byoi-swarm-XXXXXX";
+  if (::mkdtemp(dir_template.data()) == nullptr) {
+    Fail("failed", std::string("mkdtemp: ") + std::strerror(errno));
+  }
+  work_dir = dir_template;
+  std::atexit(RemoveWorkDir);
+  const std::string link = work_dir + "/image";
   if (::symlink("/proc/self/fd/3", link.c_str()) != 0) {
     Fail("failed", std::string("symlink: ") + std::strerror(errno));
   }
-  // Removed at exit, whichever way (Fail exits without unwinding).
-  static std::string cleanup_dir, cleanup_link;
-  cleanup_dir = dir;
-  cleanup_link = link;
-  std::atexit([] {
-    ::unlink(cleanup_link.c_str());
-    ::rmdir(cleanup_dir.c_str());
-  });
+  work_link = link;
 
   // The web seed: the manifest's URL, headers and the agent's download settings (secrets: never
   // on our command line).
@@ -238,7 +247,7 @@ int Fetch(const Args& args) {
   // Peers and trackers come from the torrent and from us; the one web seed, the manifest's URL,
   // is ours (web_seed.hpp), not libtorrent's: a url-list names servers the manifest did not.
   atp.url_seeds.clear();
-  atp.save_path = dir;
+  atp.save_path = work_dir;
   atp.renamed_files[lt::file_index_t{0}] = "image";
   atp.flags &= ~lt::torrent_flags::auto_managed;
   atp.flags &= ~lt::torrent_flags::paused;

@@ -521,6 +521,28 @@ class SwarmDeploy(unittest.TestCase):
         self.assert_untouched(run, "Could not download, raw image is too big to download in "
                                    "memory.")
 
+    def test_a_helper_that_fails_leaves_no_work_directory(self):
+        # The helper saves through a directory of its own (a symlink to the image's memfd) under
+        # $TMPDIR; a failure ends it with _Exit, which runs no atexit handler.
+        helper = os.path.join(os.path.dirname(os.path.realpath(AGENT)), "byoi-swarm")
+        tmp = tempfile.mkdtemp(dir=self.dir)
+        web_seed = os.path.join(self.dir, "web-seed")
+        with open(web_seed, "w") as f:
+            f.write("http://127.0.0.1:1/image.raw\n")
+        torrent = os.path.join(self.dir, "bad.torrent")
+        with open(torrent, "wb") as f:
+            f.write(b"<html>not a torrent</html>")
+        with open(os.path.join(self.dir, "image"), "w+b") as image:
+            fd = image.fileno()
+            run = subprocess.run([helper, "fetch", "--capacity", str(MiB), "--web-seed-file",
+                                  web_seed, "--torrent", torrent],
+                                 stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                 timeout=60, env=dict(os.environ, TMPDIR=tmp), close_fds=False,
+                                 preexec_fn=lambda: os.dup2(fd, 3))
+        self.assertEqual(run.returncode, 1, run.stderr)
+        self.assertIn("error kind=invalid reading the .torrent: ", run.stdout)
+        self.assertEqual(os.listdir(tmp), [])
+
     def test_a_cancel_stops_the_swarm_and_its_helper(self):
         origin, url, turl, _ = self.publish_counted(1_000_000)
         helper = os.path.join(os.path.dirname(os.path.realpath(AGENT)), "byoi-swarm")
