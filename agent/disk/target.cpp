@@ -16,34 +16,6 @@
 
 namespace byoi {
 
-AlignedBuffer::AlignedBuffer(size_t size, size_t alignment)
-    : AlignedBuffer(size, alignment, /*zero=*/true) {}
-
-AlignedBuffer AlignedBuffer::Uninitialized(size_t size, size_t alignment) {
-  return AlignedBuffer(size, alignment, /*zero=*/false);
-}
-
-AlignedBuffer::AlignedBuffer(size_t size, size_t alignment, bool zero) : size_(size) {
-  void* p = nullptr;
-  if (::posix_memalign(&p, alignment, std::max<size_t>(size, 1)) != 0) throw std::bad_alloc();
-  data_ = static_cast<uint8_t*>(p);
-  if (zero) std::memset(data_, 0, size);
-}
-
-AlignedBuffer::AlignedBuffer(AlignedBuffer&& o) noexcept
-    : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
-
-AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& o) noexcept {
-  if (this != &o) {
-    std::free(data_);
-    data_ = std::exchange(o.data_, nullptr);
-    size_ = std::exchange(o.size_, 0);
-  }
-  return *this;
-}
-
-AlignedBuffer::~AlignedBuffer() { std::free(data_); }
-
 Result<Target> Target::Open(const std::string& path, const Options& options) {
   Target t;
   t.path_ = path;

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "agent/base/aligned_buffer.hpp"
 #include "agent/base/fd.hpp"
 #include "agent/base/status.hpp"
 
@@ -86,32 +87,6 @@ class Target {
     std::atomic<bool> flushing{false};
   };
   std::unique_ptr<Unflushed> unflushed_ = std::make_unique<Unflushed>();
-};
-
-// An aligned heap buffer for O_DIRECT I/O (posix_memalign), freed on destruction.
-class AlignedBuffer {
- public:
-  AlignedBuffer() = default;
-  // `size` bytes aligned to `alignment` (a power of two); zero-filled. Aborts on out of memory,
-  // like operator new.
-  AlignedBuffer(size_t size, size_t alignment);
-  // The same, not zero-filled: for buffers whose bytes are each written before they are read, so
-  // that the kernel commits the pages as they are first written, not all at once here.
-  static AlignedBuffer Uninitialized(size_t size, size_t alignment);
-  AlignedBuffer(AlignedBuffer&& o) noexcept;
-  AlignedBuffer& operator=(AlignedBuffer&& o) noexcept;
-  AlignedBuffer(const AlignedBuffer&) = delete;
-  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-  ~AlignedBuffer();
-
-  uint8_t* data() const { return data_; }
-  size_t size() const { return size_; }
-
- private:
-  AlignedBuffer(size_t size, size_t alignment, bool zero);
-
-  uint8_t* data_ = nullptr;
-  size_t size_ = 0;
 };
 
 }  // namespace byoi

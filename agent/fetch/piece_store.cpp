@@ -77,14 +77,14 @@ Result<std::unique_ptr<RingStore>> RingStore::Create(uint64_t window, ByteSink& 
                                                      StreamHasher& hasher, Loans* loans) {
   // Not value-initialised: the kernel commits the ring's pages as they are first written. Aligned
   // for O_DIRECT on any device: a borrower writes blocks to the disk from here.
-  void* p = nullptr;
-  if (::posix_memalign(&p, kRingAlignment, window) != 0) {
+  std::optional<AlignedBuffer> ring =
+      AlignedBuffer::TryUninitialized(static_cast<size_t>(window), kRingAlignment);
+  if (!ring) {
     return Status::Error(Code::kIo,
                          "allocating the download window of " + HumanBytes(window) + " in RAM");
   }
-  std::unique_ptr<uint8_t, Free> ring(static_cast<uint8_t*>(p));
-  if (loans != nullptr) loans->Open({ring.get(), static_cast<size_t>(window)});
-  return std::unique_ptr<RingStore>(new RingStore(window, std::move(ring), sink, hasher, loans));
+  if (loans != nullptr) loans->Open({ring->data(), ring->size()});
+  return std::unique_ptr<RingStore>(new RingStore(window, std::move(*ring), sink, hasher, loans));
 }
 
 RingStore::~RingStore() {
@@ -96,7 +96,7 @@ Status RingStore::Write(uint64_t offset, std::span<const uint8_t> bytes) {
   while (!bytes.empty()) {
     const uint64_t at = offset % window_;
     const size_t n = static_cast<size_t>(std::min<uint64_t>(bytes.size(), window_ - at));
-    std::memcpy(ring_.get() + at, bytes.data(), n);
+    std::memcpy(ring_.data() + at, bytes.data(), n);
     offset += n;
     bytes = bytes.subspan(n);
   }
@@ -118,7 +118,7 @@ Status RingStore::Advance(uint64_t prefix, std::optional<uint64_t> total, bool f
     const uint64_t n = std::min({prefix - taken_, kBatch, window_ - at});
     // The hasher reads the block on its thread while the sink takes it here and the download
     // goes on; the block's room is reused once the hasher is done (limit()).
-    std::span<const uint8_t> block(ring_.get() + at, static_cast<size_t>(n));
+    std::span<const uint8_t> block(ring_.data() + at, static_cast<size_t>(n));
     const uint64_t ticket = hasher_.Update(block);
     if (Status s = sink_.Write(block); !s.ok()) {
       failed_ = true;

@@ -8,12 +8,12 @@
 
 #include <array>
 #include <cstdint>
-#include <cstdlib>
 #include <deque>
 #include <memory>
 #include <optional>
 #include <span>
 
+#include "agent/base/aligned_buffer.hpp"
 #include "agent/base/byte_sink.hpp"
 #include "agent/base/loans.hpp"
 #include "agent/base/status.hpp"
@@ -124,14 +124,10 @@ class RingStore : public PieceStore {
 
  private:
   static constexpr uint64_t kUnlimited = ~uint64_t{0};
-  struct Free {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  RingStore(uint64_t window, std::unique_ptr<uint8_t, Free> ring, ByteSink& sink,
-            StreamHasher& hasher, Loans* loans)
+  RingStore(uint64_t window, AlignedBuffer ring, ByteSink& sink, StreamHasher& hasher, Loans* loans)
       : window_(window), ring_(std::move(ring)), sink_(sink), hasher_(hasher), loans_(loans) {}
   const uint64_t window_;
-  std::unique_ptr<uint8_t, Free> ring_;  // byte o of the body is at ring_[o % window_]
+  AlignedBuffer ring_;  // byte o of the body is at ring_[o % window_]
   ByteSink& sink_;
   StreamHasher& hasher_;
   Loans* const loans_;
