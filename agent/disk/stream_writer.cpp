@@ -108,12 +108,16 @@ Status StreamWriter::Write(uint64_t offset, std::span<const uint8_t> bytes) {
   const uint64_t lent = n / align_ * align_;
   if (lent > 0 && options_.loans != nullptr && target_.direct() && offset % align_ == 0 &&
       reinterpret_cast<uintptr_t>(data) % align_ == 0 && options_.loans->Lends(data, lent)) {
-    Job job;
-    job.offset = offset;
-    job.length = lent;
-    job.data = data;
-    job.loan = options_.loans->Borrow();
-    BYOI_RETURN_IF_ERROR(Enqueue(std::move(job)));
+    if (IsAllZero(data, lent)) {
+      BYOI_RETURN_IF_ERROR(ZeroBlocks(offset, offset + lent));
+    } else {
+      Job job;
+      job.offset = offset;
+      job.length = lent;
+      job.data = data;
+      job.loan = options_.loans->Borrow();
+      BYOI_RETURN_IF_ERROR(Enqueue(std::move(job)));
+    }
     offset += lent;
     data += lent;
     n -= lent;
@@ -141,8 +145,27 @@ Status StreamWriter::Zero(uint64_t offset, uint64_t length) {
     BYOI_RETURN_IF_ERROR(AddPartial(pos, Zeros(), k));
     pos += k;
   }
-  for (uint64_t pos = body_begin; pos < body_end;) {
-    uint64_t k = std::min(body_end - pos, kMaxZeroOp);
+  if (body_end > body_begin) BYOI_RETURN_IF_ERROR(ZeroBlocks(body_begin, body_end));
+  for (uint64_t pos = body_end; pos < end;) {
+    uint64_t k = std::min(end - pos, kInlineZeros);
+    BYOI_RETURN_IF_ERROR(AddPartial(pos, Zeros(), k));
+    pos += k;
+  }
+  return Status::Ok();
+}
+
+Status StreamWriter::ZeroBlocks(uint64_t begin, uint64_t end) {
+  if (begin != zero_end_ || zero_end_ == zero_begin_) {
+    BYOI_RETURN_IF_ERROR(DispatchZeros());
+    zero_begin_ = begin;
+  }
+  zero_end_ = end;
+  return zero_end_ - zero_begin_ >= kMaxZeroOp ? DispatchZeros() : Status::Ok();
+}
+
+Status StreamWriter::DispatchZeros() {
+  for (uint64_t pos = zero_begin_; pos < zero_end_;) {
+    const uint64_t k = std::min(zero_end_ - pos, kMaxZeroOp);
     Job job;
     job.zero = true;
     job.offset = pos;
@@ -150,11 +173,7 @@ Status StreamWriter::Zero(uint64_t offset, uint64_t length) {
     BYOI_RETURN_IF_ERROR(Enqueue(std::move(job)));
     pos += k;
   }
-  for (uint64_t pos = body_end; pos < end;) {
-    uint64_t k = std::min(end - pos, kInlineZeros);
-    BYOI_RETURN_IF_ERROR(AddPartial(pos, Zeros(), k));
-    pos += k;
-  }
+  zero_begin_ = zero_end_ = 0;
   return Status::Ok();
 }
 
@@ -290,6 +309,7 @@ Result<uint64_t> StreamWriter::RunJob(const Job& job) {
     Remember(job.offset, job.length, true, nullptr);
     std::lock_guard lock(mu_);
     stats_.bytes_zeroed += job.length;
+    ++stats_.zero_requests;
     return uint64_t{0};
   }
   int fd = job.buffered ? target_.buffered_fd() : target_.fd();
@@ -325,6 +345,7 @@ Status StreamWriter::Flush(uint64_t virtual_size) {
   virtual_size_ = virtual_size;
   BYOI_RETURN_IF_ERROR(CheckFits(virtual_size));
   BYOI_RETURN_IF_ERROR(DispatchRun());
+  BYOI_RETURN_IF_ERROR(DispatchZeros());
   if (held_.size() > virtual_size) held_.resize(virtual_size);
   // The last block of a virtual disk that ends between blocks goes through the page cache: the
   // bytes after the end are not ours.

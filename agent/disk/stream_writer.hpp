@@ -5,11 +5,12 @@
 //
 // How: contiguous pieces are gathered into chunk buffers (chunk_size) that worker threads write
 // with O_DIRECT, several at a time; a chunk of zeros becomes a zeroing request (BLKZEROOUT,
-// fallocate), like every range of zeros. A piece of whole aligned blocks whose bytes are lent
-// (options.loans: a download's window) is written from where it is, without a copy. The bytes of
-// a piece that do not fill whole blocks of the target's alignment wait in a small per-block buffer
-// until the rest of the block arrives. Memory: the chunk buffers (threads + 2) × chunk, committed
-// as they are first used, the held-back first MiB, and the blocks still partial.
+// fallocate), like every range of zeros; ranges of zeros that follow each other (given as zeros, or
+// lent blocks of zeros) are joined into one request. A piece of whole aligned blocks whose bytes
+// are lent (options.loans: a download's window) is written from where it is, without a copy. The
+// bytes of a piece that do not fill whole blocks of the target's alignment wait in a small
+// per-block buffer until the rest of the block arrives. Memory: the chunk buffers (threads + 2) ×
+// chunk, committed as they are first used, the held-back first MiB, and the blocks still partial.
 //
 // Safety order: the first MiB of the virtual disk (boot code, the protective MBR, the primary
 // partition table) is held back in RAM and written only by Commit(), which the runner calls after
@@ -58,6 +59,7 @@ struct StreamWriteOptions {
 struct StreamWriteStats {
   uint64_t bytes_written = 0;  // data written (held-back bytes included once committed)
   uint64_t bytes_zeroed = 0;   // zeroed by the device or file system (or their fallback)
+  uint64_t zero_requests = 0;  // the zeroing requests that did it
 };
 
 class StreamWriter : public VirtualDiskSink {
@@ -131,6 +133,10 @@ class StreamWriter : public VirtualDiskSink {
   // Takes the bytes of [offset, offset + n) that fall in the held-back range; returns how many of
   // the piece's first bytes it took.
   uint64_t TakeHeld(uint64_t offset, const uint8_t* data, uint64_t n);
+  // Zeroes the whole blocks [begin, end), joined to the pending range when it continues it: a raw
+  // image's run of zeros arrives as many lent blocks and becomes one request per kMaxZeroOp.
+  Status ZeroBlocks(uint64_t begin, uint64_t end);
+  Status DispatchZeros();
   Status AppendRun(uint64_t offset, const uint8_t* data, uint64_t n);
   Status DispatchRun();
   Status AddPartial(uint64_t offset, const uint8_t* data, uint64_t n);
@@ -160,7 +166,8 @@ class StreamWriter : public VirtualDiskSink {
   int run_buffer_ = -1;
   uint64_t run_base_ = 0;  // the buffer's first byte is this virtual offset (aligned)
   uint64_t run_begin_ = 0, run_end_ = 0;
-  std::map<uint64_t, Partial> partials_;  // by block index
+  uint64_t zero_begin_ = 0, zero_end_ = 0;  // whole blocks to zero, not queued yet
+  std::map<uint64_t, Partial> partials_;    // by block index
   uint64_t accepted_ = 0;
 
   // Shared with the workers.

@@ -511,8 +511,9 @@ Status StreamToDisk(const Manifest& manifest, const JobOptions& job, const Targe
       vsize, target->disk, TypeName(manifest),
       [&board, vsize](uint64_t done, uint64_t) { board.StepProgress(Step::kWrite, done, vsize); }));
   const StreamWriteStats stats = sink.writer->stats();
-  spdlog::info("write: {} written, {} zeroed while downloading", HumanBytes(stats.bytes_written),
-               HumanBytes(stats.bytes_zeroed));
+  spdlog::info("write: {} written, {} zeroed in {} requests while downloading",
+               HumanBytes(stats.bytes_written), HumanBytes(stats.bytes_zeroed),
+               stats.zero_requests);
   board.FinishStep(Step::kWrite);
   return Status::Ok();
 }
