@@ -11,8 +11,8 @@ namespace byoi {
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
-  // `size` bytes aligned to `alignment` (a power of two); zero-filled. Aborts on out of memory,
-  // like operator new.
+  // `size` bytes aligned to `alignment` (a power of two); zero-filled. Throws std::bad_alloc on out
+  // of memory, like operator new.
   AlignedBuffer(size_t size, size_t alignment);
   // The same, not zero-filled: for buffers whose bytes are each written before they are read, so
   // that the kernel commits the pages as they are first written, not all at once here.

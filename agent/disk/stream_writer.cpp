@@ -156,24 +156,23 @@ Status StreamWriter::Zero(uint64_t offset, uint64_t length) {
 
 Status StreamWriter::ZeroBlocks(uint64_t begin, uint64_t end) {
   if (begin != zero_end_ || zero_end_ == zero_begin_) {
-    BYOI_RETURN_IF_ERROR(DispatchZeros());
+    BYOI_RETURN_IF_ERROR(DispatchZeros(/*rest=*/true));
     zero_begin_ = begin;
   }
   zero_end_ = end;
-  return zero_end_ - zero_begin_ >= kMaxZeroOp ? DispatchZeros() : Status::Ok();
+  return DispatchZeros(/*rest=*/false);
 }
 
-Status StreamWriter::DispatchZeros() {
-  for (uint64_t pos = zero_begin_; pos < zero_end_;) {
-    const uint64_t k = std::min(zero_end_ - pos, kMaxZeroOp);
+Status StreamWriter::DispatchZeros(bool rest) {
+  while (zero_end_ - zero_begin_ >= (rest ? 1 : kMaxZeroOp)) {
     Job job;
     job.zero = true;
-    job.offset = pos;
-    job.length = k;
+    job.offset = zero_begin_;
+    job.length = std::min(zero_end_ - zero_begin_, kMaxZeroOp);
+    zero_begin_ += job.length;
     BYOI_RETURN_IF_ERROR(Enqueue(std::move(job)));
-    pos += k;
   }
-  zero_begin_ = zero_end_ = 0;
+  if (zero_begin_ == zero_end_) zero_begin_ = zero_end_ = 0;
   return Status::Ok();
 }
 
@@ -198,26 +197,38 @@ Status StreamWriter::AppendRun(uint64_t offset, const uint8_t* data, uint64_t n)
 }
 
 // Hands the gathered run to the workers: its whole blocks as one write straight from the chunk
-// buffer, its partial first and last blocks to the per-block buffers.
+// buffer (or to the zero run when they are all zeros), its partial first and last blocks to the
+// per-block buffers.
 Status StreamWriter::DispatchRun() {
   if (run_buffer_ < 0) return Status::Ok();
   const int buffer = std::exchange(run_buffer_, -1);
   const uint8_t* base = buffers_[buffer].data();
   const uint64_t head_end = std::min(AlignUp(run_begin_, align_), run_end_);
   const uint64_t body_end = std::max(head_end, AlignDown(run_end_, align_));
+  const uint8_t* body = base + (head_end - run_base_);
+  bool lent_buffer = false;  // the body is written from the chunk buffer, which comes back then
   Status s = AddPartial(run_begin_, base + (run_begin_ - run_base_), head_end - run_begin_);
-  if (s.ok()) s = AddPartial(body_end, base + (body_end - run_base_), run_end_ - body_end);
   if (s.ok() && body_end > head_end) {
-    Job job;
-    job.offset = head_end;
-    job.length = body_end - head_end;
-    job.data = base + (head_end - run_base_);
-    job.buffer = buffer;
-    return Enqueue(std::move(job));
+    if (IsAllZero(body, body_end - head_end)) {
+      s = ZeroBlocks(head_end, body_end);
+    } else {
+      Job job;
+      job.offset = head_end;
+      job.length = body_end - head_end;
+      job.data = body;
+      job.buffer = buffer;
+      lent_buffer = true;
+      s = Enqueue(std::move(job));
+    }
   }
-  std::lock_guard lock(mu_);
-  free_buffers_.push_back(buffer);
-  done_cv_.notify_all();
+  // Head, body, tail in order, so that zeros join. The tail is read after the body was queued:
+  // only this thread takes chunk buffers, so a worker that gave it back cannot have it refilled.
+  if (s.ok()) s = AddPartial(body_end, base + (body_end - run_base_), run_end_ - body_end);
+  if (!lent_buffer) {
+    std::lock_guard lock(mu_);
+    free_buffers_.push_back(buffer);
+    done_cv_.notify_all();
+  }
   return s;
 }
 
@@ -231,13 +242,18 @@ Status StreamWriter::AddPartial(uint64_t offset, const uint8_t* data, uint64_t n
     std::memcpy(it->second.bytes.data() + (offset - block_start), data, k);
     it->second.filled += k;
     if (it->second.filled == align_) {
-      Job job;
-      job.offset = block_start;
-      job.length = align_;
-      job.owned = std::make_unique<AlignedBuffer>(std::move(it->second.bytes));
-      job.data = job.owned->data();
+      auto bytes = std::make_unique<AlignedBuffer>(std::move(it->second.bytes));
       partials_.erase(it);
-      BYOI_RETURN_IF_ERROR(Enqueue(std::move(job)));
+      if (IsAllZero(bytes->data(), align_)) {
+        BYOI_RETURN_IF_ERROR(ZeroBlocks(block_start, block_start + align_));
+      } else {
+        Job job;
+        job.offset = block_start;
+        job.length = align_;
+        job.data = bytes->data();
+        job.owned = std::move(bytes);
+        BYOI_RETURN_IF_ERROR(Enqueue(std::move(job)));
+      }
     }
     offset += k;
     data += k;
@@ -301,9 +317,7 @@ void StreamWriter::ReleaseLocked(Job& job) {
 
 Result<uint64_t> StreamWriter::RunJob(const Job& job) {
   BYOI_RETURN_IF_ERROR(cancel_.Check());
-  const bool zero = job.zero || IsAllZero(job.data, job.length);
-  if (zero && !job.buffered) {
-    // Runs of zeros in the data too (raw images carry long ones): the device zeroes them.
+  if (job.zero) {
     BYOI_RETURN_IF_ERROR(target_.ZeroRange(job.offset, job.length)
                              .Context(fmt::format("zeroing {:#x}+{:#x}", job.offset, job.length)));
     Remember(job.offset, job.length, true, nullptr);
@@ -345,7 +359,6 @@ Status StreamWriter::Flush(uint64_t virtual_size) {
   virtual_size_ = virtual_size;
   BYOI_RETURN_IF_ERROR(CheckFits(virtual_size));
   BYOI_RETURN_IF_ERROR(DispatchRun());
-  BYOI_RETURN_IF_ERROR(DispatchZeros());
   if (held_.size() > virtual_size) held_.resize(virtual_size);
   // The last block of a virtual disk that ends between blocks goes through the page cache: the
   // bytes after the end are not ours.
@@ -363,6 +376,7 @@ Status StreamWriter::Flush(uint64_t virtual_size) {
       BYOI_RETURN_IF_ERROR(Enqueue(std::move(job)));
     }
   }
+  BYOI_RETURN_IF_ERROR(DispatchZeros(/*rest=*/true));
   if (!partials_.empty() || held_filled_ != held_.size() || accepted_ != virtual_size) {
     uint64_t where = partials_.empty() ? 0 : partials_.begin()->first * align_;
     return Status::Error(Code::kInternal,

@@ -4,13 +4,14 @@
 // memory.
 //
 // How: contiguous pieces are gathered into chunk buffers (chunk_size) that worker threads write
-// with O_DIRECT, several at a time; a chunk of zeros becomes a zeroing request (BLKZEROOUT,
-// fallocate), like every range of zeros; ranges of zeros that follow each other (given as zeros, or
-// lent blocks of zeros) are joined into one request. A piece of whole aligned blocks whose bytes
-// are lent (options.loans: a download's window) is written from where it is, without a copy. The
-// bytes of a piece that do not fill whole blocks of the target's alignment wait in a small
-// per-block buffer until the rest of the block arrives. Memory: the chunk buffers (threads + 2) ×
-// chunk, committed as they are first used, the held-back first MiB, and the blocks still partial.
+// with O_DIRECT, several at a time. Whole blocks of zeros, whether given as zeros or as bytes (a
+// raw image's free space, lent or gathered), are not written: each run of them that follows on
+// becomes one zeroing request (BLKZEROOUT, fallocate) of up to 256 MiB. A piece of whole aligned
+// blocks whose bytes are lent (options.loans: a download's window) is written from where it is,
+// without a copy. The bytes of a piece that do not fill whole blocks of the target's alignment wait
+// in a small per-block buffer until the rest of the block arrives. Memory: the chunk buffers
+// (threads + 2) × chunk, committed as they are first used, the held-back first MiB, and the blocks
+// still partial.
 //
 // Safety order: the first MiB of the virtual disk (boot code, the protective MBR, the primary
 // partition table) is held back in RAM and written only by Commit(), which the runner calls after
@@ -30,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/base/aligned_buffer.hpp"
 #include "agent/base/cancel.hpp"
 #include "agent/base/loans.hpp"
 #include "agent/base/status.hpp"
@@ -134,9 +136,10 @@ class StreamWriter : public VirtualDiskSink {
   // the piece's first bytes it took.
   uint64_t TakeHeld(uint64_t offset, const uint8_t* data, uint64_t n);
   // Zeroes the whole blocks [begin, end), joined to the pending range when it continues it: a raw
-  // image's run of zeros arrives as many lent blocks and becomes one request per kMaxZeroOp.
+  // image's run of zeros arrives as many blocks and becomes one request per kMaxZeroOp.
   Status ZeroBlocks(uint64_t begin, uint64_t end);
-  Status DispatchZeros();
+  // Queues the pending zeros in requests of kMaxZeroOp; with `rest`, the shorter rest too.
+  Status DispatchZeros(bool rest);
   Status AppendRun(uint64_t offset, const uint8_t* data, uint64_t n);
   Status DispatchRun();
   Status AddPartial(uint64_t offset, const uint8_t* data, uint64_t n);

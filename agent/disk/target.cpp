@@ -8,11 +8,9 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
-#include <cstring>
-#include <new>
-#include <utility>
 #include <vector>
+
+#include "agent/base/aligned_buffer.hpp"
 
 namespace byoi {
 

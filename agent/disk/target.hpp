@@ -9,7 +9,6 @@
 #include <optional>
 #include <string>
 
-#include "agent/base/aligned_buffer.hpp"
 #include "agent/base/fd.hpp"
 #include "agent/base/status.hpp"
 

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/base/aligned_buffer.hpp"
 #include "agent/base/bytes.hpp"
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"

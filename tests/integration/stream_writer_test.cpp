@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <random>
 
+#include "agent/base/aligned_buffer.hpp"
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
 #include "tests/integration/test_util.hpp"
@@ -190,14 +191,15 @@ TEST_P(StreamWriterTest, LentPiecesAreWrittenWhereTheyAreAndEveryLoanComesBack) 
 }
 
 // A run of zeros is one zeroing request however it arrives: lent blocks of zeros (a raw image's
-// free space, which take no loan) and zero ranges that continue them. A run that does not touch
-// the previous one is a request of its own.
+// free space, which take no loan), zero ranges that continue them, and zeros copied into the
+// writer's chunks (bytes not lent: a decoded image). A run that does not touch the previous one
+// is a request of its own.
 TEST_P(StreamWriterTest, ARunOfZerosIsOneZeroingRequestHoweverItArrives) {
   if (!target_.direct()) GTEST_SKIP() << "nothing is lent without O_DIRECT";
   const uint64_t vsize = 32 * kMiB;
   std::vector<uint8_t> reference = RandomBytes(vsize, 30);
   std::fill(reference.begin() + 4 * kMiB, reference.begin() + 20 * kMiB, 0);
-  std::fill(reference.begin() + 24 * kMiB, reference.begin() + 26 * kMiB, 0);
+  std::fill(reference.begin() + 24 * kMiB, reference.begin() + 28 * kMiB, 0);
   AlignedBuffer lent = AlignedBuffer::Uninitialized(vsize, 4096);
   std::copy(reference.begin(), reference.end(), lent.data());
   Loans loans;
@@ -205,21 +207,24 @@ TEST_P(StreamWriterTest, ARunOfZerosIsOneZeroingRequestHoweverItArrives) {
   auto w = Make(vsize, /*verify=*/true, &loans);
   ASSERT_NE(w, nullptr);
   for (uint64_t pos = 0; pos < vsize; pos += kMiB) {
-    // [12, 20) MiB as two zero ranges of 4 MiB, the rest lent MiB by MiB.
+    // [12, 20) MiB as two zero ranges of 4 MiB, [26, 28) MiB copied, the rest lent MiB by MiB.
     const bool given_as_zeros = pos >= 12 * kMiB && pos < 20 * kMiB;
+    const bool copied = pos >= 26 * kMiB && pos < 28 * kMiB;
     if (given_as_zeros && pos % (4 * kMiB) != 0) continue;
-    Status s = given_as_zeros ? w->Zero(pos, 4 * kMiB) : w->Write(pos, {lent.data() + pos, kMiB});
+    Status s = given_as_zeros ? w->Zero(pos, 4 * kMiB)
+               : copied       ? w->Write(pos, std::span(reference).subspan(pos, kMiB))
+                              : w->Write(pos, {lent.data() + pos, kMiB});
     ASSERT_TRUE(s.ok()) << s.ToString();
   }
-  EXPECT_EQ(loans.Mark(), 3u + 4u + 6u);  // the data blocks past the held-back first MiB
+  EXPECT_EQ(loans.Mark(), 3u + 4u + 4u);  // the data blocks past the held-back first MiB
   ASSERT_TRUE(w->Flush(vsize).ok());
   EXPECT_TRUE(loans.Returned(loans.Mark()));
   loans.Close();
   ASSERT_TRUE(w->Commit().ok());
   const StreamWriteStats stats = w->stats();
   EXPECT_EQ(stats.zero_requests, 2u);
-  EXPECT_EQ(stats.bytes_zeroed, 18 * kMiB);
-  EXPECT_EQ(stats.bytes_written, vsize - 18 * kMiB);
+  EXPECT_EQ(stats.bytes_zeroed, 20 * kMiB);
+  EXPECT_EQ(stats.bytes_written, vsize - 20 * kMiB);
   EXPECT_TRUE(ReadRange(path_, 0, vsize) == reference);
   Status read_back = w->VerifyWritten(nullptr);
   EXPECT_TRUE(read_back.ok()) << read_back.ToString();

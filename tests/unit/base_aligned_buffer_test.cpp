@@ -10,6 +10,18 @@
 #include "agent/base/aligned_buffer.hpp"
 #include "agent/base/bytes.hpp"
 
+// GCC names AddressSanitizer with a macro, clang with a feature.
+#if defined(__SANITIZE_ADDRESS__)
+#define BYOI_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BYOI_ASAN 1
+#endif
+#endif
+#ifndef BYOI_ASAN
+#define BYOI_ASAN 0
+#endif
+
 namespace byoi {
 namespace {
 
@@ -43,7 +55,7 @@ TEST(AlignedBuffer, TryUninitializedAnswersNothingWhenTheMemoryCannotBeHad) {
   std::optional<AlignedBuffer> fits = AlignedBuffer::TryUninitialized(1 << 20, 4096);
   ASSERT_TRUE(fits.has_value());
   EXPECT_EQ(fits->size(), size_t{1} << 20);
-#if defined(__SANITIZE_ADDRESS__)
+#if BYOI_ASAN
   GTEST_SKIP() << "AddressSanitizer reports an impossible allocation instead of failing it";
 #else
   // More than any address space: posix_memalign fails with ENOMEM.
