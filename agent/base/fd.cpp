@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <filesystem>
 
 namespace byoi {
@@ -63,6 +64,11 @@ Result<std::string> ReadSmallFile(const std::string& path, size_t limit) {
     out.append(buf, static_cast<size_t>(n));
   }
   return out;
+}
+
+std::string TempDir() {
+  const char* t = std::getenv("TMPDIR");
+  return t != nullptr && *t != '\0' ? t : "/tmp";
 }
 
 Status WriteFileAtomic(const std::string& path, std::string_view contents) {

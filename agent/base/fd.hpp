@@ -59,6 +59,9 @@ Result<uint64_t> FileSize(int fd, const std::string& what);
 // Whole small file (sysfs attributes, /proc files, config); refuses more than `limit` bytes.
 Result<std::string> ReadSmallFile(const std::string& path, size_t limit = 1 << 20);
 
+// Where scratch files go: $TMPDIR when it is set and not empty, else /tmp.
+std::string TempDir();
+
 // Writes `contents` to `path` atomically: temp file in the same directory, fsync, rename, fsync
 // dir.
 Status WriteFileAtomic(const std::string& path, std::string_view contents);

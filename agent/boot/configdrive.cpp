@@ -62,9 +62,7 @@ Status WriteWholeFile(const fs::path& path, std::string_view data) {
 }
 
 std::string TempParent(const ConfigDriveOptions& options) {
-  if (!options.tmp_dir.empty()) return options.tmp_dir;
-  const char* t = std::getenv("TMPDIR");
-  return t && *t ? t : "/tmp";
+  return options.tmp_dir.empty() ? TempDir() : options.tmp_dir;
 }
 
 // Copies the first `bytes` of `image` to `fd` at `offset`.

@@ -62,6 +62,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/base/fd.hpp"
 #include "agent/swarm/stream_window.hpp"
 #include "agent/swarm/web_seed.hpp"
 
@@ -206,9 +207,7 @@ int Fetch(const Args& args) {
 
   // The directory libtorrent believes it saves into, under $TMPDIR (else /tmp): one symlink,
   // `image`, to the memfd.
-  const char* tmp = std::getenv("TMPDIR");
-  std::string dir_template =
-      std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/byoi-swarm-XXXXXX";
+  std::string dir_template = byoi::TempDir() + "/byoi-swarm-XXXXXX";
   if (::mkdtemp(dir_template.data()) == nullptr) {
     Fail("failed", std::string("mkdtemp: ") + std::strerror(errno));
   }
