@@ -155,7 +155,9 @@ Status StreamWriter::Zero(uint64_t offset, uint64_t length) {
 }
 
 Status StreamWriter::ZeroBlocks(uint64_t begin, uint64_t end) {
-  if (begin != zero_end_ || zero_end_ == zero_begin_) {
+  // What is pending is queued unless this range continues it. An empty pending range [x, x) that
+  // this one "continues" from x is simply started by it.
+  if (begin != zero_end_) {
     BYOI_RETURN_IF_ERROR(DispatchZeros(/*rest=*/true));
     zero_begin_ = begin;
   }
@@ -172,7 +174,6 @@ Status StreamWriter::DispatchZeros(bool rest) {
     zero_begin_ += job.length;
     BYOI_RETURN_IF_ERROR(Enqueue(std::move(job)));
   }
-  if (zero_begin_ == zero_end_) zero_begin_ = zero_end_ = 0;
   return Status::Ok();
 }
 
@@ -206,7 +207,7 @@ Status StreamWriter::DispatchRun() {
   const uint64_t head_end = std::min(AlignUp(run_begin_, align_), run_end_);
   const uint64_t body_end = std::max(head_end, AlignDown(run_end_, align_));
   const uint8_t* body = base + (head_end - run_base_);
-  bool lent_buffer = false;  // the body is written from the chunk buffer, which comes back then
+  bool body_queued = false;  // the body is written from the chunk buffer, which comes back then
   Status s = AddPartial(run_begin_, base + (run_begin_ - run_base_), head_end - run_begin_);
   if (s.ok() && body_end > head_end) {
     if (IsAllZero(body, body_end - head_end)) {
@@ -217,14 +218,14 @@ Status StreamWriter::DispatchRun() {
       job.length = body_end - head_end;
       job.data = body;
       job.buffer = buffer;
-      lent_buffer = true;
+      body_queued = true;
       s = Enqueue(std::move(job));
     }
   }
   // Head, body, tail in order, so that zeros join. The tail is read after the body was queued:
   // only this thread takes chunk buffers, so a worker that gave it back cannot have it refilled.
   if (s.ok()) s = AddPartial(body_end, base + (body_end - run_base_), run_end_ - body_end);
-  if (!lent_buffer) {
+  if (!body_queued) {
     std::lock_guard lock(mu_);
     free_buffers_.push_back(buffer);
     done_cv_.notify_all();
