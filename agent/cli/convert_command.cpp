@@ -277,6 +277,7 @@ int ConvertStream(const ConvertArgs& args) {
   TargetSink sink(args.target);
   StreamImageOptions options;
   options.memory_budget = *budget;
+  if (!args.type.empty()) options.type = args.type;
   StreamImage image(sink, options, [&](const StreamHead& head) {
     BYOI_RETURN_IF_ERROR(CheckType(args.type, head));
     return sink.Open(head);
@@ -318,6 +319,7 @@ int ConvertCompressed(const ConvertArgs& args, const MappedFile& file) {
   std::signal(SIGTERM, OnSignal);
   StreamImageOptions options;
   options.memory_budget = *budget;
+  if (!args.type.empty()) options.type = args.type;
   auto decode = [&](StreamImage& image) -> Result<uint64_t> {
     FeedOptions feed;
     feed.source = args.source;

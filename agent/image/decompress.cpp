@@ -5,17 +5,29 @@
 #include <lzma.h>
 #include <zlib.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
+#include <algorithm>
 #include <vector>
+
+#include "agent/base/units.hpp"
 
 namespace byoi {
 namespace {
 
 // Decoded bytes are handed over in pieces of at most this size.
 constexpr size_t kOutBytes = 1 << 20;
-// xz's decoder refuses to allocate more (xz -9e needs 65 MiB; this leaves room for the block
-// headers of other encoders, and bounds what a crafted header can make it take).
-constexpr uint64_t kXzMemLimit = 256ull << 20;
+// zlib's inflate state with its 32 KiB window; libbz2's decoder for 900 KB blocks (bzip2 -9).
+constexpr uint64_t kGzipState = 44 << 10;
+constexpr uint64_t kBzip2State = 3'700'000;
+// zstd's decoder holds its block buffers beside the window.
+constexpr uint64_t kZstdOverhead = 256 << 10;
+
+Status NeedsMore(std::string_view format, uint64_t offset, uint64_t limit) {
+  return Status::Error(Code::kTooBig,
+                       fmt::format("{} stream at compressed byte {} needs more than {} to decode",
+                                   format, offset, HumanBytes(limit)));
+}
 
 Status Corrupt(std::string_view format, uint64_t offset, std::string_view why) {
   return Status::Error(Code::kInvalid,
@@ -77,6 +89,7 @@ class GzipDecoder : public StreamDecoder {
     if (!member_ended_) return Truncated("gzip", in_);
     return Status::Ok();
   }
+  uint64_t memory() const override { return kGzipState + out_buf_.size(); }
 
  private:
   Status Emit(const DecodedFn& out) {
@@ -94,12 +107,13 @@ class GzipDecoder : public StreamDecoder {
 
 class XzDecoder : public StreamDecoder {
  public:
-  XzDecoder() : out_buf_(kOutBytes) {}
+  explicit XzDecoder(uint64_t memory_limit)
+      : limit_(std::clamp<uint64_t>(memory_limit, 1, kXzMemoryCap)), out_buf_(kOutBytes) {}
   ~XzDecoder() override { lzma_end(&s_); }
 
   Status Init() {
     // LZMA_CONCATENATED: several .xz streams (and their padding) decode as one, like xzcat.
-    if (lzma_stream_decoder(&s_, kXzMemLimit, LZMA_CONCATENATED) != LZMA_OK) {
+    if (lzma_stream_decoder(&s_, limit_, LZMA_CONCATENATED) != LZMA_OK) {
       return Status::Error(Code::kInternal, "liblzma: cannot set up a decoder");
     }
     return Status::Ok();
@@ -121,6 +135,7 @@ class XzDecoder : public StreamDecoder {
     while (!ended_) BYOI_RETURN_IF_ERROR(Step(LZMA_FINISH, out));
     return Status::Ok();
   }
+  uint64_t memory() const override { return lzma_memusage(&s_) + out_buf_.size(); }
 
  private:
   Status Step(lzma_action action, const DecodedFn& out) {
@@ -145,8 +160,7 @@ class XzDecoder : public StreamDecoder {
         if (action == LZMA_FINISH) return Truncated("xz", in_);
         return Status::Ok();
       case LZMA_MEMLIMIT_ERROR:
-        return Corrupt("xz", in_,
-                       fmt::format("needs more than {} MiB to decode", kXzMemLimit >> 20));
+        return NeedsMore("xz", in_, limit_);
       case LZMA_FORMAT_ERROR:
         return Corrupt("xz", in_, "not an xz stream");
       case LZMA_OPTIONS_ERROR:
@@ -158,6 +172,7 @@ class XzDecoder : public StreamDecoder {
     }
   }
 
+  const uint64_t limit_;
   lzma_stream s_ = LZMA_STREAM_INIT;
   bool ended_ = false;
   std::vector<uint8_t> out_buf_;
@@ -165,15 +180,25 @@ class XzDecoder : public StreamDecoder {
 
 class ZstdDecoder : public StreamDecoder {
  public:
-  ZstdDecoder() : out_buf_(kOutBytes) {}
+  explicit ZstdDecoder(uint64_t memory_limit) : out_buf_(kOutBytes) {
+    // The largest window (a power of two) that fits the limit beside the block buffers.
+    const uint64_t room = memory_limit > kZstdOverhead ? memory_limit - kZstdOverhead : 0;
+    while ((2ull << window_log_) <= std::min(room, kZstdWindowCap)) {
+      ++window_log_;
+    }
+  }
   ~ZstdDecoder() override { ZSTD_freeDStream(d_); }
 
   Status Init() {
-    // The default window limit (128 MiB, what `zstd -d` accepts without --memory) applies.
     d_ = ZSTD_createDStream();
-    if (d_ == nullptr) return Status::Error(Code::kInternal, "libzstd: cannot set up a decoder");
+    if (d_ == nullptr ||
+        ZSTD_isError(ZSTD_DCtx_setParameter(d_, ZSTD_d_windowLogMax, window_log_))) {
+      return Status::Error(Code::kInternal, "libzstd: cannot set up a decoder");
+    }
     return Status::Ok();
   }
+
+  uint64_t memory() const override { return ZSTD_sizeof_DStream(d_) + out_buf_.size(); }
 
   Status Feed(std::span<const uint8_t> in, const DecodedFn& out) override {
     ZSTD_inBuffer input{in.data(), in.size(), 0};
@@ -183,6 +208,9 @@ class ZstdDecoder : public StreamDecoder {
       const size_t before = input.pos;
       size_t rc = ZSTD_decompressStream(d_, &output, &input);
       in_ += input.pos - before;
+      if (ZSTD_getErrorCode(rc) == ZSTD_error_frameParameter_windowTooLarge) {
+        return NeedsMore("zstd", in_, (1ull << window_log_) + kZstdOverhead);
+      }
       if (ZSTD_isError(rc)) return Corrupt("zstd", in_, ZSTD_getErrorName(rc));
       // A call that took nothing and gave nothing says nothing of the frame: after a frame ended
       // on a full output buffer, the next call finds no input and asks for the next header.
@@ -202,6 +230,7 @@ class ZstdDecoder : public StreamDecoder {
   }
 
  private:
+  int window_log_ = 10;  // ZSTD_WINDOWLOG_ABSOLUTEMIN
   ZSTD_DStream* d_ = nullptr;
   bool frame_open_ = false;
   std::vector<uint8_t> out_buf_;
@@ -266,6 +295,7 @@ class Bzip2Decoder : public StreamDecoder {
     if (!stream_ended_) return Truncated("bzip2", in_);
     return Status::Ok();
   }
+  uint64_t memory() const override { return kBzip2State + out_buf_.size(); }
 
  private:
   bz_stream s_{};
@@ -274,9 +304,9 @@ class Bzip2Decoder : public StreamDecoder {
   std::vector<uint8_t> out_buf_;
 };
 
-template <typename D>
-Result<std::unique_ptr<StreamDecoder>> Make() {
-  auto d = std::make_unique<D>();
+template <typename D, typename... Args>
+Result<std::unique_ptr<StreamDecoder>> Make(Args... args) {
+  auto d = std::make_unique<D>(args...);
   BYOI_RETURN_IF_ERROR(d->Init());
   return std::unique_ptr<StreamDecoder>(std::move(d));
 }
@@ -312,14 +342,14 @@ Compressor DetectCompressor(std::span<const uint8_t> b) {
   return Compressor::kNone;
 }
 
-Result<std::unique_ptr<StreamDecoder>> StreamDecoder::Create(Compressor c) {
+Result<std::unique_ptr<StreamDecoder>> StreamDecoder::Create(Compressor c, uint64_t memory_limit) {
   switch (c) {
     case Compressor::kGzip:
       return Make<GzipDecoder>();
     case Compressor::kXz:
-      return Make<XzDecoder>();
+      return Make<XzDecoder>(memory_limit);
     case Compressor::kZstd:
-      return Make<ZstdDecoder>();
+      return Make<ZstdDecoder>(memory_limit);
     case Compressor::kBzip2:
       return Make<Bzip2Decoder>();
     case Compressor::kNone:
@@ -346,7 +376,7 @@ std::optional<uint64_t> RecordedDecodedSize(Compressor c, std::span<const uint8_
   // liblzma walks the streams from the end of the file, asking for the positions it needs.
   lzma_stream strm = LZMA_STREAM_INIT;
   lzma_index* index = nullptr;
-  if (lzma_file_info_decoder(&strm, &index, kXzMemLimit, file.size()) != LZMA_OK) {
+  if (lzma_file_info_decoder(&strm, &index, kXzMemoryCap, file.size()) != LZMA_OK) {
     return std::nullopt;
   }
   std::optional<uint64_t> size;

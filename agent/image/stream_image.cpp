@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "agent/base/messages.hpp"
 #include "agent/image/open_image.hpp"
 #include "agent/image/ova_stream.hpp"
 #include "agent/image/qcow2_stream.hpp"
@@ -61,11 +62,20 @@ Status StreamImage::Container(std::span<const uint8_t> bytes) {
     container_known_ = true;
     head_.container = DetectCompressor(bytes);
     if (head_.container != Compressor::kNone) {
-      BYOI_ASSIGN_OR_RETURN(decoder_, StreamDecoder::Create(head_.container));
+      BYOI_ASSIGN_OR_RETURN(decoder_,
+                            StreamDecoder::Create(head_.container, options_.memory_budget));
     }
   }
   if (!decoder_) return Content(bytes);
-  return decoder_->Feed(bytes, [this](std::span<const uint8_t> out) { return Content(out); });
+  Status s = decoder_->Feed(bytes, [this](std::span<const uint8_t> out) { return Content(out); });
+  if (s.code() == Code::kTooBig) s.DefaultMessage(msg::TooBigForMemory(options_.type));
+  return s;
+}
+
+uint64_t StreamImage::ReaderBudget() const {
+  // The decoder's state is set by the stream's header, read before the first decoded byte.
+  const uint64_t decoder = decoder_ ? decoder_->memory() : 0;
+  return options_.memory_budget - std::min(options_.memory_budget, decoder);
 }
 
 Status StreamImage::Content(std::span<const uint8_t> bytes) {
@@ -89,7 +99,7 @@ Status StreamImage::Identify() {
   // By its magic, as OpenImage does: a version the reader refuses is refused with its reason.
   if (HasQcow2Magic(first)) {
     Qcow2StreamOptions q;
-    q.memory_budget = options_.memory_budget;
+    q.memory_budget = ReaderBudget();
     q.threads = options_.threads;
     qcow2_ = std::make_unique<Qcow2StreamReader>(sink_, q, [this](const Qcow2Info& info) {
       head_.qcow2 = info;
@@ -109,12 +119,11 @@ Status StreamImage::Identify() {
     const std::optional<uint64_t> total = decoder_ ? std::nullopt : total_;
     if (reader == ImageFormat::kOva) {
       ova_ = std::make_unique<OvaStreamReader>(
-          sink_, OvaStreamOptions{.memory_budget = options_.memory_budget}, on_disk);
+          sink_, OvaStreamOptions{.memory_budget = ReaderBudget()}, on_disk);
       BYOI_RETURN_IF_ERROR(ova_->Start(total));
     } else {
       vmdk_ = std::make_unique<VmdkStreamReader>(
-          sink_, VmdkStreamOptions{.memory_budget = options_.memory_budget, .type = "vmdk"},
-          on_disk);
+          sink_, VmdkStreamOptions{.memory_budget = ReaderBudget(), .type = "vmdk"}, on_disk);
       BYOI_RETURN_IF_ERROR(vmdk_->Start(total));
     }
   } else {

@@ -18,10 +18,11 @@
 //      disk, a backing file, encryption... while the disk is still untouched. An error from it
 //      stops the reader and is returned as is.
 //
-// Memory: the held head (68 KiB), the decoder's window (at most 64 MiB for xz -9e, see
-// decompress.hpp) and, for qcow2, what the qcow2 stream reader holds, bounded by
-// StreamImageOptions::memory_budget (kTooBig with msg::TooBigForMemory("qcow2") past it). The
-// sink's own buffers are the sink's.
+// Memory: the held head (68 KiB), and within StreamImageOptions::memory_budget the decoder's
+// state (decompress.hpp: an xz or zstd stream that asks for more is refused, kTooBig with
+// msg::TooBigForMemory(type)) and what the qcow2, OVA or VMDK stream reader holds, which may use
+// what the decoder left (kTooBig with msg::TooBigForMemory past it). The sink's own buffers are
+// the sink's.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +30,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "agent/base/byte_sink.hpp"
@@ -60,8 +62,10 @@ struct StreamHead {
 };
 
 struct StreamImageOptions {
-  // What the qcow2 stream reader may hold (qcow2_stream.hpp). Default 256 MiB.
+  // What the decoder and the qcow2, OVA or VMDK stream reader may hold together. Default 256 MiB.
   uint64_t memory_budget = 256ull << 20;
+  // The declared type's name, for the catalogue's too-big sentence.
+  std::string type = "raw";
   // Threads inflating compressed qcow2 clusters; 0: one per core.
   unsigned threads = 0;
 };
@@ -102,6 +106,8 @@ class StreamImage : public ByteSink {
   Status Container(std::span<const uint8_t> bytes);  // file bytes once the container is known
   Status Content(std::span<const uint8_t> bytes);    // decoded bytes, in order
   Status Identify();
+  // What the qcow2, OVA or VMDK reader may hold: the budget less the decoder's memory.
+  uint64_t ReaderBudget() const;
   Status Forward(std::span<const uint8_t> bytes);
   Status CallHead();
 

@@ -466,6 +466,7 @@ Status StreamToDisk(const Manifest& manifest, const JobOptions& job, const Targe
   };
   StreamImageOptions reader_options;
   reader_options.memory_budget = mem.reader;
+  reader_options.type = TypeName(manifest);
   StreamImage image(sink, reader_options, on_head);
 
   FetchRequest req;
@@ -671,6 +672,7 @@ Status WriteCompressedFromRam(const Manifest& manifest, const JobOptions& job,
   const StreamMemory mem = PlanStreamMemory(left, opts.connections);
   StreamImageOptions reader_options;
   reader_options.memory_budget = mem.reader;
+  reader_options.type = TypeName(manifest);
 
   // The decode pass keeps the first sectors of the disk: its partition table.
   struct HeadSink : VirtualDiskSink {

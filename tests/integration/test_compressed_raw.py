@@ -140,6 +140,42 @@ class CompressedRaw(unittest.TestCase):
                         image, mode, f"{tool} stream ends early, after {size} compressed bytes")
                     self.assertTrue(err.startswith(CANT_WRITE_RAW), err)
 
+    def test_a_stream_that_needs_more_memory_than_the_budget(self):
+        # xz -7 needs 17 MiB to decode (its 16 MiB dictionary); zstd --long=24 from a pipe (its
+        # size unknown) asks for a 16 MiB window. Under an 8 MiB budget (which holds the small
+        # compressed file in ram mode) both are refused when their header passes, in both modes,
+        # the target untouched; under 64 MiB they convert.
+        data = read(self.raw)
+        images = {
+            "xz": subprocess.run(["xz", "-T1", "-7", "-c"], input=data, capture_output=True,
+                                 check=True).stdout,
+            "zstd": subprocess.run(["zstd", "-q", "--long=24", "-c"], input=data,
+                                   capture_output=True, check=True).stdout,
+        }
+        expected = self.path("padded.raw")
+        with open(expected, "wb") as f:
+            f.write(data + bytes(-len(data) % 512))
+        for tool, compressed in images.items():
+            image = self.path(f"big-window.raw.{EXTENSION[tool]}")
+            with open(image, "wb") as f:
+                f.write(compressed)
+            for mode in ("ram", "stream"):
+                with self.subTest(tool=tool, mode=mode):
+                    out = self.path("keep.raw")
+                    random_file(out, MIB, "keep")
+                    digest = sha256(out)
+                    r = convert(image, out, "--memory-limit", "8M", mode=mode)
+                    self.assertEqual(r.returncode, 1, r.stderr)
+                    self.assertTrue(r.stderr.startswith(
+                        "Could not download, raw image is too big to download in memory."),
+                        r.stderr)
+                    self.assertIn(f"{tool} stream at compressed byte", r.stderr)
+                    self.assertEqual(sha256(out), digest, "the target was touched")
+                    out = self.path("fits.raw")
+                    r = convert(image, out, "--memory-limit", "64M", mode=mode)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    self.assertEqual(sha256(out), sha256(expected))
+
     def test_corrupt_data_in_ram_mode_never_reaches_the_disk(self):
         image = compress("gzip", self.raw, self.path("c.raw.gz"))
         data = bytearray(read(image))

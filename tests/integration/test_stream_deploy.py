@@ -333,23 +333,36 @@ class StreamDeployTest(unittest.TestCase):
     # --- failures the first bytes show: the disk untouched ---------------------------------------
 
     def test_failures_before_the_first_write_leave_the_disk_untouched(self):
+        # `xz -6` needs 9 MiB to decode: more than the image reader's share of a 16 MiB budget in
+        # stream mode, and than what the image leaves of a budget 8 MiB larger than it in ram
+        # mode (its decode pass runs before the first write).
+        xz = len(self.images["raw.xz"][0])
+        too_big_raw = "Could not download, raw image is too big to download in memory."
         cases = [
-            ("larger than the disk", self.manifest("big.qcow2"),
+            ("larger than the disk", self.manifest("big.qcow2"), (),
              lambda dev: "image provided has a size of %d bytes which is larger than %s of %d "
              "bytes" % (2 * DISK_BYTES, dev, DISK_BYTES)),
-            ("declared qcow2, is raw", self.manifest("raw", type_="qcow2"),
+            ("declared qcow2, is raw", self.manifest("raw", type_="qcow2"), (),
              lambda dev: "image provided format is raw which does not match expected qcow2 "
              "format"),
-            ("an OVA whose disk is monolithicSparse", self.manifest("sparse.ova"),
+            ("an OVA whose disk is monolithicSparse", self.manifest("sparse.ova"), (),
              lambda dev: "Can't write ova on disk."),
+            ("an xz stream that needs more than the budget", self.manifest("raw.xz"),
+             ("--memory-limit", "16M"), lambda dev: too_big_raw),
+            ("the same in ram mode", self.manifest("raw.xz"),
+             ("--memory-limit", str(xz + 8 * MIB), "--write-mode", "ram"),
+             lambda dev: too_big_raw),
         ]
         for ss in SECTOR_SIZES:
-            for what, manifest, message in cases:
+            for what, manifest, extra, message in cases:
                 with self.subTest(sector_size=ss, case=what):
                     dev, before = self.fresh_disk(ss, name="untouched")
-                    self.assertFailed(self.deploy(manifest, dev, "--write-mode", "stream"),
-                                      message(dev))
+                    mode = () if "--write-mode" in extra else ("--write-mode", "stream")
+                    status = self.assertFailed(self.deploy(manifest, dev, *mode, *extra),
+                                               message(dev))
                     self.assertTrue(read(dev) == before, "the disk was touched")
+                    if manifest["URL"].endswith(".xz"):
+                        self.assertIn("xz stream at compressed byte", status["detail"])
 
     # --- memory ----------------------------------------------------------------------------------
 

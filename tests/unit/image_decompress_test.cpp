@@ -47,15 +47,17 @@ Bytes Gzip(const Bytes& in) {
   return out;
 }
 
-Bytes Xz(const Bytes& in) {
+Bytes XzPreset(const Bytes& in, uint32_t preset) {
   Bytes out(lzma_stream_buffer_bound(in.size()));
   size_t pos = 0;
-  EXPECT_EQ(lzma_easy_buffer_encode(6, LZMA_CHECK_CRC64, nullptr, in.data(), in.size(), out.data(),
-                                    &pos, out.size()),
+  EXPECT_EQ(lzma_easy_buffer_encode(preset, LZMA_CHECK_CRC64, nullptr, in.data(), in.size(),
+                                    out.data(), &pos, out.size()),
             LZMA_OK);
   out.resize(pos);
   return out;
 }
+
+Bytes Xz(const Bytes& in) { return XzPreset(in, 6); }
 
 // With a content checksum, as the zstd tool writes by default.
 Bytes Zstd(const Bytes& in) {
@@ -91,8 +93,9 @@ const Format kFormats[] = {{Compressor::kGzip, Gzip},
 
 // Feeds `in` in pieces of `piece` bytes, or of random sizes (1 byte to 64 KiB) when 0, and returns
 // the decoded bytes, or the first error.
-Result<Bytes> Decode(Compressor c, const Bytes& in, uint32_t seed = 7, size_t piece = 0) {
-  BYOI_ASSIGN_OR_RETURN(std::unique_ptr<StreamDecoder> d, StreamDecoder::Create(c));
+Result<Bytes> Decode(Compressor c, const Bytes& in, uint32_t seed = 7, size_t piece = 0,
+                     uint64_t memory_limit = 256ull << 20) {
+  BYOI_ASSIGN_OR_RETURN(std::unique_ptr<StreamDecoder> d, StreamDecoder::Create(c, memory_limit));
   Bytes out;
   DecodedFn sink = [&](std::span<const uint8_t> b) {
     out.insert(out.end(), b.begin(), b.end());
@@ -210,7 +213,7 @@ TEST(StreamDecoderTest, BytesAfterTheLastStreamAreRefused) {
 TEST(StreamDecoderTest, TheReceiversErrorStopsDecoding) {
   const Bytes data = Sample(1200000, 9);
   for (const Format& f : kFormats) {
-    auto d = StreamDecoder::Create(f.c);
+    auto d = StreamDecoder::Create(f.c, 256ull << 20);
     ASSERT_TRUE(d.ok());
     Bytes in = f.compress(data);
     int calls = 0;
@@ -221,6 +224,63 @@ TEST(StreamDecoderTest, TheReceiversErrorStopsDecoding) {
     EXPECT_EQ(s.code(), Code::kTooBig) << CompressorName(f.c);
     EXPECT_EQ(s.detail(), "disk full");
     EXPECT_EQ(calls, 1);
+  }
+}
+
+// An xz stream with a 16 MiB dictionary (preset 7), and a zstd frame whose header asks for a
+// 16 MiB window (streamed: its size unknown when the header was written, as from a pipe).
+Bytes Xz16(const Bytes& in) { return XzPreset(in, 7); }
+
+Bytes Zstd16(const Bytes& in) {
+  Bytes out(ZSTD_compressBound(in.size()) + 1024);
+  ZSTD_CCtx* c = ZSTD_createCCtx();
+  ZSTD_CCtx_setParameter(c, ZSTD_c_windowLog, 24);
+  ZSTD_inBuffer input{in.data(), in.size(), 0};
+  ZSTD_outBuffer output{out.data(), out.size(), 0};
+  while (input.pos < input.size) {
+    EXPECT_FALSE(ZSTD_isError(ZSTD_compressStream2(c, &output, &input, ZSTD_e_continue)));
+  }
+  size_t left = 1;
+  while (left != 0 && !ZSTD_isError(left))
+    left = ZSTD_compressStream2(c, &output, &input, ZSTD_e_end);
+  EXPECT_EQ(left, 0u);
+  ZSTD_freeCCtx(c);
+  out.resize(output.pos);
+  return out;
+}
+
+// The stream's header sets what the decoder needs: refused (kTooBig, before any output) when it
+// passes the caller's limit, decoded when it fits, and the decoder's memory says what it took.
+TEST(StreamDecoderTest, AStreamThatNeedsMoreMemoryThanTheLimitIsRefused) {
+  const Bytes data = Sample(300000, 10);
+  const Format big[] = {{Compressor::kXz, Xz16}, {Compressor::kZstd, Zstd16}};
+  for (const Format& f : big) {
+    SCOPED_TRACE(CompressorName(f.c));
+    const Bytes in = f.compress(data);
+    Result<Bytes> refused = Decode(f.c, in, 7, 0, 8ull << 20);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.status().code(), Code::kTooBig);
+    EXPECT_NE(refused.status().detail().find("needs more than"), std::string::npos)
+        << refused.status().detail();
+
+    auto d = StreamDecoder::Create(f.c, 32ull << 20);
+    ASSERT_TRUE(d.ok());
+    Bytes out;
+    ASSERT_TRUE((*d)->Feed(in,
+                           [&](std::span<const uint8_t> b) {
+                             out.insert(out.end(), b.begin(), b.end());
+                             return Status::Ok();
+                           })
+                    .ok());
+    EXPECT_GE((*d)->memory(), 16ull << 20);
+    EXPECT_LE((*d)->memory(), 32ull << 20);
+    ASSERT_TRUE((*d)->Finish([](std::span<const uint8_t>) { return Status::Ok(); }).ok());
+    EXPECT_TRUE(out == data);
+  }
+  // gzip's and bzip2's state is small and fixed: never refused.
+  for (const Format& f : {kFormats[0], kFormats[3]}) {
+    Result<Bytes> out = Decode(f.c, f.compress(data), 7, 0, 1);
+    ASSERT_TRUE(out.ok()) << CompressorName(f.c) << ": " << out.status().ToString();
   }
 }
 
