@@ -20,6 +20,9 @@ struct DeployArgs {
   bool dry_run = false;     // stop after verify; touch no disk
   std::string status_file;  // keep the status JSON here while running
   bool json = false;        // print the final status as JSON on stdout
+  // --config FILE: the job options of a daemon's config file (disk_groups, proxy, ...) under the
+  // command line's; none when empty.
+  std::string config;
   // The job options given on the command line, by key (agent/cli/options.hpp), unchecked.
   std::map<std::string, std::string> options;
 };

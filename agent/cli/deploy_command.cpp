@@ -124,11 +124,13 @@ int Finish(const StatusBoard& board, const DeployArgs& args, Reporter& reporter)
 
 int RunDeploy(const DeployArgs& args) {
   (void)SetupLogging("info");
-  // The job options from the command line only: deploy reads no config file and no kernel
-  // command line (they configure the daemon of a rescue system).
+  // The job options from the command line, and from a config file only when named: the default
+  // one and the kernel command line configure the daemon of a rescue system (its reboot, say),
+  // while an operator who names the file wants its disk groups and proxy, as the daemon has them.
   ConfigSources sources;
   sources.flags = args.options;
-  sources.read_config_file = false;
+  sources.config_file = args.config;
+  sources.read_config_file = !args.config.empty();
   sources.kernel_cmdline.clear();
   Result<DaemonConfig> options = LoadOptions(sources);
   if (!options.ok()) {

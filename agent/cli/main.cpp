@@ -66,6 +66,8 @@ int main(int argc, char** argv) {
                        "Stop after download and verify; touch no disk");
   deploy_cmd->add_option("--status-file", deploy.status_file, "Keep the status JSON in this file");
   deploy_cmd->add_flag("--json", deploy.json, "Print the final status as JSON");
+  deploy_cmd->add_option("--config", deploy.config,
+                         "Take the job options (disk groups, proxy...) of this config file");
   AddOptionFlags(deploy_cmd, {byoi::OptionSpec::Scope::kJob}, deploy.options);
 
   byoi::DaemonArgs daemon;

@@ -204,6 +204,34 @@ class ProxyTest(unittest.TestCase):
             self.assertNotIn(PASSWORD, text)
             self.assertNotIn(f"{USER}:", text)
 
+    def test_deploy_takes_the_job_options_of_a_config_file_it_is_given(self):
+        # An operator's `deploy --config FILE` downloads as the daemon would: through the config
+        # file's proxy (its daemon-only keys checked and unused); a flag wins over the file.
+        conf = os.path.join(self.workdir, "deploy.conf")
+        dead = f"http://127.0.0.1:{free_port()}"
+        for name, proxy, extra in (("conf-proxy", self.auth_cache.url(f"{USER}:{PASSWORD}@"), ()),
+                                   ("conf-flag-wins", dead, ("--proxy", self.cache.url()))):
+            with self.subTest(name):
+                with open(conf, "w") as f:
+                    f.write(f"listen = 127.0.0.1:1\nproxy = {proxy}\n")
+                url = self.image(name + ".raw")
+                runs, _ = run_agents(self.workdir, manifest(url, self.small_sha), 1,
+                                     "--config", conf, *extra)
+                self.assertAllVerified(runs, self.small_sha)
+                self.assertNoSecret(runs)
+                cache = self.auth_cache if name == "conf-proxy" else self.cache
+                self.assertTrue(any(f"/{name}.raw" in r[1] for r in cache.requests()))
+        # A file named must exist, and its values are checked.
+        runs, _ = run_agents(self.workdir, manifest(url, self.small_sha), 1, "--config",
+                             conf + ".missing")
+        self.assertEqual(runs[0].returncode, 2, runs[0].stderr)
+        self.assertIn(f"opening {conf}.missing: No such file or directory", runs[0].stderr)
+        with open(conf, "w") as f:
+            f.write("memory_limit = lots\n")
+        runs, _ = run_agents(self.workdir, manifest(url, self.small_sha), 1, "--config", conf)
+        self.assertEqual(runs[0].returncode, 2, runs[0].stderr)
+        self.assertIn(f"memory_limit (from {conf}): not a size", runs[0].stderr)
+
     # --- the environment ------------------------------------------------------------------------
 
     def test_the_environment_decides_when_the_option_is_not_given(self):
