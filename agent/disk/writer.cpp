@@ -8,9 +8,11 @@
 #include <condition_variable>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "agent/base/aligned_buffer.hpp"
@@ -26,6 +28,9 @@ constexpr uint64_t kMiB = 1ull << 20;
 // Zeroing requests are capped so a cancellation is seen within a fraction of a second even on a
 // device that zeroes by writing.
 constexpr uint64_t kMaxZeroOp = 256 * kMiB;
+// Runs of zero chunks found in the image's bytes that wait for their neighbours: the workers find
+// them out of order, a few chunks apart.
+constexpr size_t kPendingZeroRuns = 16;
 constexpr uint64_t kSourceAlignment = 4096;
 
 struct Op {
@@ -116,6 +121,12 @@ class Writer {
   };
 
   Status RunOp(const Op& op, Worker& w);
+  Status Zero(const Op& op);
+  // A chunk whose bytes are all zeros joins the pending runs next to it; a run that reached
+  // kMaxZeroOp, or the first one when too many wait, is zeroed now.
+  Status JoinZeros(const Op& op);
+  // Zeroes what still waits (once no worker runs).
+  Status ZeroPending();
   void WorkerLoop(Worker& w);
   Status WriteTail(uint64_t offset);
   void SetError(Status s);
@@ -130,6 +141,9 @@ class Writer {
   std::atomic<uint64_t> done_{0};
   std::atomic<uint64_t> written_{0};
   std::atomic<uint64_t> zeroed_{0};
+  std::atomic<uint64_t> zero_requests_{0};
+  std::mutex zeros_mu_;
+  std::map<uint64_t, uint64_t> zero_runs_;  // pending: begin -> end
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::condition_variable cv_;
@@ -144,13 +158,55 @@ void Writer::SetError(Status s) {
   cv_.notify_all();
 }
 
-Status Writer::RunOp(const Op& op, Worker& w) {
-  if (op.zero) {
-    BYOI_RETURN_IF_ERROR(target_.ZeroRange(op.offset, op.length)
-                             .Context(fmt::format("zeroing {:#x}+{:#x}", op.offset, op.length)));
-    zeroed_ += op.length;
-    return Status::Ok();
+// Zeroed by the device (write-zeroes, discard with zeroing) instead of moving the bytes.
+Status Writer::Zero(const Op& op) {
+  for (uint64_t pos = op.offset, end = op.offset + op.length; pos < end;) {
+    const uint64_t n = std::min(kMaxZeroOp, end - pos);
+    BYOI_RETURN_IF_ERROR(cancel_.Check());
+    BYOI_RETURN_IF_ERROR(
+        target_.ZeroRange(pos, n).Context(fmt::format("zeroing {:#x}+{:#x}", pos, n)));
+    zeroed_ += n;
+    ++zero_requests_;
+    pos += n;
   }
+  return Status::Ok();
+}
+
+Status Writer::JoinZeros(const Op& op) {
+  Op now{true, 0, 0};
+  {
+    std::lock_guard lock(zeros_mu_);
+    uint64_t begin = op.offset, end = op.offset + op.length;
+    if (auto after = zero_runs_.find(end); after != zero_runs_.end()) {
+      end = after->second;
+      zero_runs_.erase(after);
+    }
+    if (auto it = zero_runs_.lower_bound(begin); it != zero_runs_.begin()) {
+      if (auto before = std::prev(it); before->second == begin) {
+        begin = before->first;
+        zero_runs_.erase(before);
+      }
+    }
+    zero_runs_[begin] = end;
+    auto ready = end - begin >= kMaxZeroOp              ? zero_runs_.find(begin)
+                 : zero_runs_.size() > kPendingZeroRuns ? zero_runs_.begin()
+                                                        : zero_runs_.end();
+    if (ready != zero_runs_.end()) {
+      now = {true, ready->first, ready->second - ready->first};
+      zero_runs_.erase(ready);
+    }
+  }
+  return now.length == 0 ? Status::Ok() : Zero(now);
+}
+
+Status Writer::ZeroPending() {
+  std::map<uint64_t, uint64_t> runs = std::exchange(zero_runs_, {});
+  for (const auto& [begin, end] : runs) BYOI_RETURN_IF_ERROR(Zero({true, begin, end - begin}));
+  return Status::Ok();
+}
+
+Status Writer::RunOp(const Op& op, Worker& w) {
+  if (op.zero) return JoinZeros(op);
   // One run of image bytes, suitably aligned: write it from the image buffer itself.
   const uint8_t* src = nullptr;
   BYOI_RETURN_IF_ERROR(VisitWhile(layout_, op.offset, op.length, [&](const Extent& e) {
@@ -164,14 +220,8 @@ Status Writer::RunOp(const Op& op, Worker& w) {
     BYOI_RETURN_IF_ERROR(w.reader.Read(op.offset, {w.Buffer(), op.length}));
     src = w.buffer.data();
   }
-  if (IsAllZero(src, op.length)) {
-    // Raw images and fully allocated qcow2 clusters carry long runs of zeros: let the device
-    // zero them (write-zeroes, discard with zeroing) instead of moving the bytes.
-    BYOI_RETURN_IF_ERROR(target_.ZeroRange(op.offset, op.length)
-                             .Context(fmt::format("zeroing {:#x}+{:#x}", op.offset, op.length)));
-    zeroed_ += op.length;
-    return Status::Ok();
-  }
+  // Raw images and fully allocated qcow2 clusters carry long runs of zeros.
+  if (IsAllZero(src, op.length)) return JoinZeros(op);
   BYOI_RETURN_IF_ERROR(PwriteAll(target_.fd(), {src, op.length}, op.offset));
   written_ += op.length;
   return Status::Ok();
@@ -271,8 +321,8 @@ Result<WriteStats> Writer::Run(const ProgressFn& progress) {
   if (!error_.ok()) return Fail(std::move(error_));
 
   // Everything but the first MiB is written; make it durable before the first MiB goes down.
-  Status s = Status::Ok();
-  if (aligned_end >= kMiB) s = WriteTail(aligned_end);
+  Status s = ZeroPending();
+  if (s.ok() && aligned_end >= kMiB) s = WriteTail(aligned_end);
   if (s.ok()) s = target_.Sync();
   Planner head(layout_, 0, head_end, chunk);
   while (s.ok()) {
@@ -284,6 +334,7 @@ Result<WriteStats> Writer::Run(const ProgressFn& progress) {
     if (s.ok()) s = RunOp(op, *workers.front());
     if (s.ok()) done_ += op.length;
   }
+  if (s.ok()) s = ZeroPending();
   if (s.ok() && aligned_end < kMiB) s = WriteTail(aligned_end);
   if (s.ok()) s = target_.Sync();
   if (!s.ok()) return Fail(std::move(s));
@@ -292,6 +343,7 @@ Result<WriteStats> Writer::Run(const ProgressFn& progress) {
   WriteStats stats;
   stats.bytes_written = written_.load();
   stats.bytes_zeroed = zeroed_.load();
+  stats.zero_requests = zero_requests_.load();
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return stats;
 }

@@ -6,9 +6,10 @@
 // so several O_DIRECT writes are in flight and compressed clusters are inflated on all cores. A
 // chunk asks the layout for its extents when a worker takes it: nothing is planned ahead, so the
 // writer's memory is one chunk buffer per worker whatever the disk's size.
-// Chunks of pure zeros are merged and zeroed by the device (BLKZEROOUT) or file system
-// (fallocate), falling back to writing zeros: stale bytes never survive. So is a data chunk whose
-// bytes are all zero (raw images, preallocated qcow2 clusters), found with one memcmp pass. A chunk
+// Chunks of zeros, whether the layout says so or their bytes are all zero (raw images,
+// preallocated qcow2 clusters: one memcmp pass by the worker that takes the chunk), join those
+// next to them into requests of up to 256 MiB that the device (BLKZEROOUT) or file system
+// (fallocate) zeroes, falling back to writing zeros: stale bytes never survive. A chunk
 // that is one run of image bytes, page-aligned in the buffer, is written straight from the image
 // (no copy).
 //
@@ -42,6 +43,7 @@ struct WriteOptions {
 struct WriteStats {
   uint64_t bytes_written = 0;  // written from image bytes or inflated clusters
   uint64_t bytes_zeroed = 0;   // zeroed by BLKZEROOUT/fallocate (or their fallback)
+  uint64_t zero_requests = 0;  // the zeroing requests that did it
   double seconds = 0;
 };
 

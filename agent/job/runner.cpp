@@ -323,8 +323,9 @@ Status Write(const Manifest& manifest, const JobOptions& job, const OpenedImage&
   };
   BYOI_ASSIGN_OR_RETURN(WriteStats stats,
                         WriteImage(image.layout, out, write_options, progress, cancel));
-  spdlog::info("write: {} written, {} zeroed in {:.1f} s{}", HumanBytes(stats.bytes_written),
-               HumanBytes(stats.bytes_zeroed), stats.seconds, out.direct() ? " (O_DIRECT)" : "");
+  spdlog::info("write: {} written, {} zeroed in {} requests, in {:.1f} s{}",
+               HumanBytes(stats.bytes_written), HumanBytes(stats.bytes_zeroed), stats.zero_requests,
+               stats.seconds, out.direct() ? " (O_DIRECT)" : "");
   if (manifest.verify_written.value_or(job.verify_written)) {
     BYOI_RETURN_IF_ERROR(VerifyImageWritten(image.layout, out, write_options, progress, cancel));
     spdlog::info("write: read back and compared, {}", HumanBytes(image.layout.virtual_size()));

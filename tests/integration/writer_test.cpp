@@ -69,8 +69,11 @@ struct TestImage {
   ImageLayout layout;  // made of `extents` by Finish()
   std::vector<uint8_t> expected;
 
-  void Data(uint64_t length, uint32_t seed) {
-    storage.push_back(testing::RandomBytes(length, seed));
+  void Data(uint64_t length, uint32_t seed) { Bytes(testing::RandomBytes(length, seed)); }
+  // A data extent of these bytes (zeros, say: an image's bytes that happen to be zero).
+  void Bytes(std::vector<uint8_t> bytes) {
+    const uint64_t length = bytes.size();
+    storage.push_back(std::move(bytes));
     Extent e;
     e.kind = Extent::Kind::kData;
     e.offset = expected.size();
@@ -180,6 +183,38 @@ TEST_P(WriterOnLoop, DataChunksOfZerosAreZeroedByTheDeviceAndReadBackAsZeros) {
   EXPECT_EQ(stats->bytes_zeroed, 4 * kMiB);
   EXPECT_EQ(stats->bytes_written, 8 * kMiB);
   EXPECT_TRUE(disk.Read(0, raw.size()) == raw);
+}
+
+// Zero chunks that follow each other are one zeroing request, whether the layout says zeros or
+// its bytes are zeros: 4 MiB chunks from 1 MiB, [1,9) zeros, [9,17) bytes of zeros, [17,21) data,
+// then [21,29) bytes of zeros: two requests, where every zero chunk was one of its own; and so for
+// the same bytes as a raw image.
+TEST_P(WriterOnLoop, ChunksOfZerosThatFollowEachOtherAreOneZeroingRequest) {
+  Disk disk(32 * kMiB, GetParam());
+  TestImage img;
+  img.Data(kMiB, 1);
+  img.Zero(8 * kMiB);
+  img.Bytes(std::vector<uint8_t>(8 * kMiB, 0));
+  img.Data(4 * kMiB, 2);
+  img.Bytes(std::vector<uint8_t>(8 * kMiB, 0));
+  img.Finish();
+  auto target = OpenTarget(disk.path());
+  ASSERT_TRUE(target.ok()) << target.status().ToString();
+  CancelToken cancel;
+  auto stats = WriteImage(img.layout, *target, WriteOptions{}, {}, cancel);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->zero_requests, 2u);
+  EXPECT_EQ(stats->bytes_zeroed, 24 * kMiB);
+  EXPECT_EQ(stats->bytes_written, 5 * kMiB);
+  EXPECT_TRUE(disk.Read(0, img.expected.size()) == img.expected);
+
+  // The same bytes as one raw image (one data extent): the same two requests.
+  ImageLayout raw = RawLayout(img.expected);
+  stats = WriteImage(raw, *target, WriteOptions{}, {}, cancel);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->zero_requests, 2u);
+  EXPECT_EQ(stats->bytes_zeroed, 24 * kMiB);
+  EXPECT_TRUE(disk.Read(0, img.expected.size()) == img.expected);
 }
 
 TEST_P(WriterOnLoop, AWriteThatFailsMidwayLeavesTheFirstMiBUnwritten) {
