@@ -295,9 +295,16 @@ void StreamWriter::WorkerLoop() {
     ++busy_;
     const bool skip = !error_.ok();
     lock.unlock();
-    Status s = skip ? Status::Ok() : RunJob(job);
+    Result<uint64_t> written = skip ? Result<uint64_t>(uint64_t{0}) : RunJob(job);
     lock.lock();
+    // The buffer and the loan come back before a flush of the device (Written) that may take
+    // seconds: the converter and the download go on meanwhile.
     ReleaseLocked(job);
+    done_cv_.notify_all();
+    lock.unlock();
+    Status s = written.ok() ? (*written > 0 ? target_.Written(*written) : Status::Ok())
+                            : std::move(written).status();
+    lock.lock();
     --busy_;
     if (!s.ok() && error_.ok()) error_ = std::move(s);
     done_cv_.notify_all();
@@ -309,7 +316,7 @@ void StreamWriter::ReleaseLocked(Job& job) {
   if (job.loan != 0) options_.loans->Return(std::exchange(job.loan, 0));
 }
 
-Status StreamWriter::RunJob(const Job& job) {
+Result<uint64_t> StreamWriter::RunJob(const Job& job) {
   BYOI_RETURN_IF_ERROR(cancel_.Check());
   if (job.zero) {
     BYOI_RETURN_IF_ERROR(target_.ZeroRange(job.offset, job.length)
@@ -318,7 +325,7 @@ Status StreamWriter::RunJob(const Job& job) {
     std::lock_guard lock(mu_);
     stats_.bytes_zeroed += job.length;
     ++stats_.zero_requests;
-    return Status::Ok();
+    return uint64_t{0};
   }
   int fd = job.buffered ? target_.buffered_fd() : target_.fd();
   BYOI_RETURN_IF_ERROR(PwriteAll(fd, {job.data, job.length}, job.offset)
@@ -328,7 +335,7 @@ Status StreamWriter::RunJob(const Job& job) {
     std::lock_guard lock(mu_);
     stats_.bytes_written += job.length;
   }
-  return Status::Ok();
+  return job.length;
 }
 
 void StreamWriter::Remember(uint64_t offset, uint64_t length, bool zero, const uint8_t* data) {

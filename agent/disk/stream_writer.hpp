@@ -146,8 +146,8 @@ class StreamWriter : public VirtualDiskSink {
   Status Enqueue(Job job);
   Result<int> TakeBuffer();
   void WorkerLoop();
-  // Writes (or zeroes) the job's range.
-  Status RunJob(const Job& job);
+  // Writes (or zeroes) the job's range; returns the bytes written, for Target::Written.
+  Result<uint64_t> RunJob(const Job& job);
   // Gives the job's buffer and loan back. REQUIRES: mu_ held.
   void ReleaseLocked(Job& job);
   void Remember(uint64_t offset, uint64_t length, bool zero, const uint8_t* data);

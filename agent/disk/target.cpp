@@ -17,6 +17,7 @@ namespace byoi {
 Result<Target> Target::Open(const std::string& path, const Options& options) {
   Target t;
   t.path_ = path;
+  t.flush_every_ = options.flush_every;
   struct stat st {};
   bool exists = ::stat(path.c_str(), &st) == 0;
   if (!exists && (errno != ENOENT || !options.file_size)) {
@@ -136,6 +137,17 @@ Status Target::WriteZeros(uint64_t offset, uint64_t length) {
     BYOI_RETURN_IF_ERROR(PwriteAll(buffered_fd(), {zeros.data(), end - a_end}, a_end));
   }
   return Status::Ok();
+}
+
+Status Target::Written(uint64_t bytes) {
+  if (flush_every_ == 0 || unflushed_->bytes.fetch_add(bytes) + bytes < flush_every_) {
+    return Status::Ok();
+  }
+  if (unflushed_->flushing.exchange(true)) return Status::Ok();  // another thread flushes
+  unflushed_->bytes = 0;
+  Status s = Sync();
+  unflushed_->flushing = false;
+  return s;
 }
 
 Status Target::Sync() {

@@ -23,6 +23,9 @@ class Target {
     // Block devices only: open with O_EXCL, so a mounted or otherwise claimed device is refused
     // (EBUSY) instead of written under the kernel's feet.
     bool exclusive = true;
+    // Written() flushes the device's write cache each time this many more bytes were written;
+    // 0: never.
+    uint64_t flush_every = 256ull << 20;
   };
 
   // Opens `path` for writing: a block device as is, a regular file per `options`. O_DIRECT is
@@ -56,10 +59,13 @@ class Target {
   // Writes zero bytes over [offset, offset + length) (any alignment), through fd() where aligned
   // and buffered_fd() for the rest. For wiping after a failure: no offload is trusted there.
   Status WriteZeros(uint64_t offset, uint64_t length);
-  // fdatasync on both descriptors. The writers call it once the image is down, not as it goes
-  // down: a flush stalls every write queued behind it (SATA's FLUSH CACHE is not queued; a loop
-  // device syncs its file), while a device drains its write cache on its own.
+  // fdatasync on both descriptors.
   Status Sync();
+  // Counts `bytes` written; each time Options::flush_every more were, the caller flushes (Sync)
+  // while other threads go on writing, so the device's write cache (all of a loop device over a
+  // file) drains as the image goes down instead of in one go at the end. Thread-safe; one flush
+  // at a time. Errors: Sync's.
+  Status Written(uint64_t bytes);
 
  private:
   Status FallbackZeros(uint64_t offset, uint64_t length);
@@ -72,8 +78,14 @@ class Target {
   uint64_t size_ = 0;
   uint32_t sector_size_ = 512;
   uint32_t alignment_ = 4096;
+  uint64_t flush_every_ = 0;
   // Set once the cheap zeroing call has failed as unsupported, so it is not retried per range.
   std::unique_ptr<std::atomic<bool>> no_offload_ = std::make_unique<std::atomic<bool>>(false);
+  struct Unflushed {
+    std::atomic<uint64_t> bytes{0};
+    std::atomic<bool> flushing{false};
+  };
+  std::unique_ptr<Unflushed> unflushed_ = std::make_unique<Unflushed>();
 };
 
 }  // namespace byoi

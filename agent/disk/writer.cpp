@@ -224,7 +224,7 @@ Status Writer::RunOp(const Op& op, Worker& w) {
   if (IsAllZero(src, op.length)) return JoinZeros(op);
   BYOI_RETURN_IF_ERROR(PwriteAll(target_.fd(), {src, op.length}, op.offset));
   written_ += op.length;
-  return Status::Ok();
+  return target_.Written(op.length);
 }
 
 void Writer::WorkerLoop(Worker& w) {
