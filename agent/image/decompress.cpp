@@ -20,8 +20,9 @@ constexpr size_t kOutBytes = 1 << 20;
 // zlib's inflate state with its 32 KiB window; libbz2's decoder for 900 KB blocks (bzip2 -9).
 constexpr uint64_t kGzipState = 44 << 10;
 constexpr uint64_t kBzip2State = 3'700'000;
-// zstd's decoder holds its block buffers beside the window.
-constexpr uint64_t kZstdOverhead = 256 << 10;
+// zstd's decoder holds its context and block buffers beside the window (478 KiB with libzstd
+// 1.5).
+constexpr uint64_t kZstdOverhead = 512 << 10;
 
 Status NeedsMore(std::string_view format, uint64_t offset, uint64_t limit) {
   return Status::Error(Code::kTooBig,
@@ -136,6 +137,12 @@ class XzDecoder : public StreamDecoder {
     return Status::Ok();
   }
   uint64_t memory() const override { return lzma_memusage(&s_) + out_buf_.size(); }
+  uint64_t Lower(uint64_t memory_limit) override {
+    const uint64_t state = std::max<uint64_t>(
+        memory_limit - std::min<uint64_t>(memory_limit, out_buf_.size()), lzma_memusage(&s_));
+    if (state < limit_ && lzma_memlimit_set(&s_, state) == LZMA_OK) limit_ = state;
+    return limit_ + out_buf_.size();
+  }
 
  private:
   Status Step(lzma_action action, const DecodedFn& out) {
@@ -172,7 +179,7 @@ class XzDecoder : public StreamDecoder {
     }
   }
 
-  const uint64_t limit_;
+  uint64_t limit_;
   lzma_stream s_ = LZMA_STREAM_INIT;
   bool ended_ = false;
   std::vector<uint8_t> out_buf_;
@@ -180,13 +187,8 @@ class XzDecoder : public StreamDecoder {
 
 class ZstdDecoder : public StreamDecoder {
  public:
-  explicit ZstdDecoder(uint64_t memory_limit) : out_buf_(kOutBytes) {
-    // The largest window (a power of two) that fits the limit beside the block buffers.
-    const uint64_t room = memory_limit > kZstdOverhead ? memory_limit - kZstdOverhead : 0;
-    while ((2ull << window_log_) <= std::min(room, kZstdWindowCap)) {
-      ++window_log_;
-    }
-  }
+  explicit ZstdDecoder(uint64_t memory_limit)
+      : window_log_(WindowLog(memory_limit)), out_buf_(kOutBytes) {}
   ~ZstdDecoder() override { ZSTD_freeDStream(d_); }
 
   Status Init() {
@@ -199,17 +201,31 @@ class ZstdDecoder : public StreamDecoder {
   }
 
   uint64_t memory() const override { return ZSTD_sizeof_DStream(d_) + out_buf_.size(); }
+  uint64_t Lower(uint64_t memory_limit) override {
+    // Never under the window of the frame being decoded: its buffers are in what it holds.
+    const int log = WindowLog(std::max(memory_limit, memory() + kZstdOverhead));
+    if (log < window_log_) {
+      window_log_ = log;
+      lower_pending_ = true;
+    }
+    return std::max(memory(), Needs(window_log_));
+  }
 
   Status Feed(std::span<const uint8_t> in, const DecodedFn& out) override {
     ZSTD_inBuffer input{in.data(), in.size(), 0};
     // Loop until the input is used up and the decoder has nothing more to flush for it.
     for (;;) {
+      // libzstd takes a new window limit between frames only.
+      if (lower_pending_ && !frame_open_ &&
+          !ZSTD_isError(ZSTD_DCtx_setParameter(d_, ZSTD_d_windowLogMax, window_log_))) {
+        lower_pending_ = false;
+      }
       ZSTD_outBuffer output{out_buf_.data(), out_buf_.size(), 0};
       const size_t before = input.pos;
       size_t rc = ZSTD_decompressStream(d_, &output, &input);
       in_ += input.pos - before;
       if (ZSTD_getErrorCode(rc) == ZSTD_error_frameParameter_windowTooLarge) {
-        return NeedsMore("zstd", in_, (1ull << window_log_) + kZstdOverhead);
+        return NeedsMore("zstd", in_, Needs(window_log_));
       }
       if (ZSTD_isError(rc)) return Corrupt("zstd", in_, ZSTD_getErrorName(rc));
       // A call that took nothing and gave nothing says nothing of the frame: after a frame ended
@@ -230,9 +246,19 @@ class ZstdDecoder : public StreamDecoder {
   }
 
  private:
-  int window_log_ = 10;  // ZSTD_WINDOWLOG_ABSOLUTEMIN
+  // What a window of 2^log bytes makes the decoder hold, with the output buffer.
+  static uint64_t Needs(int log) { return (1ull << log) + kZstdOverhead + kOutBytes; }
+  // The largest window (a power of two, at least ZSTD_WINDOWLOG_ABSOLUTEMIN) that fits `limit`.
+  static int WindowLog(uint64_t limit) {
+    int log = 10;
+    while (log < 31 && (2ull << log) <= kZstdWindowCap && Needs(log + 1) <= limit) ++log;
+    return log;
+  }
+
+  int window_log_;
   ZSTD_DStream* d_ = nullptr;
   bool frame_open_ = false;
+  bool lower_pending_ = false;
   std::vector<uint8_t> out_buf_;
 };
 

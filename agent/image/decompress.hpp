@@ -65,6 +65,14 @@ class StreamDecoder {
 
   // The memory the decoder holds now: its state and its output buffer.
   virtual uint64_t memory() const = 0;
+  // Lowers the limit to `memory_limit` (never under memory()): a later xz stream or block, or zstd
+  // frame, whose header asks for more is refused (kTooBig). Returns what the decoder may hold
+  // from now on, so that the rest of a budget can go to another holder (the image reader) without
+  // the decoder growing into it. gzip and bzip2 do not grow.
+  virtual uint64_t Lower(uint64_t memory_limit) {
+    (void)memory_limit;
+    return memory();
+  }
 
   // Compressed bytes fed so far, and decoded bytes produced so far.
   uint64_t bytes_in() const { return in_; }

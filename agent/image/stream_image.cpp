@@ -72,10 +72,13 @@ Status StreamImage::Container(std::span<const uint8_t> bytes) {
   return s;
 }
 
-uint64_t StreamImage::ReaderBudget() const {
-  // The decoder's state is set by the stream's header, read before the first decoded byte.
-  const uint64_t decoder = decoder_ ? decoder_->memory() : 0;
-  return options_.memory_budget - std::min(options_.memory_budget, decoder);
+uint64_t StreamImage::ReaderBudget() {
+  if (!decoder_) return options_.memory_budget;
+  // The decoder's state is set by the stream's header, read before the first decoded byte. It
+  // keeps that, or half the budget when that is more (room for a later stream's larger
+  // dictionary); the rest is the reader's.
+  const uint64_t keep = decoder_->Lower(std::max(decoder_->memory(), options_.memory_budget / 2));
+  return options_.memory_budget - std::min(options_.memory_budget, keep);
 }
 
 Status StreamImage::Content(std::span<const uint8_t> bytes) {

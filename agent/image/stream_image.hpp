@@ -21,8 +21,9 @@
 // Memory: the held head (68 KiB), and within StreamImageOptions::memory_budget the decoder's
 // state (decompress.hpp: an xz or zstd stream that asks for more is refused, kTooBig with
 // msg::TooBigForMemory(type)) and what the qcow2, OVA or VMDK stream reader holds, which may use
-// what the decoder left (kTooBig with msg::TooBigForMemory past it). The sink's own buffers are
-// the sink's.
+// what the decoder left (kTooBig with msg::TooBigForMemory past it). The decoder then keeps to
+// what it held, or to half the budget when that is more: a later xz stream or zstd frame that asks
+// for more is refused the same way. The sink's own buffers are the sink's.
 #pragma once
 
 #include <cstdint>
@@ -106,8 +107,9 @@ class StreamImage : public ByteSink {
   Status Container(std::span<const uint8_t> bytes);  // file bytes once the container is known
   Status Content(std::span<const uint8_t> bytes);    // decoded bytes, in order
   Status Identify();
-  // What the qcow2, OVA or VMDK reader may hold: the budget less the decoder's memory.
-  uint64_t ReaderBudget() const;
+  // What the qcow2, OVA or VMDK reader may hold: the budget less what the decoder keeps to from
+  // then on.
+  uint64_t ReaderBudget();
   Status Forward(std::span<const uint8_t> bytes);
   Status CallHead();
 

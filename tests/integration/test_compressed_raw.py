@@ -112,13 +112,13 @@ class CompressedRaw(unittest.TestCase):
                 with self.subTest(tool=tool, mode=mode):
                     self.check(image, raw, mode)
 
-    def refused_untouched(self, image, mode, *reasons):
+    def refused_untouched(self, image, mode, *reasons, args=()):
         backing = self.path("keep.img")
         random_file(backing, 30 * MIB, "keep")
         digest = sha256(backing)
         first = read(backing, 0, MIB)
         with loop_device(backing, 512) as dev:
-            r = convert(image, dev, mode=mode)
+            r = convert(image, dev, *args, mode=mode)
         self.assertEqual(r.returncode, 1, r.stderr)
         for reason in reasons:
             self.assertIn(reason, r.stderr)
@@ -236,6 +236,46 @@ class CompressedRaw(unittest.TestCase):
                 r = convert(image, out, "--type", "qcow2", mode=mode)
                 self.assertEqual(r.returncode, 0, r.stderr)
                 self.assertEqual(run("cmp", ref, out, check=False).returncode, 0, "differs")
+
+    def test_a_later_stream_may_not_take_what_the_qcow2_reader_was_given(self):
+        # A qcow2 cut in two xz streams: the first (xz -0, 1 MiB to decode) holds its header,
+        # tables and more than the decoder's 1 MiB of output, so the qcow2 reader starts inside
+        # it; the second (xz -8) asks for 33 MiB. The decoder keeps half the budget when that is
+        # more than it holds, the reader the rest: under 40 MiB the second stream is refused when
+        # its header passes (in stream mode after the first writes: the first MiB unwritten),
+        # under 128 MiB it converts. The same qcow2 as one xz -8 stream converts under 40 MiB
+        # (the reader gets what the decoder left).
+        qcow2 = self.path("split.qcow2")
+        create(qcow2, 8 * MIB)
+        qemu_io(qcow2, "write -P 8 0 3M", "write -P 7 5M 1M")
+        data = read(qcow2)
+        cut = 2 * MIB
+        self.assertGreater(len(data), cut + MIB)
+
+        def xz(preset, piece):
+            return subprocess.run(["xz", "-T1", preset, "-c"], input=piece, capture_output=True,
+                                  check=True).stdout
+
+        split = self.path("split.qcow2.xz")
+        with open(split, "wb") as f:
+            f.write(xz("-0", data[:cut]) + xz("-8", data[cut:]))
+        whole = self.path("whole.qcow2.xz")
+        with open(whole, "wb") as f:
+            f.write(xz("-8", data))
+        ref = self.path("split.raw")
+        run("qemu-img", "convert", "-O", "raw", qcow2, ref)
+        for mode in ("ram", "stream"):
+            with self.subTest(mode=mode):
+                err = self.refused_untouched(
+                    split, mode, "xz stream at compressed byte", "needs more than 19 MiB to decode",
+                    args=("--type", "qcow2", "--memory-limit", "40M"))
+                self.assertTrue(err.startswith(
+                    "Could not download, qcow2 image is too big to download in memory."), err)
+                for image, limit in ((whole, "40M"), (split, "128M")):
+                    out = self.path("fits.raw")
+                    r = convert(image, out, "--type", "qcow2", "--memory-limit", limit, mode=mode)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    self.assertEqual(sha256(out), sha256(ref))
 
     def test_inspect(self):
         for tool in ("xz", "zstd", "gzip"):

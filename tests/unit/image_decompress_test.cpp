@@ -284,5 +284,46 @@ TEST(StreamDecoderTest, AStreamThatNeedsMoreMemoryThanTheLimitIsRefused) {
   }
 }
 
+// Lowered to what it holds, a decoder goes on with streams (frames) that need no more and refuses
+// one whose header asks for more, though its first limit allowed it.
+TEST(StreamDecoderTest, ALoweredLimitRefusesALaterStreamThatAsksForMore) {
+  const Bytes data = Sample(300000, 11);
+  struct Case {
+    Compressor c;
+    Bytes small, big;
+  };
+  const Case cases[] = {{Compressor::kXz, XzPreset(data, 0), Xz16(data)},
+                        {Compressor::kZstd, Zstd(data), Zstd16(data)}};
+  for (const Case& k : cases) {
+    SCOPED_TRACE(CompressorName(k.c));
+    for (bool lower : {false, true}) {
+      SCOPED_TRACE(lower ? "lowered" : "not lowered");
+      auto d = StreamDecoder::Create(k.c, 32ull << 20);
+      ASSERT_TRUE(d.ok());
+      Bytes out;
+      DecodedFn sink = [&](std::span<const uint8_t> b) {
+        out.insert(out.end(), b.begin(), b.end());
+        return Status::Ok();
+      };
+      ASSERT_TRUE((*d)->Feed(k.small, sink).ok());
+      const uint64_t held = (*d)->memory();
+      EXPECT_LT(held, 4ull << 20);
+      if (lower) (*d)->Lower(held);
+      ASSERT_TRUE((*d)->Feed(k.small, sink).ok());
+      Status big = (*d)->Feed(k.big, sink);
+      if (lower) {
+        EXPECT_EQ(big.code(), Code::kTooBig) << big.ToString();
+        EXPECT_NE(big.detail().find("needs more than"), std::string::npos) << big.detail();
+        EXPECT_EQ(out.size(), 2 * data.size());
+      } else {
+        ASSERT_TRUE(big.ok()) << big.ToString();
+        ASSERT_TRUE((*d)->Finish(sink).ok());
+        EXPECT_EQ(out.size(), 3 * data.size());
+        EXPECT_GE((*d)->memory(), 16ull << 20);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace byoi
