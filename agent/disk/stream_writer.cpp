@@ -14,9 +14,6 @@ namespace byoi {
 namespace {
 
 constexpr uint64_t kMiB = 1ull << 20;
-// Zeroing requests are capped so a cancellation is seen within a fraction of a second even on a
-// device that zeroes by writing.
-constexpr uint64_t kMaxZeroOp = 256 * kMiB;
 // Zero ranges up to this size that continue the run being gathered are copied into it: short
 // holes (qcow2 subclusters, small unallocated clusters) then cost no request of their own.
 constexpr uint64_t kInlineZeros = kMiB;
@@ -155,23 +152,15 @@ Status StreamWriter::Zero(uint64_t offset, uint64_t length) {
 }
 
 Status StreamWriter::ZeroBlocks(uint64_t begin, uint64_t end) {
-  // What is pending is queued unless this range continues it. An empty pending range [x, x) that
-  // this one "continues" from x is simply started by it.
-  if (begin != zero_end_) {
-    BYOI_RETURN_IF_ERROR(DispatchZeros(/*rest=*/true));
-    zero_begin_ = begin;
-  }
-  zero_end_ = end;
-  return DispatchZeros(/*rest=*/false);
+  return QueueZeros(zeros_.Add(begin, end));
 }
 
-Status StreamWriter::DispatchZeros(bool rest) {
-  while (zero_end_ - zero_begin_ >= (rest ? 1 : kMaxZeroOp)) {
+Status StreamWriter::QueueZeros(const std::vector<ZeroRuns::Request>& due) {
+  for (const ZeroRuns::Request& r : due) {
     Job job;
     job.zero = true;
-    job.offset = zero_begin_;
-    job.length = std::min(zero_end_ - zero_begin_, kMaxZeroOp);
-    zero_begin_ += job.length;
+    job.offset = r.offset;
+    job.length = r.length;
     BYOI_RETURN_IF_ERROR(Enqueue(std::move(job)));
   }
   return Status::Ok();
@@ -377,7 +366,7 @@ Status StreamWriter::Flush(uint64_t virtual_size) {
       BYOI_RETURN_IF_ERROR(Enqueue(std::move(job)));
     }
   }
-  BYOI_RETURN_IF_ERROR(DispatchZeros(/*rest=*/true));
+  BYOI_RETURN_IF_ERROR(QueueZeros(zeros_.TakeAll()));
   if (!partials_.empty() || held_filled_ != held_.size() || accepted_ != virtual_size) {
     uint64_t where = partials_.empty() ? 0 : partials_.begin()->first * align_;
     return Status::Error(Code::kInternal,

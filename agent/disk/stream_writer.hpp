@@ -36,6 +36,7 @@
 #include "agent/base/loans.hpp"
 #include "agent/base/status.hpp"
 #include "agent/disk/target.hpp"
+#include "agent/disk/zero_runs.hpp"
 #include "agent/image/virtual_disk_sink.hpp"
 
 namespace byoi {
@@ -135,11 +136,10 @@ class StreamWriter : public VirtualDiskSink {
   // Takes the bytes of [offset, offset + n) that fall in the held-back range; returns how many of
   // the piece's first bytes it took.
   uint64_t TakeHeld(uint64_t offset, const uint8_t* data, uint64_t n);
-  // Zeroes the whole blocks [begin, end), joined to the pending range when it continues it: a raw
-  // image's run of zeros arrives as many blocks and becomes one request per kMaxZeroOp.
+  // Zeroes the whole blocks [begin, end), joined to the pending run when it continues it: a raw
+  // image's run of zeros arrives as many blocks and becomes one request per kMaxZeroRequest.
   Status ZeroBlocks(uint64_t begin, uint64_t end);
-  // Queues the pending zeros in requests of kMaxZeroOp; with `rest`, the shorter rest too.
-  Status DispatchZeros(bool rest);
+  Status QueueZeros(const std::vector<ZeroRuns::Request>& due);
   Status AppendRun(uint64_t offset, const uint8_t* data, uint64_t n);
   Status DispatchRun();
   Status AddPartial(uint64_t offset, const uint8_t* data, uint64_t n);
@@ -169,8 +169,8 @@ class StreamWriter : public VirtualDiskSink {
   int run_buffer_ = -1;
   uint64_t run_base_ = 0;  // the buffer's first byte is this virtual offset (aligned)
   uint64_t run_begin_ = 0, run_end_ = 0;
-  uint64_t zero_begin_ = 0, zero_end_ = 0;  // whole blocks to zero, not queued yet
-  std::map<uint64_t, Partial> partials_;    // by block index
+  ZeroRuns zeros_{1};                     // whole blocks to zero, not queued yet
+  std::map<uint64_t, Partial> partials_;  // by block index
   uint64_t accepted_ = 0;
 
   // Shared with the workers.

@@ -8,7 +8,6 @@
 #include <condition_variable>
 #include <cstring>
 #include <functional>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -19,15 +18,13 @@
 #include "agent/base/bytes.hpp"
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
+#include "agent/disk/zero_runs.hpp"
 #include "agent/image/virtual_reader.hpp"
 
 namespace byoi {
 namespace {
 
 constexpr uint64_t kMiB = 1ull << 20;
-// Zeroing requests are capped so a cancellation is seen within a fraction of a second even on a
-// device that zeroes by writing.
-constexpr uint64_t kMaxZeroOp = 256 * kMiB;
 // Runs of zero chunks found in the image's bytes that wait for their neighbours: the workers find
 // them out of order, a few chunks apart.
 constexpr size_t kPendingZeroRuns = 16;
@@ -53,7 +50,8 @@ Status VisitWhile(const ImageLayout& layout, uint64_t offset, uint64_t length,
 
 // Cuts [begin, end) (aligned to 1 MiB at begin; end aligned to the target) into write and zero
 // operations as the workers ask for them: chunk-sized writes, and runs of all-zero chunks merged
-// up to kMaxZeroOp. Nothing is planned ahead, so memory does not grow with the disk. Thread-safe.
+// up to kMaxZeroRequest. Nothing is planned ahead, so memory does not grow with the disk.
+// Thread-safe.
 class Planner {
  public:
   Planner(const ImageLayout& layout, uint64_t begin, uint64_t end, uint64_t chunk)
@@ -66,7 +64,7 @@ class Planner {
     const uint64_t next = std::min(end_, pos_ + chunk_);
     // How far zeros reach from pos_: in this chunk, then, if it is all zeros, up to the largest
     // zeroing request (a data chunk costs only its own extents).
-    const uint64_t cap = std::min(end_, pos_ + std::max(chunk_, kMaxZeroOp / chunk_ * chunk_));
+    const uint64_t cap = std::min(end_, pos_ + std::max(chunk_, kMaxZeroRequest / chunk_ * chunk_));
     uint64_t zero_end = pos_;
     auto zeros = [&zero_end](const Extent& e) {
       if (e.kind != Extent::Kind::kZero) return false;
@@ -121,9 +119,9 @@ class Writer {
   };
 
   Status RunOp(const Op& op, Worker& w);
-  Status Zero(const Op& op);
-  // A chunk whose bytes are all zeros joins the pending runs next to it; a run that reached
-  // kMaxZeroOp, or the first one when too many wait, is zeroed now.
+  Status Zero(const ZeroRuns::Request& r);
+  // A chunk of zeros (the layout's or the bytes') joins the pending runs next to it; what that
+  // makes due is zeroed now (zero_runs.hpp).
   Status JoinZeros(const Op& op);
   // Zeroes what still waits (once no worker runs).
   Status ZeroPending();
@@ -143,7 +141,7 @@ class Writer {
   std::atomic<uint64_t> zeroed_{0};
   std::atomic<uint64_t> zero_requests_{0};
   std::mutex zeros_mu_;
-  std::map<uint64_t, uint64_t> zero_runs_;  // pending: begin -> end
+  ZeroRuns zero_runs_{kPendingZeroRuns};
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::condition_variable cv_;
@@ -159,49 +157,27 @@ void Writer::SetError(Status s) {
 }
 
 // Zeroed by the device (write-zeroes, discard with zeroing) instead of moving the bytes.
-Status Writer::Zero(const Op& op) {
-  for (uint64_t pos = op.offset, end = op.offset + op.length; pos < end;) {
-    const uint64_t n = std::min(kMaxZeroOp, end - pos);
-    BYOI_RETURN_IF_ERROR(cancel_.Check());
-    BYOI_RETURN_IF_ERROR(
-        target_.ZeroRange(pos, n).Context(fmt::format("zeroing {:#x}+{:#x}", pos, n)));
-    zeroed_ += n;
-    ++zero_requests_;
-    pos += n;
-  }
+Status Writer::Zero(const ZeroRuns::Request& r) {
+  BYOI_RETURN_IF_ERROR(cancel_.Check());
+  BYOI_RETURN_IF_ERROR(target_.ZeroRange(r.offset, r.length)
+                           .Context(fmt::format("zeroing {:#x}+{:#x}", r.offset, r.length)));
+  zeroed_ += r.length;
+  ++zero_requests_;
   return Status::Ok();
 }
 
 Status Writer::JoinZeros(const Op& op) {
-  Op now{true, 0, 0};
+  std::vector<ZeroRuns::Request> due;
   {
     std::lock_guard lock(zeros_mu_);
-    uint64_t begin = op.offset, end = op.offset + op.length;
-    if (auto after = zero_runs_.find(end); after != zero_runs_.end()) {
-      end = after->second;
-      zero_runs_.erase(after);
-    }
-    if (auto it = zero_runs_.lower_bound(begin); it != zero_runs_.begin()) {
-      if (auto before = std::prev(it); before->second == begin) {
-        begin = before->first;
-        zero_runs_.erase(before);
-      }
-    }
-    zero_runs_[begin] = end;
-    auto ready = end - begin >= kMaxZeroOp              ? zero_runs_.find(begin)
-                 : zero_runs_.size() > kPendingZeroRuns ? zero_runs_.begin()
-                                                        : zero_runs_.end();
-    if (ready != zero_runs_.end()) {
-      now = {true, ready->first, ready->second - ready->first};
-      zero_runs_.erase(ready);
-    }
+    due = zero_runs_.Add(op.offset, op.offset + op.length);
   }
-  return now.length == 0 ? Status::Ok() : Zero(now);
+  for (const ZeroRuns::Request& r : due) BYOI_RETURN_IF_ERROR(Zero(r));
+  return Status::Ok();
 }
 
 Status Writer::ZeroPending() {
-  std::map<uint64_t, uint64_t> runs = std::exchange(zero_runs_, {});
-  for (const auto& [begin, end] : runs) BYOI_RETURN_IF_ERROR(Zero({true, begin, end - begin}));
+  for (const ZeroRuns::Request& r : zero_runs_.TakeAll()) BYOI_RETURN_IF_ERROR(Zero(r));
   return Status::Ok();
 }
 
