@@ -110,6 +110,15 @@ Result<uint64_t> Budget(std::optional<uint64_t> limit) {
   return DefaultMemoryBudget();
 }
 
+// How a file is read through StreamImage: the budget, and the declared type for the catalogue's
+// sentences.
+Result<StreamImageOptions> ImageOptions(const ConvertArgs& args) {
+  StreamImageOptions options;
+  BYOI_ASSIGN_OR_RETURN(options.memory_budget, Budget(args.memory_limit));
+  if (!args.type.empty()) options.type = args.type;
+  return options;
+}
+
 Result<MappedFile> Load(const std::string& path, std::optional<uint64_t> limit) {
   BYOI_ASSIGN_OR_RETURN(uint64_t budget, Budget(limit));
   return MappedFile::Open(path, budget);
@@ -260,8 +269,8 @@ void PrintWritten(const std::string& target, uint64_t vsize, double seconds,
 // Stream mode: SOURCE read once, front to back, through StreamImage into a StreamWriter; the head
 // is checked (--type, the disk's size) before the target is opened.
 int ConvertStream(const ConvertArgs& args) {
-  auto budget = Budget(args.memory_limit);
-  if (!budget.ok()) return Fail(budget.status());
+  auto options = ImageOptions(args);
+  if (!options.ok()) return Fail(options.status());
   auto fd = OpenFile(args.source, O_RDONLY);
   if (!fd.ok()) return Fail(fd.status());
   struct stat st {};
@@ -275,10 +284,7 @@ int ConvertStream(const ConvertArgs& args) {
   std::signal(SIGTERM, OnSignal);
   auto t0 = std::chrono::steady_clock::now();
   TargetSink sink(args.target);
-  StreamImageOptions options;
-  options.memory_budget = *budget;
-  if (!args.type.empty()) options.type = args.type;
-  StreamImage image(sink, options, [&](const StreamHead& head) {
+  StreamImage image(sink, *options, [&](const StreamHead& head) {
     BYOI_RETURN_IF_ERROR(CheckType(args.type, head));
     return sink.Open(head);
   });
@@ -313,13 +319,11 @@ int ConvertStream(const ConvertArgs& args) {
 // into nothing, to prove it decodes whole and to learn its size, then again into the target. A
 // corrupt stream never reaches the target.
 int ConvertCompressed(const ConvertArgs& args, const MappedFile& file) {
-  auto budget = Budget(args.memory_limit);
-  if (!budget.ok()) return Fail(budget.status());
+  auto result = ImageOptions(args);
+  if (!result.ok()) return Fail(result.status());
+  const StreamImageOptions options = *result;
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  StreamImageOptions options;
-  options.memory_budget = *budget;
-  if (!args.type.empty()) options.type = args.type;
   auto decode = [&](StreamImage& image) -> Result<uint64_t> {
     FeedOptions feed;
     feed.source = args.source;
