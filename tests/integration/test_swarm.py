@@ -770,11 +770,12 @@ class SwarmStreamDeploy(unittest.TestCase):
         self.assertEqual((leecher.unchoked, leecher.hash_failures, leecher.downloaded()),
                          (False, 0, 0))
 
-    def deploy_together(self, count, rate, *extra, staggered=False, seed_time=0, **origin_args):
+    def deploy_together(self, count, rate, *extra, staggered=False, seed_time=0, each=None,
+                        **origin_args):
         """`count` agents deploy image.raw (from an origin at `rate` bytes per second per
-        connection, with `origin_args`, no seeder) on fresh disks with `extra` arguments, at once
-        or, `staggered`, the others once the origin sent the first a byte. All must install it:
-        returns (origin, image size, results)."""
+        connection, with `origin_args`, no seeder) on fresh disks with `extra` arguments (and
+        agent i with each[i] after them), at once or, `staggered`, the others once the origin sent
+        the first a byte. All must install it: returns (origin, image size, results)."""
         name = "image.raw"
         origin, url, turl, _ = self.publish(name, rate=rate, seeder=False, **origin_args)
         devs = [self.fresh_disk(512, seed=f"agent{i}") for i in range(count)]
@@ -782,7 +783,7 @@ class SwarmStreamDeploy(unittest.TestCase):
 
         def run(i):
             results[i] = self.deploy(self.manifest(name, url, turl), devs[i], *extra,
-                                     seed_time=seed_time)
+                                     *(each[i] if each else ()), seed_time=seed_time)
 
         jobs = [threading.Thread(target=run, args=(i,)) for i in range(count)]
         jobs[0].start()
@@ -850,6 +851,27 @@ class SwarmStreamDeploy(unittest.TestCase):
               f" x the image from it; answers left to another: {left}", file=sys.stderr)
         self.assertGreaterEqual(sum(left), 2)
         self.assertLessEqual(origin.served["/image.raw"], 1.5 * size)
+
+    def test_a_rack_of_ram_and_stream_agents_behind_an_origin_that_ignores_range(self):
+        # Two ram-mode agents and one in stream mode start together; each answer is the whole
+        # image from byte 0. One answer feeds the ram pair (the other's ends once they see each
+        # other); the streaming agent, which feeds nobody (it chokes every peer), keeps an answer
+        # of its own, paused while its window is full (docs/pipeline.md, "Swarm downloads"). Every
+        # disk holds the image, the streaming agent sent nothing, the ram pair took at most 1.5 x
+        # the image from the origin (as a rack of three does) and the origin sent at most one
+        # image more (2.00-2.23 x in runs here).
+        origin, size, results = self.deploy_together(
+            3, 2_000_000, ranges=False, seed_time=5,
+            each=[("--write-mode", "ram"), ("--write-mode", "ram"), ("--write-mode", "stream")])
+        swarm = [r[1]["swarm"] for r in results]
+        print(f"\n2 ram agents and 1 streaming, an origin that ignores Range: "
+              f"{origin.served['/image.raw'] / size:.2f} x the image from it; from the web seed "
+              f"{[s['fromWebSeed'] for s in swarm]}, uploaded {[s['uploaded'] for s in swarm]}",
+              file=sys.stderr)
+        self.assertEqual(swarm[2]["uploaded"], 0)
+        self.assertEqual([s["fromPeers"] + s["fromWebSeed"] for s in swarm], [size] * 3)
+        self.assertLessEqual(swarm[0]["fromWebSeed"] + swarm[1]["fromWebSeed"], 1.5 * size)
+        self.assertLessEqual(origin.served["/image.raw"], 2.5 * size)
 
     def test_a_rack_takes_over_one_at_a_time_from_an_answer_that_stalls(self):
         # The origin ignores Range, and the answer that feeds the rack stops after 8 MiB with its
