@@ -75,9 +75,9 @@ Status StreamImage::Container(std::span<const uint8_t> bytes) {
 uint64_t StreamImage::ReaderBudget() {
   if (!decoder_) return options_.memory_budget;
   // The decoder's state is set by the stream's header, read before the first decoded byte. It
-  // keeps that, or half the budget when that is more (room for a later stream's larger
-  // dictionary); the rest is the reader's.
-  const uint64_t keep = decoder_->Lower(std::max(decoder_->memory(), options_.memory_budget / 2));
+  // keeps that (Lower never goes under it), or half the budget when that is more (room for a
+  // later stream's larger dictionary); the rest is the reader's.
+  const uint64_t keep = decoder_->Lower(options_.memory_budget / 2);
   return options_.memory_budget - std::min(options_.memory_budget, keep);
 }
 
