@@ -91,16 +91,21 @@ const Format kFormats[] = {{Compressor::kGzip, Gzip},
                            {Compressor::kZstd, Zstd},
                            {Compressor::kBzip2, Bzip2}};
 
+// A sink that appends what the decoder gives to `out`.
+DecodedFn AppendTo(Bytes& out) {
+  return [&out](std::span<const uint8_t> b) {
+    out.insert(out.end(), b.begin(), b.end());
+    return Status::Ok();
+  };
+}
+
 // Feeds `in` in pieces of `piece` bytes, or of random sizes (1 byte to 64 KiB) when 0, and returns
 // the decoded bytes, or the first error.
 Result<Bytes> Decode(Compressor c, const Bytes& in, uint32_t seed = 7, size_t piece = 0,
                      uint64_t memory_limit = 256ull << 20) {
   BYOI_ASSIGN_OR_RETURN(std::unique_ptr<StreamDecoder> d, StreamDecoder::Create(c, memory_limit));
   Bytes out;
-  DecodedFn sink = [&](std::span<const uint8_t> b) {
-    out.insert(out.end(), b.begin(), b.end());
-    return Status::Ok();
-  };
+  const DecodedFn sink = AppendTo(out);
   std::mt19937 rng(seed);
   size_t pos = 0;
   while (pos < in.size()) {
@@ -266,12 +271,7 @@ TEST(StreamDecoderTest, AStreamThatNeedsMoreMemoryThanTheLimitIsRefused) {
     auto d = StreamDecoder::Create(f.c, 32ull << 20);
     ASSERT_TRUE(d.ok());
     Bytes out;
-    ASSERT_TRUE((*d)->Feed(in,
-                           [&](std::span<const uint8_t> b) {
-                             out.insert(out.end(), b.begin(), b.end());
-                             return Status::Ok();
-                           })
-                    .ok());
+    ASSERT_TRUE((*d)->Feed(in, AppendTo(out)).ok());
     EXPECT_GE((*d)->memory(), 16ull << 20);
     EXPECT_LE((*d)->memory(), 32ull << 20);
     ASSERT_TRUE((*d)->Finish([](std::span<const uint8_t>) { return Status::Ok(); }).ok());
@@ -301,10 +301,7 @@ TEST(StreamDecoderTest, ALoweredLimitRefusesALaterStreamThatAsksForMore) {
       auto d = StreamDecoder::Create(k.c, 32ull << 20);
       ASSERT_TRUE(d.ok());
       Bytes out;
-      DecodedFn sink = [&](std::span<const uint8_t> b) {
-        out.insert(out.end(), b.begin(), b.end());
-        return Status::Ok();
-      };
+      const DecodedFn sink = AppendTo(out);
       ASSERT_TRUE((*d)->Feed(k.small, sink).ok());
       const uint64_t held = (*d)->memory();
       EXPECT_LT(held, 4ull << 20);
