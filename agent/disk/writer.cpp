@@ -123,8 +123,11 @@ class Writer {
   // A chunk of zeros (the layout's or the bytes') joins the pending runs next to it; what that
   // makes due is zeroed now (zero_runs.hpp).
   Status JoinZeros(const Op& op);
-  // Zeroes what still waits (once no worker runs).
-  Status ZeroPending();
+  // Zeroes what still waits (once no worker runs), reporting each request's progress.
+  Status ZeroPending(const ProgressFn& progress);
+  // Bytes on the disk: written, or zeroed by a request that returned. A chunk of zeros waiting in
+  // a run is not done yet.
+  uint64_t done() const { return written_.load() + zeroed_.load(); }
   void WorkerLoop(Worker& w);
   Status WriteTail(uint64_t offset);
   void SetError(Status s);
@@ -136,7 +139,6 @@ class Writer {
   const CancelToken& cancel_;
 
   std::unique_ptr<Planner> planner_;
-  std::atomic<uint64_t> done_{0};
   std::atomic<uint64_t> written_{0};
   std::atomic<uint64_t> zeroed_{0};
   std::atomic<uint64_t> zero_requests_{0};
@@ -176,8 +178,11 @@ Status Writer::JoinZeros(const Op& op) {
   return Status::Ok();
 }
 
-Status Writer::ZeroPending() {
-  for (const ZeroRuns::Request& r : zero_runs_.TakeAll()) BYOI_RETURN_IF_ERROR(Zero(r));
+Status Writer::ZeroPending(const ProgressFn& progress) {
+  for (const ZeroRuns::Request& r : zero_runs_.TakeAll()) {
+    BYOI_RETURN_IF_ERROR(Zero(r));
+    if (progress) progress(done(), layout_.virtual_size());
+  }
   return Status::Ok();
 }
 
@@ -221,7 +226,6 @@ void Writer::WorkerLoop(Worker& w) {
       SetError(std::move(s));
       break;
     }
-    done_ += op.length;
   }
   std::lock_guard lock(mu_);
   --running_;
@@ -239,7 +243,6 @@ Status Writer::WriteTail(uint64_t offset) {
   BYOI_RETURN_IF_ERROR(PwriteAll(target_.buffered_fd(), bytes, offset)
                            .Context(fmt::format("writing the last {} bytes", n)));
   written_ += n;
-  done_ += n;
   return Status::Ok();
 }
 
@@ -288,7 +291,7 @@ Result<WriteStats> Writer::Run(const ProgressFn& progress) {
       }
       if (progress) {
         lock.unlock();
-        progress(done_.load(), vsize);
+        progress(done(), vsize);
         lock.lock();
       }
     }
@@ -297,7 +300,7 @@ Result<WriteStats> Writer::Run(const ProgressFn& progress) {
   if (!error_.ok()) return Fail(std::move(error_));
 
   // Everything but the first MiB is written; make it durable before the first MiB goes down.
-  Status s = ZeroPending();
+  Status s = ZeroPending(progress);
   if (s.ok() && aligned_end >= kMiB) s = WriteTail(aligned_end);
   if (s.ok()) s = target_.Sync();
   Planner head(layout_, 0, head_end, chunk);
@@ -308,9 +311,8 @@ Result<WriteStats> Writer::Run(const ProgressFn& progress) {
     if (!s.ok() || !*more) break;
     s = cancel_.Check();
     if (s.ok()) s = RunOp(op, *workers.front());
-    if (s.ok()) done_ += op.length;
   }
-  if (s.ok()) s = ZeroPending();
+  if (s.ok()) s = ZeroPending(progress);
   if (s.ok() && aligned_end < kMiB) s = WriteTail(aligned_end);
   if (s.ok()) s = target_.Sync();
   if (!s.ok()) return Fail(std::move(s));

@@ -163,6 +163,46 @@ TEST_P(WriterOnLoop, WritesExactBytesAndNothingPastTheImage) {
   EXPECT_TRUE(disk.Read(vsize, 16 * kMiB - vsize) == rest);
 }
 
+TEST_P(WriterOnLoop, ProgressCountsOnlyBytesTheDiskHolds) {
+  // A zero run waits for its neighbours before it is zeroed (zero_runs.hpp); until then it is not
+  // done. At every report, the disk holds at least that many bytes of the image, counted in 4 KiB
+  // blocks that match it (the disk's old bytes are random, so none matches by chance).
+  Disk disk(48 * kMiB, GetParam());
+  TestImage img;
+  img.Data(kMiB, 21);
+  img.Zero(32 * kMiB);
+  img.Data(8 * kMiB, 22);
+  img.Finish();
+  const uint64_t vsize = img.layout.virtual_size();
+  auto target = OpenTarget(disk.path());
+  ASSERT_TRUE(target.ok()) << target.status().ToString();
+  WriteOptions opts;
+  opts.threads = 1;
+  CancelToken cancel;
+  std::vector<uint64_t> seen;
+  auto held = [&] {
+    const std::vector<uint8_t> now = disk.Read(0, vsize);
+    uint64_t bytes = 0;
+    for (uint64_t pos = 0; pos < vsize; pos += 4096) {
+      if (std::memcmp(now.data() + pos, img.expected.data() + pos, 4096) == 0) bytes += 4096;
+    }
+    return bytes;
+  };
+  auto stats = WriteImage(
+      img.layout, *target, opts,
+      [&](uint64_t done, uint64_t) {
+        seen.push_back(done);
+        EXPECT_LE(done, held()) << "reported after " << seen.size() - 1 << " report(s)";
+      },
+      cancel);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->bytes_zeroed, 32 * kMiB);
+  EXPECT_TRUE(
+      std::any_of(seen.begin(), seen.end(), [&](uint64_t d) { return d > 0 && d < vsize; }));
+  EXPECT_EQ(seen.back(), vsize);
+  EXPECT_TRUE(disk.Read(0, vsize) == img.expected);
+}
+
 TEST_P(WriterOnLoop, DataChunksOfZerosAreZeroedByTheDeviceAndReadBackAsZeros) {
   Disk disk(16 * kMiB, GetParam());  // pre-filled with random bytes
   // A raw image as it arrives: one data extent, most of it zeros (as in a real disk image).
