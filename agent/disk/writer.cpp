@@ -28,6 +28,9 @@ constexpr uint64_t kMiB = 1ull << 20;
 // Runs of zero chunks found in the image's bytes that wait for their neighbours: the workers find
 // them out of order, a few chunks apart.
 constexpr size_t kPendingZeroRuns = 16;
+// Zeros inside a chunk shorter than this are written with the chunk's data: a request of their
+// own would cost more than writing them.
+constexpr uint64_t kMinZeroCut = 256 << 10;
 constexpr uint64_t kSourceAlignment = 4096;
 
 struct Op {
@@ -48,48 +51,57 @@ Status VisitWhile(const ImageLayout& layout, uint64_t offset, uint64_t length,
   return stopped ? Status::Ok() : s;
 }
 
-// Cuts [begin, end) (aligned to 1 MiB at begin; end aligned to the target) into write and zero
-// operations as the workers ask for them: chunk-sized writes, and runs of all-zero chunks merged
-// up to kMaxZeroRequest. Nothing is planned ahead, so memory does not grow with the disk.
+// Cuts [begin, end) (both aligned to the target) into write and zero operations as the workers
+// ask for them: writes of at most a chunk, and zero runs, merged up to kMaxZeroRequest. A write
+// stops where a run of the layout's zeros of kMinZeroCut or more begins inside its chunk, so those
+// zeros are zeroed, not written. Nothing is planned ahead, so memory does not grow with the disk.
 // Thread-safe.
 class Planner {
  public:
-  Planner(const ImageLayout& layout, uint64_t begin, uint64_t end, uint64_t chunk)
-      : layout_(layout), begin_(begin), end_(end), chunk_(chunk), pos_(begin) {}
+  Planner(const ImageLayout& layout, uint64_t begin, uint64_t end, uint64_t chunk, uint64_t align)
+      : layout_(layout), end_(end), chunk_(chunk), align_(align), pos_(begin) {}
 
   // The next operation in disk order; false when everything has been handed out.
   Result<bool> Next(Op* op) {
     std::lock_guard lock(mu_);
     if (pos_ >= end_) return false;
     const uint64_t next = std::min(end_, pos_ + chunk_);
-    // How far zeros reach from pos_: in this chunk, then, if it is all zeros, up to the largest
-    // zeroing request (a data chunk costs only its own extents).
-    const uint64_t cap = std::min(end_, pos_ + std::max(chunk_, kMaxZeroRequest / chunk_ * chunk_));
-    uint64_t zero_end = pos_;
-    auto zeros = [&zero_end](const Extent& e) {
-      if (e.kind != Extent::Kind::kZero) return false;
-      zero_end = e.offset + e.length;
-      return true;
-    };
-    BYOI_RETURN_IF_ERROR(VisitWhile(layout_, pos_, next - pos_, zeros));
-    if (zero_end >= next && next < cap) {
-      BYOI_RETURN_IF_ERROR(VisitWhile(layout_, next, cap - next, zeros));
-    }
-    if (zero_end >= next) {
-      // Take the whole zero run at once, on the chunk grid.
-      uint64_t stop = zero_end == end_ ? end_ : begin_ + (zero_end - begin_) / chunk_ * chunk_;
-      stop = std::max(stop, next);
-      *op = {true, pos_, stop - pos_};
+    // The first zero extent in this chunk with kMinZeroCut or more on the target's grid.
+    uint64_t zero_begin = next, zero_end = next;
+    BYOI_RETURN_IF_ERROR(VisitWhile(layout_, pos_, next - pos_, [&](const Extent& e) {
+      if (e.kind != Extent::Kind::kZero) return true;
+      const uint64_t b = Up(e.offset), z = e.offset + e.length;
+      if (z / align_ * align_ < b + kMinZeroCut) return true;
+      zero_begin = b;
+      zero_end = z;
+      return false;
+    }));
+    if (zero_begin > pos_) {
+      *op = {false, pos_, zero_begin - pos_};  // data up to the zeros (or the whole chunk)
     } else {
-      *op = {false, pos_, next - pos_};
+      if (zero_end >= next) {
+        // Zeros to the chunk's end: follow them up to the largest zeroing request.
+        const uint64_t cap = std::min(end_, pos_ + std::max(chunk_, kMaxZeroRequest));
+        if (next < cap) {
+          BYOI_RETURN_IF_ERROR(VisitWhile(layout_, next, cap - next, [&](const Extent& e) {
+            if (e.kind != Extent::Kind::kZero) return false;
+            zero_end = e.offset + e.length;
+            return true;
+          }));
+        }
+      }
+      const uint64_t stop = zero_end >= end_ ? end_ : zero_end / align_ * align_;
+      *op = {true, pos_, stop - pos_};
     }
     pos_ = op->offset + op->length;
     return true;
   }
 
  private:
+  uint64_t Up(uint64_t x) const { return (x + align_ - 1) / align_ * align_; }
+
   const ImageLayout& layout_;
-  const uint64_t begin_, end_, chunk_;
+  const uint64_t end_, chunk_, align_;
   std::mutex mu_;
   uint64_t pos_;
 };
@@ -264,7 +276,7 @@ Result<WriteStats> Writer::Run(const ProgressFn& progress) {
   const uint64_t align = target_.alignment();
   const uint64_t aligned_end = vsize / align * align;
   const uint64_t head_end = std::min(kMiB, aligned_end);
-  planner_ = std::make_unique<Planner>(layout_, head_end, aligned_end, chunk);
+  planner_ = std::make_unique<Planner>(layout_, head_end, aligned_end, chunk, align);
   if (progress) progress(0, vsize);
 
   // Writing begins here: from now on a failure wipes the first and last MiB.
@@ -303,7 +315,7 @@ Result<WriteStats> Writer::Run(const ProgressFn& progress) {
   Status s = ZeroPending(progress);
   if (s.ok() && aligned_end >= kMiB) s = WriteTail(aligned_end);
   if (s.ok()) s = target_.Sync();
-  Planner head(layout_, 0, head_end, chunk);
+  Planner head(layout_, 0, head_end, chunk, align);
   while (s.ok()) {
     Op op;
     Result<bool> more = head.Next(&op);

@@ -256,6 +256,35 @@ TEST_P(WriterOnLoop, ChunksOfZerosThatFollowEachOtherAreOneZeroingRequest) {
   EXPECT_TRUE(disk.Read(0, img.expected.size()) == img.expected);
 }
 
+TEST_P(WriterOnLoop, ZerosInsideAChunkAreZeroedNotWritten) {
+  // A file system's clusters: data and holes of every size in one 4 MiB chunk. Holes of 256 KiB
+  // or more are zeroed, from the first sector boundary in them; shorter ones go with the data.
+  Disk disk(16 * kMiB, GetParam());
+  const uint64_t sector = GetParam();
+  TestImage img;
+  img.Data(kMiB + 1536, 31);  // the first MiB, and a hole that starts inside a 4 KiB sector
+  img.Zero(512 * 1024 - 1536);
+  img.Data(65536, 32);
+  img.Zero(65536);  // short: written
+  img.Data(65536, 33);
+  img.Zero(kMiB);
+  img.Data(65536, 34);
+  img.Zero(2 * kMiB - 3 * 65536);  // to the chunk's end and past it
+  img.Zero(kMiB);
+  img.Data(kMiB, 35);
+  img.Finish();
+  auto target = OpenTarget(disk.path());
+  ASSERT_TRUE(target.ok()) << target.status().ToString();
+  CancelToken cancel;
+  auto stats = WriteImage(img.layout, *target, WriteOptions{}, {}, cancel);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  const uint64_t zeroed =
+      (512 * 1024 - (1536 + sector - 1) / sector * sector) + kMiB + (3 * kMiB - 3 * 65536);
+  EXPECT_EQ(stats->bytes_zeroed, zeroed);
+  EXPECT_EQ(stats->bytes_written, img.layout.virtual_size() - zeroed);
+  EXPECT_TRUE(disk.Read(0, img.expected.size()) == img.expected);
+}
+
 TEST_P(WriterOnLoop, AWriteThatFailsMidwayLeavesTheFirstMiBUnwritten) {
   // A 16 MiB disk whose first and last MiB hold old bytes and whose middle is a hole, on a tmpfs
   // with room for 3 MiB more: writing the image's 15 MiB of data fails with ENOSPC (EIO through a
