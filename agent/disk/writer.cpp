@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "agent/base/aligned_buffer.hpp"
-#include "agent/base/bytes.hpp"
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
 #include "agent/disk/zero_runs.hpp"
@@ -29,8 +28,10 @@ constexpr uint64_t kMiB = 1ull << 20;
 // them out of order, a few chunks apart.
 constexpr size_t kPendingZeroRuns = 16;
 // Zeros inside a chunk shorter than this are written with the chunk's data: a request of their
-// own would cost more than writing them.
+// own would cost more than writing them. Zeros among the bytes are looked for in blocks of
+// kHoleBlock (on the sector grid of every target).
 constexpr uint64_t kMinZeroCut = 256 << 10;
+constexpr uint64_t kHoleBlock = 64 << 10;
 constexpr uint64_t kSourceAlignment = 4096;
 
 struct Op {
@@ -131,6 +132,8 @@ class Writer {
   };
 
   Status RunOp(const Op& op, Worker& w);
+  // Image bytes at an aligned offset and address, to the disk.
+  Status WriteData(uint64_t offset, const uint8_t* src, uint64_t length);
   Status Zero(const ZeroRuns::Request& r);
   // A chunk of zeros (the layout's or the bytes') joins the pending runs next to it; what that
   // makes due is zeroed now (zero_runs.hpp).
@@ -213,11 +216,21 @@ Status Writer::RunOp(const Op& op, Worker& w) {
     BYOI_RETURN_IF_ERROR(w.reader.Read(op.offset, {w.Buffer(), op.length}));
     src = w.buffer.data();
   }
-  // Raw images and fully allocated qcow2 clusters carry long runs of zeros.
-  if (IsAllZero(src, op.length)) return JoinZeros(op);
-  BYOI_RETURN_IF_ERROR(PwriteAll(target_.fd(), {src, op.length}, op.offset));
-  written_ += op.length;
-  return target_.Written(op.length);
+  // Raw images and fully allocated qcow2 clusters carry runs of zeros: a file system's free space.
+  uint64_t at = 0;
+  for (const auto& [begin, end] : FindHoles({src, op.length}, kHoleBlock, kMinZeroCut)) {
+    BYOI_RETURN_IF_ERROR(WriteData(op.offset + at, src + at, begin - at));
+    BYOI_RETURN_IF_ERROR(JoinZeros({true, op.offset + begin, end - begin}));
+    at = end;
+  }
+  return WriteData(op.offset + at, src + at, op.length - at);
+}
+
+Status Writer::WriteData(uint64_t offset, const uint8_t* src, uint64_t length) {
+  if (length == 0) return Status::Ok();
+  BYOI_RETURN_IF_ERROR(PwriteAll(target_.fd(), {src, length}, offset));
+  written_ += length;
+  return target_.Written(length);
 }
 
 void Writer::WorkerLoop(Worker& w) {

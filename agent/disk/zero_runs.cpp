@@ -3,7 +3,27 @@
 #include <algorithm>
 #include <iterator>
 
+#include "agent/base/bytes.hpp"
+
 namespace byoi {
+
+std::vector<std::pair<size_t, size_t>> FindHoles(std::span<const uint8_t> bytes, size_t block,
+                                                 size_t min_length) {
+  std::vector<std::pair<size_t, size_t>> holes;
+  const size_t n = bytes.size();
+  size_t hole = n;  // where the current run of zero blocks began (n: none)
+  for (size_t at = 0; at < n; at += block) {
+    const size_t len = std::min(block, n - at);
+    if (IsAllZero(bytes.data() + at, len)) {
+      if (hole == n) hole = at;
+      continue;
+    }
+    if (hole != n && at - hole >= min_length) holes.emplace_back(hole, at);
+    hole = n;
+  }
+  if (hole != n && (hole == 0 || n - hole >= min_length)) holes.emplace_back(hole, n);
+  return holes;
+}
 
 std::vector<ZeroRuns::Request> ZeroRuns::Add(uint64_t begin, uint64_t end) {
   std::vector<Request> due;

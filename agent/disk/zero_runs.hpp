@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <span>
+#include <utility>
 #include <vector>
 
 namespace byoi {
@@ -17,6 +19,13 @@ namespace byoi {
 // Zeroing requests are capped so a cancellation is seen within a fraction of a second even on a
 // device that zeroes by writing.
 inline constexpr uint64_t kMaxZeroRequest = 256ull << 20;
+
+// The holes of a buffer of image bytes (a raw image's free space): runs of whole `block`s, counted
+// from its start, that are all zeros and at least `min_length` long, as [begin, end) offsets in
+// order; a buffer of zeros is one hole, whatever its length. A block of data costs a few bytes'
+// look (its first non-zero one), a block of zeros a full one.
+std::vector<std::pair<size_t, size_t>> FindHoles(std::span<const uint8_t> bytes, size_t block,
+                                                 size_t min_length);
 
 class ZeroRuns {
  public:
