@@ -53,6 +53,7 @@ Result<std::unique_ptr<StreamWriter>> StreamWriter::Create(Target& target, uint6
     w->buffers_.push_back(AlignedBuffer::Uninitialized(w->chunk_, kBufferAlignment));
     w->free_buffers_.push_back(static_cast<int>(i));
   }
+  w->buffer_users_.assign(w->buffers_.size(), 0);
   for (unsigned i = 0; i < threads; ++i)
     w->workers_.emplace_back([p = w.get()] { p->WorkerLoop(); });
   return w;
@@ -105,16 +106,7 @@ Status StreamWriter::Write(uint64_t offset, std::span<const uint8_t> bytes) {
   const uint64_t lent = n / align_ * align_;
   if (lent > 0 && options_.loans != nullptr && target_.direct() && offset % align_ == 0 &&
       reinterpret_cast<uintptr_t>(data) % align_ == 0 && options_.loans->Lends(data, lent)) {
-    if (IsAllZero(data, lent)) {
-      BYOI_RETURN_IF_ERROR(ZeroBlocks(offset, offset + lent));
-    } else {
-      Job job;
-      job.offset = offset;
-      job.length = lent;
-      job.data = data;
-      job.loan = options_.loans->Borrow();
-      BYOI_RETURN_IF_ERROR(Enqueue(std::move(job)));
-    }
+    BYOI_RETURN_IF_ERROR(QueueData(offset, data, lent, -1));
     offset += lent;
     data += lent;
     n -= lent;
@@ -196,30 +188,35 @@ Status StreamWriter::DispatchRun() {
   const uint64_t head_end = std::min(AlignUp(run_begin_, align_), run_end_);
   const uint64_t body_end = std::max(head_end, AlignDown(run_end_, align_));
   const uint8_t* body = base + (head_end - run_base_);
-  bool body_queued = false;  // the body is written from the chunk buffer, which comes back then
   Status s = AddPartial(run_begin_, base + (run_begin_ - run_base_), head_end - run_begin_);
-  if (s.ok() && body_end > head_end) {
-    if (IsAllZero(body, body_end - head_end)) {
-      s = ZeroBlocks(head_end, body_end);
-    } else {
-      Job job;
-      job.offset = head_end;
-      job.length = body_end - head_end;
-      job.data = body;
-      job.buffer = buffer;
-      body_queued = true;
-      s = Enqueue(std::move(job));
-    }
-  }
+  if (s.ok() && body_end > head_end) s = QueueData(head_end, body, body_end - head_end, buffer);
   // Head, body, tail in order, so that zeros join. The tail is read after the body was queued:
-  // only this thread takes chunk buffers, so a worker that gave it back cannot have it refilled.
+  // this run still holds the buffer.
   if (s.ok()) s = AddPartial(body_end, base + (body_end - run_base_), run_end_ - body_end);
-  if (!body_queued) {
-    std::lock_guard lock(mu_);
-    free_buffers_.push_back(buffer);
-    done_cv_.notify_all();
-  }
+  std::lock_guard lock(mu_);
+  ReleaseBufferLocked(buffer);
+  done_cv_.notify_all();
   return s;
+}
+
+Status StreamWriter::QueueData(uint64_t offset, const uint8_t* data, uint64_t n, int buffer) {
+  uint64_t at = 0;
+  auto queue = [&](uint64_t end) {
+    if (end == at) return Status::Ok();
+    Job job;
+    job.offset = offset + at;
+    job.length = end - at;
+    job.data = data + at;
+    job.buffer = buffer;
+    if (buffer < 0) job.loan = options_.loans->Borrow();
+    return Enqueue(std::move(job));
+  };
+  for (const auto& [begin, end] : FindHoles({data, n}, kHoleBlock, kMinHole)) {
+    BYOI_RETURN_IF_ERROR(queue(begin));
+    BYOI_RETURN_IF_ERROR(ZeroBlocks(offset + begin, offset + end));
+    at = end;
+  }
+  return queue(n);
 }
 
 Status StreamWriter::AddPartial(uint64_t offset, const uint8_t* data, uint64_t n) {
@@ -258,12 +255,14 @@ Result<int> StreamWriter::TakeBuffer() {
   if (!error_.ok()) return error_;
   int b = free_buffers_.back();
   free_buffers_.pop_back();
+  buffer_users_[b] = 1;  // the run gathered in it
   return b;
 }
 
 Status StreamWriter::Enqueue(Job job) {
   {
     std::lock_guard lock(mu_);
+    if (job.buffer >= 0) ++buffer_users_[job.buffer];
     if (!error_.ok()) {
       ReleaseLocked(job);
       return error_;
@@ -301,8 +300,12 @@ void StreamWriter::WorkerLoop() {
 }
 
 void StreamWriter::ReleaseLocked(Job& job) {
-  if (job.buffer >= 0) free_buffers_.push_back(std::exchange(job.buffer, -1));
+  if (job.buffer >= 0) ReleaseBufferLocked(std::exchange(job.buffer, -1));
   if (job.loan != 0) options_.loans->Return(std::exchange(job.loan, 0));
+}
+
+void StreamWriter::ReleaseBufferLocked(int buffer) {
+  if (--buffer_users_[buffer] == 0) free_buffers_.push_back(buffer);
 }
 
 Result<uint64_t> StreamWriter::RunJob(const Job& job) {

@@ -113,7 +113,7 @@ class StreamWriter : public VirtualDiskSink {
     uint64_t offset = 0;
     uint64_t length = 0;
     const uint8_t* data = nullptr;
-    int buffer = -1;        // index into buffers_, returned to the pool when done; -1: none
+    int buffer = -1;        // index into buffers_, shared until its last job is done; -1: none
     uint64_t loan = 0;      // `data` is lent (Loans::Borrow), returned when written; 0: none
     bool buffered = false;  // through the page cache (the unaligned end of the virtual disk)
     std::unique_ptr<AlignedBuffer> owned;  // a completed partial block
@@ -142,6 +142,10 @@ class StreamWriter : public VirtualDiskSink {
   Status QueueZeros(const std::vector<ZeroRuns::Request>& due);
   Status AppendRun(uint64_t offset, const uint8_t* data, uint64_t n);
   Status DispatchRun();
+  // Image bytes [offset, offset + n), whole blocks at an aligned address: their holes (FindHoles)
+  // join the zero runs, the rest is queued from where it is, each job holding a share of
+  // `buffer`, or a loan when it is -1 (the bytes are lent).
+  Status QueueData(uint64_t offset, const uint8_t* data, uint64_t n, int buffer);
   Status AddPartial(uint64_t offset, const uint8_t* data, uint64_t n);
   Status Enqueue(Job job);
   Result<int> TakeBuffer();
@@ -150,6 +154,8 @@ class StreamWriter : public VirtualDiskSink {
   Result<uint64_t> RunJob(const Job& job);
   // Gives the job's buffer and loan back. REQUIRES: mu_ held.
   void ReleaseLocked(Job& job);
+  // A chunk buffer goes back to the pool once its last user let it go. REQUIRES: mu_ held.
+  void ReleaseBufferLocked(int buffer);
   void Remember(uint64_t offset, uint64_t length, bool zero, const uint8_t* data);
   Status WaitIdle();
 
@@ -179,6 +185,7 @@ class StreamWriter : public VirtualDiskSink {
   std::condition_variable done_cv_;  // a job ended (a buffer came back, the queue drained)
   std::vector<AlignedBuffer> buffers_;
   std::vector<int> free_buffers_;
+  std::vector<int> buffer_users_;  // by buffer: queued jobs, and the run while it is dispatched
   std::deque<Job> queue_;
   unsigned busy_ = 0;
   bool stopping_ = false;

@@ -27,11 +27,6 @@ constexpr uint64_t kMiB = 1ull << 20;
 // Runs of zero chunks found in the image's bytes that wait for their neighbours: the workers find
 // them out of order, a few chunks apart.
 constexpr size_t kPendingZeroRuns = 16;
-// Zeros inside a chunk shorter than this are written with the chunk's data: a request of their
-// own would cost more than writing them. Zeros among the bytes are looked for in blocks of
-// kHoleBlock (on the sector grid of every target).
-constexpr uint64_t kMinZeroCut = 256 << 10;
-constexpr uint64_t kHoleBlock = 64 << 10;
 constexpr uint64_t kSourceAlignment = 4096;
 
 struct Op {
@@ -54,7 +49,7 @@ Status VisitWhile(const ImageLayout& layout, uint64_t offset, uint64_t length,
 
 // Cuts [begin, end) (both aligned to the target) into write and zero operations as the workers
 // ask for them: writes of at most a chunk, and zero runs, merged up to kMaxZeroRequest. A write
-// stops where a run of the layout's zeros of kMinZeroCut or more begins inside its chunk, so those
+// stops where a run of the layout's zeros of kMinHole or more begins inside its chunk, so those
 // zeros are zeroed, not written. Nothing is planned ahead, so memory does not grow with the disk.
 // Thread-safe.
 class Planner {
@@ -67,12 +62,12 @@ class Planner {
     std::lock_guard lock(mu_);
     if (pos_ >= end_) return false;
     const uint64_t next = std::min(end_, pos_ + chunk_);
-    // The first zero extent in this chunk with kMinZeroCut or more on the target's grid.
+    // The first zero extent in this chunk with kMinHole or more on the target's grid.
     uint64_t zero_begin = next, zero_end = next;
     BYOI_RETURN_IF_ERROR(VisitWhile(layout_, pos_, next - pos_, [&](const Extent& e) {
       if (e.kind != Extent::Kind::kZero) return true;
       const uint64_t b = Up(e.offset), z = e.offset + e.length;
-      if (z / align_ * align_ < b + kMinZeroCut) return true;
+      if (z / align_ * align_ < b + kMinHole) return true;
       zero_begin = b;
       zero_end = z;
       return false;
@@ -218,7 +213,7 @@ Status Writer::RunOp(const Op& op, Worker& w) {
   }
   // Raw images and fully allocated qcow2 clusters carry runs of zeros: a file system's free space.
   uint64_t at = 0;
-  for (const auto& [begin, end] : FindHoles({src, op.length}, kHoleBlock, kMinZeroCut)) {
+  for (const auto& [begin, end] : FindHoles({src, op.length}, kHoleBlock, kMinHole)) {
     BYOI_RETURN_IF_ERROR(WriteData(op.offset + at, src + at, begin - at));
     BYOI_RETURN_IF_ERROR(JoinZeros({true, op.offset + begin, end - begin}));
     at = end;

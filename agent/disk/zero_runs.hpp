@@ -20,6 +20,12 @@ namespace byoi {
 // device that zeroes by writing.
 inline constexpr uint64_t kMaxZeroRequest = 256ull << 20;
 
+// Both writers look for zeros among an image's bytes in blocks of kHoleBlock (on the sector grid
+// of every target), and zero a run of them from kMinHole: a shorter one goes with the data around
+// it, a request of its own costing more than writing it.
+inline constexpr uint64_t kHoleBlock = 64ull << 10;
+inline constexpr uint64_t kMinHole = 256ull << 10;
+
 // The holes of a buffer of image bytes (a raw image's free space): runs of whole `block`s, counted
 // from its start, that are all zeros and at least `min_length` long, as [begin, end) offsets in
 // order; a buffer of zeros is one hole, whatever its length. A block of data costs a few bytes'

@@ -230,6 +230,46 @@ TEST_P(StreamWriterTest, ARunOfZerosIsOneZeroingRequestHoweverItArrives) {
   EXPECT_TRUE(read_back.ok()) << read_back.ToString();
 }
 
+// A file system's free space among an image's bytes, lent or copied: holes of 256 KiB or more
+// (whole 64 KiB blocks) are zeroed, shorter ones written with their data.
+TEST_P(StreamWriterTest, HolesAmongTheBytesAreZeroedNotWritten) {
+  const uint64_t vsize = 16 * kMiB;
+  std::vector<uint8_t> reference = RandomBytes(vsize, 40);
+  const auto hole = [&](uint64_t at, uint64_t n) {
+    std::fill_n(reference.begin() + static_cast<ptrdiff_t>(at), n, 0);
+  };
+  hole(3 * kMiB + 65536, 512 * 1024);       // lent
+  hole(3 * kMiB + 768 * 1024, 128 * 1024);  // lent, short: written
+  hole(9 * kMiB, kMiB);                     // copied
+  AlignedBuffer lent = AlignedBuffer::Uninitialized(vsize, 4096);
+  std::copy(reference.begin(), reference.end(), lent.data());
+  Loans loans;
+  loans.Open({lent.data(), static_cast<size_t>(vsize)});
+  auto w = Make(vsize, /*verify=*/true, &loans);
+  ASSERT_NE(w, nullptr);
+  for (uint64_t pos = 0; pos < vsize; pos += kMiB) {
+    const bool copied = pos >= 8 * kMiB && pos < 12 * kMiB;
+    Status s = copied ? w->Write(pos, std::span(reference).subspan(pos, kMiB))
+                      : w->Write(pos, {lent.data() + pos, kMiB});
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+  // Lent MiBs past the held-back first: 11, the one with the long hole in two loans.
+  if (target_.direct()) {
+    EXPECT_EQ(loans.Mark(), 12u);
+  }
+  ASSERT_TRUE(w->Flush(vsize).ok());
+  EXPECT_TRUE(loans.Returned(loans.Mark()));
+  loans.Close();
+  ASSERT_TRUE(w->Commit().ok());
+  const StreamWriteStats stats = w->stats();
+  EXPECT_EQ(stats.zero_requests, 2u);
+  EXPECT_EQ(stats.bytes_zeroed, 512 * 1024 + kMiB);
+  EXPECT_EQ(stats.bytes_written, vsize - stats.bytes_zeroed);
+  EXPECT_TRUE(ReadRange(path_, 0, vsize) == reference);
+  Status read_back = w->VerifyWritten(nullptr);
+  EXPECT_TRUE(read_back.ok()) << read_back.ToString();
+}
+
 TEST_P(StreamWriterTest, AnImageSmallerThanTheHeldBackMiB) {
   const uint64_t vsize = 300 * 1024 + 512;
   std::vector<uint8_t> reference = RandomBytes(vsize, 4);
