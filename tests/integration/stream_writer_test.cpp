@@ -92,6 +92,23 @@ class StreamWriterTest : public ::testing::TestWithParam<uint32_t> {  // 0: file
     return w.ok() ? std::move(*w) : nullptr;
   }
 
+  // `reference` in a buffer aligned for O_DIRECT, for the writer to borrow from.
+  static AlignedBuffer LentCopy(const std::vector<uint8_t>& reference) {
+    AlignedBuffer lent = AlignedBuffer::Uninitialized(reference.size(), 4096);
+    std::copy(reference.begin(), reference.end(), lent.data());
+    return lent;
+  }
+  // Flushes and commits `w`: every loan came back, the disk holds `reference`, and it reads back.
+  void CommitAndCheck(StreamWriter& w, Loans& loans, const std::vector<uint8_t>& reference) {
+    ASSERT_TRUE(w.Flush(reference.size()).ok());
+    EXPECT_TRUE(loans.Returned(loans.Mark()));
+    loans.Close();
+    ASSERT_TRUE(w.Commit().ok());
+    EXPECT_TRUE(ReadRange(path_, 0, reference.size()) == reference);
+    Status read_back = w.VerifyWritten(nullptr);
+    EXPECT_TRUE(read_back.ok()) << read_back.ToString();
+  }
+
   // Gives every piece to `w`; the reference provides the data.
   static void Give(StreamWriter& w, const std::vector<Piece>& pieces,
                    const std::vector<uint8_t>& reference) {
@@ -147,8 +164,7 @@ TEST_P(StreamWriterTest, PiecesInAnyOrderLandExactlyAndTheFirstMiBOnlyAtCommit) 
 TEST_P(StreamWriterTest, LentPiecesAreWrittenWhereTheyAreAndEveryLoanComesBack) {
   std::vector<uint8_t> reference = RandomBytes(kVirtualSize, 20);
   std::vector<Piece> pieces = Cut(kVirtualSize, 512, reference, 21);
-  AlignedBuffer lent = AlignedBuffer::Uninitialized(kVirtualSize, 4096);
-  std::copy(reference.begin(), reference.end(), lent.data());
+  AlignedBuffer lent = LentCopy(reference);
   const uint64_t align = target_.alignment();
   uint64_t expected = 0;  // pieces with whole aligned blocks past the held-back first MiB
   for (const Piece& p : pieces) {
@@ -200,8 +216,7 @@ TEST_P(StreamWriterTest, ARunOfZerosIsOneZeroingRequestHoweverItArrives) {
   std::vector<uint8_t> reference = RandomBytes(vsize, 30);
   std::fill(reference.begin() + 4 * kMiB, reference.begin() + 20 * kMiB, 0);
   std::fill(reference.begin() + 24 * kMiB, reference.begin() + 28 * kMiB, 0);
-  AlignedBuffer lent = AlignedBuffer::Uninitialized(vsize, 4096);
-  std::copy(reference.begin(), reference.end(), lent.data());
+  AlignedBuffer lent = LentCopy(reference);
   Loans loans;
   loans.Open({lent.data(), static_cast<size_t>(vsize)});
   auto w = Make(vsize, /*verify=*/true, &loans);
@@ -217,17 +232,11 @@ TEST_P(StreamWriterTest, ARunOfZerosIsOneZeroingRequestHoweverItArrives) {
     ASSERT_TRUE(s.ok()) << s.ToString();
   }
   EXPECT_EQ(loans.Mark(), 3u + 4u + 4u);  // the data blocks past the held-back first MiB
-  ASSERT_TRUE(w->Flush(vsize).ok());
-  EXPECT_TRUE(loans.Returned(loans.Mark()));
-  loans.Close();
-  ASSERT_TRUE(w->Commit().ok());
+  CommitAndCheck(*w, loans, reference);
   const StreamWriteStats stats = w->stats();
   EXPECT_EQ(stats.zero_requests, 2u);
   EXPECT_EQ(stats.bytes_zeroed, 20 * kMiB);
   EXPECT_EQ(stats.bytes_written, vsize - 20 * kMiB);
-  EXPECT_TRUE(ReadRange(path_, 0, vsize) == reference);
-  Status read_back = w->VerifyWritten(nullptr);
-  EXPECT_TRUE(read_back.ok()) << read_back.ToString();
 }
 
 // A file system's free space among an image's bytes, lent or copied: holes of 256 KiB or more
@@ -241,8 +250,7 @@ TEST_P(StreamWriterTest, HolesAmongTheBytesAreZeroedNotWritten) {
   hole(3 * kMiB + 65536, 512 * 1024);       // lent
   hole(3 * kMiB + 768 * 1024, 128 * 1024);  // lent, short: written
   hole(9 * kMiB, kMiB);                     // copied
-  AlignedBuffer lent = AlignedBuffer::Uninitialized(vsize, 4096);
-  std::copy(reference.begin(), reference.end(), lent.data());
+  AlignedBuffer lent = LentCopy(reference);
   Loans loans;
   loans.Open({lent.data(), static_cast<size_t>(vsize)});
   auto w = Make(vsize, /*verify=*/true, &loans);
@@ -257,17 +265,11 @@ TEST_P(StreamWriterTest, HolesAmongTheBytesAreZeroedNotWritten) {
   if (target_.direct()) {
     EXPECT_EQ(loans.Mark(), 12u);
   }
-  ASSERT_TRUE(w->Flush(vsize).ok());
-  EXPECT_TRUE(loans.Returned(loans.Mark()));
-  loans.Close();
-  ASSERT_TRUE(w->Commit().ok());
+  CommitAndCheck(*w, loans, reference);
   const StreamWriteStats stats = w->stats();
   EXPECT_EQ(stats.zero_requests, 2u);
   EXPECT_EQ(stats.bytes_zeroed, 512 * 1024 + kMiB);
   EXPECT_EQ(stats.bytes_written, vsize - stats.bytes_zeroed);
-  EXPECT_TRUE(ReadRange(path_, 0, vsize) == reference);
-  Status read_back = w->VerifyWritten(nullptr);
-  EXPECT_TRUE(read_back.ok()) << read_back.ToString();
 }
 
 TEST_P(StreamWriterTest, AnImageSmallerThanTheHeldBackMiB) {
