@@ -8,6 +8,9 @@ Images (built once under --dir/byoi-bench, shared with convert_bench.py):
   qcow2   4 GiB virtual / 1.5 GiB data, uncompressed (convert_bench.py's source)
   zlib    the same, zlib-compressed clusters
   raw.zst the 2 GiB raw, zstd -3
+  fs.raw  2 GiB shaped like a file system: runs of 64 KiB to 1 MiB of random data among holes
+          of up to 4 MiB (about 600 MiB of data), behind an MBR
+  fs.qcow2 the same, uncompressed qcow2 (qemu-img convert)
 Variants, each timed from launch to exit:
   ram       byoi-agent deploy --write-mode ram (download into RAM, verify, write)
   stream    byoi-agent deploy --write-mode stream (download, convert and write at once)
@@ -26,13 +29,15 @@ Prints min / median / max per variant and image, and the ratios the stream issue
 stream / max(curl, dd) (target <= 1.15) and ram / (curl+qemu) (target < 1).
 
 Usage: sudo tests/bench/deploy_bench.py [--agent build/byoi-agent] [--reps 3] [--dir /var/tmp]
-                                        [--images raw,qcow2,zlib,raw.zst] [--direct-io]
+                                        [--images raw,qcow2,zlib,raw.zst,fs.raw,fs.qcow2]
+                                        [--direct-io]
 """
 
 import argparse
 import hashlib
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -65,6 +70,34 @@ def sha256_file(path):
             h.update(chunk)
 
 
+def make_fs_like(path):
+    """fs.raw: the same runs and holes every time (a fixed seed), random bytes in the runs."""
+    if os.path.exists(path):
+        return
+    rng = random.Random(7)
+    with open(path + ".tmp", "wb") as f:
+        f.truncate(2 * GIB)
+        f.write(mbr(2 * GIB))
+        pos = MIB
+        while pos < 2 * GIB - 4 * MIB:
+            n = rng.choice([64, 128, 256, 512, 1024]) * 1024
+            f.seek(pos)
+            f.write(os.urandom(n))
+            pos += n + rng.choice([0, 64, 128, 256, 512, 1024, 2048, 4096]) * 1024
+    os.rename(path + ".tmp", path)
+
+
+def mbr(size):
+    """A sector with one MBR partition from 1 MiB to `size`: a raw image the verify step
+    accepts."""
+    sector = bytearray(512)
+    sector[446 + 4] = 0x83
+    sector[446 + 8:446 + 16] = (2048).to_bytes(4, "little") + \
+        (size // 512 - 2048).to_bytes(4, "little")
+    sector[510:512] = b"\x55\xaa"
+    return bytes(sector)
+
+
 def make_images(work, names):
     raw_src = os.path.join(work, "source.raw")
     convert_bench.make_raw(raw_src)
@@ -74,12 +107,8 @@ def make_images(work, names):
         with open(raw2g + ".tmp", "wb") as f:
             for i in range(2 * GIB // (16 * MIB)):
                 piece = bytearray(os.urandom(16 * MIB))
-                if i == 0:  # one MBR partition: a raw image the verify step accepts
-                    piece[446:510] = bytes(64)
-                    piece[446 + 4] = 0x83
-                    piece[446 + 8:446 + 16] = (2048).to_bytes(4, "little") + \
-                        (2 * GIB // 512 - 2048).to_bytes(4, "little")
-                    piece[510:512] = b"\x55\xaa"
+                if i == 0:
+                    piece[446:512] = mbr(2 * GIB)[446:512]
                 f.write(piece)
         os.rename(raw2g + ".tmp", raw2g)
     if "raw" in names:
@@ -91,6 +120,17 @@ def make_images(work, names):
                 subprocess.run(["zstd", "-3", "-T0", "-c", raw2g], stdout=f, check=True)
             os.rename(zst + ".tmp", zst)
         images["raw.zst"] = (zst, "raw")
+    if "fs.raw" in names or "fs.qcow2" in names:
+        fs_raw = os.path.join(work, "fs.raw")
+        make_fs_like(fs_raw)
+        if "fs.raw" in names:
+            images["fs.raw"] = (fs_raw, "raw")
+        fs_qcow2 = os.path.join(work, "fs.qcow2")
+        if "fs.qcow2" in names and not os.path.exists(fs_qcow2):
+            run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", fs_raw, fs_qcow2 + ".tmp")
+            os.rename(fs_qcow2 + ".tmp", fs_qcow2)
+        if "fs.qcow2" in names:
+            images["fs.qcow2"] = (fs_qcow2, "qcow2")
     for name, form in (("qcow2", "none"), ("zlib", "zlib")):
         if name not in names:
             continue
@@ -143,7 +183,7 @@ def main():
     ap.add_argument("--agent", default=os.environ.get("BYOI_AGENT", "build/byoi-agent"))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dir", default="/var/tmp")
-    ap.add_argument("--images", default="raw,qcow2,zlib,raw.zst")
+    ap.add_argument("--images", default="raw,qcow2,zlib,raw.zst,fs.raw,fs.qcow2")
     ap.add_argument("--direct-io", action="store_true",
                     help="the loop device reads and writes its file with O_DIRECT (losetup "
                          "--direct-io=on): what is written reaches the file's disk as it comes, "
@@ -185,13 +225,13 @@ def main():
                     "dd": lambda: (timed("dd", f"if={path}", f"of={dev}", "bs=4M",
                                          "oflag=direct", "conv=fdatasync", "status=none"), None),
                 }
-                if name in ("raw", "qcow2", "zlib"):
+                if name != "raw.zst":
                     fmt_ = "raw" if type_ == "raw" else "qcow2"
                     variants["curl+qemu"] = lambda: (
                         timed("curl", "-sSf", "-o", shm, url) +
                         timed("qemu-img", "convert", "-f", fmt_, "-O", "raw", "-n", "-W", "-t",
                               "none", shm, dev) + timed("sync"), None)
-                if name == "raw":
+                if name in ("raw", "fs.raw"):
                     variants["curl|dd"] = lambda: (
                         timed(pipe=(["curl", "-sSf", url],
                                           ["dd", f"of={dev}", "bs=4M", "iflag=fullblock",
