@@ -9,11 +9,11 @@
 #include "agent/base/bytes.hpp"
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
+#include "agent/base/units.hpp"
 
 namespace byoi {
 namespace {
 
-constexpr uint64_t kMiB = 1ull << 20;
 // Zero ranges up to this size that continue the run being gathered are copied into it: short
 // holes (qcow2 subclusters, small unallocated clusters) then cost no request of their own.
 constexpr uint64_t kInlineZeros = kMiB;
@@ -24,9 +24,6 @@ const uint8_t* Zeros() {
   static const std::vector<uint8_t> zeros(kInlineZeros, 0);
   return zeros.data();
 }
-
-uint64_t AlignDown(uint64_t v, uint64_t a) { return v / a * a; }
-uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 }  // namespace
 
@@ -103,7 +100,7 @@ Status StreamWriter::Write(uint64_t offset, std::span<const uint8_t> bytes) {
   uint64_t n = bytes.size() - held;
   // Whole blocks of lent bytes, at an aligned offset and address, go to the disk from where they
   // are; the loan is returned once they are written.
-  const uint64_t lent = n / align_ * align_;
+  const uint64_t lent = AlignDown(n, align_);
   if (lent > 0 && options_.loans != nullptr && target_.direct() && offset % align_ == 0 &&
       reinterpret_cast<uintptr_t>(data) % align_ == 0 && options_.loans->Lends(data, lent)) {
     BYOI_RETURN_IF_ERROR(QueueData(offset, data, lent, -1));

@@ -17,13 +17,13 @@
 #include "agent/base/aligned_buffer.hpp"
 #include "agent/base/fd.hpp"
 #include "agent/base/messages.hpp"
+#include "agent/base/units.hpp"
 #include "agent/disk/zero_runs.hpp"
 #include "agent/image/virtual_reader.hpp"
 
 namespace byoi {
 namespace {
 
-constexpr uint64_t kMiB = 1ull << 20;
 // Runs of zero chunks found in the image's bytes that wait for their neighbours: the workers find
 // them out of order, a few chunks apart.
 constexpr size_t kPendingZeroRuns = 16;
@@ -66,8 +66,8 @@ class Planner {
     uint64_t zero_begin = next, zero_end = next;
     BYOI_RETURN_IF_ERROR(VisitWhile(layout_, pos_, next - pos_, [&](const Extent& e) {
       if (e.kind != Extent::Kind::kZero) return true;
-      const uint64_t b = Up(e.offset), z = e.offset + e.length;
-      if (z / align_ * align_ < b + kMinHole) return true;
+      const uint64_t b = AlignUp(e.offset, align_), z = e.offset + e.length;
+      if (AlignDown(z, align_) < b + kMinHole) return true;
       zero_begin = b;
       zero_end = z;
       return false;
@@ -86,7 +86,7 @@ class Planner {
           }));
         }
       }
-      const uint64_t stop = zero_end >= end_ ? end_ : zero_end / align_ * align_;
+      const uint64_t stop = zero_end >= end_ ? end_ : AlignDown(zero_end, align_);
       *op = {true, pos_, stop - pos_};
     }
     pos_ = op->offset + op->length;
@@ -94,8 +94,6 @@ class Planner {
   }
 
  private:
-  uint64_t Up(uint64_t x) const { return (x + align_ - 1) / align_ * align_; }
-
   const ImageLayout& layout_;
   const uint64_t end_, chunk_, align_;
   std::mutex mu_;
@@ -282,7 +280,7 @@ Result<WriteStats> Writer::Run(const ProgressFn& progress) {
   }
   const uint64_t chunk = std::max(kMiB, options_.chunk_size / kMiB * kMiB);
   const uint64_t align = target_.alignment();
-  const uint64_t aligned_end = vsize / align * align;
+  const uint64_t aligned_end = AlignDown(vsize, align);
   const uint64_t head_end = std::min(kMiB, aligned_end);
   planner_ = std::make_unique<Planner>(layout_, head_end, aligned_end, chunk, align);
   if (progress) progress(0, vsize);
@@ -370,7 +368,7 @@ Status VerifyImageWritten(const ImageLayout& layout, Target& target, const Write
   for (uint64_t pos = 0; pos < vsize;) {
     BYOI_RETURN_IF_ERROR(cancel.Check());
     const uint64_t n = std::min(chunk, vsize - pos);
-    const uint64_t whole = (n + align - 1) / align * align;
+    const uint64_t whole = AlignUp(n, align);
     // O_DIRECT reads whole blocks; the block holding the end of a file that ends inside it is read
     // through the page cache instead.
     const bool direct = pos + whole <= target.size();
